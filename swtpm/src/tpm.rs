@@ -1,0 +1,284 @@
+//! `Tpm`: a connected `Context` on its own swtpm, and the machine-level acts a test needs.
+
+use std::str::FromStr;
+
+use tss_esapi::abstraction::pcr;
+use tss_esapi::constants::{CapabilityType, PropertyTag, StartupType};
+use tss_esapi::handles::{AuthHandle, ObjectHandle, PcrHandle};
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::{
+    Auth, CapabilityData, Digest, DigestValues, PcrSelectionListBuilder, PcrSlot,
+};
+use tss_esapi::tcti_ldr::{NetworkTPMConfig, TctiNameConf};
+use tss_esapi::Context;
+
+use crate::error::{Error, Result};
+use crate::process::SwtpmProcess;
+
+/// The highest PCR index of a PC Client TPM.
+pub const MAX_PCR: u8 = 23;
+
+/// Dictionary-attack settings (TPM2_DictionaryAttackParameters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DaParameters {
+    /// Failures before lockout (`maxTries`).
+    pub max_tries: u32,
+    /// Seconds after which one failure is forgotten (`recoveryTime`); 0 disables DA.
+    pub recovery_time_secs: u32,
+    /// Seconds to wait after a failed lockout-auth use (`lockoutRecovery`).
+    pub lockout_recovery_secs: u32,
+}
+
+/// A real TPM 2.0 of your own: a swtpm process and a `Context` connected to it.
+///
+/// Drop order matters and is fixed by field order: the `Context` is dropped (its TCTI
+/// closed) before the process is killed and its state directory removed.
+#[derive(Debug)]
+pub struct Tpm {
+    context: Option<Context>,
+    lockout_auth: Vec<u8>,
+    process: SwtpmProcess,
+}
+
+impl Tpm {
+    /// Starts a fresh TPM (new seeds, DA defaults) and connects to it.
+    pub fn spawn() -> Result<Self> {
+        let process = SwtpmProcess::spawn()?;
+        let context = connect(&process)?;
+        Ok(Tpm {
+            context: Some(context),
+            lockout_auth: Vec::new(),
+            process,
+        })
+    }
+
+    /// The tss-esapi context, for any command this crate does not wrap.
+    pub fn context(&mut self) -> Result<&mut Context> {
+        self.ensure_alive()?;
+        match self.context.as_mut() {
+            Some(ctx) => Ok(ctx),
+            None => Err(Error::TpmGone {
+                detail: "the connection was lost during a reboot".to_string(),
+            }),
+        }
+    }
+
+    /// The swtpm process behind this TPM.
+    pub fn process(&self) -> &SwtpmProcess {
+        &self.process
+    }
+
+    /// Kills swtpm as a crash would; later calls fail with [`Error::TpmGone`].
+    pub fn kill_process(&mut self) {
+        self.process.kill();
+    }
+
+    /// An orderly reboot: `Shutdown(CLEAR)`, power cycle (`CMD_INIT`), `Startup(CLEAR)`.
+    ///
+    /// PCRs read zero afterwards (17-22 all-ff). Shutting down first matters: a reset without
+    /// it after a use of a DA-protected object counts as a dictionary-attack failure.
+    pub fn reboot(&mut self) -> Result<()> {
+        self.context()?.shutdown(StartupType::Clear)?;
+        self.power_cycle()
+    }
+
+    /// Power loss without an orderly shutdown, then power-on.
+    pub fn power_cycle(&mut self) -> Result<()> {
+        // Handles held by the old context are stale after CMD_INIT: start a new context.
+        self.context = None;
+        self.process.cmd_init()?;
+        let mut ctx = connect(&self.process)?;
+        ctx.startup(StartupType::Clear)?;
+        self.context = Some(ctx);
+        Ok(())
+    }
+
+    /// `TPM2_Clear` with lockout authorization: new storage seed (every sealed object made
+    /// before no longer loads), empty owner/lockout auth, DA parameters back to defaults.
+    pub fn clear(&mut self) -> Result<()> {
+        let auth = Auth::try_from(self.lockout_auth.clone())?;
+        let ctx = self.context()?;
+        ctx.tr_set_auth(ObjectHandle::Lockout, auth)?;
+        ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
+            ctx.clear(AuthHandle::Lockout)
+        })?;
+        self.lockout_auth.clear();
+        // Clear invalidates the context's cached handles and properties.
+        self.context = None;
+        self.context = Some(connect(&self.process)?);
+        Ok(())
+    }
+
+    /// Sets the lockout authorization (`TPM2_HierarchyChangeAuth` on TPM_RH_LOCKOUT).
+    pub fn set_lockout_auth(&mut self, new_auth: &[u8]) -> Result<()> {
+        let current = Auth::try_from(self.lockout_auth.clone())?;
+        let new = Auth::try_from(new_auth.to_vec())?;
+        let ctx = self.context()?;
+        ctx.tr_set_auth(ObjectHandle::Lockout, current)?;
+        ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
+            ctx.hierarchy_change_auth(AuthHandle::Lockout, new)
+        })?;
+        self.lockout_auth = new_auth.to_vec();
+        Ok(())
+    }
+
+    /// The lockout authorization this handle knows (empty on a fresh TPM).
+    pub fn lockout_auth(&self) -> &[u8] {
+        &self.lockout_auth
+    }
+
+    /// Tells this handle the lockout authorization without changing the TPM (for a caller
+    /// that got it from elsewhere, e.g. an escrow service). Wrong values fail at use.
+    pub fn assume_lockout_auth(&mut self, auth: &[u8]) {
+        self.lockout_auth = auth.to_vec();
+    }
+
+    /// `TPM2_DictionaryAttackParameters`, authorised with the lockout auth.
+    pub fn set_dictionary_attack_parameters(&mut self, params: DaParameters) -> Result<()> {
+        self.ensure_alive()?;
+        let mut body = Vec::with_capacity(12);
+        body.extend_from_slice(&params.max_tries.to_be_bytes());
+        body.extend_from_slice(&params.recovery_time_secs.to_be_bytes());
+        body.extend_from_slice(&params.lockout_recovery_secs.to_be_bytes());
+        let command = crate::raw::lockout_command(
+            crate::raw::TPM_CC_DICTIONARY_ATTACK_PARAMETERS,
+            &self.lockout_auth,
+            &body,
+        );
+        self.run_raw(&command)
+    }
+
+    /// `TPM2_DictionaryAttackLockReset`, authorised with the lockout auth: the failure
+    /// counter goes to zero and a lockout ends.
+    pub fn dictionary_attack_lock_reset(&mut self) -> Result<()> {
+        self.ensure_alive()?;
+        let command = crate::raw::lockout_command(
+            crate::raw::TPM_CC_DICTIONARY_ATTACK_LOCK_RESET,
+            &self.lockout_auth,
+            &[],
+        );
+        self.run_raw(&command)
+    }
+
+    /// The current dictionary-attack failure count (`TPM_PT_LOCKOUT_COUNTER`).
+    pub fn lockout_counter(&mut self) -> Result<u32> {
+        self.tpm_property(PropertyTag::LockoutCounter)
+    }
+
+    /// Whether the TPM is in dictionary-attack lockout (`TPMA_PERMANENT.inLockout`).
+    pub fn in_lockout(&mut self) -> Result<bool> {
+        const IN_LOCKOUT: u32 = 1 << 9;
+        Ok(self.tpm_property(PropertyTag::Permanent)? & IN_LOCKOUT != 0)
+    }
+
+    /// The DA parameters in force.
+    pub fn dictionary_attack_parameters(&mut self) -> Result<DaParameters> {
+        Ok(DaParameters {
+            max_tries: self.tpm_property(PropertyTag::MaxAuthFail)?,
+            recovery_time_secs: self.tpm_property(PropertyTag::LockoutInterval)?,
+            lockout_recovery_secs: self.tpm_property(PropertyTag::LockoutRecovery)?,
+        })
+    }
+
+    /// Reads PCRs of one bank. Returns `(index, value)` in index order.
+    pub fn pcr_read(&mut self, bank: HashingAlgorithm, pcrs: &[u8]) -> Result<Vec<(u8, Vec<u8>)>> {
+        let slots = pcr_slots(pcrs)?;
+        let selection = PcrSelectionListBuilder::new()
+            .with_selection(bank, &slots)
+            .build()?;
+        let data = pcr::read_all(self.context()?, selection)?;
+        let bank_data = data.pcr_bank(bank).ok_or_else(|| Error::TpmGone {
+            detail: format!("the TPM returned no {bank:?} bank"),
+        })?;
+        let mut out = Vec::with_capacity(pcrs.len());
+        for (&index, slot) in pcrs.iter().zip(slots) {
+            let value = bank_data.get_digest(slot).ok_or_else(|| {
+                Error::InvalidArgument(format!("the TPM did not return PCR {index}"))
+            })?;
+            out.push((index, value.value().to_vec()));
+        }
+        out.sort_by_key(|(i, _)| *i);
+        Ok(out)
+    }
+
+    /// Extends one PCR with one digest per bank (each digest must have its bank's size).
+    pub fn pcr_extend(&mut self, index: u8, digests: &[(HashingAlgorithm, &[u8])]) -> Result<()> {
+        let handle = pcr_handle(index)?;
+        let mut values = DigestValues::new();
+        for (alg, digest) in digests {
+            values.set(*alg, Digest::try_from(digest.to_vec())?);
+        }
+        let ctx = self.context()?;
+        ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
+            ctx.pcr_extend(handle, values)
+        })?;
+        Ok(())
+    }
+
+    fn tpm_property(&mut self, tag: PropertyTag) -> Result<u32> {
+        // `Context::get_tpm_property` caches; DA state must be read fresh each time.
+        let (data, _) =
+            self.context()?
+                .get_capability(CapabilityType::TpmProperties, u32::from(tag), 1)?;
+        match data {
+            CapabilityData::TpmProperties(list) => list
+                .iter()
+                .find(|p| p.property() == tag)
+                .map(|p| p.value())
+                .ok_or_else(|| Error::InvalidArgument(format!("the TPM did not report {tag:?}"))),
+            _ => Err(Error::InvalidArgument(format!(
+                "the TPM answered {tag:?} with another capability"
+            ))),
+        }
+    }
+
+    fn run_raw(&mut self, command: &[u8]) -> Result<()> {
+        let response = self.process.raw_command(command)?;
+        let rc = u32::from_be_bytes([response[6], response[7], response[8], response[9]]);
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(Error::from_response_code(rc))
+        }
+    }
+
+    /// Fails fast with "TPM gone" once swtpm has exited, instead of waiting on a socket.
+    fn ensure_alive(&mut self) -> Result<()> {
+        if self.process.is_running() {
+            Ok(())
+        } else {
+            Err(Error::TpmGone {
+                detail: "the swtpm process has exited".to_string(),
+            })
+        }
+    }
+}
+
+fn connect(process: &SwtpmProcess) -> Result<Context> {
+    let config = NetworkTPMConfig::from_str(&process.tcti_conf())?;
+    Ok(Context::new(TctiNameConf::Swtpm(config))?)
+}
+
+fn pcr_slots(pcrs: &[u8]) -> Result<Vec<PcrSlot>> {
+    pcrs.iter()
+        .map(|&i| {
+            if i > MAX_PCR {
+                return Err(Error::InvalidArgument(format!(
+                    "PCR {i} does not exist (0-{MAX_PCR})"
+                )));
+            }
+            PcrSlot::try_from(1u32 << i).map_err(Error::from)
+        })
+        .collect()
+}
+
+fn pcr_handle(index: u8) -> Result<PcrHandle> {
+    if index > MAX_PCR {
+        return Err(Error::InvalidArgument(format!(
+            "PCR {index} does not exist (0-{MAX_PCR})"
+        )));
+    }
+    // ESYS_TR_PCR0..31 are the values 0..31.
+    PcrHandle::try_from(tss_esapi::tss2_esys::ESYS_TR::from(index)).map_err(Error::from)
+}
