@@ -1,0 +1,43 @@
+//! Shared helpers: the Windows-made recovery-password vectors.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+pub struct Vector {
+    pub kind: String,
+    pub recovery_password: String,
+    pub key16_hex: String,
+    pub salt_hex: String,
+    pub stretched_key_hex: String,
+    pub nonce_hex: String,
+    pub mac_hex: String,
+    pub ciphertext_hex: String,
+    pub vmk_payload_hex: String,
+    pub vmk_hex: String,
+    /// Only the Windows-made ("real") vectors carry a protector GUID.
+    pub protector_guid: Option<String>,
+    pub protector_guid_ondisk_hex: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Invalid {
+    pub password: String,
+    pub why: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Vectors {
+    pub vectors: Vec<Vector>,
+    pub invalid_passwords: Vec<Invalid>,
+}
+
+/// Copy of /work/shared/testdata/recovery-password-vectors.json, kept in the repository so
+/// the tests need nothing outside it.
+pub fn vectors() -> Vectors {
+    let text = include_str!("data/recovery-password-vectors.json");
+    serde_json::from_str(text).unwrap()
+}
+
+pub fn arr<const N: usize>(hex_str: &str) -> [u8; N] {
+    hex::decode(hex_str).unwrap().try_into().unwrap()
+}

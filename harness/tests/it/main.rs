@@ -1,0 +1,5 @@
+//! The harness crate's integration tests: one binary, one module per area.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod vectors;
