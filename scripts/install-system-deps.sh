@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the project needs, only those missing. Runs `apt-get update`
+# once, and only when something must be installed. Needs root (or sudo).
+#
+# The Rust toolchain (rustup stable + cargo-nextest) is expected on the machine already:
+# never install Debian's rustc/cargo.
+set -euo pipefail
+
+packages=(
+  swtpm                 # the software TPM every device and test gets its own of
+  swtpm-tools           # swtpm_ioctl: handy for debugging the control channel
+  libtss2-dev           # tss-esapi builds against tpm2-tss (ESYS, MU, TCTI loader)
+  libtss2-tcti-swtpm0   # the swtpm TCTI, loaded at run time (ldd does not show it)
+  tpm2-tools            # tpm2_eventlog: cross-checks our TCG event logs
+  pkg-config            # tss-esapi-sys finds tpm2-tss with it
+  ca-certificates
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
+  echo "error: missing Debian packages (${missing[*]}) and not root: run as root or install them" >&2
+  exit 1
+fi
+echo "installing Debian packages: ${missing[*]}" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
