@@ -1,1 +1,184 @@
-//! cli
+//! The `harness` command line: argument types (clap derive) and one function per
+//! subcommand. `main` only parses, calls [`run`], prints the error and exits with
+//! [`CliError::exit_code`].
+//!
+//! To add a subcommand: a variant in [`Command`], a function `fn name(args, out)`, an arm in
+//! [`run`]; new failure kinds get a [`CliError`] variant and an exit code in [`exit_codes`].
+
+use std::io::Write;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::bitlocker::keywrap::{self, KeyWrapError, Nonce, WrappedKey};
+use crate::bitlocker::{stretch_recovery_password, ParseError, RecoveryPassword};
+
+/// Exit codes of the `harness` binary.
+pub mod exit_codes {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The input was understood and is wrong: invalid password, MAC failure.
+    pub const FAILED: u8 = 1;
+    /// Usage error: bad flag value (clap's own usage errors also exit 2).
+    pub const USAGE: u8 = 2;
+    /// Could not write the output.
+    pub const IO: u8 = 3;
+}
+
+/// BitLocker recovery test harness.
+#[derive(Debug, Parser)]
+#[command(name = "harness", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check, stretch or use a 48-digit recovery password.
+    #[command(subcommand)]
+    RecoveryPassword(RecoveryPasswordCommand),
+}
+
+/// `harness recovery-password ...`
+#[derive(Debug, Subcommand)]
+pub enum RecoveryPasswordCommand {
+    /// Validate a recovery password: prints `valid`, or names the bad block and exits 1.
+    Check(PasswordArg),
+    /// Print the stretched key (32 bytes, lowercase hex) for a salt.
+    Stretch {
+        #[command(flatten)]
+        password: PasswordArg,
+        /// The protector's 16-byte salt, hex.
+        #[arg(long)]
+        salt: String,
+    },
+    /// Decrypt a VMK protector: prints the 32-byte VMK in hex; exits 1 if the MAC fails.
+    Unwrap {
+        #[command(flatten)]
+        password: PasswordArg,
+        /// The protector's 16-byte salt, hex.
+        #[arg(long)]
+        salt: String,
+        /// The 12-byte AES-CCM nonce, hex.
+        #[arg(long)]
+        nonce: String,
+        /// The 16-byte AES-CCM MAC, hex.
+        #[arg(long)]
+        mac: String,
+        /// The encrypted key entry, hex.
+        #[arg(long)]
+        ciphertext: String,
+    },
+}
+
+/// A recovery password given as one argument or as several (blocks separated by spaces).
+#[derive(Debug, Args)]
+pub struct PasswordArg {
+    /// 48 digits, with hyphens, spaces or no separators.
+    #[arg(required = true, num_args = 1.., value_name = "PASSWORD")]
+    pub password: Vec<String>,
+}
+
+impl PasswordArg {
+    fn text(&self) -> String {
+        self.password.join(" ")
+    }
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The recovery password is not valid.
+    #[error("invalid recovery password: {0}")]
+    InvalidPassword(#[from] ParseError),
+    /// A hex flag could not be decoded or has the wrong length.
+    #[error("{flag}: {reason}")]
+    BadHex { flag: &'static str, reason: String },
+    /// The key did not decrypt the protector.
+    #[error("unwrap failed: the MAC does not verify, so the recovery password (or salt, nonce, MAC, ciphertext) is wrong: {0}")]
+    Unwrap(#[source] KeyWrapError),
+    /// Writing the output failed.
+    #[error("cannot write output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::InvalidPassword(_) | Self::Unwrap(_) => exit_codes::FAILED,
+            Self::BadHex { .. } => exit_codes::USAGE,
+            Self::Io(_) => exit_codes::IO,
+        }
+    }
+}
+
+/// Runs a parsed command line, writing results to `out`.
+pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    match &cli.command {
+        Command::RecoveryPassword(cmd) => recovery_password(cmd, out),
+    }
+}
+
+fn hex_bytes<const N: usize>(flag: &'static str, value: &str) -> Result<[u8; N], CliError> {
+    let v = hex_vec(flag, value)?;
+    <[u8; N]>::try_from(v.as_slice()).map_err(|_| CliError::BadHex {
+        flag,
+        reason: format!(
+            "expected {N} bytes ({} hex digits), got {} bytes",
+            2 * N,
+            v.len()
+        ),
+    })
+}
+
+fn hex_vec(flag: &'static str, value: &str) -> Result<Vec<u8>, CliError> {
+    hex::decode(value.trim()).map_err(|e| CliError::BadHex {
+        flag,
+        reason: format!("not hex ({e}): {value:?}"),
+    })
+}
+
+/// `harness recovery-password ...`
+pub fn recovery_password(
+    cmd: &RecoveryPasswordCommand,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    match cmd {
+        RecoveryPasswordCommand::Check(pw) => {
+            RecoveryPassword::parse(&pw.text())?;
+            writeln!(out, "valid")?;
+        }
+        RecoveryPasswordCommand::Stretch { password, salt } => {
+            // Check the flags before the password so a usage error wins over a typo.
+            let salt = hex_bytes::<16>("--salt", salt)?;
+            let pw = RecoveryPassword::parse(&password.text())?;
+            writeln!(
+                out,
+                "{}",
+                hex::encode(stretch_recovery_password(&pw, &salt))
+            )?;
+        }
+        RecoveryPasswordCommand::Unwrap {
+            password,
+            salt,
+            nonce,
+            mac,
+            ciphertext,
+        } => {
+            let salt = hex_bytes::<16>("--salt", salt)?;
+            let wrapped = WrappedKey {
+                nonce: Nonce(hex_bytes::<12>("--nonce", nonce)?),
+                mac: hex_bytes::<16>("--mac", mac)?,
+                ciphertext: hex_vec("--ciphertext", ciphertext)?,
+            };
+            let pw = RecoveryPassword::parse(&password.text())?;
+            let key = stretch_recovery_password(&pw, &salt);
+            let entry = keywrap::unwrap(&key, &wrapped).map_err(CliError::Unwrap)?;
+            writeln!(out, "{}", hex::encode(&entry.key))?;
+        }
+    }
+    Ok(())
+}

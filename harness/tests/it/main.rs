@@ -1,5 +1,6 @@
 //! The harness crate's integration tests: one binary, one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod cli;
 mod common;
 mod vectors;
