@@ -1,0 +1,168 @@
+//! Bulk import of JSON Lines escrow records (`portal-under-test import FILE`).
+//!
+//! The whole file is validated and sealed first; nothing is stored unless every line is good.
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::api::{validate_device_name, validate_name};
+use crate::crypto::Sealer;
+use crate::index::IndexEntry;
+use crate::keyid::{parse_guid, validate_recovery_password};
+use crate::store::{ImportRow, NewKey, Store, StoreError};
+
+#[derive(Debug, Error)]
+pub enum ImportError {
+    #[error("line {line}: field {field}: {message}")]
+    Line {
+        line: usize,
+        field: String,
+        message: String,
+    },
+    #[error("store: {0}")]
+    Store(#[source] StoreError),
+    #[error("encryption: {0}")]
+    Crypto(#[from] crate::crypto::CryptoError),
+}
+
+#[derive(Debug, Deserialize)]
+struct Record {
+    device: Option<String>,
+    user: Option<String>,
+    volume_id: Option<String>,
+    key_protector_id: Option<String>,
+    recovery_password: Option<String>,
+    protector_type: Option<String>,
+}
+
+fn req<'a>(v: &'a Option<String>, line: usize, field: &str) -> Result<&'a str, ImportError> {
+    match v.as_deref() {
+        Some(s) if !s.trim().is_empty() => Ok(s),
+        _ => Err(ImportError::Line {
+            line,
+            field: field.into(),
+            message: "is required".into(),
+        }),
+    }
+}
+
+fn bad(line: usize, field: &str, message: impl ToString) -> ImportError {
+    ImportError::Line {
+        line,
+        field: field.into(),
+        message: message.to_string(),
+    }
+}
+
+/// Parses and seals one line (1-based `line` for messages).
+fn parse_line(sealer: &Sealer, text: &str, line: usize) -> Result<ImportRow, ImportError> {
+    let r: Record = serde_json::from_str(text).map_err(|e| bad(line, "json", e))?;
+    let device = validate_device_name(req(&r.device, line, "device")?, "device")
+        .map_err(|e| bad(line, "device", e.public_message()))?;
+    let user = match r.user.as_deref().filter(|u| !u.trim().is_empty()) {
+        Some(u) => {
+            Some(validate_name(u, "user", 256).map_err(|e| bad(line, "user", e.public_message()))?)
+        }
+        None => None,
+    };
+    let volume_id =
+        parse_guid(req(&r.volume_id, line, "volume_id")?).map_err(|e| bad(line, "volume_id", e))?;
+    let key_id = parse_guid(req(&r.key_protector_id, line, "key_protector_id")?)
+        .map_err(|e| bad(line, "key_protector_id", e))?;
+    let pw = validate_recovery_password(req(&r.recovery_password, line, "recovery_password")?)
+        .map_err(|e| bad(line, "recovery_password", e))?;
+    let pt = req(&r.protector_type, line, "protector_type")?;
+    if pt != "recovery_password" {
+        return Err(bad(line, "protector_type", "must be \"recovery_password\""));
+    }
+    let aad = key_id.to_be_bytes();
+    Ok(ImportRow {
+        device,
+        user,
+        key: NewKey {
+            key_id,
+            volume_id,
+            protector_type: pt.to_string(),
+            sealed: sealer.seal(&aad, pw.as_bytes())?,
+            fingerprint: sealer.fingerprint(&aad, pw.as_bytes()),
+        },
+    })
+}
+
+/// Validates, seals and stores every record of a JSON Lines text. Returns the new entries
+/// (records already present with the same password are skipped).
+pub fn import_jsonl(
+    text: &str,
+    sealer: &Sealer,
+    store: &dyn Store,
+) -> Result<Vec<IndexEntry>, ImportError> {
+    let mut rows = Vec::new();
+    let mut lines = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        rows.push(parse_line(sealer, l, i + 1)?);
+        lines.push(i + 1);
+    }
+    store.import(&rows).map_err(|e| match e {
+        StoreError::Conflict { index, message } => ImportError::Line {
+            line: lines.get(index).copied().unwrap_or(0),
+            field: "key_protector_id".into(),
+            message,
+        },
+        other => ImportError::Store(other),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::store::SqliteStore;
+
+    const PW: &str = "000011-000022-000033-000044-000055-000066-000077-000088";
+
+    fn line(dev: &str, kid: &str, pw: &str) -> String {
+        format!(
+            r#"{{"device":"{dev}","user":"CONTOSO\\alice","volume_id":"{{11111111-2222-3333-4444-555555555555}}","key_protector_id":"{kid}","recovery_password":"{pw}","protector_type":"recovery_password"}}"#
+        )
+    }
+
+    #[test]
+    fn imports_and_refuses_bad_lines_with_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let sealer = Sealer::from_key(&[1; 32]);
+        let good = format!(
+            "{}\n\n{}\n",
+            line("PC-1", "{AAAAAAAA-0000-0000-0000-000000000001}", PW),
+            line("PC-2", "{AAAAAAAA-0000-0000-0000-000000000002}", PW)
+        );
+        assert_eq!(import_jsonl(&good, &sealer, &store).unwrap().len(), 2);
+        // Idempotent.
+        assert_eq!(import_jsonl(&good, &sealer, &store).unwrap().len(), 0);
+        let bad_pw = format!(
+            "{}\n{}\n",
+            good.lines().next().unwrap(),
+            line("PC-3", "{AAAAAAAA-0000-0000-0000-000000000003}", "123")
+        );
+        match import_jsonl(&bad_pw, &sealer, &store) {
+            Err(ImportError::Line { line, field, .. }) => {
+                assert_eq!((line, field.as_str()), (2, "recovery_password"));
+            }
+            other => panic!("expected a line error, got {other:?}"),
+        }
+        let moved = line("PC-9", "{AAAAAAAA-0000-0000-0000-000000000001}", PW);
+        match import_jsonl(&moved, &sealer, &store) {
+            Err(ImportError::Line { line, field, .. }) => {
+                assert_eq!((line, field.as_str()), (1, "key_protector_id"))
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        // The imported user is associated, but not by a local sign-in.
+        let assocs = store.associations_of_user("contoso\\ALICE").unwrap();
+        assert_eq!(assocs.len(), 2);
+        assert!(assocs.iter().all(|(_, a)| a.imported && !a.local));
+    }
+}

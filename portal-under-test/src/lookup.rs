@@ -1,0 +1,431 @@
+//! The key and TPM-lockout request rules shared by the self-service pages, the help desk
+//! pages and the help desk JSON API. Synchronous: call it on a blocking thread.
+//!
+//! Absent and foreign key IDs take the same path: the same index lookup, the same
+//! association query, one decryption (a dummy one when nothing is shown) and one audit row.
+
+use std::collections::HashMap;
+
+use crate::error::AppError;
+use crate::fp;
+use crate::index::IndexEntry;
+use crate::keyid::{format_guid, KeyIdInput};
+use crate::store::{now_rfc3339, Assoc, AuditRow, Role};
+use crate::Inner;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    SelfService,
+    HelpDesk,
+    Api,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::SelfService => "self_service",
+            Source::HelpDesk => "help_desk",
+            Source::Api => "api",
+        }
+    }
+}
+
+pub const SELF_SERVICE_REASONS: [&str; 3] = [
+    "BIOS/TPM changed",
+    "OS filed modified",
+    "Lost PIN/passphrase",
+];
+
+pub const HELPDESK_REASONS: [&str; 9] = [
+    "Operating System Boot Order changed",
+    "BIOS changed",
+    "Operating System files modified",
+    "Lost Startup key",
+    "Lost PIN",
+    "TPM Reset",
+    "Lost Passphrase",
+    "Lost Smartcard",
+    "Other",
+];
+
+#[derive(Debug, Clone)]
+pub struct KeyRequest {
+    pub source: Source,
+    pub requester: String,
+    pub role: Role,
+    pub key: KeyIdInput,
+    /// Help desk: the end user typed by the operator.
+    pub end_user: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct Match {
+    pub key_id: String,
+    pub device: String,
+    pub users: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyAnswer {
+    Shown {
+        key_id: String,
+        device: String,
+        password: String,
+    },
+    /// Several matches: self-service gets an empty list (it must not reveal anything).
+    Ambiguous(Vec<Match>),
+    NotFound,
+    /// Only with the `foreign_differs` fault point: a foreign key answered differently.
+    Foreign,
+    NotEligible,
+    RateLimited,
+}
+
+fn audit(
+    st: &Inner,
+    source: Source,
+    requester: &str,
+    end_user: Option<&str>,
+    device: Option<String>,
+    key_id: Option<String>,
+    key_type: &str,
+    reason: &str,
+    outcome: &str,
+) -> Result<(), AppError> {
+    let (time, _) = now_rfc3339();
+    st.store.append_audit(&AuditRow {
+        id: 0,
+        time,
+        source: source.as_str().into(),
+        requester: requester.into(),
+        end_user: end_user.map(str::to_string),
+        device,
+        key_id,
+        key_type: Some(key_type.into()),
+        reason: Some(reason.into()),
+        outcome: outcome.into(),
+    })?;
+    Ok(())
+}
+
+/// Records a key request that arrived on an expired session.
+pub fn audit_expired(
+    st: &Inner,
+    source: Source,
+    requester: &str,
+    reason: Option<&str>,
+) -> Result<(), AppError> {
+    let (time, _) = now_rfc3339();
+    st.store.append_audit(&AuditRow {
+        id: 0,
+        time,
+        source: source.as_str().into(),
+        requester: requester.into(),
+        end_user: None,
+        device: None,
+        key_id: None,
+        key_type: None,
+        reason: reason.map(str::to_string),
+        outcome: "expired_session".into(),
+    })?;
+    Ok(())
+}
+
+fn rate_limited(st: &Inner, requester: &str) -> Result<bool, AppError> {
+    let s = st.settings();
+    let (_, now) = now_rfc3339();
+    let since = now - s.lookup_failure_window_secs as i64;
+    Ok(st.store.count_failures(requester, since)? >= s.lookup_failure_limit)
+}
+
+/// Changes one digit of a 48-digit key (the `corrupt_key_digit` fault point).
+fn corrupt(password: &str) -> String {
+    let mut chars: Vec<char> = password.chars().collect();
+    if let Some(c) = chars.iter_mut().find(|c| c.is_ascii_digit()) {
+        *c = if *c == '9' {
+            '0'
+        } else {
+            ((*c as u8) + 1) as char
+        };
+    }
+    chars.into_iter().collect()
+}
+
+fn show(
+    st: &Inner,
+    req: &KeyRequest,
+    e: IndexEntry,
+    end_user: Option<&str>,
+) -> Result<KeyAnswer, AppError> {
+    let rec = st
+        .store
+        .key_by_row(e.key_row)?
+        .ok_or_else(|| AppError::Internal("indexed key missing from store".into()))?;
+    let plain = st.sealer.open(&rec.key_id.to_be_bytes(), &rec.sealed)?;
+    let mut password = String::from_utf8(plain)
+        .map_err(|_| AppError::Internal("stored recovery password is not text".into()))?;
+    if !fp::active(fp::NEVER_MARK_DISCLOSED) {
+        st.store.mark_disclosed(rec.row)?;
+    }
+    let key_id = format_guid(rec.key_id);
+    audit(
+        st,
+        req.source,
+        &req.requester,
+        end_user,
+        Some(rec.device_name.clone()),
+        Some(key_id.clone()),
+        "recovery_password",
+        &req.reason,
+        "shown",
+    )?;
+    if fp::active(fp::CORRUPT_KEY_DIGIT) {
+        password = corrupt(&password);
+    }
+    Ok(KeyAnswer::Shown {
+        key_id,
+        device: rec.device_name,
+        password,
+    })
+}
+
+/// The same work as a real decryption, for paths that show nothing.
+fn dummy_decrypt(st: &Inner) {
+    let _ = st.sealer.open(&[0u8; 16], &st.dummy_sealed);
+}
+
+fn candidates(st: &Inner, key: KeyIdInput) -> Vec<IndexEntry> {
+    match key {
+        KeyIdInput::Prefix(p) => st.index.lookup_prefix(p),
+        KeyIdInput::Full(k) => st.index.lookup_full(k).into_iter().collect(),
+    }
+}
+
+/// Answers one key request and writes its audit row.
+pub fn lookup_key(st: &Inner, req: &KeyRequest) -> Result<KeyAnswer, AppError> {
+    let typed = req.key.display();
+    let end_user: Option<&str> = match req.source {
+        Source::SelfService => Some(req.requester.as_str()),
+        _ => req.end_user.as_deref().filter(|u| !u.is_empty()),
+    };
+    if rate_limited(st, &req.requester)? {
+        audit(
+            st,
+            req.source,
+            &req.requester,
+            end_user,
+            None,
+            Some(typed),
+            "recovery_password",
+            &req.reason,
+            "rate_limited",
+        )?;
+        return Ok(KeyAnswer::RateLimited);
+    }
+    let cands = candidates(st, req.key);
+
+    if req.source == Source::SelfService {
+        let assocs: HashMap<i64, Assoc> = st
+            .store
+            .associations_of_user(&req.requester)?
+            .into_iter()
+            .collect();
+        let associated: Vec<(IndexEntry, Assoc)> = cands
+            .iter()
+            .filter_map(|e| assocs.get(&e.device_row).map(|a| (*e, *a)))
+            .collect();
+        let skip_local = fp::active(fp::SKIP_LOCAL_SIGNIN_CHECK);
+        let eligible: Vec<IndexEntry> = associated
+            .iter()
+            .filter(|(_, a)| a.local || skip_local)
+            .map(|(e, _)| *e)
+            .collect();
+        if eligible.len() == 1 || (eligible.len() > 1 && fp::active(fp::FIRST_OF_MANY_MATCHES)) {
+            return show(st, req, eligible[0], end_user);
+        }
+        dummy_decrypt(st);
+        if eligible.len() > 1 {
+            audit(
+                st,
+                req.source,
+                &req.requester,
+                end_user,
+                None,
+                Some(typed),
+                "recovery_password",
+                &req.reason,
+                "ambiguous",
+            )?;
+            return Ok(KeyAnswer::Ambiguous(Vec::new()));
+        }
+        if let Some((e, _)) = associated.first() {
+            let device = st.store.device_name(e.device_row)?;
+            let kid = if associated.len() == 1 {
+                format_guid(e.key_id)
+            } else {
+                typed
+            };
+            audit(
+                st,
+                req.source,
+                &req.requester,
+                end_user,
+                device,
+                Some(kid),
+                "recovery_password",
+                &req.reason,
+                "not_eligible",
+            )?;
+            return Ok(KeyAnswer::NotEligible);
+        }
+        let outcome = if cands.is_empty() {
+            "not_found"
+        } else {
+            "denied"
+        };
+        audit(
+            st,
+            req.source,
+            &req.requester,
+            end_user,
+            None,
+            Some(typed),
+            "recovery_password",
+            &req.reason,
+            outcome,
+        )?;
+        if !cands.is_empty() && fp::active(fp::FOREIGN_DIFFERS) {
+            return Ok(KeyAnswer::Foreign);
+        }
+        return Ok(KeyAnswer::NotFound);
+    }
+
+    // Help desk (HTML or API).
+    let visible: Vec<IndexEntry> = if req.role.is_advanced() {
+        // The association query is made anyway so both roles do the same work.
+        let _ = st.store.associations_of_user(end_user.unwrap_or(""))?;
+        cands.clone()
+    } else {
+        let user = end_user.unwrap_or("");
+        let assocs: HashMap<i64, Assoc> =
+            st.store.associations_of_user(user)?.into_iter().collect();
+        cands
+            .iter()
+            .filter(|e| assocs.contains_key(&e.device_row))
+            .copied()
+            .collect()
+    };
+    if visible.len() == 1 || (visible.len() > 1 && fp::active(fp::FIRST_OF_MANY_MATCHES)) {
+        return show(st, req, visible[0], end_user);
+    }
+    dummy_decrypt(st);
+    if visible.len() > 1 {
+        let mut matches = Vec::with_capacity(visible.len());
+        for e in &visible {
+            matches.push(Match {
+                key_id: format_guid(e.key_id),
+                device: st.store.device_name(e.device_row)?.unwrap_or_default(),
+                users: st.store.users_of_device(e.device_row)?,
+            });
+        }
+        audit(
+            st,
+            req.source,
+            &req.requester,
+            end_user,
+            None,
+            Some(typed),
+            "recovery_password",
+            &req.reason,
+            "ambiguous",
+        )?;
+        return Ok(KeyAnswer::Ambiguous(matches));
+    }
+    let outcome = if cands.is_empty() {
+        "not_found"
+    } else {
+        "denied"
+    };
+    audit(
+        st,
+        req.source,
+        &req.requester,
+        end_user,
+        None,
+        Some(typed),
+        "recovery_password",
+        &req.reason,
+        outcome,
+    )?;
+    Ok(KeyAnswer::NotFound)
+}
+
+#[derive(Debug, Clone)]
+pub struct TpmRequest {
+    pub source: Source,
+    pub requester: String,
+    pub role: Role,
+    pub computer: String,
+    pub end_user: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TpmAnswer {
+    Shown {
+        device: String,
+        lockout_auth_hex: String,
+    },
+    NotFound,
+    RateLimited,
+}
+
+/// Help desk "Manage TPM": the device's current TPM lockout authorization.
+pub fn lookup_tpm(st: &Inner, req: &TpmRequest) -> Result<TpmAnswer, AppError> {
+    let end_user = req.end_user.as_deref().filter(|u| !u.is_empty());
+    let a = |outcome: &str, device: Option<String>| {
+        audit(
+            st,
+            req.source,
+            &req.requester,
+            end_user,
+            device,
+            None,
+            "tpm_lockout",
+            &req.reason,
+            outcome,
+        )
+    };
+    if rate_limited(st, &req.requester)? {
+        a("rate_limited", Some(req.computer.clone()))?;
+        return Ok(TpmAnswer::RateLimited);
+    }
+    let Some(dev) = st.store.device_by_name(&req.computer)? else {
+        a("not_found", Some(req.computer.clone()))?;
+        return Ok(TpmAnswer::NotFound);
+    };
+    if !req.role.is_advanced() {
+        let user = end_user.unwrap_or("");
+        let ok = st
+            .store
+            .associations_of_user(user)?
+            .iter()
+            .any(|(d, _)| *d == dev.row);
+        if !ok {
+            a("denied", Some(dev.name.clone()))?;
+            return Ok(TpmAnswer::NotFound);
+        }
+    }
+    let Some(rec) = st.store.current_tpm_lockout(dev.row)? else {
+        a("not_found", Some(dev.name.clone()))?;
+        return Ok(TpmAnswer::NotFound);
+    };
+    let plain = st.sealer.open(&dev.row.to_be_bytes(), &rec.sealed)?;
+    st.store.mark_tpm_disclosed(rec.row)?;
+    a("shown", Some(dev.name.clone()))?;
+    Ok(TpmAnswer::Shown {
+        device: dev.name,
+        lockout_auth_hex: hex::encode(plain),
+    })
+}

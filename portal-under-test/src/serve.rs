@@ -1,0 +1,189 @@
+//! Binding and serving: HTTPS with a generated (or given) certificate, or plain HTTP; the
+//! `PORTAL-READY` information; graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::{app, AppState, InitError};
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Init(#[from] InitError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("certificate generation: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("--tls-cert and --tls-key must be given together")]
+    TlsPair,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
+    let what = what.into();
+    move |source| ServeError::Io { what, source }
+}
+
+pub struct ServeOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub config: Config,
+    pub insecure_http: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// What the `PORTAL-READY` line carries.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ready {
+    pub url: String,
+    pub ca_cert: Option<PathBuf>,
+    #[serde(skip)]
+    pub addr: SocketAddr,
+}
+
+impl Ready {
+    /// `PORTAL-READY {"url":...,"ca_cert":...}`
+    pub fn line(&self) -> String {
+        let json = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
+        format!("PORTAL-READY {json}")
+    }
+}
+
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// Generates (first start) or reuses a CA + leaf certificate for `localhost`/`127.0.0.1`.
+pub fn ensure_self_signed(dir: &Path) -> Result<TlsFiles, ServeError> {
+    let files = TlsFiles {
+        cert: dir.join("tls-cert.pem"),
+        key: dir.join("tls-key.pem"),
+        ca: dir.join("ca-cert.pem"),
+    };
+    if files.cert.exists() && files.key.exists() && files.ca.exists() {
+        return Ok(files);
+    }
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "portal-under-test local CA");
+    let ca = ca_params.self_signed(&ca_key)?;
+    let leaf_key = KeyPair::generate()?;
+    let mut leaf_params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key)?;
+    std::fs::write(&files.ca, ca.pem()).map_err(io("writing CA certificate"))?;
+    std::fs::write(&files.cert, format!("{}{}", leaf.pem(), ca.pem()))
+        .map_err(io("writing certificate"))?;
+    write_private(&files.key, leaf_key.serialize_pem().as_bytes())?;
+    Ok(files)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServeError> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(io("writing TLS key"))?;
+    f.write_all(bytes).map_err(io("writing TLS key"))
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Opens the data dir, binds, calls `on_ready` once listening, serves until `shutdown`.
+pub async fn serve(
+    mut opts: ServeOptions,
+    on_ready: impl FnOnce(&Ready),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    std::fs::create_dir_all(&opts.data_dir)
+        .map_err(io(format!("creating {}", opts.data_dir.display())))?;
+    let tls = if opts.insecure_http {
+        None
+    } else {
+        match (&opts.tls_cert, &opts.tls_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone(), c.clone())),
+            (None, None) => {
+                let f = ensure_self_signed(&opts.data_dir)?;
+                Some((f.cert, f.key, f.ca))
+            }
+            _ => return Err(ServeError::TlsPair),
+        }
+    };
+    opts.config.secure_cookies = tls.is_some();
+    let dir = opts.data_dir.clone();
+    let config = opts.config;
+    let state = tokio::task::spawn_blocking(move || AppState::open_data_dir(&dir, config))
+        .await
+        .map_err(|e| ServeError::Io {
+            what: "opening the store".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+    let router = app(state);
+
+    let listener =
+        std::net::TcpListener::bind(opts.listen).map_err(io(format!("binding {}", opts.listen)))?;
+    listener.set_nonblocking(true).map_err(io("listener"))?;
+    let mut addr = listener.local_addr().map_err(io("listener address"))?;
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        h.graceful_shutdown(Some(Duration::from_secs(5)));
+    });
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let ready = Ready {
+        url: format!("{scheme}://{addr}"),
+        ca_cert: tls.as_ref().map(|t| absolute(&t.2)),
+        addr,
+    };
+    match tls {
+        Some((cert, key, _)) => {
+            let cfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+                .await
+                .map_err(io("loading TLS certificate/key"))?;
+            let server = axum_server::from_tcp_rustls(listener, cfg).handle(handle);
+            on_ready(&ready);
+            server
+                .serve(router.into_make_service())
+                .await
+                .map_err(io("serving"))
+        }
+        None => {
+            let server = axum_server::from_tcp(listener).handle(handle);
+            on_ready(&ready);
+            server
+                .serve(router.into_make_service())
+                .await
+                .map_err(io("serving"))
+        }
+    }
+}

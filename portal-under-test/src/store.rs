@@ -1,0 +1,939 @@
+//! Persistence: the [`Store`] trait and its embedded SQLite implementation.
+//!
+//! Records are never deleted: superseded keys and used tokens stay for audit, and the audit
+//! table refuses UPDATE and DELETE at the SQL level. Key IDs are 16-byte big-endian BLOBs of
+//! the display-order GUID. Every statement is parameterised.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::crypto::Sealed;
+use crate::index::IndexEntry;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("record {index}: {message}")]
+    Conflict { index: usize, message: String },
+    #[error("{field}: {message}")]
+    NotFound {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Superseded(String),
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Helpdesk,
+    AdvancedHelpdesk,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Helpdesk => "helpdesk",
+            Role::AdvancedHelpdesk => "advanced_helpdesk",
+            Role::Admin => "admin",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "user" => Some(Role::User),
+            "helpdesk" => Some(Role::Helpdesk),
+            "advanced_helpdesk" => Some(Role::AdvancedHelpdesk),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+    /// May use the help desk site / lookup API.
+    pub fn is_helpdesk(self) -> bool {
+        !matches!(self, Role::User)
+    }
+    /// Needs only the key ID (no end user) at the help desk.
+    pub fn is_advanced(self) -> bool {
+        matches!(self, Role::AdvancedHelpdesk | Role::Admin)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub id: i64,
+    pub username: String,
+    pub password_hash: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub row: i64,
+    pub device_id: String,
+    pub name: String,
+}
+
+/// A key ready to store (already sealed).
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub key_id: u128,
+    pub volume_id: u128,
+    pub protector_type: String,
+    pub sealed: Sealed,
+    pub fingerprint: [u8; 32],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscrowResult {
+    Created(IndexEntry),
+    Existing,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    pub row: i64,
+    pub key_id: u128,
+    pub device_row: i64,
+    pub device_name: String,
+    pub sealed: Sealed,
+    pub superseded: bool,
+}
+
+/// How a user is associated with a device.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Assoc {
+    pub local: bool,
+    pub remote: bool,
+    pub imported: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInKind {
+    Local,
+    Remote,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImportRow {
+    pub device: String,
+    pub user: Option<String>,
+    pub key: NewKey,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditRow {
+    pub id: i64,
+    pub time: String,
+    pub source: String,
+    pub requester: String,
+    pub end_user: Option<String>,
+    pub device: Option<String>,
+    pub key_id: Option<String>,
+    pub key_type: Option<String>,
+    pub reason: Option<String>,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub since_unix: Option<i64>,
+    pub source: Option<String>,
+    pub outcome: Option<String>,
+    pub user: Option<String>,
+    pub device: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TpmRecord {
+    pub row: i64,
+    pub sealed: Sealed,
+}
+
+/// Everything the portal persists. Implementations must be safe to call from many threads;
+/// calls are synchronous (run them on blocking threads).
+pub trait Store: Send + Sync + 'static {
+    fn create_account(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: Role,
+    ) -> Result<Account, StoreError>;
+    fn account_by_name(&self, username: &str) -> Result<Option<Account>, StoreError>;
+    fn first_admin(&self) -> Result<Option<Account>, StoreError>;
+    fn add_api_token(&self, account_id: i64, hash: &[u8; 32]) -> Result<(), StoreError>;
+    fn account_by_api_token(&self, hash: &[u8; 32]) -> Result<Option<Account>, StoreError>;
+
+    fn add_enrollment_token(&self, hash: &[u8; 32]) -> Result<(), StoreError>;
+    /// Marks the token used; false if unknown or already used.
+    fn use_enrollment_token(&self, hash: &[u8; 32]) -> Result<bool, StoreError>;
+    /// Creates the device, or attaches a new credential to the existing one of that name.
+    fn enroll_device(&self, name: &str, credential_hash: &[u8; 32]) -> Result<Device, StoreError>;
+    fn device_by_credential(&self, hash: &[u8; 32]) -> Result<Option<Device>, StoreError>;
+    fn device_by_name(&self, name: &str) -> Result<Option<Device>, StoreError>;
+
+    /// All or nothing: a conflicting key aborts the batch with `Conflict { index }`.
+    fn escrow_keys(
+        &self,
+        device_row: i64,
+        keys: &[NewKey],
+    ) -> Result<Vec<EscrowResult>, StoreError>;
+    fn key_by_row(&self, key_row: i64) -> Result<Option<KeyRecord>, StoreError>;
+    fn key_by_id(&self, key_id: u128) -> Result<Option<KeyRecord>, StoreError>;
+    fn current_keys(&self) -> Result<Vec<IndexEntry>, StoreError>;
+    fn mark_disclosed(&self, key_row: i64) -> Result<(), StoreError>;
+    /// Disclosed, not yet superseded keys of a device.
+    fn keys_to_rotate(&self, device_row: i64) -> Result<Vec<u128>, StoreError>;
+    fn supersede(&self, device_row: i64, old: u128, new: u128) -> Result<(), StoreError>;
+
+    fn record_sign_in(
+        &self,
+        device_row: i64,
+        user: &str,
+        kind: SignInKind,
+    ) -> Result<(), StoreError>;
+    /// Every device the user is associated with (user compared case-insensitively).
+    fn associations_of_user(&self, user: &str) -> Result<Vec<(i64, Assoc)>, StoreError>;
+    fn users_of_device(&self, device_row: i64) -> Result<Vec<String>, StoreError>;
+    fn device_name(&self, device_row: i64) -> Result<Option<String>, StoreError>;
+
+    /// Loads import rows in one transaction; returns the entries newly created.
+    fn import(&self, rows: &[ImportRow]) -> Result<Vec<IndexEntry>, StoreError>;
+
+    fn put_tpm_lockout(&self, device_row: i64, sealed: &Sealed) -> Result<(), StoreError>;
+    fn current_tpm_lockout(&self, device_row: i64) -> Result<Option<TpmRecord>, StoreError>;
+    fn mark_tpm_disclosed(&self, row: i64) -> Result<(), StoreError>;
+    fn tpm_rotation_pending(&self, device_row: i64) -> Result<bool, StoreError>;
+
+    fn load_settings(&self) -> Result<Option<String>, StoreError>;
+    fn save_settings(&self, json: &str) -> Result<(), StoreError>;
+
+    fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError>;
+    fn query_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError>;
+    /// Failed lookups (not_found, denied, not_eligible) by this requester since a time.
+    fn count_failures(&self, requester: &str, since_unix: i64) -> Result<u64, StoreError>;
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS accounts(
+  id INTEGER PRIMARY KEY, username TEXT NOT NULL, username_lc TEXT NOT NULL UNIQUE,
+  password_hash TEXT NOT NULL, role TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS api_tokens(
+  token_hash BLOB PRIMARY KEY, account_id INTEGER NOT NULL REFERENCES accounts(id),
+  created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS enrollment_tokens(
+  token_hash BLOB PRIMARY KEY, created_at TEXT NOT NULL, used_at TEXT);
+CREATE TABLE IF NOT EXISTS devices(
+  id INTEGER PRIMARY KEY, device_uuid TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+  name_lc TEXT NOT NULL UNIQUE, credential_hash BLOB UNIQUE, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys(
+  id INTEGER PRIMARY KEY, key_id BLOB NOT NULL UNIQUE, device_id INTEGER NOT NULL REFERENCES devices(id),
+  volume_id BLOB NOT NULL, protector_type TEXT NOT NULL, nonce BLOB NOT NULL,
+  ciphertext BLOB NOT NULL, fingerprint BLOB NOT NULL, created_at TEXT NOT NULL,
+  disclosed_at TEXT, superseded_at TEXT, superseded_by BLOB);
+CREATE INDEX IF NOT EXISTS keys_device ON keys(device_id);
+CREATE TABLE IF NOT EXISTS associations(
+  device_id INTEGER NOT NULL, user_lc TEXT NOT NULL, user TEXT NOT NULL,
+  local INTEGER NOT NULL DEFAULT 0, remote INTEGER NOT NULL DEFAULT 0,
+  imported INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(device_id, user_lc));
+CREATE INDEX IF NOT EXISTS assoc_user ON associations(user_lc);
+CREATE TABLE IF NOT EXISTS sign_ins(
+  id INTEGER PRIMARY KEY, device_id INTEGER NOT NULL, user TEXT NOT NULL, kind TEXT NOT NULL,
+  time TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tpm_lockout(
+  id INTEGER PRIMARY KEY, device_id INTEGER NOT NULL, nonce BLOB NOT NULL,
+  ciphertext BLOB NOT NULL, created_at TEXT NOT NULL, disclosed_at TEXT, superseded_at TEXT);
+CREATE TABLE IF NOT EXISTS settings(id INTEGER PRIMARY KEY CHECK(id = 1), json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, time_unix INTEGER NOT NULL,
+  source TEXT NOT NULL, requester TEXT NOT NULL, requester_lc TEXT NOT NULL, end_user TEXT,
+  device TEXT, key_id TEXT, key_type TEXT, reason TEXT, outcome TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_requester ON audit(requester_lc, time_unix);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+  BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+  BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS keys_no_delete BEFORE DELETE ON keys
+  BEGIN SELECT RAISE(ABORT, 'key records are never deleted'); END;
+PRAGMA user_version = 1;
+"#;
+
+pub fn now_rfc3339() -> (String, i64) {
+    let now = time::OffsetDateTime::now_utc();
+    let s = now
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string());
+    (s, now.unix_timestamp())
+}
+
+fn blob_to_u128(b: &[u8]) -> Result<u128, StoreError> {
+    let arr: [u8; 16] = b
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("key ID blob is not 16 bytes".into()))?;
+    Ok(u128::from_be_bytes(arr))
+}
+
+/// SQLite behind one mutex-guarded connection (WAL journal).
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) the store file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+        // back on drop), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn row_account(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, String, String)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn to_account(t: (i64, String, String, String)) -> Result<Account, StoreError> {
+    let role = Role::parse(&t.3).ok_or_else(|| StoreError::Corrupt(format!("role {}", t.3)))?;
+    Ok(Account {
+        id: t.0,
+        username: t.1,
+        password_hash: t.2,
+        role,
+    })
+}
+
+fn insert_key(
+    tx: &rusqlite::Transaction<'_>,
+    device_row: i64,
+    k: &NewKey,
+    now: &str,
+    index: usize,
+) -> Result<EscrowResult, StoreError> {
+    let kid = k.key_id.to_be_bytes();
+    let n = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO keys(key_id, device_id, volume_id, protector_type, nonce, ciphertext, fingerprint, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            &kid[..],
+            device_row,
+            &k.volume_id.to_be_bytes()[..],
+            k.protector_type,
+            k.sealed.nonce,
+            k.sealed.ciphertext,
+            &k.fingerprint[..],
+            now
+        ])?;
+    if n == 1 {
+        return Ok(EscrowResult::Created(IndexEntry {
+            key_id: k.key_id,
+            key_row: tx.last_insert_rowid(),
+            device_row,
+        }));
+    }
+    let (dev, fp): (i64, Vec<u8>) = tx
+        .prepare_cached("SELECT device_id, fingerprint FROM keys WHERE key_id = ?1")?
+        .query_row(params![&kid[..]], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if dev != device_row {
+        return Err(StoreError::Conflict {
+            index,
+            message: "key protector ID is already escrowed for another device".into(),
+        });
+    }
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        fp.as_slice(),
+        &k.fingerprint[..],
+    )) {
+        return Err(StoreError::Conflict {
+            index,
+            message: "key protector ID is already escrowed with a different recovery password"
+                .into(),
+        });
+    }
+    Ok(EscrowResult::Existing)
+}
+
+fn upsert_assoc(
+    tx: &Connection,
+    device_row: i64,
+    user: &str,
+    kind: &str,
+) -> Result<(), StoreError> {
+    let (l, r, i) = match kind {
+        "local" => (1, 0, 0),
+        "remote" => (0, 1, 0),
+        _ => (0, 0, 1),
+    };
+    tx.prepare_cached(
+        "INSERT INTO associations(device_id, user_lc, user, local, remote, imported) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(device_id, user_lc) DO UPDATE SET local = max(local, ?4), remote = max(remote, ?5), imported = max(imported, ?6)",
+    )?
+    .execute(params![device_row, user.to_lowercase(), user, l, r, i])?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn create_account(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: Role,
+    ) -> Result<Account, StoreError> {
+        let c = self.conn();
+        let (now, _) = now_rfc3339();
+        let n = c.execute(
+            "INSERT OR IGNORE INTO accounts(username, username_lc, password_hash, role, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![username, username.to_lowercase(), password_hash, role.as_str(), now],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Conflict {
+                index: 0,
+                message: format!("account {username} already exists"),
+            });
+        }
+        Ok(Account {
+            id: c.last_insert_rowid(),
+            username: username.to_string(),
+            password_hash: password_hash.to_string(),
+            role,
+        })
+    }
+
+    fn account_by_name(&self, username: &str) -> Result<Option<Account>, StoreError> {
+        let c = self.conn();
+        let t = c
+            .prepare_cached(
+                "SELECT id, username, password_hash, role FROM accounts WHERE username_lc = ?1",
+            )?
+            .query_row(params![username.to_lowercase()], row_account)
+            .optional()?;
+        t.map(to_account).transpose()
+    }
+
+    fn first_admin(&self) -> Result<Option<Account>, StoreError> {
+        let c = self.conn();
+        let t = c
+            .prepare_cached("SELECT id, username, password_hash, role FROM accounts WHERE role = 'admin' ORDER BY id LIMIT 1")?
+            .query_row([], row_account)
+            .optional()?;
+        t.map(to_account).transpose()
+    }
+
+    fn add_api_token(&self, account_id: i64, hash: &[u8; 32]) -> Result<(), StoreError> {
+        let (now, _) = now_rfc3339();
+        self.conn().execute(
+            "INSERT INTO api_tokens(token_hash, account_id, created_at) VALUES (?1, ?2, ?3)",
+            params![&hash[..], account_id, now],
+        )?;
+        Ok(())
+    }
+
+    fn account_by_api_token(&self, hash: &[u8; 32]) -> Result<Option<Account>, StoreError> {
+        let c = self.conn();
+        let t = c
+            .prepare_cached(
+                "SELECT a.id, a.username, a.password_hash, a.role FROM api_tokens t JOIN accounts a ON a.id = t.account_id WHERE t.token_hash = ?1",
+            )?
+            .query_row(params![&hash[..]], row_account)
+            .optional()?;
+        t.map(to_account).transpose()
+    }
+
+    fn add_enrollment_token(&self, hash: &[u8; 32]) -> Result<(), StoreError> {
+        let (now, _) = now_rfc3339();
+        self.conn().execute(
+            "INSERT INTO enrollment_tokens(token_hash, created_at) VALUES (?1, ?2)",
+            params![&hash[..], now],
+        )?;
+        Ok(())
+    }
+
+    fn use_enrollment_token(&self, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let (now, _) = now_rfc3339();
+        let n = self.conn().execute(
+            "UPDATE enrollment_tokens SET used_at = ?2 WHERE token_hash = ?1 AND used_at IS NULL",
+            params![&hash[..], now],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn enroll_device(&self, name: &str, credential_hash: &[u8; 32]) -> Result<Device, StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let (now, _) = now_rfc3339();
+        let existing: Option<(i64, String, String)> = tx
+            .query_row(
+                "SELECT id, device_uuid, name FROM devices WHERE name_lc = ?1",
+                params![name.to_lowercase()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let dev = match existing {
+            Some((row, uuid, name)) => {
+                tx.execute(
+                    "UPDATE devices SET credential_hash = ?2 WHERE id = ?1",
+                    params![row, &credential_hash[..]],
+                )?;
+                Device {
+                    row,
+                    device_id: uuid,
+                    name,
+                }
+            }
+            None => {
+                let uuid = uuid::Uuid::new_v4().to_string();
+                tx.execute(
+                    "INSERT INTO devices(device_uuid, name, name_lc, credential_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![uuid, name, name.to_lowercase(), &credential_hash[..], now],
+                )?;
+                Device {
+                    row: tx.last_insert_rowid(),
+                    device_id: uuid,
+                    name: name.to_string(),
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(dev)
+    }
+
+    fn device_by_credential(&self, hash: &[u8; 32]) -> Result<Option<Device>, StoreError> {
+        let c = self.conn();
+        let d = c
+            .prepare_cached("SELECT id, device_uuid, name FROM devices WHERE credential_hash = ?1")?
+            .query_row(params![&hash[..]], |r| {
+                Ok(Device {
+                    row: r.get(0)?,
+                    device_id: r.get(1)?,
+                    name: r.get(2)?,
+                })
+            })
+            .optional()?;
+        Ok(d)
+    }
+
+    fn device_by_name(&self, name: &str) -> Result<Option<Device>, StoreError> {
+        let c = self.conn();
+        let d = c
+            .prepare_cached("SELECT id, device_uuid, name FROM devices WHERE name_lc = ?1")?
+            .query_row(params![name.to_lowercase()], |r| {
+                Ok(Device {
+                    row: r.get(0)?,
+                    device_id: r.get(1)?,
+                    name: r.get(2)?,
+                })
+            })
+            .optional()?;
+        Ok(d)
+    }
+
+    fn escrow_keys(
+        &self,
+        device_row: i64,
+        keys: &[NewKey],
+    ) -> Result<Vec<EscrowResult>, StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let (now, _) = now_rfc3339();
+        let mut out = Vec::with_capacity(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            out.push(insert_key(&tx, device_row, k, &now, i)?);
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn key_by_row(&self, key_row: i64) -> Result<Option<KeyRecord>, StoreError> {
+        let c = self.conn();
+        let t: Option<(i64, Vec<u8>, i64, String, Vec<u8>, Vec<u8>, bool)> = c
+            .prepare_cached(
+                "SELECT k.id, k.key_id, k.device_id, d.name, k.nonce, k.ciphertext, k.superseded_at IS NOT NULL
+                 FROM keys k JOIN devices d ON d.id = k.device_id WHERE k.id = ?1",
+            )?
+            .query_row(params![key_row], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            })
+            .optional()?;
+        t.map(|t| {
+            Ok(KeyRecord {
+                row: t.0,
+                key_id: blob_to_u128(&t.1)?,
+                device_row: t.2,
+                device_name: t.3,
+                sealed: Sealed {
+                    nonce: t.4,
+                    ciphertext: t.5,
+                },
+                superseded: t.6,
+            })
+        })
+        .transpose()
+    }
+
+    fn key_by_id(&self, key_id: u128) -> Result<Option<KeyRecord>, StoreError> {
+        let row: Option<i64> = self
+            .conn()
+            .prepare_cached("SELECT id FROM keys WHERE key_id = ?1")?
+            .query_row(params![&key_id.to_be_bytes()[..]], |r| r.get(0))
+            .optional()?;
+        match row {
+            Some(r) => self.key_by_row(r),
+            None => Ok(None),
+        }
+    }
+
+    fn current_keys(&self) -> Result<Vec<IndexEntry>, StoreError> {
+        let c = self.conn();
+        let mut st =
+            c.prepare("SELECT id, key_id, device_id FROM keys WHERE superseded_at IS NULL")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (row, kid, dev) = r?;
+            out.push(IndexEntry {
+                key_id: blob_to_u128(&kid)?,
+                key_row: row,
+                device_row: dev,
+            });
+        }
+        Ok(out)
+    }
+
+    fn mark_disclosed(&self, key_row: i64) -> Result<(), StoreError> {
+        let (now, _) = now_rfc3339();
+        self.conn().execute(
+            "UPDATE keys SET disclosed_at = ?2 WHERE id = ?1 AND disclosed_at IS NULL",
+            params![key_row, now],
+        )?;
+        Ok(())
+    }
+
+    fn keys_to_rotate(&self, device_row: i64) -> Result<Vec<u128>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT key_id FROM keys WHERE device_id = ?1 AND disclosed_at IS NOT NULL AND superseded_at IS NULL ORDER BY id",
+        )?;
+        let rows = st.query_map(params![device_row], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(blob_to_u128(&r?)?);
+        }
+        Ok(out)
+    }
+
+    fn supersede(&self, device_row: i64, old: u128, new: u128) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let get = |k: u128| -> Result<Option<(i64, bool)>, StoreError> {
+            Ok(tx
+                .query_row(
+                    "SELECT device_id, superseded_at IS NOT NULL FROM keys WHERE key_id = ?1",
+                    params![&k.to_be_bytes()[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?)
+        };
+        match get(old)? {
+            Some((d, false)) if d == device_row => {}
+            Some((d, true)) if d == device_row => {
+                return Err(StoreError::Superseded(
+                    "old key is already superseded".into(),
+                ))
+            }
+            _ => {
+                return Err(StoreError::NotFound {
+                    field: "old_key_protector_id",
+                    message: "no such key on this device".into(),
+                })
+            }
+        }
+        match get(new)? {
+            Some((d, false)) if d == device_row => {}
+            Some((d, true)) if d == device_row => {
+                return Err(StoreError::Superseded(
+                    "new key is itself superseded".into(),
+                ))
+            }
+            _ => {
+                return Err(StoreError::NotFound {
+                    field: "new_key_protector_id",
+                    message: "the new key must be escrowed for this device first".into(),
+                })
+            }
+        }
+        if old == new {
+            return Err(StoreError::Superseded(
+                "old and new key are the same".into(),
+            ));
+        }
+        let (now, _) = now_rfc3339();
+        tx.execute(
+            "UPDATE keys SET superseded_at = ?2, superseded_by = ?3 WHERE key_id = ?1",
+            params![&old.to_be_bytes()[..], now, &new.to_be_bytes()[..]],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn record_sign_in(
+        &self,
+        device_row: i64,
+        user: &str,
+        kind: SignInKind,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let (now, _) = now_rfc3339();
+        let k = match kind {
+            SignInKind::Local => "local",
+            SignInKind::Remote => "remote",
+        };
+        tx.execute(
+            "INSERT INTO sign_ins(device_id, user, kind, time) VALUES (?1, ?2, ?3, ?4)",
+            params![device_row, user, k, now],
+        )?;
+        upsert_assoc(&tx, device_row, user, k)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn associations_of_user(&self, user: &str) -> Result<Vec<(i64, Assoc)>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT device_id, local, remote, imported FROM associations WHERE user_lc = ?1",
+        )?;
+        let rows = st.query_map(params![user.to_lowercase()], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                Assoc {
+                    local: r.get(1)?,
+                    remote: r.get(2)?,
+                    imported: r.get(3)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn users_of_device(&self, device_row: i64) -> Result<Vec<String>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT user FROM associations WHERE device_id = ?1 ORDER BY user_lc",
+        )?;
+        let rows = st.query_map(params![device_row], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn device_name(&self, device_row: i64) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT name FROM devices WHERE id = ?1")?
+            .query_row(params![device_row], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn import(&self, rows: &[ImportRow]) -> Result<Vec<IndexEntry>, StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let (now, _) = now_rfc3339();
+        let mut devices: HashMap<String, i64> = HashMap::new();
+        let mut created = Vec::new();
+        for (i, r) in rows.iter().enumerate() {
+            let lc = r.device.to_lowercase();
+            let dev = match devices.get(&lc) {
+                Some(d) => *d,
+                None => {
+                    let found: Option<i64> = tx
+                        .prepare_cached("SELECT id FROM devices WHERE name_lc = ?1")?
+                        .query_row(params![lc], |r| r.get(0))
+                        .optional()?;
+                    let d = match found {
+                        Some(d) => d,
+                        None => {
+                            tx.prepare_cached(
+                                "INSERT INTO devices(device_uuid, name, name_lc, created_at) VALUES (?1, ?2, ?3, ?4)",
+                            )?
+                            .execute(params![uuid::Uuid::new_v4().to_string(), r.device, lc, now])?;
+                            tx.last_insert_rowid()
+                        }
+                    };
+                    devices.insert(lc, d);
+                    d
+                }
+            };
+            if let EscrowResult::Created(e) = insert_key(&tx, dev, &r.key, &now, i)? {
+                created.push(e);
+            }
+            if let Some(u) = &r.user {
+                upsert_assoc(&tx, dev, u, "imported")?;
+            }
+        }
+        tx.commit()?;
+        Ok(created)
+    }
+
+    fn put_tpm_lockout(&self, device_row: i64, sealed: &Sealed) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let (now, _) = now_rfc3339();
+        tx.execute(
+            "UPDATE tpm_lockout SET superseded_at = ?2 WHERE device_id = ?1 AND superseded_at IS NULL",
+            params![device_row, now],
+        )?;
+        tx.execute(
+            "INSERT INTO tpm_lockout(device_id, nonce, ciphertext, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![device_row, sealed.nonce, sealed.ciphertext, now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn current_tpm_lockout(&self, device_row: i64) -> Result<Option<TpmRecord>, StoreError> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "SELECT id, nonce, ciphertext FROM tpm_lockout WHERE device_id = ?1 AND superseded_at IS NULL ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row(params![device_row], |r| {
+                Ok(TpmRecord {
+                    row: r.get(0)?,
+                    sealed: Sealed {
+                        nonce: r.get(1)?,
+                        ciphertext: r.get(2)?,
+                    },
+                })
+            })
+            .optional()?)
+    }
+
+    fn mark_tpm_disclosed(&self, row: i64) -> Result<(), StoreError> {
+        let (now, _) = now_rfc3339();
+        self.conn().execute(
+            "UPDATE tpm_lockout SET disclosed_at = ?2 WHERE id = ?1 AND disclosed_at IS NULL",
+            params![row, now],
+        )?;
+        Ok(())
+    }
+
+    fn tpm_rotation_pending(&self, device_row: i64) -> Result<bool, StoreError> {
+        let n: i64 = self.conn().query_row(
+            "SELECT count(*) FROM tpm_lockout WHERE device_id = ?1 AND superseded_at IS NULL AND disclosed_at IS NOT NULL",
+            params![device_row],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    }
+
+    fn load_settings(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT json FROM settings WHERE id = 1", [], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn save_settings(&self, json: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO settings(id, json) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET json = ?1",
+            params![json],
+        )?;
+        Ok(())
+    }
+
+    fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError> {
+        let unix =
+            time::OffsetDateTime::parse(&row.time, &time::format_description::well_known::Rfc3339)
+                .map(|t| t.unix_timestamp())
+                .unwrap_or(0);
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO audit(time, time_unix, source, requester, requester_lc, end_user, device, key_id, key_type, reason, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                row.time,
+                unix,
+                row.source,
+                row.requester,
+                row.requester.to_lowercase(),
+                row.end_user,
+                row.device,
+                row.key_id,
+                row.key_type,
+                row.reason,
+                row.outcome
+            ])?;
+        Ok(())
+    }
+
+    fn query_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT id, time, source, requester, end_user, device, key_id, key_type, reason, outcome FROM audit
+             WHERE (?1 IS NULL OR time_unix >= ?1) AND (?2 IS NULL OR source = ?2) AND (?3 IS NULL OR outcome = ?3)
+               AND (?4 IS NULL OR requester_lc = ?4 OR lower(end_user) = ?4) AND (?5 IS NULL OR lower(device) = ?5)
+             ORDER BY id",
+        )?;
+        let rows = st.query_map(
+            params![
+                f.since_unix,
+                f.source,
+                f.outcome,
+                f.user.as_ref().map(|u| u.to_lowercase()),
+                f.device.as_ref().map(|d| d.to_lowercase())
+            ],
+            |r| {
+                Ok(AuditRow {
+                    id: r.get(0)?,
+                    time: r.get(1)?,
+                    source: r.get(2)?,
+                    requester: r.get(3)?,
+                    end_user: r.get(4)?,
+                    device: r.get(5)?,
+                    key_id: r.get(6)?,
+                    key_type: r.get(7)?,
+                    reason: r.get(8)?,
+                    outcome: r.get(9)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn count_failures(&self, requester: &str, since_unix: i64) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn()
+            .prepare_cached(
+                "SELECT count(*) FROM audit WHERE requester_lc = ?1 AND time_unix >= ?2 AND outcome IN ('not_found', 'denied', 'not_eligible')",
+            )?
+            .query_row(params![requester.to_lowercase(), since_unix], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+}

@@ -1,0 +1,1082 @@
+//! The HTML sites: `/SelfService`, `/HelpDesk`, `/Admin`. Server-side sessions with a
+//! per-session CSRF token on every form; inactivity expiry is enforced here on every request.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use askama::Template;
+use axum::extract::{Form, FromRequest, Query, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use subtle::ConstantTimeEq;
+
+use crate::api::{self, validate_device_name, validate_name, AuditQuery};
+use crate::config::{Settings, SettingsPatch};
+use crate::error::AppError;
+use crate::fp;
+use crate::keyid::parse_key_id_input;
+use crate::lookup::{
+    self, KeyAnswer, KeyRequest, Match, Source, TpmAnswer, TpmRequest, HELPDESK_REASONS,
+    SELF_SERVICE_REASONS,
+};
+use crate::session::{Session, SessionLookup, SessionUser};
+use crate::store::{AuditRow, Role};
+use crate::AppState;
+
+pub const COOKIE: &str = "portal_session";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    SelfService,
+    HelpDesk,
+    Admin,
+}
+
+impl Site {
+    fn path(self) -> &'static str {
+        match self {
+            Site::SelfService => "SelfService",
+            Site::HelpDesk => "HelpDesk",
+            Site::Admin => "Admin",
+        }
+    }
+    fn title(self) -> &'static str {
+        match self {
+            Site::SelfService => "BitLocker Recovery Key Self-Service",
+            Site::HelpDesk => "BitLocker Help Desk",
+            Site::Admin => "Recovery Portal Administration",
+        }
+    }
+    fn allows(self, role: Role) -> bool {
+        match self {
+            Site::SelfService => true,
+            Site::HelpDesk => role.is_helpdesk(),
+            Site::Admin => role == Role::Admin,
+        }
+    }
+    fn source(self) -> Source {
+        match self {
+            Site::SelfService => Source::SelfService,
+            _ => Source::HelpDesk,
+        }
+    }
+    fn home(self) -> &'static str {
+        match self {
+            Site::SelfService => "/SelfService/notice",
+            Site::HelpDesk => "/HelpDesk",
+            Site::Admin => "/Admin",
+        }
+    }
+}
+
+pub struct PageCtx {
+    company: String,
+    title: String,
+    site: &'static str,
+    csrf: String,
+    signed_in: bool,
+    idle_secs: u64,
+    warning_secs: u64,
+}
+
+fn page(st: &AppState, site: Site, title: &str, s: Option<&Session>) -> PageCtx {
+    let set = st.settings();
+    PageCtx {
+        company: set.company_name,
+        title: title.to_string(),
+        site: site.path(),
+        csrf: s.map(|s| s.csrf.clone()).unwrap_or_default(),
+        signed_in: s.is_some_and(|s| s.user.is_some()),
+        idle_secs: set.idle_timeout_secs,
+        warning_secs: set.warning_secs,
+    }
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginT {
+    page: PageCtx,
+    error: Option<String>,
+    username: String,
+}
+
+#[derive(Template)]
+#[template(path = "notice.html")]
+struct NoticeT {
+    page: PageCtx,
+    notice_text: String,
+}
+
+pub struct HelpdeskMsg {
+    text: String,
+    url: String,
+}
+
+pub struct ShownKey {
+    key_id: String,
+    device: String,
+    password: String,
+}
+
+#[derive(Template)]
+#[template(path = "selfservice.html")]
+struct SelfT {
+    page: PageCtx,
+    error: Option<String>,
+    matches: bool,
+    helpdesk: Option<HelpdeskMsg>,
+    key: Option<ShownKey>,
+    key_id: String,
+    reasons: Vec<(&'static str, bool)>,
+}
+
+#[derive(Template)]
+#[template(path = "helpdesk.html")]
+struct HelpT {
+    page: PageCtx,
+    error: Option<String>,
+    matches: Vec<Match>,
+    key: Option<ShownKey>,
+    end_user: String,
+    key_id: String,
+    reasons: Vec<(&'static str, bool)>,
+}
+
+#[derive(Template)]
+#[template(path = "tpm.html")]
+struct TpmT {
+    page: PageCtx,
+    error: Option<String>,
+    lockout: Option<String>,
+    device: String,
+    end_user: String,
+    reasons: Vec<(&'static str, bool)>,
+}
+
+#[derive(Template)]
+#[template(path = "expired.html")]
+struct ExpiredT {
+    page: PageCtx,
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct MessageT {
+    page: PageCtx,
+    message: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin.html")]
+struct AdminT {
+    page: PageCtx,
+    error: Option<String>,
+    info: Option<String>,
+    enrollment_token: Option<String>,
+    s: Settings,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditT {
+    page: PageCtx,
+    error: Option<String>,
+    rows: Vec<AuditRow>,
+    query: String,
+}
+
+fn html(status: StatusCode, t: &impl Template) -> Response {
+    match t.render() {
+        Ok(body) => (
+            status,
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(e) => AppError::Internal(format!("template: {e}")).into_response(),
+    }
+}
+
+fn reasons(list: &'static [&'static str], chosen: &str) -> Vec<(&'static str, bool)> {
+    list.iter().map(|r| (*r, *r == chosen)).collect()
+}
+
+fn session_id(headers: &HeaderMap) -> Option<String> {
+    for v in headers.get_all(header::COOKIE) {
+        let Ok(v) = v.to_str() else { continue };
+        for part in v.split(';') {
+            if let Some((k, val)) = part.trim().split_once('=') {
+                if k == COOKIE && !val.is_empty() && val.len() <= 128 {
+                    return Some(val.to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+fn cookie(st: &AppState, id: &str) -> HeaderValue {
+    let secure = if st.config.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict{secure}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("portal_session=; Path=/"))
+}
+
+fn redirect(to: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
+}
+
+fn max_idle(st: &AppState) -> Duration {
+    let s = st.settings();
+    Duration::from_secs(s.idle_timeout_secs.saturating_add(s.warning_secs))
+}
+
+fn message(st: &AppState, site: Site, status: StatusCode, msg: &str) -> Response {
+    html(
+        status,
+        &MessageT {
+            page: page(st, site, site.title(), None),
+            message: msg.to_string(),
+        },
+    )
+}
+
+fn expired_page(st: &AppState, site: Site, status: StatusCode) -> Response {
+    html(
+        status,
+        &ExpiredT {
+            page: page(st, site, "Session expired", None),
+        },
+    )
+}
+
+/// Form body whose rejections are HTML-friendly (413 stays 413).
+pub struct FormData(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequest<S> for FormData {
+    type Rejection = Response;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Form::<HashMap<String, String>>::from_request(req, state).await {
+            Ok(Form(m)) => Ok(FormData(m)),
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response())
+            }
+            Err(rej) => Err((StatusCode::BAD_REQUEST, rej.body_text()).into_response()),
+        }
+    }
+}
+
+impl FormData {
+    fn get(&self, k: &str) -> &str {
+        self.0.get(k).map(String::as_str).unwrap_or("")
+    }
+}
+
+fn csrf_ok(s: &Session, f: &FormData) -> bool {
+    let t = f.get("csrf_token");
+    !t.is_empty() && bool::from(t.as_bytes().ct_eq(s.csrf.as_bytes()))
+}
+
+/// Resolves the signed-in session for a page, or the response to send instead.
+/// `key_reason` is set for key requests, so an expired session is audited.
+async fn gate(
+    st: &AppState,
+    headers: &HeaderMap,
+    site: Site,
+    key_reason: Option<&str>,
+) -> Result<Session, Response> {
+    let login = format!("/{}/login", site.path());
+    let Some(id) = session_id(headers) else {
+        return Err(redirect(&login));
+    };
+    let enforce = !fp::active(fp::NO_EXPIRY);
+    match st.sessions.touch(&id, max_idle(st), enforce) {
+        SessionLookup::Missing => Err(redirect(&login)),
+        SessionLookup::Expired(s) => {
+            if let (Some(reason), Some(u)) = (key_reason, s.user.as_ref()) {
+                let user = u.username.clone();
+                let reason = reason.to_string();
+                let src = site.source();
+                if let Err(e) = st
+                    .run(move |i| lookup::audit_expired(i, src, &user, Some(&reason)))
+                    .await
+                {
+                    return Err(e.into_response());
+                }
+            }
+            Err(expired_page(st, site, StatusCode::UNAUTHORIZED))
+        }
+        SessionLookup::Live(s) => match &s.user {
+            None => Err(redirect(&login)),
+            Some(u) if !site.allows(u.role) => Err(message(
+                st,
+                site,
+                StatusCode::FORBIDDEN,
+                "Your account may not use this site.",
+            )),
+            Some(_) => Ok(s),
+        },
+    }
+}
+
+// ---------- sign-in, keepalive, expiry, sign-out (all sites) ----------
+
+async fn login_get(st: AppState, site: Site) -> Response {
+    let s = st.sessions.create(None, max_idle(&st));
+    let mut r = html(
+        StatusCode::OK,
+        &LoginT {
+            page: page(&st, site, site.title(), Some(&s)),
+            error: None,
+            username: String::new(),
+        },
+    );
+    r.headers_mut()
+        .insert(header::SET_COOKIE, cookie(&st, &s.id));
+    r
+}
+
+async fn login_post(st: AppState, headers: HeaderMap, site: Site, f: FormData) -> Response {
+    let Some(id) = session_id(&headers) else {
+        return message(
+            &st,
+            site,
+            StatusCode::FORBIDDEN,
+            "Missing or wrong CSRF token. Reload the sign-in page.",
+        );
+    };
+    let s = match st.sessions.touch(&id, max_idle(&st), false) {
+        SessionLookup::Live(s) => s,
+        _ => {
+            return message(
+                &st,
+                site,
+                StatusCode::FORBIDDEN,
+                "Missing or wrong CSRF token. Reload the sign-in page.",
+            )
+        }
+    };
+    if !csrf_ok(&s, &f) {
+        return message(
+            &st,
+            site,
+            StatusCode::FORBIDDEN,
+            "Missing or wrong CSRF token. Reload the sign-in page.",
+        );
+    }
+    let username = f.get("username").trim().to_string();
+    let password = f.get("password").to_string();
+    let fail = |status: StatusCode, msg: &str, username: String| {
+        html(
+            status,
+            &LoginT {
+                page: page(&st, site, site.title(), Some(&s)),
+                error: Some(msg.to_string()),
+                username,
+            },
+        )
+    };
+    if username.is_empty() || username.chars().count() > 128 {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "username is required (at most 128 characters)",
+            String::new(),
+        );
+    }
+    if password.is_empty() || password.chars().count() > 1024 {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "password is required (at most 1024 characters)",
+            username,
+        );
+    }
+    let u2 = username.clone();
+    let res = st
+        .run(move |i| {
+            let acct = i.store.account_by_name(&u2)?;
+            let ok = i
+                .hasher
+                .verify(&password, acct.as_ref().map(|a| a.password_hash.as_str()));
+            Ok(if ok { acct } else { None })
+        })
+        .await;
+    let acct = match res {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            return fail(
+                StatusCode::UNAUTHORIZED,
+                "The user name or password is incorrect.",
+                username,
+            )
+        }
+        Err(e) => return e.into_response(),
+    };
+    if !site.allows(acct.role) {
+        return fail(
+            StatusCode::FORBIDDEN,
+            "Your account may not use this site.",
+            username,
+        );
+    }
+    // A fresh session id at sign-in (no fixation).
+    st.sessions.remove(&id);
+    let new = st.sessions.create(
+        Some(SessionUser {
+            username: acct.username,
+            role: acct.role,
+        }),
+        max_idle(&st),
+    );
+    let mut r = redirect(site.home());
+    r.headers_mut()
+        .insert(header::SET_COOKIE, cookie(&st, &new.id));
+    r
+}
+
+async fn keepalive(st: AppState, headers: HeaderMap, site: Site, f: FormData) -> Response {
+    let s = match gate(&st, &headers, site, None).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&s, &f) {
+        return message(
+            &st,
+            site,
+            StatusCode::FORBIDDEN,
+            "Missing or wrong CSRF token.",
+        );
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn expired_get(st: AppState, headers: HeaderMap, site: Site) -> Response {
+    if let Some(id) = session_id(&headers) {
+        st.sessions.remove(&id);
+    }
+    expired_page(&st, site, StatusCode::OK)
+}
+
+async fn logout(st: AppState, headers: HeaderMap, site: Site, f: FormData) -> Response {
+    let s = match gate(&st, &headers, site, None).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&s, &f) {
+        return message(
+            &st,
+            site,
+            StatusCode::FORBIDDEN,
+            "Missing or wrong CSRF token.",
+        );
+    }
+    st.sessions.remove(&s.id);
+    redirect(&format!("/{}/login", site.path()))
+}
+
+// ---------- self-service ----------
+
+fn self_page(st: &AppState, s: &Session) -> SelfT {
+    SelfT {
+        page: page(
+            st,
+            Site::SelfService,
+            "Get your BitLocker recovery key",
+            Some(s),
+        ),
+        error: None,
+        matches: false,
+        helpdesk: None,
+        key: None,
+        key_id: String::new(),
+        reasons: reasons(&SELF_SERVICE_REASONS, ""),
+    }
+}
+
+async fn notice_get(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let s = match gate(&st, &headers, Site::SelfService, None).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    html(
+        StatusCode::OK,
+        &NoticeT {
+            page: page(&st, Site::SelfService, "Notice", Some(&s)),
+            notice_text: st.settings().notice_text,
+        },
+    )
+}
+
+async fn notice_post(State(st): State<AppState>, headers: HeaderMap, f: FormData) -> Response {
+    let s = match gate(&st, &headers, Site::SelfService, None).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&s, &f) {
+        return message(
+            &st,
+            Site::SelfService,
+            StatusCode::FORBIDDEN,
+            "Missing or wrong CSRF token.",
+        );
+    }
+    st.sessions.update(&s.id, |s| s.notice_accepted = true);
+    redirect("/SelfService")
+}
+
+async fn self_get(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let s = match gate(&st, &headers, Site::SelfService, None).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !s.notice_accepted {
+        return redirect("/SelfService/notice");
+    }
+    html(StatusCode::OK, &self_page(&st, &s))
+}
+
+async fn self_key(State(st): State<AppState>, headers: HeaderMap, f: FormData) -> Response {
+    let reason = f.get("reason").to_string();
+    let s = match gate(&st, &headers, Site::SelfService, Some(&reason)).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&s, &f) {
+        return message(
+            &st,
+            Site::SelfService,
+            StatusCode::FORBIDDEN,
+            "Missing or wrong CSRF token.",
+        );
+    }
+    if !s.notice_accepted {
+        return redirect("/SelfService/notice");
+    }
+    let Some(user) = s.user.clone() else {
+        return redirect("/SelfService/login");
+    };
+    let mut t = self_page(&st, &s);
+    let typed = f.get("key_id").to_string();
+    t.reasons = reasons(&SELF_SERVICE_REASONS, &reason);
+    let key = match parse_key_id_input(&typed) {
+        Ok(k) => k,
+        Err(e) => {
+            t.error = Some(format!("key_id {e}"));
+            return html(StatusCode::BAD_REQUEST, &t);
+        }
+    };
+    if !SELF_SERVICE_REASONS.contains(&reason.as_str()) {
+        t.error = Some("reason must be one of the listed reasons".into());
+        t.key_id = typed.chars().take(64).collect();
+        return html(StatusCode::BAD_REQUEST, &t);
+    }
+    let req = KeyRequest {
+        source: Source::SelfService,
+        requester: user.username,
+        role: user.role,
+        key,
+        end_user: None,
+        reason,
+    };
+    let ans = match st.run(move |i| lookup::lookup_key(i, &req)).await {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let status = match ans {
+        KeyAnswer::Shown {
+            key_id,
+            device,
+            password,
+        } => {
+            t.key = Some(ShownKey {
+                key_id,
+                device,
+                password,
+            });
+            StatusCode::OK
+        }
+        KeyAnswer::Ambiguous(_) => {
+            t.matches = true;
+            t.key_id = typed.chars().take(64).collect();
+            StatusCode::OK
+        }
+        KeyAnswer::NotEligible => {
+            let set = st.settings();
+            t.helpdesk = Some(HelpdeskMsg {
+                text: set.helpdesk_text,
+                url: set.helpdesk_url,
+            });
+            StatusCode::FORBIDDEN
+        }
+        KeyAnswer::NotFound => {
+            // Nothing typed is echoed: absent and foreign key IDs must render identically.
+            t.reasons = reasons(&SELF_SERVICE_REASONS, "");
+            t.error = Some("No recovery key matches this Recovery Key ID. Check the digits on the recovery screen.".into());
+            StatusCode::NOT_FOUND
+        }
+        KeyAnswer::Foreign => {
+            t.error =
+                Some("This recovery key belongs to a device you are not associated with.".into());
+            StatusCode::NOT_FOUND
+        }
+        KeyAnswer::RateLimited => {
+            t.error = Some(
+                "Too many failed key requests. Try again later or contact your help desk.".into(),
+            );
+            StatusCode::TOO_MANY_REQUESTS
+        }
+    };
+    html(status, &t)
+}
+
+// ---------- help desk ----------
+
+fn help_page(st: &AppState, s: &Session) -> HelpT {
+    HelpT {
+        page: page(st, Site::HelpDesk, "Drive recovery", Some(s)),
+        error: None,
+        matches: Vec::new(),
+        key: None,
+        end_user: String::new(),
+        key_id: String::new(),
+        reasons: reasons(&HELPDESK_REASONS, ""),
+    }
+}
+
+async fn help_get(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    match gate(&st, &headers, Site::HelpDesk, None).await {
+        Ok(s) => html(StatusCode::OK, &help_page(&st, &s)),
+        Err(r) => r,
+    }
+}
+
+async fn help_key(State(st): State<AppState>, headers: HeaderMap, f: FormData) -> Response {
+    let reason = f.get("reason").to_string();
+    let s = match gate(&st, &headers, Site::HelpDesk, Some(&reason)).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&s, &f) {
+        return message(
+            &st,
+            Site::HelpDesk,
+            StatusCode::FORBIDDEN,
+            "Missing or wrong CSRF token.",
+        );
+    }
+    let Some(user) = s.user.clone() else {
+        return redirect("/HelpDesk/login");
+    };
+    let mut t = help_page(&st, &s);
+    let typed = f.get("key_id").to_string();
+    let end_user_in = f.get("end_user").trim().to_string();
+    t.reasons = reasons(&HELPDESK_REASONS, &reason);
+    t.end_user = end_user_in.chars().take(256).collect();
+    t.key_id = typed.chars().take(64).collect();
+    let key = match parse_key_id_input(&typed) {
+        Ok(k) => k,
+        Err(e) => {
+            t.error = Some(format!("key_id {e}"));
+            return html(StatusCode::BAD_REQUEST, &t);
+        }
+    };
+    let end_user = if end_user_in.is_empty() {
+        if !user.role.is_advanced() {
+            t.error = Some("end_user is required: type the end user's DOMAIN\\user name".into());
+            return html(StatusCode::BAD_REQUEST, &t);
+        }
+        None
+    } else {
+        match validate_name(&end_user_in, "end_user", 256) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                t.error = Some(e.public_message());
+                return html(StatusCode::BAD_REQUEST, &t);
+            }
+        }
+    };
+    if !HELPDESK_REASONS.contains(&reason.as_str()) {
+        t.error = Some("reason must be one of the listed reasons".into());
+        return html(StatusCode::BAD_REQUEST, &t);
+    }
+    let req = KeyRequest {
+        source: Source::HelpDesk,
+        requester: user.username,
+        role: user.role,
+        key,
+        end_user,
+        reason,
+    };
+    let ans = match st.run(move |i| lookup::lookup_key(i, &req)).await {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let status = match ans {
+        KeyAnswer::Shown {
+            key_id,
+            device,
+            password,
+        } => {
+            t.key = Some(ShownKey {
+                key_id,
+                device,
+                password,
+            });
+            t.key_id.clear();
+            StatusCode::OK
+        }
+        KeyAnswer::Ambiguous(m) => {
+            t.matches = m;
+            StatusCode::OK
+        }
+        KeyAnswer::NotFound | KeyAnswer::Foreign | KeyAnswer::NotEligible => {
+            t.error = Some("No recovery key matches this key ID for this end user.".into());
+            StatusCode::NOT_FOUND
+        }
+        KeyAnswer::RateLimited => {
+            t.error = Some("Too many failed key requests. Try again later.".into());
+            StatusCode::TOO_MANY_REQUESTS
+        }
+    };
+    html(status, &t)
+}
+
+fn tpm_page(st: &AppState, s: &Session) -> TpmT {
+    TpmT {
+        page: page(st, Site::HelpDesk, "Manage TPM", Some(s)),
+        error: None,
+        lockout: None,
+        device: String::new(),
+        end_user: String::new(),
+        reasons: reasons(&HELPDESK_REASONS, ""),
+    }
+}
+
+async fn tpm_get(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    match gate(&st, &headers, Site::HelpDesk, None).await {
+        Ok(s) => html(StatusCode::OK, &tpm_page(&st, &s)),
+        Err(r) => r,
+    }
+}
+
+async fn tpm_post(State(st): State<AppState>, headers: HeaderMap, f: FormData) -> Response {
+    let reason = f.get("reason").to_string();
+    let s = match gate(&st, &headers, Site::HelpDesk, Some(&reason)).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&s, &f) {
+        return message(
+            &st,
+            Site::HelpDesk,
+            StatusCode::FORBIDDEN,
+            "Missing or wrong CSRF token.",
+        );
+    }
+    let Some(user) = s.user.clone() else {
+        return redirect("/HelpDesk/login");
+    };
+    let mut t = tpm_page(&st, &s);
+    t.reasons = reasons(&HELPDESK_REASONS, &reason);
+    t.device = f.get("computer").trim().chars().take(64).collect();
+    t.end_user = f.get("end_user").trim().chars().take(256).collect();
+    let computer = match validate_device_name(f.get("computer"), "computer") {
+        Ok(c) => c,
+        Err(e) => {
+            t.error = Some(e.public_message());
+            return html(StatusCode::BAD_REQUEST, &t);
+        }
+    };
+    let end_user = if t.end_user.is_empty() {
+        if !user.role.is_advanced() {
+            t.error = Some("end_user is required: type the end user's DOMAIN\\user name".into());
+            return html(StatusCode::BAD_REQUEST, &t);
+        }
+        None
+    } else {
+        match validate_name(&t.end_user, "end_user", 256) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                t.error = Some(e.public_message());
+                return html(StatusCode::BAD_REQUEST, &t);
+            }
+        }
+    };
+    if !HELPDESK_REASONS.contains(&reason.as_str()) {
+        t.error = Some("reason must be one of the listed reasons".into());
+        return html(StatusCode::BAD_REQUEST, &t);
+    }
+    let req = TpmRequest {
+        source: Source::HelpDesk,
+        requester: user.username,
+        role: user.role,
+        computer,
+        end_user,
+        reason,
+    };
+    let ans = match st.run(move |i| lookup::lookup_tpm(i, &req)).await {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let status = match ans {
+        TpmAnswer::Shown {
+            device,
+            lockout_auth_hex,
+        } => {
+            t.device = device;
+            t.lockout = Some(lockout_auth_hex);
+            StatusCode::OK
+        }
+        TpmAnswer::NotFound => {
+            t.error = Some(
+                "No TPM lockout authorization is escrowed for this computer and end user.".into(),
+            );
+            StatusCode::NOT_FOUND
+        }
+        TpmAnswer::RateLimited => {
+            t.error = Some("Too many failed requests. Try again later.".into());
+            StatusCode::TOO_MANY_REQUESTS
+        }
+    };
+    html(status, &t)
+}
+
+// ---------- admin ----------
+
+fn admin_page(st: &AppState, s: &Session) -> AdminT {
+    AdminT {
+        page: page(st, Site::Admin, "Administration", Some(s)),
+        error: None,
+        info: None,
+        enrollment_token: None,
+        s: st.settings(),
+    }
+}
+
+async fn admin_get(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    match gate(&st, &headers, Site::Admin, None).await {
+        Ok(s) => html(StatusCode::OK, &admin_page(&st, &s)),
+        Err(r) => r,
+    }
+}
+
+async fn admin_gate(st: &AppState, headers: &HeaderMap, f: &FormData) -> Result<Session, Response> {
+    let s = gate(st, headers, Site::Admin, None).await?;
+    if !csrf_ok(&s, f) {
+        return Err(message(
+            st,
+            Site::Admin,
+            StatusCode::FORBIDDEN,
+            "Missing or wrong CSRF token.",
+        ));
+    }
+    Ok(s)
+}
+
+async fn admin_accounts(State(st): State<AppState>, headers: HeaderMap, f: FormData) -> Response {
+    let s = match admin_gate(&st, &headers, &f).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let mut t = admin_page(&st, &s);
+    let r = api::do_create_account(
+        &st,
+        Some(f.get("username").to_string()),
+        Some(f.get("password").to_string()),
+        Some(f.get("role").to_string()),
+    )
+    .await;
+    match r {
+        Ok(a) => {
+            t.info = Some(format!(
+                "Account {} ({}) created.",
+                a.username,
+                a.role.as_str()
+            ));
+            html(StatusCode::CREATED, &t)
+        }
+        Err(e) => {
+            t.error = Some(e.public_message());
+            html(e.status(), &t)
+        }
+    }
+}
+
+async fn admin_enroll(State(st): State<AppState>, headers: HeaderMap, f: FormData) -> Response {
+    let s = match admin_gate(&st, &headers, &f).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let mut t = admin_page(&st, &s);
+    match api::new_enrollment_token(&st).await {
+        Ok(tok) => {
+            t.enrollment_token = Some(tok);
+            html(StatusCode::CREATED, &t)
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+fn num(f: &FormData, k: &'static str) -> Result<Option<u64>, AppError> {
+    let v = f.get(k).trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.parse::<u64>()
+        .map(Some)
+        .map_err(|_| AppError::invalid(k, "must be a whole number"))
+}
+
+async fn admin_settings(State(st): State<AppState>, headers: HeaderMap, f: FormData) -> Response {
+    let s = match admin_gate(&st, &headers, &f).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let text = |k: &str| f.0.get(k).cloned();
+    let patch = (|| -> Result<SettingsPatch, AppError> {
+        Ok(SettingsPatch {
+            company_name: text("company_name"),
+            helpdesk_text: text("helpdesk_text"),
+            helpdesk_url: text("helpdesk_url"),
+            notice_text: text("notice_text"),
+            idle_timeout_secs: num(&f, "idle_timeout_secs")?,
+            warning_secs: num(&f, "warning_secs")?,
+            lookup_failure_limit: num(&f, "lookup_failure_limit")?,
+            lookup_failure_window_secs: num(&f, "lookup_failure_window_secs")?,
+        })
+    })();
+    let res = match patch {
+        Ok(p) => api::apply_settings(&st, p).await,
+        Err(e) => Err(e),
+    };
+    let mut t = admin_page(&st, &s);
+    match res {
+        Ok(_) => {
+            t.info = Some("Settings saved.".into());
+            html(StatusCode::OK, &t)
+        }
+        Err(e) => {
+            t.error = Some(e.public_message());
+            html(e.status(), &t)
+        }
+    }
+}
+
+async fn admin_audit(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let s = match gate(&st, &headers, Site::Admin, None).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let mut t = AuditT {
+        page: page(&st, Site::Admin, "Recovery audit", Some(&s)),
+        error: None,
+        rows: Vec::new(),
+        query: raw.unwrap_or_default(),
+    };
+    match api::audit_rows(&st, q).await {
+        Ok(rows) => {
+            t.rows = rows;
+            html(StatusCode::OK, &t)
+        }
+        Err(e) => {
+            t.error = Some(e.public_message());
+            html(e.status(), &t)
+        }
+    }
+}
+
+async fn admin_audit_export(
+    st: AppState,
+    headers: HeaderMap,
+    q: AuditQuery,
+    format: &'static str,
+) -> Response {
+    if let Err(r) = gate(&st, &headers, Site::Admin, None).await {
+        return r;
+    }
+    match api::audit_rows(&st, q).await {
+        Ok(rows) => {
+            api::audit_response(rows, Some(format)).unwrap_or_else(IntoResponse::into_response)
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// All HTML routes.
+pub fn routes() -> Router<AppState> {
+    let mut r = Router::new();
+    for site in [Site::SelfService, Site::HelpDesk, Site::Admin] {
+        let p = site.path();
+        r = r
+            .route(
+                &format!("/{p}/login"),
+                get(move |State(st): State<AppState>| login_get(st, site)).post(
+                    move |State(st): State<AppState>, h: HeaderMap, f: FormData| {
+                        login_post(st, h, site, f)
+                    },
+                ),
+            )
+            .route(
+                &format!("/{p}/keepalive"),
+                post(
+                    move |State(st): State<AppState>, h: HeaderMap, f: FormData| {
+                        keepalive(st, h, site, f)
+                    },
+                ),
+            )
+            .route(
+                &format!("/{p}/expired"),
+                get(move |State(st): State<AppState>, h: HeaderMap| expired_get(st, h, site)),
+            )
+            .route(
+                &format!("/{p}/logout"),
+                post(
+                    move |State(st): State<AppState>, h: HeaderMap, f: FormData| {
+                        logout(st, h, site, f)
+                    },
+                ),
+            );
+    }
+    r.route("/SelfService", get(self_get))
+        .route("/SelfService/", get(self_get))
+        .route("/SelfService/notice", get(notice_get).post(notice_post))
+        .route("/SelfService/key", post(self_key))
+        .route("/HelpDesk", get(help_get))
+        .route("/HelpDesk/key", post(help_key))
+        .route("/HelpDesk/tpm", get(tpm_get).post(tpm_post))
+        .route("/Admin", get(admin_get))
+        .route("/Admin/accounts", post(admin_accounts))
+        .route("/Admin/enrollment-tokens", post(admin_enroll))
+        .route("/Admin/settings", post(admin_settings))
+        .route("/Admin/audit", get(admin_audit))
+        .route(
+            "/Admin/audit.csv",
+            get(
+                |State(st): State<AppState>, h: HeaderMap, Query(q): Query<AuditQuery>| {
+                    admin_audit_export(st, h, q, "csv")
+                },
+            ),
+        )
+        .route(
+            "/Admin/audit.json",
+            get(
+                |State(st): State<AppState>, h: HeaderMap, Query(q): Query<AuditQuery>| {
+                    admin_audit_export(st, h, q, "json")
+                },
+            ),
+        )
+}
