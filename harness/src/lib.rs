@@ -4,9 +4,16 @@
 //!   a volume with real sector encryption. Pure software.
 //! - [`eventlog`]: the TCG PC Client crypto-agile binary event log (writer, reader, replay).
 //! - [`device`]: the measured-boot model: components in, TCG events and PCR predictions out.
+//! - [`keys`]: seeded, reproducible key-ID / recovery-password pairs at millions a second.
 //! - [`cli`]: the `harness` command line, one function per subcommand.
+//! - [`portal`]: a black-box client of a recovery portal over HTTP (agent, admin, user,
+//!   help desk), and the embedded portal process.
+//! - [`scenario`]: the YAML scenario schema and the catalog loader.
 
 pub mod bitlocker;
 pub mod cli;
 pub mod device;
 pub mod eventlog;
+pub mod portal;
+pub mod scenario;
+pub mod keys;

@@ -1,0 +1,699 @@
+//! Reading scenario files: strict parsing, then the checks a type cannot express, every
+//! error naming `file:line:column`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::locate::{path_string, Locator, Seg};
+use super::model::{
+    Answer, ChangeKind, KeyIdDigits, ProtectorKind, RecoveryVia, Role, Scenario, TpmError,
+};
+
+/// Why one scenario file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{}: cannot read: {source}", file.display())]
+    Read { file: PathBuf, source: io::Error },
+    /// A syntax, type, unknown-field or enum error (from the YAML parse) or a semantic one.
+    #[error("{}:{line}:{column}: {message}", file.display())]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A parse error the YAML parser could not place (an empty file, say).
+    #[error("{}: {message}", file.display())]
+    Unplaced { file: PathBuf, message: String },
+    #[error("{}: scenario name `{name}` is already used by {}", file.display(), first.display())]
+    DuplicateName {
+        file: PathBuf,
+        name: String,
+        first: PathBuf,
+    },
+}
+
+impl ScenarioError {
+    /// The file the error is about.
+    pub fn file(&self) -> &Path {
+        match self {
+            ScenarioError::Read { file, .. }
+            | ScenarioError::Invalid { file, .. }
+            | ScenarioError::Unplaced { file, .. }
+            | ScenarioError::DuplicateName { file, .. } => file,
+        }
+    }
+}
+
+/// Why a catalog cannot run: if any file is bad, nothing runs.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("{}", Listed(.0))]
+    Invalid(Vec<ScenarioError>),
+    #[error("no scenario files (*.yaml, *.yml) in {0}")]
+    Empty(String),
+    #[error("{}: cannot list scenario files: {source}", path.display())]
+    List { path: PathBuf, source: io::Error },
+}
+
+struct Listed<'a>(&'a [ScenarioError]);
+
+impl fmt::Display for Listed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(f, "{n} invalid scenario file{}:", if n == 1 { "" } else { "s" })?;
+        for e in self.0 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and checks one scenario file.
+pub fn load_scenario(file: &Path) -> Result<Scenario, ScenarioError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ScenarioError::Read {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    parse_scenario(file, &text)
+}
+
+/// Parses and checks one scenario; `file` is used in errors and kept in the scenario.
+pub fn parse_scenario(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+    let mut scenario: Scenario = serde_yaml::from_str(text).map_err(|e| match e.location() {
+        Some(loc) => ScenarioError::Invalid {
+            file: file.to_path_buf(),
+            line: loc.line(),
+            column: loc.column(),
+            message: strip_location(&e.to_string()).to_string(),
+        },
+        None => ScenarioError::Unplaced {
+            file: file.to_path_buf(),
+            message: e.to_string(),
+        },
+    })?;
+    scenario.file = file.to_path_buf();
+    if let Err(Semantic { path, message }) = validate(&scenario) {
+        let at = Locator::new(text).locate(&path);
+        return Err(ScenarioError::Invalid {
+            file: file.to_path_buf(),
+            line: at.line,
+            column: at.column,
+            message: format!("{}: {message}", path_string(&path)),
+        });
+    }
+    Ok(scenario)
+}
+
+/// The scenario files named by `paths`: files as given, directories' `*.yaml`/`*.yml`
+/// (not recursive), sorted by name.
+pub fn catalog_files<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<PathBuf>, CatalogError> {
+    let mut files = Vec::new();
+    for path in paths {
+        let path = path.as_ref();
+        if path.is_dir() {
+            let list_error = |source| CatalogError::List {
+                path: path.to_path_buf(),
+                source,
+            };
+            let mut found = Vec::new();
+            for entry in std::fs::read_dir(path).map_err(list_error)? {
+                let entry_path = entry.map_err(list_error)?.path();
+                let is_yaml = entry_path
+                    .extension()
+                    .is_some_and(|ext| ext == "yaml" || ext == "yml");
+                if is_yaml && entry_path.is_file() {
+                    found.push(entry_path);
+                }
+            }
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.to_path_buf());
+        }
+    }
+    if files.is_empty() {
+        let names: Vec<String> = paths
+            .iter()
+            .map(|p| p.as_ref().display().to_string())
+            .collect();
+        return Err(CatalogError::Empty(names.join(", ")));
+    }
+    Ok(files)
+}
+
+/// Loads every scenario under `paths` (files or directories). One bad file makes the whole
+/// catalog an error listing every bad file, so a runner runs nothing rather than a part.
+pub fn load_catalog<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Scenario>, CatalogError> {
+    let files = catalog_files(paths)?;
+    let mut scenarios = Vec::new();
+    let mut errors = Vec::new();
+    let mut names: HashMap<String, PathBuf> = HashMap::new();
+    for file in files {
+        match load_scenario(&file) {
+            Ok(s) => match names.get(&s.name) {
+                Some(first) => errors.push(ScenarioError::DuplicateName {
+                    file,
+                    name: s.name.clone(),
+                    first: first.clone(),
+                }),
+                None => {
+                    names.insert(s.name.clone(), file);
+                    scenarios.push(s);
+                }
+            },
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(scenarios)
+    } else {
+        Err(CatalogError::Invalid(errors))
+    }
+}
+
+/// serde_yaml appends " at line L column C"; we print the position first instead.
+fn strip_location(message: &str) -> &str {
+    if let Some(i) = message.rfind(" at line ") {
+        let rest = &message[i + " at line ".len()..];
+        let mut parts = rest.split(" column ");
+        let line_ok = parts
+            .next()
+            .is_some_and(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()));
+        let col_ok = parts
+            .next()
+            .is_some_and(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()));
+        if line_ok && col_ok && parts.next().is_none() {
+            return &message[..i];
+        }
+    }
+    message
+}
+
+/// A rule broken by a parsed scenario: where (a path into the YAML) and what was expected.
+struct Semantic {
+    path: Vec<Seg>,
+    message: String,
+}
+
+fn fail<T>(path: Vec<Seg>, message: impl Into<String>) -> Result<T, Semantic> {
+    Err(Semantic {
+        path,
+        message: message.into(),
+    })
+}
+
+use Seg::{Index, Key};
+
+fn is_kebab(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn validate(s: &Scenario) -> Result<(), Semantic> {
+    if !is_kebab(&s.name) || s.name.len() > 100 {
+        return fail(
+            vec![Key("name")],
+            "expected 1-100 characters of a-z, 0-9, `-` and `_`",
+        );
+    }
+    if s.description.trim().is_empty() {
+        return fail(vec![Key("description")], "expected a description for QA readers");
+    }
+    for (i, tag) in s.tags.iter().enumerate() {
+        if !is_kebab(tag) {
+            return fail(
+                vec![Key("tags"), Index(i)],
+                format!("tag `{tag}`: expected a-z, 0-9, `-` and `_`"),
+            );
+        }
+    }
+    validate_device(s)?;
+    validate_users(s)?;
+    validate_change(s)?;
+    validate_expect(s)?;
+    validate_recovery(s)?;
+    validate_checks(s)
+}
+
+fn validate_device(s: &Scenario) -> Result<(), Semantic> {
+    let d = &s.device;
+    let name_ok = (1..=64).contains(&d.name.len())
+        && d.name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !name_ok {
+        return fail(
+            vec![Key("device"), Key("name")],
+            "expected 1-64 characters of letters, digits, `-`, `_`, `.`",
+        );
+    }
+    if d.protectors.is_empty() {
+        return fail(
+            vec![Key("device"), Key("protectors")],
+            "expected at least one protector",
+        );
+    }
+    for (i, p) in d.protectors.iter().enumerate() {
+        if d.protectors[..i].contains(p) {
+            return fail(
+                vec![Key("device"), Key("protectors"), Index(i)],
+                "protector listed twice",
+            );
+        }
+    }
+    let tpm_at = d.protectors.iter().position(|p| *p == ProtectorKind::Tpm);
+    let pin_at = d.protectors.iter().position(|p| *p == ProtectorKind::TpmPin);
+    if let (Some(_), Some(i)) = (tpm_at, pin_at) {
+        return fail(
+            vec![Key("device"), Key("protectors"), Index(i)],
+            "expected one TPM protector: `tpm` or `tpm_pin`, not both",
+        );
+    }
+    if !d.protectors.contains(&ProtectorKind::RecoveryPassword) {
+        return fail(
+            vec![Key("device"), Key("protectors")],
+            "expected a `recovery_password` protector: it is what the agent escrows",
+        );
+    }
+    match (pin_at, &d.pin) {
+        (Some(i), None) => {
+            return fail(
+                vec![Key("device"), Key("protectors"), Index(i)],
+                "protector `tpm_pin` needs a `pin` in `device`",
+            )
+        }
+        (None, Some(_)) => {
+            return fail(
+                vec![Key("device"), Key("pin")],
+                "a `pin` needs a `tpm_pin` protector",
+            )
+        }
+        (Some(_), Some(pin)) => {
+            let len = pin.chars().count();
+            if !(4..=20).contains(&len) || pin.chars().any(char::is_control) {
+                return fail(
+                    vec![Key("device"), Key("pin")],
+                    "expected a PIN of 4-20 characters",
+                );
+            }
+        }
+        (None, None) => {}
+    }
+    if !(1..=16).contains(&d.recovery_passwords) {
+        return fail(
+            vec![Key("device"), Key("recovery_passwords")],
+            "expected 1-16",
+        );
+    }
+    if let Some(prefix) = &d.key_id_prefix {
+        if prefix.len() != 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return fail(
+                vec![Key("device"), Key("key_id_prefix")],
+                "expected exactly 8 hex digits",
+            );
+        }
+        if d.recovery_passwords < 2 {
+            return fail(
+                vec![Key("device"), Key("key_id_prefix")],
+                "a shared key-ID prefix needs `recovery_passwords` of 2 or more",
+            );
+        }
+    }
+    if !(1..=1000).contains(&d.lockout_threshold) {
+        return fail(
+            vec![Key("device"), Key("lockout_threshold")],
+            "expected 1-1000",
+        );
+    }
+    Ok(())
+}
+
+fn validate_users(s: &Scenario) -> Result<(), Semantic> {
+    for (i, u) in s.users.iter().enumerate() {
+        let name_path = || vec![Key("users"), Index(i), Key("name")];
+        if u.name.is_empty() || u.name.chars().count() > 128 || u.name.chars().any(char::is_control)
+        {
+            return fail(name_path(), "expected 1-128 characters, no control characters");
+        }
+        if s.users[..i]
+            .iter()
+            .any(|other| other.name.eq_ignore_ascii_case(&u.name))
+        {
+            return fail(
+                name_path(),
+                format!("user `{}` listed twice (names are case-insensitive)", u.name),
+            );
+        }
+        for (j, kind) in u.sign_ins.iter().enumerate() {
+            if u.sign_ins[..j].contains(kind) {
+                return fail(
+                    vec![Key("users"), Index(i), Key("sign_ins"), Index(j)],
+                    "sign-in kind listed twice",
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_change(s: &Scenario) -> Result<(), Semantic> {
+    let c = &s.change;
+    match (c.kind, c.wrong_pins) {
+        (ChangeKind::LostPin, None) => fail(
+            vec![Key("change"), Key("kind")],
+            "`lost_pin` needs `wrong_pins`: how many wrong PINs are typed",
+        ),
+        (ChangeKind::LostPin, Some(0)) => fail(
+            vec![Key("change"), Key("wrong_pins")],
+            "expected at least 1",
+        ),
+        (ChangeKind::LostPin, Some(_)) if !s.device.protectors.contains(&ProtectorKind::TpmPin) => {
+            fail(
+                vec![Key("change"), Key("kind")],
+                "`lost_pin` needs a `tpm_pin` protector in `device.protectors`",
+            )
+        }
+        (kind, Some(_)) if kind != ChangeKind::LostPin => fail(
+            vec![Key("change"), Key("wrong_pins")],
+            "`wrong_pins` belongs to `kind: lost_pin` only",
+        ),
+        _ => Ok(()),
+    }
+}
+
+fn validate_expect(s: &Scenario) -> Result<(), Semantic> {
+    let e = &s.expect;
+    match (e.recovery, e.tpm_error) {
+        (true, TpmError::None) => {
+            return fail(
+                vec![Key("expect"), Key("tpm_error")],
+                "a recovery needs the TPM error that causes it: expected one of `policy_failed`, `auth_failed`, `locked_out`, `integrity`",
+            )
+        }
+        (false, err) if err != TpmError::None => {
+            return fail(
+                vec![Key("expect"), Key("tpm_error")],
+                "without recovery the device unlocks: expected `none`",
+            )
+        }
+        _ => {}
+    }
+    let profile = s.device.profile;
+    for (i, pcr) in e.changed_pcrs.iter().enumerate() {
+        let path = || vec![Key("expect"), Key("changed_pcrs"), Index(i)];
+        if !profile.pcrs().contains(pcr) {
+            return fail(
+                path(),
+                format!(
+                    "PCR {pcr} is not in profile {} (PCRs {:?})",
+                    profile.as_str(),
+                    profile.pcrs()
+                ),
+            );
+        }
+        if e.changed_pcrs[..i].contains(pcr) {
+            return fail(path(), format!("PCR {pcr} listed twice"));
+        }
+    }
+    let policy = e.tpm_error == TpmError::PolicyFailed;
+    if policy && e.changed_pcrs.is_empty() {
+        return fail(
+            vec![Key("expect"), Key("tpm_error")],
+            "`policy_failed` needs `changed_pcrs`: the profile PCRs that changed",
+        );
+    }
+    if !policy && !e.changed_pcrs.is_empty() {
+        return fail(
+            vec![Key("expect"), Key("changed_pcrs")],
+            "only `tpm_error: policy_failed` comes from changed PCRs: expected none here",
+        );
+    }
+    if s.change.kind == ChangeKind::None && e.recovery {
+        return fail(
+            vec![Key("expect"), Key("recovery")],
+            "`change: none` does not even reboot: expected `recovery: false`",
+        );
+    }
+    if matches!(e.tpm_error, TpmError::AuthFailed | TpmError::LockedOut)
+        && s.change.kind != ChangeKind::LostPin
+    {
+        return fail(
+            vec![Key("expect"), Key("tpm_error")],
+            "`auth_failed` and `locked_out` come from wrong PINs: expected `change.kind: lost_pin`",
+        );
+    }
+    Ok(())
+}
+
+fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
+    let r = match (&s.recovery, s.expect.recovery) {
+        (None, true) => {
+            return fail(
+                vec![Key("expect"), Key("recovery")],
+                "a recovery is expected: add a `recovery` section saying how the user gets back in",
+            )
+        }
+        (Some(_), false) => {
+            return fail(
+                vec![Key("recovery")],
+                "`expect.recovery` is false: expected no `recovery` section",
+            )
+        }
+        (None, false) => return Ok(()),
+        (Some(r), true) => r,
+    };
+    let rp = |k: &'static str| vec![Key("recovery"), Key(k)];
+    let Some(requester) = s.user(&r.requester) else {
+        return fail(
+            rp("as"),
+            format!(
+                "unknown user `{}`: expected one of `users` ({})",
+                r.requester,
+                user_list(s)
+            ),
+        );
+    };
+    let answers: &[Answer] = match r.via {
+        RecoveryVia::SelfService => &[
+            Answer::KeyShown,
+            Answer::HelpdeskMessage,
+            Answer::Refused,
+            Answer::SeveralMatches,
+            Answer::Expired,
+        ],
+        RecoveryVia::HelpDesk => &[Answer::KeyShown, Answer::Refused, Answer::SeveralMatches],
+        RecoveryVia::HelpDeskTpmReset => &[Answer::LockoutAuthShown, Answer::Refused],
+    };
+    if !answers.contains(&r.answer) {
+        return fail(
+            rp("answer"),
+            format!(
+                "not an answer of `via: {}`: expected one of {}",
+                via_str(r.via),
+                answers
+                    .iter()
+                    .map(|a| format!("`{}`", answer_str(*a)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    }
+    match r.via {
+        RecoveryVia::SelfService => {
+            if !r.reason.is_self_service() {
+                return fail(
+                    rp("reason"),
+                    format!("`{}` is a help desk reason: self-service expects one of `BIOS/TPM changed`, `OS filed modified`, `Lost PIN/passphrase`", r.reason),
+                );
+            }
+            if r.end_user.is_some() {
+                return fail(rp("end_user"), "`end_user` belongs to help desk recoveries");
+            }
+            if r.answer == Answer::KeyShown && !requester.signed_in_locally() {
+                return fail(
+                    rp("as"),
+                    format!("`{}` has no local sign-in: self-service cannot show a key (expected `answer: helpdesk_message` or `refused`)", requester.name),
+                );
+            }
+            if r.answer == Answer::HelpdeskMessage
+                && (requester.signed_in_locally() || requester.sign_ins.is_empty())
+            {
+                return fail(
+                    rp("answer"),
+                    format!("the help-desk message is for users signed in remotely only; `{}` is not", requester.name),
+                );
+            }
+        }
+        RecoveryVia::HelpDesk | RecoveryVia::HelpDeskTpmReset => {
+            if !requester.role.is_help_desk() {
+                return fail(
+                    rp("as"),
+                    format!(
+                        "`{}` has role `user`: a help desk recovery needs a `helpdesk` or `advanced_helpdesk` user",
+                        requester.name
+                    ),
+                );
+            }
+            if r.reason.is_self_service() {
+                return fail(
+                    rp("reason"),
+                    format!("`{}` is a self-service reason: the help desk expects one of `Operating System Boot Order changed`, `BIOS changed`, `Operating System files modified`, `Lost Startup key`, `Lost PIN`, `TPM Reset`, `Lost Passphrase`, `Lost Smartcard`, `Other`", r.reason),
+                );
+            }
+            match &r.end_user {
+                None if requester.role == Role::Helpdesk => {
+                    return fail(
+                        rp("as"),
+                        format!("`{}` has role `helpdesk`, which must type the end user: add `end_user`", requester.name),
+                    )
+                }
+                Some(end_user) if s.user(end_user).is_none() => {
+                    return fail(
+                        rp("end_user"),
+                        format!("unknown user `{end_user}`: expected one of `users` ({})", user_list(s)),
+                    )
+                }
+                _ => {}
+            }
+        }
+    }
+    if r.via == RecoveryVia::HelpDeskTpmReset {
+        if r.key_id_digits.is_some() {
+            return fail(
+                rp("key_id_digits"),
+                "Manage TPM asks for the computer, not a key ID: remove `key_id_digits`",
+            );
+        }
+        if s.expect.tpm_error != TpmError::LockedOut {
+            return fail(
+                vec![Key("recovery"), Key("via")],
+                "a TPM lockout reset needs a locked-out TPM: expected `expect.tpm_error: locked_out`",
+            );
+        }
+        if !s.device.escrow_tpm_lockout && r.answer == Answer::LockoutAuthShown {
+            return fail(
+                vec![Key("device"), Key("escrow_tpm_lockout")],
+                "Manage TPM can only show an escrowed lockout authorization",
+            );
+        }
+    }
+    if r.answer == Answer::SeveralMatches {
+        if r.digits() != KeyIdDigits::Eight {
+            return fail(
+                rp("key_id_digits"),
+                "several keys can only match 8 digits: expected 8",
+            );
+        }
+        if s.device.key_id_prefix.is_none() {
+            return fail(
+                rp("answer"),
+                "several matches need keys sharing their first 8 digits: set `device.key_id_prefix`",
+            );
+        }
+    }
+    if r.answer == Answer::Expired && s.checks.idle_expiry.is_none() {
+        return fail(
+            rp("answer"),
+            "`expired` needs `checks.idle_expiry` (the idle timeout and warning)",
+        );
+    }
+    Ok(())
+}
+
+fn validate_checks(s: &Scenario) -> Result<(), Semantic> {
+    let c = &s.checks;
+    if c.after_recovery.is_some() {
+        let shown = s
+            .recovery
+            .as_ref()
+            .is_some_and(|r| matches!(r.answer, Answer::KeyShown | Answer::SeveralMatches | Answer::LockoutAuthShown));
+        if !shown {
+            return fail(
+                vec![Key("checks"), Key("after_recovery")],
+                "rotation follows a shown key: expected a recovery whose answer shows one",
+            );
+        }
+    }
+    if let Some(idle) = &c.idle_expiry {
+        if !(1..=86400).contains(&idle.idle_secs) {
+            return fail(
+                vec![Key("checks"), Key("idle_expiry"), Key("idle_secs")],
+                "expected 1-86400",
+            );
+        }
+        if idle.warning_secs > 3600 {
+            return fail(
+                vec![Key("checks"), Key("idle_expiry"), Key("warning_secs")],
+                "expected 0-3600",
+            );
+        }
+    }
+    if let Some(foreign) = &c.foreign_key_request {
+        let path = || vec![Key("checks"), Key("foreign_key_request"), Key("as_user")];
+        match s.user(&foreign.as_user) {
+            None => {
+                return fail(
+                    path(),
+                    format!(
+                        "unknown user `{}`: expected one of `users` ({})",
+                        foreign.as_user,
+                        user_list(s)
+                    ),
+                )
+            }
+            Some(u) if !u.sign_ins.is_empty() => {
+                return fail(
+                    path(),
+                    format!("`{}` has signed in to the device: the key is not foreign to them", u.name),
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn user_list(s: &Scenario) -> String {
+    if s.users.is_empty() {
+        return "none".to_string();
+    }
+    s.users
+        .iter()
+        .map(|u| format!("`{}`", u.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn via_str(via: RecoveryVia) -> &'static str {
+    match via {
+        RecoveryVia::SelfService => "self_service",
+        RecoveryVia::HelpDesk => "help_desk",
+        RecoveryVia::HelpDeskTpmReset => "help_desk_tpm_reset",
+    }
+}
+
+fn answer_str(a: Answer) -> &'static str {
+    match a {
+        Answer::KeyShown => "key_shown",
+        Answer::HelpdeskMessage => "helpdesk_message",
+        Answer::Refused => "refused",
+        Answer::SeveralMatches => "several_matches",
+        Answer::Expired => "expired",
+        Answer::LockoutAuthShown => "lockout_auth_shown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_location;
+
+    #[test]
+    fn strips_only_a_trailing_position() {
+        assert_eq!(strip_location("bad at line 3 column 7"), "bad");
+        assert_eq!(strip_location("look at line items"), "look at line items");
+    }
+}

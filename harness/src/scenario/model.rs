@@ -1,0 +1,477 @@
+//! The scenario file's types: one struct per YAML mapping, one enum per closed set.
+//!
+//! Every mapping denies unknown fields, so a typo is an error with a position, never a
+//! silently ignored line. `scenarios/SCHEMA.md` documents the same shape for QA readers and
+//! `scenarios/scenario.schema.json` for tools; a test keeps the three in step.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// One recovery story: a device, its users, one change, what must follow, and how the
+/// user gets back in.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Unique in the catalog: lower-case letters, digits and `-`.
+    pub name: String,
+    /// What happens, in words a QA reader understands.
+    pub description: String,
+    /// Free labels for `--filter tag:...`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub device: Device,
+    /// Everyone the story needs: device users and help desk staff.
+    pub users: Vec<User>,
+    pub change: Change,
+    pub expect: Expect,
+    /// Absent when no recovery follows (`expect.recovery: false`).
+    #[serde(default)]
+    pub recovery: Option<Recovery>,
+    /// Portal-only checks that run besides (or after) the recovery.
+    #[serde(default)]
+    pub checks: Checks,
+    /// The file this scenario was read from (not part of the YAML).
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+impl Scenario {
+    /// The user of that name (case-insensitive, as the portal compares names).
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// The simulated machine and its BitLocker configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// The computer name the agent enrolls with (the help desk's "computer").
+    #[serde(default = "default_device_name")]
+    pub name: String,
+    /// The PCR validation profile the TPM protector is sealed to.
+    pub profile: Profile,
+    /// Key protectors on the OS volume.
+    pub protectors: Vec<ProtectorKind>,
+    /// The PIN of a `tpm_pin` protector (required with it, refused without it).
+    #[serde(default)]
+    pub pin: Option<String>,
+    /// How many recovery-password protectors are escrowed (one per volume, OS volume first).
+    #[serde(default = "default_recovery_passwords")]
+    pub recovery_passwords: u8,
+    /// When set, every recovery-password key ID starts with these 8 hex digits, so the
+    /// 8-digit lookup matches several keys (the "type all 32 digits" path).
+    #[serde(default)]
+    pub key_id_prefix: Option<String>,
+    /// Whether the agent escrows the TPM lockout authorization (needed for Manage TPM).
+    #[serde(default = "default_true")]
+    pub escrow_tpm_lockout: bool,
+    /// Failed authorizations before the TPM locks out (Windows: 32).
+    #[serde(default = "default_lockout_threshold")]
+    pub lockout_threshold: u32,
+}
+
+fn default_device_name() -> String {
+    "PC-0001".to_string()
+}
+fn default_recovery_passwords() -> u8 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_lockout_threshold() -> u32 {
+    32
+}
+
+/// PCR validation profiles (windows-itpro-docs defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+pub enum Profile {
+    /// UEFI with Secure Boot.
+    #[serde(rename = "7,11")]
+    SecureBoot,
+    /// Native UEFI without Secure Boot binding.
+    #[serde(rename = "0,2,4,11")]
+    Uefi,
+    /// BIOS / CSM: 0, 2, 4, 8, 9, 10, 11.
+    #[serde(rename = "legacy")]
+    Legacy,
+}
+
+impl Profile {
+    /// The PCRs this profile seals to.
+    pub fn pcrs(self) -> &'static [u8] {
+        match self {
+            Profile::SecureBoot => &[7, 11],
+            Profile::Uefi => &[0, 2, 4, 11],
+            Profile::Legacy => &[0, 2, 4, 8, 9, 10, 11],
+        }
+    }
+
+    /// The spelling used in scenario files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::SecureBoot => "7,11",
+            Profile::Uefi => "0,2,4,11",
+            Profile::Legacy => "legacy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProtectorKind {
+    Tpm,
+    TpmPin,
+    RecoveryPassword,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// `DOMAIN\user`, as the agent reports sign-ins and as the portal account is named.
+    pub name: String,
+    #[serde(default)]
+    pub role: Role,
+    /// This user's sign-ins on the device, reported by the agent before the change.
+    #[serde(default)]
+    pub sign_ins: Vec<SignInKind>,
+}
+
+impl User {
+    pub fn signed_in_locally(&self) -> bool {
+        self.sign_ins.contains(&SignInKind::Local)
+    }
+}
+
+/// Portal roles a scenario may give (the admin is the harness itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    #[default]
+    User,
+    Helpdesk,
+    AdvancedHelpdesk,
+}
+
+impl Role {
+    pub fn is_help_desk(self) -> bool {
+        matches!(self, Role::Helpdesk | Role::AdvancedHelpdesk)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignInKind {
+    Local,
+    Remote,
+}
+
+/// What happens to the machine between the healthy boot and the boot under test.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    pub kind: ChangeKind,
+    /// `lost_pin` only: how many wrong PINs the user types.
+    #[serde(default)]
+    pub wrong_pins: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// Nothing: no reboot either (portal-only stories).
+    None,
+    Reboot,
+    FirmwareUpdate,
+    OptionRomAdded,
+    OptionRomChanged,
+    BootManagerSameSigner,
+    BootManagerOtherSigner,
+    SecureBootDbUpdate,
+    SecureBootDbxUpdate,
+    SecureBootOff,
+    BcdDebugOn,
+    BcdBootOrder,
+    DiskMoved,
+    TpmCleared,
+    TpmReplaced,
+    /// A firmware update done with BitLocker protection suspended (a clear key).
+    FirmwareUpdateSuspended,
+    /// The user types `wrong_pins` wrong PINs.
+    LostPin,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::None => "none",
+            ChangeKind::Reboot => "reboot",
+            ChangeKind::FirmwareUpdate => "firmware_update",
+            ChangeKind::OptionRomAdded => "option_rom_added",
+            ChangeKind::OptionRomChanged => "option_rom_changed",
+            ChangeKind::BootManagerSameSigner => "boot_manager_same_signer",
+            ChangeKind::BootManagerOtherSigner => "boot_manager_other_signer",
+            ChangeKind::SecureBootDbUpdate => "secure_boot_db_update",
+            ChangeKind::SecureBootDbxUpdate => "secure_boot_dbx_update",
+            ChangeKind::SecureBootOff => "secure_boot_off",
+            ChangeKind::BcdDebugOn => "bcd_debug_on",
+            ChangeKind::BcdBootOrder => "bcd_boot_order",
+            ChangeKind::DiskMoved => "disk_moved",
+            ChangeKind::TpmCleared => "tpm_cleared",
+            ChangeKind::TpmReplaced => "tpm_replaced",
+            ChangeKind::FirmwareUpdateSuspended => "firmware_update_suspended",
+            ChangeKind::LostPin => "lost_pin",
+        }
+    }
+}
+
+/// What must follow the change at the next boot.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Whether the device shows the BitLocker recovery screen.
+    pub recovery: bool,
+    /// The TPM's answer to the device's last unlock attempt.
+    pub tpm_error: TpmError,
+    /// The profile's PCRs whose values differ from those the key was sealed to.
+    #[serde(default)]
+    pub changed_pcrs: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TpmError {
+    /// The device unlocked: no error.
+    None,
+    /// PolicyPCR mismatch: a measured component changed.
+    PolicyFailed,
+    /// Wrong PIN (authValue), counted by dictionary-attack protection.
+    AuthFailed,
+    /// Dictionary-attack lockout: no PIN is even tried.
+    LockedOut,
+    /// The sealed blob does not belong to this TPM (cleared or another TPM).
+    Integrity,
+}
+
+/// How the locked-out user gets back in.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recovery {
+    pub via: RecoveryVia,
+    /// Who asks the portal: the end user (self-service) or the help desk operator.
+    #[serde(rename = "as")]
+    pub requester: String,
+    /// Help desk only: the end user the operator types (role `helpdesk` must give it).
+    #[serde(default)]
+    pub end_user: Option<String>,
+    /// The reason picked in the form (exact portal value).
+    pub reason: Reason,
+    /// How many key-ID digits are typed first: 8 or 32 (key requests only).
+    #[serde(default)]
+    pub key_id_digits: Option<KeyIdDigits>,
+    /// What the portal must answer.
+    pub answer: Answer,
+}
+
+impl Recovery {
+    /// The key-ID digits typed first (8 when not given).
+    pub fn digits(&self) -> KeyIdDigits {
+        self.key_id_digits.unwrap_or(KeyIdDigits::Eight)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryVia {
+    /// The user at `/SelfService`.
+    SelfService,
+    /// A help desk operator looks up the key at `/HelpDesk`.
+    HelpDesk,
+    /// A help desk operator reads the TPM lockout authorization ("Manage TPM"); the device
+    /// resets the lockout and the user types the right PIN. No recovery key is used.
+    HelpDeskTpmReset,
+}
+
+/// Key-ID digits typed: the first 8, or all 32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum KeyIdDigits {
+    Eight,
+    ThirtyTwo,
+}
+
+impl TryFrom<u8> for KeyIdDigits {
+    type Error = String;
+    fn try_from(value: u8) -> Result<Self, String> {
+        match value {
+            8 => Ok(KeyIdDigits::Eight),
+            32 => Ok(KeyIdDigits::ThirtyTwo),
+            other => Err(format!("invalid value: {other}, expected 8 or 32")),
+        }
+    }
+}
+
+impl From<KeyIdDigits> for u8 {
+    fn from(value: KeyIdDigits) -> u8 {
+        match value {
+            KeyIdDigits::Eight => 8,
+            KeyIdDigits::ThirtyTwo => 32,
+        }
+    }
+}
+
+/// The reasons the portal's forms offer, spelled exactly as the portal expects them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+pub enum Reason {
+    // Self-service (ConfigMgr; "filed" is the product's own spelling).
+    #[serde(rename = "BIOS/TPM changed")]
+    BiosTpmChanged,
+    #[serde(rename = "OS filed modified")]
+    OsFiledModified,
+    #[serde(rename = "Lost PIN/passphrase")]
+    LostPinPassphrase,
+    // Help desk (MBAM).
+    #[serde(rename = "Operating System Boot Order changed")]
+    OsBootOrderChanged,
+    #[serde(rename = "BIOS changed")]
+    BiosChanged,
+    #[serde(rename = "Operating System files modified")]
+    OsFilesModified,
+    #[serde(rename = "Lost Startup key")]
+    LostStartupKey,
+    #[serde(rename = "Lost PIN")]
+    LostPin,
+    #[serde(rename = "TPM Reset")]
+    TpmReset,
+    #[serde(rename = "Lost Passphrase")]
+    LostPassphrase,
+    #[serde(rename = "Lost Smartcard")]
+    LostSmartcard,
+    #[serde(rename = "Other")]
+    Other,
+}
+
+impl Reason {
+    /// The exact form value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::BiosTpmChanged => "BIOS/TPM changed",
+            Reason::OsFiledModified => "OS filed modified",
+            Reason::LostPinPassphrase => "Lost PIN/passphrase",
+            Reason::OsBootOrderChanged => "Operating System Boot Order changed",
+            Reason::BiosChanged => "BIOS changed",
+            Reason::OsFilesModified => "Operating System files modified",
+            Reason::LostStartupKey => "Lost Startup key",
+            Reason::LostPin => "Lost PIN",
+            Reason::TpmReset => "TPM Reset",
+            Reason::LostPassphrase => "Lost Passphrase",
+            Reason::LostSmartcard => "Lost Smartcard",
+            Reason::Other => "Other",
+        }
+    }
+
+    /// Whether the self-service form offers it (otherwise it is a help desk reason).
+    pub fn is_self_service(self) -> bool {
+        matches!(
+            self,
+            Reason::BiosTpmChanged | Reason::OsFiledModified | Reason::LostPinPassphrase
+        )
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the portal must answer the recovery request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    /// The 48-digit key is shown; typed on the device, it unlocks it.
+    KeyShown,
+    /// Self-service only: "contact the help desk" (no local sign-in on the device).
+    HelpdeskMessage,
+    /// "Not found", byte-identical to the answer for a key ID that does not exist.
+    Refused,
+    /// The 8 digits match several keys: the portal asks for all 32; typed, the key is
+    /// shown and unlocks the device.
+    SeveralMatches,
+    /// The user went idle: the request gets the expiry page (needs `checks.idle_expiry`).
+    Expired,
+    /// Manage TPM shows the lockout authorization; the device resets the lockout with it
+    /// and the user's right PIN unlocks it.
+    LockoutAuthShown,
+}
+
+/// Portal-only checks.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checks {
+    /// `rotate`: the single-use cycle after the key (or lockout value) was shown.
+    #[serde(default)]
+    pub after_recovery: Option<AfterRecovery>,
+    #[serde(default)]
+    pub idle_expiry: Option<IdleExpiry>,
+    #[serde(default)]
+    pub foreign_key_request: Option<ForeignKeyRequest>,
+    /// Audit rows that must appear, in this order (other rows may come between).
+    #[serde(default)]
+    pub audit: Vec<AuditExpectation>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterRecovery {
+    /// Agent check-in lists the shown key; the agent escrows a new one and confirms the
+    /// rotation; the old key ID is then "not found" and the old key no longer unlocks.
+    Rotate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdleExpiry {
+    /// Portal setting `idle_timeout_secs` for this scenario.
+    pub idle_secs: u32,
+    /// Portal setting `warning_secs`: the countdown the warning shows.
+    pub warning_secs: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForeignKeyRequest {
+    /// A user with no sign-in on the device asks for its key ID: the answer must be
+    /// byte-identical to the one for an absent key ID.
+    pub as_user: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditExpectation {
+    pub source: AuditSource,
+    pub outcome: AuditOutcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditSource {
+    SelfService,
+    HelpDesk,
+    Api,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutcome {
+    Shown,
+    Denied,
+    NotFound,
+    Ambiguous,
+    RateLimited,
+    ExpiredSession,
+    NotEligible,
+}
