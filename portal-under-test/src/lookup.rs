@@ -82,31 +82,46 @@ pub enum KeyAnswer {
     RateLimited,
 }
 
+/// Who asked, for what: the part of an audit row that is the same for every outcome.
+struct Who<'a> {
+    source: Source,
+    requester: &'a str,
+    end_user: Option<&'a str>,
+    key_type: &'a str,
+    reason: &'a str,
+}
+
 fn audit(
     st: &Inner,
-    source: Source,
-    requester: &str,
-    end_user: Option<&str>,
+    who: &Who<'_>,
     device: Option<String>,
     key_id: Option<String>,
-    key_type: &str,
-    reason: &str,
     outcome: &str,
 ) -> Result<(), AppError> {
     let (time, _) = now_rfc3339();
     st.store.append_audit(&AuditRow {
         id: 0,
         time,
-        source: source.as_str().into(),
-        requester: requester.into(),
-        end_user: end_user.map(str::to_string),
+        source: who.source.as_str().into(),
+        requester: who.requester.into(),
+        end_user: who.end_user.map(str::to_string),
         device,
         key_id,
-        key_type: Some(key_type.into()),
-        reason: Some(reason.into()),
+        key_type: Some(who.key_type.into()),
+        reason: Some(who.reason.into()),
         outcome: outcome.into(),
     })?;
     Ok(())
+}
+
+fn who<'a>(req: &'a KeyRequest, end_user: Option<&'a str>) -> Who<'a> {
+    Who {
+        source: req.source,
+        requester: &req.requester,
+        end_user,
+        key_type: "recovery_password",
+        reason: &req.reason,
+    }
 }
 
 /// Records a key request that arrived on an expired session.
@@ -171,13 +186,9 @@ fn show(
     let key_id = format_guid(rec.key_id);
     audit(
         st,
-        req.source,
-        &req.requester,
-        end_user,
+        &who(req, end_user),
         Some(rec.device_name.clone()),
         Some(key_id.clone()),
-        "recovery_password",
-        &req.reason,
         "shown",
     )?;
     if fp::active(fp::CORRUPT_KEY_DIGIT) {
@@ -210,17 +221,7 @@ pub fn lookup_key(st: &Inner, req: &KeyRequest) -> Result<KeyAnswer, AppError> {
         _ => req.end_user.as_deref().filter(|u| !u.is_empty()),
     };
     if rate_limited(st, &req.requester)? {
-        audit(
-            st,
-            req.source,
-            &req.requester,
-            end_user,
-            None,
-            Some(typed),
-            "recovery_password",
-            &req.reason,
-            "rate_limited",
-        )?;
+        audit(st, &who(req, end_user), None, Some(typed), "rate_limited")?;
         return Ok(KeyAnswer::RateLimited);
     }
     let cands = candidates(st, req.key);
@@ -246,17 +247,7 @@ pub fn lookup_key(st: &Inner, req: &KeyRequest) -> Result<KeyAnswer, AppError> {
         }
         dummy_decrypt(st);
         if eligible.len() > 1 {
-            audit(
-                st,
-                req.source,
-                &req.requester,
-                end_user,
-                None,
-                Some(typed),
-                "recovery_password",
-                &req.reason,
-                "ambiguous",
-            )?;
+            audit(st, &who(req, end_user), None, Some(typed), "ambiguous")?;
             return Ok(KeyAnswer::Ambiguous(Vec::new()));
         }
         if let Some((e, _)) = associated.first() {
@@ -266,17 +257,7 @@ pub fn lookup_key(st: &Inner, req: &KeyRequest) -> Result<KeyAnswer, AppError> {
             } else {
                 typed
             };
-            audit(
-                st,
-                req.source,
-                &req.requester,
-                end_user,
-                device,
-                Some(kid),
-                "recovery_password",
-                &req.reason,
-                "not_eligible",
-            )?;
+            audit(st, &who(req, end_user), device, Some(kid), "not_eligible")?;
             return Ok(KeyAnswer::NotEligible);
         }
         let outcome = if cands.is_empty() {
@@ -284,17 +265,7 @@ pub fn lookup_key(st: &Inner, req: &KeyRequest) -> Result<KeyAnswer, AppError> {
         } else {
             "denied"
         };
-        audit(
-            st,
-            req.source,
-            &req.requester,
-            end_user,
-            None,
-            Some(typed),
-            "recovery_password",
-            &req.reason,
-            outcome,
-        )?;
+        audit(st, &who(req, end_user), None, Some(typed), outcome)?;
         if !cands.is_empty() && fp::active(fp::FOREIGN_DIFFERS) {
             return Ok(KeyAnswer::Foreign);
         }
@@ -329,17 +300,7 @@ pub fn lookup_key(st: &Inner, req: &KeyRequest) -> Result<KeyAnswer, AppError> {
                 users: st.store.users_of_device(e.device_row)?,
             });
         }
-        audit(
-            st,
-            req.source,
-            &req.requester,
-            end_user,
-            None,
-            Some(typed),
-            "recovery_password",
-            &req.reason,
-            "ambiguous",
-        )?;
+        audit(st, &who(req, end_user), None, Some(typed), "ambiguous")?;
         return Ok(KeyAnswer::Ambiguous(matches));
     }
     let outcome = if cands.is_empty() {
@@ -347,17 +308,7 @@ pub fn lookup_key(st: &Inner, req: &KeyRequest) -> Result<KeyAnswer, AppError> {
     } else {
         "denied"
     };
-    audit(
-        st,
-        req.source,
-        &req.requester,
-        end_user,
-        None,
-        Some(typed),
-        "recovery_password",
-        &req.reason,
-        outcome,
-    )?;
+    audit(st, &who(req, end_user), None, Some(typed), outcome)?;
     Ok(KeyAnswer::NotFound)
 }
 
@@ -385,17 +336,14 @@ pub enum TpmAnswer {
 pub fn lookup_tpm(st: &Inner, req: &TpmRequest) -> Result<TpmAnswer, AppError> {
     let end_user = req.end_user.as_deref().filter(|u| !u.is_empty());
     let a = |outcome: &str, device: Option<String>| {
-        audit(
-            st,
-            req.source,
-            &req.requester,
+        let who = Who {
+            source: req.source,
+            requester: &req.requester,
             end_user,
-            device,
-            None,
-            "tpm_lockout",
-            &req.reason,
-            outcome,
-        )
+            key_type: "tpm_lockout",
+            reason: &req.reason,
+        };
+        audit(st, &who, device, None, outcome)
     };
     if rate_limited(st, &req.requester)? {
         a("rate_limited", Some(req.computer.clone()))?;

@@ -283,6 +283,9 @@ fn blob_to_u128(b: &[u8]) -> Result<u128, StoreError> {
     Ok(u128::from_be_bytes(arr))
 }
 
+/// id, key_id, device_id, device name, nonce, ciphertext, superseded.
+type KeyRow = (i64, Vec<u8>, i64, String, Vec<u8>, Vec<u8>, bool);
+
 /// SQLite behind one mutex-guarded connection (WAL journal).
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -567,7 +570,7 @@ impl Store for SqliteStore {
 
     fn key_by_row(&self, key_row: i64) -> Result<Option<KeyRecord>, StoreError> {
         let c = self.conn();
-        let t: Option<(i64, Vec<u8>, i64, String, Vec<u8>, Vec<u8>, bool)> = c
+        let t: Option<KeyRow> = c
             .prepare_cached(
                 "SELECT k.id, k.key_id, k.device_id, d.name, k.nonce, k.ciphertext, k.superseded_at IS NOT NULL
                  FROM keys k JOIN devices d ON d.id = k.device_id WHERE k.id = ?1",

@@ -1,0 +1,425 @@
+//! Test helpers: a portal on a temp-dir SQLite store driven through `app()` with `oneshot`,
+//! an agent, and a cookie-keeping "browser" that plays the forms.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use portal_under_test::config::{Config, SettingsPatch};
+use portal_under_test::crypto::{random_token, token_hash, Argon2Config};
+use portal_under_test::store::Role;
+use portal_under_test::{app, AppState};
+use rand::Rng;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+pub const FAST_ARGON: Argon2Config = Argon2Config {
+    m_cost_kib: 64,
+    t_cost: 1,
+    p_cost: 1,
+};
+
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct Portal {
+    pub dir: tempfile::TempDir,
+    pub state: AppState,
+    pub router: Router,
+    pub admin_token: String,
+}
+
+pub fn fast_config(settings: SettingsPatch) -> Config {
+    Config {
+        settings,
+        argon2: FAST_ARGON,
+        ..Config::default()
+    }
+}
+
+impl Portal {
+    pub fn new() -> Portal {
+        Self::with(SettingsPatch::default())
+    }
+
+    pub fn with(settings: SettingsPatch) -> Portal {
+        let dir = tempfile::tempdir().unwrap();
+        let state = AppState::open_data_dir(dir.path(), fast_config(settings)).unwrap();
+        let hash = state.hasher.hash(PASSWORD).unwrap();
+        let admin = state
+            .store
+            .create_account("admin", &hash, Role::Admin)
+            .unwrap();
+        let admin_token = random_token("api");
+        state
+            .store
+            .add_api_token(admin.id, &token_hash(&admin_token))
+            .unwrap();
+        let router = app(state.clone());
+        Portal {
+            dir,
+            state,
+            router,
+            admin_token,
+        }
+    }
+
+    /// Re-opens the same data dir (a restart): index rebuilt from the store.
+    pub fn restart(self) -> Portal {
+        let state = AppState::open_data_dir(self.dir.path(), fast_config(SettingsPatch::default()))
+            .unwrap();
+        let router = app(state.clone());
+        Portal {
+            dir: self.dir,
+            state,
+            router,
+            admin_token: self.admin_token,
+        }
+    }
+
+    pub async fn raw(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            headers,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+    }
+
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(v) => b
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(v.to_string()))
+                .unwrap(),
+            None => b.body(Body::empty()).unwrap(),
+        };
+        let (status, _, text) = self.raw(req).await;
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+
+    pub async fn create_account(&self, username: &str, role: &str) {
+        let (s, v) = self
+            .json(
+                Method::POST,
+                "/api/admin/accounts",
+                Some(&self.admin_token),
+                Some(json!({"username": username, "password": PASSWORD, "role": role})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+
+    pub async fn api_token(&self, username: &str) -> String {
+        let path = format!("/api/admin/accounts/{}/api-tokens", urlencode(username));
+        let (s, v) = self
+            .json(Method::POST, &path, Some(&self.admin_token), None)
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    /// Enrolls a device; returns its agent credential.
+    pub async fn enroll(&self, name: &str) -> String {
+        let (s, v) = self
+            .json(
+                Method::POST,
+                "/api/admin/enrollment-tokens",
+                Some(&self.admin_token),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let tok = v["token"].as_str().unwrap().to_string();
+        let (s, v) = self
+            .json(
+                Method::POST,
+                "/api/agent/enroll",
+                None,
+                Some(json!({"enrollment_token": tok, "device_name": name})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["credential"].as_str().unwrap().to_string()
+    }
+
+    pub async fn escrow(&self, cred: &str, key: &Key) {
+        let (s, v) = self
+            .json(
+                Method::POST,
+                "/api/agent/keys",
+                Some(cred),
+                Some(key.json()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+
+    pub async fn sign_in(&self, cred: &str, user: &str, kind: &str) {
+        let (s, v) = self
+            .json(
+                Method::POST,
+                "/api/agent/sign-ins",
+                Some(cred),
+                Some(json!({"user": user, "kind": kind})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    }
+
+    pub async fn check_in(&self, cred: &str) -> Value {
+        let (s, v) = self
+            .json(Method::POST, "/api/agent/check-in", Some(cred), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v
+    }
+
+    pub async fn audit(&self, query: &str) -> Vec<Value> {
+        let (s, v) = self
+            .json(
+                Method::GET,
+                &format!("/api/admin/audit?{query}"),
+                Some(&self.admin_token),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["rows"].as_array().unwrap().clone()
+    }
+
+    pub async fn settings(&self, patch: Value) {
+        let (s, v) = self
+            .json(
+                Method::PUT,
+                "/api/admin/settings",
+                Some(&self.admin_token),
+                Some(patch),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+
+    pub fn browser(&self) -> Browser {
+        Browser {
+            router: self.router.clone(),
+            cookie: None,
+            csrf: None,
+        }
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A recovery key pair as a device would escrow it.
+#[derive(Debug, Clone)]
+pub struct Key {
+    pub id: u128,
+    pub password: String,
+}
+
+impl Key {
+    pub fn random() -> Key {
+        Key::with_prefix(rand::rng().random())
+    }
+
+    /// A key whose first 8 digits are `prefix`.
+    pub fn with_prefix(prefix: u32) -> Key {
+        let mut rng = rand::rng();
+        let low: u128 = rng.random::<u128>() & ((1u128 << 96) - 1);
+        let blocks: Vec<String> = (0..8)
+            .map(|_| format!("{:06}", rng.random_range(0..65536u32) * 11))
+            .collect();
+        Key {
+            id: ((prefix as u128) << 96) | low,
+            password: blocks.join("-"),
+        }
+    }
+
+    pub fn guid(&self) -> String {
+        portal_under_test::keyid::format_guid(self.id)
+    }
+
+    pub fn prefix8(&self) -> String {
+        format!("{:08X}", self.id >> 96)
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "volume_id": "{11111111-2222-3333-4444-555555555555}",
+            "key_protector_id": self.guid(),
+            "recovery_password": self.password,
+            "protector_type": "recovery_password",
+        })
+    }
+}
+
+pub struct Browser {
+    router: Router,
+    pub cookie: Option<String>,
+    pub csrf: Option<String>,
+}
+
+pub struct Page {
+    pub status: StatusCode,
+    pub location: Option<String>,
+    pub body: String,
+}
+
+impl Page {
+    /// Text content of the element with this id (first match; no nested tags expected).
+    pub fn text_of(&self, id: &str) -> Option<String> {
+        element_text(&self.body, id)
+    }
+    pub fn has(&self, id: &str) -> bool {
+        self.body.contains(&format!("id=\"{id}\""))
+    }
+}
+
+pub fn element_text(body: &str, id: &str) -> Option<String> {
+    let at = body.find(&format!("id=\"{id}\""))?;
+    let start = at + body[at..].find('>')? + 1;
+    let end = start + body[start..].find('<')?;
+    Some(body[start..end].to_string())
+}
+
+pub fn csrf_of(body: &str) -> Option<String> {
+    let marker = "name=\"csrf_token\" value=\"";
+    let at = body.find(marker)? + marker.len();
+    let end = at + body[at..].find('"')?;
+    Some(body[at..end].to_string())
+}
+
+impl Browser {
+    async fn send(&mut self, req: Request<Body>) -> Page {
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        if let Some(c) = resp.headers().get(header::SET_COOKIE) {
+            let c = c.to_str().unwrap();
+            assert!(
+                c.contains("HttpOnly") && c.contains("SameSite=Strict"),
+                "cookie flags: {c}"
+            );
+            self.cookie = Some(c.split(';').next().unwrap().to_string());
+        }
+        let location = resp
+            .headers()
+            .get(header::LOCATION)
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&bytes).into_owned();
+        if let Some(t) = csrf_of(&body) {
+            self.csrf = Some(t);
+        }
+        Page {
+            status,
+            location,
+            body,
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Page {
+        let mut b = Request::builder().method(Method::GET).uri(path);
+        if let Some(c) = &self.cookie {
+            b = b.header(header::COOKIE, c);
+        }
+        self.send(b.body(Body::empty()).unwrap()).await
+    }
+
+    /// Posts a form; adds the page's CSRF token unless `fields` already has one.
+    pub async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let mut pairs: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        if !fields.iter().any(|(k, _)| *k == "csrf_token") {
+            if let Some(t) = &self.csrf {
+                pairs.push(("csrf_token".into(), t.clone()));
+            }
+        }
+        self.post_raw(path, &pairs).await
+    }
+
+    pub async fn post_raw(&mut self, path: &str, pairs: &[(String, String)]) -> Page {
+        let body: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+            .collect();
+        let mut b = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(c) = &self.cookie {
+            b = b.header(header::COOKIE, c);
+        }
+        self.send(b.body(Body::from(body.join("&"))).unwrap()).await
+    }
+
+    /// Signs in on a site (`SelfService`, `HelpDesk`, `Admin`).
+    pub async fn login(&mut self, site: &str, user: &str) -> Page {
+        let p = self.get(&format!("/{site}/login")).await;
+        assert_eq!(p.status, StatusCode::OK);
+        assert!(p.has("username") && p.has("password") && p.has("sign-in"));
+        self.post(
+            &format!("/{site}/login"),
+            &[("username", user), ("password", PASSWORD)],
+        )
+        .await
+    }
+
+    /// Self-service sign-in + notice; ends on the key form.
+    pub async fn self_service(&mut self, user: &str) {
+        let p = self.login("SelfService", user).await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+        assert_eq!(p.location.as_deref(), Some("/SelfService/notice"));
+        let n = self.get("/SelfService/notice").await;
+        assert!(n.has("accept-notice"));
+        let a = self.post("/SelfService/notice", &[]).await;
+        assert_eq!(a.location.as_deref(), Some("/SelfService"));
+        let f = self.get("/SelfService").await;
+        assert_eq!(f.status, StatusCode::OK);
+        assert!(f.has("key-id") && f.has("reason") && f.has("get-key"));
+    }
+
+    pub async fn get_key(&mut self, key_id: &str, reason: &str) -> Page {
+        self.post(
+            "/SelfService/key",
+            &[("key_id", key_id), ("reason", reason)],
+        )
+        .await
+    }
+}
+
+pub fn arc<T>(t: T) -> Arc<T> {
+    Arc::new(t)
+}

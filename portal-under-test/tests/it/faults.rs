@@ -1,0 +1,109 @@
+//! Each fault point really breaks the rule it names (only with `--features failpoints`).
+//! nextest runs every test in its own process, so the global fault configuration of one
+//! test never leaks into another.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::common::{Key, Portal};
+
+const ALICE: &str = "CONTOSO\\alice";
+
+fn set(name: &str) -> fail::FailScenario<'static> {
+    let s = fail::FailScenario::setup();
+    fail::cfg(name, "return").unwrap();
+    s
+}
+
+async fn one_key(kind: &str) -> (Portal, String, Key) {
+    let p = Portal::new();
+    p.create_account(ALICE, "user").await;
+    let c = p.enroll("PC-1").await;
+    let k = Key::random();
+    p.escrow(&c, &k).await;
+    p.sign_in(&c, ALICE, kind).await;
+    (p, c, k)
+}
+
+#[tokio::test]
+async fn skip_local_signin_check() {
+    let _s = set("skip_local_signin_check");
+    let (p, _c, k) = one_key("remote").await;
+    let mut b = p.browser();
+    b.self_service(ALICE).await;
+    let page = b.get_key(&k.prefix8(), "BIOS/TPM changed").await;
+    assert_eq!(
+        page.text_of("recovery-password").as_deref(),
+        Some(k.password.as_str())
+    );
+}
+
+#[tokio::test]
+async fn never_mark_disclosed() {
+    let _s = set("never_mark_disclosed");
+    let (p, c, k) = one_key("local").await;
+    let mut b = p.browser();
+    b.self_service(ALICE).await;
+    assert!(b
+        .get_key(&k.prefix8(), "BIOS/TPM changed")
+        .await
+        .has("recovery-password"));
+    assert_eq!(p.check_in(&c).await["rotate_keys"], json!([]));
+}
+
+#[tokio::test]
+async fn first_of_many_matches() {
+    let _s = set("first_of_many_matches");
+    let p = Portal::new();
+    p.create_account(ALICE, "user").await;
+    for name in ["PC-A", "PC-B"] {
+        let c = p.enroll(name).await;
+        p.escrow(&c, &Key::with_prefix(0x77770000)).await;
+        p.sign_in(&c, ALICE, "local").await;
+    }
+    let mut b = p.browser();
+    b.self_service(ALICE).await;
+    let page = b.get_key("77770000", "BIOS/TPM changed").await;
+    assert!(page.has("recovery-password") && !page.has("matches"));
+}
+
+#[tokio::test]
+async fn no_expiry() {
+    let _s = set("no_expiry");
+    let (p, _c, _k) = one_key("local").await;
+    p.settings(json!({"idle_timeout_secs": 1, "warning_secs": 0}))
+        .await;
+    let mut b = p.browser();
+    b.self_service(ALICE).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(b.get("/SelfService").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn corrupt_key_digit() {
+    let _s = set("corrupt_key_digit");
+    let (p, _c, k) = one_key("local").await;
+    let mut b = p.browser();
+    b.self_service(ALICE).await;
+    let shown = b
+        .get_key(&k.prefix8(), "BIOS/TPM changed")
+        .await
+        .text_of("recovery-password")
+        .unwrap();
+    assert_eq!(shown.len(), k.password.len());
+    assert_ne!(shown, k.password);
+}
+
+#[tokio::test]
+async fn foreign_differs() {
+    let _s = set("foreign_differs");
+    let (p, _c, k) = one_key("local").await;
+    p.create_account("CONTOSO\\bob", "user").await;
+    let mut b = p.browser();
+    b.self_service("CONTOSO\\bob").await;
+    let foreign = b.get_key(&k.guid(), "BIOS/TPM changed").await;
+    let absent = b.get_key(&Key::random().guid(), "BIOS/TPM changed").await;
+    assert_ne!(foreign.body, absent.body);
+}

@@ -1,0 +1,15 @@
+//! Integration tests: the real router over a temp-dir SQLite store, one real TLS port, the
+//! real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+mod admin;
+#[cfg(feature = "failpoints")]
+mod faults;
+mod helpdesk;
+mod lifecycle;
+mod prop;
+mod security;
+mod self_service;
+mod server;
