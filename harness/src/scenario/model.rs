@@ -296,30 +296,52 @@ pub enum RecoveryVia {
 }
 
 /// Key-ID digits typed: the first 8, or all 32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(try_from = "u8", into = "u8")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyIdDigits {
     Eight,
     ThirtyTwo,
 }
 
-impl TryFrom<u8> for KeyIdDigits {
-    type Error = String;
-    fn try_from(value: u8) -> Result<Self, String> {
-        match value {
-            8 => Ok(KeyIdDigits::Eight),
-            32 => Ok(KeyIdDigits::ThirtyTwo),
-            other => Err(format!("invalid value: {other}, expected 8 or 32")),
+impl KeyIdDigits {
+    pub fn count(self) -> usize {
+        match self {
+            KeyIdDigits::Eight => 8,
+            KeyIdDigits::ThirtyTwo => 32,
         }
     }
 }
 
-impl From<KeyIdDigits> for u8 {
-    fn from(value: KeyIdDigits) -> u8 {
-        match value {
-            KeyIdDigits::Eight => 8,
-            KeyIdDigits::ThirtyTwo => 32,
+impl Serialize for KeyIdDigits {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u8(self.count() as u8)
+    }
+}
+
+// A visitor rather than `try_from`: the error is raised while the scalar is read, so
+// serde_yaml reports the scalar's own line:column (not the enclosing mapping's).
+impl<'de> Deserialize<'de> for KeyIdDigits {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Digits;
+        impl serde::de::Visitor<'_> for Digits {
+            type Value = KeyIdDigits;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("8 or 32")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<KeyIdDigits, E> {
+                match v {
+                    8 => Ok(KeyIdDigits::Eight),
+                    32 => Ok(KeyIdDigits::ThirtyTwo),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Unsigned(v), &self)),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<KeyIdDigits, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::invalid_value(serde::de::Unexpected::Signed(v), &self)),
+                }
+            }
         }
+        deserializer.deserialize_u64(Digits)
     }
 }
 

@@ -1,0 +1,407 @@
+//! The scenario catalog and the loader's errors.
+
+use std::path::{Path, PathBuf};
+
+use harness::scenario::{
+    load_catalog, parse_scenario, select, Answer, CatalogError, ChangeKind, Filter, Profile,
+    RecoveryVia, Scenario, TpmError,
+};
+
+fn catalog_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")
+}
+
+fn catalog() -> Vec<Scenario> {
+    load_catalog(&[catalog_dir()]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn whole_catalog_loads() {
+    let scenarios = catalog();
+    assert!(scenarios.len() >= 20, "only {} scenarios", scenarios.len());
+    for s in &scenarios {
+        assert!(
+            s.description.split_whitespace().count() >= 10,
+            "{}: the description is too short for a QA reader",
+            s.name
+        );
+        // One file, one story, named after it: QA finds the file from a report line.
+        assert_eq!(
+            s.file.file_stem().and_then(|n| n.to_str()),
+            Some(s.name.as_str())
+        );
+    }
+}
+
+/// Every lockout and every control the mission names is in the catalog with the outcome
+/// domain.md gives for it.
+#[test]
+fn catalog_covers_every_required_story() {
+    let scenarios = catalog();
+    let has = |kind: ChangeKind, profile: Option<Profile>, recovery: bool, error: TpmError| {
+        scenarios.iter().any(|s| {
+            s.change.kind == kind
+                && profile.is_none_or(|p| s.device.profile == p)
+                && s.expect.recovery == recovery
+                && s.expect.tpm_error == error
+        })
+    };
+    use ChangeKind as C;
+    use TpmError as E;
+    let required = [
+        (
+            C::FirmwareUpdate,
+            Some(Profile::Uefi),
+            true,
+            E::PolicyFailed,
+        ),
+        (
+            C::OptionRomChanged,
+            Some(Profile::Uefi),
+            true,
+            E::PolicyFailed,
+        ),
+        (
+            C::BootManagerOtherSigner,
+            Some(Profile::SecureBoot),
+            true,
+            E::PolicyFailed,
+        ),
+        (
+            C::BootManagerSameSigner,
+            Some(Profile::Uefi),
+            true,
+            E::PolicyFailed,
+        ),
+        (C::SecureBootDbUpdate, None, true, E::PolicyFailed),
+        (C::SecureBootDbxUpdate, None, true, E::PolicyFailed),
+        (C::SecureBootOff, None, true, E::PolicyFailed),
+        (C::BcdDebugOn, None, true, E::PolicyFailed),
+        (C::TpmCleared, None, true, E::Integrity),
+        (C::DiskMoved, None, true, E::Integrity),
+        (C::TpmReplaced, None, true, E::Integrity),
+        (C::LostPin, None, true, E::AuthFailed),
+        (C::LostPin, None, true, E::LockedOut),
+        // Controls: must not lock.
+        (C::Reboot, None, false, E::None),
+        (
+            C::BootManagerSameSigner,
+            Some(Profile::SecureBoot),
+            false,
+            E::None,
+        ),
+        (C::FirmwareUpdateSuspended, None, false, E::None),
+    ];
+    for (kind, profile, recovery, error) in required {
+        assert!(
+            has(kind, profile, recovery, error),
+            "no scenario for {kind:?} under {profile:?} with recovery={recovery}, {error:?}"
+        );
+    }
+    let recovery_with = |pred: &dyn Fn(&Scenario) -> bool| scenarios.iter().any(pred);
+    let answer = |s: &Scenario, via: RecoveryVia, a: Answer| {
+        s.recovery
+            .as_ref()
+            .is_some_and(|r| r.via == via && r.answer == a)
+    };
+    assert!(recovery_with(&|s| answer(
+        s,
+        RecoveryVia::SelfService,
+        Answer::SeveralMatches
+    )));
+    assert!(recovery_with(&|s| answer(
+        s,
+        RecoveryVia::SelfService,
+        Answer::HelpdeskMessage
+    )));
+    assert!(recovery_with(&|s| answer(
+        s,
+        RecoveryVia::SelfService,
+        Answer::Expired
+    )));
+    assert!(recovery_with(&|s| s.checks.foreign_key_request.is_some()));
+    assert!(recovery_with(&|s| s.checks.after_recovery.is_some()
+        && answer(s, RecoveryVia::SelfService, Answer::KeyShown)));
+    assert!(recovery_with(&|s| answer(
+        s,
+        RecoveryVia::HelpDeskTpmReset,
+        Answer::LockoutAuthShown
+    )));
+    for role in [
+        harness::scenario::Role::Helpdesk,
+        harness::scenario::Role::AdvancedHelpdesk,
+    ] {
+        assert!(
+            recovery_with(&|s| s
+                .recovery
+                .as_ref()
+                .is_some_and(|r| r.via == RecoveryVia::HelpDesk
+                    && s.user(&r.requester).is_some_and(|u| u.role == role))),
+            "no help desk recovery by role {role:?}"
+        );
+    }
+}
+
+/// The JSON Schema accepts every catalog file (so editors and CI tools that use it agree
+/// with the loader).
+#[test]
+fn catalog_validates_against_the_json_schema() {
+    let validator = schema_validator();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(catalog_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 20);
+    for file in files {
+        let value: serde_json::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", file.display());
+    }
+}
+
+fn schema_validator() -> jsonschema::Validator {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(catalog_dir().join("scenario.schema.json")).unwrap(),
+    )
+    .unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+/// A small valid scenario; each error case below breaks one line of it.
+const BASE: &str = "\
+name: inline
+description: An inline scenario for the loader's error tests, long enough to read.
+device:
+  profile: \"7,11\"
+  protectors: [tpm, recovery_password]
+users:
+  - name: CONTOSO\\alice
+    sign_ins: [local]
+change:
+  kind: secure_boot_off
+expect:
+  recovery: true
+  tpm_error: policy_failed
+  changed_pcrs: [7]
+recovery:
+  via: self_service
+  as: CONTOSO\\alice
+  reason: BIOS/TPM changed
+  answer: key_shown
+";
+
+/// Parses `yaml` as `inline.yaml` and checks the whole error line.
+#[track_caller]
+fn check(yaml: &str, expected: &str) {
+    match parse_scenario(Path::new("inline.yaml"), yaml) {
+        Ok(_) => panic!("expected `{expected}`, but it parsed"),
+        Err(e) => assert_eq!(e.to_string(), expected),
+    }
+}
+
+fn edit(from: &str, to: &str) -> String {
+    assert!(BASE.contains(from), "{from}");
+    BASE.replacen(from, to, 1)
+}
+
+#[test]
+fn base_scenario_is_valid() {
+    let s = parse_scenario(Path::new("inline.yaml"), BASE).unwrap();
+    assert_eq!(s.name, "inline");
+    assert_eq!(s.device.profile.pcrs(), &[7, 11]);
+    assert_eq!(s.device.name, "PC-0001");
+}
+
+#[test]
+fn unknown_field_names_its_position_and_the_allowed_fields() {
+    check(
+        &edit(
+            "  kind: secure_boot_off\n",
+            "  kind: secure_boot_off\n  knd: x\n",
+        ),
+        "inline.yaml:11:3: change: unknown field `knd`, expected `kind` or `wrong_pins`",
+    );
+}
+
+#[test]
+fn wrong_type_names_its_position_and_the_expected_type() {
+    check(
+        &edit("  recovery: true\n", "  recovery: often\n"),
+        "inline.yaml:12:13: expect.recovery: invalid type: string \"often\", expected a boolean",
+    );
+}
+
+#[test]
+fn bad_enum_value_lists_the_allowed_values() {
+    check(
+        &edit("  profile: \"7,11\"\n", "  profile: \"7,12\"\n"),
+        "inline.yaml:4:12: device.profile: unknown variant `7,12`, expected one of `7,11`, `0,2,4,11`, `legacy`",
+    );
+    check(
+        &edit("[tpm, recovery_password]", "[tpm, password]"),
+        "inline.yaml:5:21: device.protectors[1]: unknown variant `password`, expected one of `tpm`, `tpm_pin`, `recovery_password`",
+    );
+}
+
+#[test]
+fn bad_key_id_digits_says_8_or_32() {
+    check(
+        &edit(
+            "  answer: key_shown\n",
+            "  answer: key_shown\n  key_id_digits: 12\n",
+        ),
+        "inline.yaml:20:18: recovery.key_id_digits: invalid value: integer `12`, expected 8 or 32",
+    );
+}
+
+#[test]
+fn semantic_errors_point_at_the_offending_key() {
+    // A TPM+PIN protector without a PIN: points at the protector.
+    check(
+        &edit("[tpm, recovery_password]", "[tpm_pin, recovery_password]"),
+        "inline.yaml:5:16: device.protectors[0]: protector `tpm_pin` needs a `pin` in `device`",
+    );
+    // A help desk recovery by a plain user: points at `as`.
+    check(
+        &edit("  via: self_service\n", "  via: help_desk\n")
+            .replace("reason: BIOS/TPM changed", "reason: BIOS changed"),
+        "inline.yaml:17:3: recovery.as: `CONTOSO\\alice` has role `user`: a help desk recovery needs a `helpdesk` or `advanced_helpdesk` user",
+    );
+    // An unknown requester.
+    check(
+        &edit("  as: CONTOSO\\alice\n", "  as: CONTOSO\\bob\n"),
+        "inline.yaml:17:3: recovery.as: unknown user `CONTOSO\\bob`: expected one of `users` (`CONTOSO\\alice`)",
+    );
+    // A PCR outside the profile: points at the list item.
+    check(
+        &edit("changed_pcrs: [7]", "changed_pcrs: [7, 0]"),
+        "inline.yaml:14:21: expect.changed_pcrs[1]: PCR 0 is not in profile 7,11 (PCRs [7, 11])",
+    );
+    // A recovery section when none is expected: points at `recovery`.
+    check(
+        &edit(
+            "  recovery: true\n  tpm_error: policy_failed\n  changed_pcrs: [7]\n",
+            "  recovery: false\n  tpm_error: none\n",
+        ),
+        "inline.yaml:14:1: recovery: `expect.recovery` is false: expected no `recovery` section",
+    );
+}
+
+#[test]
+fn flow_style_yaml_is_located_too() {
+    let yaml = edit(
+        "device:\n  profile: \"7,11\"\n  protectors: [tpm, recovery_password]\n",
+        "device: {profile: \"7,11\", protectors: [tpm, recovery_password], pin: \"1234\"}\n",
+    );
+    check(
+        &yaml,
+        "inline.yaml:3:65: device.pin: a `pin` needs a `tpm_pin` protector",
+    );
+}
+
+/// The JSON Schema rejects the same kinds of mistakes, so the two stay in step.
+#[test]
+fn json_schema_rejects_what_the_loader_rejects() {
+    let validator = schema_validator();
+    let value = |yaml: &str| -> serde_json::Value { serde_yaml::from_str(yaml).unwrap() };
+    assert!(validator.is_valid(&value(BASE)));
+    for bad in [
+        edit(
+            "  kind: secure_boot_off\n",
+            "  kind: secure_boot_off\n  knd: x\n",
+        ),
+        edit("  recovery: true\n", "  recovery: often\n"),
+        edit("  profile: \"7,11\"\n", "  profile: \"7,12\"\n"),
+        edit(
+            "  answer: key_shown\n",
+            "  answer: key_shown\n  key_id_digits: 12\n",
+        ),
+        edit("[tpm, recovery_password]", "[tpm_pin, recovery_password]"),
+        edit("  kind: secure_boot_off\n", "  kind: lost_pin\n"),
+    ] {
+        assert!(!validator.is_valid(&value(&bad)), "schema accepted:\n{bad}");
+        assert!(parse_scenario(Path::new("inline.yaml"), &bad).is_err());
+    }
+}
+
+#[test]
+fn a_catalog_with_one_bad_file_fails_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("good.yaml"), BASE).unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        edit("name: inline", "name: other")
+            .replace("tpm_error: policy_failed", "tpm_error: melted"),
+    )
+    .unwrap();
+    let err = load_catalog(&[dir.path()]).unwrap_err();
+    let CatalogError::Invalid(errors) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].file(), dir.path().join("bad.yaml"));
+    let text = err.to_string();
+    assert!(text.starts_with("1 invalid scenario file:"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{}:13:14: expect.tpm_error: unknown variant `melted`",
+            dir.path().join("bad.yaml").display()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn duplicate_names_and_empty_catalogs_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), BASE).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), BASE).unwrap();
+    let err = load_catalog(&[dir.path()]).unwrap_err().to_string();
+    assert!(
+        err.contains("b.yaml: scenario name `inline` is already used by"),
+        "{err}"
+    );
+
+    let empty = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        load_catalog(&[empty.path()]),
+        Err(CatalogError::Empty(_))
+    ));
+}
+
+#[test]
+fn filters_select_by_name_tag_glob_and_negation() {
+    let scenarios = catalog();
+    let names = |expr: &[&str]| -> Vec<String> {
+        let filters: Vec<Filter> = expr.iter().map(|e| Filter::parse(e).unwrap()).collect();
+        select(&scenarios, &filters)
+            .into_iter()
+            .map(|s| s.name.clone())
+            .collect()
+    };
+    assert_eq!(names(&[]).len(), scenarios.len());
+    let controls = names(&["tag:control"]);
+    assert!(controls.len() >= 3 && controls.iter().all(|n| n.starts_with("control-")));
+    assert_eq!(
+        names(&["control-* !tag:firmware"]),
+        vec![
+            "control-boot-manager-same-signer-secure-boot",
+            "control-reboot"
+        ]
+    );
+    let lost = names(&["lost-pin"]);
+    assert!(lost.len() >= 3 && lost.iter().all(|n| n.contains("lost-pin")));
+    // Several filters: the union, in catalog order.
+    assert_eq!(
+        names(&["name:tpm-cleared", "disk-moved"]),
+        vec!["disk-moved", "tpm-cleared"]
+    );
+    assert!(Filter::parse("tag:").is_err());
+    assert!(Filter::parse("   ").is_err());
+}
