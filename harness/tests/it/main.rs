@@ -3,8 +3,6 @@
 
 mod cli;
 mod common;
-mod eventlog;
-mod machine;
 mod portal_client;
 mod scenarios;
 mod vectors;
