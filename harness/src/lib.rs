@@ -4,6 +4,8 @@
 //!   a volume with real sector encryption. Pure software.
 //! - [`eventlog`]: the TCG PC Client crypto-agile binary event log (writer, reader, replay).
 //! - [`device`]: the measured-boot model: components in, TCG events and PCR predictions out.
+//! - [`machine`]: a device on its own real TPM with BitLocker: boot, lockouts, the recovery
+//!   screen, re-seal.
 //! - [`keys`]: seeded, reproducible key-ID / recovery-password pairs at millions a second.
 //! - [`cli`]: the `harness` command line, one function per subcommand.
 //! - [`portal`]: a black-box client of a recovery portal over HTTP (agent, admin, user,
@@ -17,3 +19,4 @@ pub mod eventlog;
 pub mod portal;
 pub mod scenario;
 pub mod keys;
+pub mod machine;

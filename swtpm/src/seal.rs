@@ -227,7 +227,10 @@ fn flush_session(ctx: &mut Context, session: AuthSession) -> Result<()> {
 }
 
 fn storage_root_key(ctx: &mut Context) -> Result<KeyHandle> {
+    // noDA, as Windows' and the TCG's provisioning guidance make the SRK: its auth is empty,
+    // and objects without their own DA protection must keep loading during a lockout.
     let attributes = ObjectAttributesBuilder::new()
+        .with_no_da(true)
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
         .with_sensitive_data_origin(true)

@@ -3,6 +3,8 @@
 
 mod cli;
 mod common;
+mod eventlog;
+mod machine;
 mod portal_client;
 mod scenarios;
 mod vectors;

@@ -1,0 +1,659 @@
+//! A simulated Windows device on its own real TPM, with BitLocker on its system volume.
+//!
+//! [`Machine`] joins the pieces: the measured-boot model ([`crate::device`]) is booted into a
+//! real swtpm ([`swtpm::Tpm`]); BitLocker's TPM protector is the volume master key sealed by
+//! that TPM under PolicyPCR to the validation profile (TPM+PIN adds PolicyAuthValue and
+//! dictionary-attack protection); the recovery-password protector is the on-disk scheme
+//! ([`crate::bitlocker`]). A lockout is therefore one the TPM enforces — its own response
+//! code — and a recovery is a real unwrap of the VMK followed by sectors that decrypt.
+//!
+//! The boot sequence, as Windows does it:
+//! 1. TPM reset (Shutdown(CLEAR), power cycle, Startup(CLEAR)).
+//! 2. The firmware and boot manager measure everything up to the unseal point
+//!    ([`Device::unseal_index`]: through the BCD settings BitLocker validates in PCR 11).
+//! 3. The boot manager asks the TPM to unseal the VMK (with the PIN's auth value for
+//!    TPM+PIN). A suspended volume (clear key) opens without the TPM.
+//! 4. The rest of the boot is measured.
+//! 5. On failure the recovery screen shows the recovery-password protector's ID and why.
+//!
+//! Modelling choices (see ARCHITECTURE.md):
+//! - The TPM+PIN auth value is SHA-256(UTF-16LE(PIN)). Windows stretches the PIN and uses an
+//!   intermediate key (domain.md, unconfirmed); the TPM's behaviour — PolicyAuthValue on a
+//!   DA-protected object, counted failures, lockout — is the same, and it keeps each of the
+//!   32 wrong-PIN attempts of a lost-PIN scenario cheap.
+//! - The device takes TPM ownership like Windows 10 1607+: a random lockout authorization
+//!   and Windows' dictionary-attack settings (32 tries, one forgiven every 10 minutes).
+
+use rand::{CryptoRng, Rng};
+use swtpm::{DaParameters, HashingAlgorithm, SealPolicy, SealedBlob, Tpm};
+
+use crate::bitlocker::{
+    check_block, BlockError, KeyProtectorId, ProtectorType, RecoveryPassword, Vmk, Volume,
+    VolumeError,
+};
+use crate::device::{explain, Change, ChangeError, Device, Explanation, Profile, TpmEffect};
+use crate::eventlog::{EventLog, HashAlg, Pcrs};
+
+/// Windows' TPM 2.0 dictionary-attack settings (windows-itpro-docs, tpm-fundamentals):
+/// lockout after 32 failures, one failure forgotten every 10 minutes; a failed lockout-auth
+/// use blocks further attempts for a day.
+pub const WINDOWS_DA: DaParameters = DaParameters {
+    max_tries: 32,
+    recovery_time_secs: 600,
+    lockout_recovery_secs: 86_400,
+};
+
+/// Sectors of the simulated volume (real AES-XTS ciphertext).
+const VOLUME_SECTORS: usize = 8;
+
+/// How the VMK is protected by the TPM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TpmProtection {
+    /// TPM only: PolicyPCR over the profile.
+    Tpm,
+    /// TPM+PIN: PolicyPCR + PolicyAuthValue, dictionary-attack protected.
+    TpmPin {
+        /// The PIN the user types at boot.
+        pin: String,
+    },
+}
+
+/// How BitLocker is set up on a new machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BitLockerSetup {
+    /// The validation profile the TPM protector is sealed to.
+    pub profile: Profile,
+    /// TPM or TPM+PIN.
+    pub protection: TpmProtection,
+    /// Recovery-password protectors to add (usually 1).
+    pub recovery_passwords: usize,
+}
+
+impl Default for BitLockerSetup {
+    fn default() -> Self {
+        BitLockerSetup {
+            profile: Profile::SecureBoot7_11,
+            protection: TpmProtection::Tpm,
+            recovery_passwords: 1,
+        }
+    }
+}
+
+/// A key-protector-ID / recovery-password pair, as the device's agent escrows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EscrowedKey {
+    /// The volume's GUID.
+    pub volume_id: uuid::Uuid,
+    /// The recovery-password protector's ID.
+    pub key_protector_id: KeyProtectorId,
+    /// The 48 digits.
+    pub recovery_password: RecoveryPassword,
+}
+
+/// The TPM's reason for refusing the unseal, as the recovery screen reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockoutCause {
+    /// `TPM_RC_POLICY_FAIL`: a PCR of the profile changed.
+    PolicyFailed,
+    /// `TPM_RC_LOCKOUT`: too many wrong PINs.
+    LockedOut,
+    /// `TPM_RC_INTEGRITY`: the sealed blob is from another TPM or from before a clear.
+    Integrity,
+    /// Another TPM response code.
+    Other(u32),
+}
+
+impl LockoutCause {
+    /// The short name scenarios use (`policy_failed`, `locked_out`, `integrity`).
+    pub fn name(&self) -> String {
+        match self {
+            LockoutCause::PolicyFailed => "policy_failed".into(),
+            LockoutCause::LockedOut => "locked_out".into(),
+            LockoutCause::Integrity => "integrity".into(),
+            LockoutCause::Other(code) => format!("tpm_error_{code:#x}"),
+        }
+    }
+}
+
+/// What the recovery screen shows: the ID to look up and why the device is here.
+#[derive(Debug, Clone)]
+pub struct RecoveryScreen {
+    /// The recovery-password protector's ID (what the user types the first 8 digits of).
+    pub key_id: KeyProtectorId,
+    /// The TPM's refusal.
+    pub cause: LockoutCause,
+    /// The TPM's response code.
+    pub tpm_response_code: Option<u32>,
+    /// Which profile PCRs differ from the sealed state, and the events behind it.
+    pub explanation: Explanation,
+}
+
+/// How a boot ended.
+#[derive(Debug, Clone)]
+pub enum BootOutcome {
+    /// The volume opened without user help.
+    Unlocked {
+        /// Which protector opened it.
+        via: ProtectorType,
+        /// Whether the TPM protector was re-sealed during this boot (resume after suspend).
+        resealed: bool,
+    },
+    /// The TPM refused a wrong PIN and counted it; the user may try again.
+    WrongPin {
+        /// The TPM's lockout counter after this failure.
+        lockout_counter: u32,
+    },
+    /// The BitLocker recovery screen.
+    Recovery(Box<RecoveryScreen>),
+}
+
+/// A successful recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// The recovery-password protector that opened the volume.
+    pub via: KeyProtectorId,
+    /// For TPM+PIN: the outcome of the dictionary-attack reset done after recovery
+    /// (`Err` holds the TPM's refusal, e.g. lockout-auth use still blocked).
+    pub dictionary_attack_reset: Option<Result<(), String>>,
+}
+
+/// What went wrong (not a lockout: lockouts are [`BootOutcome::Recovery`]).
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// The TPM failed in a way no boot expects.
+    #[error("TPM: {0}")]
+    Tpm(#[from] swtpm::Error),
+    /// A volume operation failed.
+    #[error("volume: {0}")]
+    Volume(#[from] VolumeError),
+    /// The change cannot apply to this device.
+    #[error(transparent)]
+    Change(#[from] ChangeError),
+    /// A typed recovery password has a bad block (checked as the user types).
+    #[error("the recovery password is not valid: {0}")]
+    BadBlock(#[from] BlockError),
+    /// A typed recovery password has the wrong number of blocks.
+    #[error("the recovery password has {0} blocks of digits; it needs 8")]
+    BlockCount(usize),
+    /// A well-formed password that no protector accepts (the AES-CCM MAC did not verify).
+    #[error("the recovery password does not unlock this volume (MAC check failed)")]
+    WrongRecoveryPassword,
+    /// The device is not on the recovery screen.
+    #[error("the device is not on the recovery screen")]
+    NotInRecovery,
+    /// The device was booted before anything sealed to it.
+    #[error("{0}")]
+    State(String),
+}
+
+/// The TPM protector: the sealed VMK and what it is bound to.
+#[derive(Debug, Clone)]
+struct SealedProtector {
+    id: KeyProtectorId,
+    blob: SealedBlob,
+    profile: Profile,
+    /// The event log of the boot it was sealed to (the "before" of an explanation).
+    sealed_log: EventLog,
+}
+
+/// A simulated device with its own TPM and a BitLocker volume.
+#[derive(Debug)]
+pub struct Machine {
+    device: Device,
+    tpm: Tpm,
+    volume: Volume,
+    volume_id: uuid::Uuid,
+    /// The VMK in the running OS's memory after an unlock; `None` while locked.
+    running_vmk: Option<Vmk>,
+    protection: TpmProtection,
+    tpm_protector: SealedProtector,
+    recovery_ids: Vec<KeyProtectorId>,
+    /// Protection suspended: the VMK is stored in the clear until the next boot re-seals.
+    clear_key: Option<Vmk>,
+    lockout_auth: Vec<u8>,
+    /// The log of the last boot (up to its unseal point, then the rest).
+    last_log: EventLog,
+    on_recovery_screen: bool,
+}
+
+impl Machine {
+    /// A new machine: its own TPM (owned the Windows way), a volume with real encrypted
+    /// sectors, the TPM protector sealed to a first boot, and recovery-password protectors.
+    /// Returns the pairs the agent escrows.
+    pub fn provision<R: Rng + CryptoRng>(
+        device: Device,
+        setup: &BitLockerSetup,
+        rng: &mut R,
+    ) -> Result<(Machine, Vec<EscrowedKey>), MachineError> {
+        let mut tpm = Tpm::spawn()?;
+        let lockout_auth = take_ownership(&mut tpm, rng)?;
+        let sectors: Vec<[u8; 512]> = (0..VOLUME_SECTORS)
+            .map(|n| {
+                let mut s = [0u8; 512];
+                let text = format!("sector {n} of a simulated BitLocker system volume");
+                s[..text.len()].copy_from_slice(text.as_bytes());
+                s
+            })
+            .collect();
+        let (mut volume, vmk) = Volume::create(rng, &sectors)?;
+        let volume_id = uuid::Builder::from_random_bytes(rng.random()).into_uuid();
+
+        let mut escrow = Vec::new();
+        let mut recovery_ids = Vec::new();
+        for _ in 0..setup.recovery_passwords.max(1) {
+            let (id, password) = volume.add_recovery_password(&vmk, rng)?;
+            recovery_ids.push(id);
+            escrow.push(EscrowedKey {
+                volume_id,
+                key_protector_id: id,
+                recovery_password: password,
+            });
+        }
+
+        // First boot measures the platform; BitLocker seals to that state.
+        let sealed_log = boot_measurements(&mut tpm, &device)?;
+        let blob = seal_vmk(&mut tpm, &vmk, setup.profile, &setup.protection, &device)?;
+        let protector_type = match setup.protection {
+            TpmProtection::Tpm => ProtectorType::Tpm,
+            TpmProtection::TpmPin { .. } => ProtectorType::TpmAndPin,
+        };
+        let id = volume.add_opaque_protector(&vmk, rng, protector_type, blob.to_bytes())?;
+        let machine = Machine {
+            device,
+            tpm,
+            volume,
+            volume_id,
+            running_vmk: Some(vmk.clone()),
+            protection: setup.protection.clone(),
+            tpm_protector: SealedProtector {
+                id,
+                blob,
+                profile: setup.profile,
+                sealed_log: sealed_log.clone(),
+            },
+            recovery_ids,
+            clear_key: None,
+            lockout_auth,
+            last_log: sealed_log,
+            on_recovery_screen: false,
+        };
+        Ok((machine, escrow))
+    }
+
+    /// The device model as it is now.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The volume GUID.
+    pub fn volume_id(&self) -> uuid::Uuid {
+        self.volume_id
+    }
+
+    /// The validation profile of the TPM protector.
+    pub fn profile(&self) -> Profile {
+        self.tpm_protector.profile
+    }
+
+    /// The TPM (or TPM+PIN) protector's ID.
+    pub fn tpm_protector_id(&self) -> KeyProtectorId {
+        self.tpm_protector.id
+    }
+
+    /// The current recovery-password protector IDs.
+    pub fn recovery_key_ids(&self) -> &[KeyProtectorId] {
+        &self.recovery_ids
+    }
+
+    /// The TPM's lockout authorization (what the agent escrows for help-desk resets).
+    pub fn lockout_auth(&self) -> &[u8] {
+        &self.lockout_auth
+    }
+
+    /// The TPM's dictionary-attack failure counter.
+    pub fn tpm_lockout_counter(&mut self) -> Result<u32, MachineError> {
+        Ok(self.tpm.lockout_counter()?)
+    }
+
+    /// The event log of the last boot.
+    pub fn last_event_log(&self) -> &EventLog {
+        &self.last_log
+    }
+
+    /// The PCRs the TPM holds now (SHA-256 bank), for checking predictions.
+    pub fn tpm_pcrs(&mut self, pcrs: &[u8]) -> Result<Vec<(u8, Vec<u8>)>, MachineError> {
+        Ok(self.tpm.pcr_read(HashingAlgorithm::Sha256, pcrs)?)
+    }
+
+    /// The PCR values a boot of the device *as it is now* will produce.
+    pub fn predict_pcrs(&self) -> Pcrs {
+        self.device.predict_pcrs()
+    }
+
+    /// Applies a named change: measurements change in the model, TPM-level changes act on
+    /// the TPM (clear, replace, another machine's TPM), suspension stores a clear key.
+    pub fn apply(&mut self, change: &Change) -> Result<(), MachineError> {
+        match change.tpm_effect() {
+            TpmEffect::None => {}
+            TpmEffect::Clear => {
+                self.tpm.assume_lockout_auth(&self.lockout_auth);
+                self.tpm.clear()?;
+                self.lockout_auth.clear();
+            }
+            // A new TPM (replaced, or the disk now boots on another machine's): new seeds.
+            TpmEffect::Replace | TpmEffect::OtherTpm => {
+                self.tpm = Tpm::spawn()?;
+                self.lockout_auth.clear();
+            }
+            TpmEffect::SuspendProtection => {
+                // manage-bde -protectors -disable C: (one reboot): the VMK in the clear.
+                self.clear_key = Some(self.current_vmk()?);
+            }
+        }
+        self.device.apply(change)?;
+        Ok(())
+    }
+
+    /// Boots. `pin` is what the user types at the pre-boot PIN prompt (TPM+PIN only).
+    pub fn boot(&mut self, pin: Option<&str>) -> Result<BootOutcome, MachineError> {
+        self.running_vmk = None;
+        self.tpm.reboot()?;
+        let events = self.device.events();
+        let split = self.device.unseal_index().min(events.len());
+        extend_all(&mut self.tpm, &events[..split])?;
+        self.last_log = EventLog::new(events.clone());
+
+        let outcome = if let Some(vmk) = self.clear_key.take() {
+            // Suspended: the clear key opens the volume; resume re-seals to this boot.
+            self.volume.unlock_with_vmk(&vmk)?;
+            self.reseal(&vmk)?;
+            self.running_vmk = Some(vmk);
+            BootOutcome::Unlocked {
+                via: ProtectorType::Tpm,
+                resealed: true,
+            }
+        } else {
+            let auth = self.pin_auth(pin);
+            let pcrs = profile_pcrs(self.tpm_protector.profile);
+            match self.tpm.unseal(&self.tpm_protector.blob, &pcrs, auth.as_deref()) {
+                Ok(secret) => {
+                    let vmk = vmk_from(&secret)?;
+                    self.volume.unlock_with_vmk(&vmk)?;
+                    self.running_vmk = Some(vmk);
+                    BootOutcome::Unlocked {
+                        via: self.tpm_protector_type(),
+                        resealed: false,
+                    }
+                }
+                Err(swtpm::Error::AuthFailed { .. }) => BootOutcome::WrongPin {
+                    lockout_counter: self.tpm.lockout_counter()?,
+                },
+                Err(err) => {
+                    let cause = match &err {
+                        swtpm::Error::PolicyFailed { .. } => LockoutCause::PolicyFailed,
+                        swtpm::Error::LockedOut { .. } => LockoutCause::LockedOut,
+                        swtpm::Error::Integrity { .. } => LockoutCause::Integrity,
+                        swtpm::Error::Tpm { code, .. } | swtpm::Error::BadAuth { code } => {
+                            LockoutCause::Other(*code)
+                        }
+                        _ => return Err(err.into()),
+                    };
+                    let key_id = self.recovery_ids.first().copied().ok_or_else(|| {
+                        MachineError::State("no recovery-password protector".into())
+                    })?;
+                    self.on_recovery_screen = true;
+                    BootOutcome::Recovery(Box::new(RecoveryScreen {
+                        key_id,
+                        tpm_response_code: err.response_code(),
+                        cause,
+                        explanation: explain(
+                            &self.tpm_protector.sealed_log,
+                            &self.last_log,
+                            self.tpm_protector.profile,
+                        ),
+                    }))
+                }
+            }
+        };
+        extend_all(&mut self.tpm, &events[split..])?;
+        Ok(outcome)
+    }
+
+    /// Types a recovery password on the recovery screen. Blocks are checked as typed (the
+    /// error names the first bad block); a well-formed password must then unwrap the VMK
+    /// (AES-CCM MAC verified) and decrypt the volume. On success the TPM protector is
+    /// re-sealed to this boot's measurements; for TPM+PIN, `new_pin` sets a new PIN and the
+    /// TPM's dictionary-attack counter is reset with the lockout authorization.
+    pub fn enter_recovery_password(
+        &mut self,
+        typed: &str,
+        new_pin: Option<&str>,
+    ) -> Result<Recovered, MachineError> {
+        if !self.on_recovery_screen {
+            return Err(MachineError::NotInRecovery);
+        }
+        let password = check_typed(typed)?;
+        let unlocked = match self.volume.unlock_with_recovery_password(&password) {
+            Ok(unlocked) => unlocked,
+            Err(VolumeError::WrongRecoveryPassword) => {
+                return Err(MachineError::WrongRecoveryPassword)
+            }
+            Err(other) => return Err(other.into()),
+        };
+        let via = unlocked.unlocked_by();
+        let vmk = unlocked.vmk().clone();
+        drop(unlocked);
+        if let (TpmProtection::TpmPin { pin }, Some(new)) = (&mut self.protection, new_pin) {
+            *pin = new.to_string();
+        }
+        let mut dictionary_attack_reset = None;
+        if self.lockout_auth.is_empty() {
+            // A cleared or new TPM: Windows takes ownership again after recovery.
+            self.lockout_auth = take_ownership(&mut self.tpm, &mut rand::rng())?;
+        } else if matches!(self.protection, TpmProtection::TpmPin { .. }) {
+            // The volume is open whatever the TPM says; a refused reset (e.g. the TPM still
+            // blocks lockout-auth use after a guess) is reported, not fatal.
+            self.tpm.assume_lockout_auth(&self.lockout_auth);
+            dictionary_attack_reset = Some(self.tpm.dictionary_attack_lock_reset().map_err(|e| e.to_string()));
+        }
+        self.reseal(&vmk)?;
+        self.running_vmk = Some(vmk);
+        self.on_recovery_screen = false;
+        let via = via.ok_or_else(|| MachineError::State("unlocked by an unknown protector".into()))?;
+        Ok(Recovered {
+            via,
+            dictionary_attack_reset,
+        })
+    }
+
+    /// A help-desk TPM lockout reset: the escrowed lockout authorization resets the DA
+    /// counter, so the right PIN works again without the recovery key.
+    pub fn reset_tpm_lockout(&mut self, lockout_auth: &[u8]) -> Result<(), MachineError> {
+        self.tpm.assume_lockout_auth(lockout_auth);
+        let result = self.tpm.dictionary_attack_lock_reset();
+        self.tpm.assume_lockout_auth(&self.lockout_auth);
+        result?;
+        self.on_recovery_screen = false;
+        Ok(())
+    }
+
+    /// Replaces a recovery password (after it was disclosed): a new protector with a new ID;
+    /// the old one is removed and no longer unlocks.
+    pub fn rotate_recovery_password<R: Rng + CryptoRng>(
+        &mut self,
+        old: KeyProtectorId,
+        rng: &mut R,
+    ) -> Result<EscrowedKey, MachineError> {
+        let vmk = self.current_vmk()?;
+        let (id, password) = self.volume.rotate_recovery_password(&vmk, rng, old)?;
+        self.recovery_ids.retain(|k| *k != old);
+        self.recovery_ids.push(id);
+        Ok(EscrowedKey {
+            volume_id: self.volume_id,
+            key_protector_id: id,
+            recovery_password: password,
+        })
+    }
+
+    /// Whether `password` unlocks the volume now (a full stretch + unwrap + decrypt).
+    pub fn password_unlocks(&self, password: &RecoveryPassword) -> Result<bool, MachineError> {
+        match self.volume.unlock_with_recovery_password(password) {
+            Ok(_) => Ok(true),
+            Err(VolumeError::WrongRecoveryPassword) => Ok(false),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    fn tpm_protector_type(&self) -> ProtectorType {
+        match self.protection {
+            TpmProtection::Tpm => ProtectorType::Tpm,
+            TpmProtection::TpmPin { .. } => ProtectorType::TpmAndPin,
+        }
+    }
+
+    fn pin_auth(&self, typed: Option<&str>) -> Option<Vec<u8>> {
+        match (&self.protection, typed) {
+            (TpmProtection::TpmPin { pin }, None) => Some(pin_auth_value(pin)),
+            (TpmProtection::TpmPin { .. }, Some(typed)) => Some(pin_auth_value(typed)),
+            (TpmProtection::Tpm, _) => None,
+        }
+    }
+
+    /// The VMK the running OS holds (rotation and suspension happen in the running OS).
+    fn current_vmk(&self) -> Result<Vmk, MachineError> {
+        self.running_vmk.clone().ok_or_else(|| {
+            MachineError::State("the volume is locked: boot or recover the device first".into())
+        })
+    }
+
+    fn reseal(&mut self, vmk: &Vmk) -> Result<(), MachineError> {
+        let blob = seal_vmk(
+            &mut self.tpm,
+            vmk,
+            self.tpm_protector.profile,
+            &self.protection,
+            &self.device,
+        )?;
+        self.tpm_protector.blob = blob;
+        self.tpm_protector.sealed_log = self.device.event_log();
+        Ok(())
+    }
+}
+
+/// The checks of the recovery screen's input boxes: 8 blocks, each checked as typed.
+fn check_typed(typed: &str) -> Result<RecoveryPassword, MachineError> {
+    let blocks: Vec<&str> = typed
+        .split(|c: char| c == '-' || c.is_whitespace())
+        .filter(|b| !b.is_empty())
+        .collect();
+    let blocks: Vec<String> = if blocks.len() == 1 && blocks[0].len() == 48 {
+        blocks[0]
+            .as_bytes()
+            .chunks(6)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect()
+    } else {
+        blocks.into_iter().map(str::to_string).collect()
+    };
+    for (i, block) in blocks.iter().enumerate().take(8) {
+        check_block(i + 1, block)?;
+    }
+    if blocks.len() != 8 {
+        return Err(MachineError::BlockCount(blocks.len()));
+    }
+    RecoveryPassword::parse(&blocks.join("-"))
+        .map_err(|e| MachineError::State(format!("recovery password: {e}")))
+}
+
+/// SHA-256 of the PIN as UTF-16LE: the TPM+PIN auth value (see the module docs).
+pub fn pin_auth_value(pin: &str) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let utf16: Vec<u8> = pin.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    Sha256::digest(utf16).to_vec()
+}
+
+fn take_ownership<R: Rng + CryptoRng + ?Sized>(
+    tpm: &mut Tpm,
+    rng: &mut R,
+) -> Result<Vec<u8>, MachineError> {
+    let mut auth = vec![0u8; 32];
+    rng.fill(auth.as_mut_slice());
+    tpm.set_lockout_auth(&auth)?;
+    tpm.set_dictionary_attack_parameters(WINDOWS_DA)?;
+    Ok(auth)
+}
+
+/// Reboots the TPM and measures the whole boot; returns its log.
+fn boot_measurements(tpm: &mut Tpm, device: &Device) -> Result<EventLog, MachineError> {
+    tpm.reboot()?;
+    let events = device.events();
+    let split = device.unseal_index().min(events.len());
+    extend_all(tpm, &events[..split])?;
+    Ok(EventLog::new(events))
+}
+
+fn extend_all(tpm: &mut Tpm, events: &[crate::eventlog::Event]) -> Result<(), MachineError> {
+    for e in events.iter().filter(|e| e.is_extended()) {
+        let pcr = u8::try_from(e.pcr)
+            .map_err(|_| MachineError::State(format!("event for PCR {}", e.pcr)))?;
+        tpm.pcr_extend(
+            pcr,
+            &[
+                (HashingAlgorithm::Sha1, e.digests.get(HashAlg::Sha1)),
+                (HashingAlgorithm::Sha256, e.digests.get(HashAlg::Sha256)),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Seals the VMK to the values the device model predicts at the unseal point. The caller
+/// has just measured those events into the TPM, so a wrong prediction would show at once
+/// as a failed unseal on the next boot.
+fn seal_vmk(
+    tpm: &mut Tpm,
+    vmk: &Vmk,
+    profile: Profile,
+    protection: &TpmProtection,
+    device: &Device,
+) -> Result<SealedBlob, MachineError> {
+    let events = device.events();
+    let split = device.unseal_index().min(events.len());
+    let at_unseal = EventLog::new(events[..split].to_vec()).replay();
+    let pcrs = profile_pcrs(profile);
+    let mut expected = Vec::with_capacity(pcrs.len());
+    for &pcr in &pcrs {
+        let value = at_unseal
+            .sha256(u32::from(pcr))
+            .ok_or_else(|| MachineError::State(format!("no SHA-256 value for PCR {pcr}")))?;
+        expected.push(*value);
+    }
+    let (auth_value, dictionary_attack_protected) = match protection {
+        TpmProtection::Tpm => (None, false),
+        TpmProtection::TpmPin { pin } => (Some(pin_auth_value(pin)), true),
+    };
+    Ok(tpm.seal(
+        vmk.as_bytes(),
+        &SealPolicy {
+            pcrs,
+            expected: Some(expected),
+            auth_value,
+            dictionary_attack_protected,
+        },
+    )?)
+}
+
+fn profile_pcrs(profile: Profile) -> Vec<u8> {
+    profile
+        .pcrs()
+        .iter()
+        .filter_map(|&p| u8::try_from(p).ok())
+        .collect()
+}
+
+fn vmk_from(secret: &[u8]) -> Result<Vmk, MachineError> {
+    let bytes: [u8; 32] = secret
+        .try_into()
+        .map_err(|_| MachineError::State(format!("unsealed {} bytes, not a VMK", secret.len())))?;
+    Ok(Vmk::from_bytes(bytes))
+}
