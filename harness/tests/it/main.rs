@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod eventlog;
+mod eventlog;
 mod machine;
 mod portal_client;
 mod scenarios;
