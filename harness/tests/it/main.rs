@@ -4,7 +4,6 @@
 mod cli;
 mod common;
 mod eventlog;
-mod eventlog;
 mod machine;
 mod portal_client;
 mod scenarios;
