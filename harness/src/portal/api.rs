@@ -310,8 +310,12 @@ impl Agent {
         let url = join(&target.url, "/api/agent/enroll")?;
         let body =
             serde_json::json!({ "enrollment_token": enrollment_token, "device_name": device_name });
-        let enrolled: Enrolled =
-            send_json("agent: POST /api/agent/enroll", http.post(url).json(&body), &[200]).await?;
+        let enrolled: Enrolled = send_json(
+            "agent: POST /api/agent/enroll",
+            http.post(url).json(&body),
+            &[200],
+        )
+        .await?;
         Ok(Agent {
             http,
             base: target.url.clone(),

@@ -149,7 +149,10 @@ impl Browser {
             .as_ref()
             .ok_or_else(|| PortalError::Usage("no page loaded".to_string()))?;
         page.form_with(id).map_err(|detail| PortalError::Body {
-            step: self.step(&format!("find the form with id=\"{id}\" on {}", page.url.path())),
+            step: self.step(&format!(
+                "find the form with id=\"{id}\" on {}",
+                page.url.path()
+            )),
             status: page.status,
             detail,
             excerpt: excerpt(&page.body),
@@ -197,9 +200,7 @@ impl Browser {
                 expected: format!("303 to a signed-in {area} page"),
                 status: page.status,
                 code: None,
-                excerpt: page
-                    .text_of("error")
-                    .unwrap_or_else(|| excerpt(&page.body)),
+                excerpt: page.text_of("error").unwrap_or_else(|| excerpt(&page.body)),
             });
         }
         Ok(())
@@ -214,10 +215,15 @@ impl Browser {
             .text_of("idle-countdown")
             .and_then(|t| first_number(&t));
         let from_attr = || {
-            ["data-seconds", "data-warning-secs", "data-countdown", "value"]
-                .iter()
-                .find_map(|a| page.attr_of("idle-countdown", a))
-                .and_then(|v| first_number(&v))
+            [
+                "data-seconds",
+                "data-warning-secs",
+                "data-countdown",
+                "value",
+            ]
+            .iter()
+            .find_map(|a| page.attr_of("idle-countdown", a))
+            .and_then(|v| first_number(&v))
         };
         Some(IdleWarning {
             hidden: page.is_hidden("idle-warning").unwrap_or(false),
@@ -458,7 +464,10 @@ mod tests {
     fn page(status: u16, path: &str, body: &str) -> Page {
         Page {
             status,
-            url: Url::parse("https://127.0.0.1:1").unwrap().join(path).unwrap(),
+            url: Url::parse("https://127.0.0.1:1")
+                .unwrap()
+                .join(path)
+                .unwrap(),
             body: body.to_string(),
         }
     }
@@ -466,16 +475,66 @@ mod tests {
     #[test]
     fn outcomes_follow_the_documented_ids() {
         let cases = [
-            (page(200, "/SelfService/key", r#"<p id="recovery-password">1-2</p>"#), Outcome::KeyShown("1-2".into())),
-            (page(401, "/SelfService/key", r#"<div id="expired">gone</div>"#), Outcome::Expired),
-            (page(403, "/SelfService/key", r#"<div id="helpdesk-message">Call us</div>"#), Outcome::HelpDeskMessage("Call us".into())),
-            (page(404, "/SelfService/key", r#"<p id="error" role="alert">Not found</p>"#), Outcome::NotFound("Not found".into())),
-            (page(429, "/SelfService/key", r#"<p id="error">Slow down</p>"#), Outcome::RateLimited("Slow down".into())),
-            (page(400, "/SelfService/key", r#"<p id="error">key_id</p>"#), Outcome::Invalid("key_id".into())),
-            (page(403, "/SelfService/key", r#"<p id="error">csrf</p>"#), Outcome::Refused("csrf".into())),
-            (page(200, "/SelfService/login", r#"<form><button id="sign-in"></button></form>"#), Outcome::SignedOut),
-            (page(200, "/SelfService/key", r#"<p id="matches">Type all 32</p>"#), Outcome::SeveralMatches(vec![])),
-            (page(200, "/SelfService", "<p>hello</p>"), Outcome::Unrecognised),
+            (
+                page(
+                    200,
+                    "/SelfService/key",
+                    r#"<p id="recovery-password">1-2</p>"#,
+                ),
+                Outcome::KeyShown("1-2".into()),
+            ),
+            (
+                page(401, "/SelfService/key", r#"<div id="expired">gone</div>"#),
+                Outcome::Expired,
+            ),
+            (
+                page(
+                    403,
+                    "/SelfService/key",
+                    r#"<div id="helpdesk-message">Call us</div>"#,
+                ),
+                Outcome::HelpDeskMessage("Call us".into()),
+            ),
+            (
+                page(
+                    404,
+                    "/SelfService/key",
+                    r#"<p id="error" role="alert">Not found</p>"#,
+                ),
+                Outcome::NotFound("Not found".into()),
+            ),
+            (
+                page(429, "/SelfService/key", r#"<p id="error">Slow down</p>"#),
+                Outcome::RateLimited("Slow down".into()),
+            ),
+            (
+                page(400, "/SelfService/key", r#"<p id="error">key_id</p>"#),
+                Outcome::Invalid("key_id".into()),
+            ),
+            (
+                page(403, "/SelfService/key", r#"<p id="error">csrf</p>"#),
+                Outcome::Refused("csrf".into()),
+            ),
+            (
+                page(
+                    200,
+                    "/SelfService/login",
+                    r#"<form><button id="sign-in"></button></form>"#,
+                ),
+                Outcome::SignedOut,
+            ),
+            (
+                page(
+                    200,
+                    "/SelfService/key",
+                    r#"<p id="matches">Type all 32</p>"#,
+                ),
+                Outcome::SeveralMatches(vec![]),
+            ),
+            (
+                page(200, "/SelfService", "<p>hello</p>"),
+                Outcome::Unrecognised,
+            ),
         ];
         for (p, expected) in cases {
             assert_eq!(classify(&p), expected, "{}", p.body);

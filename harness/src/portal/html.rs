@@ -142,10 +142,13 @@ impl Page {
         let mut selects = Vec::new();
         let controls = selector("input, select, textarea, button")
             .ok_or_else(|| "internal: bad control selector".to_string())?;
-        let options = selector("option").ok_or_else(|| "internal: bad option selector".to_string())?;
+        let options =
+            selector("option").ok_or_else(|| "internal: bad option selector".to_string())?;
         for control in form.select(&controls) {
             let el = control.value();
-            let Some(name) = el.attr("name") else { continue };
+            let Some(name) = el.attr("name") else {
+                continue;
+            };
             if name.is_empty() || el.attr("disabled").is_some() {
                 continue;
             }
@@ -156,7 +159,11 @@ impl Page {
                     match kind.as_str() {
                         "checkbox" | "radio" => {
                             if el.attr("checked").is_some() {
-                                let v = if value.is_empty() { "on".to_string() } else { value };
+                                let v = if value.is_empty() {
+                                    "on".to_string()
+                                } else {
+                                    value
+                                };
                                 fields.push((name.to_string(), v));
                             }
                         }
@@ -173,7 +180,10 @@ impl Page {
                 "button" => {
                     let kind = el.attr("type").unwrap_or("submit").to_ascii_lowercase();
                     if kind == "submit" && el.attr("id") == Some(id) {
-                        fields.push((name.to_string(), el.attr("value").unwrap_or_default().to_string()));
+                        fields.push((
+                            name.to_string(),
+                            el.attr("value").unwrap_or_default().to_string(),
+                        ));
                     }
                 }
                 "select" => {

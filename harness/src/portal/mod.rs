@@ -22,8 +22,8 @@ mod http;
 mod process;
 
 pub use api::{
-    AccountRole, Admin, Agent, AuditQuery, AuditRow, BulkEscrow, CheckIn, EscrowKey,
-    EscrowedKey, HelpDeskApi, HelpDeskLookup, Rotation, Settings, SettingsPatch, SignIn,
+    AccountRole, Admin, Agent, AuditQuery, AuditRow, BulkEscrow, CheckIn, EscrowKey, EscrowedKey,
+    HelpDeskApi, HelpDeskLookup, Rotation, Settings, SettingsPatch, SignIn,
 };
 pub use browser::{Answer, BrowserUser, HelpDeskOperator, IdleWarning, Outcome};
 pub use error::PortalError;

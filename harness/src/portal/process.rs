@@ -74,7 +74,10 @@ impl EmbeddedPortal {
 
     /// `admin bootstrap` for a token, then `serve` on `127.0.0.1:0`; returns once the
     /// portal printed its ready line and `/healthz` answers `ok`.
-    pub async fn start_with(portal_bin: &Path, options: &EmbeddedOptions) -> Result<EmbeddedPortal> {
+    pub async fn start_with(
+        portal_bin: &Path,
+        options: &EmbeddedOptions,
+    ) -> Result<EmbeddedPortal> {
         let work_dir = tempfile::Builder::new()
             .prefix("portal-")
             .tempdir()
@@ -109,7 +112,8 @@ impl EmbeddedPortal {
         let mut portal = EmbeddedPortal {
             child,
             target: PortalTarget {
-                url: reqwest::Url::parse("http://127.0.0.1/").map_err(|e| start_error("url", e.to_string()))?,
+                url: reqwest::Url::parse("http://127.0.0.1/")
+                    .map_err(|e| start_error("url", e.to_string()))?,
                 ca_cert: None,
                 admin_token,
             },
@@ -121,11 +125,15 @@ impl EmbeddedPortal {
         };
         let ready: Ready = match serde_json::from_str(&ready) {
             Ok(r) => r,
-            Err(e) => return Err(portal.failed("parse the PORTAL-READY line", &format!("{e}: {ready}"))),
+            Err(e) => {
+                return Err(portal.failed("parse the PORTAL-READY line", &format!("{e}: {ready}")))
+            }
         };
         portal.target.url = match reqwest::Url::parse(&ready.url) {
             Ok(url) => url,
-            Err(e) => return Err(portal.failed("parse the ready URL", &format!("{e}: {}", ready.url))),
+            Err(e) => {
+                return Err(portal.failed("parse the ready URL", &format!("{e}: {}", ready.url)))
+            }
         };
         portal.target.ca_cert = ready.ca_cert;
         portal.wait_healthy(options.ready_timeout).await?;
@@ -148,7 +156,8 @@ impl EmbeddedPortal {
 
     /// The last `lines` lines the portal wrote on stderr.
     pub fn stderr_tail(&self, lines: usize) -> String {
-        let log = std::fs::read_to_string(self.work_dir.path().join("stderr.log")).unwrap_or_default();
+        let log =
+            std::fs::read_to_string(self.work_dir.path().join("stderr.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(lines).collect();
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
@@ -169,15 +178,28 @@ impl EmbeddedPortal {
 
     /// Kills the portal and describes why it did not start, quoting its stderr.
     fn failed(&mut self, step: &str, detail: &str) -> PortalError {
-        let exited = match self.child.try_wait() {
-            Ok(Some(status)) => format!(" (the portal exited: {status})"),
-            _ => String::new(),
+        let exited = match self.exit_status_soon() {
+            Some(status) => format!(" (the portal exited: {status})"),
+            None => String::new(),
         };
         self.kill();
         start_error(
             step,
             format!("{detail}{exited}; stderr tail:\n{}", self.stderr_tail(20)),
         )
+    }
+
+    /// The exit status, waiting a moment for it: a portal that closed its stdout is
+    /// usually exiting. Only on the failure path, so the short block does not matter.
+    fn exit_status_soon(&mut self) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+                _ => return None,
+            }
+        }
     }
 
     async fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
@@ -241,7 +263,12 @@ async fn bootstrap(bin: &Path, data_dir: &Path, options: &EmbeddedOptions) -> Re
         .kill_on_drop(true);
     let output = tokio::time::timeout(options.ready_timeout, cmd.output())
         .await
-        .map_err(|_| start_error(step, format!("no answer within {:?}", options.ready_timeout)))?
+        .map_err(|_| {
+            start_error(
+                step,
+                format!("no answer within {:?}", options.ready_timeout),
+            )
+        })?
         .map_err(|e| start_error(step, format!("cannot run {}: {e}", bin.display())))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let token = stdout.trim();
@@ -320,8 +347,9 @@ pub fn find_portal_bin(explicit: Option<&Path>) -> Result<PathBuf> {
             path.display()
         )));
     }
-    let exe = std::env::current_exe()
-        .map_err(|e| PortalError::BinaryNotFound(format!("cannot tell where the harness runs from: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| {
+        PortalError::BinaryNotFound(format!("cannot tell where the harness runs from: {e}"))
+    })?;
     let mut looked = Vec::new();
     let mut dir = exe.parent();
     for _ in 0..2 {
@@ -390,7 +418,10 @@ fn spawn_with_death_signal(mut cmd: Command, bin: &Path) -> Result<Child> {
         .map_err(|_| start_error(step, "the spawner thread is not running".to_string()))?;
     match rx.recv() {
         Ok(Ok(child)) => Ok(child),
-        Ok(Err(e)) => Err(start_error(step, format!("cannot execute {}: {e}", bin.display()))),
+        Ok(Err(e)) => Err(start_error(
+            step,
+            format!("cannot execute {}: {e}", bin.display()),
+        )),
         Err(_) => Err(start_error(step, "the spawner thread stopped".to_string())),
     }
 }

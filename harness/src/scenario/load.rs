@@ -63,7 +63,11 @@ struct Listed<'a>(&'a [ScenarioError]);
 impl fmt::Display for Listed<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        write!(f, "{n} invalid scenario file{}:", if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "{n} invalid scenario file{}:",
+            if n == 1 { "" } else { "s" }
+        )?;
         for e in self.0 {
             write!(f, "\n  {e}")?;
         }
@@ -221,7 +225,10 @@ fn validate(s: &Scenario) -> Result<(), Semantic> {
         );
     }
     if s.description.trim().is_empty() {
-        return fail(vec![Key("description")], "expected a description for QA readers");
+        return fail(
+            vec![Key("description")],
+            "expected a description for QA readers",
+        );
     }
     for (i, tag) in s.tags.iter().enumerate() {
         if !is_kebab(tag) {
@@ -266,7 +273,10 @@ fn validate_device(s: &Scenario) -> Result<(), Semantic> {
         }
     }
     let tpm_at = d.protectors.iter().position(|p| *p == ProtectorKind::Tpm);
-    let pin_at = d.protectors.iter().position(|p| *p == ProtectorKind::TpmPin);
+    let pin_at = d
+        .protectors
+        .iter()
+        .position(|p| *p == ProtectorKind::TpmPin);
     if let (Some(_), Some(i)) = (tpm_at, pin_at) {
         return fail(
             vec![Key("device"), Key("protectors"), Index(i)],
@@ -337,7 +347,10 @@ fn validate_users(s: &Scenario) -> Result<(), Semantic> {
         let name_path = || vec![Key("users"), Index(i), Key("name")];
         if u.name.is_empty() || u.name.chars().count() > 128 || u.name.chars().any(char::is_control)
         {
-            return fail(name_path(), "expected 1-128 characters, no control characters");
+            return fail(
+                name_path(),
+                "expected 1-128 characters, no control characters",
+            );
         }
         if s.users[..i]
             .iter()
@@ -345,7 +358,10 @@ fn validate_users(s: &Scenario) -> Result<(), Semantic> {
         {
             return fail(
                 name_path(),
-                format!("user `{}` listed twice (names are case-insensitive)", u.name),
+                format!(
+                    "user `{}` listed twice (names are case-insensitive)",
+                    u.name
+                ),
             );
         }
         for (j, kind) in u.sign_ins.iter().enumerate() {
@@ -450,22 +466,21 @@ fn validate_expect(s: &Scenario) -> Result<(), Semantic> {
 }
 
 fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
-    let r = match (&s.recovery, s.expect.recovery) {
-        (None, true) => {
-            return fail(
+    let r =
+        match (&s.recovery, s.expect.recovery) {
+            (None, true) => return fail(
                 vec![Key("expect"), Key("recovery")],
                 "a recovery is expected: add a `recovery` section saying how the user gets back in",
-            )
-        }
-        (Some(_), false) => {
-            return fail(
-                vec![Key("recovery")],
-                "`expect.recovery` is false: expected no `recovery` section",
-            )
-        }
-        (None, false) => return Ok(()),
-        (Some(r), true) => r,
-    };
+            ),
+            (Some(_), false) => {
+                return fail(
+                    vec![Key("recovery")],
+                    "`expect.recovery` is false: expected no `recovery` section",
+                )
+            }
+            (None, false) => return Ok(()),
+            (Some(r), true) => r,
+        };
     let rp = |k: &'static str| vec![Key("recovery"), Key(k)];
     let Some(requester) = s.user(&r.requester) else {
         return fail(
@@ -524,7 +539,10 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
             {
                 return fail(
                     rp("answer"),
-                    format!("the help-desk message is for users signed in remotely only; `{}` is not", requester.name),
+                    format!(
+                        "the help-desk message is for users signed in remotely only; `{}` is not",
+                        requester.name
+                    ),
                 );
             }
         }
@@ -548,13 +566,19 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
                 None if requester.role == Role::Helpdesk => {
                     return fail(
                         rp("as"),
-                        format!("`{}` has role `helpdesk`, which must type the end user: add `end_user`", requester.name),
+                        format!(
+                        "`{}` has role `helpdesk`, which must type the end user: add `end_user`",
+                        requester.name
+                    ),
                     )
                 }
                 Some(end_user) if s.user(end_user).is_none() => {
                     return fail(
                         rp("end_user"),
-                        format!("unknown user `{end_user}`: expected one of `users` ({})", user_list(s)),
+                        format!(
+                            "unknown user `{end_user}`: expected one of `users` ({})",
+                            user_list(s)
+                        ),
                     )
                 }
                 _ => {}
@@ -607,10 +631,12 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
 fn validate_checks(s: &Scenario) -> Result<(), Semantic> {
     let c = &s.checks;
     if c.after_recovery.is_some() {
-        let shown = s
-            .recovery
-            .as_ref()
-            .is_some_and(|r| matches!(r.answer, Answer::KeyShown | Answer::SeveralMatches | Answer::LockoutAuthShown));
+        let shown = s.recovery.as_ref().is_some_and(|r| {
+            matches!(
+                r.answer,
+                Answer::KeyShown | Answer::SeveralMatches | Answer::LockoutAuthShown
+            )
+        });
         if !shown {
             return fail(
                 vec![Key("checks"), Key("after_recovery")],
@@ -648,7 +674,10 @@ fn validate_checks(s: &Scenario) -> Result<(), Semantic> {
             Some(u) if !u.sign_ins.is_empty() => {
                 return fail(
                     path(),
-                    format!("`{}` has signed in to the device: the key is not foreign to them", u.name),
+                    format!(
+                        "`{}` has signed in to the device: the key is not foreign to them",
+                        u.name
+                    ),
                 )
             }
             Some(_) => {}

@@ -84,7 +84,9 @@ impl Locator {
                     .iter()
                     .find(|(key, _, _)| key == k)
                     .map(|(_, pos, child)| (*pos, child)),
-                (Seg::Index(i), Node::Seq(items)) => items.get(*i).map(|(pos, child)| (*pos, child)),
+                (Seg::Index(i), Node::Seq(items)) => {
+                    items.get(*i).map(|(pos, child)| (*pos, child))
+                }
                 _ => None,
             };
             match next {
@@ -166,13 +168,11 @@ impl MarkedEventReceiver for Builder {
                     items: Vec::new(),
                 });
             }
-            Event::MappingEnd | Event::SequenceEnd => {
-                match self.stack.pop() {
-                    Some(Frame::Map { pos, entries, .. }) => self.value(pos, Node::Map(entries), None),
-                    Some(Frame::Seq { pos, items }) => self.value(pos, Node::Seq(items), None),
-                    None => {}
-                }
-            }
+            Event::MappingEnd | Event::SequenceEnd => match self.stack.pop() {
+                Some(Frame::Map { pos, entries, .. }) => self.value(pos, Node::Map(entries), None),
+                Some(Frame::Seq { pos, items }) => self.value(pos, Node::Seq(items), None),
+                None => {}
+            },
             _ => {}
         }
     }

@@ -19,5 +19,7 @@ mod locate;
 mod model;
 
 pub use filter::{select, Filter, FilterError};
-pub use load::{catalog_files, load_catalog, load_scenario, parse_scenario, CatalogError, ScenarioError};
+pub use load::{
+    catalog_files, load_catalog, load_scenario, parse_scenario, CatalogError, ScenarioError,
+};
 pub use model::*;

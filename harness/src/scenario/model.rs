@@ -40,7 +40,9 @@ pub struct Scenario {
 impl Scenario {
     /// The user of that name (case-insensitive, as the portal compares names).
     pub fn user(&self, name: &str) -> Option<&User> {
-        self.users.iter().find(|u| u.name.eq_ignore_ascii_case(name))
+        self.users
+            .iter()
+            .find(|u| u.name.eq_ignore_ascii_case(name))
     }
 }
 
