@@ -19,13 +19,13 @@
 //! | 1 | EV_EFI_VARIABLE_BOOT: BootOrder, Boot#### | EV_PLATFORM_CONFIG_FLAGS: boot order |
 //! | 2 | EV_EFI_BOOT_SERVICES_DRIVER per option ROM (code hash) | EV_EVENT_TAG per option ROM |
 //! | 3 | separator only | separator only |
-//! | 4 | EV_EFI_ACTION "Calling EFI Application from Boot Option"; EV_EFI_BOOT_SERVICES_APPLICATION (boot manager) | EV_IPL: MBR boot code |
+//! | 4 | EV_EFI_ACTION "Calling EFI Application from Boot Option"; EV_EFI_BOOT_SERVICES_APPLICATION (boot manager) | EV_EVENT_TAG: MBR boot code |
 //! | 5 | EV_EFI_GPT_EVENT | EV_IPL_PARTITION_DATA: partition table |
 //! | 6 | separator only | separator only |
 //! | 7 | EV_EFI_VARIABLE_DRIVER_CONFIG SecureBoot, PK, KEK, db, dbx; separator; EV_EFI_VARIABLE_AUTHORITY once per db certificate that verified a loaded image | separator only |
-//! | 8 | - | EV_IPL: NTFS boot sector |
-//! | 9 | - | EV_IPL: NTFS boot block |
-//! | 10 | - | EV_IPL: boot manager |
+//! | 8 | - | EV_EVENT_TAG: NTFS boot sector |
+//! | 9 | - | EV_EVENT_TAG: NTFS boot block |
+//! | 10 | - | EV_EVENT_TAG: boot manager |
 //! | 11 | EV_EVENT_TAG: the BCD settings BitLocker validates (see below) | same |
 //! | 12 | EV_COMPACT_HASH per OS file the loader measures | same |
 //!
@@ -40,6 +40,9 @@
 //!   point ([`Device::unseal_index`]), so the TPM itself enforces them under every profile
 //!   (PCR 11 is in all three). BCD is *not* measured into PCR 5, so a BCD change moves PCR
 //!   11 only. (EV_EVENT_TAG rather than EV_IPL: tpm2-tools 5.4 warns on EV_IPL in PCR 11.)
+//! - **Legacy IPL stages** (PCR 4, 8, 9, 10) are EV_EVENT_TAG events naming the stage, with
+//!   the stage's code as the measured bytes: tpm2-tools 5.4 accepts EV_IPL only as GRUB
+//!   logs it (strings in PCR 8/9/12/14) and warns otherwise.
 //! - **Boot order.** `bcdedit /set {fwbootmgr} displayorder` writes the firmware's BootOrder
 //!   variable, so [`Change::BcdBootOrder`] changes PCR 1 (UEFI) and nothing else.
 //! - **Images** are byte strings standing in for PE files; the "Authenticode hash" is the
@@ -279,6 +282,8 @@ const BASIC_DATA_PARTITION: Uuid = uuid!("ebd0a0a2-b9e5-4433-87c0-68b6b72699c7")
 const FIRMWARE_BASE: u64 = 0xFF00_0000;
 /// Tagged-event ID we use for BCD settings in PCR 11 (ours; no registry assigns one).
 pub const BCD_TAG_ID: u32 = 0x4243_4400; // "\0DCB"
+/// Tagged-event ID we use for the legacy IPL stages (PCR 4, 8, 9, 10; ours as well).
+pub const LEGACY_IPL_TAG_ID: u32 = 0x4C50_4900; // "\0IPL"
 
 impl Default for Device {
     /// A reference machine: UEFI with Secure Boot and Microsoft's db, a Windows boot manager
@@ -647,8 +652,16 @@ impl Device {
     }
 
     fn bios_events(&self) -> Vec<Event> {
+        // The legacy IPL stages are logged as EV_EVENT_TAG (a tagged event naming the stage,
+        // digest = the stage's code): tpm2-tools 5.4 expects EV_IPL only in PCR 8/9/12/14 and
+        // only as strings (GRUB's convention) and warns on anything else.
         let ipl = |pcr: u32, what: &str, content: &[u8]| {
-            Event::measured(pcr, EventType::EV_IPL, what.as_bytes().to_vec(), content)
+            Event::measured(
+                pcr,
+                EventType::EV_EVENT_TAG,
+                data::tagged_event(LEGACY_IPL_TAG_ID, what.as_bytes()),
+                content,
+            )
         };
         let mut ev = vec![
             self.crtm_event(),
@@ -685,12 +698,7 @@ impl Device {
             EventType::EV_IPL_PARTITION_DATA,
             self.gpt_bytes(),
         ));
-        // PCR 8 logs the boot sector itself (tpm2_eventlog checks data against digest there).
-        ev.push(Event::of_data(
-            8,
-            EventType::EV_IPL,
-            self.disk.ntfs_boot_sector.clone(),
-        ));
+        ev.push(ipl(8, "NTFS boot sector", &self.disk.ntfs_boot_sector));
         ev.push(ipl(9, "NTFS boot block", &self.disk.ntfs_boot_block));
         ev.push(ipl(10, &self.boot_manager.name, &self.boot_manager.content));
         ev.extend(self.bcd_events());

@@ -39,6 +39,13 @@ pub fn utf16(s: &str) -> Vec<u8> {
     s.encode_utf16().flat_map(u16::to_le_bytes).collect()
 }
 
+/// UEFI_PLATFORM_FIRMWARE_BLOB (EV_EFI_PLATFORM_FIRMWARE_BLOB): `u64 base, u64 length`.
+pub fn firmware_blob(base: u64, length: u64) -> Vec<u8> {
+    let mut v = base.to_le_bytes().to_vec();
+    v.extend_from_slice(&length.to_le_bytes());
+    v
+}
+
 /// UEFI_PLATFORM_FIRMWARE_BLOB2: `u8 descriptionSize, description, u64 base, u64 length`.
 /// Descriptions longer than 255 bytes are cut (the size is one byte).
 pub fn firmware_blob2(description: &str, base: u64, length: u64) -> Vec<u8> {

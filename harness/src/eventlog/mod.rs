@@ -258,6 +258,20 @@ impl Pcrs {
         self.sha1.get(pcr as usize)
     }
 
+    /// The SHA-256 PCR composite of `pcrs` (ascending order, as a TPM2 PCR selection
+    /// orders them): `SHA-256(PCR[a] || PCR[b] || ...)`, the `pcrDigest` that PolicyPCR
+    /// takes. Indices past 23 are skipped.
+    pub fn composite_sha256(&self, pcrs: &[u32]) -> [u8; 32] {
+        let mut sorted = pcrs.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut h = Sha256::new();
+        for v in sorted.iter().filter_map(|&i| self.sha256(i)) {
+            h.update(v);
+        }
+        h.finalize().into()
+    }
+
     /// PCRs whose value differs in either bank.
     pub fn differing(&self, other: &Self) -> Vec<u32> {
         (0..PCR_COUNT as u32)
@@ -401,5 +415,11 @@ mod tests {
         assert_eq!(p.sha256(17).unwrap(), &[0xff; 32]);
         assert_eq!(p.sha256(1).unwrap(), &[0; 32]);
         assert_eq!(p.differing(&Pcrs::reset()), vec![0]);
+        // Composite over PCR 0 and 1: SHA-256(PCR0 || PCR1), order-insensitive input.
+        let mut h = Sha256::new();
+        h.update(p.sha256(0).unwrap());
+        h.update([0u8; 32]);
+        let want: [u8; 32] = h.finalize().into();
+        assert_eq!(p.composite_sha256(&[1, 0]), want);
     }
 }

@@ -305,6 +305,58 @@ mod tests {
         ));
     }
 
+    /// The malformed logs of eventlog-notes.md (where tpm2_eventlog exits 1, and a few it
+    /// accepts): each is refused with the record and offset of the fault.
+    #[test]
+    fn malformed_logs_from_the_notes_are_refused_precisely() {
+        let good = sample().to_bytes();
+        let h = 32 + 37; // header length
+        let first = EventLog::parse(&good).unwrap().events[0].data.len();
+        let rec1_len = 12 + 2 + 20 + 2 + 32 + 4 + first;
+        let check = |bytes: &[u8], record: usize, offset: usize, what: &str| {
+            let e = EventLog::parse(bytes).unwrap_err();
+            assert_eq!((e.record, e.offset), (record, offset), "{what}: {e}");
+        };
+        // Empty file; truncated header.
+        check(&[], 0, 0, "empty");
+        check(&good[..40], 0, 32, "truncated header");
+        // Three trailing bytes after the last record.
+        let mut t = good.clone();
+        t.extend_from_slice(&[1, 2, 3]);
+        check(&t, 4, good.len(), "3 trailing bytes");
+        // 0xFF padding: PCR index 0xFFFFFFFF.
+        let mut t = good.clone();
+        t.extend_from_slice(&[0xff; 64]);
+        check(&t, 4, good.len(), "0xff padding");
+        // DigestCount +1 / -1 / 0.
+        for dc in [3u32, 1, 0] {
+            let mut t = good.clone();
+            t[h + 8..h + 12].copy_from_slice(&dc.to_le_bytes());
+            check(&t, 1, h + 8, "DigestCount");
+        }
+        // Unknown algorithm in a record.
+        let mut t = good.clone();
+        t[h + 12] = 0x0c; // sha384's id where sha1 belongs
+        check(&t, 1, h + 12, "unknown alg");
+        // EventSize larger than what is left.
+        let mut t = good.clone();
+        let size_at = h + 12 + 2 + 20 + 2 + 32;
+        t[size_at..size_at + 4].copy_from_slice(&1000u32.to_le_bytes());
+        check(&t, 1, size_at + 4, "EventSize too big");
+        // numberOfAlgorithms 0.
+        let mut t = good.clone();
+        t[32 + 24..32 + 28].copy_from_slice(&0u32.to_le_bytes());
+        check(&t, 0, 32 + 24 + 4, "numberOfAlgorithms 0");
+        // PCR 40 in the second record.
+        let mut t = good.clone();
+        t[h + rec1_len] = 40;
+        check(&t, 2, h + rec1_len, "PCR 40");
+        // tpm2_eventlog accepts these; we refuse a bad signature too.
+        let mut t = good.clone();
+        t[32] = b's';
+        check(&t, 0, 32, "bad Spec ID signature");
+    }
+
     proptest! {
         #[test]
         fn never_panics_on_mutated_logs(pos in 0usize..400, byte in any::<u8>(), cut in 0usize..400) {
