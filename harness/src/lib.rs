@@ -6,6 +6,7 @@
 //! - [`device`]: the measured-boot model: components in, TCG events and PCR predictions out.
 //! - [`machine`]: a device on its own real TPM with BitLocker: boot, lockouts, the recovery
 //!   screen, re-seal.
+//! - [`runner`]: plays scenarios end to end against a portal and writes the reports.
 //! - [`keys`]: seeded, reproducible key-ID / recovery-password pairs at millions a second.
 //! - [`cli`]: the `harness` command line, one function per subcommand.
 //! - [`portal`]: a black-box client of a recovery portal over HTTP (agent, admin, user,
@@ -16,7 +17,8 @@ pub mod bitlocker;
 pub mod cli;
 pub mod device;
 pub mod eventlog;
-pub mod portal;
-pub mod scenario;
 pub mod keys;
 pub mod machine;
+pub mod portal;
+pub mod runner;
+pub mod scenario;

@@ -67,6 +67,11 @@ pub struct BitLockerSetup {
     pub protection: TpmProtection,
     /// Recovery-password protectors to add (usually 1).
     pub recovery_passwords: usize,
+    /// When set, every recovery-password protector ID starts with these 8 hex digits
+    /// (the "several keys match" path).
+    pub key_id_prefix: Option<u32>,
+    /// Dictionary-attack parameters the device provisions (Windows: [`WINDOWS_DA`]).
+    pub dictionary_attack: DaParameters,
 }
 
 impl Default for BitLockerSetup {
@@ -75,6 +80,8 @@ impl Default for BitLockerSetup {
             profile: Profile::SecureBoot7_11,
             protection: TpmProtection::Tpm,
             recovery_passwords: 1,
+            key_id_prefix: None,
+            dictionary_attack: WINDOWS_DA,
         }
     }
 }
@@ -95,6 +102,8 @@ pub struct EscrowedKey {
 pub enum LockoutCause {
     /// `TPM_RC_POLICY_FAIL`: a PCR of the profile changed.
     PolicyFailed,
+    /// `TPM_RC_AUTH_FAIL`: a wrong PIN, and the user chose recovery at the PIN prompt (Esc).
+    AuthFailed,
     /// `TPM_RC_LOCKOUT`: too many wrong PINs.
     LockedOut,
     /// `TPM_RC_INTEGRITY`: the sealed blob is from another TPM or from before a clear.
@@ -108,6 +117,7 @@ impl LockoutCause {
     pub fn name(&self) -> String {
         match self {
             LockoutCause::PolicyFailed => "policy_failed".into(),
+            LockoutCause::AuthFailed => "auth_failed".into(),
             LockoutCause::LockedOut => "locked_out".into(),
             LockoutCause::Integrity => "integrity".into(),
             LockoutCause::Other(code) => format!("tpm_error_{code:#x}"),
@@ -203,6 +213,7 @@ pub struct Machine {
     tpm: Tpm,
     volume: Volume,
     volume_id: uuid::Uuid,
+    dictionary_attack: DaParameters,
     /// The VMK in the running OS's memory after an unlock; `None` while locked.
     running_vmk: Option<Vmk>,
     protection: TpmProtection,
@@ -214,6 +225,8 @@ pub struct Machine {
     /// The log of the last boot (up to its unseal point, then the rest).
     last_log: EventLog,
     on_recovery_screen: bool,
+    /// The TPM's response code to the last wrong PIN, while the PIN prompt is up.
+    pin_prompt_failure: Option<u32>,
 }
 
 impl Machine {
@@ -226,7 +239,7 @@ impl Machine {
         rng: &mut R,
     ) -> Result<(Machine, Vec<EscrowedKey>), MachineError> {
         let mut tpm = Tpm::spawn()?;
-        let lockout_auth = take_ownership(&mut tpm, rng)?;
+        let lockout_auth = take_ownership(&mut tpm, rng, setup.dictionary_attack)?;
         let sectors: Vec<[u8; 512]> = (0..VOLUME_SECTORS)
             .map(|n| {
                 let mut s = [0u8; 512];
@@ -241,7 +254,17 @@ impl Machine {
         let mut escrow = Vec::new();
         let mut recovery_ids = Vec::new();
         for _ in 0..setup.recovery_passwords.max(1) {
-            let (id, password) = volume.add_recovery_password(&vmk, rng)?;
+            let (id, password) = match setup.key_id_prefix {
+                None => volume.add_recovery_password(&vmk, rng)?,
+                Some(prefix) => {
+                    let mut bytes: [u8; 16] = rng.random();
+                    bytes[..4].copy_from_slice(&prefix.to_be_bytes());
+                    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+                    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+                    let id = KeyProtectorId::from_uuid(uuid::Uuid::from_bytes(bytes));
+                    (id, volume.add_recovery_password_with_id(&vmk, rng, id)?)
+                }
+            };
             recovery_ids.push(id);
             escrow.push(EscrowedKey {
                 volume_id,
@@ -263,6 +286,7 @@ impl Machine {
             tpm,
             volume,
             volume_id,
+            dictionary_attack: setup.dictionary_attack,
             running_vmk: Some(vmk.clone()),
             protection: setup.protection.clone(),
             tpm_protector: SealedProtector {
@@ -276,6 +300,7 @@ impl Machine {
             lockout_auth,
             last_log: sealed_log,
             on_recovery_screen: false,
+            pin_prompt_failure: None,
         };
         Ok((machine, escrow))
     }
@@ -357,6 +382,7 @@ impl Machine {
     /// Boots. `pin` is what the user types at the pre-boot PIN prompt (TPM+PIN only).
     pub fn boot(&mut self, pin: Option<&str>) -> Result<BootOutcome, MachineError> {
         self.running_vmk = None;
+        self.pin_prompt_failure = None;
         self.tpm.reboot()?;
         let events = self.device.events();
         let split = self.device.unseal_index().min(events.len());
@@ -375,7 +401,10 @@ impl Machine {
         } else {
             let auth = self.pin_auth(pin);
             let pcrs = profile_pcrs(self.tpm_protector.profile);
-            match self.tpm.unseal(&self.tpm_protector.blob, &pcrs, auth.as_deref()) {
+            match self
+                .tpm
+                .unseal(&self.tpm_protector.blob, &pcrs, auth.as_deref())
+            {
                 Ok(secret) => {
                     let vmk = vmk_from(&secret)?;
                     self.volume.unlock_with_vmk(&vmk)?;
@@ -385,9 +414,12 @@ impl Machine {
                         resealed: false,
                     }
                 }
-                Err(swtpm::Error::AuthFailed { .. }) => BootOutcome::WrongPin {
-                    lockout_counter: self.tpm.lockout_counter()?,
-                },
+                Err(swtpm::Error::AuthFailed { code }) => {
+                    self.pin_prompt_failure = Some(code);
+                    BootOutcome::WrongPin {
+                        lockout_counter: self.tpm.lockout_counter()?,
+                    }
+                }
                 Err(err) => {
                     let cause = match &err {
                         swtpm::Error::PolicyFailed { .. } => LockoutCause::PolicyFailed,
@@ -417,6 +449,30 @@ impl Machine {
         };
         extend_all(&mut self.tpm, &events[split..])?;
         Ok(outcome)
+    }
+
+    /// At the PIN prompt after a wrong PIN, the user gives up (Esc) and asks for recovery:
+    /// the recovery screen, with the TPM's last refusal as the cause.
+    pub fn choose_recovery_at_pin_prompt(&mut self) -> Result<RecoveryScreen, MachineError> {
+        let code = self.pin_prompt_failure.take().ok_or_else(|| {
+            MachineError::State("no PIN was refused: the device is not at the PIN prompt".into())
+        })?;
+        let key_id = self
+            .recovery_ids
+            .first()
+            .copied()
+            .ok_or_else(|| MachineError::State("no recovery-password protector".into()))?;
+        self.on_recovery_screen = true;
+        Ok(RecoveryScreen {
+            key_id,
+            cause: LockoutCause::AuthFailed,
+            tpm_response_code: Some(code),
+            explanation: explain(
+                &self.tpm_protector.sealed_log,
+                &self.last_log,
+                self.tpm_protector.profile,
+            ),
+        })
     }
 
     /// Types a recovery password on the recovery screen. Blocks are checked as typed (the
@@ -449,17 +505,23 @@ impl Machine {
         let mut dictionary_attack_reset = None;
         if self.lockout_auth.is_empty() {
             // A cleared or new TPM: Windows takes ownership again after recovery.
-            self.lockout_auth = take_ownership(&mut self.tpm, &mut rand::rng())?;
+            self.lockout_auth =
+                take_ownership(&mut self.tpm, &mut rand::rng(), self.dictionary_attack)?;
         } else if matches!(self.protection, TpmProtection::TpmPin { .. }) {
             // The volume is open whatever the TPM says; a refused reset (e.g. the TPM still
             // blocks lockout-auth use after a guess) is reported, not fatal.
             self.tpm.assume_lockout_auth(&self.lockout_auth);
-            dictionary_attack_reset = Some(self.tpm.dictionary_attack_lock_reset().map_err(|e| e.to_string()));
+            dictionary_attack_reset = Some(
+                self.tpm
+                    .dictionary_attack_lock_reset()
+                    .map_err(|e| e.to_string()),
+            );
         }
         self.reseal(&vmk)?;
         self.running_vmk = Some(vmk);
         self.on_recovery_screen = false;
-        let via = via.ok_or_else(|| MachineError::State("unlocked by an unknown protector".into()))?;
+        let via =
+            via.ok_or_else(|| MachineError::State("unlocked by an unknown protector".into()))?;
         Ok(Recovered {
             via,
             dictionary_attack_reset,
@@ -475,6 +537,20 @@ impl Machine {
         result?;
         self.on_recovery_screen = false;
         Ok(())
+    }
+
+    /// Sets a new TPM lockout authorization (after the escrowed one was shown); returns it
+    /// for the agent to escrow.
+    pub fn rotate_lockout_auth<R: Rng + CryptoRng>(
+        &mut self,
+        rng: &mut R,
+    ) -> Result<Vec<u8>, MachineError> {
+        let mut auth = vec![0u8; 32];
+        rng.fill(auth.as_mut_slice());
+        self.tpm.assume_lockout_auth(&self.lockout_auth);
+        self.tpm.set_lockout_auth(&auth)?;
+        self.lockout_auth = auth.clone();
+        Ok(auth)
     }
 
     /// Replaces a recovery password (after it was disclosed): a new protector with a new ID;
@@ -575,11 +651,12 @@ pub fn pin_auth_value(pin: &str) -> Vec<u8> {
 fn take_ownership<R: Rng + CryptoRng + ?Sized>(
     tpm: &mut Tpm,
     rng: &mut R,
+    dictionary_attack: DaParameters,
 ) -> Result<Vec<u8>, MachineError> {
     let mut auth = vec![0u8; 32];
     rng.fill(auth.as_mut_slice());
     tpm.set_lockout_auth(&auth)?;
-    tpm.set_dictionary_attack_parameters(WINDOWS_DA)?;
+    tpm.set_dictionary_attack_parameters(dictionary_attack)?;
     Ok(auth)
 }
 

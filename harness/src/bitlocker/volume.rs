@@ -43,6 +43,9 @@ pub enum VolumeError {
     /// No protector with this ID.
     #[error("no key protector {0}")]
     NoSuchProtector(KeyProtectorId),
+    /// A protector with this ID exists already.
+    #[error("key protector {0} exists already")]
+    DuplicateProtectorId(KeyProtectorId),
     /// The protector exists but is of another type.
     #[error("key protector {id} is a {actual:?} protector, not a {expected:?} one")]
     WrongProtectorType {
@@ -364,6 +367,24 @@ impl Volume {
         let key = stretch_recovery_password(&password, &salt);
         let id = self.add_recovery_password_stretched(vmk, rng, salt, &key)?;
         Ok((id, password))
+    }
+
+    /// Like [`Volume::add_recovery_password`], with the protector ID chosen by the caller
+    /// (e.g. to make several IDs share their first 8 digits). Fails if the ID is taken.
+    pub fn add_recovery_password_with_id<R: Rng + CryptoRng + ?Sized>(
+        &mut self,
+        vmk: &Vmk,
+        rng: &mut R,
+        id: KeyProtectorId,
+    ) -> Result<RecoveryPassword, VolumeError> {
+        if self.protectors.iter().any(|p| p.id == id) {
+            return Err(VolumeError::DuplicateProtectorId(id));
+        }
+        let (random_id, password) = self.add_recovery_password(vmk, rng)?;
+        if let Some(p) = self.protectors.iter_mut().find(|p| p.id == random_id) {
+            p.id = id;
+        }
+        Ok(password)
     }
 
     /// Adds a recovery-password protector from a salt and the key already stretched from it

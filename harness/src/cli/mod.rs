@@ -5,9 +5,14 @@
 //! To add a subcommand: a variant in [`Command`], a function `fn name(args, out)`, an arm in
 //! [`run`]; new failure kinds get a [`CliError`] variant and an exit code in [`exit_codes`].
 
+mod run;
+
 use std::io::Write;
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+
+pub use run::{CatalogArgs, RunArgs};
 
 use crate::bitlocker::keywrap::{self, KeyWrapError, Nonce, WrappedKey};
 use crate::bitlocker::{stretch_recovery_password, ParseError, RecoveryPassword};
@@ -36,9 +41,43 @@ pub struct Cli {
 /// Top-level subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the scenario catalog end to end against a portal (the embedded one by default).
+    /// Exit 0: all passed; 1: some scenario failed; 2: bad usage, catalog or portal.
+    Run(RunArgs),
+    /// List the scenarios a run would play.
+    List(CatalogArgs),
+    /// Check every scenario file; names file:line:column of each problem.
+    Validate(CatalogArgs),
     /// Check, stretch or use a 48-digit recovery password.
     #[command(subcommand)]
     RecoveryPassword(RecoveryPasswordCommand),
+    /// Key-pair sets for scale tests.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `harness keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Seeded, reproducible key-protector-ID / recovery-password pairs in the portal's bulk
+    /// import format (JSON Lines).
+    Generate {
+        /// How many pairs.
+        #[arg(long)]
+        count: u64,
+        /// RNG seed: the same seed gives the same file.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output file (`-` for standard output).
+        #[arg(long)]
+        out: PathBuf,
+        /// Recovery keys per device.
+        #[arg(long, default_value_t = 1)]
+        keys_per_device: u64,
+        /// Distinct users (device d belongs to user d % users; 0: no users).
+        #[arg(long, default_value_t = 1000)]
+        users: u64,
+    },
 }
 
 /// `harness recovery-password ...`
@@ -102,15 +141,39 @@ pub enum CliError {
     /// Writing the output failed.
     #[error("cannot write output: {0}")]
     Io(#[from] std::io::Error),
+    /// A scenario file is bad (every bad file is listed with file:line:column).
+    #[error("{0}")]
+    Catalog(#[from] crate::scenario::CatalogError),
+    /// A `--filter` expression is bad.
+    #[error("--filter: {0}")]
+    Filter(#[from] crate::scenario::FilterError),
+    /// The portal could not be started or reached.
+    #[error("portal: {0}")]
+    Portal(#[from] crate::portal::PortalError),
+    /// A report could not be written.
+    #[error("{0}")]
+    Report(#[from] crate::runner::report::ReportError),
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+    /// The run finished and some scenarios failed.
+    #[error("{failed} of {total} scenarios failed")]
+    ScenariosFailed { failed: usize, total: usize },
 }
 
 impl CliError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::InvalidPassword(_) | Self::Unwrap(_) => exit_codes::FAILED,
-            Self::BadHex { .. } => exit_codes::USAGE,
-            Self::Io(_) => exit_codes::IO,
+            Self::InvalidPassword(_) | Self::Unwrap(_) | Self::ScenariosFailed { .. } => {
+                exit_codes::FAILED
+            }
+            Self::BadHex { .. }
+            | Self::Catalog(_)
+            | Self::Filter(_)
+            | Self::Portal(_)
+            | Self::Usage(_) => exit_codes::USAGE,
+            Self::Io(_) | Self::Report(_) => exit_codes::IO,
         }
     }
 }
@@ -119,6 +182,32 @@ impl CliError {
 pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
     match &cli.command {
         Command::RecoveryPassword(cmd) => recovery_password(cmd, out),
+        Command::Run(args) => run::run(args, out),
+        Command::List(args) => run::list(args, out),
+        Command::Validate(args) => run::validate(args, out),
+        Command::Keys(KeysCommand::Generate {
+            count,
+            seed,
+            out: path,
+            keys_per_device,
+            users,
+        }) => {
+            let spec = crate::keys::KeySetSpec {
+                count: *count,
+                seed: *seed,
+                keys_per_device: (*keys_per_device).max(1),
+                users: *users,
+                ..crate::keys::KeySetSpec::default()
+            };
+            if path.as_os_str() == "-" {
+                crate::keys::write_jsonl(&spec, std::io::stdout().lock())?;
+            } else {
+                let file = std::fs::File::create(path)?;
+                let n = crate::keys::write_jsonl(&spec, file)?;
+                writeln!(out, "wrote {n} key pairs to {}", path.display())?;
+            }
+            Ok(())
+        }
     }
 }
 

@@ -12,7 +12,7 @@ fn provision(profile: Profile, protection: TpmProtection) -> (Machine, EscrowedK
     let setup = BitLockerSetup {
         profile,
         protection,
-        recovery_passwords: 1,
+        ..BitLockerSetup::default()
     };
     let (machine, mut escrow) =
         Machine::provision(Device::default(), &setup, &mut rand::rng()).unwrap();
@@ -226,7 +226,7 @@ fn lost_pin_counts_up_to_lockout_then_the_right_pin_fails_too_and_recovery_sets_
     machine
         .enter_recovery_password(&key.recovery_password.to_string(), Some("135790"))
         .unwrap();
-        assert_eq!(machine.tpm_lockout_counter().unwrap(), 0);
+    assert_eq!(machine.tpm_lockout_counter().unwrap(), 0);
     expect_unlocked(&mut machine, Some("135790"));
 }
 
@@ -252,7 +252,9 @@ fn lost_pin_resolved_by_a_lockout_reset_with_the_escrowed_lockout_auth() {
 fn a_guessed_lockout_auth_blocks_even_the_escrowed_one_so_the_recovery_key_is_needed() {
     let (mut machine, key) = provision(
         Profile::SecureBoot7_11,
-        TpmProtection::TpmPin { pin: "246810".into() },
+        TpmProtection::TpmPin {
+            pin: "246810".into(),
+        },
     );
     let escrowed = machine.lockout_auth().to_vec();
     for _ in 0..32 {

@@ -1,0 +1,199 @@
+//! `harness run`, `harness list`, `harness validate`: the scenario catalog.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::CliError;
+use crate::portal::{find_portal_bin, EmbeddedPortal, PortalTarget};
+use crate::runner::{self, report, RunOptions, ScenarioReport};
+use crate::scenario::{load_catalog, select, Filter, Scenario};
+
+/// Which scenarios: files or directories, and filters.
+#[derive(Debug, Args)]
+pub struct CatalogArgs {
+    /// Scenario files or directories (default: `scenarios/`).
+    #[arg(value_name = "PATHS")]
+    pub paths: Vec<PathBuf>,
+    /// Only scenarios matching EXPR: space-separated terms that must all match — `tag:T`,
+    /// `name:GLOB`, a bare substring of the name, `!term` to exclude. Repeat to OR.
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Vec<String>,
+    /// Only the K-th of N equal shards (1-based), e.g. `--shard 2/4`.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+}
+
+/// `harness run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    /// Scenarios in flight at once.
+    #[arg(short = 'j', long, default_value_t = 2)]
+    pub jobs: usize,
+    /// Gate a running portal at this URL instead of starting the embedded one.
+    #[arg(long, value_name = "URL", requires = "admin_token")]
+    pub portal_url: Option<String>,
+    /// PEM certificate to trust for `--portal-url` (its self-signed certificate).
+    #[arg(long, value_name = "FILE", requires = "portal_url")]
+    pub portal_ca: Option<PathBuf>,
+    /// Admin API token of the portal at `--portal-url`.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "HARNESS_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// The portal binary to start (default: `portal-under-test` next to this program).
+    #[arg(long, value_name = "PATH", conflicts_with = "portal_url")]
+    pub portal_bin: Option<PathBuf>,
+    /// Write JUnit XML here.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Write the run as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write the HTML report (`index.html`) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub html: Option<PathBuf>,
+}
+
+/// Loads, filters and shards the catalog; a bad file fails the whole catalog.
+pub fn selected(args: &CatalogArgs) -> Result<Vec<Scenario>, CliError> {
+    let paths = if args.paths.is_empty() {
+        vec![PathBuf::from("scenarios")]
+    } else {
+        args.paths.clone()
+    };
+    let all = load_catalog(&paths)?;
+    let filters = args
+        .filter
+        .iter()
+        .map(|f| Filter::parse(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut chosen: Vec<Scenario> = select(&all, &filters).into_iter().cloned().collect();
+    if let Some(shard) = &args.shard {
+        let (k, n) = parse_shard(shard)?;
+        chosen = chosen
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % n == k - 1)
+            .map(|(_, s)| s)
+            .collect();
+    }
+    Ok(chosen)
+}
+
+fn parse_shard(text: &str) -> Result<(usize, usize), CliError> {
+    let bad = || {
+        CliError::Usage(format!(
+            "--shard: expected K/N with 1 <= K <= N, got {text:?}"
+        ))
+    };
+    let (k, n) = text.split_once('/').ok_or_else(bad)?;
+    let k: usize = k.trim().parse().map_err(|_| bad())?;
+    let n: usize = n.trim().parse().map_err(|_| bad())?;
+    if k == 0 || n == 0 || k > n {
+        return Err(bad());
+    }
+    Ok((k, n))
+}
+
+/// `harness list`: one line per selected scenario.
+pub fn list(args: &CatalogArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    for s in selected(args)? {
+        writeln!(
+            out,
+            "{}\t{}\t[{}]",
+            s.name,
+            s.file.display(),
+            s.tags.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
+/// `harness validate`: loads every file; exit 0 when all are valid.
+pub fn validate(args: &CatalogArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let n = selected(args)?.len();
+    writeln!(out, "{n} scenarios valid")?;
+    Ok(())
+}
+
+/// `harness run`.
+pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let scenarios = selected(&args.catalog)?;
+    if scenarios.is_empty() {
+        return Err(CliError::Usage("no scenario matches the filters".into()));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // The embedded portal lives until the end of this function (dropped: killed, reaped).
+    let (target, _embedded) = match &args.portal_url {
+        Some(url) => {
+            let url = reqwest::Url::parse(url)
+                .map_err(|e| CliError::Usage(format!("--portal-url {url:?}: {e}")))?;
+            let target = PortalTarget {
+                url,
+                ca_cert: args.portal_ca.clone(),
+                admin_token: args.admin_token.clone().unwrap_or_default(),
+            };
+            runtime.block_on(check_reachable(&target))?;
+            (target, None)
+        }
+        None => {
+            let bin = find_portal_bin(args.portal_bin.as_deref())?;
+            let portal = runtime.block_on(EmbeddedPortal::start(&bin))?;
+            (portal.target().clone(), Some(portal))
+        }
+    };
+
+    let bar = indicatif::ProgressBar::new(scenarios.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let on_done = |r: &ScenarioReport| {
+        bar.inc(1);
+        bar.set_message(r.name.clone());
+        if let Some(f) = &r.failure {
+            bar.println(format!("FAIL {}: {f}", r.name));
+        }
+    };
+    let report = runner::run(
+        &scenarios,
+        &target,
+        &RunOptions { jobs: args.jobs },
+        &on_done,
+    );
+    bar.finish_and_clear();
+
+    write!(out, "{}", report::summary(&report))?;
+    if let Some(path) = &args.junit {
+        std::fs::write(path, report::junit(&report)?)?;
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, report::json(&report)?)?;
+    }
+    if let Some(dir) = &args.html {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("index.html"), report::html(&report))?;
+    }
+    if report.failed() > 0 {
+        return Err(CliError::ScenariosFailed {
+            failed: report.failed(),
+            total: report.scenarios.len(),
+        });
+    }
+    Ok(())
+}
+
+async fn check_reachable(target: &PortalTarget) -> Result<(), CliError> {
+    let admin = crate::portal::Admin::new(target)?;
+    admin.settings().await?;
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! Named, timed steps: every check of a scenario is a step, and a failure names the step,
+//! what was expected and what came.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Why a scenario failed: the step, what it expected, what it got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("step \"{step}\": expected {expected}; got {got}")]
+pub struct Failure {
+    /// The step's name, e.g. `boot after the change`.
+    pub step: String,
+    /// What the scenario required.
+    pub expected: String,
+    /// What happened instead.
+    pub got: String,
+}
+
+/// One step as it ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    /// The step's name.
+    pub name: String,
+    /// Wall time.
+    #[serde(serialize_with = "as_millis")]
+    pub duration: Duration,
+    /// `None` when it passed.
+    pub failure: Option<Failure>,
+    /// What it saw (a short note for the report), when it passed.
+    pub note: Option<String>,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+/// The steps of one scenario run.
+#[derive(Debug, Default)]
+pub struct Steps {
+    records: Vec<StepRecord>,
+}
+
+/// What a step body returns: a note for the report, or how it failed.
+pub type StepResult<T> = Result<T, (String, String)>;
+
+impl Steps {
+    /// Runs a synchronous step.
+    pub fn run<T>(
+        &mut self,
+        name: &str,
+        body: impl FnOnce() -> StepResult<T>,
+    ) -> Result<T, Failure> {
+        let start = Instant::now();
+        let result = body();
+        self.finish(name, start, result)
+    }
+
+    /// Runs an asynchronous step.
+    pub async fn run_async<T, F>(&mut self, name: &str, body: F) -> Result<T, Failure>
+    where
+        F: std::future::Future<Output = StepResult<T>>,
+    {
+        let start = Instant::now();
+        let result = body.await;
+        self.finish(name, start, result)
+    }
+
+    /// Adds a note to the last step (shown in the HTML report).
+    pub fn note(&mut self, note: impl Into<String>) {
+        if let Some(last) = self.records.last_mut() {
+            last.note = Some(note.into());
+        }
+    }
+
+    /// The steps so far.
+    pub fn into_records(self) -> Vec<StepRecord> {
+        self.records
+    }
+
+    fn finish<T>(
+        &mut self,
+        name: &str,
+        start: Instant,
+        result: StepResult<T>,
+    ) -> Result<T, Failure> {
+        let duration = start.elapsed();
+        match result {
+            Ok(value) => {
+                self.records.push(StepRecord {
+                    name: name.to_string(),
+                    duration,
+                    failure: None,
+                    note: None,
+                });
+                Ok(value)
+            }
+            Err((expected, got)) => {
+                let failure = Failure {
+                    step: name.to_string(),
+                    expected,
+                    got,
+                };
+                self.records.push(StepRecord {
+                    name: name.to_string(),
+                    duration,
+                    failure: Some(failure.clone()),
+                    note: None,
+                });
+                Err(failure)
+            }
+        }
+    }
+}
+
+/// `Err((expected, got))` unless `ok`.
+pub fn ensure(ok: bool, expected: impl Into<String>, got: impl Into<String>) -> StepResult<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err((expected.into(), got.into()))
+    }
+}
+
+/// Turns any error into a step failure that expected `expected`.
+pub fn because<E: std::fmt::Display>(expected: &str) -> impl FnOnce(E) -> (String, String) + '_ {
+    move |e: E| (expected.to_string(), e.to_string())
+}
