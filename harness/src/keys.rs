@@ -190,7 +190,9 @@ fn push_json_escaped(line: &mut Vec<u8>, text: &str) {
         match c {
             '"' => line.extend_from_slice(b"\\\""),
             '\\' => line.extend_from_slice(b"\\\\"),
-            c if (c as u32) < 0x20 => line.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes()),
+            c if (c as u32) < 0x20 => {
+                line.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
             c => {
                 let mut buf = [0u8; 4];
                 line.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());

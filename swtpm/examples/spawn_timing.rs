@@ -18,5 +18,8 @@ fn main() {
     }
     rows.sort_by_key(|r| r.2);
     let m = rows[rows.len() / 2];
-    println!("median: process ready {:?}, Tpm::spawn {:?}, + first PCR read {:?}", m.0, m.1, m.2);
+    println!(
+        "median: process ready {:?}, Tpm::spawn {:?}, + first PCR read {:?}",
+        m.0, m.1, m.2
+    );
 }

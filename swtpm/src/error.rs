@@ -95,7 +95,9 @@ impl From<tss_esapi::Error> for Error {
         let code = raw_code(rc);
         if code & TSS2_RC_LAYER_MASK == TSS2_TCTI_RC_LAYER {
             return Error::TpmGone {
-                detail: format!("TCTI error {code:#x} talking to swtpm (connection refused or closed)"),
+                detail: format!(
+                    "TCTI error {code:#x} talking to swtpm (connection refused or closed)"
+                ),
             };
         }
         match rc.kind() {
@@ -119,13 +121,34 @@ mod tests {
     #[test]
     fn response_codes_from_tpm_notes_map_to_named_outcomes() {
         // Codes as tss-esapi reports them against swtpm (design/tpm-notes.md).
-        assert!(matches!(Error::from_response_code(0x99D), Error::PolicyFailed { code: 0x99D }));
-        assert!(matches!(Error::from_response_code(0x128), Error::PcrChanged { .. }));
-        assert!(matches!(Error::from_response_code(0x98E), Error::AuthFailed { .. }));
-        assert!(matches!(Error::from_response_code(0x921), Error::LockedOut { .. }));
-        assert!(matches!(Error::from_response_code(0x9A2), Error::BadAuth { .. }));
-        assert!(matches!(Error::from_response_code(0x1DF), Error::Integrity { .. }));
-        assert!(matches!(Error::from_response_code(0xA000A), Error::TpmGone { .. }));
+        assert!(matches!(
+            Error::from_response_code(0x99D),
+            Error::PolicyFailed { code: 0x99D }
+        ));
+        assert!(matches!(
+            Error::from_response_code(0x128),
+            Error::PcrChanged { .. }
+        ));
+        assert!(matches!(
+            Error::from_response_code(0x98E),
+            Error::AuthFailed { .. }
+        ));
+        assert!(matches!(
+            Error::from_response_code(0x921),
+            Error::LockedOut { .. }
+        ));
+        assert!(matches!(
+            Error::from_response_code(0x9A2),
+            Error::BadAuth { .. }
+        ));
+        assert!(matches!(
+            Error::from_response_code(0x1DF),
+            Error::Integrity { .. }
+        ));
+        assert!(matches!(
+            Error::from_response_code(0xA000A),
+            Error::TpmGone { .. }
+        ));
         let other = Error::from_response_code(0x100);
         assert_eq!(other.response_code(), Some(0x100));
         assert!(matches!(other, Error::Tpm { .. }));

@@ -26,7 +26,10 @@ fn wrong_pins_count_up_to_lockout_and_a_lockout_reset_restores_the_right_pin() {
     assert_eq!(tpm.dictionary_attack_parameters().unwrap(), params);
 
     let blob = pin_protected(&mut tpm, b"123456");
-    assert_eq!(tpm.unseal(&blob, &[7, 11], Some(b"123456")).unwrap(), b"intermediate key");
+    assert_eq!(
+        tpm.unseal(&blob, &[7, 11], Some(b"123456")).unwrap(),
+        b"intermediate key"
+    );
     assert_eq!(tpm.lockout_counter().unwrap(), 0);
 
     for failures in 1..params.max_tries {
@@ -37,7 +40,10 @@ fn wrong_pins_count_up_to_lockout_and_a_lockout_reset_restores_the_right_pin() {
     }
     // The N-th failure locks the TPM out ...
     let err = tpm.unseal(&blob, &[7, 11], Some(b"000000")).unwrap_err();
-    assert!(matches!(err, Error::AuthFailed { .. } | Error::LockedOut { .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::AuthFailed { .. } | Error::LockedOut { .. }),
+        "{err:?}"
+    );
     assert!(tpm.in_lockout().unwrap());
     // ... and then the right PIN fails too.
     let err = tpm.unseal(&blob, &[7, 11], Some(b"123456")).unwrap_err();
@@ -46,7 +52,10 @@ fn wrong_pins_count_up_to_lockout_and_a_lockout_reset_restores_the_right_pin() {
     tpm.dictionary_attack_lock_reset().unwrap();
     assert_eq!(tpm.lockout_counter().unwrap(), 0);
     assert!(!tpm.in_lockout().unwrap());
-    assert_eq!(tpm.unseal(&blob, &[7, 11], Some(b"123456")).unwrap(), b"intermediate key");
+    assert_eq!(
+        tpm.unseal(&blob, &[7, 11], Some(b"123456")).unwrap(),
+        b"intermediate key"
+    );
 }
 
 #[test]

@@ -24,15 +24,26 @@ fn killing_swtpm_mid_use_gives_tpm_gone_within_two_seconds() {
     let pid = tpm.process().pid();
     // SIGKILL from outside, as a crash would.
     // SAFETY-free: the `kill` program, not libc.
-    Command::new("kill").arg("-9").arg(pid.to_string()).status().unwrap();
+    Command::new("kill")
+        .arg("-9")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(eventually(2.0, || !process_alive(pid)));
     let start = Instant::now();
     let err = tpm.pcr_read(SHA256, &[0]).unwrap_err();
-    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
     assert!(matches!(err, Error::TpmGone { .. }), "{err:?}");
     // Every later call too, including the machine acts.
     assert!(matches!(tpm.reboot(), Err(Error::TpmGone { .. })));
-    assert!(matches!(tpm.dictionary_attack_lock_reset(), Err(Error::TpmGone { .. })));
+    assert!(matches!(
+        tpm.dictionary_attack_lock_reset(),
+        Err(Error::TpmGone { .. })
+    ));
 }
 
 #[test]

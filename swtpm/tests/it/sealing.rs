@@ -21,12 +21,18 @@ fn sealed_secret_unseals_only_while_the_pcrs_match_and_again_after_replay() {
     extend(&mut tpm, 7, 0x11);
     extend(&mut tpm, 11, 0x22);
     let blob = tpm.seal(b"volume master key", &policy(&[7, 11])).unwrap();
-    assert_eq!(tpm.unseal(&blob, &[7, 11], None).unwrap(), b"volume master key");
+    assert_eq!(
+        tpm.unseal(&blob, &[7, 11], None).unwrap(),
+        b"volume master key"
+    );
 
     // One more measurement into a PCR of the policy: the TPM refuses.
     extend(&mut tpm, 11, 0x33);
     let err = tpm.unseal(&blob, &[7, 11], None).unwrap_err();
-    assert!(matches!(err, Error::PolicyFailed { code: 0x99D }), "{err:?}");
+    assert!(
+        matches!(err, Error::PolicyFailed { code: 0x99D }),
+        "{err:?}"
+    );
 
     // A reboot resets the PCRs; replaying the same measurements unseals again.
     tpm.reboot().unwrap();
@@ -34,7 +40,10 @@ fn sealed_secret_unseals_only_while_the_pcrs_match_and_again_after_replay() {
     assert_eq!(after, vec![(7, vec![0; 32]), (11, vec![0; 32])]);
     extend(&mut tpm, 7, 0x11);
     extend(&mut tpm, 11, 0x22);
-    assert_eq!(tpm.unseal(&blob, &[7, 11], None).unwrap(), b"volume master key");
+    assert_eq!(
+        tpm.unseal(&blob, &[7, 11], None).unwrap(),
+        b"volume master key"
+    );
 }
 
 #[test]
