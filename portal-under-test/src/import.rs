@@ -96,6 +96,7 @@ pub fn import_jsonl(
     sealer: &Sealer,
     store: &dyn Store,
 ) -> Result<Vec<IndexEntry>, ImportError> {
+    let started = std::time::Instant::now();
     let mut rows = Vec::new();
     let mut lines = Vec::new();
     for (i, l) in text.lines().enumerate() {
@@ -105,7 +106,15 @@ pub fn import_jsonl(
         rows.push(parse_line(sealer, l, i + 1)?);
         lines.push(i + 1);
     }
-    store.import(&rows).map_err(|e| match e {
+    let parsed = started.elapsed();
+    let res = store.import(&rows);
+    tracing::debug!(
+        records = rows.len(),
+        parse_seal_secs = parsed.as_secs_f64(),
+        store_secs = (started.elapsed() - parsed).as_secs_f64(),
+        "import phases"
+    );
+    res.map_err(|e| match e {
         StoreError::Conflict { index, message } => ImportError::Line {
             line: lines.get(index).copied().unwrap_or(0),
             field: "key_protector_id".into(),
