@@ -6,5 +6,6 @@ mod common;
 mod eventlog;
 mod machine;
 mod portal_client;
+mod runner;
 mod scenarios;
 mod vectors;

@@ -1,0 +1,392 @@
+//! `harness run` as CI uses it: the real binary, the real portal binary, real swtpm.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn harness() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
+    cmd.current_dir(workspace_root())
+        .env("TSS2_LOG", "all+none");
+    cmd
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn portal_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_harness")).with_file_name("portal-under-test");
+    assert!(
+        bin.exists(),
+        "build the portal first: cargo build -p portal-under-test"
+    );
+    bin
+}
+
+fn json_report(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap()
+}
+
+fn failures(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| !s["failure"].is_null())
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["failure"]["step"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn run_with_reports(extra: &[&str], dir: &Path) -> Output {
+    harness()
+        .arg("run")
+        .args(extra)
+        .arg("--json")
+        .arg(dir.join("run.json"))
+        .arg("--junit")
+        .arg(dir.join("junit.xml"))
+        .arg("--html")
+        .arg(dir.join("html"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_whole_catalog_passes_against_the_embedded_portal_with_reports() {
+    let _ = portal_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_with_reports(&["-j", "2"], dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json_report(dir.path());
+    let n = report["scenarios"].as_array().unwrap().len();
+    assert!(n >= 20, "{n} scenarios");
+    assert!(failures(&report).is_empty());
+    assert!(
+        stdout.contains(&format!("{n} passed, 0 failed")),
+        "{stdout}"
+    );
+    let junit = std::fs::read_to_string(dir.path().join("junit.xml")).unwrap();
+    assert_eq!(junit.matches("<testcase ").count(), n);
+    assert!(!junit.contains("<failure"));
+    let html = std::fs::read_to_string(dir.path().join("html/index.html")).unwrap();
+    assert!(
+        html.contains("firmware-update-uefi") && html.contains("Why the device went to recovery")
+    );
+}
+
+#[test]
+fn a_scenario_whose_expectation_is_wrong_fails_naming_the_step_expected_and_got() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        std::fs::read_to_string(workspace_root().join("scenarios/firmware-update-uefi.yaml"))
+            .unwrap();
+    let wrong = text.replace("changed_pcrs: [0]", "changed_pcrs: [4]");
+    assert_ne!(text, wrong, "the scenario file changed; update this test");
+    let file = dir.path().join("wrong.yaml");
+    std::fs::write(&file, wrong).unwrap();
+    let out = run_with_reports(&[file.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let report = json_report(dir.path());
+    let failure = &report["scenarios"][0]["failure"];
+    assert_eq!(failure["step"], "boot after the change");
+    assert_eq!(failure["expected"], "changed PCRs [4]");
+    assert_eq!(failure["got"], "changed PCRs [0]");
+    let junit = std::fs::read_to_string(dir.path().join("junit.xml")).unwrap();
+    assert!(
+        junit.contains("<failure") && junit.contains("boot after the change"),
+        "{junit}"
+    );
+}
+
+#[test]
+fn a_catalog_with_one_bad_file_names_it_and_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        workspace_root().join("scenarios/control-reboot.yaml"),
+        dir.path().join("good.yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "name: bad\ndescription: x\ndevise: {}\n",
+    )
+    .unwrap();
+    let out = harness().arg("run").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.yaml:3:1"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "nothing ran: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn an_unreachable_portal_url_is_exit_code_2() {
+    let out = harness()
+        .args([
+            "run",
+            "--filter",
+            "control-reboot",
+            "--portal-url",
+            "https://127.0.0.1:9",
+            "--admin-token",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A portal started on its own, as an operator would, and gated by URL.
+struct SeparatePortal {
+    child: Child,
+    url: String,
+    ca: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl SeparatePortal {
+    fn start(bin: &Path, env: &[(&str, &str)]) -> SeparatePortal {
+        let dir = tempfile::tempdir().unwrap();
+        let token = Command::new(bin)
+            .args(["admin", "bootstrap", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(token.status.success());
+        let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+        let config = dir.path().join("config.json");
+        std::fs::write(
+            &config,
+            r#"{"argon2":{"m_cost_kib":64,"t_cost":1,"p_cost":1}}"#,
+        )
+        .unwrap();
+        let mut child = Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: serde_json::Value =
+            serde_json::from_str(line.strip_prefix("PORTAL-READY ").expect(&line)).unwrap();
+        SeparatePortal {
+            child,
+            url: ready["url"].as_str().unwrap().to_string(),
+            ca: ready["ca_cert"].as_str().unwrap().to_string(),
+            token,
+            _dir: dir,
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--portal-url".into(),
+            self.url.clone(),
+            "--portal-ca".into(),
+            self.ca.clone(),
+            "--admin-token".into(),
+            self.token.clone(),
+        ]
+    }
+}
+
+impl Drop for SeparatePortal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_catalog_passes_against_a_portal_given_by_url() {
+    let portal = SeparatePortal::start(&portal_bin(), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut args: Vec<String> = vec!["-j".into(), "2".into()];
+    args.extend(portal.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_with_reports(&args, dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report = json_report(dir.path());
+    assert_eq!(
+        report["portal_url"].as_str().unwrap().trim_end_matches('/'),
+        portal.url.trim_end_matches('/')
+    );
+}
+
+/// Processes whose environment carries `marker` (children inherit it): what a run left.
+fn processes_with(marker: &str) -> Vec<u32> {
+    let needle = format!("HARNESS_TEST_MARKER={marker}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    s.rsplit_once(')')
+                        .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(false);
+            alive
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .map(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+                    .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn eventually_none(marker: &str, within: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = processes_with(marker);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn no_swtpm_or_portal_is_left_after_a_run_a_failure_or_ctrl_c() {
+    // A passing run.
+    let marker = format!("pass-{}", std::process::id());
+    let out = harness()
+        .args(["run", "--filter", "control-reboot"])
+        .env("HARNESS_TEST_MARKER", &marker)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        eventually_none(&marker, Duration::from_secs(2)),
+        Vec::<u32>::new()
+    );
+
+    // Ctrl-C in the middle of a run.
+    let marker = format!("sigint-{}", std::process::id());
+    let mut child = harness()
+        .args(["run", "-j", "2"])
+        .env("HARNESS_TEST_MARKER", &marker)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the run has its portal and some TPMs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processes_with(&marker).len() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        processes_with(&marker).len() >= 3,
+        "the run never started its portal and TPMs"
+    );
+    Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        eventually_none(&marker, Duration::from_secs(2)),
+        Vec::<u32>::new()
+    );
+}
+
+/// The gate must catch a broken portal: each fault point of the `failpoints` build makes
+/// the harness fail, naming the scenario and step that caught it.
+#[test]
+fn the_gate_catches_every_fault_of_a_broken_portal() {
+    let bin = std::env::var_os("PORTAL_FAILPOINTS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/failpoints/debug/portal-under-test"));
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p portal-under-test --features failpoints --target-dir target/failpoints` (make test does)",
+        bin.display()
+    );
+    let faults = [
+        (
+            "skip_local_signin_check",
+            "remote-only-user-help-desk-message",
+        ),
+        ("never_mark_disclosed", "single-use-key-rotation"),
+        ("first_of_many_matches", "several-matches-32-digits"),
+        ("no_expiry", "idle-session-expires"),
+        ("corrupt_key_digit", "firmware-update-uefi"),
+        ("foreign_differs", "foreign-key-request-refused"),
+    ];
+    // The faulty build with no fault set passes: the faults are what the gate catches.
+    let clean = SeparatePortal::start(&bin, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut args: Vec<String> = vec!["-j".into(), "2".into()];
+    args.extend(clean.args());
+    let out = run_with_reports(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        dir.path(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    drop(clean);
+
+    let mut summary = Vec::new();
+    for (fault, catcher) in faults {
+        let setting = format!("{fault}=return");
+        let portal = SeparatePortal::start(&bin, &[("FAILPOINTS", setting.as_str())]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = vec!["-j".into(), "2".into()];
+        args.extend(portal.args());
+        let out = run_with_reports(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            dir.path(),
+        );
+        let failed = failures(&json_report(dir.path()));
+        summary.push(format!("{fault}: {failed:?}"));
+        assert_eq!(out.status.code(), Some(1), "{fault} was not caught");
+        assert!(
+            failed
+                .iter()
+                .any(|(name, step)| name == catcher && !step.is_empty()),
+            "{fault}: expected {catcher} to catch it; failures: {failed:?}"
+        );
+    }
+    println!("{}", summary.join("\n"));
+}
