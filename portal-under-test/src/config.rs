@@ -162,7 +162,8 @@ fn default_body() -> usize {
     64 * 1024
 }
 fn default_bulk() -> usize {
-    16 * 1024 * 1024
+    // 100 000 keys of ~220 bytes of JSON each.
+    32 * 1024 * 1024
 }
 
 impl Default for Config {

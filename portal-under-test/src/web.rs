@@ -444,9 +444,12 @@ async fn login_post(st: AppState, headers: HeaderMap, site: Site, f: FormData) -
 }
 
 async fn keepalive(st: AppState, headers: HeaderMap, site: Site, f: FormData) -> Response {
-    let s = match gate(&st, &headers, site, None).await {
-        Ok(s) => s,
-        Err(r) => return r,
+    // Called by the page's script: "no session" is 401 (expired), never a redirect.
+    let enforce = !fp::active(fp::NO_EXPIRY);
+    let live = session_id(&headers).map(|id| st.sessions.touch(&id, max_idle(&st), enforce));
+    let s = match live {
+        Some(SessionLookup::Live(s)) if s.user.is_some() => s,
+        _ => return expired_page(&st, site, StatusCode::UNAUTHORIZED),
     };
     if !csrf_ok(&s, &f) {
         return message(

@@ -172,6 +172,10 @@ async fn inactivity_warning_and_server_side_expiry() {
     assert_eq!(rows[0]["requester"], ALICE);
     let page = b.get("/SelfService/expired").await;
     assert!(page.has("expired"));
+    // The script's keepalive on a dead session gets 401, not a redirect.
+    let keep = b.post("/SelfService/keepalive", &[]).await;
+    assert_eq!(keep.status, StatusCode::UNAUTHORIZED);
+    assert!(keep.has("expired"));
 }
 
 #[tokio::test]
