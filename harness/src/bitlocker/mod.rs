@@ -5,10 +5,15 @@
 //! - [`keywrap`]: AES-256-CCM wrapping of FVE key entries (VMK, FVEK).
 //! - [`protector`]: key protector IDs (GUIDs) and protector types.
 //! - [`volume`]: a volume with real AES-XTS sector encryption, a VMK, and protectors.
+//! - [`fve`]: the real on-disk format (volume header, FVE metadata, protectors, sectors),
+//!   read and written; opened by cryptsetup and dislocker.
+//! - [`external`]: runs cryptsetup and dislocker against an image (tests and the runner).
 //!
 //! Nothing here needs a TPM. The TPM-bound protectors are built on
 //! [`volume::Volume::unlock_with_vmk`] and [`volume::Volume::add_opaque_protector`].
 
+pub mod external;
+pub mod fve;
 pub mod keywrap;
 pub mod protector;
 pub mod recovery_password;

@@ -6,6 +6,7 @@
 //! [`run`]; new failure kinds get a [`CliError`] variant and an exit code in [`exit_codes`].
 
 mod run;
+mod volume;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -54,6 +55,9 @@ pub enum Command {
     /// Key-pair sets for scale tests.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// BitLocker volume images in the real on-disk format (cryptsetup/dislocker open them).
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
 }
 
 /// `harness keys ...`
@@ -156,6 +160,9 @@ pub enum CliError {
     /// Bad arguments.
     #[error("{0}")]
     Usage(String),
+    /// A `harness volume` command failed.
+    #[error("{0}")]
+    Volume(#[source] volume::VolumeCliError),
     /// The run finished and some scenarios failed.
     #[error("{failed} of {total} scenarios failed")]
     ScenariosFailed { failed: usize, total: usize },
@@ -174,6 +181,7 @@ impl CliError {
             | Self::Portal(_)
             | Self::Usage(_) => exit_codes::USAGE,
             Self::Io(_) | Self::Report(_) => exit_codes::IO,
+            Self::Volume(e) => e.exit_code(),
         }
     }
 }
@@ -185,6 +193,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Run(args) => run::run(args, out),
         Command::List(args) => run::list(args, out),
         Command::Validate(args) => run::validate(args, out),
+        Command::Volume(cmd) => volume::run(cmd, out),
         Command::Keys(KeysCommand::Generate {
             count,
             seed,
