@@ -13,6 +13,9 @@ packages=(
   libtss2-tcti-swtpm0   # the swtpm TCTI, loaded at run time (ldd does not show it)
   tpm2-tools            # tpm2_eventlog: cross-checks our TCG event logs
   pkg-config            # tss-esapi-sys finds tpm2-tss with it
+  cryptsetup-bin        # cryptsetup (BITLK): an independent reader judges our BitLocker images
+  dislocker             # dislocker-file: a second independent BitLocker reader (decrypts images)
+  xz-utils              # xz: the Windows-made BitLocker test images are stored xz-compressed
   ca-certificates
 )
 

@@ -13,7 +13,9 @@ use std::process::{Command, Stdio};
 #[derive(Debug, thiserror::Error)]
 pub enum ExternalError {
     /// The tool is not installed.
-    #[error("{tool} not found: install the Debian package {package} (scripts/install-system-deps.sh)")]
+    #[error(
+        "{tool} not found: install the Debian package {package} (scripts/install-system-deps.sh)"
+    )]
     Missing {
         /// Executable.
         tool: &'static str,
@@ -91,13 +93,13 @@ pub fn cryptsetup_dump(image: &Path) -> Result<String, ExternalError> {
 }
 
 /// `cryptsetup open --type bitlk --test-passphrase IMAGE` with the secret on standard input
-/// (or the .BEK as key file). `Ok(false)`: cryptsetup refused the secret (exit 2, "No key
-/// available with this passphrase"); any other failure is an error.
+/// (or the .BEK as key file). `Ok(false)`: cryptsetup tried every protector and none
+/// opened; any other failure (metadata rejected, unsupported) is an error.
 pub fn cryptsetup_accepts(image: &Path, secret: ToolSecret<'_>) -> Result<bool, ExternalError> {
     let tool = "cryptsetup";
     let exe = find(tool, "cryptsetup-bin")?;
     let mut cmd = Command::new(exe);
-    cmd.args(["open", "--type", "bitlk", "--test-passphrase"]);
+    cmd.args(["open", "--type", "bitlk", "--test-passphrase", "--debug"]);
     let input = match secret {
         ToolSecret::RecoveryPassword(p) | ToolSecret::Password(p) => {
             cmd.arg("--key-file=-");
@@ -112,7 +114,9 @@ pub fn cryptsetup_accepts(image: &Path, secret: ToolSecret<'_>) -> Result<bool, 
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| ExternalError::Io { tool, source })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|source| ExternalError::Io { tool, source })?;
     if let Some(mut stdin) = child.stdin.take() {
         if let Some(bytes) = input {
             stdin
@@ -123,14 +127,28 @@ pub fn cryptsetup_accepts(image: &Path, secret: ToolSecret<'_>) -> Result<bool, 
     let out = child
         .wait_with_output()
         .map_err(|source| ExternalError::Io { tool, source })?;
+    // cryptsetup 2.6 exits 2 for a refused secret only when the last protector it tried
+    // said EPERM; a failed AES-CCM MAC on the last one gives exit 1 ("wrong or missing
+    // parameters"). Its debug log tells the two apart: "No more VMKs to try" means every
+    // protector was tried and none opened.
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     match out.status.code() {
         Some(0) => Ok(true),
-        // cryptsetup(8): exit 2 = no permission (bad passphrase).
-        Some(2) => Ok(false),
+        Some(1 | 2) if log.contains("No more VMKs to try") || log.contains("No key available") => {
+            Ok(false)
+        }
         _ => Err(ExternalError::Failed {
             tool,
             status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            stderr: log
+                .lines()
+                .filter(|l| !l.starts_with("# ") || l.contains("ailed"))
+                .collect::<Vec<_>>()
+                .join("\n"),
         }),
     }
 }

@@ -411,7 +411,8 @@ fn rotate(path: &Path, old: &str, json: bool, out: &mut dyn Write) -> Result<(),
         source: e,
     };
     if json {
-        let v = serde_json::json!({"removed": old_id, "id": id, "recovery_password": new.to_string()});
+        let v =
+            serde_json::json!({"removed": old_id, "id": id, "recovery_password": new.to_string()});
         writeln!(out, "{v:#}").map_err(w)?;
     } else {
         writeln!(out, "removed {old_id}\nadded {id} {new}").map_err(w)?;

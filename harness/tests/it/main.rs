@@ -9,3 +9,4 @@ mod portal_client;
 mod runner;
 mod scenarios;
 mod vectors;
+mod volume_format;

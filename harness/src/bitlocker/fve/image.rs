@@ -15,7 +15,8 @@
 //! ```
 //!
 //! Readers show the metadata areas and the relocated header area as zeros, so the
-//! decrypted volume is the plaintext with `[T, T + 256 KiB)` zeroed. The blocks sit near the
+//! decrypted volume is the plaintext with those areas zeroed (a `--from` plaintext must have
+//! no data in `[T, T + 256 KiB)`). The blocks sit near the
 //! end (Windows scatters them where NTFS reserves space) so that a file system image smaller
 //! than `T` survives whole; a data range after the last block keeps cryptsetup's segment
 //! computation away from a zero segment at the very end of the device.
@@ -148,7 +149,11 @@ fn cbc_iv<C: BlockEncrypt + BlockSizeUser<BlockSize = U16>>(c: &C, byte_offset: 
     b.into()
 }
 
-fn cbc_decrypt<C: BlockEncrypt + BlockDecrypt + BlockSizeUser<BlockSize = U16>>(c: &C, byte_offset: u64, buf: &mut [u8]) {
+fn cbc_decrypt<C: BlockEncrypt + BlockDecrypt + BlockSizeUser<BlockSize = U16>>(
+    c: &C,
+    byte_offset: u64,
+    buf: &mut [u8],
+) {
     let mut prev = cbc_iv(c, byte_offset);
     for chunk in buf.chunks_exact_mut(16) {
         let mut cur = [0u8; 16];
@@ -283,14 +288,19 @@ pub struct BekFile {
 
 impl std::fmt::Debug for BekFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BekFile").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("BekFile")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
 impl BekFile {
     /// The file name Windows gives it: the ID without braces, uppercase, `.BEK`.
     pub fn file_name(&self) -> String {
-        format!("{}.BEK", self.id.uuid().hyphenated().to_string().to_ascii_uppercase())
+        format!(
+            "{}.BEK",
+            self.id.uuid().hyphenated().to_string().to_ascii_uppercase()
+        )
     }
 
     /// Serialises: a 48-byte header like the metadata header (with the protector ID as its
@@ -439,7 +449,7 @@ impl Image {
     /// Reads the volume header and the first metadata block whose CRC-32 and structure are
     /// valid (as cryptsetup does); the block must record its own offset.
     pub fn open(src: &(impl ReadAt + ?Sized)) -> Result<Self, FveError> {
-        let len = src.len()?;
+        let len = src.byte_len()?;
         let header = VolumeHeader::read(src)?;
         let mut skipped = Vec::new();
         for (i, &off) in header.metadata_offsets.iter().enumerate() {
@@ -469,10 +479,13 @@ impl Image {
 
     /// The volume description (computer, drive, date), if any.
     pub fn description(&self) -> Option<&str> {
-        self.block.entries.iter().find_map(|e| match (&e.value, e.entry_type) {
-            (Value::String(s), entry_type::DESCRIPTION) => Some(s.as_str()),
-            _ => None,
-        })
+        self.block
+            .entries
+            .iter()
+            .find_map(|e| match (&e.value, e.entry_type) {
+                (Value::String(s), entry_type::DESCRIPTION) => Some(s.as_str()),
+                _ => None,
+            })
     }
 
     /// The encryption method.
@@ -586,11 +599,15 @@ impl Image {
             }
             let key: [u8; 32] = match secret {
                 Secret::RecoveryPassword(pw) => {
-                    let Some(salt) = stretch_salt(props) else { continue };
+                    let Some(salt) = stretch_salt(props) else {
+                        continue;
+                    };
                     stretch_recovery_password(pw, &salt)
                 }
                 Secret::Password(pw) => {
-                    let Some(salt) = stretch_salt(props) else { continue };
+                    let Some(salt) = stretch_salt(props) else {
+                        continue;
+                    };
                     stretch_pin(pw, &salt)
                 }
                 Secret::StartupKey(bek) => {
@@ -685,8 +702,10 @@ impl Image {
                     unlocked.sectors.decrypt(n, &mut buf);
                 }
             }
-            out.write_all(&buf)
-                .map_err(|source| FveError::Io { offset: off, source })?;
+            out.write_all(&buf).map_err(|source| FveError::Io {
+                offset: off,
+                source,
+            })?;
         }
         Ok(count * ss)
     }
@@ -723,7 +742,14 @@ impl Image {
         let key = stretch_recovery_password(&pw, &salt);
         let id = KeyProtectorId::random(rng);
         let nonce = self.next_nonce();
-        let e = vmk_entry(id, 0x0800, vec![stretch(STRETCH_RECOVERY, salt), wrap_vmk(&key, nonce, &unlocked.vmk)?]);
+        let e = vmk_entry(
+            id,
+            0x0800,
+            vec![
+                stretch(STRETCH_RECOVERY, salt),
+                wrap_vmk(&key, nonce, &unlocked.vmk)?,
+            ],
+        );
         let at = self
             .block
             .entries
@@ -773,8 +799,10 @@ impl Image {
             .open(path)
             .map_err(|source| FveError::Io { offset: 0, source })?;
         for (off, bytes) in self.sealed_blocks(vmk)? {
-            f.write_all_at(&bytes, off)
-                .map_err(|source| FveError::Io { offset: off, source })?;
+            f.write_all_at(&bytes, off).map_err(|source| FveError::Io {
+                offset: off,
+                source,
+            })?;
         }
         f.sync_all()
             .map_err(|source| FveError::Io { offset: 0, source })
@@ -957,7 +985,15 @@ impl NewVolume {
                 }
             }
         }
-        view[reserved.start as usize..reserved.end as usize].fill(0);
+        // Readers show exactly the metadata areas and the relocated-header area as zeros.
+        let is_virtual = |off: u64| {
+            offsets.iter().any(|&o| off >= o && off < o + BLOCK_AREA)
+                || (off >= hdr_off && off < hdr_off + hdr_size)
+        };
+        for o in offsets {
+            view[o as usize..(o + BLOCK_AREA) as usize].fill(0);
+        }
+        view[hdr_off as usize..(hdr_off + hdr_size) as usize].fill(0);
 
         let mut vmk = [0u8; 32];
         rng.fill(&mut vmk);
@@ -985,14 +1021,25 @@ impl NewVolume {
             rng.fill(&mut salt);
             let (ptype, props, pw, bek) = match p {
                 NewProtector::RecoveryPassword(given) => {
-                    let pw = given.clone().unwrap_or_else(|| RecoveryPassword::generate(rng));
+                    let pw = (*given).unwrap_or_else(|| RecoveryPassword::generate(rng));
                     let key = stretch_recovery_password(&pw, &salt);
-                    let props = vec![stretch(STRETCH_RECOVERY, salt), wrap_vmk(&key, nonce(), &vmk)?];
-                    (ProtectorType::RecoveryPassword, props, Some(pw.to_string()), None)
+                    let props = vec![
+                        stretch(STRETCH_RECOVERY, salt),
+                        wrap_vmk(&key, nonce(), &vmk)?,
+                    ];
+                    (
+                        ProtectorType::RecoveryPassword,
+                        props,
+                        Some(pw.to_string()),
+                        None,
+                    )
                 }
                 NewProtector::Password(pw) => {
                     let key = stretch_pin(pw, &salt);
-                    let props = vec![stretch(STRETCH_PASSWORD, salt), wrap_vmk(&key, nonce(), &vmk)?];
+                    let props = vec![
+                        stretch(STRETCH_PASSWORD, salt),
+                        wrap_vmk(&key, nonce(), &vmk)?,
+                    ];
                     (ProtectorType::Password, props, None, None)
                 }
                 NewProtector::StartupKey => {
@@ -1090,7 +1137,7 @@ impl NewVolume {
         image[..512].copy_from_slice(&header.to_sector(size / SECTOR));
         for n in HEADER_SECTORS..size / SECTOR {
             let off = n * SECTOR;
-            if reserved.contains(&off) {
+            if is_virtual(off) {
                 continue;
             }
             let r = off as usize..(off + SECTOR) as usize;

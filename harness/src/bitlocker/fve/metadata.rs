@@ -126,7 +126,12 @@ impl VolumeHeader {
         let sector_size = match le16(&b, 11) {
             0 | 512 => 512,
             4096 => 4096,
-            other => return Err(bad(11, format!("sector size {other} (expected 512 or 4096)"))),
+            other => {
+                return Err(bad(
+                    11,
+                    format!("sector size {other} (expected 512 or 4096)"),
+                ))
+            }
         };
         let at = if togo { 424 } else { 160 };
         let kind = if b[at..at + 16] == GUID_NORMAL {
@@ -136,11 +141,7 @@ impl VolumeHeader {
         } else {
             VolumeKind::Unknown
         };
-        let metadata_offsets = [
-            le64(&b, at + 16),
-            le64(&b, at + 24),
-            le64(&b, at + 32),
-        ];
+        let metadata_offsets = [le64(&b, at + 16), le64(&b, at + 24), le64(&b, at + 32)];
         Ok(Self {
             sector_size,
             togo,
@@ -248,7 +249,10 @@ impl MetadataBlock {
         if size < HEADERS_LEN || size as u64 + VALIDATION_LEN as u64 > BLOCK_AREA {
             return Err(bad(
                 offset + 8,
-                format!("block size {size} is outside {HEADERS_LEN}..{}", BLOCK_AREA as usize - VALIDATION_LEN),
+                format!(
+                    "block size {size} is outside {HEADERS_LEN}..{}",
+                    BLOCK_AREA as usize - VALIDATION_LEN
+                ),
             ));
         }
         let mut block = vec![0u8; size];
@@ -264,7 +268,11 @@ impl MetadataBlock {
         if le16(&v, 0) < 8 || le16(&v, 2) > 2 {
             return Err(vbad(
                 voff,
-                format!("size {} / version {} not plausible", le16(&v, 0), le16(&v, 2)),
+                format!(
+                    "size {} / version {} not plausible",
+                    le16(&v, 0),
+                    le16(&v, 2)
+                ),
             ));
         }
         let crc = crc32fast::hash(&block);
@@ -400,9 +408,7 @@ impl MetadataBlock {
         out.extend_from_slice(&((BLOCK_AREA as usize - block.len()) as u16).to_le_bytes());
         out.extend_from_slice(&2u16.to_le_bytes());
         out.extend_from_slice(&crc32fast::hash(&block).to_le_bytes());
-        out.extend_from_slice(
-            &Entry::property(Value::AesCcm(self.validation.clone())).to_bytes()?,
-        );
+        out.extend_from_slice(&Entry::property(Value::AesCcm(self.validation.clone())).to_bytes()?);
         out.resize(BLOCK_AREA as usize, 0);
         Ok(out)
     }

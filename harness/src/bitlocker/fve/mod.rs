@@ -18,8 +18,8 @@ pub mod image;
 pub mod metadata;
 
 pub use image::{
-    known_sector, BekFile, Cipher, CreatedProtector, CreatedVolume, Image, NewProtector,
-    NewVolume, ProtectorInfo, Secret, UnlockedImage,
+    known_sector, BekFile, Cipher, CreatedProtector, CreatedVolume, Image, NewProtector, NewVolume,
+    ProtectorInfo, Secret, UnlockedImage,
 };
 pub use metadata::{MetadataBlock, VolumeHeader};
 
@@ -114,14 +114,10 @@ pub enum FveError {
 /// Random access to an image: a byte slice or a file.
 pub trait ReadAt {
     /// Length in bytes.
-    fn len(&self) -> Result<u64, FveError>;
+    fn byte_len(&self) -> Result<u64, FveError>;
     /// Fills `buf` from `offset`; a short image is [`FveError::Truncated`].
-    fn read_at(
-        &self,
-        structure: &'static str,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<(), FveError>;
+    fn read_at(&self, structure: &'static str, offset: u64, buf: &mut [u8])
+        -> Result<(), FveError>;
 }
 
 fn truncated(structure: &'static str, offset: u64, n: usize, len: u64) -> FveError {
@@ -134,7 +130,7 @@ fn truncated(structure: &'static str, offset: u64, n: usize, len: u64) -> FveErr
 }
 
 impl ReadAt for [u8] {
-    fn len(&self) -> Result<u64, FveError> {
+    fn byte_len(&self) -> Result<u64, FveError> {
         Ok(<[u8]>::len(self) as u64)
     }
     fn read_at(
@@ -154,7 +150,7 @@ impl ReadAt for [u8] {
 }
 
 impl ReadAt for std::fs::File {
-    fn len(&self) -> Result<u64, FveError> {
+    fn byte_len(&self) -> Result<u64, FveError> {
         self.metadata()
             .map(|m| m.len())
             .map_err(|source| FveError::Io { offset: 0, source })
@@ -166,7 +162,7 @@ impl ReadAt for std::fs::File {
         buf: &mut [u8],
     ) -> Result<(), FveError> {
         use std::os::unix::fs::FileExt;
-        let len = ReadAt::len(self)?;
+        let len = ReadAt::byte_len(self)?;
         if offset.saturating_add(buf.len() as u64) > len {
             return Err(truncated(structure, offset, buf.len(), len));
         }

@@ -1,0 +1,428 @@
+//! The BitLocker on-disk format: images the harness writes are opened by cryptsetup (BITLK)
+//! and dislocker; images Windows wrote are opened by the harness; malformed images give
+//! errors naming the structure and offset.
+
+use std::path::{Path, PathBuf};
+
+use harness::bitlocker::external::{self, ToolSecret};
+use harness::bitlocker::fve::{
+    BekFile, Cipher, CreatedVolume, FveError, Image, NewProtector, NewVolume, Secret,
+};
+use harness::bitlocker::{KeyProtectorId, RecoveryPassword};
+use rand::SeedableRng;
+
+fn require_tools() {
+    assert!(
+        external::cryptsetup_available(),
+        "cryptsetup not found: install the Debian package cryptsetup-bin (scripts/install-system-deps.sh)"
+    );
+    assert!(
+        external::dislocker_available(),
+        "dislocker-file not found: install the Debian package dislocker (scripts/install-system-deps.sh)"
+    );
+}
+
+fn new_volume(cipher: Cipher, seed: u64) -> CreatedVolume {
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    NewVolume {
+        size: 2 << 20,
+        cipher,
+        description: "TEST-PC H: volume_format".into(),
+        plaintext: None,
+        protectors: vec![
+            NewProtector::RecoveryPassword(None),
+            NewProtector::Password("correct horse".into()),
+            NewProtector::StartupKey,
+            NewProtector::Tpm {
+                blob: b"opaque TPM2B_PUBLIC|TPM2B_PRIVATE".to_vec(),
+            },
+            NewProtector::TpmAndPin {
+                blob: b"opaque sealed blob".to_vec(),
+            },
+        ],
+    }
+    .create(&mut rng)
+    .unwrap()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn recovery_password(v: &CreatedVolume) -> (KeyProtectorId, String) {
+    v.protectors
+        .iter()
+        .find_map(|p| p.recovery_password.clone().map(|pw| (p.id, pw)))
+        .unwrap()
+}
+
+const WRONG: &str = "111111-111111-111111-111111-111111-111111-111111-111111";
+
+fn check_cipher(cipher: Cipher, seed: u64) {
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let v = new_volume(cipher, seed);
+    let img = write(dir.path(), "vol.img", &v.image);
+    let (rp_id, rp) = recovery_password(&v);
+
+    // bitlkDump lists every protector with our IDs and types.
+    let dump = external::cryptsetup_dump(&img).unwrap();
+    assert!(
+        dump.contains(&v.volume_guid.hyphenated().to_string()),
+        "{dump}"
+    );
+    let expect_mode = "xts-plain64";
+    assert!(dump.contains(expect_mode), "{dump}");
+    let bits = if cipher == Cipher::AesXts256 {
+        "512"
+    } else {
+        "256"
+    };
+    assert!(
+        dump.contains(&format!("Cipher key:   \t{bits} bits")),
+        "{dump}"
+    );
+    for p in &v.protectors {
+        let guid = p.id.uuid().hyphenated().to_string();
+        assert!(dump.contains(&guid), "{guid} missing from:\n{dump}");
+    }
+    for wording in [
+        "VMK protected with recovery passphrase",
+        "VMK protected with passphrase",
+        "VMK protected with startup key",
+        "VMK protected with TPM\n",
+        "VMK protected with TPM and PIN",
+    ] {
+        assert!(dump.contains(wording), "{wording:?} missing from:\n{dump}");
+    }
+
+    // cryptsetup: the recovery password, the password and the .BEK open it; a wrong one not.
+    assert!(external::cryptsetup_accepts(&img, ToolSecret::RecoveryPassword(&rp)).unwrap());
+    assert!(!external::cryptsetup_accepts(&img, ToolSecret::RecoveryPassword(WRONG)).unwrap());
+    assert!(external::cryptsetup_accepts(&img, ToolSecret::Password("correct horse")).unwrap());
+    let bek = v.protectors.iter().find_map(|p| p.bek.clone()).unwrap();
+    let bek_path = write(dir.path(), &bek.file_name(), &bek.to_bytes().unwrap());
+    assert!(external::cryptsetup_accepts(&img, ToolSecret::BekFile(&bek_path)).unwrap());
+
+    // dislocker decrypts it to exactly what the harness wrote, and so do we.
+    let out = dir.path().join("dislocker.out");
+    let o = external::dislocker_decrypts(&img, ToolSecret::RecoveryPassword(&rp), &out).unwrap();
+    assert!(o.decrypted, "{}", o.log);
+    let dis = std::fs::read(&out).unwrap();
+    assert_eq!(dis.len(), v.plaintext_view.len());
+    assert!(dis == v.plaintext_view, "dislocker's plaintext differs");
+    assert!(dis.starts_with(b"harness BitLocker test volume, sector 0000000000\n"));
+
+    let f = std::fs::File::open(&img).unwrap();
+    let image = Image::open(&f).unwrap();
+    let pw = RecoveryPassword::parse(&rp).unwrap();
+    let u = image.unlock(Secret::RecoveryPassword(&pw)).unwrap();
+    assert_eq!(u.unlocked_by(), Some(rp_id));
+    assert_eq!(u.cipher(), cipher);
+    let mut ours = Vec::new();
+    image.decrypt_to(&f, &u, &mut ours).unwrap();
+    assert!(ours == v.plaintext_view, "our plaintext differs");
+}
+
+#[test]
+fn volume_xts128_opens_in_cryptsetup_and_dislocker() {
+    check_cipher(Cipher::AesXts128, 1);
+}
+
+#[test]
+fn volume_xts256_opens_in_cryptsetup_and_dislocker() {
+    check_cipher(Cipher::AesXts256, 2);
+}
+
+#[test]
+fn volume_rotation_retires_the_old_password_in_cryptsetup() {
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let v = new_volume(Cipher::AesXts128, 3);
+    let img = write(dir.path(), "vol.img", &v.image);
+    let (old_id, old) = recovery_password(&v);
+    let f = std::fs::File::open(&img).unwrap();
+    let mut image = Image::open(&f).unwrap();
+    let u = image
+        .unlock(Secret::RecoveryPassword(
+            &RecoveryPassword::parse(&old).unwrap(),
+        ))
+        .unwrap();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(4);
+    let (new_id, new) = image
+        .rotate_recovery_password(&u, &mut rng, old_id)
+        .unwrap();
+    image.write_metadata(&img, u.vmk()).unwrap();
+
+    let dump = external::cryptsetup_dump(&img).unwrap();
+    assert!(
+        !dump.contains(&old_id.uuid().hyphenated().to_string()),
+        "{dump}"
+    );
+    assert!(
+        dump.contains(&new_id.uuid().hyphenated().to_string()),
+        "{dump}"
+    );
+    assert!(!external::cryptsetup_accepts(&img, ToolSecret::RecoveryPassword(&old)).unwrap());
+    assert!(
+        external::cryptsetup_accepts(&img, ToolSecret::RecoveryPassword(&new.to_string())).unwrap()
+    );
+    let reopened = Image::open(&std::fs::File::open(&img).unwrap()).unwrap();
+    assert!(matches!(
+        reopened.unlock(Secret::RecoveryPassword(
+            &RecoveryPassword::parse(&old).unwrap()
+        )),
+        Err(FveError::WrongSecret { .. })
+    ));
+}
+
+// --- Windows-made images (cryptsetup's BITLK test images) ---
+
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/data/bitlk")
+}
+
+/// Decompresses a committed image into `dir` with `xz -dc`.
+fn windows_image(dir: &Path, name: &str) -> PathBuf {
+    let src = data_dir().join(format!("{name}.img.xz"));
+    let out = std::process::Command::new("xz")
+        .arg("-dc")
+        .arg(&src)
+        .output()
+        .expect("xz not found: install the Debian package xz-utils");
+    assert!(out.status.success(), "xz -dc {}", src.display());
+    write(dir, &format!("{name}.img"), &out.stdout)
+}
+
+/// `key=value` lines of a section of images.conf.
+fn conf(name: &str, key: &str) -> String {
+    let text = std::fs::read_to_string(data_dir().join("images.conf")).unwrap();
+    let section = text
+        .split("\n\n")
+        .find(|s| s.trim_start().starts_with(&format!("[{name}]")))
+        .unwrap();
+    section
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap()
+        .to_string()
+}
+
+fn id(s: &str) -> KeyProtectorId {
+    s.parse().unwrap()
+}
+
+#[test]
+fn volume_windows_xts_images_inspect_unlock_decrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, cipher) in [
+        ("bitlk-aes-xts-128", Cipher::AesXts128),
+        ("bitlk-aes-xts-256", Cipher::AesXts256),
+        ("bitlk-aes-cbc-128", Cipher::AesCbc128),
+    ] {
+        let img = windows_image(dir.path(), name);
+        let f = std::fs::File::open(&img).unwrap();
+        let image = Image::open(&f).unwrap();
+        assert_eq!(
+            image.block.volume_guid.hyphenated().to_string(),
+            conf(name, "GUID")
+        );
+        let ids: Vec<_> = image.protectors().iter().map(|p| p.id).collect();
+        assert!(
+            ids.contains(&id(&conf(name, "RP_VMK_GUID"))),
+            "{name}: {ids:?}"
+        );
+        assert!(
+            ids.contains(&id(&conf(name, "PW_VMK_GUID"))),
+            "{name}: {ids:?}"
+        );
+        assert_eq!(image.cipher().unwrap(), cipher);
+
+        let rp = RecoveryPassword::parse(&conf(name, "RP")).unwrap();
+        let u = image.unlock(Secret::RecoveryPassword(&rp)).unwrap();
+        assert_eq!(u.unlocked_by(), Some(id(&conf(name, "RP_VMK_GUID"))));
+        let pw = conf(name, "PW");
+        let u2 = image.unlock(Secret::Password(&pw)).unwrap();
+        assert_eq!(u2.unlocked_by(), Some(id(&conf(name, "PW_VMK_GUID"))));
+        assert!(matches!(
+            image.unlock(Secret::Password("not-anaconda")),
+            Err(FveError::WrongSecret { .. })
+        ));
+
+        // The decrypted volume is NTFS, with the volume serial number upstream lists.
+        let mut plain = Vec::new();
+        image.decrypt_to(&f, &u, &mut plain).unwrap();
+        assert_eq!(&plain[3..11], b"NTFS    ", "{name}");
+        let serial: Vec<u8> = plain[72..80].iter().rev().copied().collect();
+        assert_eq!(hex::encode_upper(serial), conf(name, "UUID"), "{name}");
+        std::fs::remove_file(&img).unwrap();
+    }
+}
+
+#[test]
+fn volume_windows_startup_key_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = "bitlk-aes-xts-128-startup-key";
+    let img = windows_image(dir.path(), name);
+    let f = std::fs::File::open(&img).unwrap();
+    let image = Image::open(&f).unwrap();
+    let sk = id(&conf(name, "SK_VMK_GUID"));
+    let bek_name = format!("{}.BEK", conf(name, "SK_VMK_GUID").to_ascii_uppercase());
+    let bek = BekFile::parse(&std::fs::read(data_dir().join(&bek_name)).unwrap()).unwrap();
+    assert_eq!(bek.id, sk);
+    assert_eq!(bek.file_name(), bek_name);
+    let u = image.unlock(Secret::StartupKey(&bek)).unwrap();
+    assert_eq!(u.unlocked_by(), Some(sk));
+    let p = image.protectors();
+    let skp = p.iter().find(|p| p.id == sk).unwrap();
+    assert_eq!(skp.type_name, "startup key");
+    assert_eq!(skp.description.as_deref(), Some("ExternalKey"));
+    // A .BEK of another volume names the missing protector.
+    let stranger = BekFile {
+        id: KeyProtectorId::random(&mut rand::rng()),
+        key: [0; 32],
+        created: 0,
+    };
+    assert!(matches!(
+        image.unlock(Secret::StartupKey(&stranger)),
+        Err(FveError::NoSuchProtector(x)) if x == stranger.id
+    ));
+}
+
+#[test]
+fn volume_windows_elephant_image_is_reported_unsupported() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = "bitlk-aes-cbc-elephant-128";
+    let img = windows_image(dir.path(), name);
+    let f = std::fs::File::open(&img).unwrap();
+    let image = Image::open(&f).unwrap();
+    // Protectors are listed all the same.
+    assert!(image
+        .protectors()
+        .iter()
+        .any(|p| p.id == id(&conf(name, "RP_VMK_GUID"))));
+    let rp = RecoveryPassword::parse(&conf(name, "RP")).unwrap();
+    let err = image.unlock(Secret::RecoveryPassword(&rp)).unwrap_err();
+    assert!(matches!(err, FveError::Unsupported(_)), "{err}");
+    assert!(err.to_string().contains("Elephant"), "{err}");
+}
+
+// --- malformed images ---
+
+#[test]
+fn volume_malformed_images_name_structure_and_offset() {
+    let v = new_volume(Cipher::AesXts128, 5);
+    let offsets = Image::open(v.image.as_slice())
+        .unwrap()
+        .header
+        .metadata_offsets;
+
+    // Truncated before the metadata.
+    let err = Image::open(&v.image[..1 << 20]).unwrap_err().to_string();
+    assert!(err.contains("truncated"), "{err}");
+    let err = Image::open(&v.image[..100]).unwrap_err().to_string();
+    assert!(err.contains("volume header at offset 0x0"), "{err}");
+
+    // One corrupt copy is skipped; all three corrupt is an error naming each CRC.
+    let mut one = v.image.clone();
+    one[offsets[0] as usize + 200] ^= 1;
+    let img = Image::open(one.as_slice()).unwrap();
+    assert_eq!(img.block.offset, offsets[1]);
+    assert!(img.skipped[0].contains("CRC-32"), "{:?}", img.skipped);
+    let mut all = one.clone();
+    for o in &offsets[1..] {
+        all[*o as usize + 200] ^= 1;
+    }
+    let err = Image::open(all.as_slice()).unwrap_err().to_string();
+    assert!(err.contains("no valid FVE metadata block"), "{err}");
+    assert_eq!(err.matches("CRC-32").count(), 3, "{err}");
+    assert!(err.contains(&format!("{:#x}", offsets[2])), "{err}");
+
+    // Metadata altered with its CRC fixed up: the SHA-256 under the VMK catches it.
+    let mut forged = v.image.clone();
+    for &o in &offsets {
+        let o = o as usize;
+        let size = usize::from(u16::from_le_bytes([forged[o + 8], forged[o + 9]])) << 4;
+        // Change a byte of the description (UTF-16 text) and recompute the CRC.
+        forged[o + 112 + 8] ^= 0x20;
+        let crc = crc32(&forged[o..o + size]);
+        forged[o + size + 4..o + size + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+    let img = Image::open(forged.as_slice()).unwrap();
+    let err = img.unlock(Secret::Vmk(&v.vmk)).unwrap_err();
+    assert!(matches!(err, FveError::ValidationMismatch { .. }), "{err}");
+
+    // A bad MAC on the FVEK entry.
+    let mut img = Image::open(v.image.as_slice()).unwrap();
+    for e in &mut img.block.entries {
+        if let harness::bitlocker::fve::entry::Value::AesCcm(w) = &mut e.value {
+            w.mac[0] ^= 1;
+        }
+    }
+    let err = img.unlock(Secret::Vmk(&v.vmk)).unwrap_err().to_string();
+    assert!(err.contains("FVEK") && err.contains("MAC"), "{err}");
+
+    // Not BitLocker at all.
+    let err = Image::open(vec![0u8; 4096].as_slice())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a BitLocker volume"), "{err}");
+}
+
+/// CRC-32 (IEEE), bitwise: independent of the crate the library uses.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+mod mutations {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn base() -> &'static (Vec<u8>, harness::bitlocker::Vmk) {
+        static B: OnceLock<(Vec<u8>, harness::bitlocker::Vmk)> = OnceLock::new();
+        B.get_or_init(|| {
+            let v = new_volume(Cipher::AesXts128, 6);
+            (v.image, v.vmk)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Mutated metadata never panics the parser or the VMK path; errors render.
+        #[test]
+        fn volume_mutated_metadata_never_panics(
+            which in 0usize..3,
+            edits in proptest::collection::vec((0usize..4096, any::<u8>()), 1..8),
+            cut in proptest::option::of(0usize..(2 << 20)),
+        ) {
+            let (img, vmk) = base();
+            let offsets = Image::open(img.as_slice()).unwrap().header.metadata_offsets;
+            let mut m = img.clone();
+            for (at, b) in edits {
+                m[offsets[which] as usize + at] = b;
+            }
+            if let Some(c) = cut { m.truncate(c); }
+            match Image::open(m.as_slice()) {
+                Ok(i) => {
+                    let _ = i.protectors();
+                    if let Err(e) = i.unlock(Secret::Vmk(vmk)) { let _ = e.to_string(); }
+                }
+                Err(e) => { let _ = e.to_string(); }
+            }
+        }
+    }
+}
