@@ -9,6 +9,19 @@ const TPM_ST_SESSIONS: u16 = 0x8002;
 const TPM_RH_LOCKOUT: u32 = 0x4000_000A;
 const TPM_RS_PW: u32 = 0x4000_0009;
 
+/// `TPM2_Startup(TPM_SU_CLEAR)`: no sessions, no handles.
+pub fn startup_clear_command() -> Vec<u8> {
+    const TPM_ST_NO_SESSIONS: u16 = 0x8001;
+    const TPM_CC_STARTUP: u32 = 0x0000_0144;
+    const TPM_SU_CLEAR: u16 = 0x0000;
+    let mut command = Vec::with_capacity(12);
+    command.extend_from_slice(&TPM_ST_NO_SESSIONS.to_be_bytes());
+    command.extend_from_slice(&12u32.to_be_bytes());
+    command.extend_from_slice(&TPM_CC_STARTUP.to_be_bytes());
+    command.extend_from_slice(&TPM_SU_CLEAR.to_be_bytes());
+    command
+}
+
 /// A command on TPM_RH_LOCKOUT with a password session carrying `lockout_auth`.
 pub fn lockout_command(command_code: u32, lockout_auth: &[u8], parameters: &[u8]) -> Vec<u8> {
     // TPMS_AUTH_COMMAND: handle, nonce (empty TPM2B), attributes, hmac (TPM2B = the password).

@@ -82,7 +82,24 @@ impl Tpm {
     /// Seals `secret` (at most 128 bytes) so that only this TPM, with the policy's PCR
     /// values (and auth value, if any), releases it.
     pub fn seal(&mut self, secret: &[u8], policy: &SealPolicy) -> Result<SealedBlob> {
-        let selection = pcr_selection(&policy.pcrs)?;
+        self.seal_in_bank(secret, policy, HashingAlgorithm::Sha256)
+    }
+
+    /// As [`Tpm::seal`], but the policy's PCRs are those of `bank` (e.g. SHA-1 on a platform
+    /// that measures only into SHA-1). `policy.expected` (32-byte values) is only accepted
+    /// for SHA-256; for other banks use `None`: the values the TPM holds now.
+    pub fn seal_in_bank(
+        &mut self,
+        secret: &[u8],
+        policy: &SealPolicy,
+        bank: HashingAlgorithm,
+    ) -> Result<SealedBlob> {
+        if policy.expected.is_some() && bank != HashingAlgorithm::Sha256 {
+            return Err(Error::InvalidArgument(format!(
+                "expected PCR values are SHA-256 values; the {bank:?} bank needs `expected: None`"
+            )));
+        }
+        let selection = pcr_selection(&policy.pcrs, bank)?;
         let pcr_digest = match &policy.expected {
             Some(values) => {
                 if values.len() != policy.pcrs.len() {
@@ -149,7 +166,18 @@ impl Tpm {
         pcrs: &[u8],
         auth_value: Option<&[u8]>,
     ) -> Result<Vec<u8>> {
-        let selection = pcr_selection(pcrs)?;
+        self.unseal_in_bank(blob, pcrs, HashingAlgorithm::Sha256, auth_value)
+    }
+
+    /// As [`Tpm::unseal`] for a blob sealed with [`Tpm::seal_in_bank`] to `bank`.
+    pub fn unseal_in_bank(
+        &mut self,
+        blob: &SealedBlob,
+        pcrs: &[u8],
+        bank: HashingAlgorithm,
+        auth_value: Option<&[u8]>,
+    ) -> Result<Vec<u8>> {
+        let selection = pcr_selection(pcrs, bank)?;
         let public = Public::unmarshall(&blob.public)?;
         let private = Private::try_from(blob.private.clone())?;
         let auth = auth_value.map(|a| Auth::try_from(a.to_vec())).transpose()?;
@@ -258,7 +286,7 @@ fn storage_root_key(ctx: &mut Context) -> Result<KeyHandle> {
     Ok(primary.key_handle)
 }
 
-fn pcr_selection(pcrs: &[u8]) -> Result<PcrSelectionList> {
+fn pcr_selection(pcrs: &[u8], bank: HashingAlgorithm) -> Result<PcrSelectionList> {
     if pcrs.is_empty() {
         return Err(Error::InvalidArgument(
             "a PCR policy needs at least one PCR".to_string(),
@@ -276,6 +304,6 @@ fn pcr_selection(pcrs: &[u8]) -> Result<PcrSelectionList> {
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(PcrSelectionListBuilder::new()
-        .with_selection(HashingAlgorithm::Sha256, &slots)
+        .with_selection(bank, &slots)
         .build()?)
 }

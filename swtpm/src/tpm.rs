@@ -53,6 +53,47 @@ impl Tpm {
         })
     }
 
+    /// Starts a fresh TPM whose `TPM2_Startup(CLEAR)` came from `locality` (0-4), as on a
+    /// platform whose startup is done at locality 3 (TCG PC Client PTP; the event log then
+    /// carries a StartupLocality event): PCR 0 starts at `00..0L` in every bank, not zero.
+    ///
+    /// The swtpm is power-cycled (`CMD_INIT`), the locality set on the control channel
+    /// (`CMD_SET_LOCALITY`, as `swtpm_ioctl -l`), `TPM2_Startup(CLEAR)` sent raw, and the
+    /// locality set back to 0 before a new context connects.
+    pub fn spawn_with_startup_locality(locality: u8) -> Result<Self> {
+        let mut tpm = Self::spawn()?;
+        if locality != 0 {
+            tpm.power_on_from_locality(locality)?;
+        }
+        Ok(tpm)
+    }
+
+    /// An orderly reboot whose `TPM2_Startup(CLEAR)` comes from `locality` (see
+    /// [`Tpm::spawn_with_startup_locality`]); locality 0 is [`Tpm::reboot`].
+    pub fn reboot_with_startup_locality(&mut self, locality: u8) -> Result<()> {
+        if locality == 0 {
+            return self.reboot();
+        }
+        self.context()?.shutdown(StartupType::Clear)?;
+        self.power_on_from_locality(locality)
+    }
+
+    fn power_on_from_locality(&mut self, locality: u8) -> Result<()> {
+        if locality > 4 {
+            return Err(Error::InvalidArgument(format!(
+                "locality {locality} does not exist (0-4)"
+            )));
+        }
+        self.context = None;
+        self.process.cmd_init()?;
+        let control_port = self.process.server_port().saturating_add(1);
+        set_locality(control_port, locality)?;
+        self.run_raw(&crate::raw::startup_clear_command())?;
+        set_locality(control_port, 0)?;
+        self.context = Some(connect(&self.process)?);
+        Ok(())
+    }
+
     /// The tss-esapi context, for any command this crate does not wrap.
     pub fn context(&mut self) -> Result<&mut Context> {
         self.ensure_alive()?;
@@ -252,6 +293,30 @@ impl Tpm {
                 detail: "the swtpm process has exited".to_string(),
             })
         }
+    }
+}
+
+/// `CMD_SET_LOCALITY` (5) on swtpm's control channel: big-endian u32 command, u8 locality;
+/// the reply is a big-endian u32 result, 0 = success.
+fn set_locality(control_port: u16, locality: u8) -> Result<()> {
+    use std::io::{Read, Write};
+    const CMD_SET_LOCALITY: u32 = 0x5;
+    let gone = |e: std::io::Error| Error::TpmGone {
+        detail: format!("control channel (set locality {locality}): {e}"),
+    };
+    let deadline = Some(std::time::Duration::from_secs(2));
+    let mut stream = std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, control_port))
+        .map_err(gone)?;
+    stream.set_read_timeout(deadline).map_err(gone)?;
+    stream.set_write_timeout(deadline).map_err(gone)?;
+    let mut request = CMD_SET_LOCALITY.to_be_bytes().to_vec();
+    request.push(locality);
+    stream.write_all(&request).map_err(gone)?;
+    let mut reply = [0u8; 4];
+    stream.read_exact(&mut reply).map_err(gone)?;
+    match u32::from_be_bytes(reply) {
+        0 => Ok(()),
+        rc => Err(Error::from_response_code(rc)),
     }
 }
 

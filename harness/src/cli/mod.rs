@@ -5,6 +5,7 @@
 //! To add a subcommand: a variant in [`Command`], a function `fn name(args, out)`, an arm in
 //! [`run`]; new failure kinds get a [`CliError`] variant and an exit code in [`exit_codes`].
 
+mod eventlog;
 mod run;
 mod volume;
 
@@ -58,6 +59,9 @@ pub enum Command {
     /// BitLocker volume images in the real on-disk format (cryptsetup/dislocker open them).
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Real measured-boot (TCG) logs: show, replay (into a TPM too), diff, predict recovery.
+    #[command(subcommand)]
+    Eventlog(eventlog::EventlogCommand),
 }
 
 /// `harness keys ...`
@@ -163,6 +167,9 @@ pub enum CliError {
     /// A `harness volume` command failed.
     #[error("{0}")]
     Volume(#[source] volume::VolumeCliError),
+    /// A `harness eventlog` command failed.
+    #[error("{0}")]
+    Eventlog(#[source] eventlog::EventLogCliError),
     /// The run finished and some scenarios failed.
     #[error("{failed} of {total} scenarios failed")]
     ScenariosFailed { failed: usize, total: usize },
@@ -182,6 +189,7 @@ impl CliError {
             | Self::Usage(_) => exit_codes::USAGE,
             Self::Io(_) | Self::Report(_) => exit_codes::IO,
             Self::Volume(e) => e.exit_code(),
+            Self::Eventlog(e) => e.exit_code(),
         }
     }
 }
@@ -194,6 +202,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::List(args) => run::list(args, out),
         Command::Validate(args) => run::validate(args, out),
         Command::Volume(cmd) => volume::run(cmd, out),
+        Command::Eventlog(cmd) => eventlog::run(cmd, out).map_err(CliError::Eventlog),
         Command::Keys(KeysCommand::Generate {
             count,
             seed,

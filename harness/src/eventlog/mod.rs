@@ -11,6 +11,12 @@
 //! Event-data builders for the structures the spec defines are in [`data`].
 
 pub mod data;
+pub mod describe;
+pub mod diff;
+pub mod predict;
+pub mod sipa;
+pub mod tcg;
+pub mod tpm;
 mod wire;
 
 use std::fmt;
@@ -91,25 +97,40 @@ impl fmt::Display for EventType {
 }
 
 /// A hash algorithm (TPM_ALG_ID) of a PCR bank.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HashAlg {
     /// TPM_ALG_SHA1 (0x0004), 20 bytes.
     Sha1,
     /// TPM_ALG_SHA256 (0x000B), 32 bytes.
     Sha256,
+    /// TPM_ALG_SHA384 (0x000C), 48 bytes. Read from real logs ([`tcg`]); our own logs
+    /// ([`EventLog`]) carry SHA-1 and SHA-256 only.
+    Sha384,
+    /// TPM_ALG_SHA512 (0x000D), 64 bytes. As [`HashAlg::Sha384`].
+    Sha512,
 }
 
 impl HashAlg {
-    /// Both banks, in header order.
+    /// The banks of the logs this crate writes ([`EventLog`]), in header order.
     pub const ALL: [Self; 2] = [Self::Sha1, Self::Sha256];
+
+    /// Every bank a real log may carry that [`tcg`] reads and replays.
+    pub const KNOWN: [Self; 4] = [Self::Sha1, Self::Sha256, Self::Sha384, Self::Sha512];
 
     /// The TPM_ALG_ID.
     pub fn id(self) -> u16 {
         match self {
             Self::Sha1 => 0x0004,
             Self::Sha256 => 0x000B,
+            Self::Sha384 => 0x000C,
+            Self::Sha512 => 0x000D,
         }
+    }
+
+    /// The algorithm with this TPM_ALG_ID, if it is one of [`HashAlg::KNOWN`].
+    pub fn from_id(id: u16) -> Option<Self> {
+        Self::KNOWN.into_iter().find(|a| a.id() == id)
     }
 
     /// Digest size in bytes.
@@ -117,7 +138,43 @@ impl HashAlg {
         match self {
             Self::Sha1 => 20,
             Self::Sha256 => 32,
+            Self::Sha384 => 48,
+            Self::Sha512 => 64,
         }
+    }
+
+    /// The lowercase name used in JSON and by tpm2-tools (`sha256`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sha1 => "sha1",
+            Self::Sha256 => "sha256",
+            Self::Sha384 => "sha384",
+            Self::Sha512 => "sha512",
+        }
+    }
+
+    /// The digest of `data` in this algorithm.
+    pub fn digest(self, data: &[u8]) -> Vec<u8> {
+        match self {
+            Self::Sha1 => sha1(data).to_vec(),
+            Self::Sha256 => Sha256::digest(data).to_vec(),
+            Self::Sha384 => sha2::Sha384::digest(data).to_vec(),
+            Self::Sha512 => sha2::Sha512::digest(data).to_vec(),
+        }
+    }
+
+    /// `H(a || b)`: one PCR extend.
+    pub fn extend(self, old: &[u8], digest: &[u8]) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(old.len() + digest.len());
+        buf.extend_from_slice(old);
+        buf.extend_from_slice(digest);
+        self.digest(&buf)
+    }
+}
+
+impl fmt::Display for HashAlg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -147,11 +204,12 @@ impl Digests {
         sha256: [0; 32],
     };
 
-    /// The digest of one bank.
+    /// The digest of one bank; empty for the banks our own logs do not carry (SHA-384/512).
     pub fn get(&self, alg: HashAlg) -> &[u8] {
         match alg {
             HashAlg::Sha1 => &self.sha1,
             HashAlg::Sha256 => &self.sha256,
+            HashAlg::Sha384 | HashAlg::Sha512 => &[],
         }
     }
 }
@@ -332,7 +390,7 @@ impl EventLog {
 
 /// SHA-1 for the SHA-1 PCR bank (a TPM bank, not a security choice of ours). RustCrypto's
 /// `sha1` is not a dependency, so this is the short FIPS 180-4 definition.
-fn sha1(data: &[u8]) -> [u8; 20] {
+pub(crate) fn sha1(data: &[u8]) -> [u8; 20] {
     let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
     let mut msg = data.to_vec();
     let bit_len = (data.len() as u64).wrapping_mul(8);

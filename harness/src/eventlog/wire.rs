@@ -2,10 +2,10 @@
 
 use super::{Digests, Event, EventLog, EventType, HashAlg, PCR_COUNT};
 
-const SPEC_ID_SIGNATURE: &[u8; 16] = b"Spec ID Event03\0";
+pub(super) const SPEC_ID_SIGNATURE: &[u8; 16] = b"Spec ID Event03\0";
 /// Largest event data we accept; far above anything firmware logs, it stops a corrupt size
 /// field from asking for gigabytes (sizes are also checked against the bytes left).
-const MAX_EVENT_SIZE: usize = 16 << 20;
+pub(super) const MAX_EVENT_SIZE: usize = 16 << 20;
 
 /// Where and why a log does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +44,10 @@ pub enum ParseErrorKind {
     /// An event size beyond the limit.
     #[error("event size {0} is implausibly large")]
     EventTooLarge(u32),
+    /// A TPM_ALG_ID this reader does not know (in a header) or that the header does not
+    /// list (in a record).
+    #[error("unknown algorithm {id:#06x}: {context}")]
+    UnknownAlgorithm { id: u16, context: &'static str },
 }
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
@@ -90,14 +94,14 @@ pub(super) fn write(log: &EventLog) -> Vec<u8> {
     out
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-    record: usize,
+pub(super) struct Reader<'a> {
+    pub(super) bytes: &'a [u8],
+    pub(super) pos: usize,
+    pub(super) record: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn err(&self, kind: ParseErrorKind) -> ParseError {
+    pub(super) fn err(&self, kind: ParseErrorKind) -> ParseError {
         ParseError {
             offset: self.pos,
             record: self.record,
@@ -105,7 +109,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], ParseError> {
+    pub(super) fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], ParseError> {
         let left = self.bytes.len() - self.pos;
         if n > left {
             return Err(self.err(ParseErrorKind::Truncated {
@@ -119,17 +123,17 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    fn u32(&mut self, field: &'static str) -> Result<u32, ParseError> {
+    pub(super) fn u32(&mut self, field: &'static str) -> Result<u32, ParseError> {
         let b = self.take(4, field)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn u16(&mut self, field: &'static str) -> Result<u16, ParseError> {
+    pub(super) fn u16(&mut self, field: &'static str) -> Result<u16, ParseError> {
         let b = self.take(2, field)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
 
-    fn data(&mut self) -> Result<&'a [u8], ParseError> {
+    pub(super) fn data(&mut self) -> Result<&'a [u8], ParseError> {
         let at = self.pos;
         let size = self.u32("EventSize")?;
         let n = usize::try_from(size)
@@ -238,6 +242,8 @@ pub(super) fn parse(bytes: &[u8]) -> Result<EventLog, ParseError> {
             match alg {
                 HashAlg::Sha1 => digests.sha1.copy_from_slice(d),
                 HashAlg::Sha256 => digests.sha256.copy_from_slice(d),
+                // Not in `HashAlg::ALL`: our own logs carry SHA-1 and SHA-256 only.
+                HashAlg::Sha384 | HashAlg::Sha512 => {}
             }
         }
         let data = r.data()?.to_vec();
