@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod eventlog;
+mod eventlog_real;
 mod machine;
 mod portal_client;
 mod runner;
