@@ -1,5 +1,7 @@
 //! Start-up configuration (`--config FILE`) and the run-time settings admins can change.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -33,10 +35,33 @@ pub struct Settings {
     pub helpdesk_text: String,
     pub helpdesk_url: String,
     pub notice_text: String,
+    /// The notice per page language (`ja`, `en`); a language without an entry shows
+    /// `notice_text`. Absent from settings stored by older builds: the default then.
+    #[serde(default = "default_notice_texts")]
+    pub notice_texts: BTreeMap<String, String>,
     pub idle_timeout_secs: u64,
     pub warning_secs: u64,
     pub lookup_failure_limit: u64,
     pub lookup_failure_window_secs: u64,
+}
+
+/// The Japanese notice shipped by default.
+pub const DEFAULT_NOTICE_JA: &str =
+    "このポータルでは、お使いのデバイスの BitLocker 回復キーを取得できます。\
+    すべての要求は記録されます。ここで取得したキーは 1 回だけ使用できます。\
+    ロックを解除した後、デバイスによって新しいキーに置き換えられます。";
+
+fn default_notice_texts() -> BTreeMap<String, String> {
+    BTreeMap::from([("ja".to_string(), DEFAULT_NOTICE_JA.to_string())])
+}
+
+impl Settings {
+    /// The notice for a page in language `tag`.
+    pub fn notice_for(&self, tag: &str) -> &str {
+        self.notice_texts
+            .get(tag)
+            .map_or(self.notice_text.as_str(), String::as_str)
+    }
 }
 
 impl Default for Settings {
@@ -49,6 +74,7 @@ impl Default for Settings {
                 Every request is recorded. A key you get here is valid for one use only: your \
                 device replaces it after you have unlocked it."
                 .into(),
+            notice_texts: default_notice_texts(),
             idle_timeout_secs: 300,
             warning_secs: 60,
             lookup_failure_limit: 10,
@@ -65,6 +91,9 @@ pub struct SettingsPatch {
     pub helpdesk_text: Option<String>,
     pub helpdesk_url: Option<String>,
     pub notice_text: Option<String>,
+    /// Per language: a text sets that language's notice, `null` removes it (the page then
+    /// shows `notice_text`); languages not named keep theirs.
+    pub notice_texts: Option<BTreeMap<String, Option<String>>>,
     pub idle_timeout_secs: Option<u64>,
     pub warning_secs: Option<u64>,
     pub lookup_failure_limit: Option<u64>,
@@ -120,6 +149,22 @@ impl Settings {
         if let Some(v) = &p.notice_text {
             text("notice_text", v, 0, 10000)?;
             s.notice_text = v.clone();
+        }
+        if let Some(map) = &p.notice_texts {
+            for (tag, text_of) in map {
+                let Some(lang) = crate::i18n::Lang::from_tag(tag) else {
+                    return Err(("notice_texts", "keys must be page languages: en, ja".into()));
+                };
+                match text_of {
+                    Some(v) => {
+                        text("notice_texts", v, 0, 10000)?;
+                        s.notice_texts.insert(lang.tag().to_string(), v.clone());
+                    }
+                    None => {
+                        s.notice_texts.remove(lang.tag());
+                    }
+                }
+            }
         }
         if let Some(v) = p.idle_timeout_secs {
             range("idle_timeout_secs", v, 1, 86400)?;

@@ -19,6 +19,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod fp;
+pub mod i18n;
 pub mod import;
 pub mod index;
 pub mod keyid;

@@ -16,6 +16,7 @@ use crate::api::{self, validate_device_name, validate_name, AuditQuery};
 use crate::config::{Settings, SettingsPatch};
 use crate::error::AppError;
 use crate::fp;
+use crate::i18n::{self, reason_label, tr, tr1};
 use crate::keyid::parse_key_id_input;
 use crate::lookup::{
     self, KeyAnswer, KeyRequest, Match, Source, TpmAnswer, TpmRequest, HELPDESK_REASONS,
@@ -42,12 +43,13 @@ impl Site {
             Site::Admin => "Admin",
         }
     }
-    fn title(self) -> &'static str {
-        match self {
-            Site::SelfService => "BitLocker Recovery Key Self-Service",
-            Site::HelpDesk => "BitLocker Help Desk",
-            Site::Admin => "Recovery Portal Administration",
-        }
+    /// The site's name in the request's language.
+    fn title(self) -> String {
+        tr(match self {
+            Site::SelfService => "site-selfservice",
+            Site::HelpDesk => "site-helpdesk",
+            Site::Admin => "site-admin",
+        })
     }
     fn allows(self, role: Role) -> bool {
         match self {
@@ -79,6 +81,31 @@ pub struct PageCtx {
     signed_in: bool,
     idle_secs: u64,
     warning_secs: u64,
+    /// `<html lang>`: the request's language (see `i18n`).
+    lang: &'static str,
+    /// Where the language switch links point.
+    switch_path: String,
+}
+
+impl PageCtx {
+    /// A message in the page's language (templates call `page.t("id")`).
+    fn t(&self, id: &str) -> String {
+        tr(id)
+    }
+
+    /// The language switch: (tag, its own name, is it the page's language).
+    fn languages(&self) -> Vec<(&'static str, String, bool)> {
+        i18n::Lang::ALL
+            .iter()
+            .map(|l| {
+                (
+                    l.tag(),
+                    i18n::text(*l, "lang-name", None),
+                    l.tag() == self.lang,
+                )
+            })
+            .collect()
+    }
 }
 
 fn page(st: &AppState, site: Site, title: &str, s: Option<&Session>) -> PageCtx {
@@ -91,6 +118,8 @@ fn page(st: &AppState, site: Site, title: &str, s: Option<&Session>) -> PageCtx 
         signed_in: s.is_some_and(|s| s.user.is_some()),
         idle_secs: set.idle_timeout_secs,
         warning_secs: set.warning_secs,
+        lang: i18n::current().tag(),
+        switch_path: i18n::switch_path(),
     }
 }
 
@@ -129,7 +158,11 @@ struct SelfT {
     helpdesk: Option<HelpdeskMsg>,
     key: Option<ShownKey>,
     key_id: String,
-    reasons: Vec<(&'static str, bool)>,
+    /// Which field `error` is about (`key_id`, `reason`), "" for the whole form: the
+    /// message is placed next to that field and the field points at it.
+    error_field: &'static str,
+    /// (value, shown text, selected): values are the product's English labels.
+    reasons: Vec<(&'static str, String, bool)>,
 }
 
 #[derive(Template)]
@@ -206,6 +239,14 @@ fn reasons(list: &'static [&'static str], chosen: &str) -> Vec<(&'static str, bo
     list.iter().map(|r| (*r, *r == chosen)).collect()
 }
 
+/// Self-service reasons with their shown text in the request's language.
+fn self_reasons(chosen: &str) -> Vec<(&'static str, String, bool)> {
+    SELF_SERVICE_REASONS
+        .iter()
+        .map(|r| (*r, reason_label(r), *r == chosen))
+        .collect()
+}
+
 fn session_id(headers: &HeaderMap) -> Option<String> {
     for v in headers.get_all(header::COOKIE) {
         let Ok(v) = v.to_str() else { continue };
@@ -245,7 +286,7 @@ fn message(st: &AppState, site: Site, status: StatusCode, msg: &str) -> Response
     html(
         status,
         &MessageT {
-            page: page(st, site, site.title(), None),
+            page: page(st, site, &site.title(), None),
             message: msg.to_string(),
         },
     )
@@ -255,7 +296,7 @@ fn expired_page(st: &AppState, site: Site, status: StatusCode) -> Response {
     html(
         status,
         &ExpiredT {
-            page: page(st, site, "Session expired", None),
+            page: page(st, site, &tr("title-expired"), None),
         },
     )
 }
@@ -318,12 +359,9 @@ async fn gate(
         }
         SessionLookup::Live(s) => match &s.user {
             None => Err(redirect(&login)),
-            Some(u) if !site.allows(u.role) => Err(message(
-                st,
-                site,
-                StatusCode::FORBIDDEN,
-                "Your account may not use this site.",
-            )),
+            Some(u) if !site.allows(u.role) => {
+                Err(message(st, site, StatusCode::FORBIDDEN, &tr("err-role")))
+            }
             Some(_) => Ok(s),
         },
     }
@@ -336,7 +374,7 @@ async fn login_get(st: AppState, site: Site) -> Response {
     let mut r = html(
         StatusCode::OK,
         &LoginT {
-            page: page(&st, site, site.title(), Some(&s)),
+            page: page(&st, site, &site.title(), Some(&s)),
             error: None,
             username: String::new(),
         },
@@ -348,57 +386,32 @@ async fn login_get(st: AppState, site: Site) -> Response {
 
 async fn login_post(st: AppState, headers: HeaderMap, site: Site, f: FormData) -> Response {
     let Some(id) = session_id(&headers) else {
-        return message(
-            &st,
-            site,
-            StatusCode::FORBIDDEN,
-            "Missing or wrong CSRF token. Reload the sign-in page.",
-        );
+        return message(&st, site, StatusCode::FORBIDDEN, &tr("err-csrf-login"));
     };
     let s = match st.sessions.touch(&id, max_idle(&st), false) {
         SessionLookup::Live(s) => s,
-        _ => {
-            return message(
-                &st,
-                site,
-                StatusCode::FORBIDDEN,
-                "Missing or wrong CSRF token. Reload the sign-in page.",
-            )
-        }
+        _ => return message(&st, site, StatusCode::FORBIDDEN, &tr("err-csrf-login")),
     };
     if !csrf_ok(&s, &f) {
-        return message(
-            &st,
-            site,
-            StatusCode::FORBIDDEN,
-            "Missing or wrong CSRF token. Reload the sign-in page.",
-        );
+        return message(&st, site, StatusCode::FORBIDDEN, &tr("err-csrf-login"));
     }
     let username = f.get("username").trim().to_string();
     let password = f.get("password").to_string();
-    let fail = |status: StatusCode, msg: &str, username: String| {
+    let fail = |status: StatusCode, msg: String, username: String| {
         html(
             status,
             &LoginT {
-                page: page(&st, site, site.title(), Some(&s)),
-                error: Some(msg.to_string()),
+                page: page(&st, site, &site.title(), Some(&s)),
+                error: Some(msg),
                 username,
             },
         )
     };
     if username.is_empty() || username.chars().count() > 128 {
-        return fail(
-            StatusCode::BAD_REQUEST,
-            "username is required (at most 128 characters)",
-            String::new(),
-        );
+        return fail(StatusCode::BAD_REQUEST, tr("err-username"), String::new());
     }
     if password.is_empty() || password.chars().count() > 1024 {
-        return fail(
-            StatusCode::BAD_REQUEST,
-            "password is required (at most 1024 characters)",
-            username,
-        );
+        return fail(StatusCode::BAD_REQUEST, tr("err-password"), username);
     }
     let u2 = username.clone();
     let res = st
@@ -412,21 +425,11 @@ async fn login_post(st: AppState, headers: HeaderMap, site: Site, f: FormData) -
         .await;
     let acct = match res {
         Ok(Some(a)) => a,
-        Ok(None) => {
-            return fail(
-                StatusCode::UNAUTHORIZED,
-                "The user name or password is incorrect.",
-                username,
-            )
-        }
+        Ok(None) => return fail(StatusCode::UNAUTHORIZED, tr("err-credentials"), username),
         Err(e) => return e.into_response(),
     };
     if !site.allows(acct.role) {
-        return fail(
-            StatusCode::FORBIDDEN,
-            "Your account may not use this site.",
-            username,
-        );
+        return fail(StatusCode::FORBIDDEN, tr("err-role"), username);
     }
     // A fresh session id at sign-in (no fixation).
     st.sessions.remove(&id);
@@ -452,12 +455,7 @@ async fn keepalive(st: AppState, headers: HeaderMap, site: Site, f: FormData) ->
         _ => return expired_page(&st, site, StatusCode::UNAUTHORIZED),
     };
     if !csrf_ok(&s, &f) {
-        return message(
-            &st,
-            site,
-            StatusCode::FORBIDDEN,
-            "Missing or wrong CSRF token.",
-        );
+        return message(&st, site, StatusCode::FORBIDDEN, &tr("err-csrf"));
     }
     StatusCode::NO_CONTENT.into_response()
 }
@@ -475,12 +473,7 @@ async fn logout(st: AppState, headers: HeaderMap, site: Site, f: FormData) -> Re
         Err(r) => return r,
     };
     if !csrf_ok(&s, &f) {
-        return message(
-            &st,
-            site,
-            StatusCode::FORBIDDEN,
-            "Missing or wrong CSRF token.",
-        );
+        return message(&st, site, StatusCode::FORBIDDEN, &tr("err-csrf"));
     }
     st.sessions.remove(&s.id);
     redirect(&format!("/{}/login", site.path()))
@@ -490,18 +483,14 @@ async fn logout(st: AppState, headers: HeaderMap, site: Site, f: FormData) -> Re
 
 fn self_page(st: &AppState, s: &Session) -> SelfT {
     SelfT {
-        page: page(
-            st,
-            Site::SelfService,
-            "Get your BitLocker recovery key",
-            Some(s),
-        ),
+        page: page(st, Site::SelfService, &tr("title-get-key"), Some(s)),
         error: None,
         matches: false,
         helpdesk: None,
         key: None,
         key_id: String::new(),
-        reasons: reasons(&SELF_SERVICE_REASONS, ""),
+        error_field: "",
+        reasons: self_reasons(""),
     }
 }
 
@@ -513,8 +502,8 @@ async fn notice_get(State(st): State<AppState>, headers: HeaderMap) -> Response 
     html(
         StatusCode::OK,
         &NoticeT {
-            page: page(&st, Site::SelfService, "Notice", Some(&s)),
-            notice_text: st.settings().notice_text,
+            page: page(&st, Site::SelfService, &tr("title-notice"), Some(&s)),
+            notice_text: st.settings().notice_for(i18n::current().tag()).to_string(),
         },
     )
 }
@@ -529,7 +518,7 @@ async fn notice_post(State(st): State<AppState>, headers: HeaderMap, f: FormData
             &st,
             Site::SelfService,
             StatusCode::FORBIDDEN,
-            "Missing or wrong CSRF token.",
+            &tr("err-csrf"),
         );
     }
     st.sessions.update(&s.id, |s| s.notice_accepted = true);
@@ -558,7 +547,7 @@ async fn self_key(State(st): State<AppState>, headers: HeaderMap, f: FormData) -
             &st,
             Site::SelfService,
             StatusCode::FORBIDDEN,
-            "Missing or wrong CSRF token.",
+            &tr("err-csrf"),
         );
     }
     if !s.notice_accepted {
@@ -569,16 +558,18 @@ async fn self_key(State(st): State<AppState>, headers: HeaderMap, f: FormData) -
     };
     let mut t = self_page(&st, &s);
     let typed = f.get("key_id").to_string();
-    t.reasons = reasons(&SELF_SERVICE_REASONS, &reason);
+    t.reasons = self_reasons(&reason);
     let key = match parse_key_id_input(&typed) {
         Ok(k) => k,
         Err(e) => {
-            t.error = Some(format!("key_id {e}"));
+            t.error = Some(tr1("err-key-id", "detail", &e.to_string()));
+            t.error_field = "key_id";
             return html(StatusCode::BAD_REQUEST, &t);
         }
     };
     if !SELF_SERVICE_REASONS.contains(&reason.as_str()) {
-        t.error = Some("reason must be one of the listed reasons".into());
+        t.error = Some(tr("err-reason"));
+        t.error_field = "reason";
         t.key_id = typed.chars().take(64).collect();
         return html(StatusCode::BAD_REQUEST, &t);
     }
@@ -622,19 +613,18 @@ async fn self_key(State(st): State<AppState>, headers: HeaderMap, f: FormData) -
         }
         KeyAnswer::NotFound => {
             // Nothing typed is echoed: absent and foreign key IDs must render identically.
-            t.reasons = reasons(&SELF_SERVICE_REASONS, "");
-            t.error = Some("No recovery key matches this Recovery Key ID. Check the digits on the recovery screen.".into());
+            t.reasons = self_reasons("");
+            t.error = Some(tr("err-not-found"));
+            t.error_field = "key_id";
             StatusCode::NOT_FOUND
         }
         KeyAnswer::Foreign => {
-            t.error =
-                Some("This recovery key belongs to a device you are not associated with.".into());
+            t.error = Some(tr("err-foreign"));
+            t.error_field = "key_id";
             StatusCode::NOT_FOUND
         }
         KeyAnswer::RateLimited => {
-            t.error = Some(
-                "Too many failed key requests. Try again later or contact your help desk.".into(),
-            );
+            t.error = Some(tr("err-rate-limited"));
             StatusCode::TOO_MANY_REQUESTS
         }
     };
@@ -669,12 +659,7 @@ async fn help_key(State(st): State<AppState>, headers: HeaderMap, f: FormData) -
         Err(r) => return r,
     };
     if !csrf_ok(&s, &f) {
-        return message(
-            &st,
-            Site::HelpDesk,
-            StatusCode::FORBIDDEN,
-            "Missing or wrong CSRF token.",
-        );
+        return message(&st, Site::HelpDesk, StatusCode::FORBIDDEN, &tr("err-csrf"));
     }
     let Some(user) = s.user.clone() else {
         return redirect("/HelpDesk/login");
@@ -778,12 +763,7 @@ async fn tpm_post(State(st): State<AppState>, headers: HeaderMap, f: FormData) -
         Err(r) => return r,
     };
     if !csrf_ok(&s, &f) {
-        return message(
-            &st,
-            Site::HelpDesk,
-            StatusCode::FORBIDDEN,
-            "Missing or wrong CSRF token.",
-        );
+        return message(&st, Site::HelpDesk, StatusCode::FORBIDDEN, &tr("err-csrf"));
     }
     let Some(user) = s.user.clone() else {
         return redirect("/HelpDesk/login");
@@ -879,7 +859,7 @@ async fn admin_gate(st: &AppState, headers: &HeaderMap, f: &FormData) -> Result<
             st,
             Site::Admin,
             StatusCode::FORBIDDEN,
-            "Missing or wrong CSRF token.",
+            &tr("err-csrf"),
         ));
     }
     Ok(s)
@@ -951,6 +931,8 @@ async fn admin_settings(State(st): State<AppState>, headers: HeaderMap, f: FormD
             helpdesk_text: text("helpdesk_text"),
             helpdesk_url: text("helpdesk_url"),
             notice_text: text("notice_text"),
+            notice_texts: text("notice_text_ja")
+                .map(|v| std::collections::BTreeMap::from([("ja".to_string(), Some(v))])),
             idle_timeout_secs: num(&f, "idle_timeout_secs")?,
             warning_secs: num(&f, "warning_secs")?,
             lookup_failure_limit: num(&f, "lookup_failure_limit")?,
@@ -1082,4 +1064,5 @@ pub fn routes() -> Router<AppState> {
                 },
             ),
         )
+        .layer(axum::middleware::from_fn(i18n::layer))
 }

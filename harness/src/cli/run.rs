@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::CliError;
-use crate::portal::{find_portal_bin, EmbeddedPortal, PortalTarget};
+use crate::portal::{find_portal_bin, ChromeOptions, EmbeddedPortal, PortalTarget};
 use crate::runner::{self, report, RunOptions, ScenarioReport};
 use crate::scenario::{load_catalog, select, Filter, Scenario};
 
@@ -56,9 +56,15 @@ pub struct RunArgs {
     /// Write the run as JSON here.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Write the HTML report (`index.html`) into this directory.
+    /// Write the HTML report (`index.html`) into this directory (with `--browser`, the
+    /// screenshots too, as PNG files next to it).
     #[arg(long, value_name = "DIR")]
     pub html: Option<PathBuf>,
+    /// Play the self-service user in headless Chromium over WebDriver (Debian's `chromium`
+    /// and `chromium-driver`; `$HARNESS_CHROMIUM` / `$HARNESS_CHROMEDRIVER` override): typed
+    /// with the keyboard, a screenshot of each page.
+    #[arg(long)]
+    pub browser: bool,
 }
 
 /// Loads, filters and shards the catalog; a bad file fails the whole catalog.
@@ -129,6 +135,12 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<(), CliError> {
     if scenarios.is_empty() {
         return Err(CliError::Usage("no scenario matches the filters".into()));
     }
+    // Before the portal starts: a missing browser is a usage problem, said at once.
+    let browser = if args.browser {
+        Some(ChromeOptions::detect().map_err(|e| CliError::Usage(e.to_string()))?)
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -167,7 +179,10 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let report = runner::run(
         &scenarios,
         &target,
-        &RunOptions { jobs: args.jobs },
+        &RunOptions {
+            jobs: args.jobs,
+            browser,
+        },
         &on_done,
     );
     bar.finish_and_clear();
@@ -182,6 +197,12 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<(), CliError> {
     if let Some(dir) = &args.html {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("index.html"), report::html(&report))?;
+        for s in &report.scenarios {
+            for (i, shot) in s.screenshots.iter().enumerate() {
+                let file = report::screenshot_file(&s.name, i, &shot.name);
+                std::fs::write(dir.join(file), &shot.png)?;
+            }
+        }
     }
     if report.failed() > 0 {
         return Err(CliError::ScenariosFailed {

@@ -48,7 +48,8 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn from_page(page: &Page) -> Answer {
+    /// Classifies a page by the contract's element ids (also used by the Chromium user).
+    pub fn from_page(page: &Page) -> Answer {
         Answer {
             outcome: classify(page),
             status: page.status,

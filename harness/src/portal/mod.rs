@@ -16,6 +16,7 @@
 
 mod api;
 mod browser;
+pub mod chrome;
 mod error;
 mod html;
 mod http;
@@ -26,6 +27,7 @@ pub use api::{
     HelpDeskApi, HelpDeskLookup, Rotation, Settings, SettingsPatch, SignIn,
 };
 pub use browser::{Answer, BrowserUser, HelpDeskOperator, IdleWarning, Outcome};
+pub use chrome::{ChromeError, ChromeOptions, ChromeUser, Screenshot};
 pub use error::PortalError;
 pub use html::{extract_key_ids, Page};
 pub use process::{find_portal_bin, EmbeddedOptions, EmbeddedPortal};

@@ -9,6 +9,7 @@
 mod play;
 pub mod report;
 mod steps;
+mod user;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -19,7 +20,7 @@ use serde::Serialize;
 pub use play::LockoutFacts;
 pub use steps::{Failure, StepRecord};
 
-use crate::portal::{Admin, PortalTarget, SettingsPatch};
+use crate::portal::{Admin, ChromeOptions, PortalTarget, Screenshot, SettingsPatch};
 use crate::scenario::Scenario;
 
 /// How to run.
@@ -27,6 +28,9 @@ use crate::scenario::Scenario;
 pub struct RunOptions {
     /// Worker threads (scenarios in flight at once).
     pub jobs: usize,
+    /// Play the self-service user in headless Chromium (`--browser`); `None`: the
+    /// no-JavaScript client.
+    pub browser: Option<ChromeOptions>,
 }
 
 /// One scenario's result.
@@ -47,6 +51,9 @@ pub struct ScenarioReport {
     /// Wall time.
     #[serde(serialize_with = "millis")]
     pub duration: Duration,
+    /// The browser's screenshots (`--browser`), in order; written next to the HTML report.
+    #[serde(skip)]
+    pub screenshots: Vec<Screenshot>,
 }
 
 impl ScenarioReport {
@@ -105,7 +112,7 @@ pub fn run(
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(&index) = shared.get(i) else { break };
-                let report = run_one(&scenarios[index], target, None);
+                let report = run_one(&scenarios[index], target, None, options);
                 on_done(&report);
                 if let Ok(mut r) = results.lock() {
                     r[index] = Some(report);
@@ -119,6 +126,7 @@ pub fn run(
             &scenarios[index],
             target,
             play::idle_settings(&scenarios[index]),
+            options,
         );
         on_done(&report);
         if let Ok(mut r) = results.lock() {
@@ -144,12 +152,13 @@ fn run_one(
     scenario: &Scenario,
     target: &PortalTarget,
     settings: Option<SettingsPatch>,
+    options: &RunOptions,
 ) -> ScenarioReport {
     let start = Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
-    let (failure, steps, lockout) = match runtime {
+    let (failure, steps, lockout, screenshots) = match runtime {
         Err(e) => (
             Some(Failure {
                 step: "start an async runtime".into(),
@@ -158,24 +167,43 @@ fn run_one(
             }),
             Vec::new(),
             LockoutFacts::default(),
+            Vec::new(),
         ),
         Ok(rt) => rt.block_on(async {
             let mut previous = None;
             if let Some(patch) = &settings {
                 match apply_settings(target, patch).await {
                     Ok(old) => previous = Some(old),
-                    Err(failure) => return (Some(failure), Vec::new(), LockoutFacts::default()),
+                    Err(failure) => {
+                        return (
+                            Some(failure),
+                            Vec::new(),
+                            LockoutFacts::default(),
+                            Vec::new(),
+                        )
+                    }
                 }
             }
             let mut play = play::Play::new(scenario, target);
+            play.browser = options.browser.clone();
             let outcome = play.run().await;
             if let Some(old) = previous {
                 // Put the portal back as it was; a failure here fails the scenario too.
                 if let Err(failure) = apply_settings(target, &old).await {
-                    return (Some(failure), play.steps.into_records(), play.facts);
+                    return (
+                        Some(failure),
+                        play.steps.into_records(),
+                        play.facts,
+                        play.screenshots,
+                    );
                 }
             }
-            (outcome.err(), play.steps.into_records(), play.facts)
+            (
+                outcome.err(),
+                play.steps.into_records(),
+                play.facts,
+                play.screenshots,
+            )
         }),
     };
     ScenarioReport {
@@ -186,6 +214,7 @@ fn run_one(
         steps,
         lockout,
         duration: start.elapsed(),
+        screenshots,
     }
 }
 

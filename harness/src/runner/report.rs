@@ -120,7 +120,19 @@ fn steps_text(s: &ScenarioReport) -> String {
     out
 }
 
-/// The HTML report: one self-contained page.
+/// The file a screenshot is written to, next to `index.html`:
+/// `<scenario>-<nn>-<name>.png` (names are file-safe: letters, digits, `-`).
+pub fn screenshot_file(scenario: &str, index: usize, name: &str) -> String {
+    let safe = |t: &str| -> String {
+        t.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect()
+    };
+    format!("{}-{:02}-{}.png", safe(scenario), index + 1, safe(name))
+}
+
+/// The HTML report: one page; browser screenshots are PNG files next to it
+/// ([`screenshot_file`]), shown per scenario.
 pub fn html(report: &RunReport) -> String {
     let mut out = String::new();
     out.push_str("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
@@ -129,7 +141,8 @@ pub fn html(report: &RunReport) -> String {
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}\
          table{border-collapse:collapse}td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}\
          .pass{color:#176b2c}.fail{color:#b00020;font-weight:bold}pre{background:#f6f6f6;padding:.6em;white-space:pre-wrap}\
-         details{margin:.6em 0}",
+         details{margin:.6em 0}.shots{display:flex;flex-wrap:wrap;gap:1em}\
+         figure{margin:0}img{border:1px solid #ccc}",
     );
     out.push_str("</style></head><body>");
     let _ = write!(
@@ -196,6 +209,19 @@ pub fn html(report: &RunReport) -> String {
                 "<details open><summary>Why the device went to recovery (PCR diff and events)</summary><pre>{}</pre></details>",
                 escape(explanation)
             );
+        }
+        if !s.screenshots.is_empty() {
+            out.push_str("<details open><summary>In the browser</summary><div class=\"shots\">");
+            for (i, shot) in s.screenshots.iter().enumerate() {
+                let file = escape(&screenshot_file(&s.name, i, &shot.name));
+                let _ = write!(
+                    out,
+                    "<figure><a href=\"{file}\"><img src=\"{file}\" alt=\"{}\" width=\"300\"></a><figcaption>{}</figcaption></figure>",
+                    escape(&shot.name),
+                    escape(&shot.name)
+                );
+            }
+            out.push_str("</div></details>");
         }
     }
     out.push_str("</body></html>\n");

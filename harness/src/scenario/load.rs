@@ -482,6 +482,12 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
             (Some(r), true) => r,
         };
     let rp = |k: &'static str| vec![Key("recovery"), Key(k)];
+    if r.language.is_some() && r.via != RecoveryVia::SelfService {
+        return fail(
+            rp("language"),
+            "`language` is the self-service user's browser language: only with `via: self_service`",
+        );
+    }
     let Some(requester) = s.user(&r.requester) else {
         return fail(
             rp("as"),

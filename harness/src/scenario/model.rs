@@ -276,6 +276,37 @@ pub struct Recovery {
     pub key_id_digits: Option<KeyIdDigits>,
     /// What the portal must answer.
     pub answer: Answer,
+    /// Self-service only: the language of the user's browser (its `Accept-Language`).
+    /// `harness run --browser` checks that the pages come in it (`<html lang>` and the
+    /// Get Key button's wording). Absent: the browser's default, English.
+    #[serde(default)]
+    pub language: Option<Language>,
+}
+
+/// A language the portal's pages come in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Language {
+    En,
+    Ja,
+}
+
+impl Language {
+    /// The BCP 47 tag (`<html lang>`).
+    pub fn tag(self) -> &'static str {
+        match self {
+            Language::En => "en",
+            Language::Ja => "ja",
+        }
+    }
+
+    /// What a browser set to this language sends as `Accept-Language`.
+    pub fn accept_language(self) -> &'static str {
+        match self {
+            Language::En => "en-US,en",
+            Language::Ja => "ja-JP,ja",
+        }
+    }
 }
 
 impl Recovery {
