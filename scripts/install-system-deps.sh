@@ -17,6 +17,9 @@ packages=(
   dislocker             # dislocker-file: a second independent BitLocker reader (decrypts images)
   xz-utils              # xz: the Windows-made BitLocker test images are stored xz-compressed
   ca-certificates
+  chromium              # harness run --browser: the self-service user in headless Chromium
+  chromium-driver       # chromedriver, the WebDriver server the harness drives Chromium through
+  fonts-ipafont-gothic  # a Japanese font, so the Japanese pages render (and screenshot) as text
 )
 
 missing=()

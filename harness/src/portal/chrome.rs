@@ -438,6 +438,12 @@ impl ChromeUser {
             .map_err(self.wd(what))
     }
 
+    /// Runs a script in the page and returns its value (for checks a user's assistive
+    /// technology makes: attributes, focus, labels).
+    pub async fn execute(&self, script: &str) -> Result<Value> {
+        self.js("run a script", script).await
+    }
+
     /// Opens `path` on the portal (like typing the address).
     pub async fn open(&mut self, path: &str) -> Result<()> {
         let url = self

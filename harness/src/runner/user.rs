@@ -7,7 +7,7 @@ use crate::portal::{
 };
 
 pub enum User {
-    Plain(BrowserUser),
+    Plain(Box<BrowserUser>),
     Chrome(Box<ChromeUser>),
 }
 
@@ -22,7 +22,7 @@ impl User {
     ) -> Result<User, String> {
         match browser {
             None => BrowserUser::new(target, username)
-                .map(User::Plain)
+                .map(|u| User::Plain(Box::new(u)))
                 .map_err(|e| e.to_string()),
             Some(options) => {
                 let options = options.with_language(accept_language);

@@ -1,6 +1,7 @@
 //! The harness crate's integration tests: one binary, one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod browser;
 mod cli;
 mod common;
 mod eventlog;
