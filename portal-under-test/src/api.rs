@@ -189,11 +189,10 @@ fn escrow(
         },
         other => other.into(),
     })?;
-    for r in &res {
-        if let EscrowResult::Created(e) = r {
-            s.index.insert(*e);
-        }
-    }
+    s.index.insert_many(res.iter().filter_map(|r| match r {
+        EscrowResult::Created(e) => Some(*e),
+        EscrowResult::Existing => None,
+    }));
     Ok(res)
 }
 

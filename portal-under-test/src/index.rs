@@ -1,17 +1,34 @@
 //! In-memory prefix index over all *current* (not superseded) key IDs.
 //!
 //! Users type the first 8 hex digits of a key ID; those are the top 32 bits of the `u128`
-//! display-order GUID, so the index maps `u32 -> candidates`. It is built from the store at
-//! start and kept current on escrow and supersession. A `RwLock` keeps concurrent readers
-//! correct; it is deliberately simple so it can be tuned later behind the same API.
+//! display-order GUID (`keyid::prefix_of`). The index answers two questions: every current key
+//! with a given 8-digit prefix, and the current key with a given full ID.
+//!
+//! # Layout
+//! A *base* is one sorted array of 32-byte entries (key ID, key row, device row): the key and
+//! its payload share a cache line, so a hit costs one memory access once its position is
+//! known. All keys with one prefix are a contiguous range of it. A bucket table of `u32`
+//! offsets, indexed by the top `bits` bits of the key ID, narrows a lookup to a range of about
+//! [`KEYS_PER_BUCKET`] entries, which is scanned (or binary-searched if a bucket is crowded).
+//! The table costs under 1 byte per key and, at 10M keys, 8 MiB: it mostly stays in the last
+//! level cache, so a lookup is about one DRAM access — the memory floor. Build is a counting
+//! sort by bucket followed by tiny per-bucket sorts: O(n), no full comparison sort.
+//!
+//! # Concurrency
+//! Readers load an immutable [`Snapshot`] through `arc-swap` (no lock, no shared counter
+//! bounce) and never wait. A snapshot is the base plus a small sorted *delta* of keys added
+//! since the base was built and a sorted set of base keys superseded since. Writers (escrow,
+//! supersession) are serialised by a mutex; each copies the small delta, edits it and
+//! publishes a new snapshot. When the delta outgrows [`delta_limit`] the writer merges it into
+//! a new base (O(n), readers keep using the old snapshot until the swap).
 
-use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex};
 
-use crate::keyid::prefix_of;
+use arc_swap::ArcSwap;
 
 /// One current key: its ID and where it lives in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(C, align(32))]
 pub struct IndexEntry {
     pub key_id: u128,
     /// Row id of the key record.
@@ -20,92 +37,546 @@ pub struct IndexEntry {
     pub device_row: i64,
 }
 
-#[derive(Debug, Default)]
+/// Target average bucket occupancy. Measured (benches/benches/lookup.rs, `LOOKUP_BUCKET_KEYS`):
+/// 4 keys/bucket gives the lowest single-lookup latency at 10M keys while the table stays
+/// ≤ 1 byte per key.
+pub const KEYS_PER_BUCKET: usize = 4;
+
+/// Buckets crowded beyond this are binary-searched instead of scanned.
+const SCAN_LIMIT: usize = 32;
+
+/// An immutable sorted array with its bucket table.
+#[derive(Debug)]
+struct Base {
+    entries: Vec<IndexEntry>,
+    /// `offsets[b]..offsets[b + 1]` are the entries whose top `bits` bits are `b`.
+    offsets: Vec<u32>,
+    /// Right shift that turns a key ID into its bucket number (`128 - bits`).
+    shift: u32,
+}
+
+/// Bucket bits for `n` keys at `per_bucket` or more keys per bucket (1 to 32 bits).
+fn bucket_bits(n: usize, per_bucket: usize) -> u32 {
+    let buckets = (n / per_bucket.max(1)).max(2);
+    // Round down to a power of two: between `per_bucket` and `2 * per_bucket` keys a bucket.
+    let bits = usize::BITS - 1 - buckets.leading_zeros();
+    bits.clamp(1, 32)
+}
+
+impl Base {
+    fn empty() -> Self {
+        Base::from_sorted_unique(Vec::new(), KEYS_PER_BUCKET)
+    }
+
+    /// `entries` must be sorted by key ID with no duplicate key IDs, and fewer than 2^32.
+    fn from_sorted_unique(entries: Vec<IndexEntry>, per_bucket: usize) -> Self {
+        let bits = bucket_bits(entries.len(), per_bucket);
+        let shift = 128 - bits;
+        let nb = 1usize << bits;
+        let mut offsets = vec![0u32; nb + 1];
+        // Fill with a single forward walk: offsets[b] = first entry with bucket >= b.
+        let mut b = 0usize;
+        for (i, e) in entries.iter().enumerate() {
+            let eb = (e.key_id >> shift) as usize;
+            while b <= eb {
+                offsets[b] = i as u32;
+                b += 1;
+            }
+        }
+        for o in offsets.iter_mut().skip(b) {
+            *o = entries.len() as u32;
+        }
+        Base {
+            entries,
+            offsets,
+            shift,
+        }
+    }
+
+    /// Sorts and de-duplicates (keeping the first entry of a key ID) with a counting sort by
+    /// bucket followed by small stable per-bucket sorts.
+    fn build(input: Vec<IndexEntry>, per_bucket: usize) -> Self {
+        let n = input.len();
+        let bits = bucket_bits(n, per_bucket);
+        let shift = 128 - bits;
+        let nb = 1usize << bits;
+        let mut counts = vec![0u32; nb + 1];
+        for e in &input {
+            counts[(e.key_id >> shift) as usize + 1] += 1;
+        }
+        for b in 0..nb {
+            counts[b + 1] += counts[b];
+        }
+        let mut offsets = counts.clone();
+        let mut sorted: Vec<IndexEntry> = vec![
+            IndexEntry {
+                key_id: 0,
+                key_row: 0,
+                device_row: 0,
+            };
+            n
+        ];
+        // Stable scatter: input order is kept within a bucket.
+        for e in &input {
+            let b = (e.key_id >> shift) as usize;
+            sorted[counts[b] as usize] = *e;
+            counts[b] += 1;
+        }
+        drop(input);
+        let mut dups = false;
+        for b in 0..nb {
+            let s = &mut sorted[offsets[b] as usize..offsets[b + 1] as usize];
+            if s.len() > 1 {
+                // Stable: the first occurrence of a duplicate key ID stays first.
+                s.sort_by_key(|e| e.key_id);
+                dups |= s.windows(2).any(|w| w[0].key_id == w[1].key_id);
+            }
+        }
+        if dups {
+            sorted.dedup_by_key(|e| e.key_id);
+            return Base::from_sorted_unique(sorted, per_bucket);
+        }
+        offsets.truncate(nb + 1);
+        Base {
+            entries: sorted,
+            offsets,
+            shift,
+        }
+    }
+
+    /// The entries of the bucket holding `key_id`'s top bits.
+    #[inline]
+    fn bucket(&self, key_id: u128) -> &[IndexEntry] {
+        let b = (key_id >> self.shift) as usize;
+        let (lo, hi) = match (self.offsets.get(b), self.offsets.get(b + 1)) {
+            (Some(&lo), Some(&hi)) => (lo as usize, hi as usize),
+            _ => return &[],
+        };
+        self.entries.get(lo..hi).unwrap_or(&[])
+    }
+
+    /// The contiguous range of entries with key IDs in `lo..=hi`.
+    #[inline]
+    fn range(&self, lo: u128, hi: u128) -> &[IndexEntry] {
+        // A prefix range spans several buckets when there are fewer than 32 bucket bits.
+        let (b_lo, b_hi) = ((lo >> self.shift) as usize, (hi >> self.shift) as usize);
+        let (start, end) = match (self.offsets.get(b_lo), self.offsets.get(b_hi + 1)) {
+            (Some(&s), Some(&e)) => (s as usize, e as usize),
+            _ => return &[],
+        };
+        let span = self.entries.get(start..end).unwrap_or(&[]);
+        if span.len() <= SCAN_LIMIT {
+            let first = span
+                .iter()
+                .position(|e| e.key_id >= lo)
+                .unwrap_or(span.len());
+            let rest = &span[first..];
+            let len = rest
+                .iter()
+                .position(|e| e.key_id > hi)
+                .unwrap_or(rest.len());
+            &rest[..len]
+        } else {
+            let first = span.partition_point(|e| e.key_id < lo);
+            let rest = &span[first..];
+            let len = rest.partition_point(|e| e.key_id <= hi);
+            &rest[..len]
+        }
+    }
+
+    #[inline]
+    fn find(&self, key_id: u128) -> Option<&IndexEntry> {
+        let s = self.bucket(key_id);
+        if s.len() <= SCAN_LIMIT {
+            s.iter().find(|e| e.key_id == key_id)
+        } else {
+            s.binary_search_by_key(&key_id, |e| e.key_id)
+                .ok()
+                .and_then(|i| s.get(i))
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<IndexEntry>()
+            + self.offsets.capacity() * std::mem::size_of::<u32>()
+    }
+}
+
+/// What readers see: a base plus the changes since it was built.
+#[derive(Debug)]
+struct Snapshot {
+    base: Arc<Base>,
+    /// Keys added since the base, sorted by key ID; none of them is current in the base.
+    delta: Vec<IndexEntry>,
+    /// Base key IDs superseded since the base was built, sorted.
+    dead: Vec<u128>,
+}
+
+impl Snapshot {
+    fn is_dead(&self, key_id: u128) -> bool {
+        !self.dead.is_empty() && self.dead.binary_search(&key_id).is_ok()
+    }
+
+    fn base_current(&self, key_id: u128) -> bool {
+        self.base.find(key_id).is_some() && !self.is_dead(key_id)
+    }
+
+    fn delta_pos(&self, key_id: u128) -> Result<usize, usize> {
+        self.delta.binary_search_by_key(&key_id, |e| e.key_id)
+    }
+
+    fn len(&self) -> usize {
+        self.base.entries.len() - self.dead.len() + self.delta.len()
+    }
+}
+
+/// The delta size at which a writer merges it into a new base: large enough that merges are
+/// rare (amortised O(1) per insert), small enough that copying it per write stays cheap.
+pub fn delta_limit(base_len: usize, min: usize) -> usize {
+    // sqrt(n) * 8: 25k at 10M keys (a 0.8 MB copy per single escrow, a merge per 25k escrows).
+    let root = (base_len as f64).sqrt() as usize;
+    (root * 8).max(min)
+}
+
+/// The smallest merge threshold of a normal index.
+const DELTA_MIN: usize = 1024;
+
+/// The prefix index. Cheap, lock-free reads; serialised writes.
+#[derive(Debug)]
 pub struct PrefixIndex {
-    inner: RwLock<HashMap<u32, Vec<IndexEntry>>>,
+    current: ArcSwap<Snapshot>,
+    writer: Mutex<()>,
+    per_bucket: usize,
+    /// Lower bound of [`delta_limit`] (tests lower it to exercise merges).
+    delta_min: usize,
+}
+
+impl Default for PrefixIndex {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Memory the index holds, for reports and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Current keys.
+    pub keys: usize,
+    /// Keys in the sorted base array.
+    pub base_keys: usize,
+    /// Keys in the delta (not yet merged).
+    pub delta_keys: usize,
+    /// Superseded base keys not yet merged away.
+    pub dead_keys: usize,
+    /// Bucket bits of the base.
+    pub bucket_bits: u32,
+    /// Heap bytes held by the current snapshot (entries, bucket table, delta, dead set).
+    pub heap_bytes: usize,
 }
 
 impl PrefixIndex {
     pub fn new() -> Self {
-        Self::default()
+        Self::with_keys_per_bucket(Vec::new(), KEYS_PER_BUCKET)
     }
 
-    /// Builds an index from a list of current keys.
+    /// Builds an index from a list of current keys (a key ID given twice keeps its first
+    /// entry).
     pub fn from_entries(entries: impl IntoIterator<Item = IndexEntry>) -> Self {
-        let mut map: HashMap<u32, Vec<IndexEntry>> = HashMap::new();
+        Self::with_keys_per_bucket(entries.into_iter().collect(), KEYS_PER_BUCKET)
+    }
+
+    /// As [`PrefixIndex::from_entries`] with another bucket occupancy (for benchmarks).
+    pub fn with_keys_per_bucket(entries: Vec<IndexEntry>, per_bucket: usize) -> Self {
+        let per_bucket = per_bucket.max(1);
+        let base = if entries.is_empty() {
+            Base::empty()
+        } else {
+            Base::build(entries, per_bucket)
+        };
+        PrefixIndex {
+            current: ArcSwap::from_pointee(Snapshot {
+                base: Arc::new(base),
+                delta: Vec::new(),
+                dead: Vec::new(),
+            }),
+            writer: Mutex::new(()),
+            per_bucket,
+            delta_min: DELTA_MIN,
+        }
+    }
+
+    // A poisoned writer lock only means another writer panicked before publishing; the
+    // published snapshot is always complete, so keep going.
+    fn write_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes `delta`/`dead` on top of `base`, merging when the delta is large.
+    fn publish(&self, base: &Arc<Base>, delta: Vec<IndexEntry>, dead: Vec<u128>) {
+        let snap = if delta.len() + dead.len() > delta_limit(base.entries.len(), self.delta_min) {
+            Snapshot {
+                base: Arc::new(merge(base, &delta, &dead, self.per_bucket)),
+                delta: Vec::new(),
+                dead: Vec::new(),
+            }
+        } else {
+            Snapshot {
+                base: base.clone(),
+                delta,
+                dead,
+            }
+        };
+        self.current.store(Arc::new(snap));
+    }
+
+    /// Adds a current key; a key ID already current is left as is.
+    pub fn insert(&self, entry: IndexEntry) {
+        self.insert_many(std::iter::once(entry));
+    }
+
+    /// Adds many current keys with one publication (bulk escrow).
+    pub fn insert_many(&self, entries: impl IntoIterator<Item = IndexEntry>) {
+        let _w = self.write_lock();
+        let snap = self.current.load_full();
+        let mut delta = snap.delta.clone();
+        let mut added = false;
         for e in entries {
-            let v = map.entry(prefix_of(e.key_id)).or_default();
-            if !v.iter().any(|x| x.key_id == e.key_id) {
-                v.push(e);
+            if snap.base_current(e.key_id) {
+                continue;
+            }
+            if let Err(pos) = delta.binary_search_by_key(&e.key_id, |x| x.key_id) {
+                delta.insert(pos, e);
+                added = true;
             }
         }
-        PrefixIndex {
-            inner: RwLock::new(map),
-        }
-    }
-
-    // A poisoned lock only means another thread panicked mid-update of a Vec push/remove;
-    // the map itself stays structurally valid, so keep serving.
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u32, Vec<IndexEntry>>> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner())
-    }
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u32, Vec<IndexEntry>>> {
-        self.inner.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Adds a current key; a key ID already present is left as is.
-    pub fn insert(&self, entry: IndexEntry) {
-        let mut map = self.write();
-        let v = map.entry(prefix_of(entry.key_id)).or_default();
-        if !v.iter().any(|x| x.key_id == entry.key_id) {
-            v.push(entry);
+        if added {
+            self.publish(&snap.base, delta, snap.dead.clone());
         }
     }
 
     /// Removes a key that was superseded; returns whether it was present.
     pub fn supersede(&self, key_id: u128) -> bool {
-        let mut map = self.write();
-        let p = prefix_of(key_id);
-        let Some(v) = map.get_mut(&p) else {
-            return false;
-        };
-        let before = v.len();
-        v.retain(|x| x.key_id != key_id);
-        let removed = v.len() != before;
-        if v.is_empty() {
-            map.remove(&p);
+        let _w = self.write_lock();
+        let snap = self.current.load_full();
+        if let Ok(pos) = snap.delta_pos(key_id) {
+            let mut delta = snap.delta.clone();
+            delta.remove(pos);
+            self.publish(&snap.base, delta, snap.dead.clone());
+            return true;
         }
-        removed
+        if !snap.base_current(key_id) {
+            return false;
+        }
+        let mut dead = snap.dead.clone();
+        if let Err(pos) = dead.binary_search(&key_id) {
+            dead.insert(pos, key_id);
+        }
+        self.publish(&snap.base, snap.delta.clone(), dead);
+        true
     }
 
     /// All current keys whose first 8 digits are `prefix`, in key-ID order.
     pub fn lookup_prefix(&self, prefix: u32) -> Vec<IndexEntry> {
-        let mut v = self.read().get(&prefix).cloned().unwrap_or_default();
-        v.sort_unstable();
-        v
+        let mut out = Vec::new();
+        self.for_each_prefix(prefix, |e| out.push(*e));
+        out
+    }
+
+    /// Calls `f` for every current key with this prefix, in key-ID order; returns how many.
+    /// No allocation: the form a server loop or a benchmark uses.
+    pub fn for_each_prefix(&self, prefix: u32, mut f: impl FnMut(&IndexEntry)) -> usize {
+        let snap = self.current.load();
+        let lo = u128::from(prefix) << 96;
+        let hi = lo | ((1u128 << 96) - 1);
+        let base = snap.base.range(lo, hi);
+        if snap.delta.is_empty() && snap.dead.is_empty() {
+            base.iter().for_each(&mut f);
+            return base.len();
+        }
+        let d0 = snap.delta.partition_point(|e| e.key_id < lo);
+        let d1 = snap.delta.partition_point(|e| e.key_id <= hi);
+        let delta = snap.delta.get(d0..d1).unwrap_or(&[]);
+        // Merge the two sorted runs (key IDs are disjoint), skipping superseded base keys.
+        let (mut i, mut j, mut n) = (0, 0, 0);
+        loop {
+            let take_base = match (base.get(i), delta.get(j)) {
+                (Some(b), Some(d)) => b.key_id < d.key_id,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if take_base {
+                if let Some(b) = base.get(i) {
+                    if !snap.is_dead(b.key_id) {
+                        f(b);
+                        n += 1;
+                    }
+                }
+                i += 1;
+            } else {
+                if let Some(d) = delta.get(j) {
+                    f(d);
+                    n += 1;
+                }
+                j += 1;
+            }
+        }
+        n
     }
 
     /// The current key with exactly this ID.
     pub fn lookup_full(&self, key_id: u128) -> Option<IndexEntry> {
-        self.read()
-            .get(&prefix_of(key_id))
-            .and_then(|v| v.iter().find(|x| x.key_id == key_id).copied())
+        let snap = self.current.load();
+        if let Some(e) = snap.base.find(key_id) {
+            if !snap.is_dead(key_id) {
+                return Some(*e);
+            }
+        }
+        if snap.delta.is_empty() {
+            return None;
+        }
+        snap.delta_pos(key_id)
+            .ok()
+            .and_then(|i| snap.delta.get(i).copied())
+    }
+
+    /// Independent prefix lookups as a server sees many queries in flight: the bucket
+    /// offsets and the first cache line of each range are read for a group of queries
+    /// before any of them is scanned, so their memory accesses overlap. Calls
+    /// `f(query_index, entry)` for every match; returns the number of matches.
+    pub fn lookup_prefix_batch(
+        &self,
+        prefixes: &[u32],
+        mut f: impl FnMut(usize, &IndexEntry),
+    ) -> usize {
+        const GROUP: usize = 16;
+        let snap = self.current.load();
+        if !snap.delta.is_empty() || !snap.dead.is_empty() {
+            let mut n = 0;
+            for (q, &p) in prefixes.iter().enumerate() {
+                n += self.for_each_prefix(p, |e| f(q, e));
+            }
+            return n;
+        }
+        let base = &snap.base;
+        let mut n = 0;
+        for (g, chunk) in prefixes.chunks(GROUP).enumerate() {
+            let mut spans = [(0usize, 0usize); GROUP];
+            // Stage 1: bucket offsets (independent loads).
+            for (s, &p) in spans.iter_mut().zip(chunk) {
+                let lo = u128::from(p) << 96;
+                let hi = lo | ((1u128 << 96) - 1);
+                let (b_lo, b_hi) = ((lo >> base.shift) as usize, (hi >> base.shift) as usize);
+                if let (Some(&a), Some(&b)) = (base.offsets.get(b_lo), base.offsets.get(b_hi + 1)) {
+                    *s = (a as usize, b as usize);
+                }
+            }
+            // Stage 2: touch the first entry of every range (independent loads).
+            let mut touch = 0u128;
+            for &(a, b) in spans.iter().take(chunk.len()) {
+                if a < b {
+                    if let Some(e) = base.entries.get(a) {
+                        touch ^= e.key_id;
+                    }
+                }
+            }
+            std::hint::black_box(touch);
+            // Stage 3: scan.
+            for (k, &p) in chunk.iter().enumerate() {
+                let lo = u128::from(p) << 96;
+                let hi = lo | ((1u128 << 96) - 1);
+                let q = g * GROUP + k;
+                for e in base.range(lo, hi) {
+                    f(q, e);
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// Number of current keys.
     pub fn len(&self) -> usize {
-        self.read().values().map(Vec::len).sum()
+        self.current.load().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Sizes and memory of the current snapshot.
+    pub fn stats(&self) -> IndexStats {
+        let snap = self.current.load();
+        IndexStats {
+            keys: snap.len(),
+            base_keys: snap.base.entries.len(),
+            delta_keys: snap.delta.len(),
+            dead_keys: snap.dead.len(),
+            bucket_bits: 128 - snap.base.shift,
+            heap_bytes: snap.base.bytes()
+                + snap.delta.capacity() * std::mem::size_of::<IndexEntry>()
+                + snap.dead.capacity() * std::mem::size_of::<u128>(),
+        }
+    }
+
+    /// Merges the delta into a new base now (start-up after bulk loads, benchmarks).
+    pub fn compact(&self) {
+        let _w = self.write_lock();
+        let snap = self.current.load_full();
+        if snap.delta.is_empty() && snap.dead.is_empty() {
+            return;
+        }
+        let base = merge(&snap.base, &snap.delta, &snap.dead, self.per_bucket);
+        self.current.store(Arc::new(Snapshot {
+            base: Arc::new(base),
+            delta: Vec::new(),
+            dead: Vec::new(),
+        }));
+    }
+}
+
+/// A new base: `base` minus `dead`, plus `delta` (both sorted, key IDs disjoint from the
+/// current base keys).
+fn merge(base: &Base, delta: &[IndexEntry], dead: &[u128], per_bucket: usize) -> Base {
+    let mut out =
+        Vec::with_capacity(base.entries.len() + delta.len() - dead.len().min(base.entries.len()));
+    let (mut i, mut j) = (0, 0);
+    let live = |e: &IndexEntry| dead.is_empty() || dead.binary_search(&e.key_id).is_err();
+    loop {
+        match (base.entries.get(i), delta.get(j)) {
+            (Some(b), Some(d)) if b.key_id < d.key_id => {
+                if live(b) {
+                    out.push(*b);
+                }
+                i += 1;
+            }
+            (Some(b), Some(d)) if b.key_id == d.key_id => {
+                // A superseded base key escrowed again: the delta entry is current.
+                out.push(*d);
+                i += 1;
+                j += 1;
+            }
+            (_, Some(d)) => {
+                out.push(*d);
+                j += 1;
+            }
+            (Some(b), None) => {
+                if live(b) {
+                    out.push(*b);
+                }
+                i += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    Base::from_sorted_unique(out, per_bucket)
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use crate::keyid::prefix_of;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -113,34 +584,108 @@ mod tests {
     enum Op {
         Insert(u128),
         Supersede(u128),
+        Compact,
     }
 
-    /// Key IDs from a small prefix space so collisions are common.
+    /// Key IDs from a small prefix space so collisions (many matches) are common; a few
+    /// prefixes are crowded enough to take the binary-search path, and the low bits vary in
+    /// the bucket bits too.
     fn key_id() -> impl Strategy<Value = u128> {
-        (0u32..8, 0u128..16).prop_map(|(p, low)| ((p as u128) << 96) | low)
+        prop_oneof![
+            (0u32..8, 0u128..64).prop_map(|(p, low)| ((p as u128) << 96) | low),
+            (0u32..8, any::<u32>(), 0u128..4)
+                .prop_map(|(p, mid, low)| ((p as u128) << 96) | ((mid as u128) << 64) | low),
+            any::<u128>(),
+            Just(u128::MAX),
+            Just(0u128),
+        ]
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => key_id().prop_map(Op::Insert),
-            1 => key_id().prop_map(Op::Supersede),
+            6 => key_id().prop_map(Op::Insert),
+            2 => key_id().prop_map(Op::Supersede),
+            1 => Just(Op::Compact),
         ]
     }
 
+    fn entry(k: u128, row: usize) -> IndexEntry {
+        IndexEntry {
+            key_id: k,
+            key_row: row as i64,
+            device_row: (k % 3) as i64,
+        }
+    }
+
+    type Model = BTreeMap<u128, (IndexEntry, bool)>;
+
+    fn check(index: &PrefixIndex, model: &Model, probes: &[u128]) -> Result<(), TestCaseError> {
+        let current: Vec<IndexEntry> = model
+            .values()
+            .filter(|(_, s)| !s)
+            .map(|(e, _)| *e)
+            .collect();
+        let mut prefixes: Vec<u32> = probes.iter().map(|k| prefix_of(*k)).collect();
+        prefixes.extend(current.iter().map(|e| prefix_of(e.key_id)).take(20));
+        for &p in &prefixes {
+            let expected: Vec<IndexEntry> = current
+                .iter()
+                .filter(|e| prefix_of(e.key_id) == p)
+                .copied()
+                .collect();
+            prop_assert_eq!(index.lookup_prefix(p), expected.clone());
+            let mut seen = 0;
+            prop_assert_eq!(index.for_each_prefix(p, |_| seen += 1), expected.len());
+            prop_assert_eq!(seen, expected.len());
+        }
+        // The batch form agrees with single lookups.
+        let mut batch: Vec<(usize, IndexEntry)> = Vec::new();
+        index.lookup_prefix_batch(&prefixes, |q, e| batch.push((q, *e)));
+        let singles: Vec<(usize, IndexEntry)> = prefixes
+            .iter()
+            .enumerate()
+            .flat_map(|(q, &p)| index.lookup_prefix(p).into_iter().map(move |e| (q, e)))
+            .collect();
+        prop_assert_eq!(batch, singles);
+        for probe in probes.iter().chain(model.keys()) {
+            let full = model.get(probe).filter(|(_, sup)| !sup).map(|(e, _)| *e);
+            prop_assert_eq!(index.lookup_full(*probe), full);
+        }
+        prop_assert_eq!(index.len(), current.len());
+        Ok(())
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
         #[test]
-        fn agrees_with_brute_force(ops in proptest::collection::vec(op(), 0..200), probes in proptest::collection::vec(key_id(), 1..20)) {
-            let index = PrefixIndex::new();
-            // Brute-force model: every key ever inserted, with its superseded flag.
-            let mut model: BTreeMap<u128, (IndexEntry, bool)> = BTreeMap::new();
+        fn agrees_with_brute_force(
+            initial in proptest::collection::vec(key_id(), 0..100),
+            ops in proptest::collection::vec(op(), 0..200),
+            probes in proptest::collection::vec(key_id(), 1..20),
+            per_bucket in 1usize..6,
+            delta_min in prop_oneof![Just(1usize), Just(4), Just(1024)],
+        ) {
+            // Built from a list (with duplicates: the first entry of a key ID wins).
+            let mut model: Model = BTreeMap::new();
+            let mut init = Vec::new();
+            for (row, k) in initial.iter().enumerate() {
+                init.push(entry(*k, row));
+                model.entry(*k).or_insert((entry(*k, row), false));
+            }
+            let mut index = PrefixIndex::with_keys_per_bucket(init, per_bucket);
+            index.delta_min = delta_min;
+            check(&index, &model, &probes)?;
             for (row, op) in ops.iter().enumerate() {
+                let row = row + 1000;
                 match op {
                     Op::Insert(k) => {
-                        let e = IndexEntry { key_id: *k, key_row: row as i64, device_row: (*k % 3) as i64 };
                         // A superseded key ID is never re-escrowed (the store refuses it).
                         if !model.contains_key(k) {
-                            model.insert(*k, (e, false));
-                            index.insert(e);
+                            model.insert(*k, (entry(*k, row), false));
+                            index.insert(entry(*k, row));
+                        } else if !model[k].1 {
+                            // Inserting a current key again leaves it as is.
+                            index.insert(entry(*k, row));
                         }
                     }
                     Op::Supersede(k) => {
@@ -148,24 +693,53 @@ mod tests {
                         prop_assert_eq!(index.supersede(*k), was_current);
                         if let Some(m) = model.get_mut(k) { m.1 = true; }
                     }
+                    Op::Compact => index.compact(),
                 }
             }
-            for probe in probes {
-                let p = prefix_of(probe);
-                let expected: Vec<IndexEntry> = model.values()
-                    .filter(|(e, sup)| !sup && prefix_of(e.key_id) == p)
-                    .map(|(e, _)| *e).collect();
-                prop_assert_eq!(index.lookup_prefix(p), expected);
-                let full = model.get(&probe).filter(|(_, sup)| !sup).map(|(e, _)| *e);
-                prop_assert_eq!(index.lookup_full(probe), full);
-            }
-            prop_assert_eq!(index.len(), model.values().filter(|(_, s)| !s).count());
+            check(&index, &model, &probes)?;
             // Rebuilding from the current entries gives the same answers.
-            let rebuilt = PrefixIndex::from_entries(model.values().filter(|(_, s)| !s).map(|(e, _)| *e));
-            for p in 0u32..8 {
-                prop_assert_eq!(rebuilt.lookup_prefix(p), index.lookup_prefix(p));
-            }
+            let rebuilt = PrefixIndex::from_entries(
+                model.values().filter(|(_, s)| !s).map(|(e, _)| *e),
+            );
+            check(&rebuilt, &model, &probes)?;
+            index.compact();
+            check(&index, &model, &probes)?;
         }
+    }
+
+    #[test]
+    fn many_matches_of_one_prefix() {
+        let entries: Vec<IndexEntry> = (0..5000u128)
+            .map(|i| entry((0xABCD_EF01u128 << 96) | (i * 7919), i as usize))
+            .chain(
+                (0..5000u128)
+                    .map(|i| entry(i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835), 0)),
+            )
+            .collect();
+        let index = PrefixIndex::from_entries(entries);
+        let v = index.lookup_prefix(0xABCD_EF01);
+        assert!(v.len() >= 5000);
+        assert!(v.windows(2).all(|w| w[0].key_id < w[1].key_id));
+        assert!(index.lookup_full((0xABCD_EF01u128 << 96) | 7919).is_some());
+        assert!(index.lookup_full((0xABCD_EF01u128 << 96) | 7920).is_none());
+        assert!(index.lookup_prefix(0xABCD_EF02).len() <= 1);
+    }
+
+    #[test]
+    fn memory_per_key_is_small() {
+        let n = 1 << 16;
+        let entries: Vec<IndexEntry> = (0..n as u128)
+            .map(|i| {
+                entry(
+                    i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835),
+                    i as usize,
+                )
+            })
+            .collect();
+        let index = PrefixIndex::from_entries(entries);
+        let s = index.stats();
+        assert_eq!(s.keys, n);
+        assert!(s.heap_bytes as f64 / n as f64 <= 40.0, "{s:?}");
     }
 
     #[test]
@@ -174,12 +748,16 @@ mod tests {
         let writer = {
             let index = index.clone();
             std::thread::spawn(move || {
-                for i in 0..2000u128 {
+                for i in 0..3000u128 {
                     index.insert(IndexEntry {
                         key_id: (7u128 << 96) | i,
                         key_row: i as i64,
                         device_row: 1,
                     });
+                    if i % 3 == 2 {
+                        // Supersede an older one: readers must never see a torn state.
+                        assert!(index.supersede((7u128 << 96) | (i - 2)));
+                    }
                 }
             })
         };
@@ -187,12 +765,14 @@ mod tests {
             .map(|_| {
                 let index = index.clone();
                 std::thread::spawn(move || {
-                    let mut last = 0;
+                    let mut last_max = 0u128;
                     for _ in 0..500 {
                         let v = index.lookup_prefix(7);
-                        assert!(v.len() >= last, "entries never disappear without supersede");
                         assert!(v.windows(2).all(|w| w[0].key_id < w[1].key_id));
-                        last = v.len();
+                        // Keys are added in increasing order: the newest never goes back.
+                        let max = v.last().map(|e| e.key_id).unwrap_or(0);
+                        assert!(max >= last_max);
+                        last_max = max;
                     }
                 })
             })
