@@ -43,6 +43,10 @@ pub struct Settings {
     pub warning_secs: u64,
     pub lookup_failure_limit: u64,
     pub lookup_failure_window_secs: u64,
+    /// Accounts (user names, any case) the failed-lookup limit does not apply to, e.g. a
+    /// load-test account. Empty by default; absent from older stored settings.
+    #[serde(default)]
+    pub lookup_rate_limit_exempt: Vec<String>,
 }
 
 /// The Japanese notice shipped by default.
@@ -79,6 +83,7 @@ impl Default for Settings {
             warning_secs: 60,
             lookup_failure_limit: 10,
             lookup_failure_window_secs: 600,
+            lookup_rate_limit_exempt: Vec::new(),
         }
     }
 }
@@ -98,6 +103,7 @@ pub struct SettingsPatch {
     pub warning_secs: Option<u64>,
     pub lookup_failure_limit: Option<u64>,
     pub lookup_failure_window_secs: Option<u64>,
+    pub lookup_rate_limit_exempt: Option<Vec<String>>,
 }
 
 fn text(
@@ -181,6 +187,18 @@ impl Settings {
         if let Some(v) = p.lookup_failure_window_secs {
             range("lookup_failure_window_secs", v, 1, 86400)?;
             s.lookup_failure_window_secs = v;
+        }
+        if let Some(v) = &p.lookup_rate_limit_exempt {
+            if v.len() > 100 {
+                return Err((
+                    "lookup_rate_limit_exempt",
+                    "must name at most 100 accounts".into(),
+                ));
+            }
+            for name in v {
+                text("lookup_rate_limit_exempt", name, 1, 256)?;
+            }
+            s.lookup_rate_limit_exempt = v.clone();
         }
         Ok(s)
     }

@@ -157,6 +157,27 @@ async fn openapi() -> impl axum::response::IntoResponse {
     )
 }
 
+/// Routes only for benchmarks (`--features bench-routes`, never in a default build): a
+/// trivial JSON handler that shares the server, router and layers with the real routes, so
+/// an HTTP benchmark can compare a route against it in the same process.
+#[cfg(feature = "bench-routes")]
+fn bench_routes() -> Router<AppState> {
+    Router::new().route(
+        "/bench/trivial",
+        post(|| async {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                "{\"outcome\":\"ok\"}",
+            )
+        }),
+    )
+}
+
+#[cfg(not(feature = "bench-routes"))]
+fn bench_routes() -> Router<AppState> {
+    Router::new()
+}
+
 /// The whole application.
 pub fn app(state: AppState) -> Router {
     let body_cap = state.config.max_body_bytes;
@@ -194,6 +215,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/helpdesk/lookup", post(api::helpdesk_lookup))
         // HTML.
         .merge(web::routes())
+        .merge(bench_routes())
         .layer(DefaultBodyLimit::max(body_cap))
         .merge(bulk)
         .layer(TraceLayer::new_for_http())

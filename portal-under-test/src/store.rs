@@ -290,6 +290,35 @@ type KeyRow = (i64, Vec<u8>, i64, String, Vec<u8>, Vec<u8>, bool);
 /// SQLite behind one mutex-guarded connection (WAL journal).
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    audit: AuditQueue,
+}
+
+/// Group commit of audit rows: callers queue their row; one of them (the leader) writes every
+/// queued row in one transaction while the others wait, and each call returns only after the
+/// transaction holding its row has committed. The durability promise of a single append is
+/// kept (a lookup is answered only after its audit row is committed); concurrent lookups
+/// share one commit instead of paying one each.
+#[derive(Default)]
+struct AuditQueue {
+    state: Mutex<AuditState>,
+    done: std::sync::Condvar,
+}
+
+// A panic while holding the queue lock leaves plain data behind: keep using it.
+fn lock_audit(m: &Mutex<AuditState>) -> MutexGuard<'_, AuditState> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Default)]
+struct AuditState {
+    pending: Vec<AuditRow>,
+    /// Sequence number of the next queued row.
+    next: u64,
+    /// Every row below this sequence number is settled (committed or failed).
+    settled: u64,
+    flushing: bool,
+    /// Recently failed sequence ranges, so waiting callers learn their batch failed.
+    failed: std::collections::VecDeque<(u64, u64, String)>,
 }
 
 impl SqliteStore {
@@ -305,7 +334,41 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            audit: AuditQueue::default(),
         })
+    }
+
+    /// Writes audit rows in one transaction.
+    fn write_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        for row in rows {
+            let unix = time::OffsetDateTime::parse(
+                &row.time,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .map(|t| t.unix_timestamp())
+            .unwrap_or(0);
+            tx.prepare_cached(
+                "INSERT INTO audit(time, time_unix, source, requester, requester_lc, end_user, device, key_id, key_type, reason, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                row.time,
+                unix,
+                row.source,
+                row.requester,
+                row.requester.to_lowercase(),
+                row.end_user,
+                row.device,
+                row.key_id,
+                row.key_type,
+                row.reason,
+                row.outcome
+            ])?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -1066,29 +1129,38 @@ impl Store for SqliteStore {
     }
 
     fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError> {
-        let unix =
-            time::OffsetDateTime::parse(&row.time, &time::format_description::well_known::Rfc3339)
-                .map(|t| t.unix_timestamp())
-                .unwrap_or(0);
-        self.conn()
-            .prepare_cached(
-                "INSERT INTO audit(time, time_unix, source, requester, requester_lc, end_user, device, key_id, key_type, reason, outcome)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?
-            .execute(params![
-                row.time,
-                unix,
-                row.source,
-                row.requester,
-                row.requester.to_lowercase(),
-                row.end_user,
-                row.device,
-                row.key_id,
-                row.key_type,
-                row.reason,
-                row.outcome
-            ])?;
-        Ok(())
+        let q = &self.audit;
+        let mut st = lock_audit(&q.state);
+        let seq = st.next;
+        st.next += 1;
+        st.pending.push(row.clone());
+        loop {
+            if st.settled > seq {
+                return match st.failed.iter().find(|(a, b, _)| (*a..*b).contains(&seq)) {
+                    Some((_, _, m)) => Err(StoreError::Corrupt(format!("audit write failed: {m}"))),
+                    None => Ok(()),
+                };
+            }
+            if !st.flushing {
+                st.flushing = true;
+                let batch = std::mem::take(&mut st.pending);
+                let (from, upto) = (st.settled, st.next);
+                drop(st);
+                let res = self.write_audit(&batch);
+                st = lock_audit(&q.state);
+                st.settled = upto;
+                st.flushing = false;
+                if let Err(e) = &res {
+                    st.failed.push_back((from, upto, e.to_string()));
+                    if st.failed.len() > 64 {
+                        st.failed.pop_front();
+                    }
+                }
+                q.done.notify_all();
+                return res;
+            }
+            st = q.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     fn query_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {

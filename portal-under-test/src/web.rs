@@ -937,6 +937,8 @@ async fn admin_settings(State(st): State<AppState>, headers: HeaderMap, f: FormD
             warning_secs: num(&f, "warning_secs")?,
             lookup_failure_limit: num(&f, "lookup_failure_limit")?,
             lookup_failure_window_secs: num(&f, "lookup_failure_window_secs")?,
+            // Not on the settings page: the admin API sets it.
+            lookup_rate_limit_exempt: None,
         })
     })();
     let res = match patch {
