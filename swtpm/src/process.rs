@@ -2,11 +2,8 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -270,69 +267,15 @@ fn spawn_error(what: &str, source: io::Error) -> Error {
     }
 }
 
-type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
-
-/// All swtpm processes are spawned from one long-lived thread.
-///
-/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the process.
-/// Spawning from a caller's thread (a tokio blocking-pool thread, say) would kill swtpm when
-/// that thread is retired; this thread lives as long as the process.
-fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
-    SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        thread::Builder::new()
-            .name("swtpm-spawner".to_string())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    // The requester may have given up; nothing to tell it then.
-                    let _ = reply.send(cmd.spawn());
-                }
-            })
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!("cannot start the swtpm spawner thread: {e}"));
-        Mutex::new(tx)
+fn spawn_with_death_signal(cmd: Command) -> Result<Child> {
+    crate::supervised::spawn_supervised(cmd).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::Spawn {
+                detail: "the `swtpm` program is not installed (Debian package swtpm)".to_string(),
+                source: Some(e),
+            }
+        } else {
+            spawn_error("cannot execute swtpm", e)
+        }
     })
-}
-
-fn spawn_with_death_signal(mut cmd: Command) -> Result<Child> {
-    let parent = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec and only calls the
-    // async-signal-safe functions prctl, getppid and _exit; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent may have died between fork and prctl: then no signal would come.
-            if libc::getppid() as u32 != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-    let (tx, rx) = mpsc::channel();
-    spawner()
-        .lock()
-        .map_err(|_| Error::Spawn {
-            detail: "the swtpm spawner thread panicked".to_string(),
-            source: None,
-        })?
-        .send((cmd, tx))
-        .map_err(|_| Error::Spawn {
-            detail: "the swtpm spawner thread is not running".to_string(),
-            source: None,
-        })?;
-    match rx.recv() {
-        Ok(Ok(child)) => Ok(child),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => Err(Error::Spawn {
-            detail: "the `swtpm` program is not installed (Debian package swtpm)".to_string(),
-            source: Some(e),
-        }),
-        Ok(Err(e)) => Err(spawn_error("cannot execute swtpm", e)),
-        Err(_) => Err(Error::Spawn {
-            detail: "the swtpm spawner thread stopped".to_string(),
-            source: None,
-        }),
-    }
 }

@@ -2,11 +2,9 @@
 //! directory, found next to the harness, stopped on drop. It is driven exactly like a
 //! portal at a URL; only its lifetime is ours.
 
-use std::io::{self, BufRead, BufReader};
-use std::os::unix::process::CommandExt;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -367,61 +365,12 @@ pub fn find_portal_bin(explicit: Option<&Path>) -> Result<PathBuf> {
     )))
 }
 
-type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
-
-/// All portal processes are spawned from one long-lived thread.
-///
-/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the process.
-/// Spawning from a caller's thread (a tokio worker or blocking-pool thread) would kill the
-/// portal when that thread is retired; this thread lives as long as the process.
-/// (The same pattern as `swtpm::process`; that one is private to the swtpm crate.)
-fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
-    SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        thread::Builder::new()
-            .name("portal-spawner".to_string())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    // The requester may have given up; nothing to tell it then.
-                    let _ = reply.send(cmd.spawn());
-                }
-            })
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!("cannot start the portal spawner thread: {e}"));
-        Mutex::new(tx)
-    })
-}
-
-fn spawn_with_death_signal(mut cmd: Command, bin: &Path) -> Result<Child> {
-    let step = "spawn `serve`";
-    let parent = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec and only calls the
-    // async-signal-safe functions prctl, getppid and _exit; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent may have died between fork and prctl: then no signal would come.
-            if libc::getppid() as u32 != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-    let (tx, rx) = mpsc::channel();
-    spawner()
-        .lock()
-        .map_err(|_| start_error(step, "the spawner thread panicked".to_string()))?
-        .send((cmd, tx))
-        .map_err(|_| start_error(step, "the spawner thread is not running".to_string()))?;
-    match rx.recv() {
-        Ok(Ok(child)) => Ok(child),
-        Ok(Err(e)) => Err(start_error(
-            step,
+/// Spawns the portal so that it dies with the harness (`swtpm::spawn_supervised`).
+fn spawn_with_death_signal(cmd: Command, bin: &Path) -> Result<Child> {
+    swtpm::spawn_supervised(cmd).map_err(|e| {
+        start_error(
+            "spawn `serve`",
             format!("cannot execute {}: {e}", bin.display()),
-        )),
-        Err(_) => Err(start_error(step, "the spawner thread stopped".to_string())),
-    }
+        )
+    })
 }
