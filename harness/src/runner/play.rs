@@ -248,15 +248,8 @@ impl<'a> Play<'a> {
                 result?
             }
             RecoveryVia::HelpDesk => {
-                let mut operator = HelpDeskOperator::new(self.target, &names.user(&requester))
-                    .map_err(|e| failure("open the help desk", "a client", e))?;
-                self.steps
-                    .run_async("help desk operator signs in", async {
-                        operator
-                            .sign_in(&names.user(&requester), &requester_password)
-                            .await
-                            .map_err(because("the help desk form"))
-                    })
+                let mut operator = self
+                    .help_desk_operator(&names.user(&requester), &requester_password)
                     .await?;
                 let end_user = recovery.end_user.as_deref().map(|u| names.user(u));
                 let mut answer = self
@@ -290,15 +283,8 @@ impl<'a> Play<'a> {
                 self.expect_simple_answer(recovery.answer, &answer)?
             }
             RecoveryVia::HelpDeskTpmReset => {
-                let mut operator = HelpDeskOperator::new(self.target, &names.user(&requester))
-                    .map_err(|e| failure("open the help desk", "a client", e))?;
-                self.steps
-                    .run_async("help desk operator signs in", async {
-                        operator
-                            .sign_in(&names.user(&requester), &requester_password)
-                            .await
-                            .map_err(because("the help desk form"))
-                    })
+                let mut operator = self
+                    .help_desk_operator(&names.user(&requester), &requester_password)
                     .await?;
                 let end_user = recovery.end_user.as_deref().map(|u| names.user(u));
                 let answer = self
@@ -400,6 +386,25 @@ impl<'a> Play<'a> {
         }
         self.portal_only_checks(&names, &passwords, &machine, &escrow, &agent)
             .await
+    }
+
+    /// A help desk operator, signed in.
+    async fn help_desk_operator(
+        &mut self,
+        username: &str,
+        password: &str,
+    ) -> Result<HelpDeskOperator, Failure> {
+        let mut operator = HelpDeskOperator::new(self.target, username)
+            .map_err(|e| failure("open the help desk", "a client", e))?;
+        self.steps
+            .run_async("help desk operator signs in", async {
+                operator
+                    .sign_in(username, password)
+                    .await
+                    .map_err(because("the help desk form"))
+            })
+            .await?;
+        Ok(operator)
     }
 
     fn change_and_boot(
