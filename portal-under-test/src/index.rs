@@ -10,8 +10,9 @@
 //! known. All keys with one prefix are a contiguous range of it. A bucket table of `u32`
 //! offsets, indexed by the top `bits` bits of the key ID, narrows a lookup to a range of about
 //! [`KEYS_PER_BUCKET`] entries, which is scanned (or binary-searched if a bucket is crowded).
-//! The table costs under 1 byte per key and, at 10M keys, 8 MiB: it mostly stays in the last
-//! level cache, so a lookup is about one DRAM access — the memory floor. Build is a counting
+//! The table costs under 1 byte per key and, at 10M keys, 4 MiB: it mostly stays in the last
+//! level cache, so a lookup is close to one DRAM access (the memory floor); measured 1.7x the
+//! floor at 10M keys, the rest being bucket-table misses. Build is a counting
 //! sort by bucket followed by tiny per-bucket sorts: O(n), no full comparison sort.
 //!
 //! # Concurrency
@@ -37,10 +38,12 @@ pub struct IndexEntry {
     pub device_row: i64,
 }
 
-/// Target average bucket occupancy. Measured (benches/benches/lookup.rs, `LOOKUP_BUCKET_KEYS`):
-/// 4 keys/bucket gives the lowest single-lookup latency at 10M keys while the table stays
-/// ≤ 1 byte per key.
-pub const KEYS_PER_BUCKET: usize = 4;
+/// Target average bucket occupancy (8 to 16 keys a bucket). Measured at 10M keys
+/// (benches/benches/lookup.rs, `LOOKUP_BUCKET_KEYS`; BENCHMARKS.md): 4 gives a 16 MB table
+/// that falls out of cache (single lookup p50 2.5x the memory floor), 16 a 2 MB table but
+/// long scans (batch throughput -40%); 8 (4 MB table, 0.4 B/key) had the best latency
+/// (1.7x the floor) with nearly the best throughput.
+pub const KEYS_PER_BUCKET: usize = 8;
 
 /// Buckets crowded beyond this are binary-searched instead of scanned.
 const SCAN_LIMIT: usize = 32;

@@ -1,0 +1,764 @@
+//! Key-ID lookup at scale, side by side in one run: the portal's prefix index, the memory
+//! floor (a dependent random pointer chase over an array the size of the index's entries),
+//! a plain sorted `Vec` with binary search, SQLite with the portal's own schema (indexed
+//! range query on 16-byte big-endian key IDs) and, when `LOOKUP_PG_URL` is set, PostgreSQL
+//! with the same range query over loopback.
+//!
+//! Two kinds of figures:
+//! - *dependent single lookups*: our own loop; each query is chosen from the previous one's
+//!   result and each is timed on its own (the clock read is ordered), into an hdrhistogram:
+//!   p50 / p99 per lookup. Criterion cannot give these (it reports per-sample statistics,
+//!   and back-to-back independent lookups overlap in the CPU).
+//! - *independent lookups* (a server with many queries in flight): criterion throughput.
+//!
+//! Sizes: `LOOKUP_SIZES` (default `1000000,10000000`); `LOOKUP_100M=1` adds 100M. Under
+//! `cargo bench -- --test` (CI smoke) the size is 20000. Half the queries hit, half miss.
+//! Data (SQLite files) is cached under `target/lookup-bench/`. Results: a Markdown table on
+//! stdout, `target/lookup-bench/results.json` and `target/lookup-bench/lookup.svg`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use harness::keys::{KeyGenerator, KeySetSpec};
+use hdrhistogram::Histogram;
+use portal_under_test::index::{IndexEntry, PrefixIndex};
+use rand::{Rng, SeedableRng};
+
+const QUERIES: usize = 1 << 16;
+const SEED: u64 = 42;
+
+fn smoke() -> bool {
+    std::env::args().any(|a| a == "--test")
+}
+
+fn sizes() -> Vec<usize> {
+    if smoke() {
+        return vec![20_000];
+    }
+    let mut v: Vec<usize> = std::env::var("LOOKUP_SIZES")
+        .unwrap_or_else(|_| "1000000,10000000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    if std::env::var("LOOKUP_100M").is_ok_and(|v| v == "1") {
+        v.push(100_000_000);
+    }
+    v
+}
+
+fn out_dir() -> PathBuf {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lookup-bench");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn rss_bytes() -> usize {
+    let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: usize = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn prefix(k: u128) -> u32 {
+    (k >> 96) as u32
+}
+
+/// The keys (seeded, the same generator as `harness keys generate`), device `i / 2`.
+fn entries(n: usize) -> Vec<IndexEntry> {
+    let spec = KeySetSpec {
+        count: n as u64,
+        seed: SEED,
+        keys_per_device: 2,
+        users: 0,
+        ..KeySetSpec::default()
+    };
+    KeyGenerator::new(spec)
+        .enumerate()
+        .map(|(i, k)| IndexEntry {
+            key_id: u128::from_be_bytes(k.key_protector_id),
+            key_row: i as i64 + 1,
+            device_row: (i / 2) as i64 + 1,
+        })
+        .collect()
+}
+
+struct Queries {
+    /// Half present prefixes, half absent, shuffled.
+    prefixes: Vec<u32>,
+    /// Half present IDs, half absent, shuffled.
+    fulls: Vec<u128>,
+}
+
+fn queries(sorted: &[IndexEntry]) -> Queries {
+    let mut rng = rand_chacha_like(SEED + 1);
+    let has_prefix = |p: u32| {
+        let lo = u128::from(p) << 96;
+        let i = sorted.partition_point(|e| e.key_id < lo);
+        sorted.get(i).is_some_and(|e| prefix(e.key_id) == p)
+    };
+    let mut prefixes = Vec::with_capacity(QUERIES);
+    let mut fulls = Vec::with_capacity(QUERIES);
+    while prefixes.len() < QUERIES {
+        let e = sorted[rng.random_range(0..sorted.len())];
+        if prefixes.len() % 2 == 0 {
+            prefixes.push(prefix(e.key_id));
+            fulls.push(e.key_id);
+        } else {
+            let p: u32 = rng.random();
+            let k: u128 = rng.random();
+            if !has_prefix(p) && sorted.binary_search_by_key(&k, |e| e.key_id).is_err() {
+                prefixes.push(p);
+                fulls.push(k);
+            }
+        }
+    }
+    // Shuffle both the same way (Fisher-Yates).
+    for i in (1..QUERIES).rev() {
+        let j = rng.random_range(0..=i);
+        prefixes.swap(i, j);
+        fulls.swap(i, j);
+    }
+    Queries { prefixes, fulls }
+}
+
+fn rand_chacha_like(seed: u64) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// A random single cycle over `lines` cache lines (Sattolo), one `u64` next-pointer per
+/// 64-byte line: `lines * 64` bytes.
+struct Floor {
+    chase: Vec<u64>,
+    lines: usize,
+}
+
+impl Floor {
+    fn new(bytes: usize) -> Self {
+        let lines = (bytes / 64).max(2);
+        let mut perm: Vec<u64> = (0..lines as u64).collect();
+        let mut rng = rand_chacha_like(SEED + 2);
+        for i in (1..lines).rev() {
+            let j = rng.random_range(0..i);
+            perm.swap(i, j);
+        }
+        let mut chase = vec![0u64; lines * 8];
+        // perm is a cyclic permutation: line perm[i] -> perm[i + 1].
+        for (i, &p) in perm.iter().enumerate() {
+            chase[p as usize * 8] = perm[(i + 1) % lines] * 8;
+        }
+        Floor { chase, lines }
+    }
+}
+
+/// Dependent lookups: `f(query, carry) -> carry`; the next query index depends on the
+/// previous result, and each call is timed on its own.
+fn dependent(iters: usize, mut f: impl FnMut(usize, u64) -> u64) -> Histogram<u64> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    let mut carry = 0u64;
+    let mut q = 0usize;
+    for _ in 0..iters {
+        let t = Instant::now();
+        carry = f(q, carry);
+        let ns = t.elapsed().as_nanos() as u64;
+        h.record(ns.max(1)).unwrap();
+        q = (q + 1 + (carry as usize & 1)) % QUERIES;
+    }
+    h
+}
+
+/// One row of the results table.
+#[derive(Debug, Clone)]
+struct Row {
+    size: usize,
+    what: String,
+    kind: &'static str,
+    p50_ns: f64,
+    p99_ns: f64,
+    mean_ns: f64,
+    /// Independent lookups per second on one core (our own loop; criterion repeats it).
+    indep_per_s: Option<f64>,
+}
+
+fn row(size: usize, what: &str, kind: &'static str, h: &Histogram<u64>) -> Row {
+    Row {
+        size,
+        what: what.into(),
+        kind,
+        p50_ns: h.value_at_quantile(0.5) as f64,
+        p99_ns: h.value_at_quantile(0.99) as f64,
+        mean_ns: h.mean(),
+        indep_per_s: None,
+    }
+}
+
+fn independent(n: usize, mut f: impl FnMut(usize) -> u64) -> f64 {
+    // Warm, then time the best of 3 passes.
+    let mut acc = 0u64;
+    for q in 0..n.min(4096) {
+        acc ^= f(q);
+    }
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        for q in 0..n {
+            acc = acc.wrapping_add(f(q));
+        }
+        best = best.min(t.elapsed());
+    }
+    std::hint::black_box(acc);
+    n as f64 / best.as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------------------
+// SQLite with the portal's schema.
+
+/// A portal store file holding `sorted` (one device per two keys), made once and cached.
+fn sqlite_store(sorted: &[IndexEntry]) -> PathBuf {
+    let n = sorted.len();
+    let path = out_dir().join(format!("portal-{n}-{SEED}.sqlite3"));
+    let done = out_dir().join(format!("portal-{n}-{SEED}.done"));
+    if done.exists() {
+        return path;
+    }
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(path.with_extension("sqlite3-wal"));
+    let _ = std::fs::remove_file(path.with_extension("sqlite3-shm"));
+    // The portal creates its schema.
+    drop(portal_under_test::store::SqliteStore::open(&path).unwrap());
+    let t = Instant::now();
+    let mut c = rusqlite::Connection::open(&path).unwrap();
+    c.pragma_update(None, "journal_mode", "OFF").unwrap();
+    c.pragma_update(None, "synchronous", "OFF").unwrap();
+    c.pragma_update(None, "cache_size", -(512 * 1024)).unwrap();
+    let tx = c.transaction().unwrap();
+    let now = "2026-01-01T00:00:00Z";
+    {
+        let devices = n.div_ceil(2);
+        let mut st = tx
+            .prepare("INSERT INTO devices(id, device_uuid, name, name_lc, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .unwrap();
+        for d in 1..=devices {
+            let name = format!("PC-{:08}", d - 1);
+            st.execute(rusqlite::params![
+                d as i64,
+                format!("{d:036}"),
+                name,
+                name.to_lowercase(),
+                now
+            ])
+            .unwrap();
+        }
+        // Insert in key order (appends), rows as big as the portal's (12-byte nonce, 71-byte
+        // ciphertext of a 55-byte password + tag, 32-byte fingerprint).
+        let mut st = tx
+            .prepare(
+                "INSERT INTO keys(id, key_id, device_id, volume_id, protector_type, nonce, ciphertext, fingerprint, created_at)
+                 VALUES (?1, ?2, ?3, ?4, 'recovery_password', ?5, ?6, ?7, ?8)",
+            )
+            .unwrap();
+        let mut rng = rand_chacha_like(SEED + 3);
+        let mut ct = [0u8; 71];
+        let mut fp = [0u8; 32];
+        let mut nonce = [0u8; 12];
+        for e in sorted {
+            rng.fill(&mut ct[..]);
+            rng.fill(&mut fp[..]);
+            rng.fill(&mut nonce[..]);
+            let vol: u128 = rng.random();
+            st.execute(rusqlite::params![
+                e.key_row,
+                &e.key_id.to_be_bytes()[..],
+                e.device_row,
+                &vol.to_be_bytes()[..],
+                &nonce[..],
+                &ct[..],
+                &fp[..],
+                now
+            ])
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    c.pragma_update(None, "journal_mode", "WAL").unwrap();
+    drop(c);
+    eprintln!(
+        "lookup bench: filled SQLite with {n} keys in {:.1?}",
+        t.elapsed()
+    );
+    std::fs::write(&done, b"ok").unwrap();
+    path
+}
+
+/// A read connection configured as the portal's store opens it.
+fn sqlite_conn(path: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.pragma_update(None, "cache_size", -65536).unwrap();
+    c
+}
+
+const SQLITE_PREFIX: &str = "SELECT id, key_id, device_id FROM keys WHERE key_id >= ?1 AND key_id <= ?2 AND superseded_at IS NULL ORDER BY key_id";
+const SQLITE_FULL: &str =
+    "SELECT id, device_id FROM keys WHERE key_id = ?1 AND superseded_at IS NULL";
+
+fn prefix_bounds(p: u32) -> ([u8; 16], [u8; 16]) {
+    let lo = u128::from(p) << 96;
+    let hi = lo | ((1u128 << 96) - 1);
+    (lo.to_be_bytes(), hi.to_be_bytes())
+}
+
+fn sqlite_prefix(st: &mut rusqlite::CachedStatement<'_>, p: u32) -> u64 {
+    let (lo, hi) = prefix_bounds(p);
+    let mut rows = st.query(rusqlite::params![&lo[..], &hi[..]]).unwrap();
+    let mut acc = 0u64;
+    while let Some(r) = rows.next().unwrap() {
+        acc = acc.wrapping_add(r.get::<_, i64>(0).unwrap() as u64 | 1);
+    }
+    acc
+}
+
+fn sqlite_full(st: &mut rusqlite::CachedStatement<'_>, k: u128) -> u64 {
+    let mut rows = st.query(rusqlite::params![&k.to_be_bytes()[..]]).unwrap();
+    let mut acc = 0u64;
+    while let Some(r) = rows.next().unwrap() {
+        acc = acc.wrapping_add(r.get::<_, i64>(0).unwrap() as u64 | 1);
+    }
+    acc
+}
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL (optional).
+
+fn pg_client(sorted: &[IndexEntry]) -> Option<(postgres::Client, String)> {
+    let url = std::env::var("LOOKUP_PG_URL").ok()?;
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let n = sorted.len();
+    let table = format!("lookup_keys_{n}_{SEED}");
+    c.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {table}(
+           id bigint PRIMARY KEY, key_id bytea NOT NULL UNIQUE, device_id bigint NOT NULL,
+           volume_id bytea NOT NULL, protector_type text NOT NULL, nonce bytea NOT NULL,
+           ciphertext bytea NOT NULL, fingerprint bytea NOT NULL, created_at text NOT NULL,
+           disclosed_at text, superseded_at text, superseded_by bytea)"
+    ))
+    .unwrap();
+    let have: i64 = c
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .unwrap()
+        .get(0);
+    if have as usize != n {
+        let t = Instant::now();
+        c.batch_execute(&format!("TRUNCATE {table}")).unwrap();
+        let mut w = c
+            .copy_in(&format!(
+                "COPY {table}(id, key_id, device_id, volume_id, protector_type, nonce, ciphertext, fingerprint, created_at) FROM STDIN"
+            ))
+            .unwrap();
+        use std::io::Write;
+        let mut rng = rand_chacha_like(SEED + 3);
+        let mut line = String::with_capacity(400);
+        for e in sorted {
+            let ct: [u8; 32] = rng.random();
+            let fp: [u8; 32] = rng.random();
+            let nonce: [u8; 12] = rng.random();
+            let vol: u128 = rng.random();
+            line.clear();
+            line.push_str(&format!(
+                "{}\t\\\\x{}\t{}\t\\\\x{}\trecovery_password\t\\\\x{}\t\\\\x{}{}\t\\\\x{}\t2026-01-01T00:00:00Z\n",
+                e.key_row,
+                hex_of(&e.key_id.to_be_bytes()),
+                e.device_row,
+                hex_of(&vol.to_be_bytes()),
+                hex_of(&nonce),
+                hex_of(&ct),
+                hex_of(&ct[..7]),
+                hex_of(&fp),
+            ));
+            w.write_all(line.as_bytes()).unwrap();
+        }
+        w.finish().unwrap();
+        c.batch_execute(&format!("ANALYZE {table}")).unwrap();
+        eprintln!(
+            "lookup bench: filled PostgreSQL with {n} keys in {:.1?}",
+            t.elapsed()
+        );
+    }
+    Some((c, table))
+}
+
+fn hex_of(b: &[u8]) -> String {
+    const H: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push(H[usize::from(x >> 4)] as char);
+        s.push(H[usize::from(x & 15)] as char);
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------
+
+fn sorted_vec_prefix(v: &[IndexEntry], p: u32) -> u64 {
+    let lo = u128::from(p) << 96;
+    let i = v.partition_point(|e| e.key_id < lo);
+    let mut acc = 0u64;
+    for e in &v[i..] {
+        if prefix(e.key_id) != p {
+            break;
+        }
+        acc = acc.wrapping_add(e.key_row as u64 | 1);
+    }
+    acc
+}
+
+fn sorted_vec_full(v: &[IndexEntry], k: u128) -> u64 {
+    v.binary_search_by_key(&k, |e| e.key_id)
+        .map(|i| v[i].key_row as u64 | 1)
+        .unwrap_or(0)
+}
+
+fn index_prefix(ix: &PrefixIndex, p: u32) -> u64 {
+    let mut acc = 0u64;
+    ix.for_each_prefix(p, |e| acc = acc.wrapping_add(e.key_row as u64 | 1));
+    acc
+}
+
+fn run_size(c: &mut Criterion, n: usize, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
+    eprintln!("lookup bench: {n} keys");
+    let mut sorted = entries(n);
+    // Index build from keys already in memory (the clone is not timed).
+    // RSS is taken before the input copy exists: the build consumes (and frees) it, so the
+    // growth afterwards is the index alone.
+    let rss0 = rss_bytes();
+    let input = sorted.clone();
+    let t = Instant::now();
+    let per_bucket = std::env::var("LOOKUP_BUCKET_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(portal_under_test::index::KEYS_PER_BUCKET);
+    let index = PrefixIndex::with_keys_per_bucket(input, per_bucket);
+    let build = t.elapsed();
+    let rss = rss_bytes().saturating_sub(rss0);
+    let stats = index.stats();
+    notes.push(format!(
+        "{n}: index build {:.3} s; heap {:.1} B/key, RSS growth {:.1} B/key; {} bucket bits ({} keys/bucket target)",
+        build.as_secs_f64(),
+        stats.heap_bytes as f64 / n as f64,
+        rss as f64 / n as f64,
+        stats.bucket_bits,
+        per_bucket
+    ));
+    sorted.sort_unstable_by_key(|e| e.key_id);
+    let qs = queries(&sorted);
+    let floor = Floor::new(n * std::mem::size_of::<IndexEntry>());
+    let timed = if smoke() { 20_000 } else { 2_000_000 };
+    let db_timed = if smoke() { 2_000 } else { 200_000 };
+
+    // Timer overhead: an empty timed call.
+    let h = dependent(timed, |_, c| c.wrapping_add(1));
+    rows.push(row(n, "(timer overhead: empty call)", "-", &h));
+
+    // 1. Memory floor: one dependent load per timed step.
+    {
+        let chase = &floor.chase;
+        let mut cur = 0u64;
+        let h = dependent(timed, |_, _| {
+            cur = chase[cur as usize];
+            cur
+        });
+        let mut r = row(n, "memory floor (dependent chase)", "-", &h);
+        let mut rng = rand_chacha_like(SEED + 5);
+        let idx: Vec<usize> = (0..QUERIES)
+            .map(|_| rng.random_range(0..floor.lines) * 8)
+            .collect();
+        r.indep_per_s = Some(independent(QUERIES, |q| chase[idx[q]]));
+        rows.push(r);
+    }
+    // 2. The portal's index.
+    {
+        let h = dependent(timed, |q, _| index_prefix(&index, qs.prefixes[q]));
+        let mut r = row(n, "portal index", "8 digits", &h);
+        r.indep_per_s = Some(independent(QUERIES, |q| {
+            index_prefix(&index, qs.prefixes[q])
+        }));
+        rows.push(r);
+        let h = dependent(timed, |q, _| {
+            index.lookup_prefix(qs.prefixes[q]).len() as u64
+        });
+        rows.push(row(n, "portal index, lookup_prefix (Vec)", "8 digits", &h));
+        let h = dependent(timed, |q, _| {
+            index
+                .lookup_full(qs.fulls[q])
+                .map_or(0, |e| e.key_row as u64 | 1)
+        });
+        let mut r = row(n, "portal index", "32 digits", &h);
+        r.indep_per_s = Some(independent(QUERIES, |q| {
+            index
+                .lookup_full(qs.fulls[q])
+                .map_or(0, |e| e.key_row as u64)
+        }));
+        rows.push(r);
+        let mut r = row(
+            n,
+            "portal index, batch (prefetching groups)",
+            "8 digits",
+            &h,
+        );
+        r.p50_ns = f64::NAN;
+        r.p99_ns = f64::NAN;
+        r.mean_ns = f64::NAN;
+        let mut acc = 0u64;
+        let t = Instant::now();
+        for _ in 0..3 {
+            index.lookup_prefix_batch(&qs.prefixes, |_, e| {
+                acc = acc.wrapping_add(e.key_row as u64)
+            });
+        }
+        std::hint::black_box(acc);
+        r.indep_per_s = Some(3.0 * QUERIES as f64 / t.elapsed().as_secs_f64());
+        rows.push(r);
+    }
+    // 5. Sorted Vec + binary search.
+    {
+        let h = dependent(timed, |q, _| sorted_vec_prefix(&sorted, qs.prefixes[q]));
+        let mut r = row(n, "sorted Vec + binary search", "8 digits", &h);
+        r.indep_per_s = Some(independent(QUERIES, |q| {
+            sorted_vec_prefix(&sorted, qs.prefixes[q])
+        }));
+        rows.push(r);
+        let h = dependent(timed, |q, _| sorted_vec_full(&sorted, qs.fulls[q]));
+        let mut r = row(n, "sorted Vec + binary search", "32 digits", &h);
+        r.indep_per_s = Some(independent(QUERIES, |q| {
+            sorted_vec_full(&sorted, qs.fulls[q])
+        }));
+        rows.push(r);
+    }
+    // 3. SQLite.
+    let db = sqlite_store(&sorted);
+    {
+        let conn = sqlite_conn(&db);
+        let mut st = conn.prepare_cached(SQLITE_PREFIX).unwrap();
+        // Warm the page cache a little (the OS cache is warm from the fill or earlier runs).
+        for q in 0..db_timed.min(QUERIES) {
+            sqlite_prefix(&mut st, qs.prefixes[q]);
+        }
+        let h = dependent(db_timed, |q, _| sqlite_prefix(&mut st, qs.prefixes[q]));
+        let mut r = row(n, "SQLite, portal schema, range query", "8 digits", &h);
+        r.indep_per_s = Some(independent(db_timed.min(QUERIES), |q| {
+            sqlite_prefix(&mut st, qs.prefixes[q])
+        }));
+        rows.push(r);
+        let mut st = conn.prepare_cached(SQLITE_FULL).unwrap();
+        let h = dependent(db_timed, |q, _| sqlite_full(&mut st, qs.fulls[q]));
+        rows.push(row(n, "SQLite, portal schema, = query", "32 digits", &h));
+    }
+    // Start-up: the portal loading its index from this SQLite store.
+    if !smoke() || n <= 20_000 {
+        let t = Instant::now();
+        let store = portal_under_test::store::SqliteStore::open(&db).unwrap();
+        let keys = portal_under_test::store::Store::current_keys(&store).unwrap();
+        let read = t.elapsed();
+        let ix = PrefixIndex::from_entries(keys);
+        notes.push(format!(
+            "{n}: portal start-up load from SQLite: read {:.2} s + build {:.2} s ({} keys)",
+            read.as_secs_f64(),
+            (t.elapsed() - read).as_secs_f64(),
+            ix.len()
+        ));
+    }
+    // 4. PostgreSQL.
+    if let Some((mut pg, table)) = pg_client(&sorted) {
+        let st = pg
+            .prepare(&format!(
+                "SELECT id, key_id, device_id FROM {table} WHERE key_id >= $1 AND key_id <= $2 AND superseded_at IS NULL ORDER BY key_id"
+            ))
+            .unwrap();
+        let pg_timed = if smoke() { 200 } else { 20_000 };
+        let mut pq = |q: usize| -> u64 {
+            let (lo, hi) = prefix_bounds(qs.prefixes[q]);
+            let rs = pg.query(&st, &[&&lo[..], &&hi[..]]).unwrap();
+            rs.iter().map(|r| r.get::<_, i64>(0) as u64 | 1).sum()
+        };
+        for q in 0..pg_timed.min(1000) {
+            pq(q);
+        }
+        let h = dependent(pg_timed, |q, _| pq(q));
+        let mut r = row(n, "PostgreSQL 15, loopback, range query", "8 digits", &h);
+        r.indep_per_s = Some(independent(pg_timed.min(QUERIES), &mut pq));
+        rows.push(r);
+    }
+
+    // Criterion: throughput of independent lookups (means with confidence intervals).
+    let mut g = c.benchmark_group(format!("lookup {n} keys"));
+    g.throughput(Throughput::Elements(QUERIES as u64));
+    g.sample_size(10);
+    g.bench_function(BenchmarkId::new("portal index, 8 digits", n), |b| {
+        b.iter(|| {
+            qs.prefixes
+                .iter()
+                .map(|&p| index_prefix(&index, p))
+                .fold(0u64, u64::wrapping_add)
+        })
+    });
+    g.bench_function(BenchmarkId::new("portal index batch, 8 digits", n), |b| {
+        b.iter(|| {
+            let mut acc = 0u64;
+            index.lookup_prefix_batch(&qs.prefixes, |_, e| {
+                acc = acc.wrapping_add(e.key_row as u64)
+            });
+            acc
+        })
+    });
+    g.bench_function(BenchmarkId::new("portal index, 32 digits", n), |b| {
+        b.iter(|| {
+            qs.fulls
+                .iter()
+                .map(|&k| index.lookup_full(k).map_or(0, |e| e.key_row as u64))
+                .fold(0u64, u64::wrapping_add)
+        })
+    });
+    g.bench_function(BenchmarkId::new("sorted Vec, 8 digits", n), |b| {
+        b.iter(|| {
+            qs.prefixes
+                .iter()
+                .map(|&p| sorted_vec_prefix(&sorted, p))
+                .fold(0u64, u64::wrapping_add)
+        })
+    });
+    g.finish();
+    let mut g = c.benchmark_group(format!("lookup {n} keys, SQLite"));
+    g.throughput(Throughput::Elements(1024));
+    g.sample_size(10);
+    {
+        let conn = sqlite_conn(&db);
+        let mut st = conn.prepare_cached(SQLITE_PREFIX).unwrap();
+        g.bench_function(BenchmarkId::new("SQLite range query, 8 digits", n), |b| {
+            b.iter(|| {
+                (0..1024)
+                    .map(|q| sqlite_prefix(&mut st, qs.prefixes[q]))
+                    .fold(0u64, u64::wrapping_add)
+            })
+        });
+    }
+    g.finish();
+}
+
+fn write_results(rows: &[Row], notes: &[String]) {
+    let mut md = String::from(
+        "| keys | structure | query | p50 ns | p99 ns | mean ns | independent lookups/s (1 core) |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let f = |x: f64| {
+            if x.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{x:.0}")
+            }
+        };
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            r.size,
+            r.what,
+            r.kind,
+            f(r.p50_ns),
+            f(r.p99_ns),
+            f(r.mean_ns),
+            r.indep_per_s
+                .map_or("-".into(), |v| format!("{:.2} M", v / 1e6))
+        ));
+    }
+    for nt in notes {
+        md.push_str(&format!("\n- {nt}"));
+    }
+    md.push('\n');
+    println!("\n{md}");
+    let d = out_dir();
+    std::fs::write(d.join("results.md"), &md).unwrap();
+    let json: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({"keys": r.size, "structure": r.what, "query": r.kind,
+                "p50_ns": r.p50_ns, "p99_ns": r.p99_ns, "mean_ns": r.mean_ns,
+                "independent_per_s": r.indep_per_s})
+        })
+        .collect();
+    std::fs::write(
+        d.join("results.json"),
+        serde_json::to_string_pretty(&serde_json::json!({"rows": json, "notes": notes})).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(d.join("lookup.svg"), svg(rows)).unwrap();
+}
+
+/// A log-scale horizontal bar chart of the 8-digit p50 (bar) and p99 (tick) per structure
+/// and size.
+fn svg(rows: &[Row]) -> String {
+    let bars: Vec<&Row> = rows
+        .iter()
+        .filter(|r| {
+            !r.p50_ns.is_nan() && (r.kind == "8 digits" || r.what.starts_with("memory floor"))
+        })
+        .collect();
+    let (w, lh, left) = (900.0, 22.0, 380.0);
+    let h = 60.0 + lh * bars.len() as f64;
+    let x = |ns: f64| left + (ns.max(10.0).log10() - 1.0) / 5.0 * (w - left - 20.0);
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='10' y='18' font-size='14'>Key-ID lookup, 8 hex digits, one dependent lookup: p50 (bar) and p99 (tick), ns, log scale</text>\n"
+    );
+    for (k, ns) in [10.0, 100.0, 1e3, 1e4, 1e5, 1e6].iter().enumerate() {
+        let xx = x(*ns);
+        s.push_str(&format!(
+            "<line x1='{xx}' y1='30' x2='{xx}' y2='{}' stroke='#ddd'/><text x='{xx}' y='{}' text-anchor='middle'>{}</text>\n",
+            h - 20.0,
+            h - 6.0,
+            ["10", "100", "1µs", "10µs", "100µs", "1ms"][k]
+        ));
+    }
+    for (i, r) in bars.iter().enumerate() {
+        let y = 34.0 + lh * i as f64;
+        let color = if r.what.starts_with("portal") {
+            "#2b6cb0"
+        } else if r.what.starts_with("memory") {
+            "#718096"
+        } else {
+            "#dd6b20"
+        };
+        s.push_str(&format!(
+            "<text x='{}' y='{}' text-anchor='end'>{} keys: {}</text><rect x='{left}' y='{}' width='{}' height='{}' fill='{color}'/><line x1='{p99}' y1='{}' x2='{p99}' y2='{}' stroke='black' stroke-width='2'/><text x='{}' y='{}'>{:.0}</text>\n",
+            left - 6.0,
+            y + 13.0,
+            r.size,
+            r.what,
+            y + 2.0,
+            (x(r.p50_ns) - left).max(1.0),
+            lh - 6.0,
+            y,
+            y + lh - 4.0,
+            x(r.p99_ns) + 4.0,
+            y + 13.0,
+            r.p50_ns,
+            p99 = x(r.p99_ns),
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    notes.push(format!("load average at start: {}", load.trim()));
+    for n in sizes() {
+        run_size(&mut c, n, &mut rows, &mut notes);
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    notes.push(format!("load average at end: {}", load.trim()));
+    write_results(&rows, &notes);
+    c.final_summary();
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# HTTP benchmark: the help desk JSON lookup (authenticated, audited, rate limiting off for the
+# benchmark account) against a trivial handler in the same portal process, with N keys
+# loaded, under wrk at 64 and 2 connections on loopback. See benches/README.md.
+#
+#   benches/http/run.sh                 # N=10000000 (imports once into target/http-bench)
+#   N=100000 DURATION=5s benches/http/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${N:-10000000}
+DURATION=${DURATION:-20s}
+WORK=${WORK:-target/http-bench}
+DATA="$WORK/data-$N"
+mkdir -p "$WORK"
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 2; }
+cargo build --release -q -p harness -p portal-under-test --features portal-under-test/bench-routes
+BIN=target/release/portal-under-test
+KEYS="$WORK/keys-$N.jsonl"
+if [ ! -e "$DATA/.imported" ]; then
+  rm -rf "$DATA"
+  target/release/harness keys generate --count "$N" --seed 7 --out "$KEYS"
+  /usr/bin/time -f "import: %e s wall, %M KiB max RSS" "$BIN" import "$KEYS" --data-dir "$DATA"
+  touch "$DATA/.imported"
+fi
+ADMIN=$("$BIN" admin bootstrap --data-dir "$DATA" --username bench-admin | tail -1)
+
+# Queries: 5000 present prefixes (every 997th key) and 5000 random absent ones, shuffled.
+Q="$WORK/queries-$N.txt"
+if [ ! -e "$Q" ]; then
+  [ -e "$KEYS" ] || target/release/harness keys generate --count "$N" --seed 7 --out "$KEYS"
+  awk 'NR % 997 == 0' "$KEYS" | grep -o '"key_protector_id":"{[0-9A-F]\{8\}' | cut -c22-29 | awk 'NR <= 5000' > "$Q.hits"
+  grep -o '"key_protector_id":"{[0-9A-F]\{8\}' "$KEYS" | cut -c22-29 | sort -u > "$Q.all"
+  od -An -tx4 -N40000 /dev/urandom | tr -s ' ' '\n' | grep . | tr a-f A-F | sort -u \
+    | comm -23 - "$Q.all" | awk 'NR <= 5000' > "$Q.misses"
+  cat "$Q.hits" "$Q.misses" | shuf --random-source=<(yes) > "$Q"
+  rm -f "$Q.all" "$Q.hits" "$Q.misses"
+fi
+
+LOG="$WORK/serve.log"
+RUST_LOG=warn "$BIN" serve --data-dir "$DATA" --listen 127.0.0.1:0 --insecure-http > "$WORK/ready" 2> "$LOG" &
+PID=$!
+trap 'kill $PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do grep -q PORTAL-READY "$WORK/ready" 2>/dev/null && break; sleep 0.1; done
+URL=$(sed -n 's/.*"url":"\([^"]*\)".*/\1/p' "$WORK/ready")
+echo "portal at $URL (pid $PID), $N keys"
+H=(-H "Authorization: Bearer $ADMIN" -H "Content-Type: application/json")
+curl -s "${H[@]}" -X POST "$URL/api/admin/accounts" \
+  -d '{"username":"bench-helpdesk","password":"bench-password-1","role":"advanced_helpdesk"}' > /dev/null
+TOKEN=$(curl -s "${H[@]}" -X POST "$URL/api/admin/accounts/bench-helpdesk/api-tokens" | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
+curl -s "${H[@]}" -X PUT "$URL/api/admin/settings" -d '{"lookup_rate_limit_exempt":["bench-helpdesk"]}' > /dev/null
+export TOKEN QUERIES="$Q"
+# Sanity: one hit and one miss answer as expected.
+echo "sample: $(curl -s -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" -X POST "$URL/api/helpdesk/lookup" -d "{\"key_id\":\"$(head -1 "$Q")\",\"reason\":\"Lost PIN\"}" | cut -c1-60)"
+echo "load: $(cat /proc/loadavg)"
+for C in 64 2; do
+  T=$(( C < 2 ? C : 2 ))
+  for ROUTE in /bench/trivial /api/helpdesk/lookup; do
+    echo "== $ROUTE, $C connections, $DURATION"
+    LOOKUP_PATH=$ROUTE wrk -t"$T" -c"$C" -d"$DURATION" --latency -s benches/http/lookup.lua "$URL" \
+      | grep -E "Requests/sec|Latency|50%|75%|90%|99%|Non-2xx|Socket errors"
+  done
+done
+echo "load: $(cat /proc/loadavg)"
