@@ -15,8 +15,10 @@ const READY_DEADLINE: Duration = Duration::from_secs(5);
 const READY_POLL: Duration = Duration::from_micros(250);
 /// Attempts at a fresh pair of ports when another process steals one between pick and bind.
 const PORT_ATTEMPTS: usize = 8;
-/// Read/write deadline on the control channel, so a hung swtpm cannot hang the caller.
-const IO_DEADLINE: Duration = Duration::from_secs(2);
+/// Read/write deadline on the command and control channels, so a hung swtpm cannot hang the
+/// caller. Generous: on a loaded 2-core machine a live swtpm can take over 2 s to answer. A
+/// dead one is noticed at once (connection refused, or the socket closes).
+const IO_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A running `swtpm socket --tpm2` process that is killed and reaped when dropped, and that
 /// the kernel kills if its owner dies first (`PR_SET_PDEATHSIG`).
