@@ -16,13 +16,14 @@ demo: deps
 # build lives in its own target dir so the default portal binary stays fault-free.
 FAILPOINTS_TARGET := target/failpoints
 
+# nextest runs last so its summary closes the output.
 test: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo test --workspace --doc --locked
 	cargo build -p portal-under-test --features failpoints --target-dir $(FAILPOINTS_TARGET) --locked
 	PORTAL_FAILPOINTS_BIN=$(CURDIR)/$(FAILPOINTS_TARGET)/debug/portal-under-test \
 	  cargo nextest run --workspace --locked --no-fail-fast
-	cargo test --workspace --doc --locked
 
 bench: deps
 	cargo bench -p swtpm -p benches
