@@ -25,8 +25,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+// chromedriver dies with the harness: PDEATHSIG from one long-lived spawner thread.
+use swtpm::spawn_supervised;
 
 use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -132,51 +134,6 @@ pub struct Screenshot {
 }
 
 // ---------- processes ----------
-
-type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
-
-/// Forks `cmd` from one long-lived thread with `PR_SET_PDEATHSIG`: the signal fires when
-/// the *thread* that forked the child exits, so a tokio worker must not be that thread.
-/// (The pattern of `portal::process` and `swtpm`.)
-fn spawn_supervised(mut cmd: Command) -> io::Result<Child> {
-    let parent = std::process::id();
-    // SAFETY: runs in the forked child before exec and only calls the async-signal-safe
-    // functions prctl, getppid and _exit; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() as u32 != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        let started = std::thread::Builder::new()
-            .name("chrome-spawner".to_string())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
-                }
-            });
-        if let Err(e) = started {
-            tracing::error!("cannot start the chromedriver spawner thread: {e}");
-        }
-        Mutex::new(tx)
-    });
-    let (tx, rx) = mpsc::channel();
-    spawner
-        .lock()
-        .map_err(|_| io::Error::other("the spawner thread panicked"))?
-        .send((cmd, tx))
-        .map_err(|_| io::Error::other("the spawner thread is not running"))?;
-    rx.recv()
-        .map_err(|_| io::Error::other("the spawner thread stopped"))?
-}
 
 /// chromedriver (and, under it, Chromium) with its profile directory.
 struct Driver {
