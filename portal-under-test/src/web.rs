@@ -633,6 +633,51 @@ async fn self_key(State(st): State<AppState>, headers: HeaderMap, f: FormData) -
 
 // ---------- help desk ----------
 
+/// The signed-in help desk user behind a form post (session, CSRF token), and the reason
+/// typed, or the response to send instead. The reason is passed to [`gate`] so that a
+/// request on an expired session is audited with it.
+async fn helpdesk_gate(
+    st: &AppState,
+    headers: &HeaderMap,
+    f: &FormData,
+) -> Result<(Session, SessionUser, String), Response> {
+    let reason = f.get("reason").to_string();
+    let s = gate(st, headers, Site::HelpDesk, Some(&reason)).await?;
+    if !csrf_ok(&s, f) {
+        return Err(message(
+            st,
+            Site::HelpDesk,
+            StatusCode::FORBIDDEN,
+            &tr("err-csrf"),
+        ));
+    }
+    let Some(user) = s.user.clone() else {
+        return Err(redirect("/HelpDesk/login"));
+    };
+    Ok((s, user, reason))
+}
+
+/// The end user a help desk request names (required unless the operator is an advanced
+/// help desk user) and the reason, which must be one of the listed ones.
+fn helpdesk_end_user_and_reason(
+    user: &SessionUser,
+    end_user: &str,
+    reason: &str,
+) -> Result<Option<String>, String> {
+    let end_user = if end_user.is_empty() {
+        if !user.role.is_advanced() {
+            return Err("end_user is required: type the end user's DOMAIN\\user name".into());
+        }
+        None
+    } else {
+        Some(validate_name(end_user, "end_user", 256).map_err(|e| e.public_message())?)
+    };
+    if !HELPDESK_REASONS.contains(&reason) {
+        return Err("reason must be one of the listed reasons".into());
+    }
+    Ok(end_user)
+}
+
 fn help_page(st: &AppState, s: &Session) -> HelpT {
     HelpT {
         page: page(st, Site::HelpDesk, "Drive recovery", Some(s)),
@@ -653,16 +698,9 @@ async fn help_get(State(st): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 async fn help_key(State(st): State<AppState>, headers: HeaderMap, f: FormData) -> Response {
-    let reason = f.get("reason").to_string();
-    let s = match gate(&st, &headers, Site::HelpDesk, Some(&reason)).await {
-        Ok(s) => s,
+    let (s, user, reason) = match helpdesk_gate(&st, &headers, &f).await {
+        Ok(g) => g,
         Err(r) => return r,
-    };
-    if !csrf_ok(&s, &f) {
-        return message(&st, Site::HelpDesk, StatusCode::FORBIDDEN, &tr("err-csrf"));
-    }
-    let Some(user) = s.user.clone() else {
-        return redirect("/HelpDesk/login");
     };
     let mut t = help_page(&st, &s);
     let typed = f.get("key_id").to_string();
@@ -677,25 +715,13 @@ async fn help_key(State(st): State<AppState>, headers: HeaderMap, f: FormData) -
             return html(StatusCode::BAD_REQUEST, &t);
         }
     };
-    let end_user = if end_user_in.is_empty() {
-        if !user.role.is_advanced() {
-            t.error = Some("end_user is required: type the end user's DOMAIN\\user name".into());
+    let end_user = match helpdesk_end_user_and_reason(&user, &end_user_in, &reason) {
+        Ok(u) => u,
+        Err(e) => {
+            t.error = Some(e);
             return html(StatusCode::BAD_REQUEST, &t);
         }
-        None
-    } else {
-        match validate_name(&end_user_in, "end_user", 256) {
-            Ok(u) => Some(u),
-            Err(e) => {
-                t.error = Some(e.public_message());
-                return html(StatusCode::BAD_REQUEST, &t);
-            }
-        }
     };
-    if !HELPDESK_REASONS.contains(&reason.as_str()) {
-        t.error = Some("reason must be one of the listed reasons".into());
-        return html(StatusCode::BAD_REQUEST, &t);
-    }
     let req = KeyRequest {
         source: Source::HelpDesk,
         requester: user.username,
@@ -757,16 +783,9 @@ async fn tpm_get(State(st): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 async fn tpm_post(State(st): State<AppState>, headers: HeaderMap, f: FormData) -> Response {
-    let reason = f.get("reason").to_string();
-    let s = match gate(&st, &headers, Site::HelpDesk, Some(&reason)).await {
-        Ok(s) => s,
+    let (s, user, reason) = match helpdesk_gate(&st, &headers, &f).await {
+        Ok(g) => g,
         Err(r) => return r,
-    };
-    if !csrf_ok(&s, &f) {
-        return message(&st, Site::HelpDesk, StatusCode::FORBIDDEN, &tr("err-csrf"));
-    }
-    let Some(user) = s.user.clone() else {
-        return redirect("/HelpDesk/login");
     };
     let mut t = tpm_page(&st, &s);
     t.reasons = reasons(&HELPDESK_REASONS, &reason);
@@ -779,25 +798,13 @@ async fn tpm_post(State(st): State<AppState>, headers: HeaderMap, f: FormData) -
             return html(StatusCode::BAD_REQUEST, &t);
         }
     };
-    let end_user = if t.end_user.is_empty() {
-        if !user.role.is_advanced() {
-            t.error = Some("end_user is required: type the end user's DOMAIN\\user name".into());
+    let end_user = match helpdesk_end_user_and_reason(&user, &t.end_user, &reason) {
+        Ok(u) => u,
+        Err(e) => {
+            t.error = Some(e);
             return html(StatusCode::BAD_REQUEST, &t);
         }
-        None
-    } else {
-        match validate_name(&t.end_user, "end_user", 256) {
-            Ok(u) => Some(u),
-            Err(e) => {
-                t.error = Some(e.public_message());
-                return html(StatusCode::BAD_REQUEST, &t);
-            }
-        }
     };
-    if !HELPDESK_REASONS.contains(&reason.as_str()) {
-        t.error = Some("reason must be one of the listed reasons".into());
-        return html(StatusCode::BAD_REQUEST, &t);
-    }
     let req = TpmRequest {
         source: Source::HelpDesk,
         requester: user.username,
