@@ -27,9 +27,10 @@
 use rand::{CryptoRng, Rng};
 use swtpm::{DaParameters, HashingAlgorithm, SealPolicy, SealedBlob, Tpm};
 
+use crate::bitlocker::disk::VolumeFile;
+use crate::bitlocker::fve::{FveError, NewProtector, Secret};
 use crate::bitlocker::{
-    check_block, BlockError, KeyProtectorId, ProtectorType, RecoveryPassword, Vmk, Volume,
-    VolumeError,
+    check_block, BlockError, KeyProtectorId, ProtectorType, RecoveryPassword, Vmk,
 };
 use crate::device::{explain, Change, ChangeError, Device, Explanation, Profile, TpmEffect};
 use crate::eventlog::{EventLog, HashAlg, Pcrs};
@@ -42,9 +43,6 @@ pub const WINDOWS_DA: DaParameters = DaParameters {
     recovery_time_secs: 600,
     lockout_recovery_secs: 86_400,
 };
-
-/// Sectors of the simulated volume (real AES-XTS ciphertext).
-const VOLUME_SECTORS: usize = 8;
 
 /// How the VMK is protected by the TPM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,9 +171,9 @@ pub enum MachineError {
     /// The TPM failed in a way no boot expects.
     #[error("TPM: {0}")]
     Tpm(#[from] swtpm::Error),
-    /// A volume operation failed.
-    #[error("volume: {0}")]
-    Volume(#[from] VolumeError),
+    /// The volume image could not be read, unlocked or written.
+    #[error("volume image: {0}")]
+    Volume(#[from] FveError),
     /// The change cannot apply to this device.
     #[error(transparent)]
     Change(#[from] ChangeError),
@@ -200,7 +198,6 @@ pub enum MachineError {
 #[derive(Debug, Clone)]
 struct SealedProtector {
     id: KeyProtectorId,
-    blob: SealedBlob,
     profile: Profile,
     /// The event log of the boot it was sealed to (the "before" of an explanation).
     sealed_log: EventLog,
@@ -211,8 +208,9 @@ struct SealedProtector {
 pub struct Machine {
     device: Device,
     tpm: Tpm,
-    volume: Volume,
-    volume_id: uuid::Uuid,
+    /// The system volume: a BitLocker image file in the real format (the sealed TPM blob
+    /// and the recovery-password protectors live in its metadata).
+    volume: VolumeFile,
     dictionary_attack: DaParameters,
     /// The VMK in the running OS's memory after an unlock; `None` while locked.
     running_vmk: Option<Vmk>,
@@ -230,9 +228,9 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// A new machine: its own TPM (owned the Windows way), a volume with real encrypted
-    /// sectors, the TPM protector sealed to a first boot, and recovery-password protectors.
-    /// Returns the pairs the agent escrows.
+    /// A new machine: its own TPM (owned the Windows way), a BitLocker volume image on disk
+    /// (real encrypted sectors), the TPM protector sealed to a first boot, and
+    /// recovery-password protectors. Returns the pairs the agent escrows.
     pub fn provision<R: Rng + CryptoRng>(
         device: Device,
         setup: &BitLockerSetup,
@@ -240,58 +238,59 @@ impl Machine {
     ) -> Result<(Machine, Vec<EscrowedKey>), MachineError> {
         let mut tpm = Tpm::spawn()?;
         let lockout_auth = take_ownership(&mut tpm, rng, setup.dictionary_attack)?;
-        let sectors: Vec<[u8; 512]> = (0..VOLUME_SECTORS)
-            .map(|n| {
-                let mut s = [0u8; 512];
-                let text = format!("sector {n} of a simulated BitLocker system volume");
-                s[..text.len()].copy_from_slice(text.as_bytes());
-                s
-            })
-            .collect();
-        let (mut volume, vmk) = Volume::create(rng, &sectors)?;
-        let volume_id = uuid::Builder::from_random_bytes(rng.random()).into_uuid();
-
+        // First boot measures the platform; BitLocker seals a new VMK to that state.
+        let sealed_log = boot_measurements(&mut tpm, &device)?;
+        let vmk = Vmk::from_bytes(rng.random());
+        let blob = seal_vmk(&mut tpm, &vmk, setup.profile, &setup.protection, &device)?;
+        let tpm_protector = match setup.protection {
+            TpmProtection::Tpm => NewProtector::Tpm {
+                blob: blob.to_bytes(),
+            },
+            TpmProtection::TpmPin { .. } => NewProtector::TpmAndPin {
+                blob: blob.to_bytes(),
+            },
+        };
+        let mut protectors = vec![(tpm_protector, None)];
+        for _ in 0..setup.recovery_passwords.max(1) {
+            let id = setup.key_id_prefix.map(|prefix| {
+                let mut bytes: [u8; 16] = rng.random();
+                bytes[..4].copy_from_slice(&prefix.to_be_bytes());
+                bytes[6] = (bytes[6] & 0x0f) | 0x40;
+                bytes[8] = (bytes[8] & 0x3f) | 0x80;
+                KeyProtectorId::from_uuid(uuid::Uuid::from_bytes(bytes))
+            });
+            protectors.push((NewProtector::RecoveryPassword(None), id));
+        }
+        let (volume, created) =
+            VolumeFile::create(rng, "SIMULATED-PC C: harness", &vmk, protectors)?;
+        let id = created
+            .first()
+            .map(|p| p.id)
+            .ok_or_else(|| MachineError::State("the volume has no TPM protector".into()))?;
         let mut escrow = Vec::new();
         let mut recovery_ids = Vec::new();
-        for _ in 0..setup.recovery_passwords.max(1) {
-            let (id, password) = match setup.key_id_prefix {
-                None => volume.add_recovery_password(&vmk, rng)?,
-                Some(prefix) => {
-                    let mut bytes: [u8; 16] = rng.random();
-                    bytes[..4].copy_from_slice(&prefix.to_be_bytes());
-                    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-                    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-                    let id = KeyProtectorId::from_uuid(uuid::Uuid::from_bytes(bytes));
-                    (id, volume.add_recovery_password_with_id(&vmk, rng, id)?)
-                }
+        for p in &created {
+            let Some(digits) = &p.recovery_password else {
+                continue;
             };
-            recovery_ids.push(id);
+            let password = RecoveryPassword::parse(digits)
+                .map_err(|e| MachineError::State(format!("new recovery password: {e}")))?;
+            recovery_ids.push(p.id);
             escrow.push(EscrowedKey {
-                volume_id,
-                key_protector_id: id,
+                volume_id: volume.volume_guid(),
+                key_protector_id: p.id,
                 recovery_password: password,
             });
         }
-
-        // First boot measures the platform; BitLocker seals to that state.
-        let sealed_log = boot_measurements(&mut tpm, &device)?;
-        let blob = seal_vmk(&mut tpm, &vmk, setup.profile, &setup.protection, &device)?;
-        let protector_type = match setup.protection {
-            TpmProtection::Tpm => ProtectorType::Tpm,
-            TpmProtection::TpmPin { .. } => ProtectorType::TpmAndPin,
-        };
-        let id = volume.add_opaque_protector(&vmk, rng, protector_type, blob.to_bytes())?;
         let machine = Machine {
             device,
             tpm,
             volume,
-            volume_id,
             dictionary_attack: setup.dictionary_attack,
             running_vmk: Some(vmk.clone()),
             protection: setup.protection.clone(),
             tpm_protector: SealedProtector {
                 id,
-                blob,
                 profile: setup.profile,
                 sealed_log: sealed_log.clone(),
             },
@@ -312,7 +311,18 @@ impl Machine {
 
     /// The volume GUID.
     pub fn volume_id(&self) -> uuid::Uuid {
-        self.volume_id
+        self.volume.volume_guid()
+    }
+
+    /// The system volume's image file (BitLocker's on-disk format; cryptsetup and dislocker
+    /// open it). It lives as long as the machine.
+    pub fn volume_image(&self) -> &std::path::Path {
+        self.volume.path()
+    }
+
+    /// SHA-256 of the volume's decrypted data as written (what an unlock must show).
+    pub fn volume_data_sha256(&self) -> [u8; 32] {
+        self.volume.data_sha256()
     }
 
     /// The validation profile of the TPM protector.
@@ -391,7 +401,7 @@ impl Machine {
 
         let outcome = if let Some(vmk) = self.clear_key.take() {
             // Suspended: the clear key opens the volume; resume re-seals to this boot.
-            self.volume.unlock_with_vmk(&vmk)?;
+            self.volume.unlock(Secret::Vmk(&vmk))?;
             self.reseal(&vmk)?;
             self.running_vmk = Some(vmk);
             BootOutcome::Unlocked {
@@ -401,13 +411,12 @@ impl Machine {
         } else {
             let auth = self.pin_auth(pin);
             let pcrs = profile_pcrs(self.tpm_protector.profile);
-            match self
-                .tpm
-                .unseal(&self.tpm_protector.blob, &pcrs, auth.as_deref())
-            {
+            // The boot manager reads the sealed blob from the volume's metadata.
+            let blob = SealedBlob::from_bytes(&self.volume.tpm_key(self.tpm_protector.id)?)?;
+            match self.tpm.unseal(&blob, &pcrs, auth.as_deref()) {
                 Ok(secret) => {
                     let vmk = vmk_from(&secret)?;
-                    self.volume.unlock_with_vmk(&vmk)?;
+                    self.volume.unlock(Secret::Vmk(&vmk))?;
                     self.running_vmk = Some(vmk);
                     BootOutcome::Unlocked {
                         via: self.tpm_protector_type(),
@@ -489,11 +498,9 @@ impl Machine {
             return Err(MachineError::NotInRecovery);
         }
         let password = check_typed(typed)?;
-        let unlocked = match self.volume.unlock_with_recovery_password(&password) {
+        let unlocked = match self.volume.unlock(Secret::RecoveryPassword(&password)) {
             Ok(unlocked) => unlocked,
-            Err(VolumeError::WrongRecoveryPassword) => {
-                return Err(MachineError::WrongRecoveryPassword)
-            }
+            Err(FveError::WrongSecret { .. }) => return Err(MachineError::WrongRecoveryPassword),
             Err(other) => return Err(other.into()),
         };
         let via = unlocked.unlocked_by();
@@ -565,7 +572,7 @@ impl Machine {
         self.recovery_ids.retain(|k| *k != old);
         self.recovery_ids.push(id);
         Ok(EscrowedKey {
-            volume_id: self.volume_id,
+            volume_id: self.volume.volume_guid(),
             key_protector_id: id,
             recovery_password: password,
         })
@@ -573,11 +580,7 @@ impl Machine {
 
     /// Whether `password` unlocks the volume now (a full stretch + unwrap + decrypt).
     pub fn password_unlocks(&self, password: &RecoveryPassword) -> Result<bool, MachineError> {
-        match self.volume.unlock_with_recovery_password(password) {
-            Ok(_) => Ok(true),
-            Err(VolumeError::WrongRecoveryPassword) => Ok(false),
-            Err(other) => Err(other.into()),
-        }
+        Ok(self.volume.recovery_password_unlocks(password)?)
     }
 
     fn tpm_protector_type(&self) -> ProtectorType {
@@ -610,7 +613,8 @@ impl Machine {
             &self.protection,
             &self.device,
         )?;
-        self.tpm_protector.blob = blob;
+        self.volume
+            .set_tpm_key(vmk, self.tpm_protector.id, blob.to_bytes())?;
         self.tpm_protector.sealed_log = self.device.event_log();
         Ok(())
     }

@@ -7,11 +7,13 @@
 //! - [`volume`]: a volume with real AES-XTS sector encryption, a VMK, and protectors.
 //! - [`fve`]: the real on-disk format (volume header, FVE metadata, protectors, sectors),
 //!   read and written; opened by cryptsetup and dislocker.
+//! - [`disk`]: a volume kept as an image file (the simulated device's system volume).
 //! - [`external`]: runs cryptsetup and dislocker against an image (tests and the runner).
 //!
 //! Nothing here needs a TPM. The TPM-bound protectors are built on
 //! [`volume::Volume::unlock_with_vmk`] and [`volume::Volume::add_opaque_protector`].
 
+pub mod disk;
 pub mod external;
 pub mod fve;
 pub mod keywrap;

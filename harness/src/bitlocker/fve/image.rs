@@ -791,6 +791,40 @@ impl Image {
         Ok(new)
     }
 
+    /// The sealed blob of a TPM or TPM+PIN protector.
+    pub fn tpm_key(&self, id: KeyProtectorId) -> Option<Vec<u8>> {
+        self.vmk_entries()
+            .filter(|(x, _, _)| *x == id)
+            .flat_map(|(_, _, props)| props.iter())
+            .find_map(|p| match &p.value {
+                Value::TpmKey(blob) => Some(blob.clone()),
+                _ => None,
+            })
+    }
+
+    /// Replaces the sealed blob of a TPM or TPM+PIN protector (a re-seal keeps the ID).
+    pub fn set_tpm_key(&mut self, id: KeyProtectorId, blob: Vec<u8>) -> Result<(), FveError> {
+        for e in &mut self.block.entries {
+            if let Value::Vmk {
+                id: x, properties, ..
+            } = &mut e.value
+            {
+                if *x != id {
+                    continue;
+                }
+                if let Some(Value::TpmKey(old)) = properties
+                    .iter_mut()
+                    .map(|p| &mut p.value)
+                    .find(|v| matches!(v, Value::TpmKey(_)))
+                {
+                    *old = blob;
+                    return Ok(());
+                }
+            }
+        }
+        Err(FveError::NoSuchProtector(id))
+    }
+
     /// Rewrites the metadata of the image file at `path` (all three copies).
     pub fn write_metadata(&mut self, path: &std::path::Path, vmk: &Vmk) -> Result<(), FveError> {
         use std::os::unix::fs::FileExt;
@@ -934,10 +968,23 @@ pub fn known_sector(n: u64) -> [u8; 512] {
 }
 
 impl NewVolume {
-    /// Writes a new volume image in memory.
+    /// Writes a new volume image in memory, with a random VMK and random protector IDs.
     pub fn create<R: Rng + CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
+    ) -> Result<CreatedVolume, FveError> {
+        let mut vmk = [0u8; 32];
+        rng.fill(&mut vmk);
+        self.create_with(rng, Vmk::from_bytes(vmk), &[])
+    }
+
+    /// Writes a new volume image in memory under a given VMK (one already sealed into a
+    /// TPM); `ids[i]`, when set, is the ID of the `i`-th protector (the others are random).
+    pub fn create_with<R: Rng + CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        vmk: Vmk,
+        ids: &[Option<KeyProtectorId>],
     ) -> Result<CreatedVolume, FveError> {
         if !matches!(self.cipher, Cipher::AesXts128 | Cipher::AesXts256) {
             return Err(FveError::InvalidParams(format!(
@@ -995,9 +1042,6 @@ impl NewVolume {
         }
         view[hdr_off as usize..(hdr_off + hdr_size) as usize].fill(0);
 
-        let mut vmk = [0u8; 32];
-        rng.fill(&mut vmk);
-        let vmk = Vmk::from_bytes(vmk);
         let mut fvek = vec![0u8; self.cipher.key_len()];
         rng.fill(&mut fvek[..]);
         let sectors = SectorCipher::new(self.cipher, &fvek)?;
@@ -1015,8 +1059,9 @@ impl NewVolume {
             Value::String(self.description.clone()),
         )];
         let mut out_protectors = Vec::new();
-        for p in &self.protectors {
-            let id = KeyProtectorId::random(rng);
+        for (i, p) in self.protectors.iter().enumerate() {
+            let random_id = KeyProtectorId::random(rng);
+            let id = ids.get(i).copied().flatten().unwrap_or(random_id);
             let mut salt = [0u8; 16];
             rng.fill(&mut salt);
             let (ptype, props, pw, bek) = match p {

@@ -106,6 +106,16 @@ pub enum FveError {
         /// The block's offset.
         offset: u64,
     },
+    /// The volume unlocked, but its decrypted data is not what was written.
+    #[error(
+        "the decrypted volume is not the data written to it (SHA-256 {got}, written {expected})"
+    )]
+    DataMismatch {
+        /// SHA-256 of what was written, hex.
+        expected: String,
+        /// SHA-256 of what decrypts now, hex.
+        got: String,
+    },
     /// Bad parameters for a new volume.
     #[error("invalid volume parameters: {0}")]
     InvalidParams(String),
