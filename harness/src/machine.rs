@@ -32,8 +32,11 @@ use crate::bitlocker::fve::{FveError, NewProtector, Secret};
 use crate::bitlocker::{
     check_block, BlockError, KeyProtectorId, ProtectorType, RecoveryPassword, Vmk,
 };
-use crate::device::{explain, Change, ChangeError, Device, Explanation, Profile, TpmEffect};
-use crate::eventlog::{EventLog, HashAlg, Pcrs};
+use crate::device::{
+    explain_boots, Change, ChangeError, Device, Explanation, MeasuredBoot, Profile, TpmEffect,
+};
+use crate::eventlog::tpm::{self as log_tpm, hashing_algorithm, TpmReplayError};
+use crate::eventlog::{HashAlg, Pcrs};
 
 /// Windows' TPM 2.0 dictionary-attack settings (windows-itpro-docs, tpm-fundamentals):
 /// lockout after 32 failures, one failure forgotten every 10 minutes; a failed lockout-auth
@@ -199,8 +202,8 @@ pub enum MachineError {
 struct SealedProtector {
     id: KeyProtectorId,
     profile: Profile,
-    /// The event log of the boot it was sealed to (the "before" of an explanation).
-    sealed_log: EventLog,
+    /// The boot it was sealed to (the "before" of an explanation).
+    sealed_boot: MeasuredBoot,
 }
 
 /// A simulated device with its own TPM and a BitLocker volume.
@@ -220,8 +223,8 @@ pub struct Machine {
     /// Protection suspended: the VMK is stored in the clear until the next boot re-seals.
     clear_key: Option<Vmk>,
     lockout_auth: Vec<u8>,
-    /// The log of the last boot (up to its unseal point, then the rest).
-    last_log: EventLog,
+    /// The last boot (up to its unseal point, then the rest).
+    last_boot: MeasuredBoot,
     on_recovery_screen: bool,
     /// The TPM's response code to the last wrong PIN, while the PIN prompt is up.
     pin_prompt_failure: Option<u32>,
@@ -239,9 +242,15 @@ impl Machine {
         let mut tpm = Tpm::spawn()?;
         let lockout_auth = take_ownership(&mut tpm, rng, setup.dictionary_attack)?;
         // First boot measures the platform; BitLocker seals a new VMK to that state.
-        let sealed_log = boot_measurements(&mut tpm, &device)?;
+        let sealed_boot = boot_measurements(&mut tpm, &device)?;
         let vmk = Vmk::from_bytes(rng.random());
-        let blob = seal_vmk(&mut tpm, &vmk, setup.profile, &setup.protection, &device)?;
+        let blob = seal_vmk(
+            &mut tpm,
+            &vmk,
+            setup.profile,
+            &setup.protection,
+            &sealed_boot,
+        )?;
         let tpm_protector = match setup.protection {
             TpmProtection::Tpm => NewProtector::Tpm {
                 blob: blob.to_bytes(),
@@ -292,12 +301,12 @@ impl Machine {
             tpm_protector: SealedProtector {
                 id,
                 profile: setup.profile,
-                sealed_log: sealed_log.clone(),
+                sealed_boot: sealed_boot.clone(),
             },
             recovery_ids,
             clear_key: None,
             lockout_auth,
-            last_log: sealed_log,
+            last_boot: sealed_boot,
             on_recovery_screen: false,
             pin_prompt_failure: None,
         };
@@ -350,9 +359,9 @@ impl Machine {
         Ok(self.tpm.lockout_counter()?)
     }
 
-    /// The event log of the last boot.
-    pub fn last_event_log(&self) -> &EventLog {
-        &self.last_log
+    /// What the last boot measured (its log and unseal point).
+    pub fn last_boot(&self) -> &MeasuredBoot {
+        &self.last_boot
     }
 
     /// The PCRs the TPM holds now (SHA-256 bank), for checking predictions.
@@ -393,11 +402,9 @@ impl Machine {
     pub fn boot(&mut self, pin: Option<&str>) -> Result<BootOutcome, MachineError> {
         self.running_vmk = None;
         self.pin_prompt_failure = None;
-        self.tpm.reboot()?;
-        let events = self.device.events();
-        let split = self.device.unseal_index().min(events.len());
-        extend_all(&mut self.tpm, &events[..split])?;
-        self.last_log = EventLog::new(events.clone());
+        let boot = self.device.measured_boot();
+        measure(&mut self.tpm, &boot)?;
+        self.last_boot = boot;
 
         let outcome = if let Some(vmk) = self.clear_key.take() {
             // Suspended: the clear key opens the volume; resume re-seals to this boot.
@@ -413,7 +420,8 @@ impl Machine {
             let pcrs = profile_pcrs(self.tpm_protector.profile);
             // The boot manager reads the sealed blob from the volume's metadata.
             let blob = SealedBlob::from_bytes(&self.volume.tpm_key(self.tpm_protector.id)?)?;
-            match self.tpm.unseal(&blob, &pcrs, auth.as_deref()) {
+            let bank = hashing_algorithm(self.tpm_protector.sealed_boot.bank());
+            match self.tpm.unseal_in_bank(&blob, &pcrs, bank, auth.as_deref()) {
                 Ok(secret) => {
                     let vmk = vmk_from(&secret)?;
                     self.volume.unlock(Secret::Vmk(&vmk))?;
@@ -447,16 +455,16 @@ impl Machine {
                         key_id,
                         tpm_response_code: err.response_code(),
                         cause,
-                        explanation: explain(
-                            &self.tpm_protector.sealed_log,
-                            &self.last_log,
+                        explanation: explain_boots(
+                            &self.tpm_protector.sealed_boot,
+                            &self.last_boot,
                             self.tpm_protector.profile,
                         ),
                     }))
                 }
             }
         };
-        extend_all(&mut self.tpm, &events[split..])?;
+        measure_rest(&mut self.tpm, &self.last_boot)?;
         Ok(outcome)
     }
 
@@ -476,9 +484,9 @@ impl Machine {
             key_id,
             cause: LockoutCause::AuthFailed,
             tpm_response_code: Some(code),
-            explanation: explain(
-                &self.tpm_protector.sealed_log,
-                &self.last_log,
+            explanation: explain_boots(
+                &self.tpm_protector.sealed_boot,
+                &self.last_boot,
                 self.tpm_protector.profile,
             ),
         })
@@ -606,16 +614,26 @@ impl Machine {
     }
 
     fn reseal(&mut self, vmk: &Vmk) -> Result<(), MachineError> {
+        let boot = self.device.measured_boot();
+        // swtpm takes precomputed policy values for SHA-256 only; in another bank (a SHA-1
+        // log) the TPM must hold the unseal-point values when it seals: replay to there.
+        let replay = boot.bank() != HashAlg::Sha256;
+        if replay {
+            measure(&mut self.tpm, &boot)?;
+        }
         let blob = seal_vmk(
             &mut self.tpm,
             vmk,
             self.tpm_protector.profile,
             &self.protection,
-            &self.device,
+            &boot,
         )?;
+        if replay {
+            measure_rest(&mut self.tpm, &boot)?;
+        }
         self.volume
             .set_tpm_key(vmk, self.tpm_protector.id, blob.to_bytes())?;
-        self.tpm_protector.sealed_log = self.device.event_log();
+        self.tpm_protector.sealed_boot = boot;
         Ok(())
     }
 }
@@ -664,63 +682,74 @@ fn take_ownership<R: Rng + CryptoRng + ?Sized>(
     Ok(auth)
 }
 
-/// Reboots the TPM and measures the whole boot; returns its log.
-fn boot_measurements(tpm: &mut Tpm, device: &Device) -> Result<EventLog, MachineError> {
-    tpm.reboot()?;
-    let events = device.events();
-    let split = device.unseal_index().min(events.len());
-    extend_all(tpm, &events[..split])?;
-    Ok(EventLog::new(events))
+/// Reboots the TPM and measures the boot up to its unseal point; returns the boot.
+fn boot_measurements(tpm: &mut Tpm, device: &Device) -> Result<MeasuredBoot, MachineError> {
+    let boot = device.measured_boot();
+    measure(tpm, &boot)?;
+    Ok(boot)
 }
 
-fn extend_all(tpm: &mut Tpm, events: &[crate::eventlog::Event]) -> Result<(), MachineError> {
-    for e in events.iter().filter(|e| e.is_extended()) {
-        let pcr = u8::try_from(e.pcr)
-            .map_err(|_| MachineError::State(format!("event for PCR {}", e.pcr)))?;
-        tpm.pcr_extend(
-            pcr,
-            &[
-                (HashingAlgorithm::Sha1, e.digests.get(HashAlg::Sha1)),
-                (HashingAlgorithm::Sha256, e.digests.get(HashAlg::Sha256)),
-            ],
-        )?;
+/// Resets the TPM (from the log's startup locality) and extends the records before the
+/// unseal point, in every bank the log has.
+fn measure(tpm: &mut Tpm, boot: &MeasuredBoot) -> Result<(), MachineError> {
+    tpm.reboot_with_startup_locality(boot.log.startup_locality)?;
+    let split = boot.unseal_index.min(boot.log.records.len());
+    log_tpm::extend(tpm, &boot.log.records[..split]).map_err(replay_error)
+}
+
+/// Extends the records after the unseal point (the rest of the boot).
+fn measure_rest(tpm: &mut Tpm, boot: &MeasuredBoot) -> Result<(), MachineError> {
+    let split = boot.unseal_index.min(boot.log.records.len());
+    log_tpm::extend(tpm, &boot.log.records[split..]).map_err(replay_error)
+}
+
+fn replay_error(e: TpmReplayError) -> MachineError {
+    match e {
+        TpmReplayError::Tpm(e) => MachineError::Tpm(e),
+        other => MachineError::State(other.to_string()),
     }
-    Ok(())
 }
 
-/// Seals the VMK to the values the device model predicts at the unseal point. The caller
-/// has just measured those events into the TPM, so a wrong prediction would show at once
-/// as a failed unseal on the next boot.
+/// Seals the VMK to the boot's values at the unseal point. In SHA-256 they are computed
+/// from the log (the caller has just measured the same records into the TPM, so a wrong
+/// computation shows at once as a failed unseal on the next boot); in another bank the TPM
+/// must hold them now (swtpm takes precomputed values for SHA-256 only).
 fn seal_vmk(
     tpm: &mut Tpm,
     vmk: &Vmk,
     profile: Profile,
     protection: &TpmProtection,
-    device: &Device,
+    boot: &MeasuredBoot,
 ) -> Result<SealedBlob, MachineError> {
-    let events = device.events();
-    let split = device.unseal_index().min(events.len());
-    let at_unseal = EventLog::new(events[..split].to_vec()).replay();
+    let bank = boot.bank();
+    let at_unseal = boot.at_unseal();
     let pcrs = profile_pcrs(profile);
-    let mut expected = Vec::with_capacity(pcrs.len());
-    for &pcr in &pcrs {
-        let value = at_unseal
-            .sha256(u32::from(pcr))
-            .ok_or_else(|| MachineError::State(format!("no SHA-256 value for PCR {pcr}")))?;
-        expected.push(*value);
-    }
+    let expected = if bank == HashAlg::Sha256 {
+        let mut expected = Vec::with_capacity(pcrs.len());
+        for &pcr in &pcrs {
+            let value: [u8; 32] = at_unseal
+                .get(bank, u32::from(pcr))
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| MachineError::State(format!("no SHA-256 value for PCR {pcr}")))?;
+            expected.push(value);
+        }
+        Some(expected)
+    } else {
+        None
+    };
     let (auth_value, dictionary_attack_protected) = match protection {
         TpmProtection::Tpm => (None, false),
         TpmProtection::TpmPin { pin } => (Some(pin_auth_value(pin)), true),
     };
-    Ok(tpm.seal(
+    Ok(tpm.seal_in_bank(
         vmk.as_bytes(),
         &SealPolicy {
             pcrs,
-            expected: Some(expected),
+            expected,
             auth_value,
             dictionary_attack_protected,
         },
+        hashing_algorithm(bank),
     )?)
 }
 

@@ -74,6 +74,9 @@ pub enum ChangeError {
     /// The change needs a component the device does not have.
     #[error("{change:?} needs {needs}, which this device does not have")]
     Missing { change: Change, needs: &'static str },
+    /// The device boots a real log, which cannot express this change.
+    #[error("{change:?} on a device booting a real log: {reason}")]
+    RealLog { change: Change, reason: String },
 }
 
 impl Change {
@@ -122,6 +125,12 @@ impl Change {
 impl Device {
     /// Applies a change's measured part in place (see [`Change::tpm_effect`] for the rest).
     pub fn apply(&mut self, change: &Change) -> Result<(), ChangeError> {
+        if let Some(real) = &mut self.real_log {
+            return real.apply(change).map_err(|reason| ChangeError::RealLog {
+                change: change.clone(),
+                reason,
+            });
+        }
         match change {
             Change::FirmwareUpdate | Change::PlannedUpdateWithSuspend => {
                 self.firmware.version.push_str("+update");

@@ -3,30 +3,33 @@
 
 use std::fmt;
 
-use crate::eventlog::{Event, EventLog, EventType};
+use crate::eventlog::diff::LogDiff;
+use crate::eventlog::{Event, EventLog, EventType, HashAlg};
 
-use super::Profile;
+use super::{MeasuredBoot, Profile};
 
 /// One differing PCR.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PcrDifference {
     /// PCR index.
     pub pcr: u32,
-    /// SHA-256 value replayed from the first log.
-    pub before: [u8; 32],
-    /// SHA-256 value replayed from the second log.
-    pub after: [u8; 32],
-    /// Events of this PCR only in the first log.
-    pub removed: Vec<Event>,
-    /// Events of this PCR only in the second log.
-    pub added: Vec<Event>,
+    /// Value replayed from the first log, in [`Explanation::bank`].
+    pub before: Vec<u8>,
+    /// Value replayed from the second log.
+    pub after: Vec<u8>,
+    /// Events of this PCR only in the first log, described.
+    pub removed: Vec<String>,
+    /// Events of this PCR only in the second log, described.
+    pub added: Vec<String>,
 }
 
-/// The result of [`explain`].
+/// The result of [`explain`] or [`explain_boots`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Explanation {
     /// The profile compared.
     pub profile: Profile,
+    /// The bank the values are from (the one sealed to).
+    pub bank: HashAlg,
     /// Profile PCRs that differ, ascending. Empty: the TPM would unseal.
     pub differences: Vec<PcrDifference>,
 }
@@ -43,17 +46,55 @@ impl Explanation {
     }
 }
 
-/// Events in `a` not matched one-for-one in `b`, in `a`'s order.
-fn unmatched(a: &[&Event], b: &[&Event]) -> Vec<Event> {
+/// Events in `a` not matched one-for-one in `b`, in `a`'s order, described.
+fn unmatched(a: &[&Event], b: &[&Event]) -> Vec<String> {
     let mut used = vec![false; b.len()];
     let mut out = Vec::new();
     for e in a {
         match b.iter().enumerate().position(|(i, x)| !used[i] && x == e) {
             Some(i) => used[i] = true,
-            None => out.push((*e).clone()),
+            None => out.push(describe_event(e)),
         }
     }
     out
+}
+
+/// Compares two boots at their unseal points under `profile` (what the TPM compares), in
+/// the bank the first one seals in. Works for any log, SHA-1-only ones included.
+pub fn explain_boots(before: &MeasuredBoot, after: &MeasuredBoot, profile: Profile) -> Explanation {
+    let (b, a) = (&before.log, &after.log);
+    let diff = LogDiff::between(
+        b,
+        &before.at_unseal(),
+        &b.records[..before.unseal_index.min(b.records.len())],
+        a,
+        &after.at_unseal(),
+        &a.records[..after.unseal_index.min(a.records.len())],
+    );
+    let describe = |r: &crate::eventlog::diff::NamedRecord| {
+        if r.number == 0 {
+            format!("(new) {}", r.description)
+        } else {
+            format!("#{} {}", r.number, r.description)
+        }
+    };
+    let differences = diff
+        .pcrs
+        .iter()
+        .filter(|d| profile.pcrs().contains(&d.pcr))
+        .map(|d| PcrDifference {
+            pcr: d.pcr,
+            before: hex::decode(&d.before).unwrap_or_default(),
+            after: hex::decode(&d.after).unwrap_or_default(),
+            removed: d.removed.iter().map(describe).collect(),
+            added: d.added.iter().map(describe).collect(),
+        })
+        .collect();
+    Explanation {
+        profile,
+        bank: diff.bank,
+        differences,
+    }
 }
 
 /// Compares two boots' logs under `profile`.
@@ -71,8 +112,8 @@ pub fn explain(before: &EventLog, after: &EventLog, profile: Profile) -> Explana
             let ea: Vec<&Event> = after.events_for(pcr).filter(|e| e.is_extended()).collect();
             Some(PcrDifference {
                 pcr,
-                before: *b,
-                after: *a,
+                before: b.to_vec(),
+                after: a.to_vec(),
                 removed: unmatched(&eb, &ea),
                 added: unmatched(&ea, &eb),
             })
@@ -80,6 +121,7 @@ pub fn explain(before: &EventLog, after: &EventLog, profile: Profile) -> Explana
         .collect();
     Explanation {
         profile,
+        bank: HashAlg::Sha256,
         differences,
     }
 }
@@ -142,17 +184,21 @@ impl fmt::Display for Explanation {
             self.differences.len()
         )?;
         for d in &self.differences {
-            writeln!(f, "PCR {}:", d.pcr)?;
-            writeln!(f, "  before 0x{}", hex::encode(d.before))?;
-            writeln!(f, "  after  0x{}", hex::encode(d.after))?;
+            if self.bank == HashAlg::Sha256 {
+                writeln!(f, "PCR {}:", d.pcr)?;
+            } else {
+                writeln!(f, "PCR {} ({} bank):", d.pcr, self.bank)?;
+            }
+            writeln!(f, "  before 0x{}", hex::encode(&d.before))?;
+            writeln!(f, "  after  0x{}", hex::encode(&d.after))?;
             if d.removed.is_empty() && d.added.is_empty() {
                 writeln!(f, "  same events in a different order")?;
             }
             for e in &d.removed {
-                writeln!(f, "  - {}", describe_event(e))?;
+                writeln!(f, "  - {e}")?;
             }
             for e in &d.added {
-                writeln!(f, "  + {}", describe_event(e))?;
+                writeln!(f, "  + {e}")?;
             }
         }
         Ok(())

@@ -53,10 +53,12 @@
 
 mod change;
 mod explain;
+mod logged;
 mod profile;
 
 pub use change::{Change, ChangeError, TpmEffect};
-pub use explain::{describe_event, explain, Explanation, PcrDifference};
+pub use explain::{describe_event, explain, explain_boots, Explanation, PcrDifference};
+pub use logged::{log_change, MeasuredBoot, RealLog};
 pub use profile::Profile;
 
 use serde::{Deserialize, Serialize};
@@ -64,6 +66,7 @@ use sha2::{Digest, Sha256};
 use uuid::{uuid, Uuid};
 
 use crate::eventlog::data::{self, GptPartition};
+use crate::eventlog::tcg::TcgLog;
 use crate::eventlog::{Event, EventLog, EventType, Pcrs};
 
 /// Who signed an image (and so which db certificate verified it).
@@ -274,6 +277,10 @@ pub struct Device {
     pub disk: Disk,
     /// OS files the loader measures (PCR 12; in no profile).
     pub os_files: Vec<OsFile>,
+    /// When set, the device boots this real measured-boot log instead of the model above
+    /// ([`Device::from_real_log`]); changes edit the log.
+    #[serde(skip)]
+    pub real_log: Option<RealLog>,
 }
 
 const EFI_SYSTEM_PARTITION: Uuid = uuid!("c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
@@ -371,6 +378,7 @@ impl Default for Device {
                     content: b"ntoskrnl 10.0.19041.1".to_vec(),
                 },
             ],
+            real_log: None,
         }
     }
 }
@@ -397,6 +405,30 @@ impl Authorities {
 }
 
 impl Device {
+    /// A device whose every boot is `log` (see [`RealLog`]); the model fields keep their
+    /// defaults and are not measured.
+    pub fn from_real_log(source: impl Into<String>, log: std::sync::Arc<TcgLog>) -> Self {
+        Self {
+            real_log: Some(RealLog::new(source, log)),
+            ..Self::default()
+        }
+    }
+
+    /// What a boot of this device measures: the real log if it has one, else the model's
+    /// events (up to [`Device::unseal_index`] before the unseal).
+    pub fn measured_boot(&self) -> MeasuredBoot {
+        match &self.real_log {
+            Some(real) => real.measured_boot(),
+            None => {
+                let log = self.event_log();
+                MeasuredBoot {
+                    unseal_index: self.unseal_index().min(log.events.len()),
+                    log: TcgLog::from(&log),
+                }
+            }
+        }
+    }
+
     /// The TCG events a boot of this device extends, in boot order, with event data.
     pub fn events(&self) -> Vec<Event> {
         match self.boot_mode {
