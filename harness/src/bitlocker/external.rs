@@ -200,3 +200,43 @@ pub fn dislocker_decrypts(
         log,
     })
 }
+
+/// A VMK keyslot as `cryptsetup bitlkDump` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpedProtector {
+    /// Its GUID, lowercase with hyphens (cryptsetup's spelling).
+    pub guid: String,
+    /// cryptsetup's wording, e.g. `VMK protected with recovery passphrase`.
+    pub protection: String,
+}
+
+/// The VMK keyslots in `cryptsetup bitlkDump` output, in order (the volume GUID and the
+/// FVEK are not keyslots of this kind and are left out).
+pub fn dumped_protectors(dump: &str) -> Vec<DumpedProtector> {
+    let mut out: Vec<DumpedProtector> = Vec::new();
+    let mut in_keyslots = false;
+    for line in dump.lines() {
+        if line.starts_with("Keyslots:") {
+            in_keyslots = true;
+            continue;
+        }
+        if !in_keyslots {
+            continue;
+        }
+        if !line.starts_with([' ', '\t']) && !line.trim().is_empty() {
+            break; // the next section ("Metadata segments:")
+        }
+        let field = line.trim();
+        if let Some(guid) = field.strip_prefix("GUID:") {
+            out.push(DumpedProtector {
+                guid: guid.trim().to_ascii_lowercase(),
+                protection: String::new(),
+            });
+        } else if let Some(p) = field.strip_prefix("Protection:") {
+            if let Some(last) = out.last_mut() {
+                last.protection = p.trim().to_string();
+            }
+        }
+    }
+    out
+}

@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::CliError;
 use crate::portal::{find_portal_bin, ChromeOptions, EmbeddedPortal, PortalTarget};
+use crate::runner::volume_check::{VolumeJudges, VolumeTool};
 use crate::runner::{self, report, RunOptions, ScenarioReport};
 use crate::scenario::{load_catalog, select, Filter, Scenario};
 
@@ -65,6 +66,13 @@ pub struct RunArgs {
     /// with the keyboard, a screenshot of each page.
     #[arg(long)]
     pub browser: bool,
+    /// Judge the device's volume image with outside tools (comma-separated: `cryptsetup`,
+    /// `dislocker`): wherever a recovery password from the portal was typed, cryptsetup
+    /// lists its key ID and accepts it, dislocker decrypts the data the harness wrote; after
+    /// the rotation cryptsetup refuses the old password and accepts the new one. A missing
+    /// tool is a usage error (exit 2).
+    #[arg(long, value_name = "TOOLS", value_delimiter = ',')]
+    pub check_volume_with: Vec<VolumeTool>,
 }
 
 /// Loads, filters and shards the catalog; a bad file fails the whole catalog.
@@ -141,6 +149,10 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<(), CliError> {
     } else {
         None
     };
+    let volume_judges = VolumeJudges::from_tools(&args.check_volume_with);
+    volume_judges
+        .ensure_installed()
+        .map_err(|e| CliError::Usage(format!("--check-volume-with: {e}")))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -182,6 +194,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<(), CliError> {
         &RunOptions {
             jobs: args.jobs,
             browser,
+            volume_judges,
         },
         &on_done,
     );

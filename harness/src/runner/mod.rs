@@ -10,6 +10,7 @@ mod play;
 pub mod report;
 mod steps;
 mod user;
+pub mod volume_check;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -31,6 +32,9 @@ pub struct RunOptions {
     /// Play the self-service user in headless Chromium (`--browser`); `None`: the
     /// no-JavaScript client.
     pub browser: Option<ChromeOptions>,
+    /// Outside tools that judge the device's volume image with the portal's key
+    /// (`--check-volume-with`); none: no such steps.
+    pub volume_judges: volume_check::VolumeJudges,
 }
 
 /// One scenario's result.
@@ -186,6 +190,7 @@ fn run_one(
             }
             let mut play = play::Play::new(scenario, target);
             play.browser = options.browser.clone();
+            play.volume_judges = options.volume_judges;
             let outcome = play.run().await;
             if let Some(old) = previous {
                 // Put the portal back as it was; a failure here fails the scenario too.

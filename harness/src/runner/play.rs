@@ -22,6 +22,7 @@ use crate::scenario::{
 
 use super::steps::{because, ensure, Failure, StepResult, Steps};
 use super::user::User;
+use super::volume_check::{self, JudgedVolume, VolumeJudges};
 
 /// What a scenario's lockout looked like, for the report.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -63,6 +64,8 @@ pub struct Play<'a> {
     pub browser: Option<ChromeOptions>,
     /// The browser's screenshots, in order.
     pub screenshots: Vec<Screenshot>,
+    /// Outside tools that judge the volume image with the portal's key.
+    pub volume_judges: VolumeJudges,
     /// The idle expiry was seen in a browser: its page left for the expiry page before any
     /// key request, so no `expired_session` audit row is expected.
     idle_seen_in_browser: bool,
@@ -79,6 +82,7 @@ impl<'a> Play<'a> {
             facts: LockoutFacts::default(),
             browser: None,
             screenshots: Vec::new(),
+            volume_judges: VolumeJudges::default(),
             idle_seen_in_browser: false,
         }
     }
@@ -381,8 +385,32 @@ impl<'a> Play<'a> {
             self.steps.run("the next boot opens without recovery", || {
                 expect_unlocked(machine.boot(pin.as_deref()))
             })?;
-            self.rotation_cycle(&mut machine, &agent, &names, &passwords, key_id, &password)
+            let volume = JudgedVolume {
+                image: machine.volume_image(),
+                data_sha256: machine.volume_data_sha256(),
+            };
+            volume_check::portal_key_opens(
+                &mut self.steps,
+                self.volume_judges,
+                volume,
+                key_id,
+                &password,
+            )?;
+            let new = self
+                .rotation_cycle(&mut machine, &agent, &names, &passwords, key_id, &password)
                 .await?;
+            let volume = JudgedVolume {
+                image: machine.volume_image(),
+                data_sha256: machine.volume_data_sha256(),
+            };
+            let new_password = new.recovery_password.to_string();
+            volume_check::rotation_seen(
+                &mut self.steps,
+                self.volume_judges,
+                volume,
+                (key_id, &password),
+                (new.key_protector_id, &new_password),
+            )?;
         }
         self.portal_only_checks(&names, &passwords, &machine, &escrow, &agent)
             .await
@@ -847,7 +875,7 @@ impl<'a> Play<'a> {
         passwords: &std::collections::HashMap<String, String>,
         old_id: KeyProtectorId,
         old_password: &str,
-    ) -> Result<(), Failure> {
+    ) -> Result<EscrowedKey, Failure> {
         let old = old_id.to_string();
         self.steps
             .run_async("agent check-in is told to rotate the shown key", async {
@@ -922,7 +950,7 @@ impl<'a> Play<'a> {
                 })
                 .await?;
         }
-        Ok(())
+        Ok(new)
     }
 
     async fn portal_only_checks(

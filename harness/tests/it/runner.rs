@@ -390,3 +390,79 @@ fn the_gate_catches_every_fault_of_a_broken_portal() {
     }
     println!("{}", summary.join("\n"));
 }
+
+/// `--check-volume-with cryptsetup,dislocker`: the device's image is judged by the real
+/// tools with the key the portal handed out, and again after the rotation.
+#[test]
+fn check_volume_with_cryptsetup_and_dislocker_after_a_rotation_scenario() {
+    let _ = portal_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_with_reports(
+        &[
+            "scenarios/single-use-key-rotation.yaml",
+            "--check-volume-with",
+            "cryptsetup,dislocker",
+        ],
+        dir.path(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json_report(dir.path());
+    let steps: Vec<(String, bool)> = report["scenarios"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["failure"].is_null(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = steps.iter().map(|(n, _)| n.as_str()).collect();
+    let wanted = [
+        "cryptsetup bitlkDump lists the portal's key ID",
+        "cryptsetup accepts the portal's recovery password",
+        "dislocker-file decrypts with the portal's recovery password and the data matches",
+        "the device makes a new recovery password",
+        "cryptsetup bitlkDump lists the new key ID and not the old",
+        "cryptsetup refuses the old recovery password",
+        "cryptsetup accepts the new recovery password",
+        "dislocker-file decrypts with the new recovery password and the data matches",
+    ];
+    let mut at = 0;
+    for w in wanted {
+        let i = names[at..]
+            .iter()
+            .position(|n| *n == w)
+            .unwrap_or_else(|| panic!("step {w:?} missing or out of order in {names:?}"));
+        at += i + 1;
+    }
+    assert!(steps.iter().all(|(_, passed)| *passed), "{steps:?}");
+    let junit = std::fs::read_to_string(dir.path().join("junit.xml")).unwrap();
+    assert!(!junit.contains("<failure"), "{junit}");
+    let html = std::fs::read_to_string(dir.path().join("html/index.html")).unwrap();
+    assert!(html.contains("cryptsetup refuses the old recovery password"));
+}
+
+#[test]
+fn check_volume_with_an_unknown_tool_is_exit_code_2_before_anything_runs() {
+    let out = harness()
+        .args([
+            "run",
+            "scenarios/single-use-key-rotation.yaml",
+            "--check-volume-with",
+            "cryptsetup,veracrypt",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("veracrypt"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}

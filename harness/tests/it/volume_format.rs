@@ -426,3 +426,238 @@ mod mutations {
         }
     }
 }
+
+mod machine_volume {
+    //! The simulated device's volume is a real image: cryptsetup lists the machine's
+    //! protectors (same IDs), through provisioning, re-seal and rotation; the runner's
+    //! volume steps fail on a tampered image or a mismatched key.
+
+    use harness::bitlocker::external::{self, dumped_protectors, ToolSecret};
+    use harness::bitlocker::fve::Image;
+    use harness::device::{Change, Device, Profile};
+    use harness::machine::{BitLockerSetup, BootOutcome, Machine, TpmProtection};
+    use harness::runner::volume_check::{check_portal_key, JudgedVolume, VolumeJudges};
+
+    fn guid(id: harness::bitlocker::KeyProtectorId) -> String {
+        id.uuid().hyphenated().to_string()
+    }
+
+    /// (GUID, cryptsetup's protection wording) of every VMK keyslot, sorted.
+    fn dumped(machine: &Machine) -> Vec<(String, String)> {
+        let dump = external::cryptsetup_dump(machine.volume_image()).unwrap();
+        assert!(
+            dump.contains(&machine.volume_id().hyphenated().to_string()),
+            "{dump}"
+        );
+        let mut v: Vec<_> = dumped_protectors(&dump)
+            .into_iter()
+            .map(|p| (p.guid, p.protection))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn expected(machine: &Machine, tpm_wording: &str) -> Vec<(String, String)> {
+        let mut v: Vec<_> = machine
+            .recovery_key_ids()
+            .iter()
+            .map(|id| {
+                (
+                    guid(*id),
+                    "VMK protected with recovery passphrase".to_string(),
+                )
+            })
+            .collect();
+        v.push((guid(machine.tpm_protector_id()), tpm_wording.to_string()));
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn volume_machine_image_lists_its_protectors_through_reseal_and_rotation() {
+        super::require_tools();
+        let setup = BitLockerSetup {
+            profile: Profile::SecureBoot7_11,
+            protection: TpmProtection::TpmPin {
+                pin: "123456".into(),
+            },
+            recovery_passwords: 2,
+            ..BitLockerSetup::default()
+        };
+        let (mut machine, escrow) =
+            Machine::provision(Device::default(), &setup, &mut rand::rng()).unwrap();
+        assert_eq!(escrow.len(), 2);
+        assert!(escrow.iter().all(|k| k.volume_id == machine.volume_id()));
+        let tpm_pin = "VMK protected with TPM and PIN";
+        assert_eq!(dumped(&machine), expected(&machine, tpm_pin));
+        // Our reader sees the sealed blob in the TPM+PIN protector.
+        let f = std::fs::File::open(machine.volume_image()).unwrap();
+        assert_eq!(Image::open(&f).unwrap().protectors().len(), 3);
+
+        // A lockout, the escrowed key typed, a re-seal written into the image.
+        assert!(matches!(
+            machine.boot(Some("123456")).unwrap(),
+            BootOutcome::Unlocked { .. }
+        ));
+        machine.apply(&Change::SecureBootDbxUpdate).unwrap();
+        let BootOutcome::Recovery(screen) = machine.boot(Some("123456")).unwrap() else {
+            panic!("expected the recovery screen");
+        };
+        let key = escrow
+            .iter()
+            .find(|k| k.key_protector_id == screen.key_id)
+            .unwrap();
+        machine
+            .enter_recovery_password(&key.recovery_password.to_string(), None)
+            .unwrap();
+        assert!(matches!(
+            machine.boot(Some("123456")).unwrap(),
+            BootOutcome::Unlocked { .. }
+        ));
+        assert_eq!(dumped(&machine), expected(&machine, tpm_pin));
+
+        // Rotation: the old ID is gone from the image, the new one is there.
+        let old = key.key_protector_id;
+        let new = machine
+            .rotate_recovery_password(old, &mut rand::rng())
+            .unwrap();
+        let after = dumped(&machine);
+        assert_eq!(after, expected(&machine, tpm_pin));
+        assert!(after.iter().any(|(g, _)| *g == guid(new.key_protector_id)));
+        assert!(after.iter().all(|(g, _)| *g != guid(old)));
+        let image = machine.volume_image();
+        let old_pw = key.recovery_password.to_string();
+        let new_pw = new.recovery_password.to_string();
+        assert!(
+            !external::cryptsetup_accepts(image, ToolSecret::RecoveryPassword(&old_pw)).unwrap()
+        );
+        assert!(
+            external::cryptsetup_accepts(image, ToolSecret::RecoveryPassword(&new_pw)).unwrap()
+        );
+    }
+
+    fn all_judges() -> VolumeJudges {
+        VolumeJudges {
+            cryptsetup: true,
+            dislocker: true,
+        }
+    }
+
+    /// (step name, passed) of the runner's portal-key steps.
+    fn judged(
+        machine: &Machine,
+        id: harness::bitlocker::KeyProtectorId,
+        pw: &str,
+    ) -> Vec<(String, bool)> {
+        let volume = JudgedVolume {
+            image: machine.volume_image(),
+            data_sha256: machine.volume_data_sha256(),
+        };
+        check_portal_key(all_judges(), volume, id, pw)
+            .into_iter()
+            .map(|s| (s.name, s.failure.is_none()))
+            .collect()
+    }
+
+    const LISTED: &str = "cryptsetup bitlkDump lists the portal's key ID";
+    const ACCEPTED: &str = "cryptsetup accepts the portal's recovery password";
+    const DECRYPTED: &str =
+        "dislocker-file decrypts with the portal's recovery password and the data matches";
+
+    #[test]
+    fn volume_check_steps_pass_for_the_escrowed_key_and_fail_for_a_mismatched_one() {
+        super::require_tools();
+        let setup = BitLockerSetup::default();
+        let (machine, escrow) =
+            Machine::provision(Device::default(), &setup, &mut rand::rng()).unwrap();
+        let (other, other_escrow) =
+            Machine::provision(Device::default(), &setup, &mut rand::rng()).unwrap();
+        drop(other);
+        let key = &escrow[0];
+        let right = judged(
+            &machine,
+            key.key_protector_id,
+            &key.recovery_password.to_string(),
+        );
+        assert_eq!(
+            right,
+            vec![
+                (LISTED.to_string(), true),
+                (ACCEPTED.to_string(), true),
+                (DECRYPTED.to_string(), true)
+            ]
+        );
+        // Another device's pair: this image neither lists nor accepts it.
+        let wrong = &other_escrow[0];
+        let got = judged(
+            &machine,
+            wrong.key_protector_id,
+            &wrong.recovery_password.to_string(),
+        );
+        assert_eq!(
+            got,
+            vec![
+                (LISTED.to_string(), false),
+                (ACCEPTED.to_string(), false),
+                (DECRYPTED.to_string(), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn volume_check_names_the_dislocker_step_when_the_image_data_was_corrupted() {
+        super::require_tools();
+        use std::os::unix::fs::FileExt;
+        let (machine, escrow) = Machine::provision(
+            Device::default(),
+            &BitLockerSetup::default(),
+            &mut rand::rng(),
+        )
+        .unwrap();
+        // Flip a byte of sector 100's ciphertext (data, not metadata): the keys still open,
+        // the data no longer is what the harness wrote.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(machine.volume_image())
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, 100 * 512 + 7).unwrap();
+        f.write_all_at(&[b[0] ^ 0x01], 100 * 512 + 7).unwrap();
+        drop(f);
+        let key = &escrow[0];
+        let got = judged(
+            &machine,
+            key.key_protector_id,
+            &key.recovery_password.to_string(),
+        );
+        assert_eq!(
+            got,
+            vec![
+                (LISTED.to_string(), true),
+                (ACCEPTED.to_string(), true),
+                (DECRYPTED.to_string(), false)
+            ]
+        );
+        let volume = JudgedVolume {
+            image: machine.volume_image(),
+            data_sha256: machine.volume_data_sha256(),
+        };
+        let records = check_portal_key(
+            VolumeJudges {
+                cryptsetup: false,
+                dislocker: true,
+            },
+            volume,
+            key.key_protector_id,
+            &key.recovery_password.to_string(),
+        );
+        let failure = records[0].failure.as_ref().unwrap();
+        assert_eq!(failure.step, DECRYPTED);
+        assert!(failure
+            .expected
+            .contains(&hex::encode(machine.volume_data_sha256())));
+        // The device itself also refuses to call that volume unlocked.
+        assert!(machine.password_unlocks(&key.recovery_password).is_err());
+    }
+}
