@@ -5,7 +5,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::bitlocker::{KeyProtectorId, RecoveryPassword};
-use crate::device::{Change, Device, Profile, Signer};
+use crate::device::{Change, Device, Profile};
 use crate::machine::{
     BitLockerSetup, BootOutcome, EscrowedKey, LockoutCause, Machine, RecoveryScreen, TpmProtection,
     WINDOWS_DA,
@@ -100,7 +100,7 @@ impl<'a> Play<'a> {
         let setup = bitlocker_setup(s)?;
         let pin = s.device.pin.clone();
         let (mut machine, escrow) = self.steps.run("provision BitLocker on a fresh TPM", || {
-            Machine::provision(Device::default(), &setup, &mut rand::rng())
+            Machine::provision(scenario_device(s), &setup, &mut rand::rng())
                 .map_err(because("a provisioned device"))
         })?;
         self.steps.note(format!(
@@ -483,12 +483,14 @@ impl<'a> Play<'a> {
                 if let Ok(predicted) = predicted {
                     let profile_pcrs: Vec<u8> =
                         machine.profile().pcrs().iter().map(|&p| p as u8).collect();
+                    // At the unseal point, in the bank sealed to (a real log may be SHA-1).
+                    let boot = predicted.measured_boot();
+                    let at_unseal = boot.at_unseal();
                     let predicted_values: Vec<(u8, Vec<u8>)> = profile_pcrs
                         .iter()
                         .filter_map(|&p| {
-                            predicted
-                                .predict_pcrs()
-                                .sha256(u32::from(p))
+                            at_unseal
+                                .get(boot.bank(), u32::from(p))
                                 .map(|v| (p, v.to_vec()))
                         })
                         .collect();
@@ -1112,28 +1114,16 @@ fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
 }
 
 /// The device-model change behind a scenario's change kind (`None`: no model change).
+/// The synthetic model, or a device booting the scenario's real log.
+fn scenario_device(s: &Scenario) -> Device {
+    match (&s.device.real_log, &s.device.event_log) {
+        (Some(log), Some(path)) => Device::from_real_log(path.display().to_string(), log.clone()),
+        _ => Device::default(),
+    }
+}
+
 fn device_change(kind: ChangeKind) -> Option<Change> {
-    Some(match kind {
-        ChangeKind::None | ChangeKind::Reboot | ChangeKind::LostPin => return None,
-        ChangeKind::FirmwareUpdate => Change::FirmwareUpdate,
-        ChangeKind::OptionRomAdded => Change::OptionRomAdded {
-            signer: Signer::MicrosoftUefiCa,
-        },
-        ChangeKind::OptionRomChanged => Change::OptionRomChanged {
-            signer: Signer::MicrosoftUefiCa,
-        },
-        ChangeKind::BootManagerSameSigner => Change::BootManagerReplaced { same_signer: true },
-        ChangeKind::BootManagerOtherSigner => Change::BootManagerReplaced { same_signer: false },
-        ChangeKind::SecureBootDbUpdate => Change::SecureBootDbUpdate,
-        ChangeKind::SecureBootDbxUpdate => Change::SecureBootDbxUpdate,
-        ChangeKind::SecureBootOff => Change::SecureBootOff,
-        ChangeKind::BcdDebugOn => Change::BcdDebugOn,
-        ChangeKind::BcdBootOrder => Change::BcdBootOrder,
-        ChangeKind::DiskMoved => Change::DiskMovedToAnotherMachine,
-        ChangeKind::TpmCleared => Change::TpmCleared,
-        ChangeKind::TpmReplaced => Change::TpmReplaced,
-        ChangeKind::FirmwareUpdateSuspended => Change::PlannedUpdateWithSuspend,
-    })
+    kind.device_change()
 }
 
 /// Whether two answers are byte-identical once the key ID each user typed (which the form

@@ -10,6 +10,7 @@ use super::locate::{path_string, Locator, Seg};
 use super::model::{
     Answer, ChangeKind, KeyIdDigits, ProtectorKind, RecoveryVia, Role, Scenario, TpmError,
 };
+use crate::eventlog::tcg::TcgLog;
 
 /// Why one scenario file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +100,8 @@ pub fn parse_scenario(file: &Path, text: &str) -> Result<Scenario, ScenarioError
         },
     })?;
     scenario.file = file.to_path_buf();
-    if let Err(Semantic { path, message }) = validate(&scenario) {
+    let checked = validate(&scenario).and_then(|()| load_event_log(&mut scenario));
+    if let Err(Semantic { path, message }) = checked {
         let at = Locator::new(text).locate(&path);
         return Err(ScenarioError::Invalid {
             file: file.to_path_buf(),
@@ -339,6 +341,39 @@ fn validate_device(s: &Scenario) -> Result<(), Semantic> {
             "expected 1-1000",
         );
     }
+    Ok(())
+}
+
+/// Reads and parses `device.event_log` (relative to the scenario file) into
+/// `device.real_log`, and checks the scenario's change can be applied to that log.
+fn load_event_log(s: &mut Scenario) -> Result<(), Semantic> {
+    let Some(rel) = s.device.event_log.clone() else {
+        return Ok(());
+    };
+    let at = || vec![Key("device"), Key("event_log")];
+    let path = s.file.parent().unwrap_or(Path::new("")).join(&rel);
+    let bytes = std::fs::read(&path).map_err(|e| Semantic {
+        path: at(),
+        message: format!("cannot read `{}`: {e}", path.display()),
+    })?;
+    let log = TcgLog::parse(&bytes).map_err(|e| Semantic {
+        path: at(),
+        message: format!("`{}` is not a TCG event log: {e}", path.display()),
+    })?;
+    if log.records.iter().all(|r| !r.is_extended()) {
+        return fail(
+            at(),
+            format!("`{}` measures nothing (no extended record)", path.display()),
+        );
+    }
+    let log = std::sync::Arc::new(log);
+    if let Some(change) = s.change.kind.device_change() {
+        let device = crate::device::Device::from_real_log(rel.display().to_string(), log.clone());
+        if let Err(e) = device.with(&change) {
+            return fail(vec![Key("change"), Key("kind")], e.to_string());
+        }
+    }
+    s.device.real_log = Some(log);
     Ok(())
 }
 

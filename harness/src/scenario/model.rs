@@ -73,6 +73,13 @@ pub struct Device {
     /// Failed authorizations before the TPM locks out (Windows: 32).
     #[serde(default = "default_lockout_threshold")]
     pub lockout_threshold: u32,
+    /// A real measured-boot log (TCG binary format, e.g. `C:\Windows\Logs\MeasuredBoot\*.log`)
+    /// the device boots instead of the synthetic model; relative to the scenario file.
+    #[serde(default)]
+    pub event_log: Option<PathBuf>,
+    /// The parsed `event_log`, filled in by the loader (not part of the YAML).
+    #[serde(skip)]
+    pub real_log: Option<std::sync::Arc<crate::eventlog::tcg::TcgLog>>,
 }
 
 fn default_device_name() -> String {
@@ -207,6 +214,35 @@ pub enum ChangeKind {
 }
 
 impl ChangeKind {
+    /// The device change this kind plays; `None` for kinds that change no measurement and
+    /// no TPM state (nothing, a plain reboot, wrong PINs).
+    pub fn device_change(self) -> Option<crate::device::Change> {
+        use crate::device::{Change, Signer};
+        Some(match self {
+            ChangeKind::None | ChangeKind::Reboot | ChangeKind::LostPin => return None,
+            ChangeKind::FirmwareUpdate => Change::FirmwareUpdate,
+            ChangeKind::OptionRomAdded => Change::OptionRomAdded {
+                signer: Signer::MicrosoftUefiCa,
+            },
+            ChangeKind::OptionRomChanged => Change::OptionRomChanged {
+                signer: Signer::MicrosoftUefiCa,
+            },
+            ChangeKind::BootManagerSameSigner => Change::BootManagerReplaced { same_signer: true },
+            ChangeKind::BootManagerOtherSigner => {
+                Change::BootManagerReplaced { same_signer: false }
+            }
+            ChangeKind::SecureBootDbUpdate => Change::SecureBootDbUpdate,
+            ChangeKind::SecureBootDbxUpdate => Change::SecureBootDbxUpdate,
+            ChangeKind::SecureBootOff => Change::SecureBootOff,
+            ChangeKind::BcdDebugOn => Change::BcdDebugOn,
+            ChangeKind::BcdBootOrder => Change::BcdBootOrder,
+            ChangeKind::DiskMoved => Change::DiskMovedToAnotherMachine,
+            ChangeKind::TpmCleared => Change::TpmCleared,
+            ChangeKind::TpmReplaced => Change::TpmReplaced,
+            ChangeKind::FirmwareUpdateSuspended => Change::PlannedUpdateWithSuspend,
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ChangeKind::None => "none",
