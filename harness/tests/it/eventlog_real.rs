@@ -12,8 +12,11 @@ use harness::eventlog::tcg::{LogFormat, TcgLog};
 use harness::eventlog::{describe, tpm as tpm_replay, HashAlg, ParseErrorKind};
 
 const WINDOWS: &str = "go-attestation-windows_gcp_shielded_vm.log";
+/// Crypto-agile SHA-256 firmware log of a PC booting the Windows boot manager (no SIPA events).
+const HIRS: &str = "hirs-TpmLog.bin";
 const LOGS: &[&str] = &[
     WINDOWS,
+    HIRS,
     "tpm2-tools-event-arch-linux.bin",
     "tpm2-tools-event-gce-ubuntu-2104-log.bin",
     "tpm2-tools-event-sd-boot-fedora37.bin",
@@ -258,6 +261,37 @@ fn eventlog_real_windows_predictions_match_the_profiles() {
         "{text}"
     );
     assert!(text.contains("TPM_RC_POLICY_FAIL"), "{text}");
+}
+
+/// The same acceptance on a crypto-agile SHA-256 log (sealed and unsealed in the SHA-256
+/// bank): HIRS' firmware log of a PC that boots `\EFI\Microsoft\Boot\bootmgfw.efi`. It has
+/// no Windows SIPA events, so the unseal point is the end of the log and PCR 11 is zero.
+#[test]
+fn eventlog_real_crypto_agile_sha256_predictions_match_the_profiles() {
+    let log = load(HIRS);
+    assert_eq!(log.format, LogFormat::CryptoAgile);
+    assert_eq!(log.banks, vec![HashAlg::Sha256]);
+    assert!(log
+        .records
+        .iter()
+        .any(|r| describe::describe(r).contains("bootmgfw.efi")));
+    for (change, profile, recovery, pcr) in [
+        (LogChange::DbUpdate, Profile::SecureBoot7_11, true, 7),
+        (LogChange::DbUpdate, Profile::Uefi0_2_4_11, false, 7),
+        (LogChange::FirmwareUpdate, Profile::SecureBoot7_11, false, 0),
+        (LogChange::FirmwareUpdate, Profile::Uefi0_2_4_11, true, 0),
+    ] {
+        let p = predict::predict(&log, profile, change).unwrap();
+        let what = format!("{change:?} under {profile}");
+        assert_eq!(p.bank, HashAlg::Sha256, "{what}");
+        assert_eq!(p.recovery, recovery, "{what}: {p}");
+        assert_eq!(p.tpm_unsealed, !recovery, "{what}");
+        if recovery {
+            assert_eq!(p.tpm_response_code, Some(0x99d), "{what}: {p}");
+            assert_eq!(p.changed_profile_pcrs, vec![pcr], "{what}");
+        }
+        assert!(p.diff.pcr_indices().contains(&pcr), "{what}: {p}");
+    }
 }
 
 #[test]
