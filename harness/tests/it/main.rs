@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod eventlog;
 mod eventlog_real;
+mod eventlog_scenarios;
 mod machine;
 mod portal_client;
 mod runner;
