@@ -98,9 +98,10 @@ impl<'a> Play<'a> {
 
         // 1. The device: its own swtpm, BitLocker provisioned, a first healthy boot.
         let setup = bitlocker_setup(s)?;
+        let device = scenario_device(s)?;
         let pin = s.device.pin.clone();
         let (mut machine, escrow) = self.steps.run("provision BitLocker on a fresh TPM", || {
-            Machine::provision(scenario_device(s), &setup, &mut rand::rng())
+            Machine::provision(device, &setup, &mut rand::rng())
                 .map_err(because("a provisioned device"))
         })?;
         self.steps.note(format!(
@@ -1114,11 +1115,19 @@ fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
 }
 
 /// The device-model change behind a scenario's change kind (`None`: no model change).
-/// The synthetic model, or a device booting the scenario's real log.
-fn scenario_device(s: &Scenario) -> Device {
-    match (&s.device.real_log, &s.device.event_log) {
-        (Some(log), Some(path)) => Device::from_real_log(path.display().to_string(), log.clone()),
-        _ => Device::default(),
+/// The synthetic model, or a device booting the scenario's real log (read by the loader).
+fn scenario_device(s: &Scenario) -> Result<Device, Failure> {
+    match (&s.device.event_log, &s.device.real_log) {
+        (None, _) => Ok(Device::default()),
+        (Some(path), Some(log)) => Ok(Device::from_real_log(
+            path.display().to_string(),
+            log.clone(),
+        )),
+        (Some(path), None) => Err(plain(
+            "read device.event_log",
+            "a log read by the scenario loader",
+            &format!("{} was not loaded", path.display()),
+        )),
     }
 }
 
