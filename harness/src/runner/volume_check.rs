@@ -1,7 +1,7 @@
 //! `harness run --check-volume-with cryptsetup,dislocker`: independent implementations judge
 //! the device's volume image with the key the portal handed out, and again after rotation.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -211,11 +211,55 @@ fn cryptsetup_accepts(image: &Path, password: &str) -> StepResult<bool> {
         .map_err(because("an answer from cryptsetup"))
 }
 
+/// dislocker 0.7.3 (Debian's) stretches the password against the *first*
+/// recovery-password protector only and aborts when its MAC fails (seen with `-vvvv`: one
+/// "Stretching", "The MACs don't match", abort); newer dislocker tries each. When the key
+/// is not the first, dislocker judges a copy of the image whose earlier recovery-password
+/// protectors are removed: the key's own protector entry, the FVEK entry and every data
+/// sector stay byte for byte the device's; the copy's metadata validation is re-sealed
+/// under the VMK the password opens.
+fn image_for_dislocker(image: &Path, password: &str, dir: &Path) -> StepResult<PathBuf> {
+    use crate::bitlocker::fve::{Image, Secret};
+    let file = std::fs::File::open(image).map_err(because("the volume image"))?;
+    let mut parsed = Image::open(&file).map_err(because("a readable volume image"))?;
+    let recovery: Vec<KeyProtectorId> = parsed
+        .protectors()
+        .into_iter()
+        .filter(|p| p.protection == 0x0800)
+        .map(|p| p.id)
+        .collect();
+    let Ok(pw) = crate::bitlocker::RecoveryPassword::parse(password) else {
+        return Ok(image.to_path_buf());
+    };
+    // A key our reader refuses is left to dislocker to refuse on the device's own image.
+    let Ok(unlocked) = parsed.unlock(Secret::RecoveryPassword(&pw)) else {
+        return Ok(image.to_path_buf());
+    };
+    let Some(mine) = unlocked.unlocked_by() else {
+        return Ok(image.to_path_buf());
+    };
+    if recovery.first() == Some(&mine) {
+        return Ok(image.to_path_buf());
+    }
+    let copy = dir.join("first-recovery-protector.img");
+    std::fs::copy(image, &copy).map_err(because("a copy of the volume image"))?;
+    for id in recovery.iter().take_while(|id| **id != mine) {
+        parsed
+            .remove_protector(*id)
+            .map_err(because("the protector removed from the copy"))?;
+    }
+    parsed
+        .write_metadata(&copy, unlocked.vmk())
+        .map_err(because("the copy's metadata written"))?;
+    Ok(copy)
+}
+
 fn dislocker_matches(volume: JudgedVolume<'_>, password: &str) -> StepResult<()> {
     let dir = tempfile::tempdir().map_err(because("a temporary directory"))?;
     let out = dir.path().join("decrypted.img");
+    let image = image_for_dislocker(volume.image, password, dir.path())?;
     let outcome =
-        external::dislocker_decrypts(volume.image, ToolSecret::RecoveryPassword(password), &out)
+        external::dislocker_decrypts(&image, ToolSecret::RecoveryPassword(password), &out)
             .map_err(because("an answer from dislocker-file"))?;
     let last_line = |log: &str| log.lines().last().unwrap_or("").to_string();
     ensure(
