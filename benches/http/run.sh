@@ -26,38 +26,55 @@ ADMIN=$("$BIN" admin bootstrap --data-dir "$DATA" --username bench-admin | tail 
 
 # Queries: 5000 present prefixes (every 997th key) and 5000 random absent ones, shuffled.
 Q="$WORK/queries-$N.txt"
-if [ ! -e "$Q" ]; then
+if [ ! -e "$Q.hit1" ]; then
   [ -e "$KEYS" ] || target/release/harness keys generate --count "$N" --seed 7 --out "$KEYS"
   awk 'NR % 997 == 0' "$KEYS" | grep -o '"key_protector_id":"{[0-9A-F]\{8\}' | cut -c22-29 | awk 'NR <= 5000' > "$Q.hits"
   grep -o '"key_protector_id":"{[0-9A-F]\{8\}' "$KEYS" | cut -c22-29 | sort -u > "$Q.all"
   od -An -tx4 -N40000 /dev/urandom | tr -s ' ' '\n' | grep . | tr a-f A-F | sort -u \
     | comm -23 - "$Q.all" | awk 'NR <= 5000' > "$Q.misses"
   cat "$Q.hits" "$Q.misses" | shuf --random-source=<(yes) > "$Q"
+  head -1 "$Q.hits" > "$Q.hit1"; head -1 "$Q.misses" > "$Q.miss1"
   rm -f "$Q.all" "$Q.hits" "$Q.misses"
 fi
+rm -f "$KEYS"  # 2.8 GB at 10M; regenerated (same seed) only if needed again
 
 LOG="$WORK/serve.log"
+STARTED=$EPOCHREALTIME
 RUST_LOG=warn "$BIN" serve --data-dir "$DATA" --listen 127.0.0.1:0 --insecure-http > "$WORK/ready" 2> "$LOG" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do grep -q PORTAL-READY "$WORK/ready" 2>/dev/null && break; sleep 0.1; done
 URL=$(sed -n 's/.*"url":"\([^"]*\)".*/\1/p' "$WORK/ready")
-echo "portal at $URL (pid $PID), $N keys"
+[ -n "$URL" ] || { echo "portal did not start: $(tail -5 "$LOG")" >&2; exit 1; }
+echo "portal at $URL (pid $PID), $N keys; start-up (index load from SQLite): $(awk "BEGIN{printf \"%.1f\", $EPOCHREALTIME - $STARTED}") s"
 H=(-H "Authorization: Bearer $ADMIN" -H "Content-Type: application/json")
 curl -s "${H[@]}" -X POST "$URL/api/admin/accounts" \
   -d '{"username":"bench-helpdesk","password":"bench-password-1","role":"advanced_helpdesk"}' > /dev/null
 TOKEN=$(curl -s "${H[@]}" -X POST "$URL/api/admin/accounts/bench-helpdesk/api-tokens" | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
 curl -s "${H[@]}" -X PUT "$URL/api/admin/settings" -d '{"lookup_rate_limit_exempt":["bench-helpdesk"]}' > /dev/null
 export TOKEN QUERIES="$Q"
-# Sanity: one hit and one miss answer as expected.
-echo "sample: $(curl -s -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" -X POST "$URL/api/helpdesk/lookup" -d "{\"key_id\":\"$(head -1 "$Q")\",\"reason\":\"Lost PIN\"}" | cut -c1-60)"
+# Sanity: a present key answers 200 with its recovery password, an absent one the uniform
+# 404; stop here rather than measure error answers.
+HIT=$(head -1 "$WORK/queries-$N.txt.hit1")
+MISS=$(head -1 "$WORK/queries-$N.txt.miss1")
+ask() { curl -s -o "$WORK/answer" -w '%{http_code}' -H "Authorization: Bearer $TOKEN" \
+  -H "Content-Type: application/json" -X POST "$URL/api/helpdesk/lookup" \
+  -d "{\"key_id\":\"$1\",\"reason\":\"Lost PIN\"}"; }
+CODE=$(ask "$HIT"); echo "sample hit $HIT: $CODE $(cut -c1-70 "$WORK/answer")"
+[ "$CODE" = 200 ] && grep -q '"recovery_password":"[0-9-]\{55\}"' "$WORK/answer" \
+  || { echo "a present key did not answer 200 with its password" >&2; exit 1; }
+CODE=$(ask "$MISS"); echo "sample miss $MISS: $CODE $(cat "$WORK/answer")"
+[ "$CODE" = 404 ] && grep -q '"code":"not_found"' "$WORK/answer" \
+  || { echo "an absent key did not answer the uniform 404" >&2; exit 1; }
 echo "load: $(cat /proc/loadavg)"
 for C in 64 2; do
   T=$(( C < 2 ? C : 2 ))
   for ROUTE in /bench/trivial /api/helpdesk/lookup; do
     echo "== $ROUTE, $C connections, $DURATION"
-    LOOKUP_PATH=$ROUTE wrk -t"$T" -c"$C" -d"$DURATION" --latency -s benches/http/lookup.lua "$URL" \
-      | grep -E "Requests/sec|Latency|50%|75%|90%|99%|Non-2xx|Socket errors"
+    EXPECT_200='"recovery_password":"'
+    [ "$ROUTE" = /bench/trivial ] && EXPECT_200='"outcome":"ok"'
+    EXPECT_200=$EXPECT_200 LOOKUP_PATH=$ROUTE wrk -t"$T" -c"$C" -d"$DURATION" --latency -s benches/http/lookup.lua "$URL" \
+      | grep -E "Requests/sec|Latency|50%|75%|90%|99%|Non-2xx|Socket errors|checked:"
   done
 done
 echo "load: $(cat /proc/loadavg)"

@@ -14,7 +14,8 @@ use crate::error::AppError;
 use crate::keyid::{format_guid, parse_guid, parse_key_id_input, validate_recovery_password};
 use crate::lookup::{self, KeyAnswer, KeyRequest, Source, HELPDESK_REASONS};
 use crate::store::{
-    Account, AuditFilter, AuditRow, Device, EscrowResult, NewKey, Role, SignInKind, StoreError,
+    commit_journal, Account, AuditFilter, AuditRow, Device, EscrowResult, NewKey, Role, SignInKind,
+    StoreError,
 };
 use crate::{AppState, Inner};
 
@@ -55,9 +56,9 @@ async fn agent(st: &AppState, headers: &HeaderMap) -> Result<Device, AppError> {
 async fn account(st: &AppState, headers: &HeaderMap) -> Result<Account, AppError> {
     let t =
         bearer(headers).ok_or_else(|| AppError::Unauthenticated("API token required".into()))?;
-    let h = token_hash(&t);
-    st.run(move |s| Ok(s.store.account_by_api_token(&h)?))
-        .await?
+    // The store keeps API tokens in memory: no blocking thread needed.
+    st.store
+        .account_by_api_token(&token_hash(&t))?
         .ok_or_else(|| AppError::Unauthenticated("unknown API token".into()))
 }
 
@@ -639,7 +640,10 @@ pub async fn helpdesk_lookup(
         end_user,
         reason,
     };
-    let ans = st.run(move |s| lookup::lookup_key(s, &req)).await?;
+    // Reads on a blocking thread; the audit row (and disclosure mark) then go to the
+    // group-commit writer, and the answer leaves only after their transaction committed.
+    let (ans, journal) = st.run(move |s| lookup::lookup_key_staged(s, &req)).await?;
+    commit_journal(st.store.as_ref(), journal).await?;
     match ans {
         KeyAnswer::Shown { key_id, device, password } => Ok(Json(
             json!({"outcome": "shown", "key_id": key_id, "device": device, "recovery_password": password}),

@@ -75,6 +75,18 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+    /// The failed-lookup limit `(window_secs, limit)` that applies to `requester`, or None
+    /// for an exempt account (read without cloning the settings: it runs on every lookup).
+    pub fn failure_limit_for(&self, requester: &str) -> Option<(u64, u64)> {
+        let s = self.settings.read().unwrap_or_else(|e| e.into_inner());
+        if s.lookup_rate_limit_exempt
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(requester))
+        {
+            return None;
+        }
+        Some((s.lookup_failure_window_secs, s.lookup_failure_limit))
+    }
     pub fn set_settings(&self, s: Settings) {
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = s;
     }

@@ -10,7 +10,7 @@ use crate::error::AppError;
 use crate::fp;
 use crate::index::IndexEntry;
 use crate::keyid::{format_guid, KeyIdInput};
-use crate::store::{now_rfc3339, Assoc, AuditRow, Role};
+use crate::store::{commit_journal_blocking, now_rfc3339, Assoc, AuditRow, JournalEntry, Role};
 use crate::Inner;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,15 +91,16 @@ struct Who<'a> {
     reason: &'a str,
 }
 
+/// Queues the audit row of an answer in `journal` (committed before the answer is sent).
 fn audit(
-    st: &Inner,
+    journal: &mut Vec<JournalEntry>,
     who: &Who<'_>,
     device: Option<String>,
     key_id: Option<String>,
     outcome: &str,
-) -> Result<(), AppError> {
+) {
     let (time, _) = now_rfc3339();
-    st.store.append_audit(&AuditRow {
+    journal.push(JournalEntry::Audit(Box::new(AuditRow {
         id: 0,
         time,
         source: who.source.as_str().into(),
@@ -110,8 +111,7 @@ fn audit(
         key_type: Some(who.key_type.into()),
         reason: Some(who.reason.into()),
         outcome: outcome.into(),
-    })?;
-    Ok(())
+    })));
 }
 
 fn who<'a>(req: &'a KeyRequest, end_user: Option<&'a str>) -> Who<'a> {
@@ -148,16 +148,12 @@ pub fn audit_expired(
 }
 
 fn rate_limited(st: &Inner, requester: &str) -> Result<bool, AppError> {
-    let s = st.settings();
-    if s.lookup_rate_limit_exempt
-        .iter()
-        .any(|a| a.eq_ignore_ascii_case(requester))
-    {
+    let Some((window_secs, limit)) = st.failure_limit_for(requester) else {
         return Ok(false);
-    }
+    };
     let (_, now) = now_rfc3339();
-    let since = now - s.lookup_failure_window_secs as i64;
-    Ok(st.store.count_failures(requester, since)? >= s.lookup_failure_limit)
+    let since = now - window_secs as i64;
+    Ok(st.store.count_failures(requester, since)? >= limit)
 }
 
 /// Changes one digit of a 48-digit key (the `corrupt_key_digit` fault point).
@@ -175,6 +171,7 @@ fn corrupt(password: &str) -> String {
 
 fn show(
     st: &Inner,
+    journal: &mut Vec<JournalEntry>,
     req: &KeyRequest,
     e: IndexEntry,
     end_user: Option<&str>,
@@ -186,17 +183,19 @@ fn show(
     let plain = st.sealer.open(&rec.key_id.to_be_bytes(), &rec.sealed)?;
     let mut password = String::from_utf8(plain)
         .map_err(|_| AppError::Internal("stored recovery password is not text".into()))?;
-    if !fp::active(fp::NEVER_MARK_DISCLOSED) {
-        st.store.mark_disclosed(rec.row)?;
+    // The mark commits in the same transaction as the audit row (a key already marked
+    // stays marked: nothing to write).
+    if !rec.disclosed && !fp::active(fp::NEVER_MARK_DISCLOSED) {
+        journal.push(JournalEntry::KeyDisclosed { key_row: rec.row });
     }
     let key_id = format_guid(rec.key_id);
     audit(
-        st,
+        journal,
         &who(req, end_user),
         Some(rec.device_name.clone()),
         Some(key_id.clone()),
         "shown",
-    )?;
+    );
     if fp::active(fp::CORRUPT_KEY_DIGIT) {
         password = corrupt(&password);
     }
@@ -219,15 +218,44 @@ fn candidates(st: &Inner, key: KeyIdInput) -> Vec<IndexEntry> {
     }
 }
 
-/// Answers one key request and writes its audit row.
+/// Answers one key request and writes its audit row (and disclosure mark): returns only
+/// after they are committed. Blocks: call it on a blocking thread.
 pub fn lookup_key(st: &Inner, req: &KeyRequest) -> Result<KeyAnswer, AppError> {
+    let (answer, journal) = lookup_key_staged(st, req)?;
+    commit_journal_blocking(st.store.as_ref(), journal)?;
+    Ok(answer)
+}
+
+/// Answers one key request without writing: returns the answer and the audit row (plus the
+/// disclosure mark of a shown key) that must be committed (`store::commit_journal`) before
+/// the answer may be sent. Reads only (pooled read connections and the in-memory index).
+pub fn lookup_key_staged(
+    st: &Inner,
+    req: &KeyRequest,
+) -> Result<(KeyAnswer, Vec<JournalEntry>), AppError> {
+    let mut journal = Vec::with_capacity(2);
+    let answer = decide(st, &mut journal, req)?;
+    Ok((answer, journal))
+}
+
+fn decide(
+    st: &Inner,
+    journal: &mut Vec<JournalEntry>,
+    req: &KeyRequest,
+) -> Result<KeyAnswer, AppError> {
     let typed = req.key.display();
     let end_user: Option<&str> = match req.source {
         Source::SelfService => Some(req.requester.as_str()),
         _ => req.end_user.as_deref().filter(|u| !u.is_empty()),
     };
     if rate_limited(st, &req.requester)? {
-        audit(st, &who(req, end_user), None, Some(typed), "rate_limited")?;
+        audit(
+            journal,
+            &who(req, end_user),
+            None,
+            Some(typed),
+            "rate_limited",
+        );
         return Ok(KeyAnswer::RateLimited);
     }
     let cands = candidates(st, req.key);
@@ -249,11 +277,11 @@ pub fn lookup_key(st: &Inner, req: &KeyRequest) -> Result<KeyAnswer, AppError> {
             .map(|(e, _)| *e)
             .collect();
         if eligible.len() == 1 || (eligible.len() > 1 && fp::active(fp::FIRST_OF_MANY_MATCHES)) {
-            return show(st, req, eligible[0], end_user);
+            return show(st, journal, req, eligible[0], end_user);
         }
         dummy_decrypt(st);
         if eligible.len() > 1 {
-            audit(st, &who(req, end_user), None, Some(typed), "ambiguous")?;
+            audit(journal, &who(req, end_user), None, Some(typed), "ambiguous");
             return Ok(KeyAnswer::Ambiguous(Vec::new()));
         }
         if let Some((e, _)) = associated.first() {
@@ -263,7 +291,13 @@ pub fn lookup_key(st: &Inner, req: &KeyRequest) -> Result<KeyAnswer, AppError> {
             } else {
                 typed
             };
-            audit(st, &who(req, end_user), device, Some(kid), "not_eligible")?;
+            audit(
+                journal,
+                &who(req, end_user),
+                device,
+                Some(kid),
+                "not_eligible",
+            );
             return Ok(KeyAnswer::NotEligible);
         }
         let outcome = if cands.is_empty() {
@@ -271,7 +305,7 @@ pub fn lookup_key(st: &Inner, req: &KeyRequest) -> Result<KeyAnswer, AppError> {
         } else {
             "denied"
         };
-        audit(st, &who(req, end_user), None, Some(typed), outcome)?;
+        audit(journal, &who(req, end_user), None, Some(typed), outcome);
         if !cands.is_empty() && fp::active(fp::FOREIGN_DIFFERS) {
             return Ok(KeyAnswer::Foreign);
         }
@@ -294,7 +328,7 @@ pub fn lookup_key(st: &Inner, req: &KeyRequest) -> Result<KeyAnswer, AppError> {
             .collect()
     };
     if visible.len() == 1 || (visible.len() > 1 && fp::active(fp::FIRST_OF_MANY_MATCHES)) {
-        return show(st, req, visible[0], end_user);
+        return show(st, journal, req, visible[0], end_user);
     }
     dummy_decrypt(st);
     if visible.len() > 1 {
@@ -306,7 +340,7 @@ pub fn lookup_key(st: &Inner, req: &KeyRequest) -> Result<KeyAnswer, AppError> {
                 users: st.store.users_of_device(e.device_row)?,
             });
         }
-        audit(st, &who(req, end_user), None, Some(typed), "ambiguous")?;
+        audit(journal, &who(req, end_user), None, Some(typed), "ambiguous");
         return Ok(KeyAnswer::Ambiguous(matches));
     }
     let outcome = if cands.is_empty() {
@@ -314,7 +348,7 @@ pub fn lookup_key(st: &Inner, req: &KeyRequest) -> Result<KeyAnswer, AppError> {
     } else {
         "denied"
     };
-    audit(st, &who(req, end_user), None, Some(typed), outcome)?;
+    audit(journal, &who(req, end_user), None, Some(typed), outcome);
     Ok(KeyAnswer::NotFound)
 }
 
@@ -349,7 +383,9 @@ pub fn lookup_tpm(st: &Inner, req: &TpmRequest) -> Result<TpmAnswer, AppError> {
             key_type: "tpm_lockout",
             reason: &req.reason,
         };
-        audit(st, &who, device, None, outcome)
+        let mut journal = Vec::with_capacity(1);
+        audit(&mut journal, &who, device, None, outcome);
+        commit_journal_blocking(st.store.as_ref(), journal)
     };
     if rate_limited(st, &req.requester)? {
         a("rate_limited", Some(req.computer.clone()))?;

@@ -4,10 +4,11 @@
 //! table refuses UPDATE and DELETE at the SQL level. Key IDs are 16-byte big-endian BLOBs of
 //! the display-order GUID. Every statement is parameterised.
 
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -107,6 +108,8 @@ pub struct KeyRecord {
     pub device_name: String,
     pub sealed: Sealed,
     pub superseded: bool,
+    /// Already shown once (the device must rotate it).
+    pub disclosed: bool,
 }
 
 /// How a user is associated with a device.
@@ -157,6 +160,70 @@ pub struct AuditFilter {
 pub struct TpmRecord {
     pub row: i64,
     pub sealed: Sealed,
+}
+
+/// A write that a disclosure must make durable before its answer leaves the portal.
+#[derive(Debug, Clone)]
+pub enum JournalEntry {
+    Audit(Box<AuditRow>),
+    /// Marks a key disclosed (its device must rotate it); a no-op if it already is.
+    KeyDisclosed {
+        key_row: i64,
+    },
+}
+
+/// Where the group-commit writer reports the result of the transaction holding a submission.
+pub enum CommitNotify {
+    /// For async callers (`commit_journal`).
+    Async(tokio::sync::oneshot::Sender<Result<(), String>>),
+    /// For callers on a blocking thread (`commit_journal_blocking`).
+    Blocking(mpsc::SyncSender<Result<(), String>>),
+}
+
+impl CommitNotify {
+    fn send(self, res: Result<(), String>) {
+        // A caller that went away (request cancelled) no longer needs the answer.
+        match self {
+            CommitNotify::Async(tx) => drop(tx.send(res)),
+            CommitNotify::Blocking(tx) => drop(tx.send(res)),
+        }
+    }
+}
+
+fn journal_failed(m: String) -> StoreError {
+    StoreError::Corrupt(format!("audit write failed: {m}"))
+}
+
+/// Submits `entries` and waits (async) until the transaction holding them has committed.
+pub async fn commit_journal(
+    store: &dyn Store,
+    entries: Vec<JournalEntry>,
+) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    store.submit_journal(entries, CommitNotify::Async(tx));
+    match rx.await {
+        Ok(r) => r.map_err(journal_failed),
+        Err(_) => Err(journal_failed("the writer stopped".into())),
+    }
+}
+
+/// Submits `entries` and blocks until the transaction holding them has committed.
+pub fn commit_journal_blocking(
+    store: &dyn Store,
+    entries: Vec<JournalEntry>,
+) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let (tx, rx) = mpsc::sync_channel(1);
+    store.submit_journal(entries, CommitNotify::Blocking(tx));
+    match rx.recv() {
+        Ok(r) => r.map_err(journal_failed),
+        Err(_) => Err(journal_failed("the writer stopped".into())),
+    }
 }
 
 /// Everything the portal persists. Implementations must be safe to call from many threads;
@@ -217,7 +284,12 @@ pub trait Store: Send + Sync + 'static {
     fn load_settings(&self) -> Result<Option<String>, StoreError>;
     fn save_settings(&self, json: &str) -> Result<(), StoreError>;
 
+    /// Blocks until the row is committed (through the group-commit writer).
     fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError>;
+    /// Queues audit rows and disclosure marks for the group-commit writer, which commits
+    /// everything queued in one transaction and then reports to `done`. All entries of one
+    /// submission land in the same transaction.
+    fn submit_journal(&self, entries: Vec<JournalEntry>, done: CommitNotify);
     fn query_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError>;
     /// Failed lookups (not_found, denied, not_eligible) by this requester since a time.
     fn count_failures(&self, requester: &str, since_unix: i64) -> Result<u64, StoreError>;
@@ -284,41 +356,169 @@ fn blob_to_u128(b: &[u8]) -> Result<u128, StoreError> {
     Ok(u128::from_be_bytes(arr))
 }
 
-/// id, key_id, device_id, device name, nonce, ciphertext, superseded.
-type KeyRow = (i64, Vec<u8>, i64, String, Vec<u8>, Vec<u8>, bool);
+/// id, key_id, device_id, device name, nonce, ciphertext, superseded, disclosed.
+type KeyRow = (i64, Vec<u8>, i64, String, Vec<u8>, Vec<u8>, bool, bool);
 
-/// SQLite behind one mutex-guarded connection (WAL journal).
+/// SQLite in WAL mode: one writer connection (behind a mutex) for every write, a pool of
+/// read-only connections for reads (WAL readers never wait for the writer), API tokens held
+/// in memory, and a group-commit writer thread for audit rows and disclosure marks.
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
-    audit: AuditQueue,
+    writer: Arc<Mutex<Connection>>,
+    readers: ReadPool,
+    /// API token hash -> account, loaded at open and updated by `add_api_token` after its
+    /// commit, so a bearer token costs a hash and a map lookup instead of a query.
+    tokens: RwLock<HashMap<TokenHash, Account>>,
+    /// Feeds the group-commit writer thread; it stops when this is dropped.
+    journal: Mutex<mpsc::Sender<JournalJob>>,
+    /// Dropping it stops the checkpoint thread.
+    _checkpointer: mpsc::Sender<()>,
 }
 
-/// Group commit of audit rows: callers queue their row; one of them (the leader) writes every
-/// queued row in one transaction while the others wait, and each call returns only after the
-/// transaction holding its row has committed. The durability promise of a single append is
-/// kept (a lookup is answered only after its audit row is committed); concurrent lookups
-/// share one commit instead of paying one each.
-#[derive(Default)]
-struct AuditQueue {
-    state: Mutex<AuditState>,
-    done: std::sync::Condvar,
+/// A token hash whose equality is constant-time (the map's final comparison of a candidate
+/// does not reveal how many leading bytes matched).
+#[derive(Clone, Copy)]
+struct TokenHash([u8; 32]);
+
+impl std::hash::Hash for TokenHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
 }
 
-// A panic while holding the queue lock leaves plain data behind: keep using it.
-fn lock_audit(m: &Mutex<AuditState>) -> MutexGuard<'_, AuditState> {
+impl PartialEq for TokenHash {
+    fn eq(&self, other: &Self) -> bool {
+        bool::from(subtle::ConstantTimeEq::ct_eq(&self.0[..], &other.0[..]))
+    }
+}
+impl Eq for TokenHash {}
+
+struct JournalJob {
+    entries: Vec<JournalEntry>,
+    done: CommitNotify,
+}
+
+/// Read-only connections, opened on demand and reused; a connection is taken for one call
+/// only, so the pool never holds more than the number of concurrent readers.
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+// A panic while holding one of these locks cannot leave SQLite inconsistent (transactions
+// roll back on drop), so a poisoned lock is still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-#[derive(Default)]
-struct AuditState {
-    pending: Vec<AuditRow>,
-    /// Sequence number of the next queued row.
-    next: u64,
-    /// Every row below this sequence number is settled (committed or failed).
-    settled: u64,
-    flushing: bool,
-    /// Recently failed sequence ranges, so waiting callers learn their batch failed.
-    failed: std::collections::VecDeque<(u64, u64, String)>,
+impl ReadPool {
+    /// Runs `f` on an idle reader (opening one if none is idle) and returns it to the pool.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = lock(&self.idle).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.busy_timeout(std::time::Duration::from_secs(5))?;
+                c.pragma_update(None, "cache_size", -16384)?;
+                c
+            }
+        };
+        let res = f(&conn);
+        lock(&self.idle).push(conn);
+        res
+    }
+
+    /// Closes the idle readers (leaving WAL mode needs the only connection).
+    fn close_idle(&self) {
+        lock(&self.idle).clear();
+    }
+}
+
+/// Most submissions committed in one transaction.
+const JOURNAL_BATCH: usize = 4096;
+
+/// The group-commit writer: waits for a submission, takes everything else queued, writes it
+/// all in one transaction on the writer connection, and reports the result to every
+/// submitter only after the commit.
+fn journal_writer(writer: Arc<Mutex<Connection>>, rx: mpsc::Receiver<JournalJob>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < JOURNAL_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let res = write_journal(&mut lock(&writer), &batch).map_err(|e| e.to_string());
+        for job in batch {
+            job.done.send(res.clone());
+        }
+    }
+}
+
+fn write_journal(c: &mut Connection, batch: &[JournalJob]) -> Result<(), StoreError> {
+    let tx = c.transaction()?;
+    let (now, _) = now_rfc3339();
+    for e in batch.iter().flat_map(|j| &j.entries) {
+        match e {
+            JournalEntry::Audit(row) => {
+                let unix = time::OffsetDateTime::parse(
+                    &row.time,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map(|t| t.unix_timestamp())
+                .unwrap_or(0);
+                tx.prepare_cached(
+                    "INSERT INTO audit(time, time_unix, source, requester, requester_lc, end_user, device, key_id, key_type, reason, outcome)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?
+                .execute(params![
+                    row.time,
+                    unix,
+                    row.source,
+                    row.requester,
+                    row.requester.to_lowercase(),
+                    row.end_user,
+                    row.device,
+                    row.key_id,
+                    row.key_type,
+                    row.reason,
+                    row.outcome
+                ])?;
+            }
+            JournalEntry::KeyDisclosed { key_row } => {
+                tx.prepare_cached(
+                    "UPDATE keys SET disclosed_at = ?2 WHERE id = ?1 AND disclosed_at IS NULL",
+                )?
+                .execute(params![key_row, now])?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// How often the background thread copies the WAL back into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs passive WAL checkpoints until `stop` is dropped, so no commit on the request path
+/// pays for a checkpoint (and its fsync). Passive checkpoints never wait for readers or the
+/// writer. The connection is opened per tick and closed again: a held connection would keep
+/// the import from leaving WAL mode. Errors are logged and retried at the next tick.
+fn checkpointer(path: PathBuf, stop: mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        let res = Connection::open(&path)
+            .and_then(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())));
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    }
 }
 
 impl SqliteStore {
@@ -332,50 +532,66 @@ impl SqliteStore {
         // 64 MiB page cache: bulk escrow touches the key-ID index all over.
         conn.pragma_update(None, "cache_size", -65536)?;
         conn.execute_batch(SCHEMA)?;
+        let tokens = load_tokens(&conn)?;
+        // Commits never checkpoint: the checkpoint thread does (see `checkpointer`).
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let (stop_checkpoints, stop) = mpsc::channel();
+        let p = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("wal-checkpoint".into())
+            .spawn(move || checkpointer(p, stop))
+            .map_err(|e| StoreError::Corrupt(format!("starting the WAL checkpointer: {e}")))?;
+        let writer = Arc::new(Mutex::new(conn));
+        let (tx, rx) = mpsc::channel();
+        let w = writer.clone();
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || journal_writer(w, rx))
+            .map_err(|e| StoreError::Corrupt(format!("starting the audit writer: {e}")))?;
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
-            audit: AuditQueue::default(),
+            writer,
+            readers: ReadPool {
+                path: path.to_path_buf(),
+                idle: Mutex::new(Vec::new()),
+            },
+            tokens: RwLock::new(tokens),
+            journal: Mutex::new(tx),
+            _checkpointer: stop_checkpoints,
         })
     }
 
-    /// Writes audit rows in one transaction.
-    fn write_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
-        let mut c = self.conn();
-        let tx = c.transaction()?;
-        for row in rows {
-            let unix = time::OffsetDateTime::parse(
-                &row.time,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .map(|t| t.unix_timestamp())
-            .unwrap_or(0);
-            tx.prepare_cached(
-                "INSERT INTO audit(time, time_unix, source, requester, requester_lc, end_user, device, key_id, key_type, reason, outcome)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?
-            .execute(params![
-                row.time,
-                unix,
-                row.source,
-                row.requester,
-                row.requester.to_lowercase(),
-                row.end_user,
-                row.device,
-                row.key_id,
-                row.key_type,
-                row.reason,
-                row.outcome
-            ])?;
-        }
-        tx.commit()?;
-        Ok(())
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        lock(&self.writer)
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
-        // back on drop), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs a read on a pooled read-only connection.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.readers.with(f)
     }
+}
+
+fn load_tokens(c: &Connection) -> Result<HashMap<TokenHash, Account>, StoreError> {
+    let mut st = c.prepare(
+        "SELECT t.token_hash, a.id, a.username, a.password_hash, a.role FROM api_tokens t JOIN accounts a ON a.id = t.account_id",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
+        ))
+    })?;
+    let mut out = HashMap::new();
+    for r in rows {
+        let (h, a) = r?;
+        let h: [u8; 32] = h
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("API token hash is not 32 bytes".into()))?;
+        out.insert(TokenHash(h), to_account(a)?);
+    }
+    Ok(out)
 }
 
 fn row_account(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, String, String)> {
@@ -697,43 +913,53 @@ impl Store for SqliteStore {
     }
 
     fn account_by_name(&self, username: &str) -> Result<Option<Account>, StoreError> {
-        let c = self.conn();
-        let t = c
-            .prepare_cached(
-                "SELECT id, username, password_hash, role FROM accounts WHERE username_lc = ?1",
-            )?
-            .query_row(params![username.to_lowercase()], row_account)
-            .optional()?;
-        t.map(to_account).transpose()
+        self.read(|c| {
+            let t = c
+                .prepare_cached(
+                    "SELECT id, username, password_hash, role FROM accounts WHERE username_lc = ?1",
+                )?
+                .query_row(params![username.to_lowercase()], row_account)
+                .optional()?;
+            t.map(to_account).transpose()
+        })
     }
 
     fn first_admin(&self) -> Result<Option<Account>, StoreError> {
-        let c = self.conn();
+        self.read(|c| {
+
         let t = c
             .prepare_cached("SELECT id, username, password_hash, role FROM accounts WHERE role = 'admin' ORDER BY id LIMIT 1")?
             .query_row([], row_account)
             .optional()?;
         t.map(to_account).transpose()
+        })
     }
 
     fn add_api_token(&self, account_id: i64, hash: &[u8; 32]) -> Result<(), StoreError> {
         let (now, _) = now_rfc3339();
-        self.conn().execute(
+        let c = self.conn();
+        c.execute(
             "INSERT INTO api_tokens(token_hash, account_id, created_at) VALUES (?1, ?2, ?3)",
             params![&hash[..], account_id, now],
         )?;
+        let t = c
+            .prepare_cached("SELECT id, username, password_hash, role FROM accounts WHERE id = ?1")?
+            .query_row(params![account_id], row_account)?;
+        // Updated while the writer lock is held: the map never lags behind a committed token.
+        self.tokens
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(TokenHash(*hash), to_account(t)?);
         Ok(())
     }
 
     fn account_by_api_token(&self, hash: &[u8; 32]) -> Result<Option<Account>, StoreError> {
-        let c = self.conn();
-        let t = c
-            .prepare_cached(
-                "SELECT a.id, a.username, a.password_hash, a.role FROM api_tokens t JOIN accounts a ON a.id = t.account_id WHERE t.token_hash = ?1",
-            )?
-            .query_row(params![&hash[..]], row_account)
-            .optional()?;
-        t.map(to_account).transpose()
+        Ok(self
+            .tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&TokenHash(*hash))
+            .cloned())
     }
 
     fn add_enrollment_token(&self, hash: &[u8; 32]) -> Result<(), StoreError> {
@@ -795,33 +1021,37 @@ impl Store for SqliteStore {
     }
 
     fn device_by_credential(&self, hash: &[u8; 32]) -> Result<Option<Device>, StoreError> {
-        let c = self.conn();
-        let d = c
-            .prepare_cached("SELECT id, device_uuid, name FROM devices WHERE credential_hash = ?1")?
-            .query_row(params![&hash[..]], |r| {
-                Ok(Device {
-                    row: r.get(0)?,
-                    device_id: r.get(1)?,
-                    name: r.get(2)?,
+        self.read(|c| {
+            let d = c
+                .prepare_cached(
+                    "SELECT id, device_uuid, name FROM devices WHERE credential_hash = ?1",
+                )?
+                .query_row(params![&hash[..]], |r| {
+                    Ok(Device {
+                        row: r.get(0)?,
+                        device_id: r.get(1)?,
+                        name: r.get(2)?,
+                    })
                 })
-            })
-            .optional()?;
-        Ok(d)
+                .optional()?;
+            Ok(d)
+        })
     }
 
     fn device_by_name(&self, name: &str) -> Result<Option<Device>, StoreError> {
-        let c = self.conn();
-        let d = c
-            .prepare_cached("SELECT id, device_uuid, name FROM devices WHERE name_lc = ?1")?
-            .query_row(params![name.to_lowercase()], |r| {
-                Ok(Device {
-                    row: r.get(0)?,
-                    device_id: r.get(1)?,
-                    name: r.get(2)?,
+        self.read(|c| {
+            let d = c
+                .prepare_cached("SELECT id, device_uuid, name FROM devices WHERE name_lc = ?1")?
+                .query_row(params![name.to_lowercase()], |r| {
+                    Ok(Device {
+                        row: r.get(0)?,
+                        device_id: r.get(1)?,
+                        name: r.get(2)?,
+                    })
                 })
-            })
-            .optional()?;
-        Ok(d)
+                .optional()?;
+            Ok(d)
+        })
     }
 
     fn escrow_keys(
@@ -843,14 +1073,16 @@ impl Store for SqliteStore {
     }
 
     fn key_by_row(&self, key_row: i64) -> Result<Option<KeyRecord>, StoreError> {
-        let c = self.conn();
+        self.read(|c| {
+
         let t: Option<KeyRow> = c
             .prepare_cached(
-                "SELECT k.id, k.key_id, k.device_id, d.name, k.nonce, k.ciphertext, k.superseded_at IS NOT NULL
+                "SELECT k.id, k.key_id, k.device_id, d.name, k.nonce, k.ciphertext, k.superseded_at IS NOT NULL,
+                   k.disclosed_at IS NOT NULL
                  FROM keys k JOIN devices d ON d.id = k.device_id WHERE k.id = ?1",
             )?
             .query_row(params![key_row], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
             })
             .optional()?;
         t.map(|t| {
@@ -864,17 +1096,19 @@ impl Store for SqliteStore {
                     ciphertext: t.5,
                 },
                 superseded: t.6,
+                disclosed: t.7,
             })
         })
         .transpose()
+        })
     }
 
     fn key_by_id(&self, key_id: u128) -> Result<Option<KeyRecord>, StoreError> {
-        let row: Option<i64> = self
-            .conn()
-            .prepare_cached("SELECT id FROM keys WHERE key_id = ?1")?
-            .query_row(params![&key_id.to_be_bytes()[..]], |r| r.get(0))
-            .optional()?;
+        let row: Option<i64> = self.read(|c| {
+            Ok(c.prepare_cached("SELECT id FROM keys WHERE key_id = ?1")?
+                .query_row(params![&key_id.to_be_bytes()[..]], |r| r.get(0))
+                .optional()?)
+        })?;
         match row {
             Some(r) => self.key_by_row(r),
             None => Ok(None),
@@ -882,39 +1116,36 @@ impl Store for SqliteStore {
     }
 
     fn current_keys(&self) -> Result<Vec<IndexEntry>, StoreError> {
-        let c = self.conn();
-        let mut st =
-            c.prepare("SELECT id, key_id, device_id FROM keys WHERE superseded_at IS NULL")?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for r in rows {
-            let (row, kid, dev) = r?;
-            out.push(IndexEntry {
-                key_id: blob_to_u128(&kid)?,
-                key_row: row,
-                device_row: dev,
-            });
-        }
-        Ok(out)
+        self.read(|c| {
+            let mut st =
+                c.prepare("SELECT id, key_id, device_id FROM keys WHERE superseded_at IS NULL")?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for r in rows {
+                let (row, kid, dev) = r?;
+                out.push(IndexEntry {
+                    key_id: blob_to_u128(&kid)?,
+                    key_row: row,
+                    device_row: dev,
+                });
+            }
+            Ok(out)
+        })
     }
 
     fn mark_disclosed(&self, key_row: i64) -> Result<(), StoreError> {
-        let (now, _) = now_rfc3339();
-        self.conn().execute(
-            "UPDATE keys SET disclosed_at = ?2 WHERE id = ?1 AND disclosed_at IS NULL",
-            params![key_row, now],
-        )?;
-        Ok(())
+        commit_journal_blocking(self, vec![JournalEntry::KeyDisclosed { key_row }])
     }
 
     fn keys_to_rotate(&self, device_row: i64) -> Result<Vec<u128>, StoreError> {
-        let c = self.conn();
+        self.read(|c| {
+
         let mut st = c.prepare_cached(
             "SELECT key_id FROM keys WHERE device_id = ?1 AND disclosed_at IS NOT NULL AND superseded_at IS NULL ORDER BY id",
         )?;
@@ -924,6 +1155,7 @@ impl Store for SqliteStore {
             out.push(blob_to_u128(&r?)?);
         }
         Ok(out)
+        })
     }
 
     fn supersede(&self, device_row: i64, old: u128, new: u128) -> Result<(), StoreError> {
@@ -1003,41 +1235,45 @@ impl Store for SqliteStore {
     }
 
     fn associations_of_user(&self, user: &str) -> Result<Vec<(i64, Assoc)>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare_cached(
-            "SELECT device_id, local, remote, imported FROM associations WHERE user_lc = ?1",
-        )?;
-        let rows = st.query_map(params![user.to_lowercase()], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                Assoc {
-                    local: r.get(1)?,
-                    remote: r.get(2)?,
-                    imported: r.get(3)?,
-                },
-            ))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT device_id, local, remote, imported FROM associations WHERE user_lc = ?1",
+            )?;
+            let rows = st.query_map(params![user.to_lowercase()], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    Assoc {
+                        local: r.get(1)?,
+                        remote: r.get(2)?,
+                        imported: r.get(3)?,
+                    },
+                ))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
     }
 
     fn users_of_device(&self, device_row: i64) -> Result<Vec<String>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare_cached(
-            "SELECT user FROM associations WHERE device_id = ?1 ORDER BY user_lc",
-        )?;
-        let rows = st.query_map(params![device_row], |r| r.get::<_, String>(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT user FROM associations WHERE device_id = ?1 ORDER BY user_lc",
+            )?;
+            let rows = st.query_map(params![device_row], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
     }
 
     fn device_name(&self, device_row: i64) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .conn()
-            .prepare_cached("SELECT name FROM devices WHERE id = ?1")?
-            .query_row(params![device_row], |r| r.get(0))
-            .optional()?)
+        self.read(|c| {
+            Ok(c.prepare_cached("SELECT name FROM devices WHERE id = ?1")?
+                .query_row(params![device_row], |r| r.get(0))
+                .optional()?)
+        })
     }
 
     fn import(&self, rows: &[ImportRow]) -> Result<Vec<IndexEntry>, StoreError> {
+        // Leaving WAL mode needs the only open connection.
+        self.readers.close_idle();
         let mut c = self.conn();
         // Bulk mode for the stopped portal (see API.md, "import FILE"): the rollback journal
         // lives in memory and nothing is synced until the end. Errors in the data still roll
@@ -1078,8 +1314,8 @@ impl Store for SqliteStore {
     }
 
     fn current_tpm_lockout(&self, device_row: i64) -> Result<Option<TpmRecord>, StoreError> {
-        Ok(self
-            .conn()
+        self.read(|c| {
+        Ok(c
             .prepare_cached(
                 "SELECT id, nonce, ciphertext FROM tpm_lockout WHERE device_id = ?1 AND superseded_at IS NULL ORDER BY id DESC LIMIT 1",
             )?
@@ -1093,6 +1329,7 @@ impl Store for SqliteStore {
                 })
             })
             .optional()?)
+        })
     }
 
     fn mark_tpm_disclosed(&self, row: i64) -> Result<(), StoreError> {
@@ -1105,19 +1342,23 @@ impl Store for SqliteStore {
     }
 
     fn tpm_rotation_pending(&self, device_row: i64) -> Result<bool, StoreError> {
-        let n: i64 = self.conn().query_row(
+        self.read(|c| {
+        let n: i64 = c.query_row(
             "SELECT count(*) FROM tpm_lockout WHERE device_id = ?1 AND superseded_at IS NULL AND disclosed_at IS NOT NULL",
             params![device_row],
             |r| r.get(0),
         )?;
         Ok(n > 0)
+        })
     }
 
     fn load_settings(&self) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .conn()
-            .query_row("SELECT json FROM settings WHERE id = 1", [], |r| r.get(0))
-            .optional()?)
+        self.read(|c| {
+            Ok(
+                c.query_row("SELECT json FROM settings WHERE id = 1", [], |r| r.get(0))
+                    .optional()?,
+            )
+        })
     }
 
     fn save_settings(&self, json: &str) -> Result<(), StoreError> {
@@ -1129,42 +1370,19 @@ impl Store for SqliteStore {
     }
 
     fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError> {
-        let q = &self.audit;
-        let mut st = lock_audit(&q.state);
-        let seq = st.next;
-        st.next += 1;
-        st.pending.push(row.clone());
-        loop {
-            if st.settled > seq {
-                return match st.failed.iter().find(|(a, b, _)| (*a..*b).contains(&seq)) {
-                    Some((_, _, m)) => Err(StoreError::Corrupt(format!("audit write failed: {m}"))),
-                    None => Ok(()),
-                };
-            }
-            if !st.flushing {
-                st.flushing = true;
-                let batch = std::mem::take(&mut st.pending);
-                let (from, upto) = (st.settled, st.next);
-                drop(st);
-                let res = self.write_audit(&batch);
-                st = lock_audit(&q.state);
-                st.settled = upto;
-                st.flushing = false;
-                if let Err(e) = &res {
-                    st.failed.push_back((from, upto, e.to_string()));
-                    if st.failed.len() > 64 {
-                        st.failed.pop_front();
-                    }
-                }
-                q.done.notify_all();
-                return res;
-            }
-            st = q.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        commit_journal_blocking(self, vec![JournalEntry::Audit(Box::new(row.clone()))])
+    }
+
+    fn submit_journal(&self, entries: Vec<JournalEntry>, done: CommitNotify) {
+        let job = JournalJob { entries, done };
+        if let Err(mpsc::SendError(job)) = lock(&self.journal).send(job) {
+            job.done.send(Err("the audit writer has stopped".into()));
         }
     }
 
     fn query_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
-        let c = self.conn();
+        self.read(|c| {
+
         let mut st = c.prepare_cached(
             "SELECT id, time, source, requester, end_user, device, key_id, key_type, reason, outcome FROM audit
              WHERE (?1 IS NULL OR time_unix >= ?1) AND (?2 IS NULL OR source = ?2) AND (?3 IS NULL OR outcome = ?3)
@@ -1195,15 +1413,17 @@ impl Store for SqliteStore {
             },
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
+        })
     }
 
     fn count_failures(&self, requester: &str, since_unix: i64) -> Result<u64, StoreError> {
-        let n: i64 = self
-            .conn()
+        self.read(|c| {
+        let n: i64 = c
             .prepare_cached(
                 "SELECT count(*) FROM audit WHERE requester_lc = ?1 AND time_unix >= ?2 AND outcome IN ('not_found', 'denied', 'not_eligible')",
             )?
             .query_row(params![requester.to_lowercase(), since_unix], |r| r.get(0))?;
         Ok(n.max(0) as u64)
+        })
     }
 }

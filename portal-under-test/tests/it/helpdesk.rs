@@ -297,3 +297,98 @@ async fn manage_tpm_shows_lockout_auth_once_and_asks_for_rotation() {
         "no secret in the audit"
     );
 }
+
+#[tokio::test]
+async fn concurrent_json_lookups_each_commit_their_audit_row_and_the_disclosure() {
+    let (p, c, k) = setup().await;
+    let hd = p.api_token("CONTOSO\\hd2").await;
+    p.settings(json!({"lookup_rate_limit_exempt": ["CONTOSO\\hd2"]}))
+        .await;
+    // Issued tokens work at once (the in-memory token map is updated with the commit);
+    // an unknown token is refused.
+    let absent = Key::random();
+    let asks: Vec<_> = (0..40)
+        .map(|i| {
+            let key = if i % 2 == 0 {
+                k.prefix8()
+            } else {
+                absent.prefix8()
+            };
+            p.json(
+                Method::POST,
+                "/api/helpdesk/lookup",
+                Some(&hd),
+                Some(json!({"key_id": key, "reason": "Lost PIN"})),
+            )
+        })
+        .collect();
+    let answers = futures_join_all(asks).await;
+    for (i, (s, v)) in answers.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(*s, StatusCode::OK, "{v}");
+            assert_eq!(v["recovery_password"], k.password);
+        } else {
+            assert_eq!(*s, StatusCode::NOT_FOUND, "{v}");
+            assert_eq!(v["error"]["code"], "not_found");
+        }
+    }
+    // Every answer was sent after its audit row committed: all 40 rows are there now.
+    let rows = p.audit("source=api").await;
+    assert_eq!(rows.len(), 40);
+    assert_eq!(rows.iter().filter(|r| r["outcome"] == "shown").count(), 20);
+    assert_eq!(
+        rows.iter().filter(|r| r["outcome"] == "not_found").count(),
+        20
+    );
+    // ... and so was the disclosure mark: the device is told to rotate the key.
+    let v = p.check_in(&c).await;
+    assert_eq!(v["rotate_keys"], json!([k.guid()]));
+    let (s, _) = p
+        .json(
+            Method::POST,
+            "/api/helpdesk/lookup",
+            Some("api_0000000000000000000000000000000000000000000000000000000000000000"),
+            Some(json!({"key_id": k.prefix8(), "reason": "Lost PIN"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Tokens survive a restart (the map is loaded from the store).
+    let p = p.restart();
+    let (s, v) = p
+        .json(
+            Method::POST,
+            "/api/helpdesk/lookup",
+            Some(&hd),
+            Some(json!({"key_id": k.prefix8(), "reason": "Lost PIN"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(p.audit("source=api").await.len(), 41);
+}
+
+/// Polls every future to completion concurrently (no extra dependency for a test).
+async fn futures_join_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in fs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in set.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
