@@ -954,12 +954,32 @@ impl Store for SqliteStore {
     }
 
     fn account_by_api_token(&self, hash: &[u8; 32]) -> Result<Option<Account>, StoreError> {
-        Ok(self
+        let key = TokenHash(*hash);
+        if let Some(a) = self
             .tokens
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&TokenHash(*hash))
-            .cloned())
+            .get(&key)
+        {
+            return Ok(Some(a.clone()));
+        }
+        // Not in memory: a token written by another process (`admin bootstrap` next to a
+        // running portal) is still honoured, and remembered.
+        let t = self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT a.id, a.username, a.password_hash, a.role FROM api_tokens t JOIN accounts a ON a.id = t.account_id WHERE t.token_hash = ?1",
+            )?
+            .query_row(params![&hash[..]], row_account)
+            .optional()?)
+        })?;
+        let Some(account) = t.map(to_account).transpose()? else {
+            return Ok(None);
+        };
+        self.tokens
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, account.clone());
+        Ok(Some(account))
     }
 
     fn add_enrollment_token(&self, hash: &[u8; 32]) -> Result<(), StoreError> {

@@ -392,3 +392,34 @@ async fn futures_join_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> 
     .await;
     out.into_iter().flatten().collect()
 }
+
+#[tokio::test]
+async fn a_token_written_by_another_process_is_honoured_at_once() {
+    use portal_under_test::crypto::{random_token, token_hash};
+    use portal_under_test::store::Store;
+    let (p, _c, k) = setup().await;
+    // As `admin bootstrap` does next to a running portal: its own connection to the file.
+    let other =
+        portal_under_test::store::SqliteStore::open(&p.dir.path().join("portal.sqlite3")).unwrap();
+    let hd2 = other.account_by_name("CONTOSO\\hd2").unwrap().unwrap();
+    let token = random_token("api");
+    other.add_api_token(hd2.id, &token_hash(&token)).unwrap();
+    let ask = |t: String| {
+        let p = &p;
+        let key = k.prefix8();
+        async move {
+            p.json(
+                Method::POST,
+                "/api/helpdesk/lookup",
+                Some(&t),
+                Some(json!({"key_id": key, "reason": "Lost PIN"})),
+            )
+            .await
+        }
+    };
+    let (s, v) = ask(token.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["recovery_password"], k.password);
+    let (s, _) = ask(random_token("api")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
