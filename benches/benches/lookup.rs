@@ -26,8 +26,20 @@ use hdrhistogram::Histogram;
 use portal_under_test::index::{IndexEntry, PrefixIndex};
 use rand::{Rng, SeedableRng};
 
+/// Independent lookups per criterion iteration and per batch call.
 const QUERIES: usize = 1 << 16;
 const SEED: u64 = 42;
+
+/// Distinct queries (and timed dependent lookups) per row: as many as are timed, so that no
+/// query repeats and the index's lines are not kept warm in the cache by re-use (the floor's
+/// chase never re-uses a line either).
+fn timed_count() -> usize {
+    if smoke() {
+        20_000
+    } else {
+        2_000_000
+    }
+}
 
 fn smoke() -> bool {
     std::env::args().any(|a| a == "--test")
@@ -94,16 +106,16 @@ struct Queries {
     fulls: Vec<u128>,
 }
 
-fn queries(sorted: &[IndexEntry]) -> Queries {
+fn queries(sorted: &[IndexEntry], count: usize) -> Queries {
     let mut rng = rand_chacha_like(SEED + 1);
     let has_prefix = |p: u32| {
         let lo = u128::from(p) << 96;
         let i = sorted.partition_point(|e| e.key_id < lo);
         sorted.get(i).is_some_and(|e| prefix(e.key_id) == p)
     };
-    let mut prefixes = Vec::with_capacity(QUERIES);
-    let mut fulls = Vec::with_capacity(QUERIES);
-    while prefixes.len() < QUERIES {
+    let mut prefixes = Vec::with_capacity(count);
+    let mut fulls = Vec::with_capacity(count);
+    while prefixes.len() < count {
         let e = sorted[rng.random_range(0..sorted.len())];
         if prefixes.len() % 2 == 0 {
             prefixes.push(prefix(e.key_id));
@@ -118,7 +130,7 @@ fn queries(sorted: &[IndexEntry]) -> Queries {
         }
     }
     // Shuffle both the same way (Fisher-Yates).
-    for i in (1..QUERIES).rev() {
+    for i in (1..count).rev() {
         let j = rng.random_range(0..=i);
         prefixes.swap(i, j);
         fulls.swap(i, j);
@@ -156,8 +168,9 @@ impl Floor {
 }
 
 /// Dependent lookups: `f(query, carry) -> carry`; the next query index depends on the
-/// previous result, and each call is timed on its own.
-fn dependent(iters: usize, mut f: impl FnMut(usize, u64) -> u64) -> Histogram<u64> {
+/// previous result (it steps by 1 or 2 through `queries` distinct queries), and each call is
+/// timed on its own.
+fn dependent(iters: usize, queries: usize, mut f: impl FnMut(usize, u64) -> u64) -> Histogram<u64> {
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
     let mut carry = 0u64;
     let mut q = 0usize;
@@ -166,7 +179,7 @@ fn dependent(iters: usize, mut f: impl FnMut(usize, u64) -> u64) -> Histogram<u6
         carry = f(q, carry);
         let ns = t.elapsed().as_nanos() as u64;
         h.record(ns.max(1)).unwrap();
-        q = (q + 1 + (carry as usize & 1)) % QUERIES;
+        q = (q + 1 + (carry as usize & 1)) % queries;
     }
     h
 }
@@ -196,22 +209,21 @@ fn row(size: usize, what: &str, kind: &'static str, h: &Histogram<u64>) -> Row {
     }
 }
 
+/// Independent lookups per second: the best of 3 passes, each over its own third of the
+/// `n` queries (no query repeats, so no pass finds the previous one's lines in the cache).
 fn independent(n: usize, mut f: impl FnMut(usize) -> u64) -> f64 {
-    // Warm, then time the best of 3 passes.
     let mut acc = 0u64;
-    for q in 0..n.min(4096) {
-        acc ^= f(q);
-    }
+    let third = (n / 3).max(1);
     let mut best = Duration::MAX;
-    for _ in 0..3 {
+    for pass in 0..3 {
         let t = Instant::now();
-        for q in 0..n {
+        for q in pass * third..((pass + 1) * third).min(n) {
             acc = acc.wrapping_add(f(q));
         }
         best = best.min(t.elapsed());
     }
     std::hint::black_box(acc);
-    n as f64 / best.as_secs_f64()
+    third as f64 / best.as_secs_f64()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -292,6 +304,60 @@ fn sqlite_store(sorted: &[IndexEntry]) -> PathBuf {
     );
     std::fs::write(&done, b"ok").unwrap();
     path
+}
+
+/// Bytes of disk a SQLite store of `n` keys takes, with margin (measured: 362 B/key at 10M).
+fn sqlite_bytes_needed(n: usize) -> u64 {
+    n as u64 * 400
+}
+
+/// Free bytes on the file system holding `dir` (`df`, so no FFI here).
+fn free_disk_bytes(dir: &Path) -> Option<u64> {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The SQLite store for `sorted`, or `None` (with a note saying why) when `LOOKUP_SKIP_DB=1`
+/// or when filling it would leave less than `LOOKUP_DISK_RESERVE_GB` (default 12) free.
+fn sqlite_store_if_room(sorted: &[IndexEntry], notes: &mut Vec<String>) -> Option<PathBuf> {
+    let n = sorted.len();
+    if std::env::var("LOOKUP_SKIP_DB").is_ok_and(|v| v == "1") {
+        notes.push(format!(
+            "{n}: SQLite and PostgreSQL skipped (LOOKUP_SKIP_DB=1)"
+        ));
+        return None;
+    }
+    let done = out_dir().join(format!("portal-{n}-{SEED}.done"));
+    if !done.exists() {
+        let reserve: u64 = std::env::var("LOOKUP_DISK_RESERVE_GB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(12)
+            << 30;
+        let need = sqlite_bytes_needed(n);
+        let free = free_disk_bytes(&out_dir()).unwrap_or(0);
+        if free < need + reserve {
+            let msg = format!(
+                "{n}: SQLite (and PostgreSQL) skipped: the store needs ~{:.1} GB, {:.1} GB free, {:.1} GB kept in reserve (LOOKUP_DISK_RESERVE_GB)",
+                need as f64 / 1e9,
+                free as f64 / 1e9,
+                reserve as f64 / 1e9
+            );
+            eprintln!("lookup bench: {msg}");
+            notes.push(msg);
+            return None;
+        }
+    }
+    Some(sqlite_store(sorted))
 }
 
 /// A read connection configured as the portal's store opens it.
@@ -453,50 +519,51 @@ fn run_size(c: &mut Criterion, n: usize, rows: &mut Vec<Row>, notes: &mut Vec<St
         per_bucket
     ));
     sorted.sort_unstable_by_key(|e| e.key_id);
-    let qs = queries(&sorted);
+    let timed = timed_count();
+    let qs = queries(&sorted, timed);
     let floor = Floor::new(n * std::mem::size_of::<IndexEntry>());
-    let timed = if smoke() { 20_000 } else { 2_000_000 };
     let db_timed = if smoke() { 2_000 } else { 200_000 };
 
     // Timer overhead: an empty timed call.
-    let h = dependent(timed, |_, c| c.wrapping_add(1));
+    let h = dependent(timed, timed, |_, c| c.wrapping_add(1));
     rows.push(row(n, "(timer overhead: empty call)", "-", &h));
 
     // 1. Memory floor: one dependent load per timed step.
     {
         let chase = &floor.chase;
         let mut cur = 0u64;
-        let h = dependent(timed, |_, _| {
+        let h = dependent(timed, timed, |_, _| {
             cur = chase[cur as usize];
             cur
         });
         let mut r = row(n, "memory floor (dependent chase)", "-", &h);
         let mut rng = rand_chacha_like(SEED + 5);
-        let idx: Vec<usize> = (0..QUERIES)
+        let idx: Vec<usize> = (0..timed)
             .map(|_| rng.random_range(0..floor.lines) * 8)
             .collect();
-        r.indep_per_s = Some(independent(QUERIES, |q| chase[idx[q]]));
+        r.indep_per_s = Some(independent(timed, |q| chase[idx[q]]));
         rows.push(r);
     }
     // 2. The portal's index.
     {
-        let h = dependent(timed, |q, _| index_prefix(&index, qs.prefixes[q]));
+        let h = dependent(timed, timed, |q, _| index_prefix(&index, qs.prefixes[q]));
         let mut r = row(n, "portal index", "8 digits", &h);
-        r.indep_per_s = Some(independent(QUERIES, |q| {
-            index_prefix(&index, qs.prefixes[q])
-        }));
+        r.indep_per_s = Some(independent(timed, |q| index_prefix(&index, qs.prefixes[q])));
         rows.push(r);
-        let h = dependent(timed, |q, _| {
+        let h = dependent(timed, timed, |q, _| {
             index.lookup_prefix(qs.prefixes[q]).len() as u64
         });
         rows.push(row(n, "portal index, lookup_prefix (Vec)", "8 digits", &h));
-        let h = dependent(timed, |q, _| {
+        // Where the 8-digit lookup's time goes: its parts timed alone, same loop.
+        let h = dependent(timed, timed, |_, c| c.wrapping_add(index.len() as u64));
+        rows.push(row(n, "part: snapshot load only (`len`)", "-", &h));
+        let h = dependent(timed, timed, |q, _| {
             index
                 .lookup_full(qs.fulls[q])
                 .map_or(0, |e| e.key_row as u64 | 1)
         });
         let mut r = row(n, "portal index", "32 digits", &h);
-        r.indep_per_s = Some(independent(QUERIES, |q| {
+        r.indep_per_s = Some(independent(timed, |q| {
             index
                 .lookup_full(qs.fulls[q])
                 .map_or(0, |e| e.key_row as u64)
@@ -511,49 +578,61 @@ fn run_size(c: &mut Criterion, n: usize, rows: &mut Vec<Row>, notes: &mut Vec<St
         r.p50_ns = f64::NAN;
         r.p99_ns = f64::NAN;
         r.mean_ns = f64::NAN;
-        let mut acc = 0u64;
-        let t = Instant::now();
-        for _ in 0..3 {
-            index.lookup_prefix_batch(&qs.prefixes, |_, e| {
-                acc = acc.wrapping_add(e.key_row as u64)
-            });
-        }
-        std::hint::black_box(acc);
-        r.indep_per_s = Some(3.0 * QUERIES as f64 / t.elapsed().as_secs_f64());
+        r.indep_per_s = Some(
+            independent(timed / QUERIES.min(timed), |pass| {
+                let w = QUERIES.min(timed);
+                let mut acc = 0u64;
+                index.lookup_prefix_batch(&qs.prefixes[pass * w..(pass + 1) * w], |_, e| {
+                    acc = acc.wrapping_add(e.key_row as u64)
+                });
+                acc
+            }) * QUERIES.min(timed) as f64,
+        );
         rows.push(r);
     }
     // 5. Sorted Vec + binary search.
     {
-        let h = dependent(timed, |q, _| sorted_vec_prefix(&sorted, qs.prefixes[q]));
+        let h = dependent(timed, timed, |q, _| {
+            sorted_vec_prefix(&sorted, qs.prefixes[q])
+        });
         let mut r = row(n, "sorted Vec + binary search", "8 digits", &h);
-        r.indep_per_s = Some(independent(QUERIES, |q| {
+        r.indep_per_s = Some(independent(timed, |q| {
             sorted_vec_prefix(&sorted, qs.prefixes[q])
         }));
         rows.push(r);
-        let h = dependent(timed, |q, _| sorted_vec_full(&sorted, qs.fulls[q]));
+        let h = dependent(timed, timed, |q, _| sorted_vec_full(&sorted, qs.fulls[q]));
         let mut r = row(n, "sorted Vec + binary search", "32 digits", &h);
-        r.indep_per_s = Some(independent(QUERIES, |q| {
+        r.indep_per_s = Some(independent(timed, |q| {
             sorted_vec_full(&sorted, qs.fulls[q])
         }));
         rows.push(r);
     }
-    // 3. SQLite.
-    let db = sqlite_store(&sorted);
+    drop(floor);
+    // The index while a writer lands escrows and supersessions (changes the index: last).
+    under_writes(&index, &sorted, &qs, rows, notes);
+
+    // 3. SQLite (when asked for and when the disk has room for its file).
+    let Some(db) = sqlite_store_if_room(&sorted, notes) else {
+        criterion_rows(c, n, &index, &sorted, &qs, None);
+        return;
+    };
     {
         let conn = sqlite_conn(&db);
         let mut st = conn.prepare_cached(SQLITE_PREFIX).unwrap();
-        // Warm the page cache a little (the OS cache is warm from the fill or earlier runs).
-        for q in 0..db_timed.min(QUERIES) {
+        // Warm SQLite's cache with other queries than the timed ones.
+        for q in db_timed..(2 * db_timed).min(timed) {
             sqlite_prefix(&mut st, qs.prefixes[q]);
         }
-        let h = dependent(db_timed, |q, _| sqlite_prefix(&mut st, qs.prefixes[q]));
+        let h = dependent(db_timed, db_timed, |q, _| {
+            sqlite_prefix(&mut st, qs.prefixes[q])
+        });
         let mut r = row(n, "SQLite, portal schema, range query", "8 digits", &h);
-        r.indep_per_s = Some(independent(db_timed.min(QUERIES), |q| {
+        r.indep_per_s = Some(independent(db_timed, |q| {
             sqlite_prefix(&mut st, qs.prefixes[q])
         }));
         rows.push(r);
         let mut st = conn.prepare_cached(SQLITE_FULL).unwrap();
-        let h = dependent(db_timed, |q, _| sqlite_full(&mut st, qs.fulls[q]));
+        let h = dependent(db_timed, db_timed, |q, _| sqlite_full(&mut st, qs.fulls[q]));
         rows.push(row(n, "SQLite, portal schema, = query", "32 digits", &h));
     }
     // Start-up: the portal loading its index from this SQLite store.
@@ -583,31 +662,50 @@ fn run_size(c: &mut Criterion, n: usize, rows: &mut Vec<Row>, notes: &mut Vec<St
             let rs = pg.query(&st, &[&&lo[..], &&hi[..]]).unwrap();
             rs.iter().map(|r| r.get::<_, i64>(0) as u64 | 1).sum()
         };
-        for q in 0..pg_timed.min(1000) {
+        for q in pg_timed..pg_timed + 1000 {
             pq(q);
         }
-        let h = dependent(pg_timed, |q, _| pq(q));
+        let h = dependent(pg_timed, pg_timed, |q, _| pq(q));
         let mut r = row(n, "PostgreSQL 15, loopback, range query", "8 digits", &h);
-        r.indep_per_s = Some(independent(pg_timed.min(QUERIES), &mut pq));
+        r.indep_per_s = Some(independent(pg_timed, &mut pq));
         rows.push(r);
     }
 
-    // Criterion: throughput of independent lookups (means with confidence intervals).
+    criterion_rows(c, n, &index, &sorted, &qs, Some(&db));
+}
+
+/// Criterion: throughput of independent lookups (means with confidence intervals). Each
+/// iteration takes the next window of `QUERIES` distinct queries.
+fn criterion_rows(
+    c: &mut Criterion,
+    n: usize,
+    index: &PrefixIndex,
+    sorted: &[IndexEntry],
+    qs: &Queries,
+    db: Option<&Path>,
+) {
+    let windows = (qs.prefixes.len() / QUERIES).max(1);
+    let w = QUERIES.min(qs.prefixes.len());
+    let mut next = 0usize;
+    let mut window = move || {
+        next = (next + 1) % windows;
+        next * w..(next + 1) * w
+    };
     let mut g = c.benchmark_group(format!("lookup {n} keys"));
-    g.throughput(Throughput::Elements(QUERIES as u64));
+    g.throughput(Throughput::Elements(w as u64));
     g.sample_size(10);
     g.bench_function(BenchmarkId::new("portal index, 8 digits", n), |b| {
         b.iter(|| {
-            qs.prefixes
+            qs.prefixes[window()]
                 .iter()
-                .map(|&p| index_prefix(&index, p))
+                .map(|&p| index_prefix(index, p))
                 .fold(0u64, u64::wrapping_add)
         })
     });
     g.bench_function(BenchmarkId::new("portal index batch, 8 digits", n), |b| {
         b.iter(|| {
             let mut acc = 0u64;
-            index.lookup_prefix_batch(&qs.prefixes, |_, e| {
+            index.lookup_prefix_batch(&qs.prefixes[window()], |_, e| {
                 acc = acc.wrapping_add(e.key_row as u64)
             });
             acc
@@ -615,7 +713,7 @@ fn run_size(c: &mut Criterion, n: usize, rows: &mut Vec<Row>, notes: &mut Vec<St
     });
     g.bench_function(BenchmarkId::new("portal index, 32 digits", n), |b| {
         b.iter(|| {
-            qs.fulls
+            qs.fulls[window()]
                 .iter()
                 .map(|&k| index.lookup_full(k).map_or(0, |e| e.key_row as u64))
                 .fold(0u64, u64::wrapping_add)
@@ -623,9 +721,9 @@ fn run_size(c: &mut Criterion, n: usize, rows: &mut Vec<Row>, notes: &mut Vec<St
     });
     g.bench_function(BenchmarkId::new("sorted Vec, 8 digits", n), |b| {
         b.iter(|| {
-            qs.prefixes
+            qs.prefixes[window()]
                 .iter()
-                .map(|&p| sorted_vec_prefix(&sorted, p))
+                .map(|&p| sorted_vec_prefix(sorted, p))
                 .fold(0u64, u64::wrapping_add)
         })
     });
@@ -633,18 +731,123 @@ fn run_size(c: &mut Criterion, n: usize, rows: &mut Vec<Row>, notes: &mut Vec<St
     let mut g = c.benchmark_group(format!("lookup {n} keys, SQLite"));
     g.throughput(Throughput::Elements(1024));
     g.sample_size(10);
-    {
-        let conn = sqlite_conn(&db);
+    if let Some(db) = db {
+        let conn = sqlite_conn(db);
         let mut st = conn.prepare_cached(SQLITE_PREFIX).unwrap();
+        let mut start = 0usize;
         g.bench_function(BenchmarkId::new("SQLite range query, 8 digits", n), |b| {
             b.iter(|| {
-                (0..1024)
+                start = (start + 1024) % (qs.prefixes.len() - 1024).max(1);
+                (start..start + 1024)
                     .map(|q| sqlite_prefix(&mut st, qs.prefixes[q]))
                     .fold(0u64, u64::wrapping_add)
             })
         });
     }
     g.finish();
+}
+
+/// Dependent 8-digit lookups while a writer thread lands escrows (`insert`) and
+/// supersessions at `LOOKUP_WRITE_RATE` operations/s (default 1000: 3 escrows to 1
+/// supersession). The delta is first filled to one second of writes short of its merge
+/// threshold, so a merge into a new base happens during the run; the reader runs until the
+/// writer has done 3 s of writes.
+fn under_writes(
+    index: &PrefixIndex,
+    sorted: &[IndexEntry],
+    qs: &Queries,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let n = sorted.len();
+    let rate: u64 = std::env::var("LOOKUP_WRITE_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+        .max(1);
+    let run = if smoke() {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(3)
+    };
+    let limit = portal_under_test::index::delta_limit(n, portal_under_test::index::DELTA_MIN);
+    let mut rng = rand_chacha_like(SEED + 7);
+    let mut fresh = move || IndexEntry {
+        key_id: rng.random(),
+        key_row: -1,
+        device_row: -1,
+    };
+    let prefill = limit.saturating_sub(rate as usize);
+    let t = Instant::now();
+    index.insert_many((0..prefill).map(|_| fresh()));
+    let prefill_time = t.elapsed();
+    let done = AtomicBool::new(false);
+    let (h, writer) = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut rng = rand_chacha_like(SEED + 8);
+            let start = Instant::now();
+            let (mut ops, mut merges, mut slowest) = (0u64, 0u32, Duration::ZERO);
+            while start.elapsed() < run {
+                let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+                if ops >= due {
+                    std::thread::sleep(Duration::from_micros(200));
+                    continue;
+                }
+                let before = index.stats().base_keys;
+                let t = Instant::now();
+                if ops % 4 == 3 {
+                    index.supersede(sorted[rng.random_range(0..n)].key_id);
+                } else {
+                    index.insert(fresh());
+                }
+                slowest = slowest.max(t.elapsed());
+                if index.stats().base_keys != before {
+                    merges += 1;
+                }
+                ops += 1;
+            }
+            done.store(true, Ordering::Relaxed);
+            (ops, merges, slowest, start.elapsed())
+        });
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        let mut q = 0usize;
+        while !done.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            let carry = index_prefix(index, qs.prefixes[q]);
+            hist.record((t.elapsed().as_nanos() as u64).max(1)).unwrap();
+            q = (q + 1 + (carry as usize & 1)) % qs.prefixes.len();
+        }
+        (hist, writer.join().unwrap())
+    });
+    let (ops, merges, slowest, took) = writer;
+    let r = row(
+        n,
+        &format!("portal index under writes ({rate}/s escrow+supersede, {merges} merge)"),
+        "8 digits",
+        &h,
+    );
+    rows.push(r);
+    notes.push(format!(
+        "{n}: under writes: {ops} writes in {:.1} s ({:.0}/s, 3 escrows : 1 supersession) on a delta pre-filled to {prefill} of {limit} (pre-fill {:.2} s); {merges} merge(s) into a new base; slowest write (a merge) {:.2} s; reader max {:.1} µs over {} lookups",
+        took.as_secs_f64(),
+        ops as f64 / took.as_secs_f64(),
+        prefill_time.as_secs_f64(),
+        slowest.as_secs_f64(),
+        h.max() as f64 / 1e3,
+        h.len()
+    ));
+}
+
+/// `1000000` -> `1m`, `100000000` -> `100m`, `20000` -> `20k`.
+fn short_size(n: usize) -> String {
+    if n % 1_000_000 == 0 {
+        format!("{}m", n / 1_000_000)
+    } else if n % 1000 == 0 {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
 }
 
 fn write_results(rows: &[Row], notes: &[String]) {
@@ -678,6 +881,10 @@ fn write_results(rows: &[Row], notes: &[String]) {
     println!("\n{md}");
     let d = out_dir();
     std::fs::write(d.join("results.md"), &md).unwrap();
+    // Also under a name per size set, so the 1M+10M and the 100M runs do not overwrite each
+    // other.
+    let sizes: Vec<String> = sizes().iter().map(|n| short_size(*n)).collect();
+    std::fs::write(d.join(format!("lookup-{}.md", sizes.join("-"))), &md).unwrap();
     let json: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {

@@ -5,15 +5,20 @@
 //! with a given 8-digit prefix, and the current key with a given full ID.
 //!
 //! # Layout
-//! A *base* is one sorted array of 32-byte entries (key ID, key row, device row): the key and
-//! its payload share a cache line, so a hit costs one memory access once its position is
-//! known. All keys with one prefix are a contiguous range of it. A bucket table of `u32`
-//! offsets, indexed by the top `bits` bits of the key ID, narrows a lookup to a range of about
-//! [`KEYS_PER_BUCKET`] entries, which is scanned (or binary-searched if a bucket is crowded).
-//! The table costs under 1 byte per key and, at 10M keys, 4 MiB: it mostly stays in the last
-//! level cache, so a lookup is close to one DRAM access (the memory floor); measured 1.7x the
-//! floor at 10M keys, the rest being bucket-table misses. Build is a counting
-//! sort by bucket followed by tiny per-bucket sorts: O(n), no full comparison sort.
+//! A *base* is one array of 32-byte entries (key ID, key row, device row) in key order: the
+//! key and its payload share half a cache line, and all keys with one prefix are a contiguous
+//! run. It has no bucket table: each key sits at or a few slots after its *home* slot,
+//! computed from the key ID alone (`home = top 64 bits * homes / 2^64`, with `homes` = keys /
+//! 0.84), and the slots between keys repeat the entry before them so the array stays sorted.
+//! A lookup computes `home(prefix << 96)` and scans forward from there: with random key IDs
+//! that is ~3 slots (the longest ~35 at 10M and 100M keys), one or two adjacent cache lines
+//! whose misses overlap, so a lookup is one dependent memory access, as the memory floor is.
+//! (The earlier layout read a 4 MiB bucket table first: a second dependent miss whenever the
+//! table had fallen out of the shared L3, measured ~90 ns of a ~420 ns lookup at 10M.)
+//! Crowded or sparse key ranges (never random IDs at this load) fall back to a binary search
+//! after `SCAN_LIMIT` (64) slots, so adversarial IDs cost `O(log n)`, not a long scan. Memory:
+//! 32 / 0.84 = 38.1 bytes a key. Build is a counting sort by top bits, tiny per-bucket
+//! sorts, then one pass laying the keys out: O(n), no full comparison sort.
 //!
 //! # Concurrency
 //! Readers load an immutable [`Snapshot`] through `arc-swap` (no lock, no shared counter
@@ -38,24 +43,34 @@ pub struct IndexEntry {
     pub device_row: i64,
 }
 
-/// Target average bucket occupancy (8 to 16 keys a bucket). Measured at 10M keys
-/// (benches/benches/lookup.rs, `LOOKUP_BUCKET_KEYS`; BENCHMARKS.md): 4 gives a 16 MB table
-/// that falls out of cache (single lookup p50 2.5x the memory floor), 16 a 2 MB table but
-/// long scans (batch throughput -40%); 8 (4 MB table, 0.4 B/key) had the best latency
-/// (1.7x the floor) with nearly the best throughput.
+/// Formerly the bucket occupancy of a bucket-table layout; the base no longer has a bucket
+/// table (see the module docs), so this only remains for [`PrefixIndex::with_keys_per_bucket`]
+/// callers. The sort run while building still buckets by top bits at this occupancy.
 pub const KEYS_PER_BUCKET: usize = 8;
 
-/// Buckets crowded beyond this are binary-searched instead of scanned.
-const SCAN_LIMIT: usize = 32;
+/// Slots per key, as a fraction: 100 / 84 slots a key, 38.1 bytes a key. Measured at 10M
+/// (BENCHMARKS.md): the longest displacement is ~33 slots, the mean ~3 (two cache lines).
+const LOAD_PERCENT: u128 = 84;
 
-/// An immutable sorted array with its bucket table.
+/// Displacements up to this are scanned from a key's home slot; beyond it (crowded key
+/// ranges, never random key IDs at this load) the first slot is binary-searched.
+const SCAN_LIMIT: usize = 64;
+
+/// An immutable array of slots with key IDs in non-decreasing order, each key at or after its
+/// *home* slot, computed from the key ID alone (`home = top 64 bits * homes / 2^64`), so a
+/// lookup needs no table: its first memory access is the slot range holding the answer.
 #[derive(Debug)]
 struct Base {
-    entries: Vec<IndexEntry>,
-    /// `offsets[b]..offsets[b + 1]` are the entries whose top `bits` bits are `b`.
-    offsets: Vec<u32>,
-    /// Right shift that turns a key ID into its bucket number (`128 - bits`).
-    shift: u32,
+    /// Entries in key order; a slot between two keys (a gap) repeats the entry before it (a
+    /// gap before the first key repeats the first key), so the array stays sorted and a
+    /// forward scan skips repeats.
+    slots: Vec<IndexEntry>,
+    /// Distinct keys in `slots`.
+    keys: usize,
+    /// Number of home slots (`keys * 100 / LOAD_PERCENT`); `slots` may run past it.
+    homes: u64,
+    /// The largest `slot - home` of any key.
+    max_displacement: usize,
 }
 
 /// Bucket bits for `n` keys at `per_bucket` or more keys per bucket (1 to 32 bits).
@@ -66,38 +81,71 @@ fn bucket_bits(n: usize, per_bucket: usize) -> u32 {
     bits.clamp(1, 32)
 }
 
-impl Base {
-    fn empty() -> Self {
-        Base::from_sorted_unique(Vec::new(), KEYS_PER_BUCKET)
-    }
+/// Distinct entries of a slot run (gaps repeat the entry before them).
+#[derive(Clone)]
+struct Distinct<'a> {
+    slots: std::slice::Iter<'a, IndexEntry>,
+    last: Option<u128>,
+}
 
-    /// `entries` must be sorted by key ID with no duplicate key IDs, and fewer than 2^32.
-    fn from_sorted_unique(entries: Vec<IndexEntry>, per_bucket: usize) -> Self {
-        let bits = bucket_bits(entries.len(), per_bucket);
-        let shift = 128 - bits;
-        let nb = 1usize << bits;
-        let mut offsets = vec![0u32; nb + 1];
-        // Fill with a single forward walk: offsets[b] = first entry with bucket >= b.
-        let mut b = 0usize;
-        for (i, e) in entries.iter().enumerate() {
-            let eb = (e.key_id >> shift) as usize;
-            while b <= eb {
-                offsets[b] = i as u32;
-                b += 1;
+impl<'a> Iterator for Distinct<'a> {
+    type Item = &'a IndexEntry;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a IndexEntry> {
+        for e in self.slots.by_ref() {
+            if self.last != Some(e.key_id) {
+                self.last = Some(e.key_id);
+                return Some(e);
             }
         }
-        for o in offsets.iter_mut().skip(b) {
-            *o = entries.len() as u32;
+        None
+    }
+}
+
+impl Base {
+    fn empty() -> Self {
+        Base::from_sorted_unique(Vec::new())
+    }
+
+    #[inline]
+    fn home(&self, key_id: u128) -> usize {
+        (((key_id >> 64) * u128::from(self.homes)) >> 64) as usize
+    }
+
+    /// `entries` must be sorted by key ID with no duplicate key IDs.
+    fn from_sorted_unique(entries: Vec<IndexEntry>) -> Self {
+        let keys = entries.len();
+        let homes = (keys as u128 * 100).div_ceil(LOAD_PERCENT) as u64;
+        let mut base = Base {
+            slots: Vec::new(),
+            keys,
+            homes,
+            max_displacement: 0,
+        };
+        // First pass: the final length, so the slots are allocated once and exactly.
+        let mut len = 0usize;
+        for e in &entries {
+            len = len.max(base.home(e.key_id)) + 1;
         }
-        Base {
-            entries,
-            offsets,
-            shift,
+        let mut slots = Vec::with_capacity(len);
+        let mut max_displacement = 0;
+        for e in &entries {
+            let home = base.home(e.key_id);
+            let fill = slots.last().copied().unwrap_or(*e);
+            if slots.len() < home {
+                slots.resize(home, fill);
+            }
+            max_displacement = max_displacement.max(slots.len() - home);
+            slots.push(*e);
         }
+        base.slots = slots;
+        base.max_displacement = max_displacement;
+        base
     }
 
     /// Sorts and de-duplicates (keeping the first entry of a key ID) with a counting sort by
-    /// bucket followed by small stable per-bucket sorts.
+    /// bucket followed by small stable per-bucket sorts, then lays the keys out.
     fn build(input: Vec<IndexEntry>, per_bucket: usize) -> Self {
         let n = input.len();
         let bits = bucket_bits(n, per_bucket);
@@ -110,7 +158,7 @@ impl Base {
         for b in 0..nb {
             counts[b + 1] += counts[b];
         }
-        let mut offsets = counts.clone();
+        let offsets = counts.clone();
         let mut sorted: Vec<IndexEntry> = vec![
             IndexEntry {
                 key_id: 0,
@@ -126,6 +174,7 @@ impl Base {
             counts[b] += 1;
         }
         drop(input);
+        drop(counts);
         let mut dups = false;
         for b in 0..nb {
             let s = &mut sorted[offsets[b] as usize..offsets[b + 1] as usize];
@@ -135,73 +184,62 @@ impl Base {
                 dups |= s.windows(2).any(|w| w[0].key_id == w[1].key_id);
             }
         }
+        drop(offsets);
         if dups {
             sorted.dedup_by_key(|e| e.key_id);
-            return Base::from_sorted_unique(sorted, per_bucket);
         }
-        offsets.truncate(nb + 1);
-        Base {
-            entries: sorted,
-            offsets,
-            shift,
+        Base::from_sorted_unique(sorted)
+    }
+
+    /// The slot index of the first key ID `>= lo`, or `slots.len()`.
+    #[inline]
+    fn first_at_least(&self, lo: u128) -> usize {
+        // Every key `>= lo` has its home at or after `lo`'s, so the answer is at or after it;
+        // the slots before it are keys displaced from earlier homes and gap repeats. With
+        // random key IDs that is a few slots: read in one go (contiguous, the misses overlap).
+        let start = self.home(lo).min(self.slots.len());
+        let rest = self.slots.get(start..).unwrap_or(&[]);
+        let near = rest.get(..SCAN_LIMIT).unwrap_or(rest);
+        match near.iter().position(|e| e.key_id >= lo) {
+            Some(p) => start + p,
+            // Crowded or sparse key ranges: binary search.
+            None => start + rest.partition_point(|e| e.key_id < lo),
         }
     }
 
-    /// The entries of the bucket holding `key_id`'s top bits.
+    /// The distinct entries with key IDs in `lo..=hi`, in key order.
     #[inline]
-    fn bucket(&self, key_id: u128) -> &[IndexEntry] {
-        let b = (key_id >> self.shift) as usize;
-        let (lo, hi) = match (self.offsets.get(b), self.offsets.get(b + 1)) {
-            (Some(&lo), Some(&hi)) => (lo as usize, hi as usize),
-            _ => return &[],
+    fn range(&self, lo: u128, hi: u128) -> Distinct<'_> {
+        let start = self.first_at_least(lo);
+        let rest = self.slots.get(start..).unwrap_or(&[]);
+        let near = rest.get(..SCAN_LIMIT).unwrap_or(rest);
+        let len = match near.iter().position(|e| e.key_id > hi) {
+            Some(l) => l,
+            // Many matches (or a long run of repeats): binary search for the end.
+            None => rest.partition_point(|e| e.key_id <= hi),
         };
-        self.entries.get(lo..hi).unwrap_or(&[])
-    }
-
-    /// The contiguous range of entries with key IDs in `lo..=hi`.
-    #[inline]
-    fn range(&self, lo: u128, hi: u128) -> &[IndexEntry] {
-        // A prefix range spans several buckets when there are fewer than 32 bucket bits.
-        let (b_lo, b_hi) = ((lo >> self.shift) as usize, (hi >> self.shift) as usize);
-        let (start, end) = match (self.offsets.get(b_lo), self.offsets.get(b_hi + 1)) {
-            (Some(&s), Some(&e)) => (s as usize, e as usize),
-            _ => return &[],
-        };
-        let span = self.entries.get(start..end).unwrap_or(&[]);
-        if span.len() <= SCAN_LIMIT {
-            let first = span
-                .iter()
-                .position(|e| e.key_id >= lo)
-                .unwrap_or(span.len());
-            let rest = &span[first..];
-            let len = rest
-                .iter()
-                .position(|e| e.key_id > hi)
-                .unwrap_or(rest.len());
-            &rest[..len]
-        } else {
-            let first = span.partition_point(|e| e.key_id < lo);
-            let rest = &span[first..];
-            let len = rest.partition_point(|e| e.key_id <= hi);
-            &rest[..len]
+        Distinct {
+            slots: rest.get(..len).unwrap_or(&[]).iter(),
+            last: None,
         }
     }
 
     #[inline]
     fn find(&self, key_id: u128) -> Option<&IndexEntry> {
-        let s = self.bucket(key_id);
-        if s.len() <= SCAN_LIMIT {
-            s.iter().find(|e| e.key_id == key_id)
-        } else {
-            s.binary_search_by_key(&key_id, |e| e.key_id)
-                .ok()
-                .and_then(|i| s.get(i))
+        let i = self.first_at_least(key_id);
+        self.slots.get(i).filter(|e| e.key_id == key_id)
+    }
+
+    /// All distinct entries in key order.
+    fn entries(&self) -> Distinct<'_> {
+        Distinct {
+            slots: self.slots.iter(),
+            last: None,
         }
     }
 
     fn bytes(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<IndexEntry>()
-            + self.offsets.capacity() * std::mem::size_of::<u32>()
+        self.slots.capacity() * std::mem::size_of::<IndexEntry>()
     }
 }
 
@@ -229,7 +267,7 @@ impl Snapshot {
     }
 
     fn len(&self) -> usize {
-        self.base.entries.len() - self.dead.len() + self.delta.len()
+        self.base.keys - self.dead.len() + self.delta.len()
     }
 }
 
@@ -242,14 +280,13 @@ pub fn delta_limit(base_len: usize, min: usize) -> usize {
 }
 
 /// The smallest merge threshold of a normal index.
-const DELTA_MIN: usize = 1024;
+pub const DELTA_MIN: usize = 1024;
 
 /// The prefix index. Cheap, lock-free reads; serialised writes.
 #[derive(Debug)]
 pub struct PrefixIndex {
     current: ArcSwap<Snapshot>,
     writer: Mutex<()>,
-    per_bucket: usize,
     /// Lower bound of [`delta_limit`] (tests lower it to exercise merges).
     delta_min: usize,
 }
@@ -303,7 +340,6 @@ impl PrefixIndex {
                 dead: Vec::new(),
             }),
             writer: Mutex::new(()),
-            per_bucket,
             delta_min: DELTA_MIN,
         }
     }
@@ -316,9 +352,9 @@ impl PrefixIndex {
 
     /// Publishes `delta`/`dead` on top of `base`, merging when the delta is large.
     fn publish(&self, base: &Arc<Base>, delta: Vec<IndexEntry>, dead: Vec<u128>) {
-        let snap = if delta.len() + dead.len() > delta_limit(base.entries.len(), self.delta_min) {
+        let snap = if delta.len() + dead.len() > delta_limit(base.keys, self.delta_min) {
             Snapshot {
-                base: Arc::new(merge(base, &delta, &dead, self.per_bucket)),
+                base: Arc::new(merge(base, &delta, &dead)),
                 delta: Vec::new(),
                 dead: Vec::new(),
             }
@@ -337,19 +373,38 @@ impl PrefixIndex {
         self.insert_many(std::iter::once(entry));
     }
 
-    /// Adds many current keys with one publication (bulk escrow).
+    /// Adds many current keys with one publication (bulk escrow). O(k log k + delta): the
+    /// new keys are sorted once and merged into the delta (not inserted one by one).
     pub fn insert_many(&self, entries: impl IntoIterator<Item = IndexEntry>) {
         let _w = self.write_lock();
         let snap = self.current.load_full();
-        let mut delta = snap.delta.clone();
+        let mut new: Vec<IndexEntry> = entries
+            .into_iter()
+            .filter(|e| !snap.base_current(e.key_id))
+            .collect();
+        // Stable: of a key ID given twice, the first entry wins.
+        new.sort_by_key(|e| e.key_id);
+        new.dedup_by_key(|e| e.key_id);
+        if new.is_empty() {
+            return;
+        }
+        let mut delta = Vec::with_capacity(snap.delta.len() + new.len());
+        let (mut old, mut add) = (snap.delta.iter().peekable(), new.iter().peekable());
         let mut added = false;
-        for e in entries {
-            if snap.base_current(e.key_id) {
-                continue;
-            }
-            if let Err(pos) = delta.binary_search_by_key(&e.key_id, |x| x.key_id) {
-                delta.insert(pos, e);
-                added = true;
+        loop {
+            match (old.peek(), add.peek()) {
+                (Some(o), Some(a)) if o.key_id < a.key_id => delta.extend(old.next()),
+                // A key ID already in the delta stays as it is.
+                (Some(o), Some(a)) if o.key_id == a.key_id => {
+                    delta.extend(old.next());
+                    add.next();
+                }
+                (_, Some(_)) => {
+                    delta.extend(add.next());
+                    added = true;
+                }
+                (Some(_), None) => delta.extend(old.next()),
+                (None, None) => break,
             }
         }
         if added {
@@ -393,35 +448,35 @@ impl PrefixIndex {
         let hi = lo | ((1u128 << 96) - 1);
         let base = snap.base.range(lo, hi);
         if snap.delta.is_empty() && snap.dead.is_empty() {
-            base.iter().for_each(&mut f);
-            return base.len();
+            let mut n = 0;
+            for e in base {
+                f(e);
+                n += 1;
+            }
+            return n;
         }
+        // One binary search; the matches (rarely more than one) follow it.
         let d0 = snap.delta.partition_point(|e| e.key_id < lo);
-        let d1 = snap.delta.partition_point(|e| e.key_id <= hi);
-        let delta = snap.delta.get(d0..d1).unwrap_or(&[]);
+        let after = snap.delta.get(d0..).unwrap_or(&[]);
+        let delta = after
+            .get(..after.iter().take_while(|e| e.key_id <= hi).count())
+            .unwrap_or(&[]);
         // Merge the two sorted runs (key IDs are disjoint), skipping superseded base keys.
-        let (mut i, mut j, mut n) = (0, 0, 0);
+        let (mut base, mut delta) = (base.peekable(), delta.iter().peekable());
+        let mut n = 0;
         loop {
-            let take_base = match (base.get(i), delta.get(j)) {
-                (Some(b), Some(d)) => b.key_id < d.key_id,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
+            let e = match (base.peek(), delta.peek()) {
+                (Some(b), Some(d)) if b.key_id < d.key_id => base.next(),
+                (Some(_), None) => base.next(),
+                (_, Some(_)) => delta.next(),
                 (None, None) => break,
             };
-            if take_base {
-                if let Some(b) = base.get(i) {
-                    if !snap.is_dead(b.key_id) {
-                        f(b);
-                        n += 1;
-                    }
-                }
-                i += 1;
-            } else {
-                if let Some(d) = delta.get(j) {
-                    f(d);
+            if let Some(e) = e {
+                // Delta keys are never superseded (superseding removes them from the delta).
+                if !snap.is_dead(e.key_id) {
+                    f(e);
                     n += 1;
                 }
-                j += 1;
             }
         }
         n
@@ -443,9 +498,9 @@ impl PrefixIndex {
             .and_then(|i| snap.delta.get(i).copied())
     }
 
-    /// Independent prefix lookups as a server sees many queries in flight: the bucket
-    /// offsets and the first cache line of each range are read for a group of queries
-    /// before any of them is scanned, so their memory accesses overlap. Calls
+    /// Independent prefix lookups as a server sees many queries in flight: the home slot of
+    /// every query of a group is read before any of them is scanned, so their memory
+    /// accesses overlap. Calls
     /// `f(query_index, entry)` for every match; returns the number of matches.
     pub fn lookup_prefix_batch(
         &self,
@@ -464,27 +519,16 @@ impl PrefixIndex {
         let base = &snap.base;
         let mut n = 0;
         for (g, chunk) in prefixes.chunks(GROUP).enumerate() {
-            let mut spans = [(0usize, 0usize); GROUP];
-            // Stage 1: bucket offsets (independent loads).
-            for (s, &p) in spans.iter_mut().zip(chunk) {
-                let lo = u128::from(p) << 96;
-                let hi = lo | ((1u128 << 96) - 1);
-                let (b_lo, b_hi) = ((lo >> base.shift) as usize, (hi >> base.shift) as usize);
-                if let (Some(&a), Some(&b)) = (base.offsets.get(b_lo), base.offsets.get(b_hi + 1)) {
-                    *s = (a as usize, b as usize);
-                }
-            }
-            // Stage 2: touch the first entry of every range (independent loads).
+            // Stage 1: touch every query's home slot (independent loads: their misses overlap).
             let mut touch = 0u128;
-            for &(a, b) in spans.iter().take(chunk.len()) {
-                if a < b {
-                    if let Some(e) = base.entries.get(a) {
-                        touch ^= e.key_id;
-                    }
+            for &p in chunk {
+                let home = base.home(u128::from(p) << 96);
+                if let Some(e) = base.slots.get(home) {
+                    touch ^= e.key_id;
                 }
             }
             std::hint::black_box(touch);
-            // Stage 3: scan.
+            // Stage 2: scan.
             for (k, &p) in chunk.iter().enumerate() {
                 let lo = u128::from(p) << 96;
                 let hi = lo | ((1u128 << 96) - 1);
@@ -512,10 +556,10 @@ impl PrefixIndex {
         let snap = self.current.load();
         IndexStats {
             keys: snap.len(),
-            base_keys: snap.base.entries.len(),
+            base_keys: snap.base.keys,
             delta_keys: snap.delta.len(),
             dead_keys: snap.dead.len(),
-            bucket_bits: 128 - snap.base.shift,
+            bucket_bits: 0,
             heap_bytes: snap.base.bytes()
                 + snap.delta.capacity() * std::mem::size_of::<IndexEntry>()
                 + snap.dead.capacity() * std::mem::size_of::<u128>(),
@@ -529,7 +573,7 @@ impl PrefixIndex {
         if snap.delta.is_empty() && snap.dead.is_empty() {
             return;
         }
-        let base = merge(&snap.base, &snap.delta, &snap.dead, self.per_bucket);
+        let base = merge(&snap.base, &snap.delta, &snap.dead);
         self.current.store(Arc::new(Snapshot {
             base: Arc::new(base),
             delta: Vec::new(),
@@ -540,39 +584,38 @@ impl PrefixIndex {
 
 /// A new base: `base` minus `dead`, plus `delta` (both sorted, key IDs disjoint from the
 /// current base keys).
-fn merge(base: &Base, delta: &[IndexEntry], dead: &[u128], per_bucket: usize) -> Base {
-    let mut out =
-        Vec::with_capacity(base.entries.len() + delta.len() - dead.len().min(base.entries.len()));
-    let (mut i, mut j) = (0, 0);
+fn merge(base: &Base, delta: &[IndexEntry], dead: &[u128]) -> Base {
+    let mut out = Vec::with_capacity(base.keys + delta.len() - dead.len().min(base.keys));
     let live = |e: &IndexEntry| dead.is_empty() || dead.binary_search(&e.key_id).is_err();
+    let (mut old, mut new) = (base.entries().peekable(), delta.iter().peekable());
     loop {
-        match (base.entries.get(i), delta.get(j)) {
+        match (old.peek(), new.peek()) {
             (Some(b), Some(d)) if b.key_id < d.key_id => {
                 if live(b) {
-                    out.push(*b);
+                    out.push(**b);
                 }
-                i += 1;
+                old.next();
             }
             (Some(b), Some(d)) if b.key_id == d.key_id => {
                 // A superseded base key escrowed again: the delta entry is current.
-                out.push(*d);
-                i += 1;
-                j += 1;
+                out.push(**d);
+                old.next();
+                new.next();
             }
             (_, Some(d)) => {
-                out.push(*d);
-                j += 1;
+                out.push(**d);
+                new.next();
             }
             (Some(b), None) => {
                 if live(b) {
-                    out.push(*b);
+                    out.push(**b);
                 }
-                i += 1;
+                old.next();
             }
             (None, None) => break,
         }
     }
-    Base::from_sorted_unique(out, per_bucket)
+    Base::from_sorted_unique(out)
 }
 
 #[cfg(test)]
@@ -708,6 +751,38 @@ mod tests {
             index.compact();
             check(&index, &model, &probes)?;
         }
+    }
+
+    /// Random key IDs at full size take the scan-from-home path (the proptest's crowded
+    /// keys mostly take the binary-search one): both agree with a sorted brute force.
+    #[test]
+    fn random_keys_agree_with_sorted_scan() {
+        let mut rng = proptest::test_runner::TestRng::deterministic_rng(
+            proptest::test_runner::RngAlgorithm::ChaCha,
+        );
+        let mut next = || (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
+        let keys: Vec<u128> = (0..200_000).map(|_| next()).collect();
+        let index = PrefixIndex::from_entries(keys.iter().enumerate().map(|(i, &k)| entry(k, i)));
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        let probes: Vec<u128> = keys
+            .iter()
+            .step_by(97)
+            .copied()
+            .chain((0..2000).map(|_| next()))
+            .collect();
+        for k in probes {
+            let p = prefix_of(k);
+            let lo = sorted.partition_point(|&x| prefix_of(x) < p);
+            let hi = sorted.partition_point(|&x| prefix_of(x) <= p);
+            let got: Vec<u128> = index.lookup_prefix(p).iter().map(|e| e.key_id).collect();
+            assert_eq!(got, sorted[lo..hi].to_vec(), "prefix {p:08x}");
+            assert_eq!(
+                index.lookup_full(k).map(|e| e.key_id),
+                sorted.binary_search(&k).ok().map(|_| k)
+            );
+        }
+        assert!(index.stats().heap_bytes as f64 / keys.len() as f64 <= 40.0);
     }
 
     #[test]
