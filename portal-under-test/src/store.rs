@@ -515,8 +515,18 @@ fn checkpointer(path: PathBuf, stop: mpsc::Receiver<()>) {
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
         let res = Connection::open(&path)
             .and_then(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())));
-        if let Err(e) = res {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
+        match res {
+            Ok(()) => {}
+            // Busy while an import holds the file (it leaves WAL mode): retried next tick.
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                tracing::debug!("WAL checkpoint skipped: store busy");
+            }
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
         }
     }
 }
