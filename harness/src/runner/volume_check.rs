@@ -79,7 +79,9 @@ pub fn check_portal_key(
 ) -> Vec<StepRecord> {
     let mut steps = Steps::default();
     for step in portal_key_steps(judges) {
-        let _ = steps.run(step.name(), || step.check(volume, key_id, password));
+        if let Ok(Some(note)) = steps.run(step.name(), || step.check(volume, key_id, password)) {
+            steps.note(note);
+        }
     }
     steps.into_records()
 }
@@ -94,7 +96,9 @@ pub(crate) fn portal_key_opens(
     password: &str,
 ) -> Result<(), Failure> {
     for step in portal_key_steps(judges) {
-        steps.run(step.name(), || step.check(volume, key_id, password))?;
+        if let Some(note) = steps.run(step.name(), || step.check(volume, key_id, password))? {
+            steps.note(note);
+        }
     }
     Ok(())
 }
@@ -131,10 +135,13 @@ pub(crate) fn rotation_seen(
         })?;
     }
     if judges.dislocker {
-        steps.run(
+        let note = steps.run(
             "dislocker-file decrypts with the new recovery password and the data matches",
             || dislocker_matches(volume, new.1),
         )?;
+        if let Some(note) = note {
+            steps.note(note);
+        }
     }
     Ok(())
 }
@@ -173,7 +180,7 @@ impl PortalKeyStep {
         volume: JudgedVolume<'_>,
         key_id: KeyProtectorId,
         password: &str,
-    ) -> StepResult<()> {
+    ) -> StepResult<Option<String>> {
         match self {
             PortalKeyStep::Listed => {
                 let ids = dumped_recovery_ids(volume.image)?;
@@ -182,11 +189,13 @@ impl PortalKeyStep {
                     ids.contains(&want),
                     format!("a recovery-passphrase keyslot {want}"),
                     format!("recovery-passphrase keyslots {ids:?}"),
-                )
+                )?;
+                Ok(None)
             }
             PortalKeyStep::Accepted => {
                 let accepted = cryptsetup_accepts(volume.image, password)?;
-                ensure(accepted, "accepted", "refused (no VMK opens)")
+                ensure(accepted, "accepted", "refused (no VMK opens)")?;
+                Ok(None)
             }
             PortalKeyStep::Decrypted => dislocker_matches(volume, password),
         }
@@ -217,8 +226,9 @@ fn cryptsetup_accepts(image: &Path, password: &str) -> StepResult<bool> {
 /// is not the first, dislocker judges a copy of the image whose earlier recovery-password
 /// protectors are removed: the key's own protector entry, the FVEK entry and every data
 /// sector stay byte for byte the device's; the copy's metadata validation is re-sealed
-/// under the VMK the password opens.
-fn image_for_dislocker(image: &Path, password: &str, dir: &Path) -> StepResult<PathBuf> {
+/// under the VMK the password opens. Returns the image to give dislocker and how many
+/// protectors the copy lacks (0: the device's own image).
+fn image_for_dislocker(image: &Path, password: &str, dir: &Path) -> StepResult<(PathBuf, usize)> {
     use crate::bitlocker::fve::{Image, Secret};
     let file = std::fs::File::open(image).map_err(because("the volume image"))?;
     let mut parsed = Image::open(&file).map_err(because("a readable volume image"))?;
@@ -229,21 +239,26 @@ fn image_for_dislocker(image: &Path, password: &str, dir: &Path) -> StepResult<P
         .map(|p| p.id)
         .collect();
     let Ok(pw) = crate::bitlocker::RecoveryPassword::parse(password) else {
-        return Ok(image.to_path_buf());
+        return Ok((image.to_path_buf(), 0));
     };
     // A key our reader refuses is left to dislocker to refuse on the device's own image.
     let Ok(unlocked) = parsed.unlock(Secret::RecoveryPassword(&pw)) else {
-        return Ok(image.to_path_buf());
+        return Ok((image.to_path_buf(), 0));
     };
     let Some(mine) = unlocked.unlocked_by() else {
-        return Ok(image.to_path_buf());
+        return Ok((image.to_path_buf(), 0));
     };
     if recovery.first() == Some(&mine) {
-        return Ok(image.to_path_buf());
+        return Ok((image.to_path_buf(), 0));
     }
     let copy = dir.join("first-recovery-protector.img");
     std::fs::copy(image, &copy).map_err(because("a copy of the volume image"))?;
-    for id in recovery.iter().take_while(|id| **id != mine) {
+    let earlier: Vec<KeyProtectorId> = recovery
+        .iter()
+        .take_while(|id| **id != mine)
+        .copied()
+        .collect();
+    for id in &earlier {
         parsed
             .remove_protector(*id)
             .map_err(because("the protector removed from the copy"))?;
@@ -251,13 +266,15 @@ fn image_for_dislocker(image: &Path, password: &str, dir: &Path) -> StepResult<P
     parsed
         .write_metadata(&copy, unlocked.vmk())
         .map_err(because("the copy's metadata written"))?;
-    Ok(copy)
+    Ok((copy, earlier.len()))
 }
 
-fn dislocker_matches(volume: JudgedVolume<'_>, password: &str) -> StepResult<()> {
+/// dislocker decrypts the volume with `password` and the data is what the harness wrote;
+/// the note says when dislocker was given a copy (see [`image_for_dislocker`]).
+fn dislocker_matches(volume: JudgedVolume<'_>, password: &str) -> StepResult<Option<String>> {
     let dir = tempfile::tempdir().map_err(because("a temporary directory"))?;
     let out = dir.path().join("decrypted.img");
-    let image = image_for_dislocker(volume.image, password, dir.path())?;
+    let (image, removed) = image_for_dislocker(volume.image, password, dir.path())?;
     let outcome =
         external::dislocker_decrypts(&image, ToolSecret::RecoveryPassword(password), &out)
             .map_err(because("an answer from dislocker-file"))?;
@@ -274,5 +291,11 @@ fn dislocker_matches(volume: JudgedVolume<'_>, password: &str) -> StepResult<()>
         got == want,
         format!("data with SHA-256 {want} (what the harness wrote)"),
         format!("SHA-256 {got}"),
-    )
+    )?;
+    Ok((removed > 0).then(|| {
+        format!(
+            "judged on a copy without the {removed} earlier recovery-password protector(s): \
+             dislocker 0.7.3 tries only the first"
+        )
+    }))
 }
