@@ -586,7 +586,13 @@ impl PrefixIndex {
 /// current base keys).
 fn merge(base: &Base, delta: &[IndexEntry], dead: &[u128]) -> Base {
     let mut out = Vec::with_capacity(base.keys + delta.len() - dead.len().min(base.keys));
-    let live = |e: &IndexEntry| dead.is_empty() || dead.binary_search(&e.key_id).is_err();
+    // `dead` is sorted and the base is walked in order: one cursor, not a binary search per
+    // base key (that was O(n log d): 28 s of a merge at 100M keys).
+    let mut dead = dead.iter().peekable();
+    let mut live = |e: &IndexEntry| {
+        while dead.next_if(|&&d| d < e.key_id).is_some() {}
+        dead.next_if(|&&d| d == e.key_id).is_none()
+    };
     let (mut old, mut new) = (base.entries().peekable(), delta.iter().peekable());
     loop {
         match (old.peek(), new.peek()) {
