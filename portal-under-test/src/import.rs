@@ -259,6 +259,16 @@ mod tests {
         let assocs = store.associations_of_user("contoso\\ALICE").unwrap();
         assert_eq!(assocs.len(), 2);
         assert!(assocs.iter().all(|(_, a)| a.imported && !a.local));
+        // The by-user index, dropped for the load into an empty table, is back and used.
+        let raw = rusqlite::Connection::open(dir.path().join("s.db")).unwrap();
+        let plan: String = raw
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT device_id FROM associations WHERE user_lc = 'x'",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("assoc_user"), "{plan}");
     }
 
     #[test]
