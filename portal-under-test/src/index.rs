@@ -11,7 +11,7 @@
 //! computed from the key ID alone (`home = top 64 bits * homes / 2^64`, with `homes` = keys /
 //! 0.84), and the slots between keys repeat the entry before them so the array stays sorted.
 //! A lookup computes `home(prefix << 96)` and scans forward from there: with random key IDs
-//! that is ~3 slots (the longest ~35 at 10M and 100M keys), one or two adjacent cache lines
+//! that is a few slots (the longest 33 in a 10M-key replica), one or two adjacent cache lines
 //! whose misses overlap, so a lookup is one dependent memory access, as the memory floor is.
 //! (The earlier layout read a 4 MiB bucket table first: a second dependent miss whenever the
 //! table had fallen out of the shared L3, measured ~90 ns of a ~420 ns lookup at 10M.)
@@ -48,8 +48,9 @@ pub struct IndexEntry {
 /// callers. The sort run while building still buckets by top bits at this occupancy.
 pub const KEYS_PER_BUCKET: usize = 8;
 
-/// Slots per key, as a fraction: 100 / 84 slots a key, 38.1 bytes a key. Measured at 10M
-/// (BENCHMARKS.md): the longest displacement is ~33 slots, the mean ~3 (two cache lines).
+/// Keys per 100 home slots: 100 / 84 slots a key, 38.1 bytes a key (the goal is 40). In a
+/// standalone 10M-key replica at 82 the longest displacement was 33 slots; a lower load
+/// costs memory (0.80 is exactly 40 B/key), a higher one longer scans.
 const LOAD_PERCENT: u128 = 84;
 
 /// Displacements up to this are scanned from a key's home slot; beyond it (crowded key
