@@ -309,7 +309,8 @@ pub struct IndexStats {
     pub delta_keys: usize,
     /// Superseded base keys not yet merged away.
     pub dead_keys: usize,
-    /// Bucket bits of the base.
+    /// Always 0: the base has had no bucket table since the home-slot layout (kept so
+    /// callers keep compiling).
     pub bucket_bits: u32,
     /// Heap bytes held by the current snapshot (entries, bucket table, delta, dead set).
     pub heap_bytes: usize,
