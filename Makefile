@@ -10,7 +10,7 @@ deps:
 	@scripts/install-system-deps.sh
 
 demo: deps
-	@scripts/demo.sh
+	@scripts/demo.sh $(ARGS)
 
 # The harness's gate test runs the catalog against a portal built with fault points; that
 # build lives in its own target dir so the default portal binary stays fault-free.
