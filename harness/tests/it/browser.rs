@@ -2,7 +2,7 @@
 //! (`chromium` + `chromium-driver`, installed by `scripts/install-system-deps.sh`), against
 //! the real portal binary. Build it first: `cargo build -p portal-under-test`.
 
-use std::path::{Path, PathBuf};
+use crate::common::workspace_root;
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,13 +12,6 @@ use harness::portal::{
 };
 
 const PASSWORD: &str = "correct horse battery";
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn chrome() -> ChromeOptions {
     ChromeOptions::detect().unwrap_or_else(|e| panic!("{e}"))

@@ -1,6 +1,26 @@
-//! Shared helpers: the Windows-made recovery-password vectors.
+//! Shared helpers: the workspace root, the `harness` binary, and the Windows-made
+//! recovery-password vectors.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use serde::Deserialize;
+
+/// The workspace root (scenario paths in tests are relative to it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The real `harness` binary, run from the workspace root with the TSS's own logging off.
+pub fn harness() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
+    cmd.current_dir(workspace_root())
+        .env("TSS2_LOG", "all+none");
+    cmd
+}
 
 #[derive(Debug, Deserialize)]
 pub struct Vector {

@@ -2,8 +2,8 @@
 //! real-log scenarios through `harness run` (real portal, real swtpm), and the loader's
 //! errors for bad logs.
 
+use crate::common::{harness, workspace_root};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use harness::device::{Change, Device, Profile};
@@ -113,20 +113,6 @@ fn eventlog_machine_refuses_changes_a_real_log_cannot_express() {
     let e = machine.apply(&Change::BcdDebugOn).unwrap_err();
     assert!(matches!(e, MachineError::Change(_)), "{e}");
     assert!(e.to_string().contains("PCR 12-14"), "{e}");
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn harness() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
-    cmd.current_dir(workspace_root())
-        .env("TSS2_LOG", "all+none");
-    cmd
 }
 
 #[test]

@@ -1,23 +1,10 @@
 //! `harness run` as CI uses it: the real binary, the real portal binary, real swtpm.
 
+use crate::common::{harness, workspace_root};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn harness() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
-    cmd.current_dir(workspace_root())
-        .env("TSS2_LOG", "all+none");
-    cmd
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn portal_bin() -> PathBuf {
     let bin = Path::new(env!("CARGO_BIN_EXE_harness")).with_file_name("portal-under-test");
