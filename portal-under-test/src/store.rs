@@ -722,6 +722,15 @@ fn next_id(tx: &rusqlite::Transaction<'_>, table: &str) -> Result<i64, StoreErro
     Ok(tx.query_row(&sql, [], |r| r.get(0))?)
 }
 
+/// A `Device` from a row of `SELECT id, device_uuid, name FROM devices ...`.
+fn device_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
+    Ok(Device {
+        row: r.get(0)?,
+        device_id: r.get(1)?,
+        name: r.get(2)?,
+    })
+}
+
 /// The import proper, in one transaction. Every B-tree is written in key order: keys by key
 /// ID, devices by name with their random UUIDs sorted before assignment, associations by
 /// device row, so each unique index grows by appends instead of random inserts. Rows go in
@@ -1068,13 +1077,7 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "SELECT id, device_uuid, name FROM devices WHERE credential_hash = ?1",
                 )?
-                .query_row(params![&hash[..]], |r| {
-                    Ok(Device {
-                        row: r.get(0)?,
-                        device_id: r.get(1)?,
-                        name: r.get(2)?,
-                    })
-                })
+                .query_row(params![&hash[..]], device_from_row)
                 .optional()?;
             Ok(d)
         })
@@ -1084,13 +1087,7 @@ impl Store for SqliteStore {
         self.read(|c| {
             let d = c
                 .prepare_cached("SELECT id, device_uuid, name FROM devices WHERE name_lc = ?1")?
-                .query_row(params![name.to_lowercase()], |r| {
-                    Ok(Device {
-                        row: r.get(0)?,
-                        device_id: r.get(1)?,
-                        name: r.get(2)?,
-                    })
-                })
+                .query_row(params![name.to_lowercase()], device_from_row)
                 .optional()?;
             Ok(d)
         })
