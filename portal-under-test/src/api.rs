@@ -14,8 +14,7 @@ use crate::error::AppError;
 use crate::keyid::{format_guid, parse_guid, parse_key_id_input, validate_recovery_password};
 use crate::lookup::{self, KeyAnswer, KeyRequest, Source, HELPDESK_REASONS};
 use crate::store::{
-    commit_journal, Account, AuditFilter, AuditRow, Device, EscrowResult, NewKey, Role, SignInKind,
-    StoreError,
+    Account, AuditFilter, AuditRow, Device, EscrowResult, NewKey, Role, SignInKind, StoreError,
 };
 use crate::{AppState, Inner};
 
@@ -640,10 +639,11 @@ pub async fn helpdesk_lookup(
         end_user,
         reason,
     };
-    // Reads on a blocking thread; the audit row (and disclosure mark) then go to the
-    // group-commit writer, and the answer leaves only after their transaction committed.
-    let (ans, journal) = st.run(move |s| lookup::lookup_key_staged(s, &req)).await?;
-    commit_journal(st.store.as_ref(), journal).await?;
+    // Reads, decryption and the audit row (and disclosure mark) all in the group-commit
+    // writer's batch: the answer leaves only after that transaction committed.
+    let ans = st
+        .run_staged(move |s| lookup::lookup_key_staged(s, &req))
+        .await?;
     match ans {
         KeyAnswer::Shown { key_id, device, password } => Ok(Json(
             json!({"outcome": "shown", "key_id": key_id, "device": device, "recovery_password": password}),

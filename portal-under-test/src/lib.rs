@@ -142,6 +142,19 @@ impl AppState {
         Self::new(config, store, sealer)
     }
 
+    /// Runs `f` on the group-commit writer thread and commits the audit entries it returns
+    /// in that batch's transaction; the value comes back only after the commit
+    /// (`store::stage_and_commit`). `f` reads only: no writes, no waiting for a commit.
+    pub async fn run_staged<T, F>(&self, f: F) -> Result<T, AppError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<(T, Vec<store::JournalEntry>), AppError> + Send + 'static,
+    {
+        let inner = self.0.clone();
+        let store = inner.store.clone();
+        store::stage_and_commit(store.as_ref(), move || f(&inner)).await
+    }
+
     /// Runs store work on a blocking thread.
     pub async fn run<T, F>(&self, f: F) -> Result<T, AppError>
     where

@@ -210,6 +210,44 @@ pub async fn commit_journal(
     }
 }
 
+/// What runs on the group-commit writer thread before its batch's transaction: returns the
+/// entries to write and the continuation that receives the commit's result.
+pub type StagedWork = Box<dyn FnOnce() -> (Vec<JournalEntry>, CommitDone) + Send>;
+/// Receives the result of the transaction that held a submission's entries.
+pub type CommitDone = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Runs `f` on the group-commit writer thread, commits the entries it returns in that
+/// batch's transaction, and yields its value only after the commit (nothing if `f` fails).
+/// One hand-off each way instead of a blocking thread and then the writer. `f`'s store reads
+/// run on the writer connection (whose page cache survives the commits); `f` must not write
+/// or wait for a commit itself, and it delays the whole batch, so keep it short.
+pub async fn stage_and_commit<T, E>(
+    store: &dyn Store,
+    f: impl FnOnce() -> Result<(T, Vec<JournalEntry>), E> + Send + 'static,
+) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, E>>();
+    store.submit_staged(Box::new(move || match f() {
+        Ok((value, entries)) => {
+            let done: CommitDone = Box::new(move |res| {
+                drop(tx.send(res.map(|()| value).map_err(|m| journal_failed(m).into())));
+            });
+            (entries, done)
+        }
+        Err(e) => {
+            let done: CommitDone = Box::new(move |_| drop(tx.send(Err(e))));
+            (Vec::new(), done)
+        }
+    }));
+    match rx.await {
+        Ok(r) => r,
+        Err(_) => Err(journal_failed("the writer stopped".into()).into()),
+    }
+}
+
 /// Submits `entries` and blocks until the transaction holding them has committed.
 pub fn commit_journal_blocking(
     store: &dyn Store,
@@ -290,6 +328,8 @@ pub trait Store: Send + Sync + 'static {
     /// everything queued in one transaction and then reports to `done`. All entries of one
     /// submission land in the same transaction.
     fn submit_journal(&self, entries: Vec<JournalEntry>, done: CommitNotify);
+    /// Queues work for the group-commit writer (see [`stage_and_commit`]).
+    fn submit_staged(&self, work: StagedWork);
     fn query_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError>;
     /// Failed lookups (not_found, denied, not_eligible) by this requester since a time.
     fn count_failures(&self, requester: &str, since_unix: i64) -> Result<u64, StoreError>;
@@ -392,9 +432,12 @@ impl PartialEq for TokenHash {
 }
 impl Eq for TokenHash {}
 
-struct JournalJob {
-    entries: Vec<JournalEntry>,
-    done: CommitNotify,
+/// One submission to the group-commit writer.
+type JournalJob = StagedWork;
+
+thread_local! {
+    /// Set on the group-commit writer thread: its reads use the writer connection.
+    static ON_JOURNAL_WRITER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Read-only connections, opened on demand and reused; a connection is taken for one call
@@ -446,26 +489,41 @@ const JOURNAL_BATCH: usize = 4096;
 /// The group-commit writer: waits for a submission, takes everything else queued, writes it
 /// all in one transaction on the writer connection, and reports the result to every
 /// submitter only after the commit.
+/// Each submission's work runs first (its reads on the writer connection, not holding its
+/// lock), then everything it returned is written in the one transaction.
 fn journal_writer(writer: Arc<Mutex<Connection>>, rx: mpsc::Receiver<JournalJob>) {
+    ON_JOURNAL_WRITER.with(|w| w.set(true));
+    let mut entries = Vec::new();
+    let mut done = Vec::new();
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < JOURNAL_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some(work) = next.take() {
+            // A panicking submission loses only its own answer (its caller sees "the
+            // writer stopped"); the rest of the batch goes on.
+            if let Ok((e, d)) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+                entries.extend(e);
+                done.push(d);
+            }
+            if done.len() < JOURNAL_BATCH {
+                next = rx.try_recv().ok();
             }
         }
-        let res = write_journal(&mut lock(&writer), &batch).map_err(|e| e.to_string());
-        for job in batch {
-            job.done.send(res.clone());
+        let res = if entries.is_empty() {
+            Ok(())
+        } else {
+            write_journal(&mut lock(&writer), &entries).map_err(|e| e.to_string())
+        };
+        entries.clear();
+        for d in done.drain(..) {
+            d(res.clone());
         }
     }
 }
 
-fn write_journal(c: &mut Connection, batch: &[JournalJob]) -> Result<(), StoreError> {
+fn write_journal(c: &mut Connection, entries: &[JournalEntry]) -> Result<(), StoreError> {
     let tx = c.transaction()?;
     let (now, _) = now_rfc3339();
-    for e in batch.iter().flat_map(|j| &j.entries) {
+    for e in entries {
         match e {
             JournalEntry::Audit(row) => {
                 let unix = time::OffsetDateTime::parse(
@@ -574,11 +632,15 @@ impl SqliteStore {
         lock(&self.writer)
     }
 
-    /// Runs a read on a pooled read-only connection.
+    /// Runs a read on a pooled read-only connection, or on the group-commit writer thread on
+    /// the writer connection (not used by that thread while its submissions run).
     fn read<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        if ON_JOURNAL_WRITER.with(|w| w.get()) {
+            return f(&self.conn());
+        }
         self.readers.with(f)
     }
 }
@@ -1413,10 +1475,15 @@ impl Store for SqliteStore {
     }
 
     fn submit_journal(&self, entries: Vec<JournalEntry>, done: CommitNotify) {
-        let job = JournalJob { entries, done };
-        if let Err(mpsc::SendError(job)) = lock(&self.journal).send(job) {
-            job.done.send(Err("the audit writer has stopped".into()));
-        }
+        self.submit_staged(Box::new(move || {
+            let done: CommitDone = Box::new(move |res| done.send(res));
+            (entries, done)
+        }));
+    }
+
+    fn submit_staged(&self, work: StagedWork) {
+        // A stopped writer drops `work` unrun: its caller sees "the writer stopped".
+        drop(lock(&self.journal).send(work));
     }
 
     fn query_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
