@@ -227,8 +227,9 @@ pub fn lookup_key(st: &Inner, req: &KeyRequest) -> Result<KeyAnswer, AppError> {
 }
 
 /// Answers one key request without writing: returns the answer and the audit row (plus the
-/// disclosure mark of a shown key) that must be committed (`store::commit_journal`) before
-/// the answer may be sent. Reads only (pooled read connections and the in-memory index).
+/// disclosure mark of a shown key) that must be committed (`store::commit_journal_blocking`,
+/// or `store::stage_and_commit` on the writer thread) before the answer may be sent. Reads
+/// only (the store's reads and the in-memory index).
 pub fn lookup_key_staged(
     st: &Inner,
     req: &KeyRequest,

@@ -174,8 +174,6 @@ pub enum JournalEntry {
 
 /// Where the group-commit writer reports the result of the transaction holding a submission.
 pub enum CommitNotify {
-    /// For async callers (`commit_journal`).
-    Async(tokio::sync::oneshot::Sender<Result<(), String>>),
     /// For callers on a blocking thread (`commit_journal_blocking`).
     Blocking(mpsc::SyncSender<Result<(), String>>),
 }
@@ -184,7 +182,6 @@ impl CommitNotify {
     fn send(self, res: Result<(), String>) {
         // A caller that went away (request cancelled) no longer needs the answer.
         match self {
-            CommitNotify::Async(tx) => drop(tx.send(res)),
             CommitNotify::Blocking(tx) => drop(tx.send(res)),
         }
     }
@@ -192,22 +189,6 @@ impl CommitNotify {
 
 fn journal_failed(m: String) -> StoreError {
     StoreError::Corrupt(format!("audit write failed: {m}"))
-}
-
-/// Submits `entries` and waits (async) until the transaction holding them has committed.
-pub async fn commit_journal(
-    store: &dyn Store,
-    entries: Vec<JournalEntry>,
-) -> Result<(), StoreError> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    store.submit_journal(entries, CommitNotify::Async(tx));
-    match rx.await {
-        Ok(r) => r.map_err(journal_failed),
-        Err(_) => Err(journal_failed("the writer stopped".into())),
-    }
 }
 
 /// What runs on the group-commit writer thread before its batch's transaction: returns the
