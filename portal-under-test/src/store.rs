@@ -172,21 +172,6 @@ pub enum JournalEntry {
     },
 }
 
-/// Where the group-commit writer reports the result of the transaction holding a submission.
-pub enum CommitNotify {
-    /// For callers on a blocking thread (`commit_journal_blocking`).
-    Blocking(mpsc::SyncSender<Result<(), String>>),
-}
-
-impl CommitNotify {
-    fn send(self, res: Result<(), String>) {
-        // A caller that went away (request cancelled) no longer needs the answer.
-        match self {
-            CommitNotify::Blocking(tx) => drop(tx.send(res)),
-        }
-    }
-}
-
 fn journal_failed(m: String) -> StoreError {
     StoreError::Corrupt(format!("audit write failed: {m}"))
 }
@@ -238,7 +223,9 @@ pub fn commit_journal_blocking(
         return Ok(());
     }
     let (tx, rx) = mpsc::sync_channel(1);
-    store.submit_journal(entries, CommitNotify::Blocking(tx));
+    // A caller that went away no longer needs the answer: a failed send is fine.
+    let done: CommitDone = Box::new(move |res| drop(tx.send(res)));
+    store.submit_staged(Box::new(move || (entries, done)));
     match rx.recv() {
         Ok(r) => r.map_err(journal_failed),
         Err(_) => Err(journal_failed("the writer stopped".into())),
@@ -305,11 +292,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Blocks until the row is committed (through the group-commit writer).
     fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError>;
-    /// Queues audit rows and disclosure marks for the group-commit writer, which commits
-    /// everything queued in one transaction and then reports to `done`. All entries of one
-    /// submission land in the same transaction.
-    fn submit_journal(&self, entries: Vec<JournalEntry>, done: CommitNotify);
-    /// Queues work for the group-commit writer (see [`stage_and_commit`]).
+    /// Queues work for the group-commit writer, which runs it, commits every queued job's
+    /// audit rows and disclosure marks in one transaction and then reports to each job's
+    /// `CommitDone` (see [`stage_and_commit`], [`commit_journal_blocking`]). All entries of
+    /// one job land in the same transaction.
     fn submit_staged(&self, work: StagedWork);
     fn query_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError>;
     /// Failed lookups (not_found, denied, not_eligible) by this requester since a time.
@@ -1453,13 +1439,6 @@ impl Store for SqliteStore {
 
     fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError> {
         commit_journal_blocking(self, vec![JournalEntry::Audit(Box::new(row.clone()))])
-    }
-
-    fn submit_journal(&self, entries: Vec<JournalEntry>, done: CommitNotify) {
-        self.submit_staged(Box::new(move || {
-            let done: CommitDone = Box::new(move |res| done.send(res));
-            (entries, done)
-        }));
     }
 
     fn submit_staged(&self, work: StagedWork) {
