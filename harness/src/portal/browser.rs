@@ -284,7 +284,8 @@ impl Browser {
     }
 }
 
-fn first_number(s: &str) -> Option<u64> {
+/// The first run of digits in `s` (the idle warning's countdown), if any.
+pub(crate) fn first_number(s: &str) -> Option<u64> {
     let digits: String = s
         .chars()
         .skip_while(|c| !c.is_ascii_digit())

@@ -35,7 +35,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use reqwest::Url;
 use serde_json::{json, Value};
 
-use super::browser::{Answer, IdleWarning};
+use super::browser::{first_number, Answer, IdleWarning};
 use super::html::Page;
 use super::PortalTarget;
 
@@ -817,15 +817,6 @@ impl ChromeUser {
     pub fn driver_pid(&self) -> u32 {
         self.driver.child.id()
     }
-}
-
-fn first_number(s: &str) -> Option<u64> {
-    let digits: String = s
-        .chars()
-        .skip_while(|c| !c.is_ascii_digit())
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
 }
 
 /// The text a page in `lang` shows on the Get Key button: the product's own wording
