@@ -14,6 +14,16 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The `portal-under-test` binary next to the harness binary (built by the same cargo run).
+pub fn portal_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_harness")).with_file_name("portal-under-test");
+    assert!(
+        bin.exists(),
+        "build the portal first: cargo build -p portal-under-test"
+    );
+    bin
+}
+
 /// The real `harness` binary, run from the workspace root with the TSS's own logging off.
 pub fn harness() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));

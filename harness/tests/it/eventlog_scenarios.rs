@@ -2,7 +2,7 @@
 //! real-log scenarios through `harness run` (real portal, real swtpm), and the loader's
 //! errors for bad logs.
 
-use crate::common::{harness, workspace_root};
+use crate::common::{harness, portal_bin, workspace_root};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -117,8 +117,7 @@ fn eventlog_machine_refuses_changes_a_real_log_cannot_express() {
 
 #[test]
 fn eventlog_catalog_real_log_scenarios_pass_against_the_embedded_portal() {
-    let portal = Path::new(env!("CARGO_BIN_EXE_harness")).with_file_name("portal-under-test");
-    assert!(portal.exists(), "cargo build -p portal-under-test first");
+    let _ = portal_bin();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("run.json");
     let out = harness()

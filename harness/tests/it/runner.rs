@@ -1,19 +1,10 @@
 //! `harness run` as CI uses it: the real binary, the real portal binary, real swtpm.
 
-use crate::common::{harness, workspace_root};
+use crate::common::{harness, portal_bin, workspace_root};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn portal_bin() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_harness")).with_file_name("portal-under-test");
-    assert!(
-        bin.exists(),
-        "build the portal first: cargo build -p portal-under-test"
-    );
-    bin
-}
 
 fn json_report(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap()
