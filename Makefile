@@ -12,8 +12,11 @@ deps:
 demo: deps
 	@scripts/demo.sh $(ARGS)
 
-# The harness's gate test runs the catalog against a portal built with fault points; that
-# build lives in its own target dir so the default portal binary stays fault-free.
+# The harness's gate test runs the catalog against a portal built with fault points, and the
+# portal's own fault tests (portal-under-test/tests/it/faults.rs, compiled only with the
+# feature) run in that build; it lives in its own target dir so the default portal binary
+# stays fault-free. Only the fault tests run there: the rest of the portal suite runs once,
+# in the default build, below.
 FAILPOINTS_TARGET := target/failpoints
 
 # nextest runs last so its summary closes the output.
@@ -22,6 +25,8 @@ test: deps
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cargo test --workspace --doc --locked
 	cargo build -p portal-under-test --features failpoints --target-dir $(FAILPOINTS_TARGET) --locked
+	cargo nextest run -p portal-under-test --features failpoints --target-dir $(FAILPOINTS_TARGET) \
+	  --locked --no-fail-fast -E 'test(/^faults::/)'
 	PORTAL_FAILPOINTS_BIN=$(CURDIR)/$(FAILPOINTS_TARGET)/debug/portal-under-test \
 	  cargo nextest run --workspace --locked --no-fail-fast
 

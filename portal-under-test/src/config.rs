@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::clock::Clock;
 use crate::crypto::Argon2Config;
 
 #[derive(Debug, Error)]
@@ -219,6 +220,10 @@ pub struct Config {
     /// Set by `serve` under TLS: adds `Secure` to the session cookie. Not read from the file.
     #[serde(skip)]
     pub secure_cookies: bool,
+    /// The clock for session inactivity: the system's, or a test's `ManualClock`. Never
+    /// read from the file (`crate::clock`).
+    #[serde(skip)]
+    pub clock: Clock,
 }
 
 fn default_body() -> usize {
@@ -237,6 +242,7 @@ impl Default for Config {
             max_body_bytes: default_body(),
             max_bulk_body_bytes: default_bulk(),
             secure_cookies: false,
+            clock: Clock::System,
         }
     }
 }

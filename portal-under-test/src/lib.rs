@@ -15,6 +15,7 @@ use thiserror::Error;
 use tower_http::trace::TraceLayer;
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod error;
@@ -128,7 +129,7 @@ impl AppState {
             index,
             sealer,
             hasher,
-            sessions: Sessions::default(),
+            sessions: Sessions::new(config.clock.clone()),
             config,
             settings: RwLock::new(settings),
             dummy_sealed,

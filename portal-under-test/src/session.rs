@@ -1,10 +1,14 @@
 //! Server-side sessions: the portal owns the table, so inactivity expiry is enforced here
-//! and counted from the last *request*, whatever the page does.
+//! and counted from the last *request*, whatever the page does. Time comes from the
+//! portal's [`Clock`] (a test's manual clock in the idle tests).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use time::OffsetDateTime;
+
+use crate::clock::Clock;
 use crate::crypto::random_token;
 use crate::store::Role;
 
@@ -21,7 +25,7 @@ pub struct Session {
     /// None before sign-in (the session only carries the sign-in form's CSRF token).
     pub user: Option<SessionUser>,
     pub notice_accepted: bool,
-    last_seen: Instant,
+    last_seen: OffsetDateTime,
 }
 
 #[derive(Debug)]
@@ -40,9 +44,22 @@ const SWEEP_ABOVE: usize = 10_000;
 #[derive(Debug, Default)]
 pub struct Sessions {
     map: Mutex<HashMap<String, Session>>,
+    clock: Clock,
+}
+
+/// How long ago `then` was; a clock stepped backwards counts as no time at all.
+fn since(now: OffsetDateTime, then: OffsetDateTime) -> Duration {
+    Duration::try_from(now - then).unwrap_or(Duration::ZERO)
 }
 
 impl Sessions {
+    pub fn new(clock: Clock) -> Sessions {
+        Sessions {
+            map: Mutex::default(),
+            clock,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -54,18 +71,18 @@ impl Sessions {
             csrf: random_token("c"),
             user,
             notice_accepted: false,
-            last_seen: Instant::now(),
+            last_seen: self.clock.now(),
         };
         let mut map = self.lock();
         if map.len() > SWEEP_ABOVE {
-            let now = Instant::now();
+            let now = self.clock.now();
             map.retain(|_, v| {
                 let limit = if v.user.is_some() {
                     max_idle
                 } else {
                     ANON_LIFETIME
                 };
-                now.duration_since(v.last_seen) <= limit
+                since(now, v.last_seen) <= limit
             });
         }
         map.insert(s.id.clone(), s.clone());
@@ -76,11 +93,11 @@ impl Sessions {
     /// longer than `max_idle` is destroyed and reported as expired (unless `enforce` is off).
     pub fn touch(&self, id: &str, max_idle: Duration, enforce: bool) -> SessionLookup {
         let mut map = self.lock();
-        let now = Instant::now();
+        let now = self.clock.now();
         let Some(s) = map.get_mut(id) else {
             return SessionLookup::Missing;
         };
-        let idle = now.duration_since(s.last_seen);
+        let idle = since(now, s.last_seen);
         if s.user.is_some() && enforce && idle > max_idle {
             let dead = s.clone();
             map.remove(id);

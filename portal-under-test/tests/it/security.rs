@@ -9,7 +9,10 @@ use crate::common::{Key, Portal};
 const ALICE: &str = "CONTOSO\\alice";
 
 async fn alice_with_key() -> (Portal, String, Key) {
-    let p = Portal::new();
+    alice_with_key_on(Portal::new()).await
+}
+
+async fn alice_with_key_on(p: Portal) -> (Portal, String, Key) {
     p.create_account(ALICE, "user").await;
     let c = p.enroll("PC-1").await;
     let k = Key::random();
@@ -137,7 +140,9 @@ async fn failed_lookups_are_rate_limited_per_account() {
 
 #[tokio::test]
 async fn inactivity_warning_and_server_side_expiry() {
-    let (p, _c, k) = alice_with_key().await;
+    // The sessions' clock moves only when the test says: no sleeps, no race with a slow
+    // machine. Idle 1 s + warning 1 s: a session idle for 2 s is alive, past 2 s it is not.
+    let (p, _c, k) = alice_with_key_on(Portal::with_manual_clock()).await;
     p.settings(json!({"idle_timeout_secs": 1, "warning_secs": 1}))
         .await;
     let mut b = p.browser();
@@ -152,14 +157,18 @@ async fn inactivity_warning_and_server_side_expiry() {
     assert!(page.body.contains("/SelfService/keepalive"));
 
     // Continue after the warning keeps the session alive.
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    p.advance(Duration::from_millis(1300));
     let keep = b.post("/SelfService/keepalive", &[]).await;
     assert_eq!(keep.status, StatusCode::NO_CONTENT);
-    tokio::time::sleep(Duration::from_millis(1300)).await;
-    assert_eq!(b.get("/SelfService").await.status, StatusCode::OK);
+    p.advance(Duration::from_millis(2000));
+    assert_eq!(
+        b.get("/SelfService").await.status,
+        StatusCode::OK,
+        "idle exactly idle + warning: still alive"
+    );
 
     // No answer: idle longer than idle + warning -> expiry page, session dead.
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    p.advance(Duration::from_millis(2001));
     let expired = b.get_key(&k.prefix8(), "BIOS/TPM changed").await;
     assert_eq!(expired.status, StatusCode::UNAUTHORIZED);
     assert!(expired.has("expired"));

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
+use portal_under_test::clock::{Clock, ManualClock};
 use portal_under_test::config::{Config, SettingsPatch};
 use portal_under_test::crypto::{random_token, token_hash, Argon2Config};
 use portal_under_test::store::Role;
@@ -29,6 +30,8 @@ pub struct Portal {
     pub state: AppState,
     pub router: Router,
     pub admin_token: String,
+    /// Set by [`Portal::with_manual_clock`]: the sessions' clock, moved by [`Portal::advance`].
+    pub clock: Option<ManualClock>,
 }
 
 pub fn fast_config(settings: SettingsPatch) -> Config {
@@ -45,8 +48,30 @@ impl Portal {
     }
 
     pub fn with(settings: SettingsPatch) -> Portal {
+        Self::with_config(fast_config(settings), None)
+    }
+
+    /// A portal whose sessions see time pass only through [`Portal::advance`].
+    pub fn with_manual_clock() -> Portal {
+        let clock = ManualClock::starting_now();
+        let config = Config {
+            clock: Clock::Manual(clock.clone()),
+            ..fast_config(SettingsPatch::default())
+        };
+        Self::with_config(config, Some(clock))
+    }
+
+    /// Moves the manual clock forward (the portal must come from `with_manual_clock`).
+    pub fn advance(&self, by: std::time::Duration) {
+        self.clock
+            .as_ref()
+            .expect("Portal::advance needs Portal::with_manual_clock")
+            .advance(by);
+    }
+
+    fn with_config(config: Config, clock: Option<ManualClock>) -> Portal {
         let dir = tempfile::tempdir().unwrap();
-        let state = AppState::open_data_dir(dir.path(), fast_config(settings)).unwrap();
+        let state = AppState::open_data_dir(dir.path(), config).unwrap();
         let hash = state.hasher.hash(PASSWORD).unwrap();
         let admin = state
             .store
@@ -63,6 +88,7 @@ impl Portal {
             state,
             router,
             admin_token,
+            clock,
         }
     }
 
@@ -76,6 +102,7 @@ impl Portal {
             state,
             router,
             admin_token: self.admin_token,
+            clock: None,
         }
     }
 
