@@ -11,8 +11,8 @@ use serde_json::json;
 use crate::config::SettingsPatch;
 use crate::crypto::{random_token, token_hash};
 use crate::error::AppError;
-use crate::keyid::{format_guid, parse_guid, parse_key_id_input, validate_recovery_password};
-use crate::lookup::{self, KeyAnswer, KeyRequest, Source, HELPDESK_REASONS};
+use crate::keyid::{format_guid, parse_guid, validate_recovery_password};
+use crate::lookup::{self, KeyAnswer, Source};
 use crate::store::{
     Account, AuditFilter, AuditRow, Device, EscrowResult, NewKey, Role, SignInKind, StoreError,
 };
@@ -612,38 +612,16 @@ pub async fn helpdesk_lookup(
     if !acct.role.is_helpdesk() {
         return Err(AppError::Forbidden("a help desk role is required".into()));
     }
-    let key = parse_key_id_input(b.key_id.as_deref().unwrap_or(""))
-        .map_err(|e| AppError::invalid("key_id", e.to_string()))?;
-    let end_user = match b.user.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
-        Some(u) => Some(validate_name(u, "user", 256)?),
-        None if !acct.role.is_advanced() => {
-            return Err(AppError::invalid(
-                "user",
-                "is required for the helpdesk role",
-            ))
-        }
-        None => None,
-    };
-    let reason = required(&b.reason, "reason")?.to_string();
-    if !HELPDESK_REASONS.contains(&reason.as_str()) {
-        return Err(AppError::invalid(
-            "reason",
-            "is not one of the help desk reasons",
-        ));
-    }
-    let req = KeyRequest {
-        source: Source::Api,
-        requester: acct.username.clone(),
-        role: acct.role,
-        key,
-        end_user,
-        reason,
-    };
-    // Reads, decryption and the audit row (and disclosure mark) all in the group-commit
-    // writer's batch: the answer leaves only after that transaction committed.
-    let ans = st
-        .run_staged(move |s| lookup::lookup_key_staged(s, &req))
-        .await?;
+    let req = lookup::helpdesk_key_request(
+        Source::Api,
+        &acct.username,
+        acct.role,
+        b.key_id.as_deref().unwrap_or(""),
+        b.user.as_deref().unwrap_or(""),
+        "user",
+        b.reason.as_deref().unwrap_or(""),
+    )?;
+    let ans = lookup::lookup_key(&st, req).await?;
     match ans {
         KeyAnswer::Shown { key_id, device, password } => Ok(Json(
             json!({"outcome": "shown", "key_id": key_id, "device": device, "recovery_password": password}),

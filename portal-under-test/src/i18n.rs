@@ -15,7 +15,8 @@ use std::sync::LazyLock;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use fluent_bundle::concurrent::FluentBundle;
 use fluent_bundle::{FluentArgs, FluentResource};
 use fluent_langneg::{negotiate_languages, NegotiationStrategy};
@@ -157,14 +158,9 @@ fn query_lang(query: Option<&str>) -> Option<Lang> {
 }
 
 fn cookie_lang(headers: &HeaderMap) -> Option<Lang> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|part| part.trim().split_once('='))
-        .find(|(k, _)| *k == LANG_COOKIE)
-        .and_then(|(_, v)| Lang::from_tag(v))
+    CookieJar::from_headers(headers)
+        .get(LANG_COOKIE)
+        .and_then(|c| Lang::from_tag(c.value()))
 }
 
 /// Negotiates an `Accept-Language` value against the supported languages (RFC 4647
@@ -225,13 +221,11 @@ pub async fn layer(req: Request, next: Next) -> Response {
         HeaderValue::from_static("Accept-Language, Cookie"),
     );
     if switched {
-        let cookie = format!(
-            "{LANG_COOKIE}={}; Path=/; SameSite=Lax; Max-Age=31536000",
-            lang.tag()
-        );
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            h.append(header::SET_COOKIE, v);
-        }
+        let c = Cookie::build((LANG_COOKIE, lang.tag()))
+            .path("/")
+            .same_site(SameSite::Lax)
+            .max_age(time::Duration::days(365));
+        return (CookieJar::new().add(c), resp).into_response();
     }
     resp
 }

@@ -1,17 +1,19 @@
 //! The key and TPM-lockout request rules shared by the self-service pages, the help desk
-//! pages and the help desk JSON API. Synchronous: call it on a blocking thread.
+//! pages and the help desk JSON API: one validation of a help desk request
+//! ([`helpdesk_key_request`]) and one way to answer a key request ([`lookup_key`]).
 //!
 //! Absent and foreign key IDs take the same path: the same index lookup, the same
 //! association query, one decryption (a dummy one when nothing is shown) and one audit row.
 
 use std::collections::HashMap;
 
+use crate::api::validate_name;
 use crate::error::AppError;
 use crate::fp;
 use crate::index::IndexEntry;
-use crate::keyid::{format_guid, KeyIdInput};
+use crate::keyid::{format_guid, parse_key_id_input, KeyIdInput};
 use crate::store::{commit_journal_blocking, now_rfc3339, Assoc, AuditRow, JournalEntry, Role};
-use crate::Inner;
+use crate::{AppState, Inner};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -57,6 +59,64 @@ pub struct KeyRequest {
     /// Help desk: the end user typed by the operator.
     pub end_user: Option<String>,
     pub reason: String,
+}
+
+/// The end user and reason of a help desk request (key lookup or Manage TPM), validated
+/// the same way on every surface. The end user is required for role `helpdesk` (optional,
+/// and then ignored for matching, for the advanced roles); the reason must be one of
+/// [`HELPDESK_REASONS`]. `end_user_field` is the end user's field name on the caller's
+/// surface (`end_user` on the HTML form, `user` in the JSON API), so errors name it.
+pub fn helpdesk_end_user_and_reason(
+    role: Role,
+    end_user: &str,
+    end_user_field: &str,
+    reason: &str,
+) -> Result<(Option<String>, String), AppError> {
+    let end_user = match end_user.trim() {
+        "" if role.is_advanced() => None,
+        "" => {
+            return Err(AppError::invalid(
+                end_user_field,
+                "is required for the helpdesk role",
+            ))
+        }
+        u => Some(validate_name(u, end_user_field, 256)?),
+    };
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(AppError::invalid("reason", "is required"));
+    }
+    if !HELPDESK_REASONS.contains(&reason) {
+        return Err(AppError::invalid(
+            "reason",
+            "is not one of the help desk reasons",
+        ));
+    }
+    Ok((end_user, reason.to_string()))
+}
+
+/// Validates a help desk key lookup as typed, for the HTML help desk and the JSON API alike:
+/// `key_id` (8 or 32 hex digits), then the end user and the reason
+/// ([`helpdesk_end_user_and_reason`]). The first bad field is the error.
+pub fn helpdesk_key_request(
+    source: Source,
+    requester: &str,
+    role: Role,
+    key_id: &str,
+    end_user: &str,
+    end_user_field: &str,
+    reason: &str,
+) -> Result<KeyRequest, AppError> {
+    let key = parse_key_id_input(key_id).map_err(|e| AppError::invalid("key_id", e.to_string()))?;
+    let (end_user, reason) = helpdesk_end_user_and_reason(role, end_user, end_user_field, reason)?;
+    Ok(KeyRequest {
+        source,
+        requester: requester.to_string(),
+        role,
+        key,
+        end_user,
+        reason,
+    })
 }
 
 #[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
@@ -218,18 +278,18 @@ fn candidates(st: &Inner, key: KeyIdInput) -> Vec<IndexEntry> {
     }
 }
 
-/// Answers one key request and writes its audit row (and disclosure mark): returns only
-/// after they are committed. Blocks: call it on a blocking thread.
-pub fn lookup_key(st: &Inner, req: &KeyRequest) -> Result<KeyAnswer, AppError> {
-    let (answer, journal) = lookup_key_staged(st, req)?;
-    commit_journal_blocking(st.store.as_ref(), journal)?;
-    Ok(answer)
+/// Answers one key request, from any surface (self-service, help desk HTML, JSON API): the
+/// decision runs in the group-commit writer's batch ([`AppState::run_staged`]) and the
+/// answer comes back only after the transaction holding its audit row (and a shown key's
+/// disclosure mark) has committed; if that fails, the caller gets the error and nothing to
+/// show.
+pub async fn lookup_key(st: &AppState, req: KeyRequest) -> Result<KeyAnswer, AppError> {
+    st.run_staged(move |s| lookup_key_staged(s, &req)).await
 }
 
 /// Answers one key request without writing: returns the answer and the audit row (plus the
-/// disclosure mark of a shown key) that must be committed (`store::commit_journal_blocking`,
-/// or `store::stage_and_commit` on the writer thread) before the answer may be sent. Reads
-/// only (the store's reads and the in-memory index).
+/// disclosure mark of a shown key) that must be committed before the answer may be sent
+/// ([`lookup_key`] does both). Reads only (the store's reads and the in-memory index).
 pub fn lookup_key_staged(
     st: &Inner,
     req: &KeyRequest,

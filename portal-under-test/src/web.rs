@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use askama::Template;
 use axum::extract::{Form, FromRequest, Query, RawQuery, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use subtle::ConstantTimeEq;
 
-use crate::api::{self, validate_device_name, validate_name, AuditQuery};
+use crate::api::{self, validate_device_name, AuditQuery};
 use crate::config::{Settings, SettingsPatch};
 use crate::error::AppError;
 use crate::fp;
@@ -247,30 +248,22 @@ fn self_reasons(chosen: &str) -> Vec<(&'static str, String, bool)> {
         .collect()
 }
 
-fn session_id(headers: &HeaderMap) -> Option<String> {
-    for v in headers.get_all(header::COOKIE) {
-        let Ok(v) = v.to_str() else { continue };
-        for part in v.split(';') {
-            if let Some((k, val)) = part.trim().split_once('=') {
-                if k == COOKIE && !val.is_empty() && val.len() <= 128 {
-                    return Some(val.to_string());
-                }
-            }
-        }
-    }
-    None
+/// The session id from the request's `portal_session` cookie, if it has a plausible one.
+fn session_id(jar: &CookieJar) -> Option<String> {
+    jar.get(COOKIE)
+        .map(Cookie::value)
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
 }
 
-fn cookie(st: &AppState, id: &str) -> HeaderValue {
-    let secure = if st.config.secure_cookies {
-        "; Secure"
-    } else {
-        ""
-    };
-    HeaderValue::from_str(&format!(
-        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict{secure}"
-    ))
-    .unwrap_or_else(|_| HeaderValue::from_static("portal_session=; Path=/"))
+/// `resp` with the session cookie set to `id` (`Secure` when the portal serves TLS).
+fn with_session_cookie(st: &AppState, id: String, resp: Response) -> Response {
+    let c = Cookie::build((COOKIE, id))
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(st.config.secure_cookies);
+    (CookieJar::new().add(c), resp).into_response()
 }
 
 fn redirect(to: &str) -> Response {
@@ -332,12 +325,12 @@ fn csrf_ok(s: &Session, f: &FormData) -> bool {
 /// `key_reason` is set for key requests, so an expired session is audited.
 async fn gate(
     st: &AppState,
-    headers: &HeaderMap,
+    jar: &CookieJar,
     site: Site,
     key_reason: Option<&str>,
 ) -> Result<Session, Response> {
     let login = format!("/{}/login", site.path());
-    let Some(id) = session_id(headers) else {
+    let Some(id) = session_id(jar) else {
         return Err(redirect(&login));
     };
     let enforce = !fp::active(fp::NO_EXPIRY);
@@ -371,7 +364,7 @@ async fn gate(
 
 async fn login_get(st: AppState, site: Site) -> Response {
     let s = st.sessions.create(None, max_idle(&st));
-    let mut r = html(
+    let r = html(
         StatusCode::OK,
         &LoginT {
             page: page(&st, site, &site.title(), Some(&s)),
@@ -379,13 +372,11 @@ async fn login_get(st: AppState, site: Site) -> Response {
             username: String::new(),
         },
     );
-    r.headers_mut()
-        .insert(header::SET_COOKIE, cookie(&st, &s.id));
-    r
+    with_session_cookie(&st, s.id, r)
 }
 
-async fn login_post(st: AppState, headers: HeaderMap, site: Site, f: FormData) -> Response {
-    let Some(id) = session_id(&headers) else {
+async fn login_post(st: AppState, jar: CookieJar, site: Site, f: FormData) -> Response {
+    let Some(id) = session_id(&jar) else {
         return message(&st, site, StatusCode::FORBIDDEN, &tr("err-csrf-login"));
     };
     let s = match st.sessions.touch(&id, max_idle(&st), false) {
@@ -440,16 +431,13 @@ async fn login_post(st: AppState, headers: HeaderMap, site: Site, f: FormData) -
         }),
         max_idle(&st),
     );
-    let mut r = redirect(site.home());
-    r.headers_mut()
-        .insert(header::SET_COOKIE, cookie(&st, &new.id));
-    r
+    with_session_cookie(&st, new.id, redirect(site.home()))
 }
 
-async fn keepalive(st: AppState, headers: HeaderMap, site: Site, f: FormData) -> Response {
+async fn keepalive(st: AppState, jar: CookieJar, site: Site, f: FormData) -> Response {
     // Called by the page's script: "no session" is 401 (expired), never a redirect.
     let enforce = !fp::active(fp::NO_EXPIRY);
-    let live = session_id(&headers).map(|id| st.sessions.touch(&id, max_idle(&st), enforce));
+    let live = session_id(&jar).map(|id| st.sessions.touch(&id, max_idle(&st), enforce));
     let s = match live {
         Some(SessionLookup::Live(s)) if s.user.is_some() => s,
         _ => return expired_page(&st, site, StatusCode::UNAUTHORIZED),
@@ -460,15 +448,15 @@ async fn keepalive(st: AppState, headers: HeaderMap, site: Site, f: FormData) ->
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn expired_get(st: AppState, headers: HeaderMap, site: Site) -> Response {
-    if let Some(id) = session_id(&headers) {
+async fn expired_get(st: AppState, jar: CookieJar, site: Site) -> Response {
+    if let Some(id) = session_id(&jar) {
         st.sessions.remove(&id);
     }
     expired_page(&st, site, StatusCode::OK)
 }
 
-async fn logout(st: AppState, headers: HeaderMap, site: Site, f: FormData) -> Response {
-    let s = match gate(&st, &headers, site, None).await {
+async fn logout(st: AppState, jar: CookieJar, site: Site, f: FormData) -> Response {
+    let s = match gate(&st, &jar, site, None).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -494,8 +482,8 @@ fn self_page(st: &AppState, s: &Session) -> SelfT {
     }
 }
 
-async fn notice_get(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    let s = match gate(&st, &headers, Site::SelfService, None).await {
+async fn notice_get(State(st): State<AppState>, jar: CookieJar) -> Response {
+    let s = match gate(&st, &jar, Site::SelfService, None).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -508,8 +496,8 @@ async fn notice_get(State(st): State<AppState>, headers: HeaderMap) -> Response 
     )
 }
 
-async fn notice_post(State(st): State<AppState>, headers: HeaderMap, f: FormData) -> Response {
-    let s = match gate(&st, &headers, Site::SelfService, None).await {
+async fn notice_post(State(st): State<AppState>, jar: CookieJar, f: FormData) -> Response {
+    let s = match gate(&st, &jar, Site::SelfService, None).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -525,8 +513,8 @@ async fn notice_post(State(st): State<AppState>, headers: HeaderMap, f: FormData
     redirect("/SelfService")
 }
 
-async fn self_get(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    let s = match gate(&st, &headers, Site::SelfService, None).await {
+async fn self_get(State(st): State<AppState>, jar: CookieJar) -> Response {
+    let s = match gate(&st, &jar, Site::SelfService, None).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -536,9 +524,9 @@ async fn self_get(State(st): State<AppState>, headers: HeaderMap) -> Response {
     html(StatusCode::OK, &self_page(&st, &s))
 }
 
-async fn self_key(State(st): State<AppState>, headers: HeaderMap, f: FormData) -> Response {
+async fn self_key(State(st): State<AppState>, jar: CookieJar, f: FormData) -> Response {
     let reason = f.get("reason").to_string();
-    let s = match gate(&st, &headers, Site::SelfService, Some(&reason)).await {
+    let s = match gate(&st, &jar, Site::SelfService, Some(&reason)).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -581,7 +569,7 @@ async fn self_key(State(st): State<AppState>, headers: HeaderMap, f: FormData) -
         end_user: None,
         reason,
     };
-    let ans = match st.run(move |i| lookup::lookup_key(i, &req)).await {
+    let ans = match lookup::lookup_key(&st, req).await {
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
@@ -638,11 +626,11 @@ async fn self_key(State(st): State<AppState>, headers: HeaderMap, f: FormData) -
 /// request on an expired session is audited with it.
 async fn helpdesk_gate(
     st: &AppState,
-    headers: &HeaderMap,
+    jar: &CookieJar,
     f: &FormData,
 ) -> Result<(Session, SessionUser, String), Response> {
     let reason = f.get("reason").to_string();
-    let s = gate(st, headers, Site::HelpDesk, Some(&reason)).await?;
+    let s = gate(st, jar, Site::HelpDesk, Some(&reason)).await?;
     if !csrf_ok(&s, f) {
         return Err(message(
             st,
@@ -657,27 +645,6 @@ async fn helpdesk_gate(
     Ok((s, user, reason))
 }
 
-/// The end user a help desk request names (required unless the operator is an advanced
-/// help desk user) and the reason, which must be one of the listed ones.
-fn helpdesk_end_user_and_reason(
-    user: &SessionUser,
-    end_user: &str,
-    reason: &str,
-) -> Result<Option<String>, String> {
-    let end_user = if end_user.is_empty() {
-        if !user.role.is_advanced() {
-            return Err("end_user is required: type the end user's DOMAIN\\user name".into());
-        }
-        None
-    } else {
-        Some(validate_name(end_user, "end_user", 256).map_err(|e| e.public_message())?)
-    };
-    if !HELPDESK_REASONS.contains(&reason) {
-        return Err("reason must be one of the listed reasons".into());
-    }
-    Ok(end_user)
-}
-
 fn help_page(st: &AppState, s: &Session) -> HelpT {
     HelpT {
         page: page(st, Site::HelpDesk, "Drive recovery", Some(s)),
@@ -690,15 +657,15 @@ fn help_page(st: &AppState, s: &Session) -> HelpT {
     }
 }
 
-async fn help_get(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    match gate(&st, &headers, Site::HelpDesk, None).await {
+async fn help_get(State(st): State<AppState>, jar: CookieJar) -> Response {
+    match gate(&st, &jar, Site::HelpDesk, None).await {
         Ok(s) => html(StatusCode::OK, &help_page(&st, &s)),
         Err(r) => r,
     }
 }
 
-async fn help_key(State(st): State<AppState>, headers: HeaderMap, f: FormData) -> Response {
-    let (s, user, reason) = match helpdesk_gate(&st, &headers, &f).await {
+async fn help_key(State(st): State<AppState>, jar: CookieJar, f: FormData) -> Response {
+    let (s, user, reason) = match helpdesk_gate(&st, &jar, &f).await {
         Ok(g) => g,
         Err(r) => return r,
     };
@@ -708,29 +675,23 @@ async fn help_key(State(st): State<AppState>, headers: HeaderMap, f: FormData) -
     t.reasons = reasons(&HELPDESK_REASONS, &reason);
     t.end_user = end_user_in.chars().take(256).collect();
     t.key_id = typed.chars().take(64).collect();
-    let key = match parse_key_id_input(&typed) {
-        Ok(k) => k,
+    // The same validation and the same commit path as the JSON API (`lookup`).
+    let req = match lookup::helpdesk_key_request(
+        Source::HelpDesk,
+        &user.username,
+        user.role,
+        &typed,
+        &end_user_in,
+        "end_user",
+        &reason,
+    ) {
+        Ok(r) => r,
         Err(e) => {
-            t.error = Some(format!("key_id {e}"));
-            return html(StatusCode::BAD_REQUEST, &t);
+            t.error = Some(e.public_message());
+            return html(e.status(), &t);
         }
     };
-    let end_user = match helpdesk_end_user_and_reason(&user, &end_user_in, &reason) {
-        Ok(u) => u,
-        Err(e) => {
-            t.error = Some(e);
-            return html(StatusCode::BAD_REQUEST, &t);
-        }
-    };
-    let req = KeyRequest {
-        source: Source::HelpDesk,
-        requester: user.username,
-        role: user.role,
-        key,
-        end_user,
-        reason,
-    };
-    let ans = match st.run(move |i| lookup::lookup_key(i, &req)).await {
+    let ans = match lookup::lookup_key(&st, req).await {
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
@@ -775,15 +736,15 @@ fn tpm_page(st: &AppState, s: &Session) -> TpmT {
     }
 }
 
-async fn tpm_get(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    match gate(&st, &headers, Site::HelpDesk, None).await {
+async fn tpm_get(State(st): State<AppState>, jar: CookieJar) -> Response {
+    match gate(&st, &jar, Site::HelpDesk, None).await {
         Ok(s) => html(StatusCode::OK, &tpm_page(&st, &s)),
         Err(r) => r,
     }
 }
 
-async fn tpm_post(State(st): State<AppState>, headers: HeaderMap, f: FormData) -> Response {
-    let (s, user, reason) = match helpdesk_gate(&st, &headers, &f).await {
+async fn tpm_post(State(st): State<AppState>, jar: CookieJar, f: FormData) -> Response {
+    let (s, user, reason) = match helpdesk_gate(&st, &jar, &f).await {
         Ok(g) => g,
         Err(r) => return r,
     };
@@ -798,13 +759,14 @@ async fn tpm_post(State(st): State<AppState>, headers: HeaderMap, f: FormData) -
             return html(StatusCode::BAD_REQUEST, &t);
         }
     };
-    let end_user = match helpdesk_end_user_and_reason(&user, &t.end_user, &reason) {
-        Ok(u) => u,
-        Err(e) => {
-            t.error = Some(e);
-            return html(StatusCode::BAD_REQUEST, &t);
-        }
-    };
+    let (end_user, reason) =
+        match lookup::helpdesk_end_user_and_reason(user.role, &t.end_user, "end_user", &reason) {
+            Ok(v) => v,
+            Err(e) => {
+                t.error = Some(e.public_message());
+                return html(e.status(), &t);
+            }
+        };
     let req = TpmRequest {
         source: Source::HelpDesk,
         requester: user.username,
@@ -852,15 +814,15 @@ fn admin_page(st: &AppState, s: &Session) -> AdminT {
     }
 }
 
-async fn admin_get(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    match gate(&st, &headers, Site::Admin, None).await {
+async fn admin_get(State(st): State<AppState>, jar: CookieJar) -> Response {
+    match gate(&st, &jar, Site::Admin, None).await {
         Ok(s) => html(StatusCode::OK, &admin_page(&st, &s)),
         Err(r) => r,
     }
 }
 
-async fn admin_gate(st: &AppState, headers: &HeaderMap, f: &FormData) -> Result<Session, Response> {
-    let s = gate(st, headers, Site::Admin, None).await?;
+async fn admin_gate(st: &AppState, jar: &CookieJar, f: &FormData) -> Result<Session, Response> {
+    let s = gate(st, jar, Site::Admin, None).await?;
     if !csrf_ok(&s, f) {
         return Err(message(
             st,
@@ -872,8 +834,8 @@ async fn admin_gate(st: &AppState, headers: &HeaderMap, f: &FormData) -> Result<
     Ok(s)
 }
 
-async fn admin_accounts(State(st): State<AppState>, headers: HeaderMap, f: FormData) -> Response {
-    let s = match admin_gate(&st, &headers, &f).await {
+async fn admin_accounts(State(st): State<AppState>, jar: CookieJar, f: FormData) -> Response {
+    let s = match admin_gate(&st, &jar, &f).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -901,8 +863,8 @@ async fn admin_accounts(State(st): State<AppState>, headers: HeaderMap, f: FormD
     }
 }
 
-async fn admin_enroll(State(st): State<AppState>, headers: HeaderMap, f: FormData) -> Response {
-    let s = match admin_gate(&st, &headers, &f).await {
+async fn admin_enroll(State(st): State<AppState>, jar: CookieJar, f: FormData) -> Response {
+    let s = match admin_gate(&st, &jar, &f).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -926,8 +888,8 @@ fn num(f: &FormData, k: &'static str) -> Result<Option<u64>, AppError> {
         .map_err(|_| AppError::invalid(k, "must be a whole number"))
 }
 
-async fn admin_settings(State(st): State<AppState>, headers: HeaderMap, f: FormData) -> Response {
-    let s = match admin_gate(&st, &headers, &f).await {
+async fn admin_settings(State(st): State<AppState>, jar: CookieJar, f: FormData) -> Response {
+    let s = match admin_gate(&st, &jar, &f).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -967,11 +929,11 @@ async fn admin_settings(State(st): State<AppState>, headers: HeaderMap, f: FormD
 
 async fn admin_audit(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    jar: CookieJar,
     Query(q): Query<AuditQuery>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let s = match gate(&st, &headers, Site::Admin, None).await {
+    let s = match gate(&st, &jar, Site::Admin, None).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -995,11 +957,11 @@ async fn admin_audit(
 
 async fn admin_audit_export(
     st: AppState,
-    headers: HeaderMap,
+    jar: CookieJar,
     q: AuditQuery,
     format: &'static str,
 ) -> Response {
-    if let Err(r) = gate(&st, &headers, Site::Admin, None).await {
+    if let Err(r) = gate(&st, &jar, Site::Admin, None).await {
         return r;
     }
     match api::audit_rows(&st, q).await {
@@ -1019,28 +981,28 @@ pub fn routes() -> Router<AppState> {
             .route(
                 &format!("/{p}/login"),
                 get(move |State(st): State<AppState>| login_get(st, site)).post(
-                    move |State(st): State<AppState>, h: HeaderMap, f: FormData| {
-                        login_post(st, h, site, f)
+                    move |State(st): State<AppState>, j: CookieJar, f: FormData| {
+                        login_post(st, j, site, f)
                     },
                 ),
             )
             .route(
                 &format!("/{p}/keepalive"),
                 post(
-                    move |State(st): State<AppState>, h: HeaderMap, f: FormData| {
-                        keepalive(st, h, site, f)
+                    move |State(st): State<AppState>, j: CookieJar, f: FormData| {
+                        keepalive(st, j, site, f)
                     },
                 ),
             )
             .route(
                 &format!("/{p}/expired"),
-                get(move |State(st): State<AppState>, h: HeaderMap| expired_get(st, h, site)),
+                get(move |State(st): State<AppState>, j: CookieJar| expired_get(st, j, site)),
             )
             .route(
                 &format!("/{p}/logout"),
                 post(
-                    move |State(st): State<AppState>, h: HeaderMap, f: FormData| {
-                        logout(st, h, site, f)
+                    move |State(st): State<AppState>, j: CookieJar, f: FormData| {
+                        logout(st, j, site, f)
                     },
                 ),
             );
@@ -1060,16 +1022,16 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/Admin/audit.csv",
             get(
-                |State(st): State<AppState>, h: HeaderMap, Query(q): Query<AuditQuery>| {
-                    admin_audit_export(st, h, q, "csv")
+                |State(st): State<AppState>, j: CookieJar, Query(q): Query<AuditQuery>| {
+                    admin_audit_export(st, j, q, "csv")
                 },
             ),
         )
         .route(
             "/Admin/audit.json",
             get(
-                |State(st): State<AppState>, h: HeaderMap, Query(q): Query<AuditQuery>| {
-                    admin_audit_export(st, h, q, "json")
+                |State(st): State<AppState>, j: CookieJar, Query(q): Query<AuditQuery>| {
+                    admin_audit_export(st, j, q, "json")
                 },
             ),
         )

@@ -423,3 +423,96 @@ async fn a_token_written_by_another_process_is_honoured_at_once() {
     let (s, _) = ask(random_token("api")).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
+
+/// The HTML help desk and the JSON API validate a key lookup with one function: the same
+/// status and the same message for each bad field (the end user's field is `end_user` on
+/// the form, `user` in JSON), and neither audits nor discloses anything for a bad request.
+#[tokio::test]
+async fn html_and_json_help_desk_validate_alike() {
+    let (p, c, k) = setup().await;
+    let hd = p.api_token("CONTOSO\\hd1").await;
+    let mut b = p.browser();
+    b.login("HelpDesk", "CONTOSO\\hd1").await;
+    b.get("/HelpDesk").await;
+    let long_user = "x".repeat(257);
+    let prefix = k.prefix8();
+    let cases: [(&str, &str, &str, &str); 6] = [
+        ("xyz", ALICE, "Lost PIN", "key_id"),
+        ("", ALICE, "Lost PIN", "key_id"),
+        (&prefix, "", "Lost PIN", "user"),
+        (&prefix, &long_user, "Lost PIN", "user"),
+        (&prefix, ALICE, "BIOS/TPM changed", "reason"),
+        (&prefix, ALICE, "", "reason"),
+    ];
+    for (key_id, user, reason, field) in cases {
+        let (s, v) = p
+            .json(
+                Method::POST,
+                "/api/helpdesk/lookup",
+                Some(&hd),
+                Some(json!({"key_id": key_id, "user": user, "reason": reason})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["error"]["field"], field, "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        let page = b
+            .post(
+                "/HelpDesk/key",
+                &[("key_id", key_id), ("end_user", user), ("reason", reason)],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::BAD_REQUEST, "{field}");
+        // The message starts with the field's name on its surface.
+        let on_the_form = match message.strip_prefix("user ") {
+            Some(rest) => format!("end_user {rest}"),
+            None => message.to_string(),
+        };
+        assert!(message.starts_with(field), "{message}");
+        assert_eq!(
+            page.text_of("error").unwrap(),
+            on_the_form,
+            "the form says what the API says"
+        );
+    }
+    assert!(
+        p.audit("").await.is_empty(),
+        "validation failures are not audited"
+    );
+    assert_eq!(p.check_in(&c).await["rotate_keys"], json!([]));
+
+    // A good request: both surfaces answer it, each audited under its source.
+    let page = b
+        .post(
+            "/HelpDesk/key",
+            &[
+                ("key_id", &k.prefix8()),
+                ("end_user", ALICE),
+                ("reason", "Lost PIN"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        page.text_of("recovery-password").as_deref(),
+        Some(k.password.as_str())
+    );
+    let (s, v) = p
+        .json(
+            Method::POST,
+            "/api/helpdesk/lookup",
+            Some(&hd),
+            Some(json!({"key_id": k.prefix8(), "user": ALICE, "reason": " Lost PIN "})),
+        )
+        .await;
+    assert_eq!(
+        (s, &v["recovery_password"]),
+        (StatusCode::OK, &json!(k.password))
+    );
+    let sources: Vec<String> = p
+        .audit("outcome=shown")
+        .await
+        .iter()
+        .map(|r| r["source"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(sources, ["help_desk", "api"]);
+}

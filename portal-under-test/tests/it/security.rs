@@ -307,3 +307,31 @@ async fn no_recovery_password_in_audit_or_store_plaintext() {
             .any(|w| w == k.password.as_bytes()));
     }
 }
+
+#[tokio::test]
+async fn the_session_cookie_is_read_among_other_cookies_and_a_bogus_one_is_no_session() {
+    let (p, _c, _k) = alice_with_key().await;
+    let mut b = p.browser();
+    b.self_service(ALICE).await;
+    let session = b.cookie.clone().unwrap();
+    assert!(session.starts_with("portal_session="), "{session}");
+
+    b.cookie = Some(format!("portal_lang=ja; tracking=1; {session}"));
+    let page = b.get("/SelfService").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body.contains("<html lang=\"ja\""),
+        "the language cookie is read too"
+    );
+
+    for bogus in [
+        format!("portal_session={}", "s".repeat(129)),
+        "portal_session=".to_string(),
+        "portal_session_x=1".to_string(),
+    ] {
+        b.cookie = Some(bogus.clone());
+        let page = b.get("/SelfService").await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{bogus}");
+        assert_eq!(page.location.as_deref(), Some("/SelfService/login"));
+    }
+}
