@@ -1,0 +1,136 @@
+//! The portal's domain records, as the store hands them out and takes them in.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Sealed;
+use crate::index::IndexEntry;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Helpdesk,
+    AdvancedHelpdesk,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Helpdesk => "helpdesk",
+            Role::AdvancedHelpdesk => "advanced_helpdesk",
+            Role::Admin => "admin",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "user" => Some(Role::User),
+            "helpdesk" => Some(Role::Helpdesk),
+            "advanced_helpdesk" => Some(Role::AdvancedHelpdesk),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+    /// May use the help desk site / lookup API.
+    pub fn is_helpdesk(self) -> bool {
+        !matches!(self, Role::User)
+    }
+    /// Needs only the key ID (no end user) at the help desk.
+    pub fn is_advanced(self) -> bool {
+        matches!(self, Role::AdvancedHelpdesk | Role::Admin)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub id: i64,
+    pub username: String,
+    pub password_hash: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub row: i64,
+    pub device_id: String,
+    pub name: String,
+}
+
+/// A key ready to store (already sealed).
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub key_id: u128,
+    pub volume_id: u128,
+    pub protector_type: String,
+    pub sealed: Sealed,
+    pub fingerprint: [u8; 32],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscrowResult {
+    Created(IndexEntry),
+    Existing,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    pub row: i64,
+    pub key_id: u128,
+    pub device_row: i64,
+    pub device_name: String,
+    pub sealed: Sealed,
+    pub superseded: bool,
+    /// Already shown once (the device must rotate it).
+    pub disclosed: bool,
+}
+
+/// How a user is associated with a device.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Assoc {
+    pub local: bool,
+    pub remote: bool,
+    pub imported: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInKind {
+    Local,
+    Remote,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImportRow {
+    pub device: String,
+    pub user: Option<String>,
+    pub key: NewKey,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditRow {
+    pub id: i64,
+    pub time: String,
+    pub source: String,
+    pub requester: String,
+    pub end_user: Option<String>,
+    pub device: Option<String>,
+    pub key_id: Option<String>,
+    pub key_type: Option<String>,
+    pub reason: Option<String>,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub since_unix: Option<i64>,
+    pub source: Option<String>,
+    pub outcome: Option<String>,
+    pub user: Option<String>,
+    pub device: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TpmRecord {
+    pub row: i64,
+    pub sealed: Sealed,
+}

@@ -1,0 +1,47 @@
+//! The SQLite schema (created if missing at open).
+
+pub(super) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS accounts(
+  id INTEGER PRIMARY KEY, username TEXT NOT NULL, username_lc TEXT NOT NULL UNIQUE,
+  password_hash TEXT NOT NULL, role TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS api_tokens(
+  token_hash BLOB PRIMARY KEY, account_id INTEGER NOT NULL REFERENCES accounts(id),
+  created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS enrollment_tokens(
+  token_hash BLOB PRIMARY KEY, created_at TEXT NOT NULL, used_at TEXT);
+CREATE TABLE IF NOT EXISTS devices(
+  id INTEGER PRIMARY KEY, device_uuid TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+  name_lc TEXT NOT NULL UNIQUE, credential_hash BLOB UNIQUE, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys(
+  id INTEGER PRIMARY KEY, key_id BLOB NOT NULL UNIQUE, device_id INTEGER NOT NULL REFERENCES devices(id),
+  volume_id BLOB NOT NULL, protector_type TEXT NOT NULL, nonce BLOB NOT NULL,
+  ciphertext BLOB NOT NULL, fingerprint BLOB NOT NULL, created_at TEXT NOT NULL,
+  disclosed_at TEXT, superseded_at TEXT, superseded_by BLOB);
+-- Only keys waiting for rotation are indexed by device: bulk escrow stays cheap.
+CREATE INDEX IF NOT EXISTS keys_to_rotate ON keys(device_id)
+  WHERE disclosed_at IS NOT NULL AND superseded_at IS NULL;
+CREATE TABLE IF NOT EXISTS associations(
+  device_id INTEGER NOT NULL, user_lc TEXT NOT NULL, user TEXT NOT NULL,
+  local INTEGER NOT NULL DEFAULT 0, remote INTEGER NOT NULL DEFAULT 0,
+  imported INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(device_id, user_lc));
+CREATE INDEX IF NOT EXISTS assoc_user ON associations(user_lc);
+CREATE TABLE IF NOT EXISTS sign_ins(
+  id INTEGER PRIMARY KEY, device_id INTEGER NOT NULL, user TEXT NOT NULL, kind TEXT NOT NULL,
+  time TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tpm_lockout(
+  id INTEGER PRIMARY KEY, device_id INTEGER NOT NULL, nonce BLOB NOT NULL,
+  ciphertext BLOB NOT NULL, created_at TEXT NOT NULL, disclosed_at TEXT, superseded_at TEXT);
+CREATE TABLE IF NOT EXISTS settings(id INTEGER PRIMARY KEY CHECK(id = 1), json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, time_unix INTEGER NOT NULL,
+  source TEXT NOT NULL, requester TEXT NOT NULL, requester_lc TEXT NOT NULL, end_user TEXT,
+  device TEXT, key_id TEXT, key_type TEXT, reason TEXT, outcome TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_requester ON audit(requester_lc, time_unix);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+  BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+  BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS keys_no_delete BEFORE DELETE ON keys
+  BEGIN SELECT RAISE(ABORT, 'key records are never deleted'); END;
+PRAGMA user_version = 1;
+"#;
