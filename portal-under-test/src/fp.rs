@@ -15,3 +15,6 @@ pub const FIRST_OF_MANY_MATCHES: &str = "first_of_many_matches";
 pub const NO_EXPIRY: &str = "no_expiry";
 pub const CORRUPT_KEY_DIGIT: &str = "corrupt_key_digit";
 pub const FOREIGN_DIFFERS: &str = "foreign_differs";
+/// Not a broken rule but an injected store failure: every audit row write fails, so the
+/// transaction holding it rolls back (its requests get 500 and are shown nothing).
+pub const FAIL_AUDIT_WRITE: &str = "fail_audit_write";

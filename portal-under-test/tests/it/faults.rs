@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::common::{Key, Portal};
 
@@ -109,4 +109,69 @@ async fn foreign_differs() {
     let foreign = b.get_key(&k.guid(), "BIOS/TPM changed").await;
     let absent = b.get_key(&Key::random().guid(), "BIOS/TPM changed").await;
     assert_ne!(foreign.body, absent.body);
+}
+
+/// API.md "Audit": nothing is shown before its audit row and disclosure mark are committed,
+/// in one transaction. With every audit write failing (`fail_audit_write`), a Manage TPM
+/// request and a key request show nothing and leave no disclosure mark (nothing to rotate)
+/// and no audit row; once audit writes work again the same requests show and mark.
+#[tokio::test]
+async fn a_failed_audit_write_shows_nothing_and_marks_nothing() {
+    let (p, c, k) = one_key("local").await;
+    p.create_account("CONTOSO\\hd2", "advanced_helpdesk").await;
+    let (s, v) = p
+        .json(
+            axum::http::Method::POST,
+            "/api/agent/tpm-lockout",
+            Some(&c),
+            Some(json!({"lockout_auth": "00112233aabbccdd"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let mut b = p.browser();
+    b.login("HelpDesk", "CONTOSO\\hd2").await;
+    b.get("/HelpDesk/tpm").await;
+    let tpm = [
+        ("computer", "PC-1"),
+        ("end_user", ""),
+        ("reason", "TPM Reset"),
+    ];
+    let prefix = k.prefix8();
+    let key = [
+        ("key_id", prefix.as_str()),
+        ("end_user", ""),
+        ("reason", "Lost PIN"),
+    ];
+
+    let s = set(portal_under_test::fp::FAIL_AUDIT_WRITE);
+    let page = b.post("/HelpDesk/tpm", &tpm).await;
+    assert_eq!(page.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", page.body);
+    assert!(!page.body.contains("00112233aabbccdd"));
+    let page = b.post("/HelpDesk/key", &key).await;
+    assert_eq!(page.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", page.body);
+    assert!(!page.body.contains(&k.password));
+    assert_eq!(
+        p.check_in(&c).await,
+        json!({"rotate_keys": [], "rotate_tpm_lockout": false}),
+        "no disclosure mark without its audit row"
+    );
+    assert!(p.audit("").await.is_empty());
+
+    drop(s);
+    let page = b.post("/HelpDesk/tpm", &tpm).await;
+    assert_eq!(
+        page.text_of("lockout-auth").as_deref(),
+        Some("00112233aabbccdd")
+    );
+    let page = b.post("/HelpDesk/key", &key).await;
+    assert_eq!(
+        page.text_of("recovery-password").as_deref(),
+        Some(k.password.as_str())
+    );
+    assert_eq!(
+        p.check_in(&c).await,
+        json!({"rotate_keys": [k.guid()], "rotate_tpm_lockout": true})
+    );
+    let outcomes: Vec<Value> = p.audit("").await.iter().map(|r| r["outcome"].clone()).collect();
+    assert_eq!(outcomes, [json!("shown"), json!("shown")]);
 }

@@ -6,6 +6,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use rusqlite::{params, Connection};
 
 use super::read_pool::lock;
+use crate::fp;
 use crate::store::{now_rfc3339, JournalEntry, StagedWork, StoreError};
 
 /// One submission to the group-commit writer.
@@ -59,6 +60,11 @@ fn write_journal(c: &mut Connection, entries: &[JournalEntry]) -> Result<(), Sto
     for e in entries {
         match e {
             JournalEntry::Audit(row) => {
+                if fp::active(fp::FAIL_AUDIT_WRITE) {
+                    return Err(StoreError::Corrupt(
+                        "audit insert failed (fault point fail_audit_write)".into(),
+                    ));
+                }
                 let unix = time::OffsetDateTime::parse(
                     &row.time,
                     &time::format_description::well_known::Rfc3339,
