@@ -145,10 +145,20 @@ async fn a_failed_audit_write_shows_nothing_and_marks_nothing() {
 
     let s = set(portal_under_test::fp::FAIL_AUDIT_WRITE);
     let page = b.post("/HelpDesk/tpm", &tpm).await;
-    assert_eq!(page.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", page.body);
+    assert_eq!(
+        page.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        page.body
+    );
     assert!(!page.body.contains("00112233aabbccdd"));
     let page = b.post("/HelpDesk/key", &key).await;
-    assert_eq!(page.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", page.body);
+    assert_eq!(
+        page.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        page.body
+    );
     assert!(!page.body.contains(&k.password));
     assert_eq!(
         p.check_in(&c).await,
@@ -172,6 +182,11 @@ async fn a_failed_audit_write_shows_nothing_and_marks_nothing() {
         p.check_in(&c).await,
         json!({"rotate_keys": [k.guid()], "rotate_tpm_lockout": true})
     );
-    let outcomes: Vec<Value> = p.audit("").await.iter().map(|r| r["outcome"].clone()).collect();
+    let outcomes: Vec<Value> = p
+        .audit("")
+        .await
+        .iter()
+        .map(|r| r["outcome"].clone())
+        .collect();
     assert_eq!(outcomes, [json!("shown"), json!("shown")]);
 }

@@ -20,6 +20,8 @@ mod checkpoint;
 mod import;
 mod read_pool;
 mod schema;
+#[cfg(test)]
+mod wal_tests;
 mod writer;
 
 use read_pool::{lock, ReadPool};
@@ -72,6 +74,12 @@ impl Eq for TokenHash {}
 impl SqliteStore {
     /// Opens (creating and migrating if needed) the store file.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_wal_limit(path, writer::WAL_TRUNCATE_ABOVE)
+    }
+
+    /// [`SqliteStore::open`] with the size above which the group-commit writer truncates the
+    /// WAL (64 MiB by default; tests use a small one to see it happen).
+    pub fn open_with_wal_limit(path: &Path, wal_limit: u64) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -92,9 +100,12 @@ impl SqliteStore {
         let writer = Arc::new(Mutex::new(conn));
         let (tx, rx) = mpsc::channel();
         let w = writer.clone();
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = std::path::PathBuf::from(wal);
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer::journal_writer(w, rx))
+            .spawn(move || writer::journal_writer(w, rx, wal, wal_limit))
             .map_err(|e| StoreError::Corrupt(format!("starting the audit writer: {e}")))?;
         Ok(SqliteStore {
             writer,

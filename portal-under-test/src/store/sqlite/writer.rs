@@ -1,6 +1,7 @@
 //! The group-commit writer thread: audit rows and disclosure marks of many requests in one
 //! transaction.
 
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
 use rusqlite::{params, Connection};
@@ -20,12 +21,52 @@ thread_local! {
 /// Most submissions committed in one transaction.
 const JOURNAL_BATCH: usize = 4096;
 
+/// Above this size the group-commit writer truncates the WAL itself ([`bound_wal`]).
+pub(super) const WAL_TRUNCATE_ABOVE: u64 = 64 * 1024 * 1024;
+
+/// Keeps the write-ahead log bounded under sustained load. The background checkpointer
+/// copies the WAL into the database but cannot restart it while commits keep coming (a log
+/// restarts only at a write that finds it wholly checkpointed, and under load the next
+/// batch has always been appended first), so alone it lets the file grow for ever. The
+/// writer thread is the only one appending under lookup load: when the file is over `limit`
+/// it runs a TRUNCATE checkpoint between two batches, when no commit of its own can
+/// interleave. That copies what the background checkpointer has not yet copied, waits (the
+/// connection's busy timeout) for readers still on older snapshots — lookups' reads are
+/// short — and empties the file. Busy (another checkpoint running, a reader in the way): the
+/// file stays as it is and the next batch tries again.
+fn bound_wal(c: &Connection, wal: &Path, limit: u64) {
+    match std::fs::metadata(wal) {
+        Ok(m) if m.len() > limit => {}
+        // Under the limit, or no WAL (an import has left WAL mode for a while).
+        _ => return,
+    }
+    let t0 = std::time::Instant::now();
+    let res = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+    });
+    match res {
+        Ok((0, frames)) => {
+            tracing::debug!(frames, took = ?t0.elapsed(), "WAL checkpointed and truncated")
+        }
+        Ok((_, frames)) => {
+            tracing::debug!(frames, "WAL truncation busy: retried after the next batch")
+        }
+        Err(e) => tracing::warn!(error = %e, "WAL truncation failed"),
+    }
+}
+
 /// The group-commit writer: waits for a submission, takes everything else queued, writes it
 /// all in one transaction on the writer connection, and reports the result to every
 /// submitter only after the commit.
 /// Each submission's work runs first (its reads on the writer connection, not holding its
 /// lock), then everything it returned is written in the one transaction.
-pub(super) fn journal_writer(writer: Arc<Mutex<Connection>>, rx: mpsc::Receiver<JournalJob>) {
+/// After each batch the WAL is kept under `wal_limit` bytes ([`bound_wal`]).
+pub(super) fn journal_writer(
+    writer: Arc<Mutex<Connection>>,
+    rx: mpsc::Receiver<JournalJob>,
+    wal: PathBuf,
+    wal_limit: u64,
+) {
     ON_JOURNAL_WRITER.with(|w| w.set(true));
     let mut entries = Vec::new();
     let mut done = Vec::new();
@@ -45,7 +86,10 @@ pub(super) fn journal_writer(writer: Arc<Mutex<Connection>>, rx: mpsc::Receiver<
         let res = if entries.is_empty() {
             Ok(())
         } else {
-            write_journal(&mut lock(&writer), &entries).map_err(|e| e.to_string())
+            let mut c = lock(&writer);
+            let res = write_journal(&mut c, &entries).map_err(|e| e.to_string());
+            bound_wal(&c, &wal, wal_limit);
+            res
         };
         entries.clear();
         for d in done.drain(..) {
