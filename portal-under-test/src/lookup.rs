@@ -12,7 +12,7 @@ use crate::error::AppError;
 use crate::fp;
 use crate::index::IndexEntry;
 use crate::keyid::{format_guid, parse_key_id_input, KeyIdInput};
-use crate::store::{commit_journal_blocking, now_rfc3339, Assoc, AuditRow, JournalEntry, Role};
+use crate::store::{now_rfc3339, Assoc, AuditRow, JournalEntry, Role};
 use crate::{AppState, Inner};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -433,28 +433,43 @@ pub enum TpmAnswer {
     RateLimited,
 }
 
-/// Help desk "Manage TPM": the device's current TPM lockout authorization.
-pub fn lookup_tpm(st: &Inner, req: &TpmRequest) -> Result<TpmAnswer, AppError> {
+/// Help desk "Manage TPM": the device's current TPM lockout authorization. Like a key
+/// request, the decision runs in the group-commit writer's batch and the value is shown only
+/// after the transaction holding its audit row and its disclosure mark (the device must
+/// rotate it) has committed: one transaction, or neither (API.md, "Audit").
+pub async fn lookup_tpm(st: &AppState, req: TpmRequest) -> Result<TpmAnswer, AppError> {
+    st.run_staged(move |s| lookup_tpm_staged(s, &req)).await
+}
+
+/// Answers a Manage TPM request without writing: the answer and the entries (audit row,
+/// and for a shown value its disclosure mark) to commit before it may be sent. Reads only.
+pub fn lookup_tpm_staged(
+    st: &Inner,
+    req: &TpmRequest,
+) -> Result<(TpmAnswer, Vec<JournalEntry>), AppError> {
     let end_user = req.end_user.as_deref().filter(|u| !u.is_empty());
-    let a = |outcome: &str, device: Option<String>| {
-        let who = Who {
-            source: req.source,
-            requester: &req.requester,
-            end_user,
-            key_type: "tpm_lockout",
-            reason: &req.reason,
-        };
-        let mut journal = Vec::with_capacity(1);
-        audit(&mut journal, &who, device, None, outcome);
-        commit_journal_blocking(st.store.as_ref(), journal)
+    let who = Who {
+        source: req.source,
+        requester: &req.requester,
+        end_user,
+        key_type: "tpm_lockout",
+        reason: &req.reason,
+    };
+    let mut journal = Vec::with_capacity(2);
+    let answered = |mut journal: Vec<JournalEntry>, answer, outcome: &str, device: &str| {
+        audit(&mut journal, &who, Some(device.to_string()), None, outcome);
+        Ok((answer, journal))
     };
     if rate_limited(st, &req.requester)? {
-        a("rate_limited", Some(req.computer.clone()))?;
-        return Ok(TpmAnswer::RateLimited);
+        return answered(
+            journal,
+            TpmAnswer::RateLimited,
+            "rate_limited",
+            &req.computer,
+        );
     }
     let Some(dev) = st.store.device_by_name(&req.computer)? else {
-        a("not_found", Some(req.computer.clone()))?;
-        return Ok(TpmAnswer::NotFound);
+        return answered(journal, TpmAnswer::NotFound, "not_found", &req.computer);
     };
     if !req.role.is_advanced() {
         let user = end_user.unwrap_or("");
@@ -464,19 +479,17 @@ pub fn lookup_tpm(st: &Inner, req: &TpmRequest) -> Result<TpmAnswer, AppError> {
             .iter()
             .any(|(d, _)| *d == dev.row);
         if !ok {
-            a("denied", Some(dev.name.clone()))?;
-            return Ok(TpmAnswer::NotFound);
+            return answered(journal, TpmAnswer::NotFound, "denied", &dev.name);
         }
     }
     let Some(rec) = st.store.current_tpm_lockout(dev.row)? else {
-        a("not_found", Some(dev.name.clone()))?;
-        return Ok(TpmAnswer::NotFound);
+        return answered(journal, TpmAnswer::NotFound, "not_found", &dev.name);
     };
     let plain = st.sealer.open(&dev.row.to_be_bytes(), &rec.sealed)?;
-    st.store.mark_tpm_disclosed(rec.row)?;
-    a("shown", Some(dev.name.clone()))?;
-    Ok(TpmAnswer::Shown {
-        device: dev.name,
+    journal.push(JournalEntry::TpmDisclosed { row: rec.row });
+    let shown = TpmAnswer::Shown {
+        device: dev.name.clone(),
         lockout_auth_hex: hex::encode(plain),
-    })
+    };
+    answered(journal, shown, "shown", &dev.name)
 }

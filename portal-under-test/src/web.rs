@@ -775,7 +775,7 @@ async fn tpm_post(State(st): State<AppState>, jar: CookieJar, f: FormData) -> Re
         end_user,
         reason,
     };
-    let ans = match st.run(move |i| lookup::lookup_tpm(i, &req)).await {
+    let ans = match lookup::lookup_tpm(&st, req).await {
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };

@@ -13,6 +13,11 @@ pub enum JournalEntry {
     KeyDisclosed {
         key_row: i64,
     },
+    /// Marks a TPM lockout authorization disclosed (the device must rotate it); a no-op if
+    /// it already is.
+    TpmDisclosed {
+        row: i64,
+    },
 }
 
 fn journal_failed(m: String) -> StoreError {

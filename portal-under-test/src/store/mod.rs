@@ -88,7 +88,6 @@ pub trait Store: Send + Sync + 'static {
 
     fn put_tpm_lockout(&self, device_row: i64, sealed: &Sealed) -> Result<(), StoreError>;
     fn current_tpm_lockout(&self, device_row: i64) -> Result<Option<TpmRecord>, StoreError>;
-    fn mark_tpm_disclosed(&self, row: i64) -> Result<(), StoreError>;
     fn tpm_rotation_pending(&self, device_row: i64) -> Result<bool, StoreError>;
 
     fn load_settings(&self) -> Result<Option<String>, StoreError>;

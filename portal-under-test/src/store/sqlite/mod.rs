@@ -706,15 +706,6 @@ impl Store for SqliteStore {
         })
     }
 
-    fn mark_tpm_disclosed(&self, row: i64) -> Result<(), StoreError> {
-        let (now, _) = now_rfc3339();
-        self.conn().execute(
-            "UPDATE tpm_lockout SET disclosed_at = ?2 WHERE id = ?1 AND disclosed_at IS NULL",
-            params![row, now],
-        )?;
-        Ok(())
-    }
-
     fn tpm_rotation_pending(&self, device_row: i64) -> Result<bool, StoreError> {
         self.read(|c| {
         let n: i64 = c.query_row(

@@ -139,6 +139,12 @@ fn write_journal(c: &mut Connection, entries: &[JournalEntry]) -> Result<(), Sto
                 )?
                 .execute(params![key_row, now])?;
             }
+            JournalEntry::TpmDisclosed { row } => {
+                tx.prepare_cached(
+                    "UPDATE tpm_lockout SET disclosed_at = ?2 WHERE id = ?1 AND disclosed_at IS NULL",
+                )?
+                .execute(params![row, now])?;
+            }
         }
     }
     tx.commit()?;
