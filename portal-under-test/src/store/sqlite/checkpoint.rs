@@ -1,9 +1,11 @@
 //! The background WAL checkpointer.
 
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use rusqlite::Connection;
+
+use super::read_pool::lock;
 
 /// How often the background thread copies the WAL back into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -12,8 +14,11 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(5
 /// pays for a checkpoint (and its fsync). Passive checkpoints never wait for readers or the
 /// writer. The connection is opened per tick and closed again: a held connection would keep
 /// the import from leaving WAL mode. Errors are logged and retried at the next tick.
-pub(super) fn checkpointer(path: PathBuf, stop: mpsc::Receiver<()>) {
+/// `turn` is held during each checkpoint: the group-commit writer takes it too before it
+/// truncates the WAL (SQLite refuses a second checkpointer at once without waiting).
+pub(super) fn checkpointer(path: PathBuf, stop: mpsc::Receiver<()>, turn: Arc<Mutex<()>>) {
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        let _turn = lock(&turn);
         let res = Connection::open(&path)
             .and_then(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())));
         match res {

@@ -93,9 +93,11 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let (stop_checkpoints, stop) = mpsc::channel();
         let p = path.to_path_buf();
+        let checkpoint_turn = Arc::new(Mutex::new(()));
+        let turn = checkpoint_turn.clone();
         std::thread::Builder::new()
             .name("wal-checkpoint".into())
-            .spawn(move || checkpoint::checkpointer(p, stop))
+            .spawn(move || checkpoint::checkpointer(p, stop, turn))
             .map_err(|e| StoreError::Corrupt(format!("starting the WAL checkpointer: {e}")))?;
         let writer = Arc::new(Mutex::new(conn));
         let (tx, rx) = mpsc::channel();
@@ -105,7 +107,7 @@ impl SqliteStore {
         let wal = std::path::PathBuf::from(wal);
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer::journal_writer(w, rx, wal, wal_limit))
+            .spawn(move || writer::journal_writer(w, rx, wal, wal_limit, checkpoint_turn))
             .map_err(|e| StoreError::Corrupt(format!("starting the audit writer: {e}")))?;
         Ok(SqliteStore {
             writer,

@@ -33,13 +33,16 @@ pub(super) const WAL_TRUNCATE_ABOVE: u64 = 64 * 1024 * 1024;
 /// interleave. That copies what the background checkpointer has not yet copied, waits (the
 /// connection's busy timeout) for readers still on older snapshots — lookups' reads are
 /// short — and empties the file. Busy (another checkpoint running, a reader in the way): the
-/// file stays as it is and the next batch tries again.
-fn bound_wal(c: &Connection, wal: &Path, limit: u64) {
+/// file stays as it is and the next batch tries again. `turn` is the background
+/// checkpointer's: SQLite answers a second checkpointer "busy" at once, so without it a
+/// long background checkpoint on a loaded machine would let the WAL grow meanwhile.
+fn bound_wal(c: &Connection, wal: &Path, limit: u64, turn: &Mutex<()>) {
     match std::fs::metadata(wal) {
         Ok(m) if m.len() > limit => {}
         // Under the limit, or no WAL (an import has left WAL mode for a while).
         _ => return,
     }
+    let _turn = lock(turn);
     let t0 = std::time::Instant::now();
     let res = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
@@ -66,6 +69,7 @@ pub(super) fn journal_writer(
     rx: mpsc::Receiver<JournalJob>,
     wal: PathBuf,
     wal_limit: u64,
+    checkpoint_turn: Arc<Mutex<()>>,
 ) {
     ON_JOURNAL_WRITER.with(|w| w.set(true));
     let mut entries = Vec::new();
@@ -88,7 +92,7 @@ pub(super) fn journal_writer(
         } else {
             let mut c = lock(&writer);
             let res = write_journal(&mut c, &entries).map_err(|e| e.to_string());
-            bound_wal(&c, &wal, wal_limit);
+            bound_wal(&c, &wal, wal_limit, &checkpoint_turn);
             res
         };
         entries.clear();

@@ -10,8 +10,8 @@ use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use portal_under_test::clock::{Clock, ManualClock};
 use portal_under_test::config::{Config, SettingsPatch};
-use portal_under_test::crypto::{random_token, token_hash, Argon2Config};
-use portal_under_test::store::Role;
+use portal_under_test::crypto::{random_token, token_hash, Argon2Config, Sealer};
+use portal_under_test::store::{Role, SqliteStore};
 use portal_under_test::{app, AppState};
 use rand::Rng;
 use serde_json::{json, Value};
@@ -72,6 +72,20 @@ impl Portal {
     fn with_config(config: Config, clock: Option<ManualClock>) -> Portal {
         let dir = tempfile::tempdir().unwrap();
         let state = AppState::open_data_dir(dir.path(), config).unwrap();
+        Self::with_state(dir, state, clock)
+    }
+
+    /// A portal on SQLite whose writer truncates the WAL above `limit` bytes.
+    pub fn with_wal_limit(limit: u64) -> Portal {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_with_wal_limit(&dir.path().join("portal.sqlite3"), limit);
+        let sealer = Sealer::load_or_create(&dir.path().join("portal.key")).unwrap();
+        let config = fast_config(SettingsPatch::default());
+        let state = AppState::new(config, Arc::new(store.unwrap()), sealer).unwrap();
+        Self::with_state(dir, state, None)
+    }
+
+    fn with_state(dir: tempfile::TempDir, state: AppState, clock: Option<ManualClock>) -> Portal {
         let hash = state.hasher.hash(PASSWORD).unwrap();
         let admin = state
             .store
