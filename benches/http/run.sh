@@ -5,6 +5,8 @@
 #
 #   benches/http/run.sh                 # N=10000000 (imports once into target/http-bench)
 #   N=100000 DURATION=5s benches/http/run.sh
+#   WAL_SOAK=120 benches/http/run.sh    # then 120 s of lookups at 64 connections, watching
+#                                       # the SQLite WAL's size and the audit table's growth
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-10000000}
@@ -78,3 +80,34 @@ for C in 64 2; do
   done
 done
 echo "load: $(cat /proc/loadavg)"
+
+# WAL soak: the audited lookup at 64 connections for WAL_SOAK seconds while the size of
+# portal.sqlite3-wal is sampled every second; then the audit table's growth per request
+# (pages added to the store file per audit row; nothing else writes meanwhile). Needs the
+# sqlite3 command-line shell.
+if [ -n "${WAL_SOAK:-}" ]; then
+  command -v sqlite3 >/dev/null || { echo "sqlite3 is missing: apt-get install sqlite3" >&2; exit 2; }
+  DB="$DATA/portal.sqlite3"
+  store_stats() { sqlite3 "$DB" "PRAGMA busy_timeout=5000; SELECT (SELECT max(id) FROM audit), (SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size());"; }
+  BEFORE=$(store_stats)
+  echo "== WAL soak: /api/helpdesk/lookup, 64 connections, ${WAL_SOAK} s; WAL size every 10 s (MB):"
+  EXPECT_200='"recovery_password":"' LOOKUP_PATH=/api/helpdesk/lookup \
+    wrk -t2 -c64 -d"${WAL_SOAK}s" --latency -s benches/http/lookup.lua "$URL" > "$WORK/soak.txt" &
+  WRK=$!
+  MAX=0; S=0; LINE=""
+  while kill -0 $WRK 2>/dev/null; do
+    SIZE=$(stat -c %s "$DB-wal" 2>/dev/null || echo 0)
+    [ "$SIZE" -gt "$MAX" ] && MAX=$SIZE
+    [ $((S % 10)) = 0 ] && LINE="$LINE $(awk "BEGIN{printf \"%.1f\", $SIZE/1e6}")"
+    S=$((S + 1)); sleep 1
+  done
+  wait $WRK
+  grep -E "Requests/sec|Latency|99%|Non-2xx|Socket errors|checked:" "$WORK/soak.txt"
+  echo "WAL samples:$LINE"
+  echo "WAL largest sample: $(awk "BEGIN{printf \"%.1f\", $MAX/1e6}") MB; now $(stat -c %s "$DB-wal" 2>/dev/null || echo 0) bytes"
+  AFTER=$(store_stats)
+  echo "audit rows and store bytes before: $BEFORE, after: $AFTER"
+  awk -F'|' -v b="$BEFORE" -v a="$AFTER" 'BEGIN{split(b,x,"|"); split(a,y,"|");
+    printf "audit growth: %d rows, %.1f MB, %.0f bytes per row\n", y[1]-x[1], (y[2]-x[2])/1e6, (y[2]-x[2])/(y[1]-x[1])}'
+  echo "load: $(cat /proc/loadavg)"
+fi
