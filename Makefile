@@ -16,7 +16,9 @@ demo: deps
 # build lives in its own target dir so the default portal binary stays fault-free.
 FAILPOINTS_TARGET := target/failpoints
 
-# nextest runs last so its summary closes the output.
+# nextest runs last so its summary closes the output. The portal's suite runs twice: on
+# SQLite with the rest, then on PostgreSQL (a private cluster scripts/with-postgres.sh starts
+# and always stops; no PostgreSQL installed is an error, never a skip).
 test: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -24,6 +26,8 @@ test: deps
 	cargo build -p portal-under-test --features failpoints --target-dir $(FAILPOINTS_TARGET) --locked
 	PORTAL_FAILPOINTS_BIN=$(CURDIR)/$(FAILPOINTS_TARGET)/debug/portal-under-test \
 	  cargo nextest run --workspace --locked --no-fail-fast
+	PORTAL_TEST_ENGINE=postgres scripts/with-postgres.sh \
+	  cargo nextest run -p portal-under-test --locked --no-fail-fast
 
 bench: deps
 	cargo bench -p swtpm -p benches

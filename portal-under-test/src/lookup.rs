@@ -10,8 +10,10 @@ use crate::error::AppError;
 use crate::fp;
 use crate::index::IndexEntry;
 use crate::keyid::{format_guid, KeyIdInput};
-use crate::store::{commit_journal_blocking, now_rfc3339, Assoc, AuditRow, JournalEntry, Role};
-use crate::Inner;
+use crate::store::{
+    commit_journal_blocking, now_rfc3339, unix_us, Assoc, AuditRow, JournalEntry, Role,
+};
+use crate::{AppState, Inner};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -151,8 +153,10 @@ fn rate_limited(st: &Inner, requester: &str) -> Result<bool, AppError> {
     let Some((window_secs, limit)) = st.failure_limit_for(requester) else {
         return Ok(false);
     };
-    let (_, now) = now_rfc3339();
-    let since = now - window_secs as i64;
+    // Microseconds: a failure leaves the window exactly `window_secs` after it was recorded.
+    let now_us = unix_us(time::OffsetDateTime::now_utc());
+    let window_us = i64::try_from(window_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+    let since = now_us.saturating_sub(window_us);
     Ok(st.store.count_failures(requester, since)? >= limit)
 }
 
@@ -218,17 +222,18 @@ fn candidates(st: &Inner, key: KeyIdInput) -> Vec<IndexEntry> {
     }
 }
 
-/// Answers one key request and writes its audit row (and disclosure mark): returns only
-/// after they are committed. Blocks: call it on a blocking thread.
-pub fn lookup_key(st: &Inner, req: &KeyRequest) -> Result<KeyAnswer, AppError> {
-    let (answer, journal) = lookup_key_staged(st, req)?;
-    commit_journal_blocking(st.store.as_ref(), journal)?;
-    Ok(answer)
+/// Answers one key request as one disclose-with-audit (`Store::disclose_with_audit`): the
+/// answer comes back only after its audit row (and disclosure mark) committed, and the
+/// requester's failed-lookup limit is checked and counted atomically.
+pub async fn lookup_key(st: &AppState, req: KeyRequest) -> Result<KeyAnswer, AppError> {
+    let requester = req.requester.clone();
+    st.run_staged(&requester, move |s| lookup_key_staged(s, &req))
+        .await
 }
 
 /// Answers one key request without writing: returns the answer and the audit row (plus the
-/// disclosure mark of a shown key) that must be committed (`store::commit_journal_blocking`,
-/// or `store::stage_and_commit` on the writer thread) before the answer may be sent. Reads
+/// disclosure mark of a shown key) that must be committed (`store::stage_and_commit`, which
+/// [`lookup_key`] uses) before the answer may be sent. Reads
 /// only (the store's reads and the in-memory index).
 pub fn lookup_key_staged(
     st: &Inner,

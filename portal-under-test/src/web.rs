@@ -581,7 +581,7 @@ async fn self_key(State(st): State<AppState>, headers: HeaderMap, f: FormData) -
         end_user: None,
         reason,
     };
-    let ans = match st.run(move |i| lookup::lookup_key(i, &req)).await {
+    let ans = match lookup::lookup_key(&st, req).await {
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
@@ -730,7 +730,7 @@ async fn help_key(State(st): State<AppState>, headers: HeaderMap, f: FormData) -
         end_user,
         reason,
     };
-    let ans = match st.run(move |i| lookup::lookup_key(i, &req)).await {
+    let ans = match lookup::lookup_key(&st, req).await {
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
