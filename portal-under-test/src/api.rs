@@ -503,7 +503,7 @@ fn nonempty(v: Option<String>) -> Option<String> {
 /// Validates audit filters and returns the matching rows (format checked by the caller).
 pub async fn audit_rows(st: &AppState, q: AuditQuery) -> Result<Vec<AuditRow>, AppError> {
     let since_us = match nonempty(q.since) {
-        Some(s) => Some(store::unix_us(
+        Some(s) => Some(store::unix_us_ceil(
             time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
                 .map_err(|_| AppError::invalid("since", "must be an RFC 3339 time"))?,
         )),

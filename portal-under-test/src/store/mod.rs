@@ -181,9 +181,20 @@ pub fn unix_us(t: time::OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
 }
 
-/// Now, as RFC 3339 (with the fraction of a second) and as whole seconds since the epoch.
+/// The earliest whole microsecond at or after `t` (so "at or after `t`" compares exactly
+/// against times the store keeps in microseconds).
+pub fn unix_us_ceil(t: time::OffsetDateTime) -> i64 {
+    let ns = t.unix_timestamp_nanos();
+    i64::try_from(ns.div_euclid(1000) + i128::from(ns.rem_euclid(1000) != 0)).unwrap_or(i64::MAX)
+}
+
+/// Now, as RFC 3339 (to the microsecond, the precision the store keeps and compares) and as
+/// whole seconds since the epoch.
 pub fn now_rfc3339() -> (String, i64) {
     let now = time::OffsetDateTime::now_utc();
+    let now = now
+        .replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now);
     let s = now
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| now.unix_timestamp().to_string());

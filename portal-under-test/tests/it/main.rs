@@ -13,3 +13,4 @@ mod prop;
 mod security;
 mod self_service;
 mod server;
+mod store_guarantees;

@@ -105,7 +105,10 @@ async fn real_binary_bootstrap_import_serve_and_sigterm() {
     let data = dir.path().join("data");
     // The engine under test: every command gets the same database.
     let db = crate::common::engine_url();
-    let db_args: Vec<&str> = db.iter().flat_map(|u| ["--database-url", u.as_str()]).collect();
+    let db_args: Vec<&str> = db
+        .iter()
+        .flat_map(|u| ["--database-url", u.as_str()])
+        .collect();
     let out = Command::new(BIN)
         .args(["admin", "bootstrap", "--data-dir"])
         .arg(&data)
