@@ -19,7 +19,9 @@ demo: deps
 # in the default build, below.
 FAILPOINTS_TARGET := target/failpoints
 
-# nextest runs last so its summary closes the output.
+# nextest runs last so its summary closes the output. The portal's suite runs twice: on
+# SQLite with the rest, then on PostgreSQL (a private cluster scripts/with-postgres.sh starts
+# and always stops; no PostgreSQL installed is an error, never a skip).
 test: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -29,6 +31,11 @@ test: deps
 	  --locked --no-fail-fast -E 'test(/^faults::/)'
 	PORTAL_FAILPOINTS_BIN=$(CURDIR)/$(FAILPOINTS_TARGET)/debug/portal-under-test \
 	  cargo nextest run --workspace --locked --no-fail-fast
+	PORTAL_TEST_ENGINE=postgres scripts/with-postgres.sh \
+	  cargo nextest run -p portal-under-test --locked --no-fail-fast
+	PORTAL_TEST_ENGINE=postgres scripts/with-postgres.sh \
+	  cargo nextest run -p portal-under-test --features failpoints --target-dir $(FAILPOINTS_TARGET) \
+	  --locked --no-fail-fast -E 'test(/^faults::/)'
 
 bench: deps
 	cargo bench -p swtpm -p benches

@@ -20,6 +20,7 @@ packages=(
   chromium              # harness run --browser: the self-service user in headless Chromium
   chromium-driver       # chromedriver, the WebDriver server the harness drives Chromium through
   fonts-ipafont-gothic  # a Japanese font, so the Japanese pages render (and screenshot) as text
+  postgresql            # the portal's second engine: make test runs its suite on a private cluster
 )
 
 missing=()

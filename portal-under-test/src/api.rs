@@ -16,7 +16,7 @@ use crate::lookup::{self, KeyAnswer, Source};
 use crate::store::{
     Account, AuditFilter, AuditRow, Device, EscrowResult, NewKey, Role, SignInKind, StoreError,
 };
-use crate::{AppState, Inner};
+use crate::{store, AppState, Inner};
 
 /// `Json` whose rejections use the documented error body (400 `body`, 413).
 pub struct JsonBody<T>(pub T);
@@ -502,12 +502,11 @@ fn nonempty(v: Option<String>) -> Option<String> {
 
 /// Validates audit filters and returns the matching rows (format checked by the caller).
 pub async fn audit_rows(st: &AppState, q: AuditQuery) -> Result<Vec<AuditRow>, AppError> {
-    let since_unix = match nonempty(q.since) {
-        Some(s) => Some(
+    let since_us = match nonempty(q.since) {
+        Some(s) => Some(store::unix_us_ceil(
             time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
-                .map_err(|_| AppError::invalid("since", "must be an RFC 3339 time"))?
-                .unix_timestamp(),
-        ),
+                .map_err(|_| AppError::invalid("since", "must be an RFC 3339 time"))?,
+        )),
         None => None,
     };
     let source = nonempty(q.source);
@@ -526,7 +525,7 @@ pub async fn audit_rows(st: &AppState, q: AuditQuery) -> Result<Vec<AuditRow>, A
         }
     }
     let f = AuditFilter {
-        since_unix,
+        since_us,
         source,
         outcome,
         user: nonempty(q.user),

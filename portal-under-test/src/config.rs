@@ -217,6 +217,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     #[serde(default = "default_bulk")]
     pub max_bulk_body_bytes: usize,
+    /// `postgres://...`: keep the store in that PostgreSQL database instead of the SQLite
+    /// file in the data dir. `--database-url` overrides it.
+    #[serde(default)]
+    pub database_url: Option<String>,
     /// Set by `serve` under TLS: adds `Secure` to the session cookie. Not read from the file.
     #[serde(skip)]
     pub secure_cookies: bool,
@@ -241,6 +245,7 @@ impl Default for Config {
             argon2: Argon2Config::default(),
             max_body_bytes: default_body(),
             max_bulk_body_bytes: default_bulk(),
+            database_url: None,
             secure_cookies: false,
             clock: Clock::System,
         }

@@ -35,7 +35,7 @@ use crypto::{PasswordHashing, Sealed, Sealer};
 use error::AppError;
 use index::PrefixIndex;
 use session::Sessions;
-use store::{SqliteStore, Store};
+use store::Store;
 
 /// The committed OpenAPI document, served at `/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -124,36 +124,38 @@ impl AppState {
             &[0u8; 16],
             b"000000-000000-000000-000000-000000-000000-000000-000000",
         )?;
+        let sessions = Sessions::new(store.clone(), config.clock.clone());
         Ok(AppState(Arc::new(Inner {
             store,
             index,
             sealer,
             hasher,
-            sessions: Sessions::new(config.clock.clone()),
+            sessions,
             config,
             settings: RwLock::new(settings),
             dummy_sealed,
         })))
     }
 
-    /// Opens (creating if needed) a data directory: `portal.sqlite3` and the key file.
+    /// Opens (creating if needed) a data directory (the key file, and `portal.sqlite3` unless
+    /// `config.database_url` names a PostgreSQL database).
     pub fn open_data_dir(dir: &Path, config: Config) -> Result<Self, InitError> {
-        let store = open_store(dir)?;
+        let store = open_store(dir, config.database_url.as_deref())?;
         let sealer = Sealer::load_or_create(&dir.join("portal.key"))?;
         Self::new(config, store, sealer)
     }
 
-    /// Runs `f` on the group-commit writer thread and commits the audit entries it returns
-    /// in that batch's transaction; the value comes back only after the commit
+    /// Runs `f` as `requester`'s audited decision and commits the audit entries it returns
+    /// in one transaction; the value comes back only after the commit
     /// (`store::stage_and_commit`). `f` reads only: no writes, no waiting for a commit.
-    pub async fn run_staged<T, F>(&self, f: F) -> Result<T, AppError>
+    pub async fn run_staged<T, F>(&self, requester: &str, f: F) -> Result<T, AppError>
     where
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<(T, Vec<store::JournalEntry>), AppError> + Send + 'static,
     {
         let inner = self.0.clone();
         let store = inner.store.clone();
-        store::stage_and_commit(store.as_ref(), move || f(&inner)).await
+        store::stage_and_commit(store.as_ref(), requester, move || f(&inner)).await
     }
 
     /// Runs store work on a blocking thread.
@@ -167,13 +169,14 @@ impl AppState {
     }
 }
 
-/// Creates the data dir if missing and opens/migrates the SQLite store in it.
-pub fn open_store(dir: &Path) -> Result<Arc<dyn Store>, InitError> {
+/// Creates the data dir if missing and opens/migrates the store: the PostgreSQL database at
+/// `database_url`, or else the SQLite file in `dir`.
+pub fn open_store(dir: &Path, database_url: Option<&str>) -> Result<Arc<dyn Store>, InitError> {
     std::fs::create_dir_all(dir).map_err(|source| InitError::DataDir {
         path: dir.display().to_string(),
         source,
     })?;
-    Ok(Arc::new(SqliteStore::open(&dir.join("portal.sqlite3"))?))
+    Ok(store::open(database_url, dir)?)
 }
 
 async fn openapi() -> impl axum::response::IntoResponse {

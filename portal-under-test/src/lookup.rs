@@ -12,7 +12,7 @@ use crate::error::AppError;
 use crate::fp;
 use crate::index::IndexEntry;
 use crate::keyid::{format_guid, parse_key_id_input, KeyIdInput};
-use crate::store::{now_rfc3339, Assoc, AuditRow, JournalEntry, Role};
+use crate::store::{now_rfc3339, unix_us, Assoc, AuditRow, JournalEntry, Role};
 use crate::{AppState, Inner};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,8 +211,10 @@ fn rate_limited(st: &Inner, requester: &str) -> Result<bool, AppError> {
     let Some((window_secs, limit)) = st.failure_limit_for(requester) else {
         return Ok(false);
     };
-    let (_, now) = now_rfc3339();
-    let since = now - window_secs as i64;
+    // Microseconds: a failure leaves the window exactly `window_secs` after it was recorded.
+    let now_us = unix_us(time::OffsetDateTime::now_utc());
+    let window_us = i64::try_from(window_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+    let since = now_us.saturating_sub(window_us);
     Ok(st.store.count_failures(requester, since)? >= limit)
 }
 
@@ -278,13 +280,15 @@ fn candidates(st: &Inner, key: KeyIdInput) -> Vec<IndexEntry> {
     }
 }
 
-/// Answers one key request, from any surface (self-service, help desk HTML, JSON API): the
-/// decision runs in the group-commit writer's batch ([`AppState::run_staged`]) and the
-/// answer comes back only after the transaction holding its audit row (and a shown key's
-/// disclosure mark) has committed; if that fails, the caller gets the error and nothing to
-/// show.
+/// Answers one key request, from any surface (self-service, help desk HTML, JSON API), as
+/// one disclose-with-audit (`Store::disclose_with_audit`): the answer comes back only after
+/// its audit row (and a shown key's disclosure mark) committed, and the requester's
+/// failed-lookup limit is checked and counted atomically. If the commit fails, the caller
+/// gets the error and nothing to show.
 pub async fn lookup_key(st: &AppState, req: KeyRequest) -> Result<KeyAnswer, AppError> {
-    st.run_staged(move |s| lookup_key_staged(s, &req)).await
+    let requester = req.requester.clone();
+    st.run_staged(&requester, move |s| lookup_key_staged(s, &req))
+        .await
 }
 
 /// Answers one key request without writing: returns the answer and the audit row (plus the
@@ -438,7 +442,9 @@ pub enum TpmAnswer {
 /// after the transaction holding its audit row and its disclosure mark (the device must
 /// rotate it) has committed: one transaction, or neither (API.md, "Audit").
 pub async fn lookup_tpm(st: &AppState, req: TpmRequest) -> Result<TpmAnswer, AppError> {
-    st.run_staged(move |s| lookup_tpm_staged(s, &req)).await
+    let requester = req.requester.clone();
+    st.run_staged(&requester, move |s| lookup_tpm_staged(s, &req))
+        .await
 }
 
 /// Answers a Manage TPM request without writing: the answer and the entries (audit row,

@@ -28,6 +28,10 @@ enum Cmd {
     Serve {
         #[arg(long)]
         data_dir: PathBuf,
+        /// Keep the store in this PostgreSQL database (`postgres://user@host:port/db`)
+        /// instead of `DATA_DIR/portal.sqlite3`. The data dir still holds the key file.
+        #[arg(long, env = "PORTAL_DATABASE_URL")]
+        database_url: Option<String>,
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
         #[arg(long)]
@@ -49,6 +53,10 @@ enum Cmd {
         file: PathBuf,
         #[arg(long)]
         data_dir: PathBuf,
+        /// Keep the store in this PostgreSQL database (`postgres://user@host:port/db`)
+        /// instead of `DATA_DIR/portal.sqlite3`. The data dir still holds the key file.
+        #[arg(long, env = "PORTAL_DATABASE_URL")]
+        database_url: Option<String>,
     },
 }
 
@@ -58,6 +66,10 @@ enum AdminCmd {
     Bootstrap {
         #[arg(long)]
         data_dir: PathBuf,
+        /// Keep the store in this PostgreSQL database (`postgres://user@host:port/db`)
+        /// instead of `DATA_DIR/portal.sqlite3`. The data dir still holds the key file.
+        #[arg(long, env = "PORTAL_DATABASE_URL")]
+        database_url: Option<String>,
         #[arg(long, default_value = "admin")]
         username: String,
     },
@@ -83,16 +95,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Serve {
             data_dir,
+            database_url,
             listen,
             config,
             insecure_http,
             tls_cert,
             tls_key,
         } => {
-            let config = match config {
+            let mut config = match config {
                 Some(p) => Config::from_file(&p)?,
                 None => Config::default(),
             };
+            if database_url.is_some() {
+                config.database_url = database_url;
+            }
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
             rt.block_on(async move {
                 let opts = ServeOptions {
@@ -118,9 +134,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Admin {
-            cmd: AdminCmd::Bootstrap { data_dir, username },
+            cmd:
+                AdminCmd::Bootstrap {
+                    data_dir,
+                    database_url,
+                    username,
+                },
         } => {
-            let store = portal_under_test::open_store(&data_dir)?;
+            let store = portal_under_test::open_store(&data_dir, database_url.as_deref())?;
             Sealer::load_or_create(&data_dir.join("portal.key"))?;
             let admin = match store.first_admin()? {
                 Some(a) => a,
@@ -135,10 +156,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Cmd::Import { file, data_dir } => {
+        Cmd::Import {
+            file,
+            data_dir,
+            database_url,
+        } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let store = portal_under_test::open_store(&data_dir)?;
+            let store = portal_under_test::open_store(&data_dir, database_url.as_deref())?;
             let sealer = Sealer::load_or_create(&data_dir.join("portal.key"))?;
             let t = std::time::Instant::now();
             let created = portal_under_test::import::import_jsonl(&text, &sealer, store.as_ref())?;

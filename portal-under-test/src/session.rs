@@ -2,15 +2,13 @@
 //! and counted from the last *request*, whatever the page does. Time comes from the
 //! portal's [`Clock`] (a test's manual clock in the idle tests).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-
-use time::OffsetDateTime;
 
 use crate::clock::Clock;
 use crate::crypto::random_token;
-use crate::store::Role;
+use crate::store::{unix_us, Role, Store, StoredSession};
 
 #[derive(Debug, Clone)]
 pub struct SessionUser {
@@ -25,7 +23,32 @@ pub struct Session {
     /// None before sign-in (the session only carries the sign-in form's CSRF token).
     pub user: Option<SessionUser>,
     pub notice_accepted: bool,
-    last_seen: OffsetDateTime,
+    /// Microseconds since the Unix epoch.
+    last_seen_us: i64,
+}
+
+impl Session {
+    fn stored(&self) -> StoredSession {
+        StoredSession {
+            id: self.id.clone(),
+            csrf: self.csrf.clone(),
+            user: self.user.as_ref().map(|u| (u.username.clone(), u.role)),
+            notice_accepted: self.notice_accepted,
+            last_seen_us: self.last_seen_us,
+        }
+    }
+
+    fn from_stored(s: StoredSession) -> Session {
+        Session {
+            id: s.id,
+            csrf: s.csrf,
+            user: s
+                .user
+                .map(|(username, role)| SessionUser { username, role }),
+            notice_accepted: s.notice_accepted,
+            last_seen_us: s.last_seen_us,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -38,86 +61,106 @@ pub enum SessionLookup {
 
 /// Anonymous (pre-sign-in) sessions are dropped after this long.
 const ANON_LIFETIME: Duration = Duration::from_secs(3600);
-/// Above this many sessions, stale ones are swept on insert.
-const SWEEP_ABOVE: usize = 10_000;
+/// Stale sessions are swept from the store once per this many new sessions.
+const SWEEP_EVERY: u64 = 1024;
 
-#[derive(Debug, Default)]
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// The sessions, kept in the store (not in process memory): a restart, or another portal
+/// process on the same database, signs no one out. A store error reads as "no session"
+/// (the user signs in again) and is logged.
 pub struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
+    store: Arc<dyn Store>,
+    created: AtomicU64,
     clock: Clock,
 }
 
-/// How long ago `then` was; a clock stepped backwards counts as no time at all.
-fn since(now: OffsetDateTime, then: OffsetDateTime) -> Duration {
-    Duration::try_from(now - then).unwrap_or(Duration::ZERO)
-}
-
 impl Sessions {
-    pub fn new(clock: Clock) -> Sessions {
+    pub fn new(store: Arc<dyn Store>, clock: Clock) -> Sessions {
         Sessions {
-            map: Mutex::default(),
+            store,
+            created: AtomicU64::new(0),
             clock,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    fn now_us(&self) -> i64 {
+        unix_us(self.clock.now())
+    }
+
+    fn put(&self, s: &Session) {
+        if let Err(e) = self.store.put_session(&s.stored()) {
+            tracing::error!(error = %e, "storing a session failed");
+        }
     }
 
     /// Creates a session with a fresh id and CSRF token.
     pub fn create(&self, user: Option<SessionUser>, max_idle: Duration) -> Session {
+        let now = self.now_us();
         let s = Session {
             id: random_token("s"),
             csrf: random_token("c"),
             user,
             notice_accepted: false,
-            last_seen: self.clock.now(),
+            last_seen_us: now,
         };
-        let mut map = self.lock();
-        if map.len() > SWEEP_ABOVE {
-            let now = self.clock.now();
-            map.retain(|_, v| {
-                let limit = if v.user.is_some() {
-                    max_idle
-                } else {
-                    ANON_LIFETIME
-                };
-                since(now, v.last_seen) <= limit
-            });
+        if self.created.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            let swept = self.store.sweep_sessions(
+                now.saturating_sub(micros(max_idle)),
+                now.saturating_sub(micros(ANON_LIFETIME)),
+            );
+            if let Err(e) = swept {
+                tracing::warn!(error = %e, "sweeping stale sessions failed");
+            }
         }
-        map.insert(s.id.clone(), s.clone());
+        self.put(&s);
         s
     }
 
     /// Looks a session up and counts the request as activity. A signed-in session idle for
     /// longer than `max_idle` is destroyed and reported as expired (unless `enforce` is off).
     pub fn touch(&self, id: &str, max_idle: Duration, enforce: bool) -> SessionLookup {
-        let mut map = self.lock();
-        let now = self.clock.now();
-        let Some(s) = map.get_mut(id) else {
-            return SessionLookup::Missing;
+        let stored = match self.store.session(id) {
+            Ok(Some(s)) => s,
+            Ok(None) => return SessionLookup::Missing,
+            Err(e) => {
+                tracing::error!(error = %e, "reading a session failed");
+                return SessionLookup::Missing;
+            }
         };
-        let idle = since(now, s.last_seen);
-        if s.user.is_some() && enforce && idle > max_idle {
-            let dead = s.clone();
-            map.remove(id);
-            return SessionLookup::Expired(dead);
+        let mut s = Session::from_stored(stored);
+        let now = self.now_us();
+        let idle = now.saturating_sub(s.last_seen_us);
+        if s.user.is_some() && enforce && idle > micros(max_idle) {
+            self.remove(id);
+            return SessionLookup::Expired(s);
         }
-        if s.user.is_none() && idle > ANON_LIFETIME {
-            map.remove(id);
+        if s.user.is_none() && idle > micros(ANON_LIFETIME) {
+            self.remove(id);
             return SessionLookup::Missing;
         }
-        s.last_seen = now;
-        SessionLookup::Live(s.clone())
+        s.last_seen_us = now;
+        self.put(&s);
+        SessionLookup::Live(s)
     }
 
     pub fn update(&self, id: &str, f: impl FnOnce(&mut Session)) {
-        if let Some(s) = self.lock().get_mut(id) {
-            f(s);
+        match self.store.session(id) {
+            Ok(Some(stored)) => {
+                let mut s = Session::from_stored(stored);
+                f(&mut s);
+                self.put(&s);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "reading a session failed"),
         }
     }
 
     pub fn remove(&self, id: &str) {
-        self.lock().remove(id);
+        if let Err(e) = self.store.delete_session(id) {
+            tracing::error!(error = %e, "deleting a session failed");
+        }
     }
 }

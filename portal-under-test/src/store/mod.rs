@@ -11,18 +11,56 @@ use crate::index::IndexEntry;
 
 mod journal;
 mod model;
+pub mod postgres;
 pub mod sqlite;
 
+pub(crate) use journal::journal_failed;
 pub use journal::{
-    commit_journal_blocking, stage_and_commit, CommitDone, JournalEntry, StagedWork,
+    commit_journal_blocking, stage_and_commit, AuditedWork, CommitDone, JournalEntry,
 };
 pub use model::*;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // The server's own message (`db error: ERROR: ...`), not only the error kind.
+        match e.as_db_error() {
+            Some(db) => StoreError::Postgres(db.to_string()),
+            None => StoreError::Postgres(e.to_string()),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Postgres(format!("connection pool: {e}"))
+    }
+}
+
+/// Opens the store the portal is configured for: PostgreSQL when `database_url` is a
+/// `postgres://` (or `postgresql://`) URL, else the SQLite file `portal.sqlite3` in `dir`.
+pub fn open(
+    database_url: Option<&str>,
+    dir: &std::path::Path,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    match database_url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(std::sync::Arc::new(PgStore::open(url)?))
+        }
+        Some(url) => Err(StoreError::Postgres(format!(
+            "database URL {url:?}: only postgres:// URLs are supported (SQLite needs none: it lives in the data dir)"
+        ))),
+        None => Ok(std::sync::Arc::new(SqliteStore::open(&dir.join("portal.sqlite3"))?)),
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("postgresql: {0}")]
+    Postgres(String),
     #[error("record {index}: {message}")]
     Conflict { index: usize, message: String },
     #[error("{field}: {message}")]
@@ -36,8 +74,10 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// Everything the portal persists. Implementations must be safe to call from many threads;
-/// calls are synchronous (run them on blocking threads).
+/// Everything the portal persists, in terms of what the portal does (escrow, sign-in,
+/// disclose-with-audit, ...). Implementations must be safe to call from many threads; calls
+/// are synchronous (run them on blocking threads). How an engine batches its commits is its
+/// own business (SQLite: a group-commit writer thread; PostgreSQL: one transaction each).
 pub trait Store: Send + Sync + 'static {
     fn create_account(
         &self,
@@ -67,7 +107,9 @@ pub trait Store: Send + Sync + 'static {
     fn key_by_row(&self, key_row: i64) -> Result<Option<KeyRecord>, StoreError>;
     fn key_by_id(&self, key_id: u128) -> Result<Option<KeyRecord>, StoreError>;
     fn current_keys(&self) -> Result<Vec<IndexEntry>, StoreError>;
-    fn mark_disclosed(&self, key_row: i64) -> Result<(), StoreError>;
+    fn mark_disclosed(&self, key_row: i64) -> Result<(), StoreError> {
+        self.commit_journal(vec![JournalEntry::KeyDisclosed { key_row }])
+    }
     /// Disclosed, not yet superseded keys of a device.
     fn keys_to_rotate(&self, device_row: i64) -> Result<Vec<u128>, StoreError>;
     fn supersede(&self, device_row: i64, old: u128, new: u128) -> Result<(), StoreError>;
@@ -93,20 +135,65 @@ pub trait Store: Send + Sync + 'static {
     fn load_settings(&self) -> Result<Option<String>, StoreError>;
     fn save_settings(&self, json: &str) -> Result<(), StoreError>;
 
-    /// Blocks until the row is committed (through the group-commit writer).
-    fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError>;
-    /// Queues work for the group-commit writer, which runs it, commits every queued job's
-    /// audit rows and disclosure marks in one transaction and then reports to each job's
-    /// `CommitDone` (see [`stage_and_commit`], [`commit_journal_blocking`]). All entries of
-    /// one job land in the same transaction.
-    fn submit_staged(&self, work: StagedWork);
+    /// Commits audit rows and disclosure marks in one transaction; returns only after the
+    /// commit. All or nothing.
+    fn commit_journal(&self, entries: Vec<JournalEntry>) -> Result<(), StoreError>;
+    /// Disclose-with-audit, as one atomic operation: runs `work` (a decision that only reads)
+    /// for `requester`, commits the audit rows and disclosure marks it returns in one
+    /// transaction and only then reports to the `CommitDone` it returned (with the commit's
+    /// error if it failed). Audited decisions of one requester are serialised: a decision's
+    /// [`Store::count_failures`] sees every earlier decision's failures, so a failed-lookup
+    /// limit checked inside `work` holds exactly. Returns at once; `work` runs elsewhere.
+    fn disclose_with_audit(&self, requester: &str, work: AuditedWork);
+    /// Blocks until the row is committed.
+    fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError> {
+        self.commit_journal(vec![JournalEntry::Audit(Box::new(row.clone()))])
+    }
     fn query_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError>;
-    /// Failed lookups (not_found, denied, not_eligible) by this requester since a time.
-    fn count_failures(&self, requester: &str, since_unix: i64) -> Result<u64, StoreError>;
+    /// Failed lookups ([`FAILED_LOOKUP_OUTCOMES`]) by this requester at or after `since_us`
+    /// (microseconds since the Unix epoch).
+    fn count_failures(&self, requester: &str, since_us: i64) -> Result<u64, StoreError>;
+
+    /// Creates or replaces a web session.
+    fn put_session(&self, session: &StoredSession) -> Result<(), StoreError>;
+    fn session(&self, id: &str) -> Result<Option<StoredSession>, StoreError>;
+    fn delete_session(&self, id: &str) -> Result<(), StoreError>;
+    /// Deletes signed-in sessions last seen before the first time and anonymous ones last
+    /// seen before the second (microseconds since the Unix epoch).
+    fn sweep_sessions(
+        &self,
+        signed_in_seen_before_us: i64,
+        anonymous_seen_before_us: i64,
+    ) -> Result<(), StoreError>;
 }
 
+/// Microseconds since the Unix epoch of an RFC 3339 time (0 if it does not parse: the
+/// portal writes every time it stores).
+pub fn time_us_of(rfc3339: &str) -> i64 {
+    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .map(unix_us)
+        .unwrap_or(0)
+}
+
+/// Microseconds since the Unix epoch.
+pub fn unix_us(t: time::OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+/// The earliest whole microsecond at or after `t` (so "at or after `t`" compares exactly
+/// against times the store keeps in microseconds).
+pub fn unix_us_ceil(t: time::OffsetDateTime) -> i64 {
+    let ns = t.unix_timestamp_nanos();
+    i64::try_from(ns.div_euclid(1000) + i128::from(ns.rem_euclid(1000) != 0)).unwrap_or(i64::MAX)
+}
+
+/// Now, as RFC 3339 (to the microsecond, the precision the store keeps and compares) and as
+/// whole seconds since the epoch.
 pub fn now_rfc3339() -> (String, i64) {
     let now = time::OffsetDateTime::now_utc();
+    let now = now
+        .replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now);
     let s = now
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| now.unix_timestamp().to_string());

@@ -120,9 +120,13 @@ pub struct AuditRow {
     pub outcome: String,
 }
 
+/// The audit outcomes that count towards the failed-lookup limit.
+pub const FAILED_LOOKUP_OUTCOMES: [&str; 3] = ["not_found", "denied", "not_eligible"];
+
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
-    pub since_unix: Option<i64>,
+    /// Rows at or after this time, in microseconds since the Unix epoch.
+    pub since_us: Option<i64>,
     pub source: Option<String>,
     pub outcome: Option<String>,
     pub user: Option<String>,
@@ -133,4 +137,16 @@ pub struct AuditFilter {
 pub struct TpmRecord {
     pub row: i64,
     pub sealed: Sealed,
+}
+
+/// A web session as stored (see `session.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    pub id: String,
+    pub csrf: String,
+    /// The signed-in account; None before sign-in.
+    pub user: Option<(String, Role)>,
+    pub notice_accepted: bool,
+    /// Microseconds since the Unix epoch.
+    pub last_seen_us: i64,
 }

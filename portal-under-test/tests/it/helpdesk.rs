@@ -396,11 +396,9 @@ async fn futures_join_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> 
 #[tokio::test]
 async fn a_token_written_by_another_process_is_honoured_at_once() {
     use portal_under_test::crypto::{random_token, token_hash};
-    use portal_under_test::store::Store;
     let (p, _c, k) = setup().await;
-    // As `admin bootstrap` does next to a running portal: its own connection to the file.
-    let other =
-        portal_under_test::store::SqliteStore::open(&p.dir.path().join("portal.sqlite3")).unwrap();
+    // As `admin bootstrap` does next to a running portal: its own connection to the store.
+    let other = portal_under_test::store::open(p.database_url.as_deref(), p.dir.path()).unwrap();
     let hd2 = other.account_by_name("CONTOSO\\hd2").unwrap().unwrap();
     let token = random_token("api");
     other.add_api_token(hd2.id, &token_hash(&token)).unwrap();

@@ -13,4 +13,5 @@ mod prop;
 mod security;
 mod self_service;
 mod server;
+mod store_guarantees;
 mod wal;

@@ -103,9 +103,16 @@ const BIN: &str = env!("CARGO_BIN_EXE_portal-under-test");
 async fn real_binary_bootstrap_import_serve_and_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    // The engine under test: every command gets the same database.
+    let db = crate::common::engine_url();
+    let db_args: Vec<&str> = db
+        .iter()
+        .flat_map(|u| ["--database-url", u.as_str()])
+        .collect();
     let out = Command::new(BIN)
         .args(["admin", "bootstrap", "--data-dir"])
         .arg(&data)
+        .args(&db_args)
         .output()
         .unwrap();
     assert!(
@@ -132,6 +139,7 @@ async fn real_binary_bootstrap_import_serve_and_sigterm() {
         .arg(&file)
         .arg("--data-dir")
         .arg(&data)
+        .args(&db_args)
         .output()
         .unwrap();
     assert!(
@@ -157,6 +165,7 @@ async fn real_binary_bootstrap_import_serve_and_sigterm() {
         .arg(&file)
         .arg("--data-dir")
         .arg(&data)
+        .args(&db_args)
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -166,6 +175,7 @@ async fn real_binary_bootstrap_import_serve_and_sigterm() {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
+        .args(&db_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

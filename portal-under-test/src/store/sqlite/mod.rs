@@ -11,9 +11,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::crypto::Sealed;
 use crate::index::IndexEntry;
 use crate::store::{
-    commit_journal_blocking, now_rfc3339, Account, Assoc, AuditFilter, AuditRow, Device,
-    EscrowResult, ImportRow, JournalEntry, KeyRecord, NewKey, Role, SignInKind, StagedWork, Store,
-    StoreError, TpmRecord,
+    journal_failed, now_rfc3339, Account, Assoc, AuditFilter, AuditRow, AuditedWork, CommitDone,
+    Device, EscrowResult, ImportRow, JournalEntry, KeyRecord, NewKey, Role, SignInKind, Store,
+    StoreError, StoredSession, TpmRecord, FAILED_LOOKUP_OUTCOMES,
 };
 
 mod checkpoint;
@@ -25,8 +25,7 @@ mod wal_tests;
 mod writer;
 
 use read_pool::{lock, ReadPool};
-use schema::SCHEMA;
-use writer::{JournalJob, ON_JOURNAL_WRITER};
+use writer::{pending_failures, JournalJob, ON_JOURNAL_WRITER};
 
 fn blob_to_u128(b: &[u8]) -> Result<u128, StoreError> {
     let arr: [u8; 16] = b
@@ -34,6 +33,9 @@ fn blob_to_u128(b: &[u8]) -> Result<u128, StoreError> {
         .map_err(|_| StoreError::Corrupt("key ID blob is not 16 bytes".into()))?;
     Ok(u128::from_be_bytes(arr))
 }
+
+/// id, csrf, username, role, notice accepted, last seen (microseconds).
+type SessionRow = (String, String, Option<String>, Option<String>, bool, i64);
 
 /// id, key_id, device_id, device name, nonce, ciphertext, superseded, disclosed.
 type KeyRow = (i64, Vec<u8>, i64, String, Vec<u8>, Vec<u8>, bool, bool);
@@ -80,14 +82,14 @@ impl SqliteStore {
     /// [`SqliteStore::open`] with the size above which the group-commit writer truncates the
     /// WAL (64 MiB by default; tests use a small one to see it happen).
     pub fn open_with_wal_limit(path: &Path, wal_limit: u64) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // 64 MiB page cache: bulk escrow touches the key-ID index all over.
         conn.pragma_update(None, "cache_size", -65536)?;
-        conn.execute_batch(SCHEMA)?;
+        schema::migrate(&mut conn)?;
         let tokens = load_tokens(&conn)?;
         // Commits never checkpoint: the checkpoint thread does (see `checkpointer`).
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -119,6 +121,12 @@ impl SqliteStore {
             journal: Mutex::new(tx),
             _checkpointer: stop_checkpoints,
         })
+    }
+
+    /// Queues work for the group-commit writer. A stopped writer drops it unrun: its caller
+    /// sees "the writer stopped".
+    fn submit(&self, work: JournalJob) {
+        drop(lock(&self.journal).send(work));
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -515,10 +523,6 @@ impl Store for SqliteStore {
         })
     }
 
-    fn mark_disclosed(&self, key_row: i64) -> Result<(), StoreError> {
-        commit_journal_blocking(self, vec![JournalEntry::KeyDisclosed { key_row }])
-    }
-
     fn keys_to_rotate(&self, device_row: i64) -> Result<Vec<u128>, StoreError> {
         self.read(|c| {
 
@@ -736,13 +740,21 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError> {
-        commit_journal_blocking(self, vec![JournalEntry::Audit(Box::new(row.clone()))])
+    fn commit_journal(&self, entries: Vec<JournalEntry>) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        // A caller that went away no longer needs the answer: a failed send is fine.
+        let done: CommitDone = Box::new(move |res| drop(tx.send(res)));
+        self.submit(Box::new(move || (entries, done)));
+        match rx.recv() {
+            Ok(r) => r.map_err(journal_failed),
+            Err(_) => Err(journal_failed("the writer stopped".into())),
+        }
     }
 
-    fn submit_staged(&self, work: StagedWork) {
-        // A stopped writer drops `work` unrun: its caller sees "the writer stopped".
-        drop(lock(&self.journal).send(work));
+    /// Every decision runs on the one group-commit writer thread, so decisions are serial;
+    /// its batch commits them together.
+    fn disclose_with_audit(&self, _requester: &str, work: AuditedWork) {
+        self.submit(work);
     }
 
     fn query_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
@@ -750,13 +762,13 @@ impl Store for SqliteStore {
 
         let mut st = c.prepare_cached(
             "SELECT id, time, source, requester, end_user, device, key_id, key_type, reason, outcome FROM audit
-             WHERE (?1 IS NULL OR time_unix >= ?1) AND (?2 IS NULL OR source = ?2) AND (?3 IS NULL OR outcome = ?3)
+             WHERE (?1 IS NULL OR time_us >= ?1) AND (?2 IS NULL OR source = ?2) AND (?3 IS NULL OR outcome = ?3)
                AND (?4 IS NULL OR requester_lc = ?4 OR lower(end_user) = ?4) AND (?5 IS NULL OR lower(device) = ?5)
              ORDER BY id",
         )?;
         let rows = st.query_map(
             params![
-                f.since_unix,
+                f.since_us,
                 f.source,
                 f.outcome,
                 f.user.as_ref().map(|u| u.to_lowercase()),
@@ -781,14 +793,91 @@ impl Store for SqliteStore {
         })
     }
 
-    fn count_failures(&self, requester: &str, since_unix: i64) -> Result<u64, StoreError> {
-        self.read(|c| {
-        let n: i64 = c
+    /// On the writer thread (inside a disclose-with-audit), the failures of the decisions
+    /// earlier in the same, not yet committed batch count too.
+    fn count_failures(&self, requester: &str, since_us: i64) -> Result<u64, StoreError> {
+        let lc = requester.to_lowercase();
+        let committed = self.read(|c| {
+            let n: i64 = c
+                .prepare_cached(
+                    "SELECT count(*) FROM audit WHERE requester_lc = ?1 AND time_us >= ?2 AND outcome IN (?3, ?4, ?5)",
+                )?
+                .query_row(
+                    params![
+                        lc,
+                        since_us,
+                        FAILED_LOOKUP_OUTCOMES[0],
+                        FAILED_LOOKUP_OUTCOMES[1],
+                        FAILED_LOOKUP_OUTCOMES[2]
+                    ],
+                    |r| r.get(0),
+                )?;
+            Ok(n.max(0) as u64)
+        })?;
+        Ok(committed + pending_failures(&lc, since_us))
+    }
+
+    fn put_session(&self, s: &StoredSession) -> Result<(), StoreError> {
+        let (user, role) = match &s.user {
+            Some((u, r)) => (Some(u.as_str()), Some(r.as_str())),
+            None => (None, None),
+        };
+        self.conn()
             .prepare_cached(
-                "SELECT count(*) FROM audit WHERE requester_lc = ?1 AND time_unix >= ?2 AND outcome IN ('not_found', 'denied', 'not_eligible')",
+                "INSERT INTO sessions(id, csrf, username, role, notice_accepted, last_seen_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(id) DO UPDATE SET csrf = ?2, username = ?3, role = ?4, notice_accepted = ?5, last_seen_us = ?6",
             )?
-            .query_row(params![requester.to_lowercase(), since_unix], |r| r.get(0))?;
-        Ok(n.max(0) as u64)
-        })
+            .execute(params![s.id, s.csrf, user, role, s.notice_accepted, s.last_seen_us])?;
+        Ok(())
+    }
+
+    fn session(&self, id: &str) -> Result<Option<StoredSession>, StoreError> {
+        let row: Option<SessionRow> =
+            self.read(|c| {
+                Ok(c.prepare_cached(
+                    "SELECT id, csrf, username, role, notice_accepted, last_seen_us FROM sessions WHERE id = ?1",
+                )?
+                .query_row(params![id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                })
+                .optional()?)
+            })?;
+        let Some((id, csrf, username, role, notice_accepted, last_seen_us)) = row else {
+            return Ok(None);
+        };
+        let user = match (username, role) {
+            (Some(u), Some(r)) => Some((
+                u,
+                Role::parse(&r).ok_or_else(|| StoreError::Corrupt(format!("role {r}")))?,
+            )),
+            _ => None,
+        };
+        Ok(Some(StoredSession {
+            id,
+            csrf,
+            user,
+            notice_accepted,
+            last_seen_us,
+        }))
+    }
+
+    fn delete_session(&self, id: &str) -> Result<(), StoreError> {
+        self.conn()
+            .prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+            .execute(params![id])?;
+        Ok(())
+    }
+
+    fn sweep_sessions(
+        &self,
+        signed_in_seen_before_us: i64,
+        anonymous_seen_before_us: i64,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "DELETE FROM sessions WHERE (username IS NOT NULL AND last_seen_us < ?1)
+               OR (username IS NULL AND last_seen_us < ?2)",
+            params![signed_in_seen_before_us, anonymous_seen_before_us],
+        )?;
+        Ok(())
     }
 }

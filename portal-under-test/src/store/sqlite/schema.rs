@@ -1,6 +1,29 @@
-//! The SQLite schema (created if missing at open).
+//! The SQLite schema as numbered migrations, applied in order at open, each in its own
+//! transaction; `PRAGMA user_version` records the last one applied. Never edit a released
+//! migration: add one.
 
-pub(super) const SCHEMA: &str = r#"
+use rusqlite::Connection;
+
+use crate::store::StoreError;
+
+/// (version, SQL). Versions start at 1 and have no gaps.
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1_TABLES), (2, V2_MICROSECONDS_AND_SESSIONS)];
+
+/// Applies the migrations newer than the file's `user_version`.
+pub(super) fn migrate(c: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        let tx = c.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// The tables as first released (`IF NOT EXISTS`: files from before the migrations list
+/// already have them at `user_version` 1).
+const V1_TABLES: &str = r#"
 CREATE TABLE IF NOT EXISTS accounts(
   id INTEGER PRIMARY KEY, username TEXT NOT NULL, username_lc TEXT NOT NULL UNIQUE,
   password_hash TEXT NOT NULL, role TEXT NOT NULL, created_at TEXT NOT NULL);
@@ -43,5 +66,20 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
   BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS keys_no_delete BEFORE DELETE ON keys
   BEGIN SELECT RAISE(ABORT, 'key records are never deleted'); END;
-PRAGMA user_version = 1;
+"#;
+
+/// Audit times in microseconds (the failure window and `since=` compare below the second),
+/// and web sessions in the store (a restart signs no one out).
+const V2_MICROSECONDS_AND_SESSIONS: &str = r#"
+ALTER TABLE audit ADD COLUMN time_us INTEGER NOT NULL DEFAULT 0;
+DROP TRIGGER audit_no_update;
+UPDATE audit SET time_us = time_unix * 1000000;
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+  BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+DROP INDEX audit_requester;
+CREATE INDEX audit_requester_us ON audit(requester_lc, time_us);
+CREATE TABLE sessions(
+  id TEXT PRIMARY KEY, csrf TEXT NOT NULL, username TEXT, role TEXT,
+  notice_accepted INTEGER NOT NULL DEFAULT 0, last_seen_us INTEGER NOT NULL);
+CREATE INDEX sessions_last_seen ON sessions(last_seen_us);
 "#;

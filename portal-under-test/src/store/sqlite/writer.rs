@@ -8,14 +8,44 @@ use rusqlite::{params, Connection};
 
 use super::read_pool::lock;
 use crate::fp;
-use crate::store::{now_rfc3339, JournalEntry, StagedWork, StoreError};
+use crate::store::{
+    now_rfc3339, time_us_of, AuditedWork, JournalEntry, StoreError, FAILED_LOOKUP_OUTCOMES,
+};
 
 /// One submission to the group-commit writer.
-pub(super) type JournalJob = StagedWork;
+pub(super) type JournalJob = AuditedWork;
 
 thread_local! {
     /// Set on the group-commit writer thread: its reads use the writer connection.
     pub(super) static ON_JOURNAL_WRITER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// On the writer thread: (requester, time in microseconds) of the failed lookups decided
+    /// in the current batch and not yet committed.
+    static PENDING_FAILURES: std::cell::RefCell<Vec<(String, i64)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Failed lookups by `requester_lc` at or after `since_us` decided earlier in the writer's
+/// current batch (0 off the writer thread): with them, a decision's failure count is exact.
+pub(super) fn pending_failures(requester_lc: &str, since_us: i64) -> u64 {
+    PENDING_FAILURES.with(|p| {
+        p.borrow()
+            .iter()
+            .filter(|(r, t)| r == requester_lc && *t >= since_us)
+            .count() as u64
+    })
+}
+
+fn note_pending_failures(entries: &[JournalEntry]) {
+    PENDING_FAILURES.with(|p| {
+        let mut p = p.borrow_mut();
+        for e in entries {
+            if let JournalEntry::Audit(row) = e {
+                if FAILED_LOOKUP_OUTCOMES.contains(&row.outcome.as_str()) {
+                    p.push((row.requester.to_lowercase(), time_us_of(&row.time)));
+                }
+            }
+        }
+    });
 }
 
 /// Most submissions committed in one transaction.
@@ -80,6 +110,7 @@ pub(super) fn journal_writer(
             // A panicking submission loses only its own answer (its caller sees "the
             // writer stopped"); the rest of the batch goes on.
             if let Ok((e, d)) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+                note_pending_failures(&e);
                 entries.extend(e);
                 done.push(d);
             }
@@ -96,6 +127,7 @@ pub(super) fn journal_writer(
             res
         };
         entries.clear();
+        PENDING_FAILURES.with(|p| p.borrow_mut().clear());
         for d in done.drain(..) {
             d(res.clone());
         }
@@ -113,15 +145,11 @@ fn write_journal(c: &mut Connection, entries: &[JournalEntry]) -> Result<(), Sto
                         "audit insert failed (fault point fail_audit_write)".into(),
                     ));
                 }
-                let unix = time::OffsetDateTime::parse(
-                    &row.time,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .map(|t| t.unix_timestamp())
-                .unwrap_or(0);
+                let us = time_us_of(&row.time);
+                let unix = us.div_euclid(1_000_000);
                 tx.prepare_cached(
-                    "INSERT INTO audit(time, time_unix, source, requester, requester_lc, end_user, device, key_id, key_type, reason, outcome)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    "INSERT INTO audit(time, time_unix, time_us, source, requester, requester_lc, end_user, device, key_id, key_type, reason, outcome)
+                     VALUES (?1, ?2, ?12, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )?
                 .execute(params![
                     row.time,
@@ -134,7 +162,8 @@ fn write_journal(c: &mut Connection, entries: &[JournalEntry]) -> Result<(), Sto
                     row.key_id,
                     row.key_type,
                     row.reason,
-                    row.outcome
+                    row.outcome,
+                    us
                 ])?;
             }
             JournalEntry::KeyDisclosed { key_row } => {

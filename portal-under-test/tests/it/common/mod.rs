@@ -27,6 +27,8 @@ pub const PASSWORD: &str = "correct horse battery";
 
 pub struct Portal {
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL database of this portal (None: SQLite in `dir`).
+    pub database_url: Option<String>,
     pub state: AppState,
     pub router: Router,
     pub admin_token: String,
@@ -34,12 +36,102 @@ pub struct Portal {
     pub clock: Option<ManualClock>,
 }
 
+/// A config with cheap password hashing, on the engine under test (a fresh database each
+/// call on PostgreSQL).
 pub fn fast_config(settings: SettingsPatch) -> Config {
     Config {
         settings,
         argon2: FAST_ARGON,
+        database_url: engine_url(),
         ..Config::default()
     }
+}
+
+/// The engine the suite runs on, from `PORTAL_TEST_ENGINE`: `sqlite` (the default) or
+/// `postgres`, which needs `PORTAL_TEST_PG_URL` (a server the tests may create databases on;
+/// `scripts/with-postgres.sh` starts one and sets both). On PostgreSQL each call creates a
+/// fresh database and returns its URL; on SQLite it returns None (the store is a file in the
+/// data dir).
+pub fn engine_url() -> Option<String> {
+    match std::env::var("PORTAL_TEST_ENGINE").as_deref() {
+        Err(_) | Ok("sqlite") => None,
+        Ok("postgres") => {
+            let server = std::env::var("PORTAL_TEST_PG_URL").unwrap_or_else(|_| {
+                panic!(
+                    "PORTAL_TEST_ENGINE=postgres needs PORTAL_TEST_PG_URL (a PostgreSQL server; \
+                     scripts/with-postgres.sh starts a private one)"
+                )
+            });
+            Some(fresh_database(&server))
+        }
+        Ok(other) => panic!("PORTAL_TEST_ENGINE={other}: expected sqlite or postgres"),
+    }
+}
+
+/// Creates an empty database on the server at `server_url` (`postgres://.../DB`) and returns
+/// the URL of the new one. Runs on its own thread and runtime: callers may be async or not.
+fn fresh_database(server_url: &str) -> String {
+    let name = format!("portal_test_{:016x}", rand::rng().random::<u64>());
+    let (base, _) = server_url
+        .rsplit_once('/')
+        .unwrap_or_else(|| panic!("PORTAL_TEST_PG_URL {server_url}: expected postgres://.../DB"));
+    let server = server_url.to_string();
+    let create = format!("CREATE DATABASE {name}");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("connecting to PORTAL_TEST_PG_URL {server}: {e}"));
+            tokio::spawn(conn);
+            client.batch_execute(&create).await.unwrap();
+        });
+    })
+    .join()
+    .unwrap();
+    format!("{base}/{name}")
+}
+
+/// Every table's rows as text (BYTEA as hex): what a PostgreSQL store holds at rest.
+pub fn postgres_text(url: &str) -> String {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let tables = client
+                .query(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let mut out = String::new();
+            for t in tables {
+                let name: String = t.get(0);
+                for r in client
+                    .query(&format!("SELECT t::text FROM {name} t"), &[])
+                    .await
+                    .unwrap()
+                {
+                    out.push_str(r.get::<_, &str>(0));
+                    out.push('\n');
+                }
+            }
+            out
+        })
+    })
+    .join()
+    .unwrap()
 }
 
 impl Portal {
@@ -71,21 +163,31 @@ impl Portal {
 
     fn with_config(config: Config, clock: Option<ManualClock>) -> Portal {
         let dir = tempfile::tempdir().unwrap();
+        let database_url = config.database_url.clone();
         let state = AppState::open_data_dir(dir.path(), config).unwrap();
-        Self::with_state(dir, state, clock)
+        Self::with_state(dir, database_url, state, clock)
     }
 
-    /// A portal on SQLite whose writer truncates the WAL above `limit` bytes.
+    /// A portal on SQLite (whatever the engine under test: the WAL is SQLite's) whose writer
+    /// truncates the WAL above `limit` bytes.
     pub fn with_wal_limit(limit: u64) -> Portal {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_with_wal_limit(&dir.path().join("portal.sqlite3"), limit);
         let sealer = Sealer::load_or_create(&dir.path().join("portal.key")).unwrap();
-        let config = fast_config(SettingsPatch::default());
+        let config = Config {
+            argon2: FAST_ARGON,
+            ..Config::default()
+        };
         let state = AppState::new(config, Arc::new(store.unwrap()), sealer).unwrap();
-        Self::with_state(dir, state, None)
+        Self::with_state(dir, None, state, None)
     }
 
-    fn with_state(dir: tempfile::TempDir, state: AppState, clock: Option<ManualClock>) -> Portal {
+    fn with_state(
+        dir: tempfile::TempDir,
+        database_url: Option<String>,
+        state: AppState,
+        clock: Option<ManualClock>,
+    ) -> Portal {
         let hash = state.hasher.hash(PASSWORD).unwrap();
         let admin = state
             .store
@@ -99,6 +201,7 @@ impl Portal {
         let router = app(state.clone());
         Portal {
             dir,
+            database_url,
             state,
             router,
             admin_token,
@@ -108,11 +211,15 @@ impl Portal {
 
     /// Re-opens the same data dir (a restart): index rebuilt from the store.
     pub fn restart(self) -> Portal {
-        let state = AppState::open_data_dir(self.dir.path(), fast_config(SettingsPatch::default()))
-            .unwrap();
+        let config = Config {
+            database_url: self.database_url.clone(),
+            ..fast_config(SettingsPatch::default())
+        };
+        let state = AppState::open_data_dir(self.dir.path(), config).unwrap();
         let router = app(state.clone());
         Portal {
             dir: self.dir,
+            database_url: self.database_url,
             state,
             router,
             admin_token: self.admin_token,
