@@ -88,7 +88,7 @@ echo "load: $(cat /proc/loadavg)"
 if [ -n "${WAL_SOAK:-}" ]; then
   command -v sqlite3 >/dev/null || { echo "sqlite3 is missing: apt-get install sqlite3" >&2; exit 2; }
   DB="$DATA/portal.sqlite3"
-  store_stats() { sqlite3 "$DB" "PRAGMA busy_timeout=5000; SELECT (SELECT max(id) FROM audit), (SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size());"; }
+  store_stats() { sqlite3 -cmd ".timeout 5000" "$DB" "SELECT (SELECT max(id) FROM audit), (SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size());"; }
   BEFORE=$(store_stats)
   echo "== WAL soak: /api/helpdesk/lookup, 64 connections, ${WAL_SOAK} s; WAL size every 10 s (MB):"
   EXPECT_200='"recovery_password":"' LOOKUP_PATH=/api/helpdesk/lookup \
