@@ -34,15 +34,21 @@ stop() {
 }
 trap stop EXIT
 
-# A free loopback port: bind port 0, read what the kernel gave, release it.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-
 "${run_as_pg[@]}" "$bindir/initdb" -D "$data" -A trust -U postgres --no-sync >"$tmp/initdb.log" 2>&1 || {
   cat "$tmp/initdb.log" >&2; echo "error: initdb failed" >&2; exit 1; }
-# fsync off: a test cluster thrown away at the end; unix socket in the temp dir only.
-"${run_as_pg[@]}" "$bindir/pg_ctl" -D "$data" -l "$tmp/server.log" -w -t 60 \
-  -o "-h 127.0.0.1 -p $port -k $tmp -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
-  start >/dev/null || { cat "$tmp/server.log" >&2; echo "error: PostgreSQL did not start" >&2; exit 1; }
+# A free loopback port: try random ones until the server starts (a port in use makes it
+# exit at once). fsync off: a test cluster thrown away at the end; its socket in the temp
+# dir only.
+started=""
+for _ in 1 2 3 4 5 6 7 8; do
+  port=$(( 20000 + RANDOM % 40000 ))
+  if "${run_as_pg[@]}" "$bindir/pg_ctl" -D "$data" -l "$tmp/server.log" -w -t 60 \
+      -o "-h 127.0.0.1 -p $port -k $tmp -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
+      start >/dev/null 2>&1; then
+    started=yes; break
+  fi
+done
+[ -n "$started" ] || { cat "$tmp/server.log" >&2; echo "error: PostgreSQL did not start" >&2; exit 1; }
 
 export PORTAL_TEST_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
 echo "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port for: $*" >&2

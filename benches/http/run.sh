@@ -7,25 +7,21 @@
 #   N=100000 DURATION=5s benches/http/run.sh
 #   WAL_SOAK=120 benches/http/run.sh    # then 120 s of lookups at 64 connections, watching
 #                                       # the SQLite WAL's size and the audit table's growth
+#   ENGINES="sqlite postgres" BENCH_PG_URL=postgres://postgres@127.0.0.1:PORT/postgres \
+#     N=100000 benches/http/run.sh      # the same measurements on both store engines, one run
+# On PostgreSQL each run imports into a fresh database `portal_bench_<N>_<pid>` made on the
+# server at BENCH_PG_URL (the import is row by row there: keep N small).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-10000000}
 DURATION=${DURATION:-20s}
 WORK=${WORK:-target/http-bench}
-DATA="$WORK/data-$N"
+ENGINES=${ENGINES:-sqlite}
 mkdir -p "$WORK"
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 2; }
 cargo build --release -q -p harness -p portal-under-test --features portal-under-test/bench-routes
 BIN=target/release/portal-under-test
 KEYS="$WORK/keys-$N.jsonl"
-if [ ! -e "$DATA/.imported" ]; then
-  rm -rf "$DATA"
-  target/release/harness keys generate --count "$N" --seed 7 --out "$KEYS"
-  /usr/bin/time -f "import: %e s wall, %M KiB max RSS" "$BIN" import "$KEYS" --data-dir "$DATA"
-  touch "$DATA/.imported"
-fi
-ADMIN=$("$BIN" admin bootstrap --data-dir "$DATA" --username bench-admin | tail -1)
-
 # Queries: 5000 present prefixes (every 997th key) and 5000 random absent ones, shuffled.
 Q="$WORK/queries-$N.txt"
 if [ ! -e "$Q.hit1" ]; then
@@ -38,17 +34,38 @@ if [ ! -e "$Q.hit1" ]; then
   head -1 "$Q.hits" > "$Q.hit1"; head -1 "$Q.misses" > "$Q.miss1"
   rm -f "$Q.all" "$Q.hits" "$Q.misses"
 fi
-rm -f "$KEYS"  # 2.8 GB at 10M; regenerated (same seed) only if needed again
 
+bench_engine() {
+ENGINE=$1
+DB_ARGS=()
+if [ "$ENGINE" = postgres ]; then
+  [ -n "${BENCH_PG_URL:-}" ] || { echo "ENGINES has postgres: set BENCH_PG_URL" >&2; exit 2; }
+  DB="portal_bench_${N}_$$"
+  psql -q "$BENCH_PG_URL" -c "CREATE DATABASE $DB"
+  DB_ARGS=(--database-url "${BENCH_PG_URL%/*}/$DB")
+  DATA="$WORK/pg-data-$N"
+  rm -rf "$DATA"
+  [ -e "$KEYS" ] || target/release/harness keys generate --count "$N" --seed 7 --out "$KEYS"
+  /usr/bin/time -f "import ($ENGINE): %e s wall, %M KiB max RSS" "$BIN" import "$KEYS" --data-dir "$DATA" "${DB_ARGS[@]}"
+else
+  DATA="$WORK/data-$N"
+  if [ ! -e "$DATA/.imported" ]; then
+    rm -rf "$DATA"
+    target/release/harness keys generate --count "$N" --seed 7 --out "$KEYS"
+    /usr/bin/time -f "import: %e s wall, %M KiB max RSS" "$BIN" import "$KEYS" --data-dir "$DATA"
+    touch "$DATA/.imported"
+  fi
+fi
+ADMIN=$("$BIN" admin bootstrap --data-dir "$DATA" "${DB_ARGS[@]}" --username bench-admin | tail -1)
 LOG="$WORK/serve.log"
 STARTED=$EPOCHREALTIME
-RUST_LOG=warn "$BIN" serve --data-dir "$DATA" --listen 127.0.0.1:0 --insecure-http > "$WORK/ready" 2> "$LOG" &
+RUST_LOG=warn "$BIN" serve --data-dir "$DATA" "${DB_ARGS[@]}" --listen 127.0.0.1:0 --insecure-http > "$WORK/ready" 2> "$LOG" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do grep -q PORTAL-READY "$WORK/ready" 2>/dev/null && break; sleep 0.1; done
 URL=$(sed -n 's/.*"url":"\([^"]*\)".*/\1/p' "$WORK/ready")
 [ -n "$URL" ] || { echo "portal did not start: $(tail -5 "$LOG")" >&2; exit 1; }
-echo "portal at $URL (pid $PID), $N keys; start-up (index load from SQLite): $(awk "BEGIN{printf \"%.1f\", $EPOCHREALTIME - $STARTED}") s"
+echo "== engine $ENGINE: portal at $URL (pid $PID), $N keys; start-up (index load from the store): $(awk "BEGIN{printf \"%.1f\", $EPOCHREALTIME - $STARTED}") s"
 H=(-H "Authorization: Bearer $ADMIN" -H "Content-Type: application/json")
 curl -s "${H[@]}" -X POST "$URL/api/admin/accounts" \
   -d '{"username":"bench-helpdesk","password":"bench-password-1","role":"advanced_helpdesk"}' > /dev/null
@@ -80,15 +97,14 @@ for C in 64 2; do
   done
 done
 echo "load: $(cat /proc/loadavg)"
-
-# WAL soak: the audited lookup at 64 connections for WAL_SOAK seconds while the size of
+# WAL soak (SQLite): the audited lookup at 64 connections for WAL_SOAK seconds while the size of
 # portal.sqlite3-wal is sampled every second; then the audit table's growth per request
 # (pages added to the store file per audit row; nothing else writes meanwhile). Needs the
 # sqlite3 command-line shell.
-if [ -n "${WAL_SOAK:-}" ]; then
+if [ -n "${WAL_SOAK:-}" ] && [ "$ENGINE" = sqlite ]; then
   command -v sqlite3 >/dev/null || { echo "sqlite3 is missing: apt-get install sqlite3" >&2; exit 2; }
-  DB="$DATA/portal.sqlite3"
-  store_stats() { sqlite3 -cmd ".timeout 5000" "$DB" "SELECT (SELECT max(id) FROM audit), (SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size());"; }
+  STORE_FILE="$DATA/portal.sqlite3"
+  store_stats() { sqlite3 -cmd ".timeout 5000" "$STORE_FILE" "SELECT (SELECT max(id) FROM audit), (SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size());"; }
   BEFORE=$(store_stats)
   echo "== WAL soak: /api/helpdesk/lookup, 64 connections, ${WAL_SOAK} s; WAL size every 10 s (MB):"
   EXPECT_200='"recovery_password":"' LOOKUP_PATH=/api/helpdesk/lookup \
@@ -96,7 +112,7 @@ if [ -n "${WAL_SOAK:-}" ]; then
   WRK=$!
   MAX=0; S=0; LINE=""
   while kill -0 $WRK 2>/dev/null; do
-    SIZE=$(stat -c %s "$DB-wal" 2>/dev/null || echo 0)
+    SIZE=$(stat -c %s "$STORE_FILE-wal" 2>/dev/null || echo 0)
     [ "$SIZE" -gt "$MAX" ] && MAX=$SIZE
     [ $((S % 10)) = 0 ] && LINE="$LINE $(awk "BEGIN{printf \"%.1f\", $SIZE/1e6}")"
     S=$((S + 1)); sleep 1
@@ -104,10 +120,16 @@ if [ -n "${WAL_SOAK:-}" ]; then
   wait $WRK
   grep -E "Requests/sec|Latency|99%|Non-2xx|Socket errors|checked:" "$WORK/soak.txt"
   echo "WAL samples:$LINE"
-  echo "WAL largest sample: $(awk "BEGIN{printf \"%.1f\", $MAX/1e6}") MB; now $(stat -c %s "$DB-wal" 2>/dev/null || echo 0) bytes"
+  echo "WAL largest sample: $(awk "BEGIN{printf \"%.1f\", $MAX/1e6}") MB; now $(stat -c %s "$STORE_FILE-wal" 2>/dev/null || echo 0) bytes"
   AFTER=$(store_stats)
   echo "audit rows and store bytes before: $BEFORE, after: $AFTER"
   awk -F'|' -v b="$BEFORE" -v a="$AFTER" 'BEGIN{split(b,x,"|"); split(a,y,"|");
     printf "audit growth: %d rows, %.1f MB, %.0f bytes per row\n", y[1]-x[1], (y[2]-x[2])/1e6, (y[2]-x[2])/(y[1]-x[1])}'
   echo "load: $(cat /proc/loadavg)"
 fi
+kill $PID; wait $PID 2>/dev/null || true
+trap - EXIT
+}
+
+for ENGINE in $ENGINES; do bench_engine "$ENGINE"; done
+rm -f "$KEYS"  # 2.8 GB at 10M; regenerated (same seed) only if needed again

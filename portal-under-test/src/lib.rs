@@ -145,17 +145,22 @@ impl AppState {
         Self::new(config, store, sealer)
     }
 
-    /// Runs `f` as `requester`'s audited decision and commits the audit entries it returns
-    /// in one transaction; the value comes back only after the commit
-    /// (`store::stage_and_commit`). `f` reads only: no writes, no waiting for a commit.
-    pub async fn run_staged<T, F>(&self, requester: &str, f: F) -> Result<T, AppError>
+    /// Runs `f` as an audited decision (serialised per `limited_requester`, an account the
+    /// failed-lookup limit applies to) and commits the audit entries it returns in one
+    /// transaction; the value comes back only after the commit (`store::stage_and_commit`).
+    /// `f` reads only: no writes, no waiting for a commit.
+    pub async fn run_staged<T, F>(
+        &self,
+        limited_requester: Option<&str>,
+        f: F,
+    ) -> Result<T, AppError>
     where
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<(T, Vec<store::JournalEntry>), AppError> + Send + 'static,
     {
         let inner = self.0.clone();
         let store = inner.store.clone();
-        store::stage_and_commit(store.as_ref(), requester, move || f(&inner)).await
+        store::stage_and_commit(store.as_ref(), limited_requester, move || f(&inner)).await
     }
 
     /// Runs store work on a blocking thread.

@@ -27,11 +27,12 @@ pub type AuditedWork = Box<dyn FnOnce() -> (Vec<JournalEntry>, CommitDone) + Sen
 pub type CommitDone = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// Disclose-with-audit, typed: runs `f` (reads only: it must not write or wait for a commit)
-/// as `requester`'s audited decision, commits the entries it returns in one transaction and
+/// as an audited decision (serialised per `limited_requester`, see
+/// [`Store::disclose_with_audit`]), commits the entries it returns in one transaction and
 /// yields its value only after the commit (nothing if `f` fails or the commit fails).
 pub async fn stage_and_commit<T, E>(
     store: &dyn Store,
-    requester: &str,
+    limited_requester: Option<&str>,
     f: impl FnOnce() -> Result<(T, Vec<JournalEntry>), E> + Send + 'static,
 ) -> Result<T, E>
 where
@@ -40,7 +41,7 @@ where
 {
     let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, E>>();
     store.disclose_with_audit(
-        requester,
+        limited_requester,
         Box::new(move || match f() {
             Ok((value, entries)) => {
                 let done: CommitDone = Box::new(move |res| {

@@ -138,13 +138,14 @@ pub trait Store: Send + Sync + 'static {
     /// Commits audit rows and disclosure marks in one transaction; returns only after the
     /// commit. All or nothing.
     fn commit_journal(&self, entries: Vec<JournalEntry>) -> Result<(), StoreError>;
-    /// Disclose-with-audit, as one atomic operation: runs `work` (a decision that only reads)
-    /// for `requester`, commits the audit rows and disclosure marks it returns in one
-    /// transaction and only then reports to the `CommitDone` it returned (with the commit's
-    /// error if it failed). Audited decisions of one requester are serialised: a decision's
-    /// [`Store::count_failures`] sees every earlier decision's failures, so a failed-lookup
-    /// limit checked inside `work` holds exactly. Returns at once; `work` runs elsewhere.
-    fn disclose_with_audit(&self, requester: &str, work: AuditedWork);
+    /// Disclose-with-audit, as one atomic operation: runs `work` (a decision that only reads),
+    /// commits the audit rows and disclosure marks it returns in one transaction and only
+    /// then reports to the `CommitDone` it returned (with the commit's error if it failed).
+    /// With `limited_requester` (an account the failed-lookup limit applies to), that
+    /// account's decisions are serialised: a decision's [`Store::count_failures`] sees every
+    /// earlier decision's failures, so a limit checked inside `work` holds exactly. Returns
+    /// at once; `work` runs elsewhere.
+    fn disclose_with_audit(&self, limited_requester: Option<&str>, work: AuditedWork);
     /// Blocks until the row is committed.
     fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError> {
         self.commit_journal(vec![JournalEntry::Audit(Box::new(row.clone()))])

@@ -346,11 +346,11 @@ async fn key_record(c: &impl GenericClient, key_row: i64) -> Result<Option<KeyRe
     }))
 }
 
-/// Runs `work` (one disclose-with-audit) and commits its entries, holding `requester`'s
-/// advisory lock from before the decision until the commit.
-async fn audited_decision(pool: Pool, requester_lc: String, work: AuditedWork) {
+/// Runs `work` (one disclose-with-audit) and commits its entries, holding the requester's
+/// advisory lock (if the limit applies to it) from before the decision until the commit.
+async fn audited_decision(pool: Pool, requester_lc: Option<String>, work: AuditedWork) {
     let res = match pool.get().await {
-        Ok(mut c) => decide_locked(&mut c, &requester_lc, work).await,
+        Ok(mut c) => decide_locked(&mut c, requester_lc.as_deref(), work).await,
         Err(e) => run_decision(work)
             .await
             .map(|(_, done)| (done, Err(StoreError::from(e)))),
@@ -368,16 +368,18 @@ async fn run_decision(work: AuditedWork) -> Option<(Vec<JournalEntry>, CommitDon
 
 async fn decide_locked(
     c: &mut deadpool_postgres::Client,
-    requester_lc: &str,
+    requester_lc: Option<&str>,
     work: AuditedWork,
 ) -> Option<(CommitDone, Result<(), StoreError>)> {
     let locked = async {
         let tx = c.transaction().await?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            &[&requester_lc],
-        )
-        .await?;
+        if let Some(r) = requester_lc {
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                &[&r],
+            )
+            .await?;
+        }
         Ok::<_, StoreError>(tx)
     }
     .await;
@@ -883,10 +885,10 @@ impl Store for PgStore {
         .map_err(|e| journal_failed(e.to_string()))
     }
 
-    fn disclose_with_audit(&self, requester: &str, work: AuditedWork) {
+    fn disclose_with_audit(&self, limited_requester: Option<&str>, work: AuditedWork) {
         self.handle.spawn(audited_decision(
             self.audited.clone(),
-            requester.to_lowercase(),
+            limited_requester.map(str::to_lowercase),
             work,
         ));
     }

@@ -753,7 +753,7 @@ impl Store for SqliteStore {
 
     /// Every decision runs on the one group-commit writer thread, so decisions are serial;
     /// its batch commits them together.
-    fn disclose_with_audit(&self, _requester: &str, work: AuditedWork) {
+    fn disclose_with_audit(&self, _limited_requester: Option<&str>, work: AuditedWork) {
         self.submit(work);
     }
 

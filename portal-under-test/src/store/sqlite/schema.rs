@@ -83,3 +83,40 @@ CREATE TABLE sessions(
   notice_accepted INTEGER NOT NULL DEFAULT 0, last_seen_us INTEGER NOT NULL);
 CREATE INDEX sessions_last_seen ON sessions(last_seen_us);
 "#;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_version_1_file_is_migrated_keeping_its_audit_rows() {
+        let mut c = Connection::open_in_memory().unwrap();
+        c.execute_batch(V1_TABLES).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        c.execute(
+            "INSERT INTO audit(time, time_unix, source, requester, requester_lc, outcome)
+             VALUES ('2026-01-02T03:04:05Z', 1767323045, 'api', 'hd', 'hd', 'not_found')",
+            [],
+        )
+        .unwrap();
+        migrate(&mut c).unwrap();
+        let us: i64 = c
+            .query_row("SELECT time_us FROM audit", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(us, 1_767_323_045_000_000);
+        let version: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        // Still append-only, and the sessions table exists.
+        assert!(c.execute("UPDATE audit SET outcome = 'shown'", []).is_err());
+        c.execute(
+            "INSERT INTO sessions(id, csrf, last_seen_us) VALUES ('s', 'c', 1)",
+            [],
+        )
+        .unwrap();
+        // Migrating again is a no-op.
+        migrate(&mut c).unwrap();
+    }
+}
