@@ -18,7 +18,8 @@ FAILPOINTS_TARGET := target/failpoints
 
 # nextest runs last so its summary closes the output. The portal's suite runs twice: on
 # SQLite with the rest, then on PostgreSQL (a private cluster scripts/with-postgres.sh starts
-# and always stops; no PostgreSQL installed is an error, never a skip).
+# and always stops; no PostgreSQL installed is an error, never a skip). `--workspace` with a
+# filter, not `-p`: the same feature set as the first run, so nothing is rebuilt.
 test: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -27,7 +28,7 @@ test: deps
 	PORTAL_FAILPOINTS_BIN=$(CURDIR)/$(FAILPOINTS_TARGET)/debug/portal-under-test \
 	  cargo nextest run --workspace --locked --no-fail-fast
 	PORTAL_TEST_ENGINE=postgres scripts/with-postgres.sh \
-	  cargo nextest run -p portal-under-test --locked --no-fail-fast
+	  cargo nextest run --workspace --locked --no-fail-fast -E 'package(portal-under-test)'
 
 bench: deps
 	cargo bench -p swtpm -p benches
