@@ -1,7 +1,7 @@
 # The two commands of the README. Both install missing Debian packages first.
 #   make demo   run the scenario catalog against the embedded portal
 #   make test   the whole test suite: format, lints, every test
-.PHONY: demo test deps bench
+.PHONY: demo test deps bench mutants
 
 # Silence the TSS's own error logging (it logs every refused connection while polling).
 export TSS2_LOG ?= all+none
@@ -16,7 +16,13 @@ demo: deps
 # build lives in its own target dir so the default portal binary stays fault-free.
 FAILPOINTS_TARGET := target/failpoints
 
-# nextest runs last so its summary closes the output.
+# The mutation test of the runner (harness/tests/it/mutants.rs) plays its mutants with the
+# release harness and portal: `make test` runs one mutant per stated expectation,
+# `make mutants` every mutant. Both print the counts and keep the mutants in target/mutants/.
+RELEASE_BUILD := cargo build --release --locked -p harness -p portal-under-test
+# --workspace: the same features, so the same test build as the run above (no rebuild).
+MUTANTS := cargo nextest run --workspace --locked --run-ignored ignored-only --no-capture -E
+
 test: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -24,6 +30,12 @@ test: deps
 	cargo build -p portal-under-test --features failpoints --target-dir $(FAILPOINTS_TARGET) --locked
 	PORTAL_FAILPOINTS_BIN=$(CURDIR)/$(FAILPOINTS_TARGET)/debug/portal-under-test \
 	  cargo nextest run --workspace --locked --no-fail-fast
+	$(RELEASE_BUILD)
+	$(MUTANTS) 'test(=mutants::one_mutant_per_field_fails_at_its_step)'
+
+mutants: deps
+	$(RELEASE_BUILD)
+	$(MUTANTS) 'test(=mutants::every_mutant_fails_at_its_step)'
 
 bench: deps
 	cargo bench -p swtpm -p benches

@@ -8,6 +8,7 @@ mod eventlog;
 mod eventlog_real;
 mod eventlog_scenarios;
 mod machine;
+mod mutants;
 mod portal_client;
 mod runner;
 mod scenarios;
