@@ -510,7 +510,8 @@ pub struct Checks {
     pub idle_expiry: Option<IdleExpiry>,
     #[serde(default)]
     pub foreign_key_request: Option<ForeignKeyRequest>,
-    /// Audit rows that must appear, in this order (other rows may come between).
+    /// The audit rows the story's requests leave, exactly, in this order (the harness's own
+    /// probes are not counted).
     #[serde(default)]
     pub audit: Vec<AuditExpectation>,
 }
