@@ -128,6 +128,32 @@ fn an_audit_row_only_a_harness_probe_matches_fails_the_audit_step() {
     );
 }
 
+/// A refusal that does not come fails at the refusal's own step, naming what came instead
+/// (here the expiry page: the user went idle), not at the harness's absent-key probe.
+#[test]
+fn an_expected_refusal_that_does_not_come_fails_at_the_refusal_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        std::fs::read_to_string(workspace_root().join("scenarios/idle-session-expires.yaml"))
+            .unwrap();
+    let refused = text.replace("answer: expired", "answer: refused");
+    assert_ne!(text, refused, "the scenario file changed; update this test");
+    let file = dir.path().join("refused.yaml");
+    std::fs::write(&file, refused).unwrap();
+    let out = run_with_reports(&[file.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let report = json_report(dir.path());
+    let failure = &report["scenarios"][0]["failure"];
+    assert_eq!(
+        failure["step"], "a foreign key ID is answered exactly like an absent one",
+        "{failure}"
+    );
+    assert!(
+        failure["got"].as_str().unwrap().starts_with("Expired"),
+        "{failure}"
+    );
+}
+
 #[test]
 fn a_catalog_with_one_bad_file_names_it_and_runs_nothing() {
     let dir = tempfile::tempdir().unwrap();
