@@ -798,6 +798,19 @@ impl<'a> Play<'a> {
             return self.expect_simple_answer(Expected::KeyShown, &answer);
         }
         if expected == Expected::Refused {
+            // Whatever came instead of a refusal fails at the refusal's step, before the
+            // absent-key probe runs into it (an expired session, say) somewhere else.
+            if !matches!(answer.outcome, Outcome::NotFound(_)) {
+                self.steps.run(
+                    "a foreign key ID is answered exactly like an absent one",
+                    || {
+                        Err((
+                            "not found, like an absent key ID".to_string(),
+                            format!("{:?} (status {})", answer.outcome, answer.status),
+                        ))
+                    },
+                )?;
+            }
             let absent = KeyProtectorId::random(&mut rand::rng());
             // The same number of digits as the user typed for the real one.
             let typed_absent = if typed_len == 8 {
