@@ -12,8 +12,9 @@ use crate::machine::{
 };
 use crate::portal::chrome::get_key_label;
 use crate::portal::{
-    AccountRole, Admin, Agent, Answer, AuditQuery, BrowserUser, ChromeOptions, ChromeUser,
-    EscrowKey, HelpDeskOperator, Outcome, PortalTarget, Screenshot, SettingsPatch, SignIn,
+    AccountRole, Admin, Agent, Answer, AuditQuery, AuditRow, BrowserUser, ChromeOptions,
+    ChromeUser, EscrowKey, HelpDeskOperator, Outcome, PortalTarget, Screenshot, SettingsPatch,
+    SignIn,
 };
 use crate::scenario::{
     self, AfterRecovery, Answer as Expected, ChangeKind, IdleExpiry, KeyIdDigits, ProtectorKind,
@@ -69,9 +70,16 @@ pub struct Play<'a> {
     /// The idle expiry was seen in a browser: its page left for the expiry page before any
     /// key request, so no `expired_session` audit row is expected.
     idle_seen_in_browser: bool,
-    /// Key IDs the harness itself asked for to compare answers (absent IDs, the rotated-away
-    /// key): the portal's rows for them are the harness's, not the story's.
-    probe_key_ids: Vec<String>,
+    /// Requests the harness makes only to compare or confirm an answer (an absent key ID,
+    /// the rotated-away key): their audit rows are the harness's, not the story's.
+    probes: Vec<Probe>,
+}
+
+/// What a harness-only request asked for (how its audit row is recognised).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Probe {
+    /// A key ID, as typed.
+    KeyId(String),
 }
 
 const PASSWORD_LEN: usize = 20;
@@ -87,7 +95,7 @@ impl<'a> Play<'a> {
             screenshots: Vec::new(),
             volume_judges: VolumeJudges::default(),
             idle_seen_in_browser: false,
-            probe_key_ids: Vec::new(),
+            probes: Vec::new(),
         }
     }
 
@@ -818,7 +826,7 @@ impl<'a> Play<'a> {
             } else {
                 absent.to_string()
             };
-            self.probe_key_ids.push(typed_absent.clone());
+            self.probes.push(Probe::KeyId(typed_absent.clone()));
             let absent_answer = self
                 .steps
                 .run_async("user asks for a key ID that does not exist", async {
@@ -946,7 +954,7 @@ impl<'a> Play<'a> {
                 ensure(!unlocks, "the MAC check fails", "it still unlocks")
             })?;
         // The portal no longer offers it: the device's user asks for it by all 32 digits.
-        self.probe_key_ids.push(old.clone());
+        self.probes.push(Probe::KeyId(old.clone()));
         if let Some(user) = self.scenario.users.iter().find(|u| u.signed_in_locally()) {
             let password = passwords
                 .get(&user.name.to_lowercase())
@@ -998,7 +1006,7 @@ impl<'a> Play<'a> {
             let mut user = BrowserUser::new(self.target, &names.user(&foreign.as_user))
                 .map_err(|e| failure("open the portal", "a client", e))?;
             let absent = KeyProtectorId::random(&mut rand::rng());
-            self.probe_key_ids.push(absent.first8());
+            self.probes.push(Probe::KeyId(absent.first8()));
             self.steps
                 .run_async(
                     "someone else's key ID is answered exactly like an absent one",
@@ -1050,14 +1058,14 @@ impl<'a> Play<'a> {
                 // reaches the expired session, so there is no `expired_session` row.
                 expected.retain(|e| snake(&format!("{:?}", e.outcome)) != "expired_session");
             }
-            let probes: Vec<String> = self.probe_key_ids.iter().map(|k| hex_digits(k)).collect();
+            let probes = self.probes.clone();
             self.steps
                 .run_async("the audit shows each request", async {
                     let rows = admin
                         .audit(&AuditQuery::default())
                         .await
                         .map_err(because("audit rows"))?;
-                    let mine: Vec<(String, String)> = rows
+                    let mine: Vec<&AuditRow> = rows
                         .iter()
                         .filter(|r| {
                             r.device
@@ -1070,14 +1078,9 @@ impl<'a> Play<'a> {
                                     users.iter().any(|u| u.eq_ignore_ascii_case(q))
                                 })
                         })
-                        // The harness's own probes are refused by design; not the story's.
-                        .filter(|r| {
-                            r.outcome == "shown"
-                                || !r
-                                    .key_id
-                                    .as_deref()
-                                    .is_some_and(|k| probes.contains(&hex_digits(k)))
-                        })
+                        .collect();
+                    let mine: Vec<(String, String)> = without_probe_rows(mine, &probes)
+                        .iter()
                         .map(|r| (r.source.clone(), r.outcome.clone()))
                         .collect();
                     let want: Vec<(String, String)> = expected
@@ -1219,6 +1222,23 @@ fn fmt_pcrs(values: &[(u8, Vec<u8>)]) -> String {
         .join(" ")
 }
 
+/// `rows` without the probes' own: for each probe, the last row that asked for what it
+/// asked (a probe comes after the story's request for the same key).
+fn without_probe_rows<'r>(mut rows: Vec<&'r AuditRow>, probes: &[Probe]) -> Vec<&'r AuditRow> {
+    for probe in probes {
+        let asked = |r: &&AuditRow| match probe {
+            Probe::KeyId(id) => r
+                .key_id
+                .as_deref()
+                .is_some_and(|k| hex_digits(k) == hex_digits(id)),
+        };
+        if let Some(i) = rows.iter().rposition(asked) {
+            rows.remove(i);
+        }
+    }
+    rows
+}
+
 /// A key ID as its hex digits, upper case (the portal's rows and the typed IDs differ in
 /// braces and dashes).
 fn hex_digits(key_id: &str) -> String {
@@ -1254,4 +1274,49 @@ fn failure(step: &str, expected: &str, got: impl std::fmt::Display) -> Failure {
 
 fn plain(step: &str, expected: &str, got: &str) -> Failure {
     failure(step, expected, got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(key_id: Option<&str>, device: Option<&str>, outcome: &str) -> AuditRow {
+        AuditRow {
+            id: serde_json::Value::Null,
+            time: String::new(),
+            source: "self_service".into(),
+            requester: None,
+            end_user: None,
+            device: device.map(str::to_string),
+            key_id: key_id.map(str::to_string),
+            key_type: None,
+            reason: None,
+            outcome: outcome.into(),
+        }
+    }
+
+    #[test]
+    fn each_probe_takes_out_only_its_own_row_the_last_that_asked_for_it() {
+        let key = "{1A2B3C4D-0000-1111-2222-333344445555}";
+        let rows = [
+            row(Some(key), Some("PC-1"), "shown"),    // the story's request
+            row(Some("DEADBEEF"), None, "not_found"), // an absent-ID probe
+            row(Some("1A2B3C4D"), None, "denied"),    // the story: someone else asks
+            row(
+                Some("1a2b3c4d-0000-1111-2222-333344445555"),
+                None,
+                "not_found",
+            ), // rotated away
+            row(None, Some("PC-00000042"), "not_found"), // an absent computer
+        ];
+        let probes = [
+            Probe::KeyId("DEADBEEF".into()),
+            Probe::KeyId("1A2B3C4D-0000-1111-2222-333344445555".into()),
+        ];
+        let left: Vec<&str> = without_probe_rows(rows.iter().collect(), &probes)
+            .iter()
+            .map(|r| r.outcome.as_str())
+            .collect();
+        assert_eq!(left, ["shown", "denied"]);
+    }
 }
