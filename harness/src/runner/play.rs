@@ -1307,7 +1307,6 @@ mod tests {
                 None,
                 "not_found",
             ), // rotated away
-            row(None, Some("PC-00000042"), "not_found"), // an absent computer
         ];
         let probes = [
             Probe::KeyId("DEADBEEF".into()),
