@@ -1,0 +1,177 @@
+//! Issue 16: a green run means what it says. Each test plays scenario files through the
+//! real `harness` binary (real swtpm, the embedded portal over HTTP) and checks what a QA
+//! reader would: a stated expectation that the device or portal contradicts fails, naming
+//! the step; a true one passes.
+
+use std::path::Path;
+use std::process::Output;
+
+use crate::common::{harness, portal_bin};
+
+/// A finished `harness run` of one scenario file: exit code, and the JSON report.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    report: Option<serde_json::Value>,
+}
+
+impl Run {
+    fn passed(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// The first scenario's steps, in order.
+    fn steps(&self) -> Vec<String> {
+        self.report.as_ref().map_or_else(Vec::new, |r| {
+            r["scenarios"][0]["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["name"].as_str().unwrap().to_string())
+                .collect()
+        })
+    }
+
+    /// The failing step, what it expected and what it got.
+    fn failure(&self) -> Option<(String, String, String)> {
+        let f = &self.report.as_ref()?["scenarios"][0]["failure"];
+        if f.is_null() {
+            return None;
+        }
+        let s = |k: &str| f[k].as_str().unwrap_or_default().to_string();
+        Some((s("step"), s("expected"), s("got")))
+    }
+
+    fn explain(&self) -> String {
+        format!(
+            "exit {:?}\nstdout:\n{}\nstderr:\n{}\nsteps: {:?}\nfailure: {:?}",
+            self.code,
+            self.stdout,
+            self.stderr,
+            self.steps(),
+            self.failure()
+        )
+    }
+}
+
+/// Writes `yaml` as `<name>.yaml` in a fresh directory and runs it with `args`.
+fn run_yaml(yaml: &str, args: &[&str]) -> Run {
+    let _ = portal_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scenario.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    run_file(&file, dir.path(), args)
+}
+
+fn run_file(file: &Path, dir: &Path, args: &[&str]) -> Run {
+    let json = dir.join("run.json");
+    let out: Output = harness()
+        .arg("run")
+        .arg(file)
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let report = std::fs::read_to_string(&json)
+        .ok()
+        .map(|t| serde_json::from_str(&t).unwrap());
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        report,
+    }
+}
+
+/// `harness validate FILE` on `yaml`: exit code and stderr.
+fn validate_yaml(yaml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scenario.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = harness().arg("validate").arg(&file).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
+}
+
+/// A TPM+PIN laptop whose user types `wrong_pins` wrong PINs (threshold `threshold`);
+/// `rest` is the YAML from `expect:` on (and any extra `change` keys before it).
+fn lost_pin(name: &str, wrong_pins: u32, threshold: u32, change_extra: &str, rest: &str) -> String {
+    format!(
+        "\
+name: {name}
+description: A TPM+PIN laptop whose user types wrong PINs, for the issue-16 tests of the runner.
+device:
+  profile: \"7,11\"
+  protectors: [tpm_pin, recovery_password]
+  pin: \"472918\"
+  lockout_threshold: {threshold}
+users:
+  - name: CONTOSO\\alice
+    sign_ins: [local]
+  - name: CONTOSO\\hd-carol
+    role: helpdesk
+change:
+  kind: lost_pin
+  wrong_pins: {wrong_pins}
+{change_extra}{rest}"
+    )
+}
+
+const SELF_SERVICE_KEY: &str = "\
+recovery:
+  via: self_service
+  as: CONTOSO\\alice
+  reason: Lost PIN/passphrase
+  answer: key_shown
+";
+
+fn count_wrong_pin_steps(steps: &[String]) -> usize {
+    steps.iter().filter(|s| s.starts_with("wrong PIN")).count()
+}
+
+/// Defect 2: `wrong_pins: N` means exactly N wrong PINs, each answered by the TPM (auth
+/// failed up to the threshold, locked out after); `tpm_error` is the answer to the last.
+#[test]
+fn defect_2_lost_pin_types_exactly_wrong_pins_wrong_pins() {
+    // 5 wrong PINs, threshold 5: the 5th is still refused as a wrong PIN (the counter
+    // reaches 5), so the user at the prompt sees `auth_failed` and takes recovery.
+    let yaml = lost_pin(
+        "exact-five",
+        5,
+        5,
+        "",
+        &format!("expect:\n  recovery: true\n  tpm_error: auth_failed\n{SELF_SERVICE_KEY}"),
+    );
+    let run = run_yaml(&yaml, &[]);
+    assert!(run.passed(), "{}", run.explain());
+    let steps = run.steps();
+    assert_eq!(count_wrong_pin_steps(&steps), 5, "{steps:?}");
+    for i in 1..=5 {
+        assert!(
+            steps.contains(&format!("wrong PIN #{i}")),
+            "wrong PIN #{i} missing: {steps:?}"
+        );
+    }
+
+    // 6 wrong PINs, threshold 5: the 6th is answered `locked_out`; `auth_failed` cannot be
+    // the answer to the last one, and the loader says so at `wrong_pins`.
+    let yaml = lost_pin(
+        "six-auth-failed",
+        6,
+        5,
+        "",
+        &format!("expect:\n  recovery: true\n  tpm_error: auth_failed\n{SELF_SERVICE_KEY}"),
+    );
+    let (code, err) = validate_yaml(&yaml);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("scenario.yaml:15:3: change.wrong_pins"),
+        "{err}"
+    );
+    assert!(err.contains("locked out"), "{err}");
+}
+
