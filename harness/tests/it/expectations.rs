@@ -175,3 +175,81 @@ fn defect_2_lost_pin_types_exactly_wrong_pins_wrong_pins() {
     assert!(err.contains("locked out"), "{err}");
 }
 
+/// Defect 3: what the user does after the wrong PINs is input (`then: esc | right_pin`);
+/// whether the recovery screen shows and what the TPM answers are checked against the TPM.
+#[test]
+fn defect_3_the_lost_pin_users_action_is_input_and_the_outcome_is_checked() {
+    // 2 wrong PINs, then the right one: the TPM (threshold 32) is not locked out, the
+    // drive opens, no recovery.
+    let unlocks = lost_pin(
+        "right-pin-unlocks",
+        2,
+        32,
+        "  then: right_pin\n",
+        "expect:\n  recovery: false\n  tpm_error: none\n",
+    );
+    let run = run_yaml(&unlocks, &[]);
+    assert!(run.passed(), "{}", run.explain());
+    assert_eq!(count_wrong_pin_steps(&run.steps()), 2, "{:?}", run.steps());
+
+    // The same story with a contradicted expectation (a recovery screen, locked out)
+    // must fail at the step where the user types the right PIN.
+    let contradicted = lost_pin(
+        "right-pin-contradicted",
+        2,
+        32,
+        "  then: right_pin\n",
+        &format!("expect:\n  recovery: true\n  tpm_error: locked_out\n{SELF_SERVICE_KEY}"),
+    );
+    let run = run_yaml(&contradicted, &[]);
+    assert_eq!(run.code, Some(1), "{}", run.explain());
+    let (step, expected, got) = run.failure().unwrap();
+    assert_eq!(step, "the user types the right PIN", "{}", run.explain());
+    assert!(expected.contains("LockedOut"), "{expected}");
+    assert!(got.contains("normal boot"), "{got}");
+
+    // 5 wrong PINs (threshold 5), then the right one: the TPM is locked out now and
+    // answers `locked_out`; the recovery key gets the user in.
+    let locked = lost_pin(
+        "right-pin-locked-out",
+        5,
+        5,
+        "  then: right_pin\n",
+        &format!("expect:\n  recovery: true\n  tpm_error: locked_out\n{SELF_SERVICE_KEY}"),
+    );
+    let run = run_yaml(&locked, &[]);
+    assert!(run.passed(), "{}", run.explain());
+
+    // Esc after 2 wrong PINs shows the recovery screen with the TPM's `auth_failed`:
+    // a stated `locked_out` is contradicted by the TPM and fails at the Esc step.
+    let esc_contradicted = lost_pin(
+        "esc-contradicted",
+        2,
+        32,
+        "  then: esc\n",
+        &format!("expect:\n  recovery: true\n  tpm_error: locked_out\n{SELF_SERVICE_KEY}"),
+    );
+    let run = run_yaml(&esc_contradicted, &[]);
+    assert_eq!(run.code, Some(1), "{}", run.explain());
+    let (step, expected, got) = run.failure().unwrap();
+    assert_eq!(
+        step,
+        "the user presses Esc at the PIN prompt",
+        "{}",
+        run.explain()
+    );
+    assert!(expected.contains("LockedOut"), "{expected}");
+    assert!(got.contains("auth_failed"), "{got}");
+
+    // `then` belongs to `lost_pin` only.
+    let (code, err) = validate_yaml(
+        &std::fs::read_to_string(
+            crate::common::workspace_root().join("scenarios/control-reboot.yaml"),
+        )
+        .unwrap()
+        .replace("  kind: reboot\n", "  kind: reboot\n  then: esc\n"),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("change.then"), "{err}");
+}
+
