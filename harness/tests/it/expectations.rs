@@ -253,3 +253,71 @@ fn defect_3_the_lost_pin_users_action_is_input_and_the_outcome_is_checked() {
     assert!(err.contains("change.then"), "{err}");
 }
 
+/// A workstation with 3 keys sharing their first 8 digits, after a firmware update, and a
+/// help desk call; `recovery_tail` is the `recovery` section from `answer:` on.
+fn help_desk_several(name: &str, answer: &str) -> String {
+    format!(
+        "\
+name: {name}
+description: Three keys share their first 8 digits; the help desk looks one up, for the issue-16 tests.
+device:
+  name: WS-0312
+  profile: \"0,2,4,11\"
+  protectors: [tpm, recovery_password]
+  recovery_passwords: 3
+  key_id_prefix: \"5EC0A11D\"
+users:
+  - name: CONTOSO\\alice
+    sign_ins: [local]
+  - name: CONTOSO\\hd-frank
+    role: advanced_helpdesk
+change:
+  kind: firmware_update
+expect:
+  recovery: true
+  tpm_error: policy_failed
+  changed_pcrs: [0]
+recovery:
+  via: help_desk
+  as: CONTOSO\\hd-frank
+  reason: BIOS changed
+  key_id_digits: 8
+  answer: {answer}
+"
+    )
+}
+
+/// Defect 4: the help desk path checks `answer` as self-service does: several matches
+/// are not a `key_shown`, and `several_matches` is checked before all 32 digits are typed.
+#[test]
+fn defect_4_help_desk_checks_the_answer() {
+    let run = run_yaml(
+        &help_desk_several("hd-several-stated-key-shown", "key_shown"),
+        &[],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.explain());
+    let (step, expected, got) = run.failure().unwrap();
+    assert_eq!(
+        step,
+        "the portal answers as the scenario says",
+        "{}",
+        run.explain()
+    );
+    assert!(expected.contains("KeyShown"), "{expected}");
+    assert!(got.contains("SeveralMatches"), "{got}");
+
+    let run = run_yaml(&help_desk_several("hd-several", "several_matches"), &[]);
+    assert!(run.passed(), "{}", run.explain());
+    let steps = run.steps();
+    let asks = steps
+        .iter()
+        .position(|s| s == "the portal asks for all 32 digits")
+        .unwrap_or_else(|| panic!("{steps:?}"));
+    let retypes = steps
+        .iter()
+        .position(|s| s == "operator picks the key by all 32 digits")
+        .unwrap_or_else(|| panic!("{steps:?}"));
+    assert!(asks < retypes, "{steps:?}");
+    assert!(steps.contains(&"the key from the portal unlocks the device".to_string()));
+}
+
