@@ -321,3 +321,80 @@ fn defect_4_help_desk_checks_the_answer() {
     assert!(steps.contains(&"the key from the portal unlocks the device".to_string()));
 }
 
+/// Defect 5: `refused` is byte-identical to the answer for an absent key ID (or, for
+/// Manage TPM, an absent computer) on the help desk paths too, and `help_desk_tpm_reset`
+/// with `answer: refused` is playable.
+#[test]
+fn defect_5_help_desk_refusals_are_compared_with_an_absent_one() {
+    // Carol (role helpdesk) types an end user who never signed in to the laptop.
+    let key = "\
+name: hd-refused
+description: The help desk types an end user with no sign-in on the device and is refused, for issue 16.
+device:
+  name: PC-0221
+  profile: \"7,11\"
+  protectors: [tpm, recovery_password]
+users:
+  - name: CONTOSO\\erin
+    sign_ins: [local]
+  - name: CONTOSO\\bob
+  - name: CONTOSO\\hd-carol
+    role: helpdesk
+change:
+  kind: secure_boot_db_update
+expect:
+  recovery: true
+  tpm_error: policy_failed
+  changed_pcrs: [7]
+recovery:
+  via: help_desk
+  as: CONTOSO\\hd-carol
+  end_user: CONTOSO\\bob
+  reason: BIOS changed
+  answer: refused
+checks:
+  audit:
+    - { source: help_desk, outcome: denied }
+    - { source: help_desk, outcome: not_found }
+";
+    let run = run_yaml(key, &[]);
+    assert!(run.passed(), "{}", run.explain());
+    assert!(
+        run.steps()
+            .contains(&"the refusal is answered exactly like an absent key ID".to_string()),
+        "{:?}",
+        run.steps()
+    );
+
+    // Manage TPM for a device whose agent never escrowed the lockout authorization.
+    let tpm = lost_pin(
+        "tpm-reset-refused",
+        6,
+        5,
+        "",
+        "\
+expect:
+  recovery: true
+  tpm_error: locked_out
+recovery:
+  via: help_desk_tpm_reset
+  as: CONTOSO\\hd-carol
+  end_user: CONTOSO\\alice
+  reason: Lost PIN
+  answer: refused
+",
+    )
+    .replace(
+        "  lockout_threshold: 5\n",
+        "  lockout_threshold: 5\n  escrow_tpm_lockout: false\n",
+    );
+    let run = run_yaml(&tpm, &[]);
+    assert!(run.passed(), "{}", run.explain());
+    assert!(
+        run.steps()
+            .contains(&"the refusal is answered exactly like an absent computer".to_string()),
+        "{:?}",
+        run.steps()
+    );
+}
+
