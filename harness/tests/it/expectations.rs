@@ -398,3 +398,69 @@ recovery:
     );
 }
 
+/// Defect 6: `checks.after_recovery` says what the agent does after the key (or the
+/// lockout authorization) was shown: `rotate` or `keep`; the runner does that and checks it.
+#[test]
+fn defect_6_after_recovery_keep_is_played_and_checked() {
+    let root = crate::common::workspace_root();
+    let rotation =
+        std::fs::read_to_string(root.join("scenarios/single-use-key-rotation.yaml")).unwrap();
+    let keep = rotation
+        .replace("name: single-use-key-rotation", "name: key-kept")
+        .replace("after_recovery: rotate", "after_recovery: keep");
+    assert_ne!(
+        keep, rotation,
+        "the scenario file changed; update this test"
+    );
+    let run = run_yaml(&keep, &[]);
+    assert!(run.passed(), "{}", run.explain());
+    let steps = run.steps();
+    for step in [
+        "agent check-in is told to rotate the shown key",
+        "the agent keeps the key: the old password still unlocks the device",
+        "the portal still shows the kept key to its user",
+        "the next check-in still asks to rotate it",
+    ] {
+        assert!(
+            steps.contains(&step.to_string()),
+            "{step} missing: {steps:?}"
+        );
+    }
+    assert!(
+        !steps.contains(&"the device makes a new recovery password".to_string()),
+        "{steps:?}"
+    );
+
+    // `rotate` still rotates.
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_file(
+        &root.join("scenarios/single-use-key-rotation.yaml"),
+        dir.path(),
+        &[],
+    );
+    assert!(run.passed(), "{}", run.explain());
+    assert!(run
+        .steps()
+        .contains(&"the device makes a new recovery password".to_string()));
+
+    // The lockout authorization kept: Manage TPM's value is not rotated, and the portal
+    // keeps asking for it.
+    let tpm = std::fs::read_to_string(root.join("scenarios/lost-pin-help-desk-tpm-reset.yaml"))
+        .unwrap()
+        .replace("name: lost-pin-help-desk-tpm-reset", "name: lockout-kept")
+        .replace("after_recovery: rotate", "after_recovery: keep");
+    let run = run_yaml(&tpm, &[]);
+    assert!(run.passed(), "{}", run.explain());
+    let steps = run.steps();
+    assert!(
+        steps.contains(
+            &"the next check-in still asks to rotate the TPM lockout authorization".to_string()
+        ),
+        "{steps:?}"
+    );
+    assert!(
+        !steps.contains(&"agent escrows the new lockout authorization".to_string()),
+        "{steps:?}"
+    );
+}
+
