@@ -464,3 +464,38 @@ fn defect_6_after_recovery_keep_is_played_and_checked() {
     );
 }
 
+/// Defect 7: `harness run --browser` checks the `expired_session` audit row the scenario
+/// states, as the no-JavaScript run does (it used to drop it).
+#[test]
+fn defect_7_browser_checks_the_expired_session_audit_row() {
+    let root = crate::common::workspace_root();
+    let idle = std::fs::read_to_string(root.join("scenarios/idle-session-expires.yaml")).unwrap();
+    let run = run_yaml(&idle, &["--browser"]);
+    assert!(run.passed(), "{}", run.explain());
+    assert!(
+        run.steps()
+            .contains(&"the audit shows each request".to_string()),
+        "{:?}",
+        run.steps()
+    );
+
+    // The row stated with the wrong source must fail the audit check in the browser too.
+    let wrong = idle.replace(
+        "{ source: self_service, outcome: expired_session }",
+        "{ source: help_desk, outcome: expired_session }",
+    );
+    assert_ne!(wrong, idle, "the scenario file changed; update this test");
+    for args in [&[][..], &["--browser"][..]] {
+        let run = run_yaml(&wrong, args);
+        assert_eq!(run.code, Some(1), "{args:?}: {}", run.explain());
+        let (step, expected, _) = run.failure().unwrap();
+        assert_eq!(
+            step,
+            "the audit shows each request",
+            "{args:?}: {}",
+            run.explain()
+        );
+        assert!(expected.contains("help_desk"), "{expected}");
+    }
+}
+
