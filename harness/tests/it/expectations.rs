@@ -499,3 +499,153 @@ fn defect_7_browser_checks_the_expired_session_audit_row() {
     }
 }
 
+/// YAML as editors and YAML 1.2 core-schema tools read it (an unquoted `0123` is the
+/// integer 123, not a string), as JSON for the JSON Schema.
+fn yaml_as_json(text: &str) -> Option<serde_json::Value> {
+    use yaml_rust2::Yaml;
+    fn convert(y: &Yaml) -> Option<serde_json::Value> {
+        Some(match y {
+            Yaml::Real(r) => serde_json::json!(r.parse::<f64>().ok()?),
+            Yaml::Integer(i) => serde_json::json!(i),
+            Yaml::String(s) => serde_json::json!(s),
+            Yaml::Boolean(b) => serde_json::json!(b),
+            Yaml::Null => serde_json::Value::Null,
+            Yaml::Array(items) => {
+                serde_json::Value::Array(items.iter().map(convert).collect::<Option<_>>()?)
+            }
+            Yaml::Hash(map) => {
+                let mut out = serde_json::Map::new();
+                for (k, v) in map {
+                    out.insert(k.as_str()?.to_string(), convert(v)?);
+                }
+                serde_json::Value::Object(out)
+            }
+            Yaml::Alias(_) | Yaml::BadValue => return None,
+        })
+    }
+    let docs = yaml_rust2::YamlLoader::load_from_str(text).ok()?;
+    convert(docs.first()?)
+}
+
+fn schema_validator() -> jsonschema::Validator {
+    let text = std::fs::read_to_string(
+        crate::common::workspace_root().join("scenarios/scenario.schema.json"),
+    )
+    .unwrap();
+    jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
+}
+
+/// Defect 8: a PIN is a string. An unquoted one is an error at `device.pin` that says to
+/// quote it; and the loader (`harness validate`) and the JSON Schema accept and reject the
+/// same files: every catalog file, and a set of good and bad variants.
+#[test]
+fn defect_8_loader_and_json_schema_accept_and_reject_the_same_files() {
+    use harness::scenario::parse_scenario;
+    let root = crate::common::workspace_root();
+    let base = std::fs::read_to_string(root.join("scenarios/lost-pin-wrong-pins.yaml")).unwrap();
+    let edit = |from: &str, to: &str| -> String {
+        assert!(
+            base.contains(from),
+            "lost-pin-wrong-pins.yaml changed: {from}"
+        );
+        base.replacen(from, to, 1)
+    };
+    let pin = "  pin: \"472918\"\n";
+
+    // An unquoted numeric PIN names its position and says to quote it.
+    for unquoted in ["0123", "582046"] {
+        let yaml = edit(pin, &format!("  pin: {unquoted}\n"));
+        let err = parse_scenario(Path::new("pin.yaml"), &yaml)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("pin.yaml:11:8: device.pin:"), "{err}");
+        assert!(err.contains("quote it"), "{err}");
+    }
+
+    let mut files: Vec<(String, String)> = Vec::new();
+    let mut catalog: Vec<_> = std::fs::read_dir(root.join("scenarios"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    catalog.sort();
+    assert!(catalog.len() >= 20);
+    for path in catalog {
+        files.push((
+            path.display().to_string(),
+            std::fs::read_to_string(&path).unwrap(),
+        ));
+    }
+    let variants = [
+        // Good.
+        (
+            "quoted PIN with a leading zero",
+            edit(pin, "  pin: \"0123\"\n"),
+        ),
+        ("single-quoted PIN", edit(pin, "  pin: '582046'\n")),
+        // Bad.
+        (
+            "unquoted PIN with a leading zero",
+            edit(pin, "  pin: 0123\n"),
+        ),
+        ("unquoted numeric PIN", edit(pin, "  pin: 582046\n")),
+        ("unquoted 8-digit PIN", edit(pin, "  pin: 58204612\n")),
+        ("PIN too short", edit(pin, "  pin: \"123\"\n")),
+        (
+            "PIN without tpm_pin",
+            edit("[tpm_pin, recovery_password]", "[tpm, recovery_password]"),
+        ),
+        ("tpm_pin without PIN", edit(pin, "")),
+        (
+            "unknown key",
+            edit("  wrong_pins: 3\n", "  wrong_pins: 3\n  wrongpins: 3\n"),
+        ),
+        (
+            "wrong_pins zero",
+            edit("  wrong_pins: 3\n", "  wrong_pins: 0\n"),
+        ),
+        ("lost_pin without wrong_pins", edit("  wrong_pins: 3\n", "")),
+        (
+            "bad enum",
+            edit("tpm_error: auth_failed", "tpm_error: pin_wrong"),
+        ),
+        ("bad type", edit("recovery: true", "recovery: \"yes\"")),
+        (
+            "missing expect",
+            edit("expect:\n  recovery: true\n  tpm_error: auth_failed\n", ""),
+        ),
+        (
+            "bad key_id_digits",
+            edit(
+                "  answer: key_shown\n",
+                "  answer: key_shown\n  key_id_digits: 12\n",
+            ),
+        ),
+        (
+            "bad after_recovery",
+            format!("{base}checks:\n  after_recovery: sometimes\n"),
+        ),
+    ];
+    for (name, text) in variants {
+        files.push((name.to_string(), text));
+    }
+
+    let validator = schema_validator();
+    let mut disagreements = Vec::new();
+    for (name, text) in &files {
+        let loader = parse_scenario(Path::new("variant.yaml"), text);
+        let schema = yaml_as_json(text).map(|v| validator.is_valid(&v));
+        let schema_ok = schema == Some(true);
+        if loader.is_ok() != schema_ok {
+            disagreements.push(format!(
+                "{name}: loader {}, JSON Schema {}",
+                match &loader {
+                    Ok(_) => "accepts".to_string(),
+                    Err(e) => format!("rejects ({e})"),
+                },
+                if schema_ok { "accepts" } else { "rejects" }
+            ));
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+}
