@@ -446,28 +446,47 @@ impl<'a> Play<'a> {
         if s.change.kind == ChangeKind::None {
             return Ok(None);
         }
+        // The last wrong PIN's outcome: the device is at the PIN prompt (`None`) or on
+        // the recovery screen the TPM's lockout put it on.
+        let mut after_wrong_pins: Option<BootOutcome> = None;
         if s.change.kind == ChangeKind::LostPin {
+            // Exactly `wrong_pins` wrong PINs, each answered by the TPM: a counted
+            // failure up to the threshold, a lockout after it.
             let wrong = s.change.wrong_pins.unwrap_or(0);
             let threshold = s.device.lockout_threshold;
             for attempt in 1..=wrong {
                 let outcome = machine.boot(Some("000000-wrong"));
                 let name = format!("wrong PIN #{attempt}");
-                self.steps.run(&name, || match outcome {
-                    Ok(BootOutcome::WrongPin { lockout_counter }) => ensure(
-                        attempt < threshold + 1 && lockout_counter == attempt,
-                        format!("TPM_RC_AUTH_FAIL with the lockout counter at {attempt}"),
-                        format!("counter {lockout_counter}"),
-                    ),
-                    Ok(BootOutcome::Recovery(screen)) if attempt > threshold.saturating_sub(1) => {
+                let outcome = self.steps.run(&name, || match outcome {
+                    Ok(BootOutcome::WrongPin { lockout_counter }) if attempt <= threshold => {
                         ensure(
-                            screen.cause == LockoutCause::LockedOut,
-                            "TPM_RC_LOCKOUT once the threshold is reached",
-                            screen.cause.name(),
-                        )
+                            lockout_counter == attempt,
+                            format!("TPM_RC_AUTH_FAIL with the lockout counter at {attempt}"),
+                            format!("counter {lockout_counter}"),
+                        )?;
+                        Ok(BootOutcome::WrongPin { lockout_counter })
                     }
-                    Ok(other) => Err(("a refused PIN".into(), format!("{other:?}"))),
+                    Ok(BootOutcome::Recovery(screen))
+                        if attempt > threshold && screen.cause == LockoutCause::LockedOut =>
+                    {
+                        Ok(BootOutcome::Recovery(screen))
+                    }
+                    Ok(other) => Err((
+                        if attempt <= threshold {
+                            format!("TPM_RC_AUTH_FAIL with the lockout counter at {attempt}")
+                        } else {
+                            format!("TPM_RC_LOCKOUT: {threshold} failures reached")
+                        },
+                        match other {
+                            BootOutcome::Recovery(screen) => {
+                                format!("the recovery screen with {}", screen.cause.name())
+                            }
+                            other => format!("{other:?}"),
+                        },
+                    )),
                     Err(e) => Err(("a refused PIN".into(), e.to_string())),
                 })?;
+                after_wrong_pins = Some(outcome);
             }
         } else {
             let change = device_change(s.change.kind);
@@ -503,22 +522,23 @@ impl<'a> Play<'a> {
             }
         }
 
-        // A lost PIN that has not locked the TPM out: one more wrong PIN, then the user
-        // gives up at the prompt (Esc) and takes the recovery screen.
+        // A lost PIN that has not locked the TPM out: the user gives up at the prompt
+        // (Esc) and takes the recovery screen; once locked out, the device is on it.
         let gives_up =
             s.change.kind == ChangeKind::LostPin && expect.tpm_error == TpmError::AuthFailed;
         let outcome = if gives_up {
-            match machine.boot(Some("000000-wrong")) {
-                Ok(BootOutcome::WrongPin { .. }) => machine
+            match after_wrong_pins {
+                Some(BootOutcome::WrongPin { .. }) => machine
                     .choose_recovery_at_pin_prompt()
                     .map(|screen| BootOutcome::Recovery(Box::new(screen))),
-                other => other,
+                Some(other) => Ok(other),
+                None => machine.boot(pin),
             }
         } else {
             machine.boot(pin)
         };
         let step = if gives_up {
-            "wrong PIN again, then Esc to the recovery screen"
+            "Esc at the PIN prompt to the recovery screen"
         } else {
             "boot after the change"
         };

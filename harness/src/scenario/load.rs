@@ -497,6 +497,19 @@ fn validate_expect(s: &Scenario) -> Result<(), Semantic> {
             "`auth_failed` and `locked_out` come from wrong PINs: expected `change.kind: lost_pin`",
         );
     }
+    // The TPM counts a wrong PIN up to the threshold (the threshold-th still answers
+    // auth_failed) and refuses every later attempt as locked out.
+    let threshold = s.device.lockout_threshold;
+    if let Some(wrong) = s.change.wrong_pins {
+        if e.tpm_error == TpmError::AuthFailed && wrong > threshold {
+            return fail(
+                vec![Key("change"), Key("wrong_pins")],
+                format!(
+                    "after {wrong} wrong PINs a TPM with `lockout_threshold: {threshold}` is locked out: the last one is answered `locked_out`, not `auth_failed` (at most {threshold} wrong PINs get `auth_failed`)"
+                ),
+            );
+        }
+    }
     Ok(())
 }
 
