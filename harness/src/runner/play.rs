@@ -16,8 +16,8 @@ use crate::portal::{
     EscrowKey, HelpDeskOperator, Outcome, PortalTarget, Screenshot, SettingsPatch, SignIn,
 };
 use crate::scenario::{
-    self, AfterRecovery, Answer as Expected, ChangeKind, IdleExpiry, KeyIdDigits, ProtectorKind,
-    RecoveryVia, Scenario, TpmError,
+    self, AfterRecovery, Answer as Expected, ChangeKind, IdleExpiry, KeyIdDigits, PinAction,
+    ProtectorKind, RecoveryVia, Scenario, TpmError,
 };
 
 use super::steps::{because, ensure, Failure, StepResult, Steps};
@@ -522,25 +522,23 @@ impl<'a> Play<'a> {
             }
         }
 
-        // A lost PIN that has not locked the TPM out: the user gives up at the prompt
-        // (Esc) and takes the recovery screen; once locked out, the device is on it.
-        let gives_up =
-            s.change.kind == ChangeKind::LostPin && expect.tpm_error == TpmError::AuthFailed;
-        let outcome = if gives_up {
-            match after_wrong_pins {
-                Some(BootOutcome::WrongPin { .. }) => machine
-                    .choose_recovery_at_pin_prompt()
-                    .map(|screen| BootOutcome::Recovery(Box::new(screen))),
-                Some(other) => Ok(other),
-                None => machine.boot(pin),
-            }
-        } else {
-            machine.boot(pin)
-        };
-        let step = if gives_up {
-            "Esc at the PIN prompt to the recovery screen"
-        } else {
-            "boot after the change"
+        // After the wrong PINs the user does what the scenario says (`change.then`); what
+        // follows is checked against the scenario's expectations below.
+        let (outcome, step) = match (s.change.kind, after_wrong_pins) {
+            (ChangeKind::LostPin, Some(last)) => match s.change.pin_action() {
+                PinAction::Esc => match last {
+                    BootOutcome::WrongPin { .. } => (
+                        machine
+                            .choose_recovery_at_pin_prompt()
+                            .map(|screen| BootOutcome::Recovery(Box::new(screen))),
+                        "the user presses Esc at the PIN prompt",
+                    ),
+                    other => (Ok(other), "the recovery screen after the wrong PINs"),
+                },
+                // A new boot: a locked-out device shows no PIN prompt until it restarts.
+                PinAction::RightPin => (machine.boot(pin), "the user types the right PIN"),
+            },
+            _ => (machine.boot(pin), "boot after the change"),
         };
         let screen = self.steps.run(step, || {
             let outcome = outcome.map_err(because("a boot"))?;

@@ -186,6 +186,28 @@ pub struct Change {
     /// `lost_pin` only: how many wrong PINs the user types.
     #[serde(default)]
     pub wrong_pins: Option<u32>,
+    /// `lost_pin` only: what the user does after the wrong PINs (default: `esc`).
+    #[serde(default)]
+    pub then: Option<PinAction>,
+}
+
+impl Change {
+    /// What the lost-PIN user does after the wrong PINs (`esc` unless the file says).
+    pub fn pin_action(&self) -> PinAction {
+        self.then.unwrap_or(PinAction::Esc)
+    }
+}
+
+/// What the lost-PIN user does after typing the wrong PINs: an input of the story, never
+/// derived from what is expected to follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinAction {
+    /// Gives up at the PIN prompt (Esc) and takes the recovery screen (a locked-out
+    /// device is on it already).
+    Esc,
+    /// Remembers the PIN and types the right one: it unlocks unless the TPM is locked out.
+    RightPin,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
