@@ -257,35 +257,28 @@ impl<'a> Play<'a> {
                     .help_desk_operator(&names.user(&requester), &requester_password)
                     .await?;
                 let end_user = recovery.end_user.as_deref().map(|u| names.user(u));
-                let mut answer = self
+                let reason = recovery.reason.as_str();
+                let answer = self
                     .steps
                     .run_async(
                         &format!("operator looks up {} digits of the key ID", typed_id.len()),
                         async {
                             operator
-                                .lookup_key(
-                                    &typed_id,
-                                    end_user.as_deref(),
-                                    recovery.reason.as_str(),
-                                )
+                                .lookup_key(&typed_id, end_user.as_deref(), reason)
                                 .await
                                 .map_err(because("an answer page"))
                         },
                     )
                     .await?;
-                if let Outcome::SeveralMatches(_) = answer.outcome {
-                    let full = key_id.to_string();
-                    answer = self
-                        .steps
-                        .run_async("operator picks the key by all 32 digits", async {
-                            operator
-                                .lookup_key(&full, end_user.as_deref(), recovery.reason.as_str())
-                                .await
-                                .map_err(because("an answer page"))
-                        })
-                        .await?;
-                }
-                self.expect_simple_answer(recovery.answer, &answer)?
+                self.help_desk_answer(
+                    recovery.answer,
+                    answer,
+                    &mut operator,
+                    end_user.as_deref(),
+                    &key_id,
+                    reason,
+                )
+                .await?
             }
             RecoveryVia::HelpDeskTpmReset => {
                 let mut operator = self
@@ -415,6 +408,44 @@ impl<'a> Play<'a> {
         }
         self.portal_only_checks(&names, &passwords, &machine, &escrow, &agent)
             .await
+    }
+
+    /// Checks the help desk's answer to a key lookup as self-service answers are checked:
+    /// several matches are asked for all 32 digits before the key.
+    async fn help_desk_answer(
+        &mut self,
+        expected: Expected,
+        answer: Answer,
+        operator: &mut HelpDeskOperator,
+        end_user: Option<&str>,
+        key_id: &KeyProtectorId,
+        reason: &str,
+    ) -> Result<Option<String>, Failure> {
+        match expected {
+            Expected::SeveralMatches => {
+                self.steps.run("the portal asks for all 32 digits", || {
+                    match &answer.outcome {
+                        Outcome::SeveralMatches(_) => Ok(()),
+                        other => Err((
+                            "several matches: type all 32 digits".into(),
+                            format!("{other:?} (status {})", answer.status),
+                        )),
+                    }
+                })?;
+                let full = key_id.to_string();
+                let answer = self
+                    .steps
+                    .run_async("operator picks the key by all 32 digits", async {
+                        operator
+                            .lookup_key(&full, end_user, reason)
+                            .await
+                            .map_err(because("an answer page"))
+                    })
+                    .await?;
+                self.expect_simple_answer(Expected::KeyShown, &answer)
+            }
+            expected => self.expect_simple_answer(expected, &answer),
+        }
     }
 
     /// A help desk operator, signed in.
@@ -814,11 +845,7 @@ impl<'a> Play<'a> {
         if expected == Expected::Refused {
             let absent = KeyProtectorId::random(&mut rand::rng());
             // The same number of digits as the user typed for the real one.
-            let typed_absent = if typed_len == 8 {
-                absent.first8()
-            } else {
-                absent.to_string()
-            };
+            let (typed_real, typed_absent) = typed_pair(key_id, &absent, typed_len);
             let absent_answer = self
                 .steps
                 .run_async("user asks for a key ID that does not exist", async {
@@ -827,33 +854,9 @@ impl<'a> Play<'a> {
                         .map_err(because("an answer page"))
                 })
                 .await?;
-            let typed_real = if typed_len == 8 {
-                key_id.first8()
-            } else {
-                key_id.to_string()
-            };
             self.steps.run(
                 "a foreign key ID is answered exactly like an absent one",
-                || {
-                    ensure(
-                        matches!(answer.outcome, Outcome::NotFound(_))
-                            && answer.status == absent_answer.status
-                            && same_body(
-                                &answer.body,
-                                &typed_real,
-                                &absent_answer.body,
-                                &typed_absent,
-                            ),
-                        format!(
-                            "identical not-found answers (status {})",
-                            absent_answer.status
-                        ),
-                        format!(
-                            "{:?} with status {} vs {}",
-                            answer.outcome, answer.status, absent_answer.status
-                        ),
-                    )
-                },
+                || identical_refusals(&answer, &typed_real, &absent_answer, &typed_absent),
             )?;
             return Ok(None);
         }
@@ -1157,6 +1160,45 @@ fn device_change(kind: ChangeKind) -> Option<Change> {
 /// echoes back into its input field) is blanked out.
 fn same_body(a: &str, typed_a: &str, b: &str, typed_b: &str) -> bool {
     a.replace(typed_a, "<typed>") == b.replace(typed_b, "<typed>")
+}
+
+/// The key ID typed for the real key and for an absent one, with the same digit count.
+fn typed_pair(
+    real: &KeyProtectorId,
+    absent: &KeyProtectorId,
+    typed_len: usize,
+) -> (String, String) {
+    if typed_len == 8 {
+        (real.first8(), absent.first8())
+    } else {
+        (real.to_string(), absent.to_string())
+    }
+}
+
+/// A refusal ("not found") byte-identical, status and body, to the answer for something
+/// that does not exist, once each typed input the page echoes is blanked out.
+fn identical_refusals(
+    answer: &Answer,
+    typed: &str,
+    absent_answer: &Answer,
+    typed_absent: &str,
+) -> StepResult<()> {
+    ensure(
+        matches!(answer.outcome, Outcome::NotFound(_))
+            && answer.status == absent_answer.status
+            && same_body(&answer.body, typed, &absent_answer.body, typed_absent),
+        format!(
+            "not found, identical to the answer for an absent one (status {}, {} bytes)",
+            absent_answer.status,
+            absent_answer.body.len()
+        ),
+        format!(
+            "{:?} with status {}, {} bytes",
+            answer.outcome,
+            answer.status,
+            answer.body.len()
+        ),
+    )
 }
 
 fn cause_matches(cause: &LockoutCause, want: TpmError) -> bool {
