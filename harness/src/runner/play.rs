@@ -276,6 +276,7 @@ impl<'a> Play<'a> {
                     &mut operator,
                     end_user.as_deref(),
                     &key_id,
+                    typed_id.len(),
                     reason,
                 )
                 .await?
@@ -301,15 +302,32 @@ impl<'a> Play<'a> {
                         },
                     )
                     .await?;
-                let auth_hex = match (&answer.outcome, recovery.answer) {
-                    (Outcome::LockoutAuth(hex), Expected::LockoutAuthShown) => hex.clone(),
-                    (other, expected) => {
-                        return Err(plain(
-                            "Manage TPM answer",
-                            &format!("{expected:?}"),
-                            &format!("{other:?}"),
-                        ))
+                let auth_hex = match recovery.answer {
+                    Expected::Refused => {
+                        self.tpm_refusal_like_absent(
+                            &mut operator,
+                            &answer,
+                            &device_name,
+                            end_user.as_deref(),
+                            recovery.reason.as_str(),
+                        )
+                        .await?;
+                        return self
+                            .portal_only_checks(&names, &passwords, &machine, &escrow, &agent)
+                            .await;
                     }
+                    expected => self.steps.run(
+                        "Manage TPM answers as the scenario says",
+                        || match &answer.outcome {
+                            Outcome::LockoutAuth(hex) if expected == Expected::LockoutAuthShown => {
+                                Ok(hex.clone())
+                            }
+                            other => Err((
+                                format!("{expected:?}"),
+                                format!("{other:?} (status {})", answer.status),
+                            )),
+                        },
+                    )?,
                 };
                 let auth = hex::decode(auth_hex.trim()).map_err(|e| {
                     plain("decode the lockout authorization", "hex", &e.to_string())
@@ -411,7 +429,9 @@ impl<'a> Play<'a> {
     }
 
     /// Checks the help desk's answer to a key lookup as self-service answers are checked:
-    /// several matches are asked for all 32 digits before the key.
+    /// several matches are asked for all 32 digits before the key, and a refusal must be
+    /// byte-identical to the one for a key ID that does not exist.
+    #[allow(clippy::too_many_arguments)]
     async fn help_desk_answer(
         &mut self,
         expected: Expected,
@@ -419,6 +439,7 @@ impl<'a> Play<'a> {
         operator: &mut HelpDeskOperator,
         end_user: Option<&str>,
         key_id: &KeyProtectorId,
+        typed_len: usize,
         reason: &str,
     ) -> Result<Option<String>, Failure> {
         match expected {
@@ -444,8 +465,55 @@ impl<'a> Play<'a> {
                     .await?;
                 self.expect_simple_answer(Expected::KeyShown, &answer)
             }
+            Expected::Refused => {
+                let absent = KeyProtectorId::random(&mut rand::rng());
+                let (typed_real, typed_absent) = typed_pair(key_id, &absent, typed_len);
+                let absent_answer = self
+                    .steps
+                    .run_async("operator looks up a key ID that does not exist", async {
+                        operator
+                            .lookup_key(&typed_absent, end_user, reason)
+                            .await
+                            .map_err(because("an answer page"))
+                    })
+                    .await?;
+                self.steps.run(
+                    "the refusal is answered exactly like an absent key ID",
+                    || identical_refusals(&answer, &typed_real, &absent_answer, &typed_absent),
+                )?;
+                Ok(None)
+            }
             expected => self.expect_simple_answer(expected, &answer),
         }
+    }
+
+    /// Manage TPM refused: the answer must be byte-identical to the one for a computer
+    /// that does not exist (same end user, same reason).
+    async fn tpm_refusal_like_absent(
+        &mut self,
+        operator: &mut HelpDeskOperator,
+        answer: &Answer,
+        device_name: &str,
+        end_user: Option<&str>,
+        reason: &str,
+    ) -> Result<(), Failure> {
+        let absent = format!("PC-{:08X}", rand::rng().random::<u32>());
+        let absent_answer = self
+            .steps
+            .run_async(
+                "operator asks Manage TPM for a computer that does not exist",
+                async {
+                    operator
+                        .manage_tpm(&absent, end_user, reason)
+                        .await
+                        .map_err(because("the Manage TPM answer"))
+                },
+            )
+            .await?;
+        self.steps.run(
+            "the refusal is answered exactly like an absent computer",
+            || identical_refusals(answer, device_name, &absent_answer, &absent),
+        )
     }
 
     /// A help desk operator, signed in.
