@@ -342,39 +342,59 @@ impl<'a> Play<'a> {
                     .run("the right PIN unlocks without a recovery key", || {
                         expect_unlocked(machine.boot(pin.as_deref()))
                     })?;
-                if s.checks.after_recovery == Some(AfterRecovery::Rotate) {
-                    let check_in = self
-                        .steps
-                        .run_async(
-                            "agent check-in asks to rotate the TPM lockout authorization",
-                            async {
-                                let c = agent.check_in().await.map_err(because("a check-in"))?;
-                                ensure(
-                                    c.rotate_tpm_lockout,
-                                    "rotate_tpm_lockout: true",
-                                    format!("{c:?}"),
-                                )
-                            },
-                        )
-                        .await;
-                    check_in?;
-                    let new_auth = machine.rotate_lockout_auth(&mut rand::rng()).map_err(|e| {
-                        failure("rotate the lockout authorization", "a new value", e)
-                    })?;
-                    self.steps
-                        .run_async("agent escrows the new lockout authorization", async {
-                            agent
-                                .escrow_tpm_lockout(&new_auth)
-                                .await
-                                .map_err(because("204"))?;
+                // The portal asks the agent to rotate the shown value at its check-in.
+                let check_in = self
+                    .steps
+                    .run_async(
+                        "agent check-in asks to rotate the TPM lockout authorization",
+                        async {
                             let c = agent.check_in().await.map_err(because("a check-in"))?;
                             ensure(
-                                !c.rotate_tpm_lockout,
-                                "rotate_tpm_lockout: false",
+                                c.rotate_tpm_lockout,
+                                "rotate_tpm_lockout: true",
                                 format!("{c:?}"),
                             )
-                        })
-                        .await?;
+                        },
+                    )
+                    .await;
+                check_in?;
+                match after_recovery(s) {
+                    AfterRecovery::Rotate => {
+                        let new_auth =
+                            machine.rotate_lockout_auth(&mut rand::rng()).map_err(|e| {
+                                failure("rotate the lockout authorization", "a new value", e)
+                            })?;
+                        self.steps
+                            .run_async("agent escrows the new lockout authorization", async {
+                                agent
+                                    .escrow_tpm_lockout(&new_auth)
+                                    .await
+                                    .map_err(because("204"))?;
+                                let c = agent.check_in().await.map_err(because("a check-in"))?;
+                                ensure(
+                                    !c.rotate_tpm_lockout,
+                                    "rotate_tpm_lockout: false",
+                                    format!("{c:?}"),
+                                )
+                            })
+                            .await?;
+                    }
+                    AfterRecovery::Keep => {
+                        self.steps
+                            .run_async(
+                                "the next check-in still asks to rotate the TPM lockout authorization",
+                                async {
+                                    let c =
+                                        agent.check_in().await.map_err(because("a check-in"))?;
+                                    ensure(
+                                        c.rotate_tpm_lockout,
+                                        "rotate_tpm_lockout: true (the value was not rotated)",
+                                        format!("{c:?}"),
+                                    )
+                                },
+                            )
+                            .await?;
+                    }
                 }
                 None
             }
@@ -408,21 +428,29 @@ impl<'a> Play<'a> {
                 key_id,
                 &password,
             )?;
-            let new = self
-                .rotation_cycle(&mut machine, &agent, &names, &passwords, key_id, &password)
-                .await?;
-            let volume = JudgedVolume {
-                image: machine.volume_image(),
-                data_sha256: machine.volume_data_sha256(),
-            };
-            let new_password = new.recovery_password.to_string();
-            volume_check::rotation_seen(
-                &mut self.steps,
-                self.volume_judges,
-                volume,
-                (key_id, &password),
-                (new.key_protector_id, &new_password),
-            )?;
+            match after_recovery(s) {
+                AfterRecovery::Rotate => {
+                    let new = self
+                        .rotation_cycle(&mut machine, &agent, &names, &passwords, key_id, &password)
+                        .await?;
+                    let volume = JudgedVolume {
+                        image: machine.volume_image(),
+                        data_sha256: machine.volume_data_sha256(),
+                    };
+                    let new_password = new.recovery_password.to_string();
+                    volume_check::rotation_seen(
+                        &mut self.steps,
+                        self.volume_judges,
+                        volume,
+                        (key_id, &password),
+                        (new.key_protector_id, &new_password),
+                    )?;
+                }
+                AfterRecovery::Keep => {
+                    self.keep_cycle(&machine, &agent, &names, &passwords, key_id, &password)
+                        .await?;
+                }
+            }
         }
         self.portal_only_checks(&names, &passwords, &machine, &escrow, &agent)
             .await
@@ -1045,6 +1073,74 @@ impl<'a> Play<'a> {
         Ok(new)
     }
 
+    /// `after_recovery: keep`: the agent does not rotate the shown key. The portal asks it
+    /// to, the key still unlocks the device, the portal still shows it to its user, and
+    /// the next check-in asks again.
+    async fn keep_cycle(
+        &mut self,
+        machine: &Machine,
+        agent: &Agent,
+        names: &Names,
+        passwords: &std::collections::HashMap<String, String>,
+        key_id: KeyProtectorId,
+        password: &str,
+    ) -> Result<(), Failure> {
+        let id = key_id.to_string();
+        let asks_to_rotate = |c: &crate::portal::CheckIn| {
+            ensure(
+                c.rotate_keys.iter().any(|k| k.eq_ignore_ascii_case(&id)),
+                format!("rotate_keys containing {id}"),
+                format!("{:?}", c.rotate_keys),
+            )
+        };
+        self.steps
+            .run_async("agent check-in is told to rotate the shown key", async {
+                asks_to_rotate(&agent.check_in().await.map_err(because("a check-in"))?)
+            })
+            .await?;
+        let kept = RecoveryPassword::parse(password)
+            .map_err(|e| plain("parse the shown key", "a valid password", &e.to_string()))?;
+        self.steps.run(
+            "the agent keeps the key: the old password still unlocks the device",
+            || {
+                let unlocks = machine
+                    .password_unlocks(&kept)
+                    .map_err(because("a check"))?;
+                ensure(unlocks, "the key still unlocks", "the MAC check fails")
+            },
+        )?;
+        if let Some(user) = self.scenario.users.iter().find(|u| u.signed_in_locally()) {
+            let user_password = passwords
+                .get(&user.name.to_lowercase())
+                .cloned()
+                .unwrap_or_default();
+            let mut browser = BrowserUser::new(self.target, &names.user(&user.name))
+                .map_err(|e| failure("open the portal", "a client", e))?;
+            self.steps
+                .run_async("the portal still shows the kept key to its user", async {
+                    browser
+                        .sign_in_and_accept(&names.user(&user.name), &user_password)
+                        .await
+                        .map_err(because("the key form"))?;
+                    let a = browser
+                        .request_key(&id, "BIOS/TPM changed")
+                        .await
+                        .map_err(because("an answer page"))?;
+                    ensure(
+                        matches!(&a.outcome, Outcome::KeyShown(k) if k == password),
+                        "the same key shown again",
+                        format!("{:?}", a.outcome),
+                    )
+                })
+                .await?;
+        }
+        self.steps
+            .run_async("the next check-in still asks to rotate it", async {
+                asks_to_rotate(&agent.check_in().await.map_err(because("a check-in"))?)
+            })
+            .await
+    }
+
     async fn portal_only_checks(
         &mut self,
         names: &Names,
@@ -1228,6 +1324,12 @@ fn device_change(kind: ChangeKind) -> Option<Change> {
 /// echoes back into its input field) is blanked out.
 fn same_body(a: &str, typed_a: &str, b: &str, typed_b: &str) -> bool {
     a.replace(typed_a, "<typed>") == b.replace(typed_b, "<typed>")
+}
+
+/// What the agent does after a shown key or lockout authorization (`rotate` unless the
+/// scenario says `keep`).
+fn after_recovery(s: &Scenario) -> AfterRecovery {
+    s.checks.after_recovery.unwrap_or(AfterRecovery::Rotate)
 }
 
 /// The key ID typed for the real key and for an absent one, with the same digit count.

@@ -525,7 +525,8 @@ pub enum Answer {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checks {
-    /// `rotate`: the single-use cycle after the key (or lockout value) was shown.
+    /// What the agent does after the key (or lockout value) was shown: `rotate` (the
+    /// default) or `keep`.
     #[serde(default)]
     pub after_recovery: Option<AfterRecovery>,
     #[serde(default)]
@@ -543,6 +544,9 @@ pub enum AfterRecovery {
     /// Agent check-in lists the shown key; the agent escrows a new one and confirms the
     /// rotation; the old key ID is then "not found" and the old key no longer unlocks.
     Rotate,
+    /// The agent does not rotate: the old key still unlocks, the portal still shows it,
+    /// and every check-in keeps asking for the rotation.
+    Keep,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
