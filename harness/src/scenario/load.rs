@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::locate::{path_string, Locator, Seg};
 use super::model::{
-    Answer, ChangeKind, KeyIdDigits, ProtectorKind, RecoveryVia, Role, Scenario, TpmError,
+    Answer, ChangeKind, KeyIdDigits, PinAction, ProtectorKind, RecoveryVia, Role, Scenario,
+    TpmError,
 };
 use crate::eventlog::tcg::TcgLog;
 
@@ -432,6 +433,10 @@ fn validate_change(s: &Scenario) -> Result<(), Semantic> {
             vec![Key("change"), Key("wrong_pins")],
             "`wrong_pins` belongs to `kind: lost_pin` only",
         ),
+        _ if c.then.is_some() && c.kind != ChangeKind::LostPin => fail(
+            vec![Key("change"), Key("then")],
+            "`then` (what the user does after wrong PINs) belongs to `kind: lost_pin` only",
+        ),
         _ => Ok(()),
     }
 }
@@ -496,6 +501,53 @@ fn validate_expect(s: &Scenario) -> Result<(), Semantic> {
             vec![Key("expect"), Key("tpm_error")],
             "`auth_failed` and `locked_out` come from wrong PINs: expected `change.kind: lost_pin`",
         );
+    }
+    if s.change.kind == ChangeKind::LostPin {
+        validate_pin_action(s)?;
+    }
+    // The TPM counts a wrong PIN up to the threshold (the threshold-th still answers
+    // auth_failed) and refuses every later attempt as locked out.
+    let threshold = s.device.lockout_threshold;
+    if let Some(wrong) = s.change.wrong_pins {
+        if e.tpm_error == TpmError::AuthFailed && wrong > threshold {
+            return fail(
+                vec![Key("change"), Key("wrong_pins")],
+                format!(
+                    "after {wrong} wrong PINs a TPM with `lockout_threshold: {threshold}` is locked out: the last one is answered `locked_out`, not `auth_failed` (at most {threshold} wrong PINs get `auth_failed`)"
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What the lost-PIN user does decides which answers can follow; whether the TPM gives
+/// them (locked out or not after `wrong_pins`) is the runner's check against the TPM.
+fn validate_pin_action(s: &Scenario) -> Result<(), Semantic> {
+    let e = &s.expect;
+    match s.change.pin_action() {
+        PinAction::Esc => {
+            if !e.recovery {
+                return fail(
+                    vec![Key("expect"), Key("recovery")],
+                    "`then: esc` takes the recovery screen: expected `recovery: true` (or `then: right_pin`)",
+                );
+            }
+            if !matches!(e.tpm_error, TpmError::AuthFailed | TpmError::LockedOut) {
+                return fail(
+                    vec![Key("expect"), Key("tpm_error")],
+                    "after wrong PINs and Esc the TPM's last answer is `auth_failed` or `locked_out`",
+                );
+            }
+        }
+        PinAction::RightPin => {
+            if !matches!(e.tpm_error, TpmError::None | TpmError::LockedOut) {
+                return fail(
+                    vec![Key("expect"), Key("tpm_error")],
+                    "the right PIN either unlocks (`none`) or meets a locked-out TPM (`locked_out`)",
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -186,6 +186,28 @@ pub struct Change {
     /// `lost_pin` only: how many wrong PINs the user types.
     #[serde(default)]
     pub wrong_pins: Option<u32>,
+    /// `lost_pin` only: what the user does after the wrong PINs (default: `esc`).
+    #[serde(default)]
+    pub then: Option<PinAction>,
+}
+
+impl Change {
+    /// What the lost-PIN user does after the wrong PINs (`esc` unless the file says).
+    pub fn pin_action(&self) -> PinAction {
+        self.then.unwrap_or(PinAction::Esc)
+    }
+}
+
+/// What the lost-PIN user does after typing the wrong PINs: an input of the story, never
+/// derived from what is expected to follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinAction {
+    /// Gives up at the PIN prompt (Esc) and takes the recovery screen (a locked-out
+    /// device is on it already).
+    Esc,
+    /// Remembers the PIN and types the right one: it unlocks unless the TPM is locked out.
+    RightPin,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -503,7 +525,8 @@ pub enum Answer {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checks {
-    /// `rotate`: the single-use cycle after the key (or lockout value) was shown.
+    /// What the agent does after the key (or lockout value) was shown: `rotate` (the
+    /// default) or `keep`.
     #[serde(default)]
     pub after_recovery: Option<AfterRecovery>,
     #[serde(default)]
@@ -522,6 +545,9 @@ pub enum AfterRecovery {
     /// Agent check-in lists the shown key; the agent escrows a new one and confirms the
     /// rotation; the old key ID is then "not found" and the old key no longer unlocks.
     Rotate,
+    /// The agent does not rotate: the old key still unlocks, the portal still shows it,
+    /// and every check-in keeps asking for the rotation.
+    Keep,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]

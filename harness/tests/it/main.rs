@@ -7,6 +7,7 @@ mod common;
 mod eventlog;
 mod eventlog_real;
 mod eventlog_scenarios;
+mod expectations;
 mod machine;
 mod mutants;
 mod portal_client;
