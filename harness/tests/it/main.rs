@@ -9,6 +9,7 @@ mod eventlog_real;
 mod eventlog_scenarios;
 mod machine;
 mod portal_client;
+mod profiles;
 mod runner;
 mod scenarios;
 mod vectors;
