@@ -1114,11 +1114,14 @@ fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
     })
 }
 
-/// The device-model change behind a scenario's change kind (`None`: no model change).
-/// The synthetic model, or a device booting the scenario's real log (read by the loader).
+/// The synthetic model for the scenario's profile (a BIOS machine for `legacy`, UEFI with
+/// Secure Boot otherwise), or a device booting the scenario's real log (read by the loader).
 fn scenario_device(s: &Scenario) -> Result<Device, Failure> {
     match (&s.device.event_log, &s.device.real_log) {
-        (None, _) => Ok(Device::default()),
+        (None, _) => Ok(match s.device.profile {
+            scenario::Profile::Legacy => Device::legacy_bios(),
+            scenario::Profile::SecureBoot | scenario::Profile::Uefi => Device::default(),
+        }),
         (Some(path), Some(log)) => Ok(Device::from_real_log(
             path.display().to_string(),
             log.clone(),

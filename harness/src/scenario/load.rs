@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::locate::{path_string, Locator, Seg};
 use super::model::{
-    Answer, ChangeKind, KeyIdDigits, ProtectorKind, RecoveryVia, Role, Scenario, TpmError,
+    Answer, ChangeKind, KeyIdDigits, Profile, ProtectorKind, RecoveryVia, Role, Scenario, TpmError,
 };
 use crate::eventlog::tcg::TcgLog;
 
@@ -413,6 +413,17 @@ fn validate_users(s: &Scenario) -> Result<(), Semantic> {
 
 fn validate_change(s: &Scenario) -> Result<(), Semantic> {
     let c = &s.change;
+    if s.device.profile == Profile::Legacy {
+        if let Some(why) = not_on_a_bios_machine(c.kind) {
+            return fail(
+                vec![Key("change"), Key("kind")],
+                format!(
+                    "`{}` cannot happen on a BIOS machine (`profile: legacy`): {why}",
+                    c.kind.as_str()
+                ),
+            );
+        }
+    }
     match (c.kind, c.wrong_pins) {
         (ChangeKind::LostPin, None) => fail(
             vec![Key("change"), Key("kind")],
@@ -433,6 +444,19 @@ fn validate_change(s: &Scenario) -> Result<(), Semantic> {
             "`wrong_pins` belongs to `kind: lost_pin` only",
         ),
         _ => Ok(()),
+    }
+}
+
+/// Why a change kind does not exist on a BIOS machine, if it does not.
+fn not_on_a_bios_machine(kind: ChangeKind) -> Option<&'static str> {
+    match kind {
+        ChangeKind::SecureBootDbUpdate
+        | ChangeKind::SecureBootDbxUpdate
+        | ChangeKind::SecureBootOff => Some(
+            "a BIOS has no Secure Boot (no db, dbx or SecureBoot variable; PCR 7 holds only \
+             its separator)",
+        ),
+        _ => None,
     }
 }
 
