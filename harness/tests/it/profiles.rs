@@ -190,3 +190,102 @@ fn changes_a_bios_machine_cannot_have_are_load_errors_under_legacy() {
         );
     }
 }
+
+/// A scenario adding an option ROM signed by `signer` (a `change` line, YAML).
+fn option_rom_scenario(name: &str, profile: &str, signer: &str, extra_device: &str) -> String {
+    format!(
+        "name: {name}
+description: A card with its own option ROM is added, signed as the change says, for the tests here.
+device:
+  profile: \"{profile}\"
+  protectors: [tpm, recovery_password]{extra_device}
+users:
+  - name: CONTOSO\\alice
+    sign_ins: [local]
+change:
+  kind: option_rom_added
+  signer: {signer}
+expect:
+  recovery: false
+  tpm_error: none
+"
+    )
+}
+
+fn real_log_line() -> String {
+    let log = crate::common::workspace_root()
+        .join("harness/tests/it/data/eventlogs/go-attestation-windows_gcp_shielded_vm.log");
+    format!("\n  event_log: {}", log.display())
+}
+
+#[test]
+fn option_rom_added_takes_its_signer_from_the_yaml() {
+    // Both signers load, on the model and (unsigned) on a real log.
+    for signer in ["uefi_ca", "unsigned"] {
+        let yaml = option_rom_scenario("inline", "0,2,4,11", signer, "");
+        parse_scenario(Path::new("inline.yaml"), &yaml)
+            .unwrap_or_else(|e| panic!("signer {signer}: {e}"));
+    }
+    let on_real_log = option_rom_scenario("inline", "0,2,4,11", "unsigned", &real_log_line());
+    parse_scenario(Path::new("inline.yaml"), &on_real_log).unwrap();
+    // The signer is required: which one decides PCR 7.
+    let e = parse_scenario(
+        Path::new("inline.yaml"),
+        &option_rom_scenario("inline", "7,11", "uefi_ca", "").replace("  signer: uefi_ca\n", ""),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("inline.yaml:10:3: change.kind: ") && e.contains("`signer`"),
+        "{e}"
+    );
+    // A real log cannot say whether the firmware would log the UEFI CA's authority.
+    let e = parse_scenario(
+        Path::new("inline.yaml"),
+        &option_rom_scenario("inline", "0,2,4,11", "uefi_ca", &real_log_line()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("inline.yaml:12:3: change.signer: ") && e.contains("authority"),
+        "{e}"
+    );
+    // A BIOS runs legacy option ROMs: no UEFI signature, no authority event.
+    let e = parse_scenario(
+        Path::new("inline.yaml"),
+        &option_rom_scenario("inline", "legacy", "uefi_ca", ""),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("inline.yaml:11:3: change.signer: ") && e.contains("BIOS"),
+        "{e}"
+    );
+}
+
+#[test]
+fn harness_run_plays_the_option_rom_signer_the_yaml_names() {
+    let _ = portal_bin();
+    let dir = tempfile::tempdir().unwrap();
+    // Under 7,11 an unsigned ROM moves PCR 2 only: no recovery.
+    std::fs::write(
+        dir.path().join("unsigned.yaml"),
+        option_rom_scenario("unsigned", "7,11", "unsigned", ""),
+    )
+    .unwrap();
+    // Signed by the UEFI CA it also logs a new authority in PCR 7: recovery.
+    let uefi_ca = option_rom_scenario("uefi-ca", "7,11", "uefi_ca", "").replace(
+        "  recovery: false\n  tpm_error: none\n",
+        "  recovery: true\n  tpm_error: policy_failed\n  changed_pcrs: [7]\n\
+         recovery:\n  via: self_service\n  as: CONTOSO\\alice\n  reason: BIOS/TPM changed\n  answer: key_shown\n",
+    );
+    std::fs::write(dir.path().join("uefi-ca.yaml"), uefi_ca).unwrap();
+    let out = harness().arg("run").arg(dir.path()).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
