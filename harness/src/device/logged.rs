@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use super::Change;
+use super::{Change, Signer};
 use crate::eventlog::predict::{self, unseal_point, LogChange};
 use crate::eventlog::tcg::{PcrBanks, TcgLog};
 use crate::eventlog::HashAlg;
@@ -80,7 +80,18 @@ impl RealLog {
 pub fn log_change(change: &Change) -> Result<Option<LogChange>, String> {
     Ok(Some(match change {
         Change::FirmwareUpdate | Change::PlannedUpdateWithSuspend => LogChange::FirmwareUpdate,
-        Change::OptionRomAdded { .. } => LogChange::OptionRom,
+        Change::OptionRomAdded {
+            signer: Signer::Unsigned,
+        } => LogChange::OptionRom,
+        Change::OptionRomAdded { .. } => {
+            return Err(
+                "a signed option ROM logs its signer's authority in PCR 7 only the \
+                        first time that certificate verifies an image in a boot, which a real \
+                        log's firmware decides and we cannot reproduce faithfully; use \
+                        `signer: unsigned` (PCR 2 only), or a synthetic device"
+                    .into(),
+            )
+        }
         Change::BootManagerReplaced { same_signer: true } => LogChange::BootManagerSameSigner,
         Change::BootManagerReplaced { same_signer: false } => LogChange::BootManagerOtherSigner,
         Change::SecureBootDbUpdate => LogChange::DbUpdate,

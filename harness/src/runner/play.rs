@@ -5,7 +5,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::bitlocker::{KeyProtectorId, RecoveryPassword};
-use crate::device::{Change, Device, Profile};
+use crate::device::{Device, Profile};
 use crate::machine::{
     BitLockerSetup, BootOutcome, EscrowedKey, LockoutCause, Machine, RecoveryScreen, TpmProtection,
     WINDOWS_DA,
@@ -470,7 +470,7 @@ impl<'a> Play<'a> {
                 })?;
             }
         } else {
-            let change = device_change(s.change.kind);
+            let change = s.change.device_change();
             if let Some(change) = change {
                 let predicted = machine.device().clone().with(&change);
                 self.steps.run(
@@ -1132,10 +1132,6 @@ fn scenario_device(s: &Scenario) -> Result<Device, Failure> {
             &format!("{} was not loaded", path.display()),
         )),
     }
-}
-
-fn device_change(kind: ChangeKind) -> Option<Change> {
-    kind.device_change()
 }
 
 /// Whether two answers are byte-identical once the key ID each user typed (which the form

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::locate::{path_string, Locator, Seg};
 use super::model::{
-    Answer, ChangeKind, KeyIdDigits, Profile, ProtectorKind, RecoveryVia, Role, Scenario, TpmError,
+    Answer, ChangeKind, KeyIdDigits, Profile, ProtectorKind, RecoveryVia, Role, RomSigner,
+    Scenario, TpmError,
 };
 use crate::eventlog::tcg::TcgLog;
 
@@ -367,10 +368,16 @@ fn load_event_log(s: &mut Scenario) -> Result<(), Semantic> {
         );
     }
     let log = std::sync::Arc::new(log);
-    if let Some(change) = s.change.kind.device_change() {
+    if let Some(change) = s.change.device_change() {
         let device = crate::device::Device::from_real_log(rel.display().to_string(), log.clone());
         if let Err(e) = device.with(&change) {
-            return fail(vec![Key("change"), Key("kind")], e.to_string());
+            // A signed ROM is refused for its signer (the log cannot say what PCR 7 does).
+            let at = if s.change.signer == Some(RomSigner::UefiCa) {
+                Key("signer")
+            } else {
+                Key("kind")
+            };
+            return fail(vec![Key("change"), at], e.to_string());
         }
     }
     s.device.real_log = Some(log);
@@ -413,6 +420,31 @@ fn validate_users(s: &Scenario) -> Result<(), Semantic> {
 
 fn validate_change(s: &Scenario) -> Result<(), Semantic> {
     let c = &s.change;
+    match (c.kind, c.signer) {
+        (ChangeKind::OptionRomAdded, None) => {
+            return fail(
+                vec![Key("change"), Key("kind")],
+                "`option_rom_added` needs `signer`: `uefi_ca` (PCR 2, and a PCR 7 authority \
+                 event the first time the UEFI CA verifies an image) or `unsigned` (PCR 2 only)",
+            )
+        }
+        (ChangeKind::OptionRomAdded, Some(RomSigner::UefiCa))
+            if s.device.profile == Profile::Legacy =>
+        {
+            return fail(
+                vec![Key("change"), Key("signer")],
+                "a BIOS machine (`profile: legacy`) runs legacy option ROMs, which carry no \
+                 UEFI signature and log no authority event: expected `signer: unsigned`",
+            )
+        }
+        (kind, Some(_)) if kind != ChangeKind::OptionRomAdded => {
+            return fail(
+                vec![Key("change"), Key("signer")],
+                "`signer` belongs to `kind: option_rom_added` only",
+            )
+        }
+        _ => {}
+    }
     if s.device.profile == Profile::Legacy {
         if let Some(why) = not_on_a_bios_machine(c.kind) {
             return fail(

@@ -186,6 +186,50 @@ pub struct Change {
     /// `lost_pin` only: how many wrong PINs the user types.
     #[serde(default)]
     pub wrong_pins: Option<u32>,
+    /// `option_rom_added` only (and required there): who signed the new ROM.
+    #[serde(default)]
+    pub signer: Option<RomSigner>,
+}
+
+impl Change {
+    /// The device change this scenario change plays; `None` for kinds that change no
+    /// measurement and no TPM state (nothing, a plain reboot, wrong PINs).
+    pub fn device_change(&self) -> Option<crate::device::Change> {
+        use crate::device::Signer;
+        match (self.kind, self.signer) {
+            (ChangeKind::OptionRomAdded, Some(signer)) => {
+                Some(crate::device::Change::OptionRomAdded {
+                    signer: match signer {
+                        RomSigner::UefiCa => Signer::MicrosoftUefiCa,
+                        RomSigner::Unsigned => Signer::Unsigned,
+                    },
+                })
+            }
+            // Refused by the loader: which signer decides PCR 7.
+            (ChangeKind::OptionRomAdded, None) => None,
+            (kind, _) => kind.device_change(),
+        }
+    }
+}
+
+/// Who signed an added option ROM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RomSigner {
+    /// The Microsoft Corporation UEFI CA 2011 (in db): PCR 2, and a PCR 7 authority event
+    /// the first time that certificate verifies an image in a boot.
+    UefiCa,
+    /// No signature: PCR 2 only (no db certificate verified it, so no authority event).
+    Unsigned,
+}
+
+impl RomSigner {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RomSigner::UefiCa => "uefi_ca",
+            RomSigner::Unsigned => "unsigned",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -215,15 +259,14 @@ pub enum ChangeKind {
 
 impl ChangeKind {
     /// The device change this kind plays; `None` for kinds that change no measurement and
-    /// no TPM state (nothing, a plain reboot, wrong PINs).
-    pub fn device_change(self) -> Option<crate::device::Change> {
+    /// no TPM state (nothing, a plain reboot, wrong PINs). `option_rom_added` takes its
+    /// signer from [`Change::signer`]: prefer [`Change::device_change`].
+    fn device_change(self) -> Option<crate::device::Change> {
         use crate::device::{Change, Signer};
         Some(match self {
             ChangeKind::None | ChangeKind::Reboot | ChangeKind::LostPin => return None,
             ChangeKind::FirmwareUpdate => Change::FirmwareUpdate,
-            ChangeKind::OptionRomAdded => Change::OptionRomAdded {
-                signer: Signer::MicrosoftUefiCa,
-            },
+            ChangeKind::OptionRomAdded => return None, // see `Change::device_change`
             ChangeKind::OptionRomChanged => Change::OptionRomChanged {
                 signer: Signer::MicrosoftUefiCa,
             },
