@@ -98,9 +98,13 @@ pub fn log_change(change: &Change) -> Result<Option<LogChange>, String> {
         Change::SecureBootDbxUpdate => LogChange::DbxUpdate,
         Change::SecureBootOff => LogChange::SecureBootOff,
         Change::BcdBootOrder => LogChange::BootOrder,
-        Change::DiskMovedToAnotherMachine | Change::TpmCleared | Change::TpmReplaced => {
-            return Ok(None)
-        }
+        // Nothing measured: no TPM-visible edit; the MBR and NTFS boot sector only count
+        // on a BIOS machine, and a real log's device is UEFI (the loader refuses BIOS ones).
+        Change::DiskMovedToAnotherMachine
+        | Change::TpmCleared
+        | Change::TpmReplaced
+        | Change::MbrBootCodeChanged
+        | Change::NtfsBootSectorChanged => return Ok(None),
         Change::OptionRomChanged { .. } => {
             return Err("a real log does not say which option ROM is which card's; \
                         use option_rom_added, or a synthetic device"

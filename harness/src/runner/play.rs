@@ -1083,7 +1083,9 @@ pub fn idle_settings(scenario: &Scenario) -> Option<SettingsPatch> {
     })
 }
 
-fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
+/// How the runner sets BitLocker up for a scenario (profile, TPM or TPM+PIN, recovery
+/// passwords, dictionary-attack threshold).
+pub fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
     let protection = if s.device.protectors.contains(&ProtectorKind::TpmPin) {
         TpmProtection::TpmPin {
             pin: s.device.pin.clone().unwrap_or_default(),
@@ -1116,7 +1118,7 @@ fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
 
 /// The synthetic model for the scenario's profile (a BIOS machine for `legacy`, UEFI with
 /// Secure Boot otherwise), or a device booting the scenario's real log (read by the loader).
-fn scenario_device(s: &Scenario) -> Result<Device, Failure> {
+pub fn scenario_device(s: &Scenario) -> Result<Device, Failure> {
     match (&s.device.event_log, &s.device.real_log) {
         (None, _) => Ok(match s.device.profile {
             scenario::Profile::Legacy => Device::legacy_bios(),

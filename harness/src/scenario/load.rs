@@ -367,6 +367,20 @@ fn load_event_log(s: &mut Scenario) -> Result<(), Semantic> {
             format!("`{}` measures nothing (no extended record)", path.display()),
         );
     }
+    if s.device.profile == Profile::Legacy {
+        if let Some(uefi) = log.records.iter().find(|r| r.event_type.0 >= 0x8000_0000) {
+            return fail(
+                at(),
+                format!(
+                    "`profile: legacy` is a BIOS machine, but `{}` is a UEFI log (record #{} is \
+                     {}): a legacy device boots a BIOS log",
+                    path.display(),
+                    uefi.number,
+                    uefi.event_type
+                ),
+            );
+        }
+    }
     let log = std::sync::Arc::new(log);
     if let Some(change) = s.change.device_change() {
         let device = crate::device::Device::from_real_log(rel.display().to_string(), log.clone());

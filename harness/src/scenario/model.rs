@@ -248,6 +248,10 @@ pub enum ChangeKind {
     SecureBootOff,
     BcdDebugOn,
     BcdBootOrder,
+    /// The MBR's boot code is rewritten (legacy PCR 4).
+    MbrBootCodeChanged,
+    /// The NTFS boot sector is rewritten (legacy PCR 8).
+    NtfsBootSectorChanged,
     DiskMoved,
     TpmCleared,
     TpmReplaced,
@@ -279,6 +283,8 @@ impl ChangeKind {
             ChangeKind::SecureBootOff => Change::SecureBootOff,
             ChangeKind::BcdDebugOn => Change::BcdDebugOn,
             ChangeKind::BcdBootOrder => Change::BcdBootOrder,
+            ChangeKind::MbrBootCodeChanged => Change::MbrBootCodeChanged,
+            ChangeKind::NtfsBootSectorChanged => Change::NtfsBootSectorChanged,
             ChangeKind::DiskMoved => Change::DiskMovedToAnotherMachine,
             ChangeKind::TpmCleared => Change::TpmCleared,
             ChangeKind::TpmReplaced => Change::TpmReplaced,
@@ -300,6 +306,8 @@ impl ChangeKind {
             ChangeKind::SecureBootOff => "secure_boot_off",
             ChangeKind::BcdDebugOn => "bcd_debug_on",
             ChangeKind::BcdBootOrder => "bcd_boot_order",
+            ChangeKind::MbrBootCodeChanged => "mbr_boot_code_changed",
+            ChangeKind::NtfsBootSectorChanged => "ntfs_boot_sector_changed",
             ChangeKind::DiskMoved => "disk_moved",
             ChangeKind::TpmCleared => "tpm_cleared",
             ChangeKind::TpmReplaced => "tpm_replaced",
