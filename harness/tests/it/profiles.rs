@@ -289,3 +289,76 @@ fn harness_run_plays_the_option_rom_signer_the_yaml_names() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn tpm2_eventlog_reads_the_runners_bios_log_after_every_change_a_bios_can_have() {
+    use harness::device::Change;
+    for change in Change::catalog() {
+        if matches!(
+            change,
+            Change::SecureBootDbUpdate | Change::SecureBootDbxUpdate | Change::SecureBootOff
+        ) {
+            continue; // not on a BIOS machine (a load error under `legacy`)
+        }
+        let log = Device::legacy_bios()
+            .with(&change)
+            .unwrap()
+            .measured_boot()
+            .log;
+        assert_eq!(log.format, LogFormat::Sha1);
+        let (code, stdout, stderr) = tpm2_eventlog(&log.to_bytes());
+        assert_eq!(code, Some(0), "{change:?}: {stderr}");
+        assert!(!stderr.contains("WARN"), "{change:?}: {stderr}");
+        let tail = stdout.split("pcrs:\n").nth(1).unwrap();
+        let ours = log.replay();
+        for line in tail.lines().filter(|l| l.starts_with("    ")) {
+            let (pcr, value) = line.trim().split_once(':').unwrap();
+            let pcr: u32 = pcr.trim().parse().unwrap();
+            let value = value.trim().trim_start_matches("0x").to_ascii_lowercase();
+            assert_eq!(
+                value,
+                hex::encode(ours.get(HashAlg::Sha1, pcr).unwrap()),
+                "{change:?}: PCR {pcr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_catalog_plays_the_legacy_stories_and_each_option_rom_signer() {
+    use harness::scenario::{load_catalog, ChangeKind, Profile, ProtectorKind, RomSigner};
+    let catalog = load_catalog(&[crate::common::workspace_root().join("scenarios")]).unwrap();
+    let legacy = |kind: ChangeKind, pcr: u8| {
+        catalog.iter().any(|s| {
+            s.device.profile == Profile::Legacy
+                && s.change.kind == kind
+                && s.expect.changed_pcrs == [pcr]
+        })
+    };
+    for (kind, pcr) in [
+        (ChangeKind::BootManagerSameSigner, 10),
+        (ChangeKind::MbrBootCodeChanged, 4),
+        (ChangeKind::NtfsBootSectorChanged, 8),
+        (ChangeKind::FirmwareUpdate, 0),
+        (ChangeKind::BcdDebugOn, 11),
+    ] {
+        assert!(
+            legacy(kind, pcr),
+            "no legacy {kind:?} scenario with PCR {pcr}"
+        );
+    }
+    assert!(
+        catalog.iter().any(|s| s.device.profile == Profile::Legacy
+            && s.device.protectors.contains(&ProtectorKind::TpmPin)),
+        "no legacy TPM+PIN scenario"
+    );
+    for signer in [RomSigner::UefiCa, RomSigner::Unsigned] {
+        assert!(
+            catalog
+                .iter()
+                .any(|s| s.change.kind == ChangeKind::OptionRomAdded
+                    && s.change.signer == Some(signer)),
+            "no option_rom_added scenario signed {signer:?}"
+        );
+    }
+}
