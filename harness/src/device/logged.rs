@@ -107,7 +107,7 @@ pub fn log_change(change: &Change) -> Result<Option<LogChange>, String> {
         | Change::NtfsBootSectorChanged => return Ok(None),
         Change::OptionRomChanged { .. } => {
             return Err("a real log does not say which option ROM is which card's; \
-                        use option_rom_added, or a synthetic device"
+                        use option_rom_added with `signer: unsigned`, or a synthetic device"
                 .into())
         }
         Change::BcdDebugOn => {

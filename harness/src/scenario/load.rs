@@ -368,6 +368,7 @@ fn load_event_log(s: &mut Scenario) -> Result<(), Semantic> {
         );
     }
     if s.device.profile == Profile::Legacy {
+        // Event types from 0x80000000 up are the UEFI ones (EV_EFI_*): no BIOS logs them.
         if let Some(uefi) = log.records.iter().find(|r| r.event_type.0 >= 0x8000_0000) {
             return fail(
                 at(),

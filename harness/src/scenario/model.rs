@@ -223,15 +223,6 @@ pub enum RomSigner {
     Unsigned,
 }
 
-impl RomSigner {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RomSigner::UefiCa => "uefi_ca",
-            RomSigner::Unsigned => "unsigned",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeKind {
