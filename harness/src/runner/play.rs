@@ -5,7 +5,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::bitlocker::{KeyProtectorId, RecoveryPassword};
-use crate::device::{Change, Device, Profile};
+use crate::device::{Device, Profile};
 use crate::machine::{
     BitLockerSetup, BootOutcome, EscrowedKey, LockoutCause, Machine, RecoveryScreen, TpmProtection,
     WINDOWS_DA,
@@ -629,7 +629,7 @@ impl<'a> Play<'a> {
                 after_wrong_pins = Some(outcome);
             }
         } else {
-            let change = device_change(s.change.kind);
+            let change = s.change.device_change();
             if let Some(change) = change {
                 let predicted = machine.device().clone().with(&change);
                 self.steps.run(
@@ -1358,7 +1358,9 @@ pub fn idle_settings(scenario: &Scenario) -> Option<SettingsPatch> {
     })
 }
 
-fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
+/// How the runner sets BitLocker up for a scenario (profile, TPM or TPM+PIN, recovery
+/// passwords, dictionary-attack threshold).
+pub fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
     let protection = if s.device.protectors.contains(&ProtectorKind::TpmPin) {
         TpmProtection::TpmPin {
             pin: s.device.pin.clone().unwrap_or_default(),
@@ -1389,11 +1391,14 @@ fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
     })
 }
 
-/// The device-model change behind a scenario's change kind (`None`: no model change).
-/// The synthetic model, or a device booting the scenario's real log (read by the loader).
-fn scenario_device(s: &Scenario) -> Result<Device, Failure> {
+/// The synthetic model for the scenario's profile (a BIOS machine for `legacy`, UEFI with
+/// Secure Boot otherwise), or a device booting the scenario's real log (read by the loader).
+pub fn scenario_device(s: &Scenario) -> Result<Device, Failure> {
     match (&s.device.event_log, &s.device.real_log) {
-        (None, _) => Ok(Device::default()),
+        (None, _) => Ok(match s.device.profile {
+            scenario::Profile::Legacy => Device::legacy_bios(),
+            scenario::Profile::SecureBoot | scenario::Profile::Uefi => Device::default(),
+        }),
         (Some(path), Some(log)) => Ok(Device::from_real_log(
             path.display().to_string(),
             log.clone(),
@@ -1404,10 +1409,6 @@ fn scenario_device(s: &Scenario) -> Result<Device, Failure> {
             &format!("{} was not loaded", path.display()),
         )),
     }
-}
-
-fn device_change(kind: ChangeKind) -> Option<Change> {
-    kind.device_change()
 }
 
 /// Whether two answers are byte-identical once the key ID each user typed (which the form

@@ -189,6 +189,9 @@ pub struct Change {
     /// `lost_pin` only: what the user does after the wrong PINs (default: `esc`).
     #[serde(default)]
     pub then: Option<PinAction>,
+    /// `option_rom_added` only (and required there): who signed the new ROM.
+    #[serde(default)]
+    pub signer: Option<RomSigner>,
 }
 
 impl Change {
@@ -210,6 +213,38 @@ pub enum PinAction {
     RightPin,
 }
 
+impl Change {
+    /// The device change this scenario change plays; `None` for kinds that change no
+    /// measurement and no TPM state (nothing, a plain reboot, wrong PINs).
+    pub fn device_change(&self) -> Option<crate::device::Change> {
+        use crate::device::Signer;
+        match (self.kind, self.signer) {
+            (ChangeKind::OptionRomAdded, Some(signer)) => {
+                Some(crate::device::Change::OptionRomAdded {
+                    signer: match signer {
+                        RomSigner::UefiCa => Signer::MicrosoftUefiCa,
+                        RomSigner::Unsigned => Signer::Unsigned,
+                    },
+                })
+            }
+            // Refused by the loader: which signer decides PCR 7.
+            (ChangeKind::OptionRomAdded, None) => None,
+            (kind, _) => kind.device_change(),
+        }
+    }
+}
+
+/// Who signed an added option ROM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RomSigner {
+    /// The Microsoft Corporation UEFI CA 2011 (in db): PCR 2, and a PCR 7 authority event
+    /// the first time that certificate verifies an image in a boot.
+    UefiCa,
+    /// No signature: PCR 2 only (no db certificate verified it, so no authority event).
+    Unsigned,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeKind {
@@ -226,6 +261,10 @@ pub enum ChangeKind {
     SecureBootOff,
     BcdDebugOn,
     BcdBootOrder,
+    /// The MBR's boot code is rewritten (legacy PCR 4).
+    MbrBootCodeChanged,
+    /// The NTFS boot sector is rewritten (legacy PCR 8).
+    NtfsBootSectorChanged,
     DiskMoved,
     TpmCleared,
     TpmReplaced,
@@ -237,15 +276,14 @@ pub enum ChangeKind {
 
 impl ChangeKind {
     /// The device change this kind plays; `None` for kinds that change no measurement and
-    /// no TPM state (nothing, a plain reboot, wrong PINs).
-    pub fn device_change(self) -> Option<crate::device::Change> {
+    /// no TPM state (nothing, a plain reboot, wrong PINs). `option_rom_added` takes its
+    /// signer from [`Change::signer`]: prefer [`Change::device_change`].
+    fn device_change(self) -> Option<crate::device::Change> {
         use crate::device::{Change, Signer};
         Some(match self {
             ChangeKind::None | ChangeKind::Reboot | ChangeKind::LostPin => return None,
             ChangeKind::FirmwareUpdate => Change::FirmwareUpdate,
-            ChangeKind::OptionRomAdded => Change::OptionRomAdded {
-                signer: Signer::MicrosoftUefiCa,
-            },
+            ChangeKind::OptionRomAdded => return None, // see `Change::device_change`
             ChangeKind::OptionRomChanged => Change::OptionRomChanged {
                 signer: Signer::MicrosoftUefiCa,
             },
@@ -258,6 +296,8 @@ impl ChangeKind {
             ChangeKind::SecureBootOff => Change::SecureBootOff,
             ChangeKind::BcdDebugOn => Change::BcdDebugOn,
             ChangeKind::BcdBootOrder => Change::BcdBootOrder,
+            ChangeKind::MbrBootCodeChanged => Change::MbrBootCodeChanged,
+            ChangeKind::NtfsBootSectorChanged => Change::NtfsBootSectorChanged,
             ChangeKind::DiskMoved => Change::DiskMovedToAnotherMachine,
             ChangeKind::TpmCleared => Change::TpmCleared,
             ChangeKind::TpmReplaced => Change::TpmReplaced,
@@ -279,6 +319,8 @@ impl ChangeKind {
             ChangeKind::SecureBootOff => "secure_boot_off",
             ChangeKind::BcdDebugOn => "bcd_debug_on",
             ChangeKind::BcdBootOrder => "bcd_boot_order",
+            ChangeKind::MbrBootCodeChanged => "mbr_boot_code_changed",
+            ChangeKind::NtfsBootSectorChanged => "ntfs_boot_sector_changed",
             ChangeKind::DiskMoved => "disk_moved",
             ChangeKind::TpmCleared => "tpm_cleared",
             ChangeKind::TpmReplaced => "tpm_replaced",

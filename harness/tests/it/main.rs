@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod browser;
+mod change_table;
 mod cli;
 mod common;
 mod eventlog;
@@ -11,6 +12,7 @@ mod expectations;
 mod machine;
 mod mutants;
 mod portal_client;
+mod profiles;
 mod runner;
 mod scenarios;
 mod vectors;
