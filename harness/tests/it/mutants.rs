@@ -28,16 +28,24 @@ use crate::common::workspace_root;
 mod step {
     /// The boot under test (`expect.recovery`, `tpm_error`, `changed_pcrs`).
     pub const BOOT: &str = "boot after the change";
-    /// The same check on a lost-PIN story whose user gives up at the PIN prompt.
-    pub const BOOT_AFTER_LAST_WRONG_PIN: &str = "wrong PIN again, then Esc to the recovery screen";
+    /// The same checks on a lost-PIN story (`change.then`): the user gives up at the prompt,
+    pub const PIN_ESC: &str = "the user presses Esc at the PIN prompt";
+    /// ... or was locked out by the last wrong PIN already,
+    pub const PIN_LOCKED_OUT: &str = "the recovery screen after the wrong PINs";
+    /// ... or types the right PIN.
+    pub const PIN_RIGHT: &str = "the user types the right PIN";
     /// The portal's answer to a key request.
     pub const ANSWER: &str = "the portal answers as the scenario says";
-    /// `several_matches`: the portal asks for all 32 digits.
+    /// `several_matches`: the portal asks for all 32 digits (self-service and help desk).
     pub const SEVERAL_MATCHES: &str = "the portal asks for all 32 digits";
-    /// `refused`: byte-identical to an absent key ID.
+    /// Self-service `refused`: byte-identical to an absent key ID.
     pub const REFUSED_LIKE_ABSENT: &str = "a foreign key ID is answered exactly like an absent one";
+    /// Help desk `refused`: the same comparison.
+    pub const HELP_DESK_REFUSED: &str = "the refusal is answered exactly like an absent key ID";
+    /// Manage TPM `refused`: byte-identical to an absent computer.
+    pub const TPM_REFUSED: &str = "the refusal is answered exactly like an absent computer";
     /// The Manage TPM answer (help desk lockout reset).
-    pub const MANAGE_TPM: &str = "Manage TPM answer";
+    pub const MANAGE_TPM: &str = "Manage TPM answers as the scenario says";
     /// `checks.audit`.
     pub const AUDIT: &str = "the audit shows each request";
 }
@@ -54,6 +62,10 @@ struct Field {
     consistent: fn(&Value, &Edit) -> Option<Value>,
     /// The steps that must fail (as the runner names them; one of them).
     step: fn(&Value, &Edit) -> Vec<&'static str>,
+    /// The field is what the story *does* (the runner plays the value and checks the
+    /// portal's response to it): a replaced value is another story, which a correct portal
+    /// passes. Its mutants must pass (both values are played and checked), not fail.
+    action: bool,
 }
 
 /// The declared map: every expectation the catalog states, and the step that checks it.
@@ -75,10 +87,11 @@ const FIELDS: &[Field] = &[
             let mut doc = doc.clone();
             if recovers {
                 let kind = str_at(&doc, &[K("change"), K("kind")]);
-                let tpm_error = if kind == "lost_pin" {
-                    "auth_failed"
-                } else {
-                    "integrity"
+                let then = str_at(&doc, &[K("change"), K("then")]);
+                let tpm_error = match (kind.as_str(), then.as_str()) {
+                    ("lost_pin", "right_pin") => "locked_out",
+                    ("lost_pin", _) => "auth_failed",
+                    _ => "integrity",
                 };
                 set(&mut doc, &[K("expect"), K("tpm_error")], tpm_error.into());
                 remove(&mut doc, &[K("expect"), K("changed_pcrs")]);
@@ -93,6 +106,7 @@ const FIELDS: &[Field] = &[
             Some(doc)
         },
         step: |doc, _| boot_step(doc),
+        action: false,
     },
     Field {
         name: "expect.tpm_error",
@@ -143,6 +157,7 @@ const FIELDS: &[Field] = &[
             Some(doc)
         },
         step: |doc, _| boot_step(doc),
+        action: false,
     },
     Field {
         name: "expect.changed_pcrs",
@@ -177,6 +192,7 @@ const FIELDS: &[Field] = &[
             Some(doc.clone())
         },
         step: |doc, _| boot_step(doc),
+        action: false,
     },
     Field {
         name: "recovery.answer",
@@ -210,12 +226,15 @@ const FIELDS: &[Field] = &[
             let via = str_at(doc, &[K("recovery"), K("via")]);
             let answer = edit.to.as_str().unwrap_or_default();
             vec![match (via.as_str(), answer) {
+                ("help_desk_tpm_reset", "refused") => step::TPM_REFUSED,
                 ("help_desk_tpm_reset", _) => step::MANAGE_TPM,
                 ("self_service", "refused") => step::REFUSED_LIKE_ABSENT,
-                ("self_service", "several_matches") => step::SEVERAL_MATCHES,
+                ("help_desk", "refused") => step::HELP_DESK_REFUSED,
+                (_, "several_matches") => step::SEVERAL_MATCHES,
                 _ => step::ANSWER,
             }]
         },
+        action: false,
     },
     Field {
         name: "checks.audit[].outcome",
@@ -243,6 +262,7 @@ const FIELDS: &[Field] = &[
         },
         consistent: |doc, _| Some(doc.clone()),
         step: |_, _| vec![step::AUDIT],
+        action: false,
     },
     Field {
         name: "checks.after_recovery",
@@ -254,19 +274,29 @@ const FIELDS: &[Field] = &[
             )
         },
         consistent: |doc, _| Some(doc.clone()),
-        // Not checked by any step today: `keep` does not exist yet (issue 16, defect 6).
+        // `rotate` / `keep` is what the agent does after the recovery; the runner plays it
+        // and checks the portal's answer (rotated: the old key is gone; kept: the portal
+        // keeps asking). Swapped, it is another story a correct portal passes.
         step: |_, _| vec![],
+        action: true,
     },
 ];
 
-/// The boot step for this story.
+/// The boot step for this story: on a lost PIN, named after what the user does next.
 fn boot_step(doc: &Value) -> Vec<&'static str> {
-    let lost_pin = str_at(doc, &[K("change"), K("kind")]) == "lost_pin";
-    let gives_up = str_at(doc, &[K("expect"), K("tpm_error")]) == "auth_failed";
-    vec![if lost_pin && gives_up {
-        step::BOOT_AFTER_LAST_WRONG_PIN
-    } else {
-        step::BOOT
+    if str_at(doc, &[K("change"), K("kind")]) != "lost_pin" {
+        return vec![step::BOOT];
+    }
+    let wrong = at(doc, &[K("change"), K("wrong_pins")]).and_then(Value::as_u64);
+    let threshold = at(doc, &[K("device"), K("lockout_threshold")])
+        .and_then(Value::as_u64)
+        .unwrap_or(32);
+    vec![match str_at(doc, &[K("change"), K("then")]).as_str() {
+        "right_pin" => step::PIN_RIGHT,
+        // The threshold-th wrong PIN still answers auth_failed; a later one finds the
+        // TPM locked out and the device on the recovery screen already.
+        _ if wrong.is_some_and(|n| n > threshold) => step::PIN_LOCKED_OUT,
+        _ => step::PIN_ESC,
     }]
 }
 
@@ -488,6 +518,8 @@ enum Verdict {
     WrongStep(String),
     /// The runner passed it: the expectation is not checked.
     Survived,
+    /// An action field's other value: played, checked, and passed (another story).
+    Played,
     /// The loader refused it and only a change of the story's input would make it
     /// consistent: nothing to run.
     LoaderOnly,
@@ -506,6 +538,8 @@ struct Mutant {
     /// The file that ran and the name it ran under.
     ran_as: Option<String>,
     expected_steps: Vec<&'static str>,
+    /// From an action field: must pass.
+    action: bool,
     verdict: Option<Verdict>,
 }
 
@@ -618,6 +652,7 @@ fn mutate_and_run(which: Set) -> Vec<Mutant> {
                     loader: None,
                     ran_as: None,
                     expected_steps: vec![],
+                    action: field.action,
                     verdict: None,
                 };
                 match loaded {
@@ -676,8 +711,11 @@ fn mutate_and_run(which: Set) -> Vec<Mutant> {
             Some(Some(step)) => Verdict::OriginalFails(step),
             Some(None) => match failed_step(name) {
                 None => panic!("{name} did not run"),
+                Some(None) if m.action => Verdict::Played,
                 Some(None) => Verdict::Survived,
-                Some(Some(step)) if m.expected_steps.contains(&step.as_str()) => Verdict::Caught,
+                Some(Some(step)) if !m.action && m.expected_steps.contains(&step.as_str()) => {
+                    Verdict::Caught
+                }
                 Some(Some(step)) => Verdict::WrongStep(step),
             },
         });
@@ -722,6 +760,7 @@ fn summary(mutants: &[Mutant], which: Set) -> String {
     let loader_only = n(&|m| m.verdict == Some(Verdict::LoaderOnly));
     let not_in_schema = n(&|m| matches!(m.verdict, Some(Verdict::NotInSchema(_))));
     let original_fails = n(&|m| matches!(m.verdict, Some(Verdict::OriginalFails(_))));
+    let played = n(&|m| m.verdict == Some(Verdict::Played));
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -735,7 +774,7 @@ fn summary(mutants: &[Mutant], which: Set) -> String {
     );
     let _ = writeln!(
         out,
-        "  ran {ran}: runner-caught at the declared step {caught}, at another step {wrong_step}, survived {survived}"
+        "  ran {ran}: runner-caught at the declared step {caught}, at another step {wrong_step}, survived {survived}; an action's other value played and passed {played}"
     );
     let _ = writeln!(
         out,
@@ -746,17 +785,23 @@ fn summary(mutants: &[Mutant], which: Set) -> String {
         let count = |v: Verdict| mine.iter().filter(|m| m.verdict == Some(v.clone())).count();
         let _ = writeln!(
             out,
-            "  {:<24} {:>4} mutants: loader-caught {:>3}, runner-caught {:>3}, survived {:>3}",
+            "  {:<24} {:>4} mutants: loader-caught {:>3}, runner-caught {:>3}, survived {:>3}{}",
             field.name,
             mine.len(),
             mine.iter().filter(|m| m.loader.is_some()).count(),
             count(Verdict::Caught),
-            count(Verdict::Survived)
+            count(Verdict::Survived),
+            if field.action {
+                format!(" (an action: played and passed {})", count(Verdict::Played))
+            } else {
+                String::new()
+            }
         );
     }
     for m in mutants {
         let verdict = match m.verdict.as_ref() {
             Some(Verdict::Caught) => continue,
+            Some(Verdict::Played) => "PLAYED (an action: another story, passed)".to_string(),
             Some(Verdict::LoaderOnly) => "LOADER ONLY".to_string(),
             Some(Verdict::Survived) => "SURVIVED".to_string(),
             Some(Verdict::WrongStep(s)) => {
