@@ -1133,8 +1133,8 @@ impl<'a> Play<'a> {
                 ensure(!unlocks, "the MAC check fails", "it still unlocks")
             })?;
         // The portal no longer offers it: the device's user asks for it by all 32 digits.
-        self.probes.push(Probe::KeyId(old.clone()));
         if let Some(user) = self.scenario.users.iter().find(|u| u.signed_in_locally()) {
+            self.probes.push(Probe::KeyId(old.clone()));
             let password = passwords
                 .get(&user.name.to_lowercase())
                 .cloned()
@@ -1322,7 +1322,8 @@ impl<'a> Play<'a> {
                                 })
                         })
                         .collect();
-                    let mine: Vec<(String, String)> = without_probe_rows(mine, &probes)
+                    let probe = probe_rows(&mine, &probes);
+                    let mine: Vec<(String, String)> = mine
                         .iter()
                         .map(|r| (r.source.clone(), r.outcome.clone()))
                         .collect();
@@ -1335,12 +1336,23 @@ impl<'a> Play<'a> {
                             )
                         })
                         .collect();
-                    // Exactly the story's rows: a stated row another row could stand in
-                    // for would let a wrong outcome pass.
+                    // Every row the story caused, and no other but the harness's probes: a
+                    // stated row another row could stand in for would let a wrong outcome
+                    // pass.
+                    let got: Vec<String> = mine
+                        .iter()
+                        .zip(&probe)
+                        .map(|((source, outcome), &p)| {
+                            let mark = if p { " (harness probe)" } else { "" };
+                            format!("{source} {outcome}{mark}")
+                        })
+                        .collect();
                     ensure(
-                        mine == want,
-                        format!("{want:?}, exactly, in this order"),
-                        format!("{mine:?}"),
+                        audit_matches(&want, &mine, &probe),
+                        format!(
+                            "{want:?} in this order: every row of the story, probe rows optional"
+                        ),
+                        got.join(", "),
                     )
                 })
                 .await?;
@@ -1527,11 +1539,12 @@ fn fmt_pcrs(values: &[(u8, Vec<u8>)]) -> String {
         .join(" ")
 }
 
-/// `rows` without the probes' own: for each probe, the last row that asked for what it
-/// asked (a probe comes after the story's request for the same key).
-fn without_probe_rows<'r>(mut rows: Vec<&'r AuditRow>, probes: &[Probe]) -> Vec<&'r AuditRow> {
-    for probe in probes {
-        let asked = |r: &&AuditRow| match probe {
+/// Which of `rows` are the probes' own: for each probe, the last row not yet claimed that
+/// asked for what it asked (a probe comes after the story's request for the same key).
+fn probe_rows(rows: &[&AuditRow], probes: &[Probe]) -> Vec<bool> {
+    let mut probe = vec![false; rows.len()];
+    for p in probes {
+        let asked = |r: &AuditRow| match p {
             Probe::KeyId(id) => r
                 .key_id
                 .as_deref()
@@ -1543,11 +1556,23 @@ fn without_probe_rows<'r>(mut rows: Vec<&'r AuditRow>, probes: &[Probe]) -> Vec<
                         .is_some_and(|d| d.eq_ignore_ascii_case(name))
             }
         };
-        if let Some(i) = rows.iter().rposition(asked) {
-            rows.remove(i);
+        if let Some(i) = (0..rows.len()).rev().find(|&i| !probe[i] && asked(rows[i])) {
+            probe[i] = true;
         }
     }
-    rows
+    probe
+}
+
+/// Whether `stated` is `rows` in order with only probe rows left out.
+fn audit_matches<T: PartialEq>(stated: &[T], rows: &[T], probe: &[bool]) -> bool {
+    match (stated, rows) {
+        (_, []) => stated.is_empty(),
+        ([], _) => probe.iter().all(|&p| p),
+        ([first, rest @ ..], [row, more @ ..]) => {
+            (first == row && audit_matches(rest, more, &probe[1..]))
+                || (probe[0] && audit_matches(stated, more, &probe[1..]))
+        }
+    }
 }
 
 /// A key ID as its hex digits, upper case (the portal's rows and the typed IDs differ in
@@ -1607,26 +1632,51 @@ mod tests {
     }
 
     #[test]
-    fn each_probe_takes_out_only_its_own_row_the_last_that_asked_for_it() {
+    fn each_probe_claims_only_its_own_row_the_last_that_asked_for_it() {
         let key = "{1A2B3C4D-0000-1111-2222-333344445555}";
         let rows = [
-            row(Some(key), Some("PC-1"), "shown"),    // the story's request
-            row(Some("DEADBEEF"), None, "not_found"), // an absent-ID probe
-            row(Some("1A2B3C4D"), None, "denied"),    // the story: someone else asks
+            row(Some(key), Some("PC-1"), "shown"),
+            row(Some("DEADBEEF"), None, "not_found"),
+            row(Some("1A2B3C4D"), None, "denied"),
             row(
                 Some("1a2b3c4d-0000-1111-2222-333344445555"),
                 None,
                 "not_found",
-            ), // rotated away
+            ),
+            row(None, Some("PC-00000042"), "not_found"),
         ];
         let probes = [
             Probe::KeyId("DEADBEEF".into()),
             Probe::KeyId("1A2B3C4D-0000-1111-2222-333344445555".into()),
+            Probe::Computer("pc-00000042".into()),
         ];
-        let left: Vec<&str> = without_probe_rows(rows.iter().collect(), &probes)
-            .iter()
-            .map(|r| r.outcome.as_str())
-            .collect();
-        assert_eq!(left, ["shown", "denied"]);
+        let rows: Vec<&AuditRow> = rows.iter().collect();
+        assert_eq!(probe_rows(&rows, &probes), [false, true, false, true, true]);
+    }
+
+    #[test]
+    fn the_audit_matches_every_story_row_in_order_with_probe_rows_optional() {
+        let rows = ["shown", "not_found", "denied", "not_found"];
+        let probe = [false, true, false, true];
+        for stated in [
+            &["shown", "denied"][..],
+            &["shown", "not_found", "denied"],
+            &["shown", "not_found", "denied", "not_found"],
+        ] {
+            assert!(audit_matches(stated, &rows, &probe), "{stated:?}");
+        }
+        for stated in [
+            &["shown"][..],
+            &["denied", "not_found"],
+            &["shown", "not_found"],
+            &["not_found", "not_found"],
+            &["shown", "denied", "denied"],
+            &[],
+        ] {
+            assert!(!audit_matches(stated, &rows, &probe), "{stated:?}");
+        }
+        // A probe row ahead of an equal story row does not take the story row's place.
+        assert!(audit_matches(&["x"], &["x", "x"], &[true, false]));
+        assert!(!audit_matches(&["x", "y"], &["x", "x"], &[true, false]));
     }
 }

@@ -575,8 +575,8 @@ pub struct Checks {
     pub idle_expiry: Option<IdleExpiry>,
     #[serde(default)]
     pub foreign_key_request: Option<ForeignKeyRequest>,
-    /// The audit rows the story's requests leave, exactly, in this order (the harness's own
-    /// probes are not counted).
+    /// The audit rows the story's requests leave, every one, in this order (the rows of the
+    /// harness's own checking requests may be listed or left out).
     #[serde(default)]
     pub audit: Vec<AuditExpectation>,
 }

@@ -92,9 +92,9 @@ fn a_scenario_whose_expectation_is_wrong_fails_naming_the_step_expected_and_got(
     );
 }
 
-/// The audit expectation is the story's rows exactly: a row the portal wrote for one of the
-/// harness's own probes (the absent key ID it compares a refusal with, the rotated-away key
-/// it asks for again) cannot stand in for a stated row. Here the portal audits Mallory's
+/// The audit expectation is every row of the story, in order: a row the portal wrote for one
+/// of the harness's own probes (the absent key ID it compares a refusal with, the
+/// rotated-away key it asks for again) cannot stand in for a story row. Here the portal audits Mallory's
 /// request for Alice's key `denied`; the file claims `not_found`, which only the harness's
 /// absent-key probe produced.
 #[test]
@@ -124,7 +124,8 @@ fn an_audit_row_only_a_harness_probe_matches_fails_the_audit_step() {
     assert_eq!(failure["step"], "the audit shows each request", "{failure}");
     assert_eq!(
         failure["got"],
-        r#"[("self_service", "shown"), ("self_service", "denied")]"#
+        "self_service shown, self_service not_found (harness probe), \
+         self_service denied, self_service not_found (harness probe)"
     );
 }
 
