@@ -16,6 +16,7 @@
 //! To cover a new expectation, add a [`Field`] to [`FIELDS`]: where its values are in the
 //! YAML, its contradicting values, how dependent fields follow, and the runner's step.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -693,22 +694,24 @@ fn mutate_and_run(which: Set) -> Vec<Mutant> {
     let _ = std::fs::remove_file(run_dir.join("probe.yaml"));
 
     let report = harness_run(&run_dir, &out_dir.join("run.json"));
+    let original = |m: &Mutant| format!("original-{}", m.scenario);
+    let mut original_fails: HashMap<String, String> = HashMap::new();
     for m in &mut mutants {
         let Some(name) = &m.ran_as else { continue };
-        let base = format!("original-{}", m.scenario);
-        m.verdict = Some(match failed_step(&report, &base) {
-            None => panic!("{base} did not run"),
-            Some(Some(step)) => Verdict::OriginalFails(step),
-            Some(None) => verdict(m, failed_step(&report, name)),
-        });
+        if let Some(Some(step)) = failed_step(&report, &original(m)) {
+            original_fails.insert(original(m), step);
+        }
+        m.verdict = Some(verdict(m, failed_step(&report, name)));
     }
-    // A mutant that failed elsewhere runs once more on its own: a loaded machine can fail
-    // a setup step (no free loopback ports for swtpm, say); a real wrong step recurs.
-    let again: Vec<&String> = mutants
-        .iter()
-        .filter(|m| matches!(m.verdict, Some(Verdict::WrongStep(_))))
-        .filter_map(|m| m.ran_as.as_ref())
-        .collect();
+    // What failed elsewhere runs once more on its own: a loaded machine can fail a setup
+    // step (no free loopback ports for swtpm, say); a real wrong step or failure recurs.
+    let mut again: Vec<String> = original_fails.keys().cloned().collect();
+    again.extend(
+        mutants
+            .iter()
+            .filter(|m| matches!(m.verdict, Some(Verdict::WrongStep(_))))
+            .filter_map(|m| m.ran_as.clone()),
+    );
     if !again.is_empty() {
         let retry_dir = out_dir.join("retry");
         std::fs::create_dir_all(&retry_dir).unwrap();
@@ -716,15 +719,18 @@ fn mutate_and_run(which: Set) -> Vec<Mutant> {
             let file = format!("{name}.yaml");
             std::fs::copy(run_dir.join(&file), retry_dir.join(&file)).unwrap();
         }
-        println!(
-            "retrying {} mutant(s) that failed at another step",
-            again.len()
-        );
+        println!("running {} scenario(s) again: {again:?}", again.len());
         let report = harness_run(&retry_dir, &out_dir.join("retry.json"));
+        original_fails.retain(|name, _| failed_step(&report, name) != Some(None));
         for m in &mut mutants {
             if let (Some(Verdict::WrongStep(_)), Some(name)) = (&m.verdict, &m.ran_as) {
                 m.verdict = Some(verdict(m, failed_step(&report, name)));
             }
+        }
+    }
+    for m in mutants.iter_mut().filter(|m| m.ran_as.is_some()) {
+        if let Some(step) = original_fails.get(&original(m)) {
+            m.verdict = Some(Verdict::OriginalFails(step.clone()));
         }
     }
     let summary = summary(&mutants, which);
