@@ -1,7 +1,7 @@
 # The two commands of the README. Both install missing Debian packages first.
 #   make demo   run the scenario catalog against the embedded portal
 #   make test   the whole test suite: format, lints, every test
-.PHONY: demo test deps bench
+.PHONY: demo test deps bench mutants mutants
 
 # Silence the TSS's own error logging (it logs every refused connection while polling).
 export TSS2_LOG ?= all+none
@@ -24,6 +24,14 @@ FAILPOINTS_TARGET := target/failpoints
 # and always stops; no PostgreSQL installed is an error, never a skip). `--workspace` with a
 # filter, not `-p`: the same feature set as the first run, so nothing is rebuilt. The fault
 # tests run on both engines too, in the failpoints build.
+#
+# The mutation test of the runner (harness/tests/it/mutants.rs) plays its mutants with the
+# release harness and portal: `make test` runs one mutant per stated expectation,
+# `make mutants` every mutant. Both print the counts and keep the mutants in target/mutants/.
+RELEASE_BUILD := cargo build --release --locked -p harness -p portal-under-test
+# --workspace: the same features, so the same test build as the run above (no rebuild).
+MUTANTS := cargo nextest run --workspace --locked --run-ignored ignored-only --no-capture -E
+
 test: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -33,11 +41,17 @@ test: deps
 	  --locked --no-fail-fast -E 'test(/^faults::/)'
 	PORTAL_FAILPOINTS_BIN=$(CURDIR)/$(FAILPOINTS_TARGET)/debug/portal-under-test \
 	  cargo nextest run --workspace --locked --no-fail-fast
+	$(RELEASE_BUILD)
+	$(MUTANTS) 'test(=mutants::one_mutant_per_field_fails_at_its_step)'
 	PORTAL_TEST_ENGINE=postgres scripts/with-postgres.sh \
 	  cargo nextest run --workspace --locked --no-fail-fast -E 'package(portal-under-test)'
 	PORTAL_TEST_ENGINE=postgres scripts/with-postgres.sh \
 	  cargo nextest run -p portal-under-test --features failpoints --target-dir $(FAILPOINTS_TARGET) \
 	  --locked --no-fail-fast -E 'test(/^faults::/)'
+
+mutants: deps
+	$(RELEASE_BUILD)
+	$(MUTANTS) 'test(=mutants::every_mutant_fails_at_its_step)'
 
 bench: deps
 	cargo bench -p swtpm -p benches

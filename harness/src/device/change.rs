@@ -35,6 +35,12 @@ pub enum Change {
     /// The firmware boot order changed (`bcdedit /set {fwbootmgr} displayorder`, or "DVD
     /// drive first" in setup): the BootOrder variable, PCR 1.
     BcdBootOrder,
+    /// The MBR's boot code is rewritten (`bootsect /nt60`, a boot manager installer, a
+    /// boot-sector virus). Legacy PCR 4; a UEFI firmware neither runs nor measures it.
+    MbrBootCodeChanged,
+    /// The NTFS boot sector of the system volume is rewritten. Legacy PCR 8; not measured
+    /// on a UEFI machine.
+    NtfsBootSectorChanged,
     /// The disk moved to another machine. Measurements of an identical machine would match;
     /// recovery happens because the other machine's TPM never sealed this VMK. No PCR
     /// changes in the model; [`TpmEffect::OtherTpm`].
@@ -103,6 +109,8 @@ impl Change {
             Self::SecureBootOff,
             Self::BcdDebugOn,
             Self::BcdBootOrder,
+            Self::MbrBootCodeChanged,
+            Self::NtfsBootSectorChanged,
             Self::DiskMovedToAnotherMachine,
             Self::TpmCleared,
             Self::TpmReplaced,
@@ -194,8 +202,28 @@ impl Device {
                 // The last entry (the DVD drive in the reference device) goes first.
                 self.platform.boot_order.rotate_right(1);
             }
+            Change::MbrBootCodeChanged => {
+                self.disk.mbr_code = bumped(&self.disk.mbr_code, "MBR boot code rewritten");
+            }
+            Change::NtfsBootSectorChanged => {
+                let s = &mut self.disk.ntfs_boot_sector;
+                // The boot code area (after the BPB), so the volume stays what it was.
+                if let Some(b) = s.get_mut(0x54) {
+                    *b ^= 0xFF;
+                } else {
+                    *s = bumped(s, "NTFS boot sector rewritten");
+                }
+            }
             Change::DiskMovedToAnotherMachine | Change::TpmCleared | Change::TpmReplaced => {}
         }
         Ok(())
     }
+}
+
+/// A new, deterministic version of some code.
+fn bumped(code: &[u8], why: &str) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(code);
+    h.update(why.as_bytes());
+    h.finalize().to_vec()
 }

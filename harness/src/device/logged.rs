@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use super::Change;
+use super::{Change, Signer};
 use crate::eventlog::predict::{self, unseal_point, LogChange};
 use crate::eventlog::tcg::{PcrBanks, TcgLog};
 use crate::eventlog::HashAlg;
@@ -80,19 +80,34 @@ impl RealLog {
 pub fn log_change(change: &Change) -> Result<Option<LogChange>, String> {
     Ok(Some(match change {
         Change::FirmwareUpdate | Change::PlannedUpdateWithSuspend => LogChange::FirmwareUpdate,
-        Change::OptionRomAdded { .. } => LogChange::OptionRom,
+        Change::OptionRomAdded {
+            signer: Signer::Unsigned,
+        } => LogChange::OptionRom,
+        Change::OptionRomAdded { .. } => {
+            return Err(
+                "a signed option ROM logs its signer's authority in PCR 7 only the \
+                        first time that certificate verifies an image in a boot, which a real \
+                        log's firmware decides and we cannot reproduce faithfully; use \
+                        `signer: unsigned` (PCR 2 only), or a synthetic device"
+                    .into(),
+            )
+        }
         Change::BootManagerReplaced { same_signer: true } => LogChange::BootManagerSameSigner,
         Change::BootManagerReplaced { same_signer: false } => LogChange::BootManagerOtherSigner,
         Change::SecureBootDbUpdate => LogChange::DbUpdate,
         Change::SecureBootDbxUpdate => LogChange::DbxUpdate,
         Change::SecureBootOff => LogChange::SecureBootOff,
         Change::BcdBootOrder => LogChange::BootOrder,
-        Change::DiskMovedToAnotherMachine | Change::TpmCleared | Change::TpmReplaced => {
-            return Ok(None)
-        }
+        // Nothing measured: no TPM-visible edit; the MBR and NTFS boot sector only count
+        // on a BIOS machine, and a real log's device is UEFI (the loader refuses BIOS ones).
+        Change::DiskMovedToAnotherMachine
+        | Change::TpmCleared
+        | Change::TpmReplaced
+        | Change::MbrBootCodeChanged
+        | Change::NtfsBootSectorChanged => return Ok(None),
         Change::OptionRomChanged { .. } => {
             return Err("a real log does not say which option ROM is which card's; \
-                        use option_rom_added, or a synthetic device"
+                        use option_rom_added with `signer: unsigned`, or a synthetic device"
                 .into())
         }
         Change::BcdDebugOn => {

@@ -15,22 +15,26 @@
 //!
 //! | PCR | UEFI boot ([`BootMode::Uefi`]) | legacy boot ([`BootMode::Bios`]) |
 //! |---|---|---|
-//! | 0 | EV_S_CRTM_VERSION, EV_EFI_PLATFORM_FIRMWARE_BLOB2 (firmware image) | EV_S_CRTM_VERSION, EV_POST_CODE (firmware image) |
+//! | 0 | EV_S_CRTM_VERSION, EV_EFI_PLATFORM_FIRMWARE_BLOB2 (firmware image) | EV_S_CRTM_VERSION, EV_POST_CODE (BIOS image) |
 //! | 1 | EV_EFI_VARIABLE_BOOT: BootOrder, Boot#### | EV_PLATFORM_CONFIG_FLAGS: boot order |
-//! | 2 | EV_EFI_BOOT_SERVICES_DRIVER per option ROM (code hash) | EV_EVENT_TAG per option ROM |
+//! | 2 | EV_EFI_BOOT_SERVICES_DRIVER per option ROM (code hash) | EV_EVENT_TAG per option ROM (code hash; no signer) |
 //! | 3 | separator only | separator only |
-//! | 4 | EV_EFI_ACTION "Calling EFI Application from Boot Option"; EV_EFI_BOOT_SERVICES_APPLICATION (boot manager) | EV_EVENT_TAG: MBR boot code |
-//! | 5 | EV_EFI_GPT_EVENT | EV_IPL_PARTITION_DATA: partition table |
+//! | 4 | EV_EFI_ACTION "Calling EFI Application from Boot Option"; EV_EFI_BOOT_SERVICES_APPLICATION (boot manager) | EV_ACTION "Calling INT 19h"; EV_IPL "MBR boot code" |
+//! | 5 | EV_EFI_GPT_EVENT | EV_IPL_PARTITION_DATA: the MBR partition table |
 //! | 6 | separator only | separator only |
 //! | 7 | EV_EFI_VARIABLE_DRIVER_CONFIG SecureBoot, PK, KEK, db, dbx; separator; EV_EFI_VARIABLE_AUTHORITY once per db certificate that verified a loaded image | separator only |
-//! | 8 | - | EV_EVENT_TAG: NTFS boot sector |
-//! | 9 | - | EV_EVENT_TAG: NTFS boot block |
-//! | 10 | - | EV_EVENT_TAG: boot manager |
+//! | 8 | - | EV_IPL "NTFS boot sector" |
+//! | 9 | - | EV_IPL "NTFS boot block" |
+//! | 10 | - | EV_IPL "bootmgr" (the boot manager's code) |
 //! | 11 | EV_EVENT_TAG: the BCD settings BitLocker validates (see below) | same |
 //! | 12 | EV_COMPACT_HASH per OS file the loader measures | same |
 //!
 //! Separators go into PCR 0-6 at ReadyToBoot after the boot-option action, and into PCR 7
 //! after dbx, as EDK2 does; under legacy boot, into 0-7 before the IPL.
+//!
+//! A UEFI boot's log is crypto-agile (SHA-1 + SHA-256); a BIOS boot's log is what a BIOS
+//! writes, `TCG_PCR_EVENT` records in SHA-1 only ([`Device::measured_boot`]), so a BIOS
+//! machine replays and seals in the SHA-1 bank.
 //!
 //! # Modelling choices
 //!
@@ -40,9 +44,10 @@
 //!   point ([`Device::unseal_index`]), so the TPM itself enforces them under every profile
 //!   (PCR 11 is in all three). BCD is *not* measured into PCR 5, so a BCD change moves PCR
 //!   11 only. (EV_EVENT_TAG rather than EV_IPL: tpm2-tools 5.4 warns on EV_IPL in PCR 11.)
-//! - **Legacy IPL stages** (PCR 4, 8, 9, 10) are EV_EVENT_TAG events naming the stage, with
-//!   the stage's code as the measured bytes: tpm2-tools 5.4 accepts EV_IPL only as GRUB
-//!   logs it (strings in PCR 8/9/12/14) and warns otherwise.
+//! - **Legacy IPL stages** (PCR 4, 8, 9, 10) are EV_IPL events whose data is a string naming
+//!   the stage and whose digest is the stage's code, in a SHA-1 log (tpm2-tools prints such
+//!   data as a string and, in the SHA-1 format, checks no EV_IPL digest against its data).
+//!   Legacy option ROMs (PCR 2) stay EV_EVENT_TAG naming the ROM.
 //! - **Boot order.** `bcdedit /set {fwbootmgr} displayorder` writes the firmware's BootOrder
 //!   variable, so [`Change::BcdBootOrder`] changes PCR 1 (UEFI) and nothing else.
 //! - **Images** are byte strings standing in for PE files; the "Authenticode hash" is the
@@ -81,6 +86,11 @@ pub enum Signer {
     WindowsUefiCa2023,
     /// Any other certificate, by name.
     Other(String),
+    /// No signature (a legacy option ROM, or a UEFI one nobody signed): never in db, so
+    /// no authority event in PCR 7. The model measures its code into PCR 2 all the same
+    /// (whether a firmware measures an image that then fails Secure Boot verification is
+    /// the firmware's choice; ARCHITECTURE.md, "Modelling choices").
+    Unsigned,
 }
 
 impl Signer {
@@ -91,6 +101,7 @@ impl Signer {
             Self::MicrosoftUefiCa => "Microsoft Corporation UEFI CA 2011",
             Self::WindowsUefiCa2023 => "Windows UEFI CA 2023",
             Self::Other(n) => n,
+            Self::Unsigned => "(unsigned)",
         }
     }
 
@@ -289,8 +300,8 @@ const BASIC_DATA_PARTITION: Uuid = uuid!("ebd0a0a2-b9e5-4433-87c0-68b6b72699c7")
 const FIRMWARE_BASE: u64 = 0xFF00_0000;
 /// Tagged-event ID we use for BCD settings in PCR 11 (ours; no registry assigns one).
 pub const BCD_TAG_ID: u32 = 0x4243_4400; // "\0DCB"
-/// Tagged-event ID we use for the legacy IPL stages (PCR 4, 8, 9, 10; ours as well).
-pub const LEGACY_IPL_TAG_ID: u32 = 0x4C50_4900; // "\0IPL"
+/// The EV_ACTION a BIOS logs in PCR 4 before it boots from a disk (PFP s10.4.4).
+pub const ACTION_CALLING_INT_19H: &str = "Calling INT 19h";
 
 impl Default for Device {
     /// A reference machine: UEFI with Secure Boot and Microsoft's db, a Windows boot manager
@@ -414,8 +425,58 @@ impl Device {
         }
     }
 
+    /// A BIOS machine (`profile: legacy`): the reference machine booting in legacy mode, with
+    /// no Secure Boot, an unsigned legacy option ROM and Windows' BIOS boot manager
+    /// (`\\bootmgr`) loaded by the MBR, NTFS boot sector and boot block.
+    pub fn legacy_bios() -> Self {
+        let uefi = Self::default();
+        Self {
+            boot_mode: BootMode::Bios,
+            firmware: Firmware {
+                version: "SimBIOS 1.0.0".into(),
+                image: b"simulated BIOS image 1.0.0".to_vec(),
+            },
+            option_roms: vec![Image::new(
+                "onboard-nic.rom",
+                "onboard NIC PXE option ROM 1.0",
+                Signer::Unsigned,
+            )],
+            secure_boot: SecureBoot {
+                enabled: false,
+                ..uefi.secure_boot
+            },
+            boot_manager: Image::new(
+                "bootmgr",
+                "Windows Boot Manager (BIOS) 10.0.19041.1",
+                Signer::WindowsPca2011,
+            ),
+            disk: Disk {
+                partitions: vec![
+                    Partition {
+                        name: "System Reserved".into(),
+                        type_guid: BASIC_DATA_PARTITION,
+                        unique_guid: Uuid::nil(),
+                        first_lba: 2048,
+                        last_lba: 1_026_047,
+                    },
+                    Partition {
+                        name: "Windows".into(),
+                        type_guid: BASIC_DATA_PARTITION,
+                        unique_guid: Uuid::nil(),
+                        first_lba: 1_026_048,
+                        last_lba: 0x3A38_5FFF,
+                    },
+                ],
+                ..uefi.disk
+            },
+            ..uefi
+        }
+    }
+
     /// What a boot of this device measures: the real log if it has one, else the model's
-    /// events (up to [`Device::unseal_index`] before the unseal).
+    /// events (up to [`Device::unseal_index`] before the unseal): a crypto-agile SHA-1 +
+    /// SHA-256 log for UEFI, a SHA-1 `TCG_PCR_EVENT` log for BIOS (so a BIOS machine seals
+    /// in SHA-1).
     pub fn measured_boot(&self) -> MeasuredBoot {
         match &self.real_log {
             Some(real) => real.measured_boot(),
@@ -423,7 +484,11 @@ impl Device {
                 let log = self.event_log();
                 MeasuredBoot {
                     unseal_index: self.unseal_index().min(log.events.len()),
-                    log: TcgLog::from(&log),
+                    log: match self.boot_mode {
+                        BootMode::Uefi => TcgLog::from(&log),
+                        // A BIOS writes TCG_PCR_EVENT records: SHA-1 only.
+                        BootMode::Bios => TcgLog::sha1_format(&log),
+                    },
                 }
             }
         }
@@ -684,16 +749,10 @@ impl Device {
     }
 
     fn bios_events(&self) -> Vec<Event> {
-        // The legacy IPL stages are logged as EV_EVENT_TAG (a tagged event naming the stage,
-        // digest = the stage's code): tpm2-tools 5.4 expects EV_IPL only in PCR 8/9/12/14 and
-        // only as strings (GRUB's convention) and warns on anything else.
-        let ipl = |pcr: u32, what: &str, content: &[u8]| {
-            Event::measured(
-                pcr,
-                EventType::EV_EVENT_TAG,
-                data::tagged_event(LEGACY_IPL_TAG_ID, what.as_bytes()),
-                content,
-            )
+        // An IPL stage as a BIOS and Windows' boot code log it: EV_IPL whose data names the
+        // stage (a string, as tpm2_eventlog prints EV_IPL), whose digest is the stage's code.
+        let ipl = |pcr: u32, stage: &str, code: &[u8]| {
+            Event::measured(pcr, EventType::EV_IPL, stage.as_bytes().to_vec(), code)
         };
         let mut ev = vec![
             self.crtm_event(),
@@ -715,6 +774,7 @@ impl Device {
             EventType::EV_PLATFORM_CONFIG_FLAGS,
             order,
         ));
+        // Legacy option ROMs carry no signature: the ROM's code only, in PCR 2.
         for rom in &self.option_roms {
             ev.push(Event::measured(
                 2,
@@ -723,19 +783,45 @@ impl Device {
                 &rom.content,
             ));
         }
+        // End of POST: separators, then INT 19h loads the MBR (PCR 4) and its partition
+        // table (PCR 5); Windows' boot code measures each next stage (PCR 8, 9, 10).
         ev.extend((0..=7).map(Event::separator));
+        ev.push(Event::of_data(
+            4,
+            EventType::EV_ACTION,
+            ACTION_CALLING_INT_19H.as_bytes().to_vec(),
+        ));
         ev.push(ipl(4, "MBR boot code", &self.disk.mbr_code));
         ev.push(Event::of_data(
             5,
             EventType::EV_IPL_PARTITION_DATA,
-            self.gpt_bytes(),
+            self.mbr_partition_table(),
         ));
         ev.push(ipl(8, "NTFS boot sector", &self.disk.ntfs_boot_sector));
         ev.push(ipl(9, "NTFS boot block", &self.disk.ntfs_boot_block));
-        ev.push(ipl(10, &self.boot_manager.name, &self.boot_manager.content));
+        ev.push(ipl(10, "bootmgr", &self.boot_manager.content));
         ev.extend(self.bcd_events());
         ev.extend(self.os_file_events());
         ev
+    }
+
+    /// The MBR's partition table (four 16-byte entries), as a BIOS measures it into PCR 5.
+    fn mbr_partition_table(&self) -> Vec<u8> {
+        let mut table = vec![0u8; 64];
+        for (i, (entry, p)) in table
+            .chunks_exact_mut(16)
+            .zip(&self.disk.partitions)
+            .enumerate()
+        {
+            let lba = |v: u64| u32::try_from(v).unwrap_or(u32::MAX).to_le_bytes();
+            entry[0] = if i == 0 { 0x80 } else { 0 }; // the first one is active
+            entry[1..4].copy_from_slice(&[0xFE, 0xFF, 0xFF]); // CHS: use the LBA fields
+            entry[4] = 0x07; // NTFS (BitLocker keeps the type)
+            entry[5..8].copy_from_slice(&[0xFE, 0xFF, 0xFF]);
+            entry[8..12].copy_from_slice(&lba(p.first_lba));
+            entry[12..16].copy_from_slice(&lba(p.last_lba.saturating_sub(p.first_lba) + 1));
+        }
+        table
     }
 }
 

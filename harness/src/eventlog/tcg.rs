@@ -397,6 +397,33 @@ impl From<&EventLog> for TcgLog {
     }
 }
 
+impl TcgLog {
+    /// One of our own logs in the SHA-1 format a BIOS writes (`TCG_PCR_EVENT` records, no
+    /// Spec ID header): what parsing the bytes of such a log gives.
+    pub fn sha1_format(log: &EventLog) -> Self {
+        let records = log
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Record {
+                number: i,
+                offset: 0,
+                pcr: e.pcr,
+                event_type: e.event_type,
+                digests: vec![(HashAlg::Sha1, e.digests.sha1.to_vec())],
+                data: e.data.clone(),
+            })
+            .collect();
+        Self {
+            format: LogFormat::Sha1,
+            banks: vec![HashAlg::Sha1],
+            startup_locality: 0,
+            records,
+            warnings: Vec::new(),
+        }
+    }
+}
+
 /// Reads a TCG_EfiSpecIDEvent's algorithm list. `base` is the data's offset in the file.
 fn parse_spec_id(d: &[u8], base: usize) -> Result<Vec<HashAlg>, ParseError> {
     let bad = |at: usize, kind: ParseErrorKind| ParseError {

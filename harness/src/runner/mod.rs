@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub use play::LockoutFacts;
+pub use play::{bitlocker_setup, scenario_device, LockoutFacts};
 pub use steps::{Failure, StepRecord};
 
 use crate::portal::{Admin, ChromeOptions, PortalTarget, Screenshot, SettingsPatch};

@@ -5,19 +5,20 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::bitlocker::{KeyProtectorId, RecoveryPassword};
-use crate::device::{Change, Device, Profile};
+use crate::device::{Device, Profile};
 use crate::machine::{
     BitLockerSetup, BootOutcome, EscrowedKey, LockoutCause, Machine, RecoveryScreen, TpmProtection,
     WINDOWS_DA,
 };
 use crate::portal::chrome::get_key_label;
 use crate::portal::{
-    AccountRole, Admin, Agent, Answer, AuditQuery, BrowserUser, ChromeOptions, ChromeUser,
-    EscrowKey, HelpDeskOperator, Outcome, PortalTarget, Screenshot, SettingsPatch, SignIn,
+    AccountRole, Admin, Agent, Answer, AuditQuery, AuditRow, BrowserUser, ChromeOptions,
+    ChromeUser, EscrowKey, HelpDeskOperator, Outcome, PortalTarget, Screenshot, SettingsPatch,
+    SignIn,
 };
 use crate::scenario::{
-    self, AfterRecovery, Answer as Expected, ChangeKind, IdleExpiry, KeyIdDigits, ProtectorKind,
-    RecoveryVia, Scenario, TpmError,
+    self, AfterRecovery, Answer as Expected, ChangeKind, IdleExpiry, KeyIdDigits, PinAction,
+    ProtectorKind, RecoveryVia, Scenario, TpmError,
 };
 
 use super::steps::{because, ensure, Failure, StepResult, Steps};
@@ -66,9 +67,19 @@ pub struct Play<'a> {
     pub screenshots: Vec<Screenshot>,
     /// Outside tools that judge the volume image with the portal's key.
     pub volume_judges: VolumeJudges,
-    /// The idle expiry was seen in a browser: its page left for the expiry page before any
-    /// key request, so no `expired_session` audit row is expected.
-    idle_seen_in_browser: bool,
+    /// Requests the harness makes only to compare or confirm an answer (an absent key ID or
+    /// computer, the rotated-away or kept key): their audit rows are the harness's, not the
+    /// story's.
+    probes: Vec<Probe>,
+}
+
+/// What a harness-only request asked for (how its audit row is recognised).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Probe {
+    /// A key ID, as typed.
+    KeyId(String),
+    /// A computer name (Manage TPM).
+    Computer(String),
 }
 
 const PASSWORD_LEN: usize = 20;
@@ -83,7 +94,7 @@ impl<'a> Play<'a> {
             browser: None,
             screenshots: Vec::new(),
             volume_judges: VolumeJudges::default(),
-            idle_seen_in_browser: false,
+            probes: Vec::new(),
         }
     }
 
@@ -257,35 +268,29 @@ impl<'a> Play<'a> {
                     .help_desk_operator(&names.user(&requester), &requester_password)
                     .await?;
                 let end_user = recovery.end_user.as_deref().map(|u| names.user(u));
-                let mut answer = self
+                let reason = recovery.reason.as_str();
+                let answer = self
                     .steps
                     .run_async(
                         &format!("operator looks up {} digits of the key ID", typed_id.len()),
                         async {
                             operator
-                                .lookup_key(
-                                    &typed_id,
-                                    end_user.as_deref(),
-                                    recovery.reason.as_str(),
-                                )
+                                .lookup_key(&typed_id, end_user.as_deref(), reason)
                                 .await
                                 .map_err(because("an answer page"))
                         },
                     )
                     .await?;
-                if let Outcome::SeveralMatches(_) = answer.outcome {
-                    let full = key_id.to_string();
-                    answer = self
-                        .steps
-                        .run_async("operator picks the key by all 32 digits", async {
-                            operator
-                                .lookup_key(&full, end_user.as_deref(), recovery.reason.as_str())
-                                .await
-                                .map_err(because("an answer page"))
-                        })
-                        .await?;
-                }
-                self.expect_simple_answer(recovery.answer, &answer)?
+                self.help_desk_answer(
+                    recovery.answer,
+                    answer,
+                    &mut operator,
+                    end_user.as_deref(),
+                    &key_id,
+                    typed_id.len(),
+                    reason,
+                )
+                .await?
             }
             RecoveryVia::HelpDeskTpmReset => {
                 let mut operator = self
@@ -308,15 +313,32 @@ impl<'a> Play<'a> {
                         },
                     )
                     .await?;
-                let auth_hex = match (&answer.outcome, recovery.answer) {
-                    (Outcome::LockoutAuth(hex), Expected::LockoutAuthShown) => hex.clone(),
-                    (other, expected) => {
-                        return Err(plain(
-                            "Manage TPM answer",
-                            &format!("{expected:?}"),
-                            &format!("{other:?}"),
-                        ))
+                let auth_hex = match recovery.answer {
+                    Expected::Refused => {
+                        self.tpm_refusal_like_absent(
+                            &mut operator,
+                            &answer,
+                            &device_name,
+                            end_user.as_deref(),
+                            recovery.reason.as_str(),
+                        )
+                        .await?;
+                        return self
+                            .portal_only_checks(&names, &passwords, &machine, &escrow, &agent)
+                            .await;
                     }
+                    expected => self.steps.run(
+                        "Manage TPM answers as the scenario says",
+                        || match &answer.outcome {
+                            Outcome::LockoutAuth(hex) if expected == Expected::LockoutAuthShown => {
+                                Ok(hex.clone())
+                            }
+                            other => Err((
+                                format!("{expected:?}"),
+                                format!("{other:?} (status {})", answer.status),
+                            )),
+                        },
+                    )?,
                 };
                 let auth = hex::decode(auth_hex.trim()).map_err(|e| {
                     plain("decode the lockout authorization", "hex", &e.to_string())
@@ -331,39 +353,59 @@ impl<'a> Play<'a> {
                     .run("the right PIN unlocks without a recovery key", || {
                         expect_unlocked(machine.boot(pin.as_deref()))
                     })?;
-                if s.checks.after_recovery == Some(AfterRecovery::Rotate) {
-                    let check_in = self
-                        .steps
-                        .run_async(
-                            "agent check-in asks to rotate the TPM lockout authorization",
-                            async {
-                                let c = agent.check_in().await.map_err(because("a check-in"))?;
-                                ensure(
-                                    c.rotate_tpm_lockout,
-                                    "rotate_tpm_lockout: true",
-                                    format!("{c:?}"),
-                                )
-                            },
-                        )
-                        .await;
-                    check_in?;
-                    let new_auth = machine.rotate_lockout_auth(&mut rand::rng()).map_err(|e| {
-                        failure("rotate the lockout authorization", "a new value", e)
-                    })?;
-                    self.steps
-                        .run_async("agent escrows the new lockout authorization", async {
-                            agent
-                                .escrow_tpm_lockout(&new_auth)
-                                .await
-                                .map_err(because("204"))?;
+                // The portal asks the agent to rotate the shown value at its check-in.
+                let check_in = self
+                    .steps
+                    .run_async(
+                        "agent check-in asks to rotate the TPM lockout authorization",
+                        async {
                             let c = agent.check_in().await.map_err(because("a check-in"))?;
                             ensure(
-                                !c.rotate_tpm_lockout,
-                                "rotate_tpm_lockout: false",
+                                c.rotate_tpm_lockout,
+                                "rotate_tpm_lockout: true",
                                 format!("{c:?}"),
                             )
-                        })
-                        .await?;
+                        },
+                    )
+                    .await;
+                check_in?;
+                match after_recovery(s) {
+                    AfterRecovery::Rotate => {
+                        let new_auth =
+                            machine.rotate_lockout_auth(&mut rand::rng()).map_err(|e| {
+                                failure("rotate the lockout authorization", "a new value", e)
+                            })?;
+                        self.steps
+                            .run_async("agent escrows the new lockout authorization", async {
+                                agent
+                                    .escrow_tpm_lockout(&new_auth)
+                                    .await
+                                    .map_err(because("204"))?;
+                                let c = agent.check_in().await.map_err(because("a check-in"))?;
+                                ensure(
+                                    !c.rotate_tpm_lockout,
+                                    "rotate_tpm_lockout: false",
+                                    format!("{c:?}"),
+                                )
+                            })
+                            .await?;
+                    }
+                    AfterRecovery::Keep => {
+                        self.steps
+                            .run_async(
+                                "the next check-in still asks to rotate the TPM lockout authorization",
+                                async {
+                                    let c =
+                                        agent.check_in().await.map_err(because("a check-in"))?;
+                                    ensure(
+                                        c.rotate_tpm_lockout,
+                                        "rotate_tpm_lockout: true (the value was not rotated)",
+                                        format!("{c:?}"),
+                                    )
+                                },
+                            )
+                            .await?;
+                    }
                 }
                 None
             }
@@ -397,24 +439,122 @@ impl<'a> Play<'a> {
                 key_id,
                 &password,
             )?;
-            let new = self
-                .rotation_cycle(&mut machine, &agent, &names, &passwords, key_id, &password)
-                .await?;
-            let volume = JudgedVolume {
-                image: machine.volume_image(),
-                data_sha256: machine.volume_data_sha256(),
-            };
-            let new_password = new.recovery_password.to_string();
-            volume_check::rotation_seen(
-                &mut self.steps,
-                self.volume_judges,
-                volume,
-                (key_id, &password),
-                (new.key_protector_id, &new_password),
-            )?;
+            match after_recovery(s) {
+                AfterRecovery::Rotate => {
+                    let new = self
+                        .rotation_cycle(&mut machine, &agent, &names, &passwords, key_id, &password)
+                        .await?;
+                    let volume = JudgedVolume {
+                        image: machine.volume_image(),
+                        data_sha256: machine.volume_data_sha256(),
+                    };
+                    let new_password = new.recovery_password.to_string();
+                    volume_check::rotation_seen(
+                        &mut self.steps,
+                        self.volume_judges,
+                        volume,
+                        (key_id, &password),
+                        (new.key_protector_id, &new_password),
+                    )?;
+                }
+                AfterRecovery::Keep => {
+                    self.keep_cycle(&machine, &agent, &names, &passwords, key_id, &password)
+                        .await?;
+                }
+            }
         }
         self.portal_only_checks(&names, &passwords, &machine, &escrow, &agent)
             .await
+    }
+
+    /// Checks the help desk's answer to a key lookup as self-service answers are checked:
+    /// several matches are asked for all 32 digits before the key, and a refusal must be
+    /// byte-identical to the one for a key ID that does not exist.
+    #[allow(clippy::too_many_arguments)]
+    async fn help_desk_answer(
+        &mut self,
+        expected: Expected,
+        answer: Answer,
+        operator: &mut HelpDeskOperator,
+        end_user: Option<&str>,
+        key_id: &KeyProtectorId,
+        typed_len: usize,
+        reason: &str,
+    ) -> Result<Option<String>, Failure> {
+        match expected {
+            Expected::SeveralMatches => {
+                self.steps.run("the portal asks for all 32 digits", || {
+                    match &answer.outcome {
+                        Outcome::SeveralMatches(_) => Ok(()),
+                        other => Err((
+                            "several matches: type all 32 digits".into(),
+                            format!("{other:?} (status {})", answer.status),
+                        )),
+                    }
+                })?;
+                let full = key_id.to_string();
+                let answer = self
+                    .steps
+                    .run_async("operator picks the key by all 32 digits", async {
+                        operator
+                            .lookup_key(&full, end_user, reason)
+                            .await
+                            .map_err(because("an answer page"))
+                    })
+                    .await?;
+                self.expect_simple_answer(Expected::KeyShown, &answer)
+            }
+            Expected::Refused => {
+                let absent = KeyProtectorId::random(&mut rand::rng());
+                let (typed_real, typed_absent) = typed_pair(key_id, &absent, typed_len);
+                self.probes.push(Probe::KeyId(typed_absent.clone()));
+                let absent_answer = self
+                    .steps
+                    .run_async("operator looks up a key ID that does not exist", async {
+                        operator
+                            .lookup_key(&typed_absent, end_user, reason)
+                            .await
+                            .map_err(because("an answer page"))
+                    })
+                    .await?;
+                self.steps.run(
+                    "the refusal is answered exactly like an absent key ID",
+                    || identical_refusals(&answer, &typed_real, &absent_answer, &typed_absent),
+                )?;
+                Ok(None)
+            }
+            expected => self.expect_simple_answer(expected, &answer),
+        }
+    }
+
+    /// Manage TPM refused: the answer must be byte-identical to the one for a computer
+    /// that does not exist (same end user, same reason).
+    async fn tpm_refusal_like_absent(
+        &mut self,
+        operator: &mut HelpDeskOperator,
+        answer: &Answer,
+        device_name: &str,
+        end_user: Option<&str>,
+        reason: &str,
+    ) -> Result<(), Failure> {
+        let absent = format!("PC-{:08X}", rand::rng().random::<u32>());
+        self.probes.push(Probe::Computer(absent.clone()));
+        let absent_answer = self
+            .steps
+            .run_async(
+                "operator asks Manage TPM for a computer that does not exist",
+                async {
+                    operator
+                        .manage_tpm(&absent, end_user, reason)
+                        .await
+                        .map_err(because("the Manage TPM answer"))
+                },
+            )
+            .await?;
+        self.steps.run(
+            "the refusal is answered exactly like an absent computer",
+            || identical_refusals(answer, device_name, &absent_answer, &absent),
+        )
     }
 
     /// A help desk operator, signed in.
@@ -446,31 +586,50 @@ impl<'a> Play<'a> {
         if s.change.kind == ChangeKind::None {
             return Ok(None);
         }
+        // The last wrong PIN's outcome: the device is at the PIN prompt (`None`) or on
+        // the recovery screen the TPM's lockout put it on.
+        let mut after_wrong_pins: Option<BootOutcome> = None;
         if s.change.kind == ChangeKind::LostPin {
+            // Exactly `wrong_pins` wrong PINs, each answered by the TPM: a counted
+            // failure up to the threshold, a lockout after it.
             let wrong = s.change.wrong_pins.unwrap_or(0);
             let threshold = s.device.lockout_threshold;
             for attempt in 1..=wrong {
                 let outcome = machine.boot(Some("000000-wrong"));
                 let name = format!("wrong PIN #{attempt}");
-                self.steps.run(&name, || match outcome {
-                    Ok(BootOutcome::WrongPin { lockout_counter }) => ensure(
-                        attempt < threshold + 1 && lockout_counter == attempt,
-                        format!("TPM_RC_AUTH_FAIL with the lockout counter at {attempt}"),
-                        format!("counter {lockout_counter}"),
-                    ),
-                    Ok(BootOutcome::Recovery(screen)) if attempt > threshold.saturating_sub(1) => {
+                let outcome = self.steps.run(&name, || match outcome {
+                    Ok(BootOutcome::WrongPin { lockout_counter }) if attempt <= threshold => {
                         ensure(
-                            screen.cause == LockoutCause::LockedOut,
-                            "TPM_RC_LOCKOUT once the threshold is reached",
-                            screen.cause.name(),
-                        )
+                            lockout_counter == attempt,
+                            format!("TPM_RC_AUTH_FAIL with the lockout counter at {attempt}"),
+                            format!("counter {lockout_counter}"),
+                        )?;
+                        Ok(BootOutcome::WrongPin { lockout_counter })
                     }
-                    Ok(other) => Err(("a refused PIN".into(), format!("{other:?}"))),
+                    Ok(BootOutcome::Recovery(screen))
+                        if attempt > threshold && screen.cause == LockoutCause::LockedOut =>
+                    {
+                        Ok(BootOutcome::Recovery(screen))
+                    }
+                    Ok(other) => Err((
+                        if attempt <= threshold {
+                            format!("TPM_RC_AUTH_FAIL with the lockout counter at {attempt}")
+                        } else {
+                            format!("TPM_RC_LOCKOUT: {threshold} failures reached")
+                        },
+                        match other {
+                            BootOutcome::Recovery(screen) => {
+                                format!("the recovery screen with {}", screen.cause.name())
+                            }
+                            other => format!("{other:?}"),
+                        },
+                    )),
                     Err(e) => Err(("a refused PIN".into(), e.to_string())),
                 })?;
+                after_wrong_pins = Some(outcome);
             }
         } else {
-            let change = device_change(s.change.kind);
+            let change = s.change.device_change();
             if let Some(change) = change {
                 let predicted = machine.device().clone().with(&change);
                 self.steps.run(
@@ -503,24 +662,23 @@ impl<'a> Play<'a> {
             }
         }
 
-        // A lost PIN that has not locked the TPM out: one more wrong PIN, then the user
-        // gives up at the prompt (Esc) and takes the recovery screen.
-        let gives_up =
-            s.change.kind == ChangeKind::LostPin && expect.tpm_error == TpmError::AuthFailed;
-        let outcome = if gives_up {
-            match machine.boot(Some("000000-wrong")) {
-                Ok(BootOutcome::WrongPin { .. }) => machine
-                    .choose_recovery_at_pin_prompt()
-                    .map(|screen| BootOutcome::Recovery(Box::new(screen))),
-                other => other,
-            }
-        } else {
-            machine.boot(pin)
-        };
-        let step = if gives_up {
-            "wrong PIN again, then Esc to the recovery screen"
-        } else {
-            "boot after the change"
+        // After the wrong PINs the user does what the scenario says (`change.then`); what
+        // follows is checked against the scenario's expectations below.
+        let (outcome, step) = match (s.change.kind, after_wrong_pins) {
+            (ChangeKind::LostPin, Some(last)) => match s.change.pin_action() {
+                PinAction::Esc => match last {
+                    BootOutcome::WrongPin { .. } => (
+                        machine
+                            .choose_recovery_at_pin_prompt()
+                            .map(|screen| BootOutcome::Recovery(Box::new(screen))),
+                        "the user presses Esc at the PIN prompt",
+                    ),
+                    other => (Ok(other), "the recovery screen after the wrong PINs"),
+                },
+                // A new boot: a locked-out device shows no PIN prompt until it restarts.
+                PinAction::RightPin => (machine.boot(pin), "the user types the right PIN"),
+            },
+            _ => (machine.boot(pin), "boot after the change"),
         };
         let screen = self.steps.run(step, || {
             let outcome = outcome.map_err(because("a boot"))?;
@@ -638,7 +796,13 @@ impl<'a> Play<'a> {
                 )
             })?;
             if let User::Chrome(c) = user {
-                return self.idle_in_browser(c, idle).await;
+                let late = LateRequest {
+                    username,
+                    password,
+                    typed_id,
+                    reason: recovery.reason.as_str(),
+                };
+                return self.idle_in_browser(c, idle, late).await;
             }
             tokio::time::sleep(Duration::from_millis(
                 u64::from(idle.idle_secs + idle.warning_secs) * 1000 + 700,
@@ -677,6 +841,7 @@ impl<'a> Play<'a> {
         &mut self,
         c: &mut ChromeUser,
         idle: IdleExpiry,
+        late: LateRequest<'_>,
     ) -> Result<Option<String>, Failure> {
         let cookie = self
             .steps
@@ -759,8 +924,62 @@ impl<'a> Play<'a> {
                 )
             })
             .await?;
-        self.idle_seen_in_browser = true;
+        if states_expired_session_row(self.scenario) {
+            self.late_request_in_browser(c, idle, late).await?;
+        }
         Ok(None)
+    }
+
+    /// The expired session the audit records, as a browser meets it: the page's own timers
+    /// did not run (a laptop that slept with the portal open, a frozen tab), so nothing
+    /// left the key form; the user comes back and presses Get Key on the expired session.
+    /// (A page whose timers run goes to the expiry page itself, which ends the session, so
+    /// its key request never reaches an expired one.)
+    async fn late_request_in_browser(
+        &mut self,
+        c: &mut ChromeUser,
+        idle: IdleExpiry,
+        late: LateRequest<'_>,
+    ) -> Result<(), Failure> {
+        self.steps
+            .run_async(
+                "user signs in again; the page sleeps past the idle timeout",
+                async {
+                    c.sign_in_and_accept(late.username, late.password)
+                        .await
+                        .map_err(because("the key form"))?;
+                    // Stops every timer of the page (ids are small consecutive integers).
+                    c.execute(
+                        "const last = setTimeout(function () {}, 0); \
+                         for (let i = 0; i <= last; i++) { clearTimeout(i); clearInterval(i); } \
+                         return null;",
+                    )
+                    .await
+                    .map_err(because("the page's timers stopped"))?;
+                    tokio::time::sleep(Duration::from_millis(
+                        u64::from(idle.idle_secs + idle.warning_secs) * 1000 + 700,
+                    ))
+                    .await;
+                    Ok(())
+                },
+            )
+            .await?;
+        self.steps
+            .run_async(
+                "a late Get Key on the expired session gets the expiry page",
+                async {
+                    let a = c
+                        .request_key(late.typed_id, late.reason)
+                        .await
+                        .map_err(because("an answer page"))?;
+                    ensure(
+                        matches!(a.outcome, Outcome::Expired),
+                        "the expiry page",
+                        format!("{:?} (status {})", a.outcome, a.status),
+                    )
+                },
+            )
+            .await
     }
 
     async fn expect_answer(
@@ -794,13 +1013,23 @@ impl<'a> Play<'a> {
             return self.expect_simple_answer(Expected::KeyShown, &answer);
         }
         if expected == Expected::Refused {
+            // Whatever came instead of a refusal fails at the refusal's step, before the
+            // absent-key probe runs into it (an expired session, say) somewhere else.
+            if !matches!(answer.outcome, Outcome::NotFound(_)) {
+                self.steps.run(
+                    "a foreign key ID is answered exactly like an absent one",
+                    || {
+                        Err((
+                            "not found, like an absent key ID".to_string(),
+                            format!("{:?} (status {})", answer.outcome, answer.status),
+                        ))
+                    },
+                )?;
+            }
             let absent = KeyProtectorId::random(&mut rand::rng());
             // The same number of digits as the user typed for the real one.
-            let typed_absent = if typed_len == 8 {
-                absent.first8()
-            } else {
-                absent.to_string()
-            };
+            let (typed_real, typed_absent) = typed_pair(key_id, &absent, typed_len);
+            self.probes.push(Probe::KeyId(typed_absent.clone()));
             let absent_answer = self
                 .steps
                 .run_async("user asks for a key ID that does not exist", async {
@@ -809,33 +1038,9 @@ impl<'a> Play<'a> {
                         .map_err(because("an answer page"))
                 })
                 .await?;
-            let typed_real = if typed_len == 8 {
-                key_id.first8()
-            } else {
-                key_id.to_string()
-            };
             self.steps.run(
                 "a foreign key ID is answered exactly like an absent one",
-                || {
-                    ensure(
-                        matches!(answer.outcome, Outcome::NotFound(_))
-                            && answer.status == absent_answer.status
-                            && same_body(
-                                &answer.body,
-                                &typed_real,
-                                &absent_answer.body,
-                                &typed_absent,
-                            ),
-                        format!(
-                            "identical not-found answers (status {})",
-                            absent_answer.status
-                        ),
-                        format!(
-                            "{:?} with status {} vs {}",
-                            answer.outcome, answer.status, absent_answer.status
-                        ),
-                    )
-                },
+                || identical_refusals(&answer, &typed_real, &absent_answer, &typed_absent),
             )?;
             return Ok(None);
         }
@@ -929,6 +1134,7 @@ impl<'a> Play<'a> {
             })?;
         // The portal no longer offers it: the device's user asks for it by all 32 digits.
         if let Some(user) = self.scenario.users.iter().find(|u| u.signed_in_locally()) {
+            self.probes.push(Probe::KeyId(old.clone()));
             let password = passwords
                 .get(&user.name.to_lowercase())
                 .cloned()
@@ -956,6 +1162,75 @@ impl<'a> Play<'a> {
         Ok(new)
     }
 
+    /// `after_recovery: keep`: the agent does not rotate the shown key. The portal asks it
+    /// to, the key still unlocks the device, the portal still shows it to its user, and
+    /// the next check-in asks again.
+    async fn keep_cycle(
+        &mut self,
+        machine: &Machine,
+        agent: &Agent,
+        names: &Names,
+        passwords: &std::collections::HashMap<String, String>,
+        key_id: KeyProtectorId,
+        password: &str,
+    ) -> Result<(), Failure> {
+        let id = key_id.to_string();
+        let asks_to_rotate = |c: &crate::portal::CheckIn| {
+            ensure(
+                c.rotate_keys.iter().any(|k| k.eq_ignore_ascii_case(&id)),
+                format!("rotate_keys containing {id}"),
+                format!("{:?}", c.rotate_keys),
+            )
+        };
+        self.steps
+            .run_async("agent check-in is told to rotate the shown key", async {
+                asks_to_rotate(&agent.check_in().await.map_err(because("a check-in"))?)
+            })
+            .await?;
+        let kept = RecoveryPassword::parse(password)
+            .map_err(|e| plain("parse the shown key", "a valid password", &e.to_string()))?;
+        self.steps.run(
+            "the agent keeps the key: the old password still unlocks the device",
+            || {
+                let unlocks = machine
+                    .password_unlocks(&kept)
+                    .map_err(because("a check"))?;
+                ensure(unlocks, "the key still unlocks", "the MAC check fails")
+            },
+        )?;
+        if let Some(user) = self.scenario.users.iter().find(|u| u.signed_in_locally()) {
+            self.probes.push(Probe::KeyId(id.clone()));
+            let user_password = passwords
+                .get(&user.name.to_lowercase())
+                .cloned()
+                .unwrap_or_default();
+            let mut browser = BrowserUser::new(self.target, &names.user(&user.name))
+                .map_err(|e| failure("open the portal", "a client", e))?;
+            self.steps
+                .run_async("the portal still shows the kept key to its user", async {
+                    browser
+                        .sign_in_and_accept(&names.user(&user.name), &user_password)
+                        .await
+                        .map_err(because("the key form"))?;
+                    let a = browser
+                        .request_key(&id, "BIOS/TPM changed")
+                        .await
+                        .map_err(because("an answer page"))?;
+                    ensure(
+                        matches!(&a.outcome, Outcome::KeyShown(k) if k == password),
+                        "the same key shown again",
+                        format!("{:?}", a.outcome),
+                    )
+                })
+                .await?;
+        }
+        self.steps
+            .run_async("the next check-in still asks to rotate it", async {
+                asks_to_rotate(&agent.check_in().await.map_err(because("a check-in"))?)
+            })
+            .await
+    }
+
     async fn portal_only_checks(
         &mut self,
         names: &Names,
@@ -979,6 +1254,7 @@ impl<'a> Play<'a> {
             let mut user = BrowserUser::new(self.target, &names.user(&foreign.as_user))
                 .map_err(|e| failure("open the portal", "a client", e))?;
             let absent = KeyProtectorId::random(&mut rand::rng());
+            self.probes.push(Probe::KeyId(absent.first8()));
             self.steps
                 .run_async(
                     "someone else's key ID is answered exactly like an absent one",
@@ -1024,19 +1300,15 @@ impl<'a> Play<'a> {
                 Admin::new(self.target).map_err(|e| failure("connect as admin", "a client", e))?;
             let device = names.device(&s.device.name);
             let users: Vec<String> = s.users.iter().map(|u| names.user(&u.name)).collect();
-            let mut expected = s.checks.audit.clone();
-            if self.idle_seen_in_browser {
-                // In a browser the page leaves for the expiry page by itself; no key request
-                // reaches the expired session, so there is no `expired_session` row.
-                expected.retain(|e| snake(&format!("{:?}", e.outcome)) != "expired_session");
-            }
+            let expected = &s.checks.audit;
+            let probes = self.probes.clone();
             self.steps
                 .run_async("the audit shows each request", async {
                     let rows = admin
                         .audit(&AuditQuery::default())
                         .await
                         .map_err(because("audit rows"))?;
-                    let mine: Vec<(String, String)> = rows
+                    let mine: Vec<&AuditRow> = rows
                         .iter()
                         .filter(|r| {
                             r.device
@@ -1049,6 +1321,10 @@ impl<'a> Play<'a> {
                                     users.iter().any(|u| u.eq_ignore_ascii_case(q))
                                 })
                         })
+                        .collect();
+                    let probe = probe_rows(&mine, &probes);
+                    let mine: Vec<(String, String)> = mine
+                        .iter()
                         .map(|r| (r.source.clone(), r.outcome.clone()))
                         .collect();
                     let want: Vec<(String, String)> = expected
@@ -1060,12 +1336,23 @@ impl<'a> Play<'a> {
                             )
                         })
                         .collect();
-                    let mut it = mine.iter();
-                    let all_found = want.iter().all(|w| it.any(|m| m == w));
+                    // Every row the story caused, and no other but the harness's probes: a
+                    // stated row another row could stand in for would let a wrong outcome
+                    // pass.
+                    let got: Vec<String> = mine
+                        .iter()
+                        .zip(&probe)
+                        .map(|((source, outcome), &p)| {
+                            let mark = if p { " (harness probe)" } else { "" };
+                            format!("{source} {outcome}{mark}")
+                        })
+                        .collect();
                     ensure(
-                        all_found,
-                        format!("{want:?} in this order"),
-                        format!("{mine:?}"),
+                        audit_matches(&want, &mine, &probe),
+                        format!(
+                            "{want:?} in this order: every row of the story, probe rows optional"
+                        ),
+                        got.join(", "),
                     )
                 })
                 .await?;
@@ -1083,7 +1370,9 @@ pub fn idle_settings(scenario: &Scenario) -> Option<SettingsPatch> {
     })
 }
 
-fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
+/// How the runner sets BitLocker up for a scenario (profile, TPM or TPM+PIN, recovery
+/// passwords, dictionary-attack threshold).
+pub fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
     let protection = if s.device.protectors.contains(&ProtectorKind::TpmPin) {
         TpmProtection::TpmPin {
             pin: s.device.pin.clone().unwrap_or_default(),
@@ -1114,11 +1403,14 @@ fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
     })
 }
 
-/// The device-model change behind a scenario's change kind (`None`: no model change).
-/// The synthetic model, or a device booting the scenario's real log (read by the loader).
-fn scenario_device(s: &Scenario) -> Result<Device, Failure> {
+/// The synthetic model for the scenario's profile (a BIOS machine for `legacy`, UEFI with
+/// Secure Boot otherwise), or a device booting the scenario's real log (read by the loader).
+pub fn scenario_device(s: &Scenario) -> Result<Device, Failure> {
     match (&s.device.event_log, &s.device.real_log) {
-        (None, _) => Ok(Device::default()),
+        (None, _) => Ok(match s.device.profile {
+            scenario::Profile::Legacy => Device::legacy_bios(),
+            scenario::Profile::SecureBoot | scenario::Profile::Uefi => Device::default(),
+        }),
         (Some(path), Some(log)) => Ok(Device::from_real_log(
             path.display().to_string(),
             log.clone(),
@@ -1131,14 +1423,71 @@ fn scenario_device(s: &Scenario) -> Result<Device, Failure> {
     }
 }
 
-fn device_change(kind: ChangeKind) -> Option<Change> {
-    kind.device_change()
-}
-
 /// Whether two answers are byte-identical once the key ID each user typed (which the form
 /// echoes back into its input field) is blanked out.
 fn same_body(a: &str, typed_a: &str, b: &str, typed_b: &str) -> bool {
     a.replace(typed_a, "<typed>") == b.replace(typed_b, "<typed>")
+}
+
+/// What a browser user needs to send a late key request.
+struct LateRequest<'a> {
+    username: &'a str,
+    password: &'a str,
+    typed_id: &'a str,
+    reason: &'a str,
+}
+
+/// Whether the scenario states an `expired_session` audit row.
+fn states_expired_session_row(s: &Scenario) -> bool {
+    s.checks
+        .audit
+        .iter()
+        .any(|row| row.outcome == scenario::AuditOutcome::ExpiredSession)
+}
+
+/// What the agent does after a shown key or lockout authorization (`rotate` unless the
+/// scenario says `keep`).
+fn after_recovery(s: &Scenario) -> AfterRecovery {
+    s.checks.after_recovery.unwrap_or(AfterRecovery::Rotate)
+}
+
+/// The key ID typed for the real key and for an absent one, with the same digit count.
+fn typed_pair(
+    real: &KeyProtectorId,
+    absent: &KeyProtectorId,
+    typed_len: usize,
+) -> (String, String) {
+    if typed_len == 8 {
+        (real.first8(), absent.first8())
+    } else {
+        (real.to_string(), absent.to_string())
+    }
+}
+
+/// A refusal ("not found") byte-identical, status and body, to the answer for something
+/// that does not exist, once each typed input the page echoes is blanked out.
+fn identical_refusals(
+    answer: &Answer,
+    typed: &str,
+    absent_answer: &Answer,
+    typed_absent: &str,
+) -> StepResult<()> {
+    ensure(
+        matches!(answer.outcome, Outcome::NotFound(_))
+            && answer.status == absent_answer.status
+            && same_body(&answer.body, typed, &absent_answer.body, typed_absent),
+        format!(
+            "not found, identical to the answer for an absent one (status {}, {} bytes)",
+            absent_answer.status,
+            absent_answer.body.len()
+        ),
+        format!(
+            "{:?} with status {}, {} bytes",
+            answer.outcome,
+            answer.status,
+            answer.body.len()
+        ),
+    )
 }
 
 fn cause_matches(cause: &LockoutCause, want: TpmError) -> bool {
@@ -1190,6 +1539,52 @@ fn fmt_pcrs(values: &[(u8, Vec<u8>)]) -> String {
         .join(" ")
 }
 
+/// Which of `rows` are the probes' own: for each probe, the last row not yet claimed that
+/// asked for what it asked (a probe comes after the story's request for the same key).
+fn probe_rows(rows: &[&AuditRow], probes: &[Probe]) -> Vec<bool> {
+    let mut probe = vec![false; rows.len()];
+    for p in probes {
+        let asked = |r: &AuditRow| match p {
+            Probe::KeyId(id) => r
+                .key_id
+                .as_deref()
+                .is_some_and(|k| hex_digits(k) == hex_digits(id)),
+            Probe::Computer(name) => {
+                r.key_id.is_none()
+                    && r.device
+                        .as_deref()
+                        .is_some_and(|d| d.eq_ignore_ascii_case(name))
+            }
+        };
+        if let Some(i) = (0..rows.len()).rev().find(|&i| !probe[i] && asked(rows[i])) {
+            probe[i] = true;
+        }
+    }
+    probe
+}
+
+/// Whether `stated` is `rows` in order with only probe rows left out.
+fn audit_matches<T: PartialEq>(stated: &[T], rows: &[T], probe: &[bool]) -> bool {
+    match (stated, rows) {
+        (_, []) => stated.is_empty(),
+        ([], _) => probe.iter().all(|&p| p),
+        ([first, rest @ ..], [row, more @ ..]) => {
+            (first == row && audit_matches(rest, more, &probe[1..]))
+                || (probe[0] && audit_matches(stated, more, &probe[1..]))
+        }
+    }
+}
+
+/// A key ID as its hex digits, upper case (the portal's rows and the typed IDs differ in
+/// braces and dashes).
+fn hex_digits(key_id: &str) -> String {
+    key_id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
 fn snake(camel: &str) -> String {
     let mut out = String::new();
     for (i, c) in camel.chars().enumerate() {
@@ -1215,4 +1610,73 @@ fn failure(step: &str, expected: &str, got: impl std::fmt::Display) -> Failure {
 
 fn plain(step: &str, expected: &str, got: &str) -> Failure {
     failure(step, expected, got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(key_id: Option<&str>, device: Option<&str>, outcome: &str) -> AuditRow {
+        AuditRow {
+            id: serde_json::Value::Null,
+            time: String::new(),
+            source: "self_service".into(),
+            requester: None,
+            end_user: None,
+            device: device.map(str::to_string),
+            key_id: key_id.map(str::to_string),
+            key_type: None,
+            reason: None,
+            outcome: outcome.into(),
+        }
+    }
+
+    #[test]
+    fn each_probe_claims_only_its_own_row_the_last_that_asked_for_it() {
+        let key = "{1A2B3C4D-0000-1111-2222-333344445555}";
+        let rows = [
+            row(Some(key), Some("PC-1"), "shown"),
+            row(Some("DEADBEEF"), None, "not_found"),
+            row(Some("1A2B3C4D"), None, "denied"),
+            row(
+                Some("1a2b3c4d-0000-1111-2222-333344445555"),
+                None,
+                "not_found",
+            ),
+            row(None, Some("PC-00000042"), "not_found"),
+        ];
+        let probes = [
+            Probe::KeyId("DEADBEEF".into()),
+            Probe::KeyId("1A2B3C4D-0000-1111-2222-333344445555".into()),
+            Probe::Computer("pc-00000042".into()),
+        ];
+        let rows: Vec<&AuditRow> = rows.iter().collect();
+        assert_eq!(probe_rows(&rows, &probes), [false, true, false, true, true]);
+    }
+
+    #[test]
+    fn the_audit_matches_every_story_row_in_order_with_probe_rows_optional() {
+        let rows = ["shown", "not_found", "denied", "not_found"];
+        let probe = [false, true, false, true];
+        for stated in [
+            &["shown", "denied"][..],
+            &["shown", "not_found", "denied"],
+            &["shown", "not_found", "denied", "not_found"],
+        ] {
+            assert!(audit_matches(stated, &rows, &probe), "{stated:?}");
+        }
+        for stated in [
+            &["shown"][..],
+            &["denied", "not_found"],
+            &["shown", "not_found"],
+            &["not_found", "not_found"],
+            &["shown", "denied", "denied"],
+            &[],
+        ] {
+            assert!(!audit_matches(stated, &rows, &probe), "{stated:?}");
+        }
+        // A probe row ahead of an equal story row does not take the story row's place.
+        assert!(audit_matches(&["x"], &["x", "x"], &[true, false]));
+        assert!(!audit_matches(&["x", "y"], &["x", "x"], &[true, false]));
+    }
 }

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::locate::{path_string, Locator, Seg};
 use super::model::{
-    Answer, ChangeKind, KeyIdDigits, ProtectorKind, RecoveryVia, Role, Scenario, TpmError,
+    Answer, ChangeKind, KeyIdDigits, PinAction, Profile, ProtectorKind, RecoveryVia, Role,
+    RomSigner, Scenario, TpmError,
 };
 use crate::eventlog::tcg::TcgLog;
 
@@ -366,11 +367,32 @@ fn load_event_log(s: &mut Scenario) -> Result<(), Semantic> {
             format!("`{}` measures nothing (no extended record)", path.display()),
         );
     }
+    if s.device.profile == Profile::Legacy {
+        // Event types from 0x80000000 up are the UEFI ones (EV_EFI_*): no BIOS logs them.
+        if let Some(uefi) = log.records.iter().find(|r| r.event_type.0 >= 0x8000_0000) {
+            return fail(
+                at(),
+                format!(
+                    "`profile: legacy` is a BIOS machine, but `{}` is a UEFI log (record #{} is \
+                     {}): a legacy device boots a BIOS log",
+                    path.display(),
+                    uefi.number,
+                    uefi.event_type
+                ),
+            );
+        }
+    }
     let log = std::sync::Arc::new(log);
-    if let Some(change) = s.change.kind.device_change() {
+    if let Some(change) = s.change.device_change() {
         let device = crate::device::Device::from_real_log(rel.display().to_string(), log.clone());
         if let Err(e) = device.with(&change) {
-            return fail(vec![Key("change"), Key("kind")], e.to_string());
+            // A signed ROM is refused for its signer (the log cannot say what PCR 7 does).
+            let at = if s.change.signer == Some(RomSigner::UefiCa) {
+                Key("signer")
+            } else {
+                Key("kind")
+            };
+            return fail(vec![Key("change"), at], e.to_string());
         }
     }
     s.device.real_log = Some(log);
@@ -413,6 +435,42 @@ fn validate_users(s: &Scenario) -> Result<(), Semantic> {
 
 fn validate_change(s: &Scenario) -> Result<(), Semantic> {
     let c = &s.change;
+    match (c.kind, c.signer) {
+        (ChangeKind::OptionRomAdded, None) => {
+            return fail(
+                vec![Key("change"), Key("kind")],
+                "`option_rom_added` needs `signer`: `uefi_ca` (PCR 2, and a PCR 7 authority \
+                 event the first time the UEFI CA verifies an image) or `unsigned` (PCR 2 only)",
+            )
+        }
+        (ChangeKind::OptionRomAdded, Some(RomSigner::UefiCa))
+            if s.device.profile == Profile::Legacy =>
+        {
+            return fail(
+                vec![Key("change"), Key("signer")],
+                "a BIOS machine (`profile: legacy`) runs legacy option ROMs, which carry no \
+                 UEFI signature and log no authority event: expected `signer: unsigned`",
+            )
+        }
+        (kind, Some(_)) if kind != ChangeKind::OptionRomAdded => {
+            return fail(
+                vec![Key("change"), Key("signer")],
+                "`signer` belongs to `kind: option_rom_added` only",
+            )
+        }
+        _ => {}
+    }
+    if s.device.profile == Profile::Legacy {
+        if let Some(why) = not_on_a_bios_machine(c.kind) {
+            return fail(
+                vec![Key("change"), Key("kind")],
+                format!(
+                    "`{}` cannot happen on a BIOS machine (`profile: legacy`): {why}",
+                    c.kind.as_str()
+                ),
+            );
+        }
+    }
     match (c.kind, c.wrong_pins) {
         (ChangeKind::LostPin, None) => fail(
             vec![Key("change"), Key("kind")],
@@ -432,7 +490,24 @@ fn validate_change(s: &Scenario) -> Result<(), Semantic> {
             vec![Key("change"), Key("wrong_pins")],
             "`wrong_pins` belongs to `kind: lost_pin` only",
         ),
+        _ if c.then.is_some() && c.kind != ChangeKind::LostPin => fail(
+            vec![Key("change"), Key("then")],
+            "`then` (what the user does after wrong PINs) belongs to `kind: lost_pin` only",
+        ),
         _ => Ok(()),
+    }
+}
+
+/// Why a change kind does not exist on a BIOS machine, if it does not.
+fn not_on_a_bios_machine(kind: ChangeKind) -> Option<&'static str> {
+    match kind {
+        ChangeKind::SecureBootDbUpdate
+        | ChangeKind::SecureBootDbxUpdate
+        | ChangeKind::SecureBootOff => Some(
+            "a BIOS has no Secure Boot (no db, dbx or SecureBoot variable; PCR 7 holds only \
+             its separator)",
+        ),
+        _ => None,
     }
 }
 
@@ -496,6 +571,53 @@ fn validate_expect(s: &Scenario) -> Result<(), Semantic> {
             vec![Key("expect"), Key("tpm_error")],
             "`auth_failed` and `locked_out` come from wrong PINs: expected `change.kind: lost_pin`",
         );
+    }
+    if s.change.kind == ChangeKind::LostPin {
+        validate_pin_action(s)?;
+    }
+    // The TPM counts a wrong PIN up to the threshold (the threshold-th still answers
+    // auth_failed) and refuses every later attempt as locked out.
+    let threshold = s.device.lockout_threshold;
+    if let Some(wrong) = s.change.wrong_pins {
+        if e.tpm_error == TpmError::AuthFailed && wrong > threshold {
+            return fail(
+                vec![Key("change"), Key("wrong_pins")],
+                format!(
+                    "after {wrong} wrong PINs a TPM with `lockout_threshold: {threshold}` is locked out: the last one is answered `locked_out`, not `auth_failed` (at most {threshold} wrong PINs get `auth_failed`)"
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What the lost-PIN user does decides which answers can follow; whether the TPM gives
+/// them (locked out or not after `wrong_pins`) is the runner's check against the TPM.
+fn validate_pin_action(s: &Scenario) -> Result<(), Semantic> {
+    let e = &s.expect;
+    match s.change.pin_action() {
+        PinAction::Esc => {
+            if !e.recovery {
+                return fail(
+                    vec![Key("expect"), Key("recovery")],
+                    "`then: esc` takes the recovery screen: expected `recovery: true` (or `then: right_pin`)",
+                );
+            }
+            if !matches!(e.tpm_error, TpmError::AuthFailed | TpmError::LockedOut) {
+                return fail(
+                    vec![Key("expect"), Key("tpm_error")],
+                    "after wrong PINs and Esc the TPM's last answer is `auth_failed` or `locked_out`",
+                );
+            }
+        }
+        PinAction::RightPin => {
+            if !matches!(e.tpm_error, TpmError::None | TpmError::LockedOut) {
+                return fail(
+                    vec![Key("expect"), Key("tpm_error")],
+                    "the right PIN either unlocks (`none`) or meets a locked-out TPM (`locked_out`)",
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -186,6 +186,63 @@ pub struct Change {
     /// `lost_pin` only: how many wrong PINs the user types.
     #[serde(default)]
     pub wrong_pins: Option<u32>,
+    /// `lost_pin` only: what the user does after the wrong PINs (default: `esc`).
+    #[serde(default)]
+    pub then: Option<PinAction>,
+    /// `option_rom_added` only (and required there): who signed the new ROM.
+    #[serde(default)]
+    pub signer: Option<RomSigner>,
+}
+
+impl Change {
+    /// What the lost-PIN user does after the wrong PINs (`esc` unless the file says).
+    pub fn pin_action(&self) -> PinAction {
+        self.then.unwrap_or(PinAction::Esc)
+    }
+}
+
+/// What the lost-PIN user does after typing the wrong PINs: an input of the story, never
+/// derived from what is expected to follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinAction {
+    /// Gives up at the PIN prompt (Esc) and takes the recovery screen (a locked-out
+    /// device is on it already).
+    Esc,
+    /// Remembers the PIN and types the right one: it unlocks unless the TPM is locked out.
+    RightPin,
+}
+
+impl Change {
+    /// The device change this scenario change plays; `None` for kinds that change no
+    /// measurement and no TPM state (nothing, a plain reboot, wrong PINs).
+    pub fn device_change(&self) -> Option<crate::device::Change> {
+        use crate::device::Signer;
+        match (self.kind, self.signer) {
+            (ChangeKind::OptionRomAdded, Some(signer)) => {
+                Some(crate::device::Change::OptionRomAdded {
+                    signer: match signer {
+                        RomSigner::UefiCa => Signer::MicrosoftUefiCa,
+                        RomSigner::Unsigned => Signer::Unsigned,
+                    },
+                })
+            }
+            // Refused by the loader: which signer decides PCR 7.
+            (ChangeKind::OptionRomAdded, None) => None,
+            (kind, _) => kind.device_change(),
+        }
+    }
+}
+
+/// Who signed an added option ROM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RomSigner {
+    /// The Microsoft Corporation UEFI CA 2011 (in db): PCR 2, and a PCR 7 authority event
+    /// the first time that certificate verifies an image in a boot.
+    UefiCa,
+    /// No signature: PCR 2 only (no db certificate verified it, so no authority event).
+    Unsigned,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -204,6 +261,10 @@ pub enum ChangeKind {
     SecureBootOff,
     BcdDebugOn,
     BcdBootOrder,
+    /// The MBR's boot code is rewritten (legacy PCR 4).
+    MbrBootCodeChanged,
+    /// The NTFS boot sector is rewritten (legacy PCR 8).
+    NtfsBootSectorChanged,
     DiskMoved,
     TpmCleared,
     TpmReplaced,
@@ -215,15 +276,14 @@ pub enum ChangeKind {
 
 impl ChangeKind {
     /// The device change this kind plays; `None` for kinds that change no measurement and
-    /// no TPM state (nothing, a plain reboot, wrong PINs).
-    pub fn device_change(self) -> Option<crate::device::Change> {
+    /// no TPM state (nothing, a plain reboot, wrong PINs). `option_rom_added` takes its
+    /// signer from [`Change::signer`]: prefer [`Change::device_change`].
+    fn device_change(self) -> Option<crate::device::Change> {
         use crate::device::{Change, Signer};
         Some(match self {
             ChangeKind::None | ChangeKind::Reboot | ChangeKind::LostPin => return None,
             ChangeKind::FirmwareUpdate => Change::FirmwareUpdate,
-            ChangeKind::OptionRomAdded => Change::OptionRomAdded {
-                signer: Signer::MicrosoftUefiCa,
-            },
+            ChangeKind::OptionRomAdded => return None, // see `Change::device_change`
             ChangeKind::OptionRomChanged => Change::OptionRomChanged {
                 signer: Signer::MicrosoftUefiCa,
             },
@@ -236,6 +296,8 @@ impl ChangeKind {
             ChangeKind::SecureBootOff => Change::SecureBootOff,
             ChangeKind::BcdDebugOn => Change::BcdDebugOn,
             ChangeKind::BcdBootOrder => Change::BcdBootOrder,
+            ChangeKind::MbrBootCodeChanged => Change::MbrBootCodeChanged,
+            ChangeKind::NtfsBootSectorChanged => Change::NtfsBootSectorChanged,
             ChangeKind::DiskMoved => Change::DiskMovedToAnotherMachine,
             ChangeKind::TpmCleared => Change::TpmCleared,
             ChangeKind::TpmReplaced => Change::TpmReplaced,
@@ -257,6 +319,8 @@ impl ChangeKind {
             ChangeKind::SecureBootOff => "secure_boot_off",
             ChangeKind::BcdDebugOn => "bcd_debug_on",
             ChangeKind::BcdBootOrder => "bcd_boot_order",
+            ChangeKind::MbrBootCodeChanged => "mbr_boot_code_changed",
+            ChangeKind::NtfsBootSectorChanged => "ntfs_boot_sector_changed",
             ChangeKind::DiskMoved => "disk_moved",
             ChangeKind::TpmCleared => "tpm_cleared",
             ChangeKind::TpmReplaced => "tpm_replaced",
@@ -503,14 +567,16 @@ pub enum Answer {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checks {
-    /// `rotate`: the single-use cycle after the key (or lockout value) was shown.
+    /// What the agent does after the key (or lockout value) was shown: `rotate` (the
+    /// default) or `keep`.
     #[serde(default)]
     pub after_recovery: Option<AfterRecovery>,
     #[serde(default)]
     pub idle_expiry: Option<IdleExpiry>,
     #[serde(default)]
     pub foreign_key_request: Option<ForeignKeyRequest>,
-    /// Audit rows that must appear, in this order (other rows may come between).
+    /// The audit rows the story's requests leave, every one, in this order (the rows of the
+    /// harness's own checking requests may be listed or left out).
     #[serde(default)]
     pub audit: Vec<AuditExpectation>,
 }
@@ -521,6 +587,9 @@ pub enum AfterRecovery {
     /// Agent check-in lists the shown key; the agent escrows a new one and confirms the
     /// rotation; the old key ID is then "not found" and the old key no longer unlocks.
     Rotate,
+    /// The agent does not rotate: the old key still unlocks, the portal still shows it,
+    /// and every check-in keeps asking for the rotation.
+    Keep,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]

@@ -2,13 +2,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod browser;
+mod change_table;
 mod cli;
 mod common;
 mod eventlog;
 mod eventlog_real;
 mod eventlog_scenarios;
+mod expectations;
 mod machine;
+mod mutants;
 mod portal_client;
+mod profiles;
 mod runner;
 mod scenarios;
 mod vectors;

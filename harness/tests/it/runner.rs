@@ -92,6 +92,69 @@ fn a_scenario_whose_expectation_is_wrong_fails_naming_the_step_expected_and_got(
     );
 }
 
+/// The audit expectation is every row of the story, in order: a row the portal wrote for one
+/// of the harness's own probes (the absent key ID it compares a refusal with, the
+/// rotated-away key it asks for again) cannot stand in for a story row. Here the portal audits Mallory's
+/// request for Alice's key `denied`; the file claims `not_found`, which only the harness's
+/// absent-key probe produced.
+#[test]
+fn an_audit_row_only_a_harness_probe_matches_fails_the_audit_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(
+        workspace_root().join("scenarios/foreign-key-request-refused.yaml"),
+    )
+    .unwrap();
+    let story = "- { source: self_service, outcome: denied }";
+    assert!(
+        text.contains(story),
+        "the scenario file changed; update this test"
+    );
+    let probe_only = text.replace(story, "- { source: self_service, outcome: not_found }");
+    let file = dir.path().join("probe-only.yaml");
+    std::fs::write(&file, probe_only).unwrap();
+    let out = run_with_reports(&[file.to_str().unwrap()], dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report = json_report(dir.path());
+    let failure = &report["scenarios"][0]["failure"];
+    assert_eq!(failure["step"], "the audit shows each request", "{failure}");
+    assert_eq!(
+        failure["got"],
+        "self_service shown, self_service not_found (harness probe), \
+         self_service denied, self_service not_found (harness probe)"
+    );
+}
+
+/// A refusal that does not come fails at the refusal's own step, naming what came instead
+/// (here the expiry page: the user went idle), not at the harness's absent-key probe.
+#[test]
+fn an_expected_refusal_that_does_not_come_fails_at_the_refusal_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        std::fs::read_to_string(workspace_root().join("scenarios/idle-session-expires.yaml"))
+            .unwrap();
+    let refused = text.replace("answer: expired", "answer: refused");
+    assert_ne!(text, refused, "the scenario file changed; update this test");
+    let file = dir.path().join("refused.yaml");
+    std::fs::write(&file, refused).unwrap();
+    let out = run_with_reports(&[file.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let report = json_report(dir.path());
+    let failure = &report["scenarios"][0]["failure"];
+    assert_eq!(
+        failure["step"], "a foreign key ID is answered exactly like an absent one",
+        "{failure}"
+    );
+    assert!(
+        failure["got"].as_str().unwrap().starts_with("Expired"),
+        "{failure}"
+    );
+}
+
 #[test]
 fn a_catalog_with_one_bad_file_names_it_and_runs_nothing() {
     let dir = tempfile::tempdir().unwrap();

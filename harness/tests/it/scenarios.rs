@@ -225,7 +225,7 @@ fn unknown_field_names_its_position_and_the_allowed_fields() {
             "  kind: secure_boot_off\n",
             "  kind: secure_boot_off\n  knd: x\n",
         ),
-        "inline.yaml:11:3: change: unknown field `knd`, expected `kind` or `wrong_pins`",
+        "inline.yaml:11:3: change: unknown field `knd`, expected one of `kind`, `wrong_pins`, `signer`",
     );
 }
 
@@ -392,6 +392,7 @@ fn filters_select_by_name_tag_glob_and_negation() {
         names(&["control-* !tag:firmware"]),
         vec![
             "control-boot-manager-same-signer-secure-boot",
+            "control-option-rom-added-unsigned-secure-boot",
             "control-reboot"
         ]
     );

@@ -1,0 +1,312 @@
+//! The change × profile tables of `scenarios/SCHEMA.md` ("What each change does under each
+//! profile"), read from the file and played cell by cell: each cell is a scenario the loader
+//! reads, then a device built by the runner's own `scenario_device` / `bitlocker_setup` on a
+//! real swtpm, changed and booted. A cell that says "not possible here" must be a load error
+//! at the offending key's `file:line:column` (and, for the synthetic device, a JSON Schema
+//! error too). So the documentation cannot drift from the harness.
+
+use std::path::{Path, PathBuf};
+
+use harness::machine::{BootOutcome, LockoutCause, Machine};
+use harness::runner::{bitlocker_setup, scenario_device};
+use harness::scenario::{parse_scenario, ChangeKind, Scenario};
+
+use crate::common::workspace_root;
+
+const PROFILES: [&str; 3] = ["7,11", "0,2,4,11", "legacy"];
+
+/// What one cell says the next boot shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cell {
+    /// Boots normally.
+    None,
+    /// Recovery with `policy_failed`: these profile PCRs changed.
+    Pcrs(Vec<u32>),
+    /// Recovery with `integrity`.
+    Integrity,
+    /// The TPM refuses the wrong PIN.
+    AuthFailed,
+    /// A load-time error.
+    NotPossible,
+}
+
+impl Cell {
+    fn parse(text: &str) -> Cell {
+        match text.trim() {
+            "none" => Cell::None,
+            "integrity" => Cell::Integrity,
+            "auth_failed" => Cell::AuthFailed,
+            "not possible here" => Cell::NotPossible,
+            pcrs => Cell::Pcrs(
+                pcrs.split(',')
+                    .map(|p| {
+                        p.trim()
+                            .parse()
+                            .unwrap_or_else(|_| panic!("SCHEMA.md: bad table cell {text:?}"))
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// One row: a change kind (and signer), and a cell per profile.
+#[derive(Debug)]
+struct Row {
+    kind: String,
+    signer: Option<String>,
+    cells: Vec<Cell>,
+}
+
+/// The table under `### {heading}` in SCHEMA.md's change × profile section.
+fn table(heading: &str) -> Vec<Row> {
+    let text = std::fs::read_to_string(workspace_root().join("scenarios/SCHEMA.md")).unwrap();
+    let section = text
+        .split("## What each change does under each profile")
+        .nth(1)
+        .expect("SCHEMA.md has the change × profile section");
+    let under = section
+        .split(&format!("### {heading}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("SCHEMA.md: no `### {heading}` table"));
+    let mut rows = Vec::new();
+    let mut header_seen = false;
+    for line in under.lines() {
+        if !line.starts_with('|') {
+            if header_seen {
+                break;
+            }
+            continue;
+        }
+        let cols: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        if !header_seen {
+            let profiles: Vec<String> = PROFILES
+                .iter()
+                .map(|p| {
+                    if *p == "legacy" {
+                        "`legacy`".to_string()
+                    } else {
+                        format!("`\"{p}\"`")
+                    }
+                })
+                .collect();
+            assert_eq!(cols[1..], profiles[..], "SCHEMA.md: the table's columns");
+            header_seen = true;
+            continue;
+        }
+        if cols[0].starts_with("---") {
+            continue;
+        }
+        let kind = cols[0].split('`').nth(1).unwrap().to_string();
+        let signer = cols[0]
+            .split("signer: ")
+            .nth(1)
+            .map(|s| s.trim_end_matches('`').to_string());
+        assert_eq!(cols.len(), 4, "SCHEMA.md row {line}");
+        rows.push(Row {
+            kind,
+            signer,
+            cells: cols[1..].iter().map(|c| Cell::parse(c)).collect(),
+        });
+    }
+    assert!(!rows.is_empty(), "SCHEMA.md: empty `{heading}` table");
+    rows
+}
+
+fn schema() -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(workspace_root().join("scenarios/scenario.schema.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Each table has exactly one row per change kind (per signer for `option_rom_added`), in
+/// the JSON Schema's list: a new kind without a row fails here.
+fn assert_covers_every_change(rows: &[Row]) {
+    let schema = schema();
+    let change = &schema["$defs"]["change"]["properties"];
+    let signers: Vec<&str> = change["signer"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let mut expected = Vec::new();
+    for kind in change["kind"]["enum"].as_array().unwrap() {
+        let kind = kind.as_str().unwrap();
+        if kind == "option_rom_added" {
+            for s in &signers {
+                expected.push((kind.to_string(), Some(s.to_string())));
+            }
+        } else {
+            expected.push((kind.to_string(), None));
+        }
+    }
+    let mut got: Vec<(String, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.kind.clone(), r.signer.clone()))
+        .collect();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
+}
+
+/// The cell's scenario: the change under the profile, nothing expected of the boot (the
+/// loader's expectation rules are tested elsewhere; the cell is judged here).
+fn cell_yaml(row: &Row, profile: &str, event_log: Option<&Path>) -> String {
+    let lost_pin = row.kind == "lost_pin";
+    let mut y = String::from(
+        "name: cell\ndescription: One cell of the change-by-profile table in SCHEMA.md, played by a test.\n",
+    );
+    y += &format!("device:\n  profile: \"{profile}\"\n");
+    if lost_pin {
+        y += "  protectors: [tpm_pin, recovery_password]\n  pin: \"246813\"\n  lockout_threshold: 5\n";
+    } else {
+        y += "  protectors: [tpm, recovery_password]\n";
+    }
+    if let Some(log) = event_log {
+        y += &format!("  event_log: {}\n", log.display());
+    }
+    y += &format!("users: []\nchange:\n  kind: {}\n", row.kind);
+    if lost_pin {
+        y += "  wrong_pins: 1\n";
+    }
+    if let Some(signer) = &row.signer {
+        y += &format!("  signer: {signer}\n");
+    }
+    y += "expect:\n  recovery: false\n  tpm_error: none\n";
+    y
+}
+
+/// Plays the cell's scenario on a fresh swtpm, as the runner builds the device.
+fn play(s: &Scenario) -> Cell {
+    let device = scenario_device(s).unwrap_or_else(|f| panic!("{f:?}"));
+    let setup = bitlocker_setup(s).unwrap_or_else(|f| panic!("{f:?}"));
+    let pin = s.device.pin.clone();
+    let (mut machine, _) = Machine::provision(device, &setup, &mut rand::rng()).unwrap();
+    let unlocked = |outcome: BootOutcome| matches!(outcome, BootOutcome::Unlocked { .. });
+    assert!(
+        unlocked(machine.boot(pin.as_deref()).unwrap()),
+        "first boot"
+    );
+    match s.change.kind {
+        ChangeKind::None => return Cell::None, // not even a reboot
+        ChangeKind::LostPin => {
+            return match machine.boot(Some("135790")).unwrap() {
+                BootOutcome::WrongPin { lockout_counter: 1 } => Cell::AuthFailed,
+                other => panic!("a wrong PIN: {other:?}"),
+            }
+        }
+        _ => {}
+    }
+    if let Some(change) = s.change.device_change() {
+        machine.apply(&change).unwrap();
+    }
+    match machine.boot(pin.as_deref()).unwrap() {
+        BootOutcome::Unlocked { .. } => {
+            assert!(
+                unlocked(machine.boot(pin.as_deref()).unwrap()),
+                "the boot after a normal one is normal too"
+            );
+            Cell::None
+        }
+        BootOutcome::Recovery(screen) => match screen.cause {
+            LockoutCause::PolicyFailed => Cell::Pcrs(screen.explanation.pcrs()),
+            LockoutCause::Integrity => Cell::Integrity,
+            other => panic!("recovery with {other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Checks one column of one table.
+fn check_column(heading: &str, profile: &str, event_log: Option<PathBuf>) {
+    let column = PROFILES.iter().position(|p| *p == profile).unwrap();
+    let validator = jsonschema::validator_for(&schema()).unwrap();
+    let rows = table(heading);
+    assert_covers_every_change(&rows);
+    let mut failures = Vec::new();
+    for row in &rows {
+        let want = &row.cells[column];
+        let yaml = cell_yaml(row, profile, event_log.as_deref());
+        let what = format!(
+            "{heading}, `{}`{} under {profile}",
+            row.kind,
+            row.signer
+                .as_deref()
+                .map(|s| format!(" (signer {s})"))
+                .unwrap_or_default()
+        );
+        let schema_ok = validator.is_valid(&serde_yaml::from_str(&yaml).unwrap());
+        let got = match parse_scenario(Path::new("cell.yaml"), &yaml) {
+            Err(e) => {
+                // At the key that makes it impossible, by line and column.
+                let e = e.to_string();
+                let at = ["  signer:", "  kind:", "  event_log:"]
+                    .iter()
+                    .find_map(|key| {
+                        let line = yaml.lines().position(|l| l.starts_with(key))? + 1;
+                        let path = match *key {
+                            "  signer:" => "change.signer",
+                            "  kind:" => "change.kind",
+                            _ => "device.event_log",
+                        };
+                        e.starts_with(&format!("cell.yaml:{line}:3: {path}: "))
+                            .then_some(())
+                    });
+                assert!(at.is_some(), "{what}: a load error not at the change: {e}");
+                if event_log.is_none() {
+                    assert!(
+                        !schema_ok,
+                        "{what}: the loader refuses, the JSON Schema accepts"
+                    );
+                }
+                Cell::NotPossible
+            }
+            Ok(s) => {
+                assert!(
+                    schema_ok,
+                    "{what}: the loader accepts, the JSON Schema refuses"
+                );
+                play(&s)
+            }
+        };
+        if &got != want {
+            failures.push(format!(
+                "{what}: SCHEMA.md says {want:?}, the harness gives {got:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn real_log() -> PathBuf {
+    workspace_root()
+        .join("harness/tests/it/data/eventlogs/go-attestation-windows_gcp_shielded_vm.log")
+}
+
+#[test]
+fn change_table_synthetic_device_under_7_11() {
+    check_column("Synthetic device", "7,11", None);
+}
+
+#[test]
+fn change_table_synthetic_device_under_0_2_4_11() {
+    check_column("Synthetic device", "0,2,4,11", None);
+}
+
+#[test]
+fn change_table_synthetic_device_under_legacy() {
+    check_column("Synthetic device", "legacy", None);
+}
+
+#[test]
+fn change_table_real_log_device_under_7_11() {
+    check_column("Real-log device", "7,11", Some(real_log()));
+}
+
+#[test]
+fn change_table_real_log_device_under_0_2_4_11_and_legacy() {
+    check_column("Real-log device", "0,2,4,11", Some(real_log()));
+    check_column("Real-log device", "legacy", Some(real_log()));
+}
