@@ -605,7 +605,13 @@ fn defect_8_loader_and_json_schema_accept_and_reject_the_same_files() {
             edit(pin, "  pin: \"0123\"\n"),
         ),
         ("single-quoted PIN", edit(pin, "  pin: '582046'\n")),
+        ("no then (esc by default)", edit("  then: esc\n", "")),
+        (
+            "after_recovery: keep",
+            format!("{base}checks:\n  after_recovery: keep\n"),
+        ),
         // Bad.
+        ("then: later", edit("  then: esc\n", "  then: later\n")),
         (
             "unquoted PIN with a leading zero",
             edit(pin, "  pin: 0123\n"),
