@@ -239,19 +239,21 @@ fn swtpm_command(state_dir: &Path, server_port: u16) -> Command {
     cmd
 }
 
+/// The ports a pair is drawn from: below Linux's default ephemeral range (32768-60999), which
+/// every outgoing connection (each client of a TPM, a portal or a browser) takes its local
+/// port from. Drawing P from `bind(0)` put the pair inside that range, and under load (a
+/// test suite plus HTTP traffic on 2 cores) 64 draws in a row found P+1 taken.
+const PAIR_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
 /// Picks a port P such that P and P+1 are both free right now. Another process may still
 /// take one before swtpm binds it; `spawn` retries when that happens.
 fn free_port_pair() -> Result<u16> {
-    for _ in 0..64 {
-        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .map_err(|e| spawn_error("cannot bind a loopback port", e))?;
-        let port = first
-            .local_addr()
-            .map_err(|e| spawn_error("cannot read a bound port", e))?
-            .port();
-        if port == u16::MAX {
+    let mut rng = rand::rng();
+    for _ in 0..256 {
+        let port = rand::Rng::random_range(&mut rng, PAIR_PORTS);
+        let Ok(_first) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) else {
             continue;
-        }
+        };
         if TcpListener::bind((Ipv4Addr::LOCALHOST, port + 1)).is_ok() {
             return Ok(port);
         }
