@@ -101,6 +101,22 @@ pub fn parse_scenario(file: &Path, text: &str) -> Result<Scenario, ScenarioError
         },
     })?;
     scenario.file = file.to_path_buf();
+    if let Some(pin) = &scenario.device.pin {
+        // serde reads any scalar as a string; YAML tools do not: an unquoted 0123 is a
+        // number to them (octal 83 in YAML 1.1), 582046 too.
+        let path = [Key("device"), Key("pin")];
+        if let Some(at) = Locator::new(text).plain_scalar(&path) {
+            return Err(ScenarioError::Invalid {
+                file: file.to_path_buf(),
+                line: at.line,
+                column: at.column,
+                message: format!(
+                    "{}: a PIN is a string: quote it (`pin: \"{pin}\"`); unquoted, YAML readers take `{pin}` as a number (a leading 0 even as octal)",
+                    path_string(&path)
+                ),
+            });
+        }
+    }
     let checked = validate(&scenario).and_then(|()| load_event_log(&mut scenario));
     if let Err(Semantic { path, message }) = checked {
         let at = Locator::new(text).locate(&path);

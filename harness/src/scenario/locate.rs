@@ -6,7 +6,7 @@
 //! every node, and answers "where is `recovery.as`?". It handles block and flow style alike.
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
+use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// One step of a path into the document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +47,11 @@ pub struct Pos {
 enum Node {
     Map(Vec<(String, Pos, Node)>),
     Seq(Vec<(Pos, Node)>),
-    Leaf,
+    /// A scalar (or alias): where its value starts, and whether it is written unquoted.
+    Leaf {
+        at: Pos,
+        plain: bool,
+    },
 }
 
 /// The parsed document's shape with positions; `None` when the text is not YAML (the serde
@@ -66,6 +70,26 @@ impl Locator {
         }
         Locator {
             root: builder.done.take(),
+        }
+    }
+
+    /// Where the scalar at `path` starts, when it is written plain (unquoted, not a block
+    /// scalar); `None` when it is quoted, missing or not a scalar.
+    pub fn plain_scalar(&self, path: &[Seg]) -> Option<Pos> {
+        let mut node = &self.root.as_ref()?.1;
+        for seg in path {
+            node = match (seg, node) {
+                (Seg::Key(k), Node::Map(entries)) => entries
+                    .iter()
+                    .find(|(key, _, _)| key == k)
+                    .map(|(_, _, child)| child)?,
+                (Seg::Index(i), Node::Seq(items)) => items.get(*i).map(|(_, child)| child)?,
+                _ => return None,
+            };
+        }
+        match node {
+            Node::Leaf { at, plain: true } => Some(*at),
+            _ => None,
         }
     }
 
@@ -153,8 +177,11 @@ impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let at = pos(mark);
         match ev {
-            Event::Scalar(text, ..) => self.value(at, Node::Leaf, Some(text)),
-            Event::Alias(_) => self.value(at, Node::Leaf, None),
+            Event::Scalar(text, style, ..) => {
+                let plain = style == TScalarStyle::Plain;
+                self.value(at, Node::Leaf { at, plain }, Some(text))
+            }
+            Event::Alias(_) => self.value(at, Node::Leaf { at, plain: false }, None),
             Event::MappingStart(..) => {
                 self.stack.push(Frame::Map {
                     pos: at,

@@ -407,7 +407,12 @@ fn defect_6_after_recovery_keep_is_played_and_checked() {
         std::fs::read_to_string(root.join("scenarios/single-use-key-rotation.yaml")).unwrap();
     let keep = rotation
         .replace("name: single-use-key-rotation", "name: key-kept")
-        .replace("after_recovery: rotate", "after_recovery: keep");
+        .replace("after_recovery: rotate", "after_recovery: keep")
+        // Kept, the old key ID asked for again is shown, not "not found".
+        .replace(
+            "{ source: self_service, outcome: not_found }",
+            "{ source: self_service, outcome: shown }",
+        );
     assert_ne!(
         keep, rotation,
         "the scenario file changed; update this test"
@@ -429,6 +434,23 @@ fn defect_6_after_recovery_keep_is_played_and_checked() {
     assert!(
         !steps.contains(&"the device makes a new recovery password".to_string()),
         "{steps:?}"
+    );
+
+    // Kept, but the scenario states the rotation's "not found" for the old key ID: the
+    // audit check catches the contradiction.
+    let contradicted = rotation
+        .replace(
+            "name: single-use-key-rotation",
+            "name: key-kept-contradicted",
+        )
+        .replace("after_recovery: rotate", "after_recovery: keep");
+    let run = run_yaml(&contradicted, &[]);
+    assert_eq!(run.code, Some(1), "{}", run.explain());
+    assert_eq!(
+        run.failure().unwrap().0,
+        "the audit shows each request",
+        "{}",
+        run.explain()
     );
 
     // `rotate` still rotates.
@@ -583,7 +605,13 @@ fn defect_8_loader_and_json_schema_accept_and_reject_the_same_files() {
             edit(pin, "  pin: \"0123\"\n"),
         ),
         ("single-quoted PIN", edit(pin, "  pin: '582046'\n")),
+        ("no then (esc by default)", edit("  then: esc\n", "")),
+        (
+            "after_recovery: keep",
+            format!("{base}checks:\n  after_recovery: keep\n"),
+        ),
         // Bad.
+        ("then: later", edit("  then: esc\n", "  then: later\n")),
         (
             "unquoted PIN with a leading zero",
             edit(pin, "  pin: 0123\n"),
