@@ -169,7 +169,8 @@ fn cell_yaml(row: &Row, profile: &str, event_log: Option<&Path>) -> String {
     }
     y += &format!("users: []\nchange:\n  kind: {}\n", row.kind);
     if lost_pin {
-        y += "  wrong_pins: 1\n";
+        // Then the right PIN (`change.then`), so `recovery: false` below is consistent.
+        y += "  wrong_pins: 1\n  then: right_pin\n";
     }
     if let Some(signer) = &row.signer {
         y += &format!("  signer: {signer}\n");
