@@ -1133,33 +1133,57 @@ impl<'a> Play<'a> {
                 ensure(!unlocks, "the MAC check fails", "it still unlocks")
             })?;
         // The portal no longer offers it: the device's user asks for it by all 32 digits.
-        if let Some(user) = self.scenario.users.iter().find(|u| u.signed_in_locally()) {
-            self.probes.push(Probe::KeyId(old.clone()));
-            let password = passwords
-                .get(&user.name.to_lowercase())
-                .cloned()
-                .unwrap_or_default();
-            let mut browser = BrowserUser::new(self.target, &names.user(&user.name))
-                .map_err(|e| failure("open the portal", "a client", e))?;
-            self.steps
-                .run_async("the portal no longer offers the old key", async {
-                    browser
-                        .sign_in_and_accept(&names.user(&user.name), &password)
-                        .await
-                        .map_err(because("the key form"))?;
-                    let a = browser
-                        .request_key(&old, "BIOS/TPM changed")
-                        .await
-                        .map_err(because("an answer page"))?;
-                    ensure(
-                        matches!(a.outcome, Outcome::NotFound(_)),
-                        "not found",
-                        format!("{:?}", a.outcome),
-                    )
-                })
-                .await?;
-        }
+        self.local_user_asks_for(
+            "the portal no longer offers the old key",
+            names,
+            passwords,
+            &old,
+            |outcome| {
+                ensure(
+                    matches!(outcome, Outcome::NotFound(_)),
+                    "not found",
+                    format!("{outcome:?}"),
+                )
+            },
+        )
+        .await?;
         Ok(new)
+    }
+
+    /// The device's user (the scenario's user who signs in locally, if any) signs in to
+    /// the portal and asks for `key_id` by all 32 digits: one step, named `step`, whose
+    /// answer `judge` checks. The request is a harness probe in the audit comparison.
+    async fn local_user_asks_for(
+        &mut self,
+        step: &str,
+        names: &Names,
+        passwords: &std::collections::HashMap<String, String>,
+        key_id: &str,
+        judge: impl FnOnce(&Outcome) -> StepResult<()>,
+    ) -> Result<(), Failure> {
+        let Some(user) = self.scenario.users.iter().find(|u| u.signed_in_locally()) else {
+            return Ok(());
+        };
+        self.probes.push(Probe::KeyId(key_id.to_string()));
+        let user_password = passwords
+            .get(&user.name.to_lowercase())
+            .cloned()
+            .unwrap_or_default();
+        let mut browser = BrowserUser::new(self.target, &names.user(&user.name))
+            .map_err(|e| failure("open the portal", "a client", e))?;
+        self.steps
+            .run_async(step, async {
+                browser
+                    .sign_in_and_accept(&names.user(&user.name), &user_password)
+                    .await
+                    .map_err(because("the key form"))?;
+                let a = browser
+                    .request_key(key_id, "BIOS/TPM changed")
+                    .await
+                    .map_err(because("an answer page"))?;
+                judge(&a.outcome)
+            })
+            .await
     }
 
     /// `after_recovery: keep`: the agent does not rotate the shown key. The portal asks it
@@ -1198,32 +1222,20 @@ impl<'a> Play<'a> {
                 ensure(unlocks, "the key still unlocks", "the MAC check fails")
             },
         )?;
-        if let Some(user) = self.scenario.users.iter().find(|u| u.signed_in_locally()) {
-            self.probes.push(Probe::KeyId(id.clone()));
-            let user_password = passwords
-                .get(&user.name.to_lowercase())
-                .cloned()
-                .unwrap_or_default();
-            let mut browser = BrowserUser::new(self.target, &names.user(&user.name))
-                .map_err(|e| failure("open the portal", "a client", e))?;
-            self.steps
-                .run_async("the portal still shows the kept key to its user", async {
-                    browser
-                        .sign_in_and_accept(&names.user(&user.name), &user_password)
-                        .await
-                        .map_err(because("the key form"))?;
-                    let a = browser
-                        .request_key(&id, "BIOS/TPM changed")
-                        .await
-                        .map_err(because("an answer page"))?;
-                    ensure(
-                        matches!(&a.outcome, Outcome::KeyShown(k) if k == password),
-                        "the same key shown again",
-                        format!("{:?}", a.outcome),
-                    )
-                })
-                .await?;
-        }
+        self.local_user_asks_for(
+            "the portal still shows the kept key to its user",
+            names,
+            passwords,
+            &id,
+            |outcome| {
+                ensure(
+                    matches!(outcome, Outcome::KeyShown(k) if k == password),
+                    "the same key shown again",
+                    format!("{outcome:?}"),
+                )
+            },
+        )
+        .await?;
         self.steps
             .run_async("the next check-in still asks to rotate it", async {
                 asks_to_rotate(&agent.check_in().await.map_err(because("a check-in"))?)
