@@ -73,6 +73,36 @@ pub enum EscrowResult {
     Existing,
 }
 
+/// The escrow rule for a key protector ID the store already holds, the same on every
+/// engine: the same device with the same recovery password is an idempotent retry
+/// (`Existing`); anything else is a conflict. `stored` is the held row's device and
+/// password fingerprint, compared in constant time.
+pub(crate) fn escrow_of_known_key(
+    index: usize,
+    device_row: i64,
+    stored: (i64, &[u8]),
+    fingerprint: &[u8],
+) -> Result<EscrowResult, super::StoreError> {
+    let (stored_device, stored_fingerprint) = stored;
+    if stored_device != device_row {
+        return Err(super::StoreError::Conflict {
+            index,
+            message: "key protector ID is already escrowed for another device".into(),
+        });
+    }
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        stored_fingerprint,
+        fingerprint,
+    )) {
+        return Err(super::StoreError::Conflict {
+            index,
+            message: "key protector ID is already escrowed with a different recovery password"
+                .into(),
+        });
+    }
+    Ok(EscrowResult::Existing)
+}
+
 #[derive(Debug, Clone)]
 pub struct KeyRecord {
     pub row: i64,

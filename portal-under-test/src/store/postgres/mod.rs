@@ -279,23 +279,7 @@ async fn insert_key(
         .await?;
     let dev: i64 = r.try_get(0)?;
     let fp: Vec<u8> = r.try_get(1)?;
-    if dev != device_row {
-        return Err(StoreError::Conflict {
-            index,
-            message: "key protector ID is already escrowed for another device".into(),
-        });
-    }
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(
-        fp.as_slice(),
-        &k.fingerprint[..],
-    )) {
-        return Err(StoreError::Conflict {
-            index,
-            message: "key protector ID is already escrowed with a different recovery password"
-                .into(),
-        });
-    }
-    Ok(EscrowResult::Existing)
+    crate::store::escrow_of_known_key(index, device_row, (dev, &fp), &k.fingerprint)
 }
 
 async fn upsert_assoc(

@@ -214,23 +214,7 @@ pub(super) fn insert_key(
     let (dev, fp): (i64, Vec<u8>) = tx
         .prepare_cached("SELECT device_id, fingerprint FROM keys WHERE key_id = ?1")?
         .query_row(params![&kid[..]], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    if dev != device_row {
-        return Err(StoreError::Conflict {
-            index,
-            message: "key protector ID is already escrowed for another device".into(),
-        });
-    }
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(
-        fp.as_slice(),
-        &k.fingerprint[..],
-    )) {
-        return Err(StoreError::Conflict {
-            index,
-            message: "key protector ID is already escrowed with a different recovery password"
-                .into(),
-        });
-    }
-    Ok(EscrowResult::Existing)
+    crate::store::escrow_of_known_key(index, device_row, (dev, &fp), &k.fingerprint)
 }
 
 fn upsert_assoc(
