@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::http::Method;
+use axum::routing::{get, post, put, MethodRouter};
 use axum::Router;
 use thiserror::Error;
 use tower_http::trace::TraceLayer;
@@ -212,46 +213,78 @@ fn bench_routes() -> Router<AppState> {
     Router::new()
 }
 
+/// The JSON API, one (path, method, handler) a row: [`app`] serves exactly these, and the
+/// contract test checks them against `openapi.json` both ways ([`api_routes`]).
+fn api_table(bulk_cap: usize) -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
+    vec![
+        ("/healthz", Method::GET, get(|| async { "ok" })),
+        ("/openapi.json", Method::GET, get(openapi)),
+        // Device agent.
+        ("/api/agent/enroll", Method::POST, post(api::enroll)),
+        ("/api/agent/keys", Method::POST, post(api::escrow_one)),
+        (
+            "/api/agent/keys/bulk",
+            Method::POST,
+            post(api::escrow_bulk).layer(DefaultBodyLimit::max(bulk_cap)),
+        ),
+        ("/api/agent/sign-ins", Method::POST, post(api::sign_in)),
+        ("/api/agent/check-in", Method::POST, post(api::check_in)),
+        ("/api/agent/rotations", Method::POST, post(api::rotation)),
+        (
+            "/api/agent/tpm-lockout",
+            Method::POST,
+            post(api::tpm_lockout),
+        ),
+        (
+            "/api/agent/tpm-lockout/rotated",
+            Method::POST,
+            post(api::tpm_lockout),
+        ),
+        // Admin.
+        (
+            "/api/admin/accounts",
+            Method::POST,
+            post(api::create_account),
+        ),
+        (
+            "/api/admin/accounts/{username}/api-tokens",
+            Method::POST,
+            post(api::create_api_token),
+        ),
+        (
+            "/api/admin/enrollment-tokens",
+            Method::POST,
+            post(api::create_enrollment_token),
+        ),
+        ("/api/admin/settings", Method::GET, get(api::get_settings)),
+        ("/api/admin/settings", Method::PUT, put(api::put_settings)),
+        ("/api/admin/audit", Method::GET, get(api::get_audit)),
+        // Help desk automation.
+        (
+            "/api/helpdesk/lookup",
+            Method::POST,
+            post(api::helpdesk_lookup),
+        ),
+    ]
+}
+
+/// The JSON API's routes as (path, method): what `openapi.json` must document, no more.
+pub fn api_routes() -> Vec<(&'static str, Method)> {
+    api_table(0).into_iter().map(|(p, m, _)| (p, m)).collect()
+}
+
 /// The whole application.
 pub fn app(state: AppState) -> Router {
     let body_cap = state.config.max_body_bytes;
     let bulk_cap = state.config.max_bulk_body_bytes;
-    let bulk = Router::new()
-        .route("/api/agent/keys/bulk", post(api::escrow_bulk))
-        .layer(DefaultBodyLimit::max(bulk_cap));
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/openapi.json", get(openapi))
-        // Device agent.
-        .route("/api/agent/enroll", post(api::enroll))
-        .route("/api/agent/keys", post(api::escrow_one))
-        .route("/api/agent/sign-ins", post(api::sign_in))
-        .route("/api/agent/check-in", post(api::check_in))
-        .route("/api/agent/rotations", post(api::rotation))
-        .route("/api/agent/tpm-lockout", post(api::tpm_lockout))
-        .route("/api/agent/tpm-lockout/rotated", post(api::tpm_lockout))
-        // Admin.
-        .route("/api/admin/accounts", post(api::create_account))
-        .route(
-            "/api/admin/accounts/{username}/api-tokens",
-            post(api::create_api_token),
-        )
-        .route(
-            "/api/admin/enrollment-tokens",
-            post(api::create_enrollment_token),
-        )
-        .route(
-            "/api/admin/settings",
-            get(api::get_settings).put(api::put_settings),
-        )
-        .route("/api/admin/audit", get(api::get_audit))
-        // Help desk automation.
-        .route("/api/helpdesk/lookup", post(api::helpdesk_lookup))
-        // HTML.
-        .merge(web::routes())
+    let mut api = Router::new();
+    for (path, _, handler) in api_table(bulk_cap) {
+        // Two rows on one path merge into one method router (GET + PUT settings).
+        api = api.route(path, handler);
+    }
+    api.merge(web::routes())
         .merge(bench_routes())
         .layer(DefaultBodyLimit::max(body_cap))
-        .merge(bulk)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

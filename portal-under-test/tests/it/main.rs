@@ -5,8 +5,10 @@
 mod common;
 
 mod admin;
+mod contract;
 #[cfg(feature = "failpoints")]
 mod faults;
+mod hardening;
 mod helpdesk;
 mod lifecycle;
 mod prop;
