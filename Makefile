@@ -25,6 +25,9 @@ FAILPOINTS_TARGET := target/failpoints
 # filter, not `-p`: the same feature set as the first run, so nothing is rebuilt. The fault
 # tests run on both engines too, in the failpoints build.
 #
+# scripts/schemathesis.sh fuzzes the live portal's JSON API against openapi.json
+# (schemathesis pinned, seed and examples fixed in scripts/schemathesis.toml; ~30 s).
+#
 # The mutation test of the runner (harness/tests/it/mutants.rs) plays its mutants with the
 # release harness and portal: `make test` runs one mutant per stated expectation,
 # `make mutants` every mutant. Both print the counts and keep the mutants in target/mutants/.
@@ -41,6 +44,7 @@ test: deps
 	  --locked --no-fail-fast -E 'test(/^faults::/)'
 	PORTAL_FAILPOINTS_BIN=$(CURDIR)/$(FAILPOINTS_TARGET)/debug/portal-under-test \
 	  cargo nextest run --workspace --locked --no-fail-fast
+	scripts/schemathesis.sh
 	$(RELEASE_BUILD)
 	$(MUTANTS) 'test(=mutants::one_mutant_per_field_fails_at_its_step)'
 	PORTAL_TEST_ENGINE=postgres scripts/with-postgres.sh \

@@ -21,6 +21,8 @@ packages=(
   chromium-driver       # chromedriver, the WebDriver server the harness drives Chromium through
   fonts-ipafont-gothic  # a Japanese font, so the Japanese pages render (and screenshot) as text
   postgresql            # the portal's second engine: make test runs its suite on a private cluster
+  python3-venv          # scripts/schemathesis.sh installs the pinned schemathesis into a venv
+  openssl               # openssl s_client: the portal's test that TLS 1.0/1.1 are refused
 )
 
 missing=()

@@ -18,7 +18,9 @@ use crate::store::{
 };
 use crate::{store, AppState, Inner};
 
-/// `Json` whose rejections use the documented error body (400 `body`, 413).
+/// A JSON body whose rejections use the documented error body: 413 over the cap, 400 naming
+/// the field that failed to deserialize (`recovery_password`, `keys[1].volume_id`, an
+/// unknown field's name), `body` for what is not JSON at all or not sent as JSON.
 pub struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
@@ -29,12 +31,62 @@ where
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(JsonBody(v)),
-            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(AppError::TooLarge),
-            Err(rej) => Err(AppError::invalid("body", rej.body_text())),
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .is_some_and(|v| v == "application/json" || v.ends_with("+json"));
+        if !is_json {
+            return Err(AppError::invalid(
+                "body",
+                "must be sent with Content-Type: application/json",
+            ));
         }
+        let bytes = match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(AppError::TooLarge)
+            }
+            Err(rej) => return Err(AppError::invalid("body", rej.body_text())),
+        };
+        parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// Deserializes `bytes`, naming the failing field in the error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let inner = e.inner();
+        let message = inner.to_string();
+        let path = e.path().to_string();
+        let field = if !inner.is_data() {
+            "body".to_string()
+        } else if let Some(unknown) = unknown_field(&message) {
+            // `deny_unknown_fields`: the path ends at the object, the name is in the message.
+            match path.as_str() {
+                "." | "" => unknown,
+                p if p == unknown || p.ends_with(&format!(".{unknown}")) => path,
+                parent => format!("{parent}.{unknown}"),
+            }
+        } else if path == "." || path.is_empty() {
+            "body".to_string()
+        } else {
+            path
+        };
+        AppError::invalid(field, message)
+    })?;
+    de.end()
+        .map_err(|e| AppError::invalid("body", e.to_string()))?;
+    Ok(value)
+}
+
+/// The name in serde's "unknown field `name`, expected ..." message.
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_string())
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -486,7 +538,7 @@ pub struct AuditQuery {
     pub format: Option<String>,
 }
 
-pub const OUTCOMES: [&str; 7] = [
+pub const OUTCOMES: [&str; 8] = [
     "shown",
     "denied",
     "not_found",
@@ -494,6 +546,7 @@ pub const OUTCOMES: [&str; 7] = [
     "rate_limited",
     "expired_session",
     "not_eligible",
+    "sign_in_throttled",
 ];
 
 fn nonempty(v: Option<String>) -> Option<String> {
@@ -582,9 +635,11 @@ pub fn audit_response(rows: Vec<AuditRow>, format: Option<&str>) -> Result<Respo
 pub async fn get_audit(
     axum::extract::State(st): axum::extract::State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<AuditQuery>,
+    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, AppError> {
     admin(&st, &headers).await?;
+    // A malformed query (e.g. a filter given twice) keeps the JSON error shape.
+    let Query(q) = q.map_err(|rej| AppError::invalid("query", rej.body_text()))?;
     let format = q.format.clone();
     if let Some(f) = format.as_deref() {
         if !["json", "csv", ""].contains(&f) {

@@ -31,6 +31,8 @@ pub enum AppError {
     TooLarge,
     #[error("too many failed key lookups")]
     RateLimited,
+    #[error("method {0} not allowed")]
+    MethodNotAllowed(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -52,6 +54,7 @@ impl AppError {
             AppError::Conflict { .. } => StatusCode::CONFLICT,
             AppError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -66,6 +69,7 @@ impl AppError {
             AppError::Conflict { .. } => "conflict",
             AppError::TooLarge => "too_large",
             AppError::RateLimited => "rate_limited",
+            AppError::MethodNotAllowed(_) => "method_not_allowed",
             AppError::Internal(_) => "internal",
         }
     }
@@ -89,6 +93,7 @@ impl AppError {
             }
             AppError::TooLarge => "request body too large".into(),
             AppError::RateLimited => "too many failed key lookups; try again later".into(),
+            AppError::MethodNotAllowed(m) => format!("method {m} is not allowed on this path"),
             AppError::Internal(_) => "internal error".into(),
         }
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
+use axum::response::Response;
 use axum::routing::{get, post, put, MethodRouter};
 use axum::Router;
 use thiserror::Error;
@@ -29,6 +30,7 @@ pub mod lookup;
 pub mod serve;
 pub mod session;
 pub mod store;
+pub mod throttle;
 pub mod web;
 
 use config::{Config, Settings};
@@ -64,6 +66,7 @@ pub struct Inner {
     pub sealer: Sealer,
     pub hasher: PasswordHashing,
     pub sessions: Sessions,
+    pub sign_in_throttle: throttle::SignInThrottle,
     pub config: Config,
     settings: RwLock<Settings>,
     /// Decrypted on paths that show nothing, so they cost the same as paths that do.
@@ -132,6 +135,7 @@ impl AppState {
             sealer,
             hasher,
             sessions,
+            sign_in_throttle: throttle::SignInThrottle::default(),
             config,
             settings: RwLock::new(settings),
             dummy_sealed,
@@ -178,12 +182,99 @@ impl AppState {
 /// Creates the data dir if missing and opens/migrates the store: the PostgreSQL database at
 /// `database_url`, or else the SQLite file in `dir`.
 pub fn open_store(dir: &Path, database_url: Option<&str>) -> Result<Arc<dyn Store>, InitError> {
-    std::fs::create_dir_all(dir).map_err(|source| InitError::DataDir {
+    let data_dir_err = |source| InitError::DataDir {
         path: dir.display().to_string(),
         source,
-    })?;
+    };
+    create_private_dir(dir).map_err(data_dir_err)?;
+    if database_url.is_none() {
+        // SQLite gives its -wal and -shm files the mode of the database file.
+        make_private_file(&dir.join(store::SQLITE_FILE)).map_err(data_dir_err)?;
+    }
     Ok(store::open(database_url, dir)?)
 }
+
+/// Creates `dir` (and missing parents) with mode 0700 whatever the umask: it holds the key
+/// file and the store. An existing directory keeps its mode.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let existed = dir.is_dir();
+        b.mode(0o700).create(dir)?;
+        if !existed {
+            // `mode` is filtered by the umask; set it exactly.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    b.create(dir)
+}
+
+/// Creates `path` empty if missing, and makes it mode 0600 (owner read/write only).
+fn make_private_file(path: &Path) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        o.mode(0o600).open(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    }
+    #[cfg(not(unix))]
+    o.open(path).map(|_| ())
+}
+
+/// Headers on every answer: `nosniff`; on HTML pages a Content-Security-Policy without inline
+/// code (scripts and styles are files under `/static/`), no framing, no referrer; on JSON and
+/// CSV answers (recovery passwords, lockout authorizations, tokens, audit) `no-store` unless
+/// the handler chose; HSTS when the portal serves TLS.
+async fn security_headers(tls: bool, mut resp: Response) -> Response {
+    use axum::http::header::{self, HeaderValue};
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let h = resp.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if content_type.starts_with("text/html") {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        );
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+    }
+    if (content_type.starts_with("application/json") || content_type.starts_with("text/csv"))
+        && !h.contains_key(header::CACHE_CONTROL)
+    {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if tls {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    resp
+}
+
+/// The pages' Content-Security-Policy: only the portal's own script, style and forms;
+/// `connect-src` for the idle warning's keepalive.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; \
+    frame-ancestors 'none'";
 
 async fn openapi() -> impl axum::response::IntoResponse {
     (
@@ -282,9 +373,17 @@ pub fn app(state: AppState) -> Router {
         // Two rows on one path merge into one method router (GET + PUT settings).
         api = api.route(path, handler);
     }
+    let tls = state.config.secure_cookies;
     api.merge(web::routes())
         .merge(bench_routes())
+        // After every route: an unsupported method answers the JSON error shape.
+        .method_not_allowed_fallback(|method: Method| async move {
+            AppError::MethodNotAllowed(method.to_string())
+        })
         .layer(DefaultBodyLimit::max(body_cap))
+        .layer(axum::middleware::map_response(move |r: Response| {
+            security_headers(tls, r)
+        }))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -121,7 +121,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    std::fs::create_dir_all(&opts.data_dir)
+    crate::create_private_dir(&opts.data_dir)
         .map_err(io(format!("creating {}", opts.data_dir.display())))?;
     let tls = if opts.insecure_http {
         None
@@ -173,7 +173,7 @@ pub async fn serve(
             let server = axum_server::from_tcp_rustls(listener, cfg).handle(handle);
             on_ready(&ready);
             server
-                .serve(router.into_make_service())
+                .serve(router.into_make_service_with_connect_info::<SocketAddr>())
                 .await
                 .map_err(io("serving"))
         }
@@ -181,7 +181,7 @@ pub async fn serve(
             let server = axum_server::from_tcp(listener).handle(handle);
             on_ready(&ready);
             server
-                .serve(router.into_make_service())
+                .serve(router.into_make_service_with_connect_info::<SocketAddr>())
                 .await
                 .map_err(io("serving"))
         }

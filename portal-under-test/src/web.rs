@@ -375,7 +375,51 @@ async fn login_get(st: AppState, site: Site) -> Response {
     with_session_cookie(&st, s.id, r)
 }
 
-async fn login_post(st: AppState, jar: CookieJar, site: Site, f: FormData) -> Response {
+/// The client's address (None when served without connect info, e.g. a test's `oneshot`).
+pub struct Peer(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+/// Audits a sign-in refused by the throttle: requester = the name typed, reason = the
+/// address it came from.
+fn throttled_row(site: Site, username: &str, peer: Option<std::net::IpAddr>) -> AuditRow {
+    AuditRow {
+        id: 0,
+        time: crate::store::now_rfc3339().0,
+        source: site.source().as_str().into(),
+        requester: username.into(),
+        end_user: None,
+        device: None,
+        key_id: None,
+        key_type: None,
+        reason: Some(match peer {
+            Some(ip) => format!("sign-in from {ip}"),
+            None => "sign-in".into(),
+        }),
+        outcome: "sign_in_throttled".into(),
+    }
+}
+
+async fn login_post(
+    st: AppState,
+    jar: CookieJar,
+    site: Site,
+    Peer(peer): Peer,
+    f: FormData,
+) -> Response {
     let Some(id) = session_id(&jar) else {
         return message(&st, site, StatusCode::FORBIDDEN, &tr("err-csrf-login"));
     };
@@ -404,6 +448,18 @@ async fn login_post(st: AppState, jar: CookieJar, site: Site, f: FormData) -> Re
     if password.is_empty() || password.chars().count() > 1024 {
         return fail(StatusCode::BAD_REQUEST, tr("err-password"), username);
     }
+    let now = st.config.clock.now();
+    if st.sign_in_throttle.check(&username, peer, now).is_err() {
+        let row = throttled_row(site, &username, peer);
+        if let Err(e) = st.run(move |i| Ok(i.store.append_audit(&row)?)).await {
+            return e.into_response();
+        }
+        return fail(
+            StatusCode::TOO_MANY_REQUESTS,
+            tr("err-sign-in-throttled"),
+            username,
+        );
+    }
     let u2 = username.clone();
     let res = st
         .run(move |i| {
@@ -416,9 +472,13 @@ async fn login_post(st: AppState, jar: CookieJar, site: Site, f: FormData) -> Re
         .await;
     let acct = match res {
         Ok(Some(a)) => a,
-        Ok(None) => return fail(StatusCode::UNAUTHORIZED, tr("err-credentials"), username),
+        Ok(None) => {
+            st.sign_in_throttle.failed(&username, peer, now);
+            return fail(StatusCode::UNAUTHORIZED, tr("err-credentials"), username);
+        }
         Err(e) => return e.into_response(),
     };
+    st.sign_in_throttle.succeeded(&username);
     if !site.allows(acct.role) {
         return fail(StatusCode::FORBIDDEN, tr("err-role"), username);
     }
@@ -972,6 +1032,21 @@ async fn admin_audit_export(
     }
 }
 
+/// The pages' script and style sheet: files, so the CSP allows no inline code.
+const IDLE_JS: &str = include_str!("../static/idle.js");
+const PORTAL_CSS: &str = include_str!("../static/portal.css");
+
+async fn static_file(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 /// All HTML routes.
 pub fn routes() -> Router<AppState> {
     let mut r = Router::new();
@@ -981,8 +1056,8 @@ pub fn routes() -> Router<AppState> {
             .route(
                 &format!("/{p}/login"),
                 get(move |State(st): State<AppState>| login_get(st, site)).post(
-                    move |State(st): State<AppState>, j: CookieJar, f: FormData| {
-                        login_post(st, j, site, f)
+                    move |State(st): State<AppState>, j: CookieJar, peer: Peer, f: FormData| {
+                        login_post(st, j, site, peer, f)
                     },
                 ),
             )
@@ -1007,33 +1082,41 @@ pub fn routes() -> Router<AppState> {
                 ),
             );
     }
-    r.route("/SelfService", get(self_get))
-        .route("/SelfService/", get(self_get))
-        .route("/SelfService/notice", get(notice_get).post(notice_post))
-        .route("/SelfService/key", post(self_key))
-        .route("/HelpDesk", get(help_get))
-        .route("/HelpDesk/key", post(help_key))
-        .route("/HelpDesk/tpm", get(tpm_get).post(tpm_post))
-        .route("/Admin", get(admin_get))
-        .route("/Admin/accounts", post(admin_accounts))
-        .route("/Admin/enrollment-tokens", post(admin_enroll))
-        .route("/Admin/settings", post(admin_settings))
-        .route("/Admin/audit", get(admin_audit))
-        .route(
-            "/Admin/audit.csv",
-            get(
-                |State(st): State<AppState>, j: CookieJar, Query(q): Query<AuditQuery>| {
-                    admin_audit_export(st, j, q, "csv")
-                },
-            ),
-        )
-        .route(
-            "/Admin/audit.json",
-            get(
-                |State(st): State<AppState>, j: CookieJar, Query(q): Query<AuditQuery>| {
-                    admin_audit_export(st, j, q, "json")
-                },
-            ),
-        )
-        .layer(axum::middleware::from_fn(i18n::layer))
+    r.route(
+        "/static/idle.js",
+        get(|| static_file(IDLE_JS, "text/javascript; charset=utf-8")),
+    )
+    .route(
+        "/static/portal.css",
+        get(|| static_file(PORTAL_CSS, "text/css; charset=utf-8")),
+    )
+    .route("/SelfService", get(self_get))
+    .route("/SelfService/", get(self_get))
+    .route("/SelfService/notice", get(notice_get).post(notice_post))
+    .route("/SelfService/key", post(self_key))
+    .route("/HelpDesk", get(help_get))
+    .route("/HelpDesk/key", post(help_key))
+    .route("/HelpDesk/tpm", get(tpm_get).post(tpm_post))
+    .route("/Admin", get(admin_get))
+    .route("/Admin/accounts", post(admin_accounts))
+    .route("/Admin/enrollment-tokens", post(admin_enroll))
+    .route("/Admin/settings", post(admin_settings))
+    .route("/Admin/audit", get(admin_audit))
+    .route(
+        "/Admin/audit.csv",
+        get(
+            |State(st): State<AppState>, j: CookieJar, Query(q): Query<AuditQuery>| {
+                admin_audit_export(st, j, q, "csv")
+            },
+        ),
+    )
+    .route(
+        "/Admin/audit.json",
+        get(
+            |State(st): State<AppState>, j: CookieJar, Query(q): Query<AuditQuery>| {
+                admin_audit_export(st, j, q, "json")
+            },
+        ),
+    )
+    .layer(axum::middleware::from_fn(i18n::layer))
 }

@@ -51,6 +51,7 @@ err-not-found = No recovery key matches this Recovery Key ID. Check the digits o
 err-foreign = This recovery key belongs to a device you are not associated with.
 err-rate-limited = Too many failed key requests. Try again later or contact your help desk.
 err-credentials = The user name or password is incorrect.
+err-sign-in-throttled = Too many failed sign-ins. Wait a few minutes and try again.
 err-username = username is required (at most 128 characters)
 err-password = password is required (at most 1024 characters)
 err-role = Your account may not use this site.

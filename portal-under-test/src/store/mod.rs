@@ -40,6 +40,9 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 
 /// Opens the store the portal is configured for: PostgreSQL when `database_url` is a
 /// `postgres://` (or `postgresql://`) URL, else the SQLite file `portal.sqlite3` in `dir`.
+/// The SQLite store's file name in the data dir.
+pub const SQLITE_FILE: &str = "portal.sqlite3";
+
 pub fn open(
     database_url: Option<&str>,
     dir: &std::path::Path,
@@ -51,7 +54,7 @@ pub fn open(
         Some(url) => Err(StoreError::Postgres(format!(
             "database URL {url:?}: only postgres:// URLs are supported (SQLite needs none: it lives in the data dir)"
         ))),
-        None => Ok(std::sync::Arc::new(SqliteStore::open(&dir.join("portal.sqlite3"))?)),
+        None => Ok(std::sync::Arc::new(SqliteStore::open(&dir.join(SQLITE_FILE))?)),
     }
 }
 
