@@ -451,3 +451,232 @@ async fn tls_refuses_1_0_and_1_1_with_a_protocol_version_alert_and_sends_hsts() 
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_portal-under-test");
+
+#[tokio::test]
+async fn no_recovery_password_or_lockout_authorization_in_the_portals_log() {
+    // The real binary at the most verbose log level, its stderr in a file; every path that
+    // handles a secret: escrow (one and bulk), TPM lockout escrow, help desk disclosure over
+    // JSON and HTML (key and Manage TPM), a refused escrow.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let db = crate::common::engine_url();
+    let db_args: Vec<&str> = db
+        .iter()
+        .flat_map(|u| ["--database-url", u.as_str()])
+        .collect();
+    let out = Command::new(BIN)
+        .args(["admin", "bootstrap", "--data-dir"])
+        .arg(&data)
+        .args(&db_args)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let admin = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"argon2":{"m_cost_kib":64,"t_cost":1,"p_cost":1}}"#,
+    )
+    .unwrap();
+    let log_path = dir.path().join("portal.log");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--insecure-http",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .args(&db_args)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut l = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut l).unwrap();
+        l
+    })
+    .await
+    .unwrap();
+    let ready: Value =
+        serde_json::from_str(line.trim().strip_prefix("PORTAL-READY ").unwrap()).unwrap();
+    let url = ready["url"].as_str().unwrap().to_string();
+    let c = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let post = |path: &str, token: &str, body: Value| {
+        c.post(format!("{url}{path}"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let r = post(
+        "/api/admin/accounts",
+        &admin,
+        json!({"username": "hd", "password": PASSWORD, "role": "advanced_helpdesk"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let hd: Value = post("/api/admin/accounts/hd/api-tokens", &admin, json!({}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hd = hd["token"].as_str().unwrap().to_string();
+    let enr: Value = post("/api/admin/enrollment-tokens", &admin, json!({}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dev: Value = post(
+        "/api/agent/enroll",
+        "",
+        json!({"enrollment_token": enr["token"], "device_name": "PC-LOG"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let cred = dev["credential"].as_str().unwrap().to_string();
+    let one = Key::random();
+    let bulk = Key::random();
+    assert_eq!(
+        post("/api/agent/keys", &cred, one.json())
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    assert_eq!(
+        post(
+            "/api/agent/keys/bulk",
+            &cred,
+            json!({"keys": [bulk.json()]})
+        )
+        .await
+        .unwrap()
+        .status(),
+        200
+    );
+    // A conflicting escrow (same key ID, another password) is refused: its password is
+    // not logged either.
+    let mut other = one.clone();
+    other.password = Key::random().password;
+    assert_eq!(
+        post("/api/agent/keys", &cred, other.json())
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
+    let lockout = "5ec2e7a11f0c0ffee0ddba11deadbeef";
+    assert_eq!(
+        post(
+            "/api/agent/tpm-lockout",
+            &cred,
+            json!({"lockout_auth": lockout})
+        )
+        .await
+        .unwrap()
+        .status(),
+        204
+    );
+    for k in [&one, &bulk] {
+        let r = post(
+            "/api/helpdesk/lookup",
+            &hd,
+            json!({"key_id": k.guid(), "reason": "Lost PIN"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.text().await.unwrap().contains(&k.password));
+    }
+    // The HTML help desk: Manage TPM shows the lockout authorization.
+    let page = c
+        .get(format!("{url}/HelpDesk/login"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = crate::common::csrf_of(&page).unwrap();
+    let r = c
+        .post(format!("{url}/HelpDesk/login"))
+        .form(&[
+            ("username", "hd"),
+            ("password", PASSWORD),
+            ("csrf_token", &csrf),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let page = c
+        .get(format!("{url}/HelpDesk/tpm"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = crate::common::csrf_of(&page).unwrap();
+    let shown = c
+        .post(format!("{url}/HelpDesk/tpm"))
+        .form(&[
+            ("computer", "PC-LOG"),
+            ("end_user", ""),
+            ("reason", "TPM Reset"),
+            ("csrf_token", &csrf),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(shown.to_lowercase().contains(lockout), "{shown}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    // The log is really at trace level and saw these requests.
+    assert!(
+        log.contains("/api/helpdesk/lookup"),
+        "log too quiet:\n{log}"
+    );
+    let lower = log.to_lowercase();
+    for (what, secret) in [
+        ("lockout authorization", lockout.to_string()),
+        ("escrowed recovery password", one.password.clone()),
+        ("bulk recovery password", bulk.password.clone()),
+        ("refused recovery password", other.password.clone()),
+    ] {
+        assert!(!lower.contains(&secret), "{what} in the portal's log");
+        // Nor its digits without the hyphens.
+        assert!(
+            !lower.contains(&secret.replace('-', "")),
+            "{what} (digits) in the portal's log"
+        );
+    }
+}
