@@ -4,11 +4,16 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::Duration;
 
+use axum_server::accept::Accept;
+use axum_server::tls_rustls::RustlsAcceptor;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use serde::Serialize;
 use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use crate::config::Config;
 use crate::{app, AppState, InitError};
@@ -110,6 +115,57 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServeError> {
     f.write_all(bytes).map_err(io("writing TLS key"))
 }
 
+/// Answers a client that offers at most TLS 1.0 or 1.1 with the fatal `protocol_version`
+/// alert (RFC 5246 §7.2.2, RFC 8446 §4.1.2) before rustls sees it. rustls refuses such a
+/// client too, but with `handshake_failure`: its hello lacks the `signature_algorithms`
+/// extension, which rustls checks before the version. Only the first 11 bytes are read
+/// (peeked, so rustls gets the whole hello when it is not refused).
+#[derive(Debug, Clone, Copy)]
+struct RefuseOldTls;
+
+impl<S: Send + 'static> Accept<TcpStream, S> for RefuseOldTls {
+    type Stream = TcpStream;
+    type Service = S;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<(TcpStream, S)>> + Send>>;
+
+    fn accept(&self, mut stream: TcpStream, service: S) -> Self::Future {
+        Box::pin(async move {
+            if offered_version(&stream).await.is_some_and(|v| v < TLS_1_2) {
+                // Alert record: level fatal (2), description protocol_version (70).
+                let alert = [0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 70];
+                let _ = stream.write_all(&alert).await;
+                let _ = stream.shutdown().await;
+                return Err(std::io::Error::other("client offered only TLS 1.0/1.1"));
+            }
+            Ok((stream, service))
+        })
+    }
+}
+
+const TLS_1_2: u16 = 0x0303;
+
+/// The `client_version` of a ClientHello (the highest version a TLS 1.2 or older client
+/// offers; TLS 1.3 clients put 1.2 there), or None if the first bytes are not a ClientHello.
+async fn offered_version(stream: &TcpStream) -> Option<u16> {
+    let mut head = [0u8; 11];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut head))
+            .await
+            .ok()?
+            .ok()?;
+        // Record type 22 (handshake) whose first message is type 1 (ClientHello).
+        if n == 0 || head[0] != 0x16 || (n > 5 && head[5] != 0x01) {
+            return None;
+        }
+        if n >= head.len() {
+            return Some(u16::from_be_bytes([head[9], head[10]]));
+        }
+        // A hello split across segments: wait for the rest of its head.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn absolute(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
@@ -170,7 +226,10 @@ pub async fn serve(
             let cfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
                 .await
                 .map_err(io("loading TLS certificate/key"))?;
-            let server = axum_server::from_tcp_rustls(listener, cfg).handle(handle);
+            let acceptor = RustlsAcceptor::new(cfg).acceptor(RefuseOldTls);
+            let server = axum_server::from_tcp(listener)
+                .acceptor(acceptor)
+                .handle(handle);
             on_ready(&ready);
             server
                 .serve(router.into_make_service_with_connect_info::<SocketAddr>())
