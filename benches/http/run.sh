@@ -19,8 +19,13 @@ WORK=${WORK:-target/http-bench}
 ENGINES=${ENGINES:-sqlite}
 mkdir -p "$WORK"
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 2; }
-cargo build --release -q -p harness -p portal-under-test --features portal-under-test/bench-routes
-BIN=target/release/portal-under-test
+# PORTAL_BIN: measure an already built portal (e.g. two commits in turn) instead of building.
+if [ -z "${PORTAL_BIN:-}" ]; then
+  cargo build --release -q -p harness -p portal-under-test --features portal-under-test/bench-routes
+else
+  cargo build --release -q -p harness
+fi
+BIN=${PORTAL_BIN:-target/release/portal-under-test}
 KEYS="$WORK/keys-$N.jsonl"
 # Queries: 5000 present prefixes (every 997th key) and 5000 random absent ones, shuffled.
 Q="$WORK/queries-$N.txt"
