@@ -678,3 +678,20 @@ async fn no_recovery_password_or_lockout_authorization_in_the_portals_log() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_unknown_api_path_answers_404_with_the_json_error_shape() {
+    let p = Portal::new();
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/agent/nope")
+        .body(Body::empty())
+        .unwrap();
+    let (s, h, body) = p.raw(req).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let v: Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("body {body:?} is not JSON: {e}"));
+    assert_eq!(v["error"]["code"], "not_found", "{v}");
+    assert!(v["error"]["field"].is_null());
+    assert_eq!(header_of(&h, "cache-control"), "no-store");
+}
