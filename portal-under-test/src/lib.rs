@@ -304,6 +304,20 @@ fn bench_routes() -> Router<AppState> {
     Router::new()
 }
 
+/// No route: under `/api/` the JSON error shape, elsewhere a plain 404.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    use axum::response::IntoResponse;
+    if uri.path().starts_with("/api/") {
+        AppError::NotFound {
+            field: None,
+            message: "no such API path".into(),
+        }
+        .into_response()
+    } else {
+        (axum::http::StatusCode::NOT_FOUND, "not found").into_response()
+    }
+}
+
 /// The JSON API, one (path, method, handler) a row: [`app`] serves exactly these, and the
 /// contract test checks them against `openapi.json` both ways ([`api_routes`]).
 fn api_table(bulk_cap: usize) -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
@@ -380,6 +394,7 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(|method: Method| async move {
             AppError::MethodNotAllowed(method.to_string())
         })
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_cap))
         .layer(axum::middleware::map_response(move |r: Response| {
             security_headers(tls, r)
