@@ -28,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 // chromedriver dies with the harness: PDEATHSIG from one long-lived spawner thread.
-use swtpm::spawn_supervised;
+use supervise::{kill_process_group, spawn_supervised};
 
 use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -250,12 +250,8 @@ impl Driver {
     }
 
     fn kill(&mut self) {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: kill(2) with a negative pid signals the process group chromedriver leads
-        // (`process_group(0)` above); it touches no memory.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
+        // The whole group chromedriver leads (`process_group(0)` above): Chromium too.
+        let _ = kill_process_group(&self.child);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -365,9 +365,9 @@ pub fn find_portal_bin(explicit: Option<&Path>) -> Result<PathBuf> {
     )))
 }
 
-/// Spawns the portal so that it dies with the harness (`swtpm::spawn_supervised`).
+/// Spawns the portal so that it dies with the harness (`supervise::spawn_supervised`).
 fn spawn_with_death_signal(cmd: Command, bin: &Path) -> Result<Child> {
-    swtpm::spawn_supervised(cmd).map_err(|e| {
+    supervise::spawn_supervised(cmd).map_err(|e| {
         start_error(
             "spawn `serve`",
             format!("cannot execute {}: {e}", bin.display()),
