@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use harness::eventlog::tcg::TcgLog;
+use eventlog::tcg::TcgLog;
 
 fn eventlog(c: &mut Criterion) {
     let data = concat!(

@@ -16,7 +16,6 @@
 pub mod bitlocker;
 pub mod cli;
 pub mod device;
-pub mod eventlog;
 pub mod keys;
 pub mod machine;
 pub mod portal;

@@ -32,11 +32,11 @@ use crate::bitlocker::fve::{FveError, NewProtector, Secret};
 use crate::bitlocker::{
     check_block, BlockError, KeyProtectorId, ProtectorType, RecoveryPassword, Vmk,
 };
+use crate::device::replay::{self as log_tpm, hashing_algorithm, TpmReplayError};
 use crate::device::{
     explain_boots, Change, ChangeError, Device, Explanation, MeasuredBoot, Profile, TpmEffect,
 };
-use crate::eventlog::tpm::{self as log_tpm, hashing_algorithm, TpmReplayError};
-use crate::eventlog::{HashAlg, Pcrs};
+use eventlog::{HashAlg, Pcrs};
 
 /// Windows' TPM 2.0 dictionary-attack settings (windows-itpro-docs, tpm-fundamentals):
 /// lockout after 32 failures, one failure forgotten every 10 minutes; a failed lockout-auth

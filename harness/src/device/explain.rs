@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use crate::eventlog::diff::LogDiff;
-use crate::eventlog::{Event, EventLog, EventType, HashAlg};
+use eventlog::diff::LogDiff;
+use eventlog::{Event, EventLog, EventType, HashAlg};
 
 use super::{MeasuredBoot, Profile};
 
@@ -71,7 +71,7 @@ pub fn explain_boots(before: &MeasuredBoot, after: &MeasuredBoot, profile: Profi
         &after.at_unseal(),
         &a.records[..after.unseal_index.min(a.records.len())],
     );
-    let describe = |r: &crate::eventlog::diff::NamedRecord| {
+    let describe = |r: &eventlog::diff::NamedRecord| {
         if r.number == 0 {
             format!("(new) {}", r.description)
         } else {

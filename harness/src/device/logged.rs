@@ -5,15 +5,15 @@
 //! the machine's swtpm; BitLocker seals to the state at the log's unseal point
 //! ([`unseal_point`]: after the boot manager's SIPA `BITLOCKER_UNLOCK` in a Windows log).
 //! Named [`Change`]s edit the log the way `harness eventlog predict` does
-//! ([`crate::eventlog::predict::apply`]); changes a log cannot express are refused with the
+//! ([`crate::device::predict::apply`]); changes a log cannot express are refused with the
 //! reason.
 
 use std::sync::Arc;
 
 use super::{Change, Signer};
-use crate::eventlog::predict::{self, unseal_point, LogChange};
-use crate::eventlog::tcg::{PcrBanks, TcgLog};
-use crate::eventlog::HashAlg;
+use crate::device::predict::{self, unseal_point, LogChange};
+use eventlog::tcg::{PcrBanks, TcgLog};
+use eventlog::HashAlg;
 
 /// What one boot measures: the log, and how many of its records come before the unseal.
 #[derive(Debug, Clone, PartialEq, Eq)]

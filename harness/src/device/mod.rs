@@ -59,7 +59,9 @@
 mod change;
 mod explain;
 mod logged;
+pub mod predict;
 mod profile;
+pub mod replay;
 
 pub use change::{Change, ChangeError, TpmEffect};
 pub use explain::{describe_event, explain, explain_boots, Explanation, PcrDifference};
@@ -70,9 +72,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::{uuid, Uuid};
 
-use crate::eventlog::data::{self, GptPartition};
-use crate::eventlog::tcg::TcgLog;
-use crate::eventlog::{Event, EventLog, EventType, Pcrs};
+use eventlog::data::{self, GptPartition};
+use eventlog::tcg::TcgLog;
+use eventlog::{Event, EventLog, EventType, Pcrs};
 
 /// Who signed an image (and so which db certificate verified it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -130,7 +132,7 @@ pub struct Image {
     /// File name, e.g. `bootmgfw.efi`.
     pub name: String,
     /// Stand-in for the PE file; its hash is the measured Authenticode hash.
-    #[serde(with = "crate::bitlocker::hex_vec")]
+    #[serde(with = "hex::serde")]
     pub content: Vec<u8>,
     /// Who signed it.
     pub signer: Signer,
@@ -160,7 +162,7 @@ pub struct Firmware {
     /// Version string (EV_S_CRTM_VERSION).
     pub version: String,
     /// Firmware image bytes (measured as the firmware blob).
-    #[serde(with = "crate::bitlocker::hex_vec")]
+    #[serde(with = "hex::serde")]
     pub image: Vec<u8>,
 }
 
@@ -230,13 +232,13 @@ pub struct Disk {
     /// GPT partitions, as (name, type GUID, unique GUID, first LBA, last LBA).
     pub partitions: Vec<Partition>,
     /// MBR boot code (legacy PCR 4).
-    #[serde(with = "crate::bitlocker::hex_vec")]
+    #[serde(with = "hex::serde")]
     pub mbr_code: Vec<u8>,
     /// NTFS boot sector (legacy PCR 8).
-    #[serde(with = "crate::bitlocker::hex_vec")]
+    #[serde(with = "hex::serde")]
     pub ntfs_boot_sector: Vec<u8>,
     /// NTFS boot block (legacy PCR 9).
-    #[serde(with = "crate::bitlocker::hex_vec")]
+    #[serde(with = "hex::serde")]
     pub ntfs_boot_block: Vec<u8>,
 }
 
@@ -263,7 +265,7 @@ pub struct OsFile {
     /// Path, e.g. `\Windows\System32\winload.efi`.
     pub name: String,
     /// Stand-in content.
-    #[serde(with = "crate::bitlocker::hex_vec")]
+    #[serde(with = "hex::serde")]
     pub content: Vec<u8>,
 }
 

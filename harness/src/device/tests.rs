@@ -114,7 +114,7 @@ fn legacy_boot_measures_pcr_8_9_10() {
         ..Device::default()
     };
     let p = d.predict_pcrs();
-    let reset = crate::eventlog::Pcrs::reset();
+    let reset = eventlog::Pcrs::reset();
     for pcr in [0, 1, 2, 4, 5, 8, 9, 10, 11, 12] {
         assert_ne!(p.sha256(pcr), reset.sha256(pcr), "PCR {pcr}");
     }

@@ -11,7 +11,7 @@ use super::model::{
     Answer, ChangeKind, KeyIdDigits, PinAction, Profile, ProtectorKind, RecoveryVia, Role,
     RomSigner, Scenario, TpmError,
 };
-use crate::eventlog::tcg::TcgLog;
+use eventlog::tcg::TcgLog;
 
 /// Why one scenario file cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -79,7 +79,7 @@ pub struct Device {
     pub event_log: Option<PathBuf>,
     /// The parsed `event_log`, filled in by the loader (not part of the YAML).
     #[serde(skip)]
-    pub real_log: Option<std::sync::Arc<crate::eventlog::tcg::TcgLog>>,
+    pub real_log: Option<std::sync::Arc<eventlog::tcg::TcgLog>>,
 }
 
 fn default_device_name() -> String {

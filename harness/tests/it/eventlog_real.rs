@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
+use eventlog::tcg::{LogFormat, TcgLog};
+use eventlog::{describe, HashAlg, ParseErrorKind};
+use harness::device::predict::{self, LogChange};
+use harness::device::replay as tpm_replay;
 use harness::device::{Change, Device, Profile};
-use harness::eventlog::predict::{self, LogChange};
-use harness::eventlog::tcg::{LogFormat, TcgLog};
-use harness::eventlog::{describe, tpm as tpm_replay, HashAlg, ParseErrorKind};
 
 const WINDOWS: &str = "go-attestation-windows_gcp_shielded_vm.log";
 /// Crypto-agile SHA-256 firmware log of a PC booting the Windows boot manager (no SIPA events).
@@ -48,7 +49,7 @@ fn bank(name: &str) -> HashAlg {
         .unwrap_or_else(|| panic!("bank {name}"))
 }
 
-fn check_against_recorded(name: &str, got: &harness::eventlog::tcg::PcrBanks) {
+fn check_against_recorded(name: &str, got: &eventlog::tcg::PcrBanks) {
     let want = recorded(name);
     let mut checked = 0;
     for (b, pcrs) in &want {
@@ -149,11 +150,11 @@ fn eventlog_real_startup_locality_3_replays_in_swtpm() {
     data.push(3);
     log.events.insert(
         0,
-        harness::eventlog::Event {
+        eventlog::Event {
             pcr: 0,
-            event_type: harness::eventlog::EventType::EV_NO_ACTION,
+            event_type: eventlog::EventType::EV_NO_ACTION,
             data,
-            digests: harness::eventlog::Digests::ZERO,
+            digests: eventlog::Digests::ZERO,
         },
     );
     let t = TcgLog::parse(&log.to_bytes()).unwrap();
@@ -375,8 +376,8 @@ mod fuzz_smoke {
 
     /// Runs everything the fuzz target runs on one input.
     fn exercise(bytes: &[u8]) {
-        let _ = harness::eventlog::EventLog::parse(bytes);
-        let _ = harness::eventlog::sipa::parse(bytes);
+        let _ = eventlog::EventLog::parse(bytes);
+        let _ = eventlog::sipa::parse(bytes);
         if let Ok(log) = TcgLog::parse(bytes) {
             let _ = log.replay();
             for r in &log.records {

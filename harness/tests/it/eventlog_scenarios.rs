@@ -6,9 +6,9 @@ use crate::common::{harness, portal_bin, workspace_root};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use eventlog::tcg::TcgLog;
+use eventlog::HashAlg;
 use harness::device::{Change, Device, Profile};
-use harness::eventlog::tcg::TcgLog;
-use harness::eventlog::HashAlg;
 use harness::machine::{BitLockerSetup, BootOutcome, LockoutCause, Machine, MachineError};
 use harness::scenario::load_scenario;
 

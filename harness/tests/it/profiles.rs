@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
+use eventlog::tcg::LogFormat;
+use eventlog::{EventType, HashAlg};
 use harness::device::{BootMode, Device};
-use harness::eventlog::tcg::LogFormat;
-use harness::eventlog::{EventType, HashAlg};
 use harness::scenario::parse_scenario;
 
 use crate::common::{harness, portal_bin};

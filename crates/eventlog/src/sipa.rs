@@ -119,7 +119,7 @@ pub struct SipaEvent {
     /// Byte offset of the event in the EV_EVENT_TAG data.
     pub offset: usize,
     /// The payload (empty for containers, whose content is in `children`).
-    #[serde(with = "crate::bitlocker::hex_vec")]
+    #[serde(with = "hex::serde")]
     pub payload: Vec<u8>,
     /// Contained events (containers only).
     pub children: Vec<SipaEvent>,
@@ -252,7 +252,7 @@ impl fmt::Display for SipaEvent {
 }
 
 /// NUL-terminated UTF-16LE text of printable characters, if the bytes are that.
-pub(crate) fn utf16_text(b: &[u8]) -> Option<String> {
+pub fn utf16_text(b: &[u8]) -> Option<String> {
     if b.len() < 4 || b.len() % 2 != 0 {
         return None;
     }

@@ -9,14 +9,16 @@
 //! SHA-1 and SHA-256 banks); it never panics and its errors carry the byte offset and record
 //! number. [`EventLog::replay`] recomputes the PCRs as a TPM would after the same extends.
 //! Event-data builders for the structures the spec defines are in [`data`].
+//!
+//! **This crate knows no TPM and no BitLocker** (Cargo enforces it: the harness's
+//! `workspace_edges` test). Replaying a log into a real TPM, and predicting recovery with
+//! one, are the `device` crate's.
 
 pub mod data;
 pub mod describe;
 pub mod diff;
-pub mod predict;
 pub mod sipa;
 pub mod tcg;
-pub mod tpm;
 mod wire;
 
 use std::fmt;
@@ -182,10 +184,10 @@ impl fmt::Display for HashAlg {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Digests {
     /// SHA-1 digest.
-    #[serde(with = "crate::bitlocker::hex_array")]
+    #[serde(with = "hex::serde")]
     pub sha1: [u8; 20],
     /// SHA-256 digest.
-    #[serde(with = "crate::bitlocker::hex_array")]
+    #[serde(with = "hex::serde")]
     pub sha256: [u8; 32],
 }
 
@@ -228,7 +230,7 @@ pub struct Event {
     /// Event type.
     pub event_type: EventType,
     /// Event data as logged.
-    #[serde(with = "crate::bitlocker::hex_vec")]
+    #[serde(with = "hex::serde")]
     pub data: Vec<u8>,
     /// Digests extended into the PCR (zero for EV_NO_ACTION).
     pub digests: Digests,

@@ -59,7 +59,7 @@ pub struct Record {
     #[serde(serialize_with = "ser_digests")]
     pub digests: Vec<(HashAlg, Vec<u8>)>,
     /// Event data as logged.
-    #[serde(with = "crate::bitlocker::hex_vec")]
+    #[serde(with = "hex::serde")]
     pub data: Vec<u8>,
 }
 

@@ -27,13 +27,14 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::data::{self, EFI_CERT_SHA256, EFI_CERT_X509, MICROSOFT_OWNER};
-use super::describe::{device_path_files, image_load_path, uefi_variable};
-use super::diff::{LogDiff, NamedRecord};
-use super::tcg::{Record, TcgLog};
-use super::tpm::{self as tpm_replay, hashing_algorithm, TpmReplayError};
-use super::{sipa, EventType, HashAlg};
-use crate::device::Profile;
+use eventlog::data::{self, EFI_CERT_SHA256, EFI_CERT_X509, MICROSOFT_OWNER};
+use eventlog::describe::{device_path_files, image_load_path, uefi_variable};
+use eventlog::diff::{LogDiff, NamedRecord};
+use eventlog::tcg::{Record, TcgLog};
+use eventlog::{sipa, EventType, HashAlg};
+
+use super::replay::{self as tpm_replay, hashing_algorithm, TpmReplayError};
+use super::Profile;
 
 /// A change to apply to a real log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]

@@ -3,8 +3,8 @@
 
 use swtpm::{HashingAlgorithm, Tpm};
 
-use super::tcg::{PcrBanks, Record, TcgLog};
-use super::{HashAlg, PCR_COUNT};
+use eventlog::tcg::{PcrBanks, Record, TcgLog};
+use eventlog::{HashAlg, PCR_COUNT};
 
 /// Why a replay into the TPM failed.
 #[derive(Debug, thiserror::Error)]
