@@ -13,7 +13,6 @@
 //!   help desk), and the embedded portal process.
 //! - [`scenario`]: the YAML scenario schema and the catalog loader.
 
-pub mod bitlocker;
 pub mod cli;
 pub mod device;
 pub mod keys;

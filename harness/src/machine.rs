@@ -4,7 +4,7 @@
 //! real swtpm ([`swtpm::Tpm`]); BitLocker's TPM protector is the volume master key sealed by
 //! that TPM under PolicyPCR to the validation profile (TPM+PIN adds PolicyAuthValue and
 //! dictionary-attack protection); the recovery-password protector is the on-disk scheme
-//! ([`crate::bitlocker`]). A lockout is therefore one the TPM enforces — its own response
+//! ([`bitlocker`]). A lockout is therefore one the TPM enforces — its own response
 //! code — and a recovery is a real unwrap of the VMK followed by sectors that decrypt.
 //!
 //! The boot sequence, as Windows does it:
@@ -27,15 +27,13 @@
 use rand::{CryptoRng, Rng};
 use swtpm::{DaParameters, HashingAlgorithm, SealPolicy, SealedBlob, Tpm};
 
-use crate::bitlocker::disk::VolumeFile;
-use crate::bitlocker::fve::{FveError, NewProtector, Secret};
-use crate::bitlocker::{
-    check_block, BlockError, KeyProtectorId, ProtectorType, RecoveryPassword, Vmk,
-};
 use crate::device::replay::{self as log_tpm, hashing_algorithm, TpmReplayError};
 use crate::device::{
     explain_boots, Change, ChangeError, Device, Explanation, MeasuredBoot, Profile, TpmEffect,
 };
+use bitlocker::disk::VolumeFile;
+use bitlocker::fve::{FveError, NewProtector, Secret};
+use bitlocker::{check_block, BlockError, KeyProtectorId, ProtectorType, RecoveryPassword, Vmk};
 use eventlog::{HashAlg, Pcrs};
 
 /// Windows' TPM 2.0 dictionary-attack settings (windows-itpro-docs, tpm-fundamentals):

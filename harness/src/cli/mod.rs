@@ -16,8 +16,8 @@ use clap::{Args, Parser, Subcommand};
 
 pub use run::{CatalogArgs, RunArgs};
 
-use crate::bitlocker::keywrap::{self, KeyWrapError, Nonce, WrappedKey};
-use crate::bitlocker::{stretch_recovery_password, ParseError, RecoveryPassword};
+use bitlocker::keywrap::{self, KeyWrapError, Nonce, WrappedKey};
+use bitlocker::{stretch_recovery_password, ParseError, RecoveryPassword};
 
 /// Exit codes of the `harness` binary.
 pub mod exit_codes {

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::bitlocker::{KeyProtectorId, RecoveryPassword};
 use crate::device::{Device, Profile};
 use crate::machine::{
     BitLockerSetup, BootOutcome, EscrowedKey, LockoutCause, Machine, RecoveryScreen, TpmProtection,
@@ -20,6 +19,7 @@ use crate::scenario::{
     self, AfterRecovery, Answer as Expected, ChangeKind, IdleExpiry, KeyIdDigits, PinAction,
     ProtectorKind, RecoveryVia, Scenario, TpmError,
 };
+use bitlocker::{KeyProtectorId, RecoveryPassword};
 
 use super::steps::{because, ensure, Failure, StepResult, Steps};
 use super::user::User;

@@ -1,7 +1,7 @@
 //! Every lockout reproduced on a real swtpm, asserting the TPM's own error, then a real
 //! recovery; and the controls that must not lock.
 
-use harness::bitlocker::{ProtectorType, RecoveryPassword};
+use bitlocker::{ProtectorType, RecoveryPassword};
 use harness::device::{Change, Device, Profile, Signer};
 use harness::machine::{
     BitLockerSetup, BootOutcome, EscrowedKey, LockoutCause, Machine, MachineError, RecoveryScreen,

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::entry::{self, parse_entries, Entry, Value};
 use super::{FveError, ReadAt};
-use crate::bitlocker::keywrap::{self, KeyEntry, Nonce, WrappedKey};
+use crate::keywrap::{self, KeyEntry, Nonce, WrappedKey};
 
 /// Bytes reserved for each metadata block (block, padding and validation).
 pub const BLOCK_AREA: u64 = 64 * 1024;

@@ -23,8 +23,8 @@ pub use image::{
 };
 pub use metadata::{MetadataBlock, VolumeHeader};
 
-use crate::bitlocker::keywrap::KeyWrapError;
-use crate::bitlocker::KeyProtectorId;
+use crate::keywrap::KeyWrapError;
+use crate::KeyProtectorId;
 
 /// Why reading, unlocking or writing a volume image failed.
 #[derive(Debug, thiserror::Error)]

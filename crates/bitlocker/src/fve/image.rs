@@ -33,8 +33,8 @@ use xts_mode::{get_tweak_default, Xts128};
 use super::entry::{entry_type, value_type, Entry, Value};
 use super::metadata::{MetadataBlock, VolumeHeader, VolumeKind, BLOCK_AREA, STATE_NORMAL};
 use super::{FveError, ReadAt};
-use crate::bitlocker::keywrap::{self, KeyEntry, KeyWrapError, Nonce, WrappedKey};
-use crate::bitlocker::{
+use crate::keywrap::{self, KeyEntry, KeyWrapError, Nonce, WrappedKey};
+use crate::{
     stretch_pin, stretch_recovery_password, KeyProtectorId, ProtectorType, RecoveryPassword, Vmk,
 };
 

@@ -7,8 +7,8 @@
 use uuid::Uuid;
 
 use super::FveError;
-use crate::bitlocker::keywrap::{Nonce, WrappedKey, MAC_LEN, NONCE_LEN};
-use crate::bitlocker::KeyProtectorId;
+use crate::keywrap::{Nonce, WrappedKey, MAC_LEN, NONCE_LEN};
+use crate::KeyProtectorId;
 
 /// Length of an entry header.
 pub const ENTRY_HEADER_LEN: usize = 8;

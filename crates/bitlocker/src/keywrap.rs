@@ -53,7 +53,7 @@ pub enum KeyWrapError {
 
 /// A 12-byte CCM nonce: FILETIME (8 bytes LE) then a counter (4 bytes LE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Nonce(#[serde(with = "super::hex_array")] pub [u8; NONCE_LEN]);
+pub struct Nonce(#[serde(with = "hex::serde")] pub [u8; NONCE_LEN]);
 
 impl Nonce {
     /// Builds a nonce from a FILETIME (100 ns since 1601) and a counter.
@@ -174,10 +174,10 @@ pub struct WrappedKey {
     /// CCM nonce.
     pub nonce: Nonce,
     /// CCM tag.
-    #[serde(with = "super::hex_array")]
+    #[serde(with = "hex::serde")]
     pub mac: [u8; MAC_LEN],
     /// Encrypted key entry.
-    #[serde(with = "super::hex_vec")]
+    #[serde(with = "hex::serde")]
     pub ciphertext: Vec<u8>,
 }
 
