@@ -4,8 +4,8 @@
 
 use bitlocker::{stretch_recovery_password, RecoveryPassword};
 use criterion::{criterion_group, criterion_main, Criterion};
-use harness::device::{Device, Profile};
-use harness::machine::{BitLockerSetup, BootOutcome, Machine, TpmProtection};
+use device::machine::{BitLockerSetup, BootOutcome, Machine, TpmProtection};
+use device::{Device, Profile};
 
 fn stretch(c: &mut Criterion) {
     let password = RecoveryPassword::generate(&mut rand::rng());

@@ -4,7 +4,7 @@
 
 use eventlog::tcg::{LogFormat, TcgLog};
 use eventlog::{describe, sipa, EventLog};
-use harness::device::predict;
+use device::predict;
 use libfuzzer_sys::fuzz_target;
 
 fn round_trips(log: &TcgLog) -> bool {

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
-use crate::device::predict::{self, LogChange, PredictError};
-use crate::device::replay::{replay_on_tpm, TpmReplayError};
-use crate::device::Profile;
+use device::predict::{self, LogChange, PredictError};
+use device::replay::{replay_on_tpm, TpmReplayError};
+use device::Profile;
 use eventlog::describe::describe;
 use eventlog::diff::LogDiff;
 use eventlog::tcg::TcgLog;

@@ -157,7 +157,7 @@ pub enum CliError {
     Filter(#[from] crate::scenario::FilterError),
     /// The portal could not be started or reached.
     #[error("portal: {0}")]
-    Portal(#[from] crate::portal::PortalError),
+    Portal(#[from] portal_client::PortalError),
     /// A report could not be written.
     #[error("{0}")]
     Report(#[from] crate::runner::report::ReportError),

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
+use device::{Change, Device};
 use eventlog::{EventLog, Pcrs};
-use harness::device::{Change, Device};
 
 /// PCR values per bank as `tpm2_eventlog` prints them.
 struct ToolOutput {

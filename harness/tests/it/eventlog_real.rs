@@ -4,13 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 
+use crate::common::harness;
+use device::predict::{self, LogChange};
+use device::replay as tpm_replay;
+use device::{Change, Device, Profile};
 use eventlog::tcg::{LogFormat, TcgLog};
 use eventlog::{describe, HashAlg, ParseErrorKind};
-use harness::device::predict::{self, LogChange};
-use harness::device::replay as tpm_replay;
-use harness::device::{Change, Device, Profile};
 
 const WINDOWS: &str = "go-attestation-windows_gcp_shielded_vm.log";
 /// Crypto-agile SHA-256 firmware log of a PC booting the Windows boot manager (no SIPA events).
@@ -313,10 +313,9 @@ fn eventlog_real_boot_debugging_moves_pcr_12_and_bcd_validation_decides() {
 #[test]
 fn eventlog_real_cli_replay_json_and_predict() {
     let path = data_dir().join("tpm2-tools-event-gce-ubuntu-2104-log.bin");
-    let out = Command::new(env!("CARGO_BIN_EXE_harness"))
+    let out = harness()
         .args(["eventlog", "replay", "--tpm", "--json"])
         .arg(&path)
-        .env("TSS2_LOG", "all+none")
         .output()
         .unwrap();
     assert!(
@@ -336,7 +335,7 @@ fn eventlog_real_cli_replay_json_and_predict() {
             assert_eq!(json[&b][&i], v);
         }
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_harness"))
+    let out = harness()
         .args([
             "eventlog",
             "predict",
@@ -346,7 +345,6 @@ fn eventlog_real_cli_replay_json_and_predict() {
             "firmware-update",
         ])
         .arg(data_dir().join(WINDOWS))
-        .env("TSS2_LOG", "all+none")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -361,7 +359,7 @@ fn eventlog_real_cli_replay_json_and_predict() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.log");
     std::fs::write(&bad, &read(WINDOWS)[..100]).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_harness"))
+    let out = harness()
         .args(["eventlog", "show"])
         .arg(&bad)
         .output()

@@ -2,11 +2,11 @@
 //! recovery; and the controls that must not lock.
 
 use bitlocker::{ProtectorType, RecoveryPassword};
-use harness::device::{Change, Device, Profile, Signer};
-use harness::machine::{
+use device::machine::{
     BitLockerSetup, BootOutcome, EscrowedKey, LockoutCause, Machine, MachineError, RecoveryScreen,
     TpmProtection,
 };
+use device::{Change, Device, Profile, Signer};
 
 fn provision(profile: Profile, protection: TpmProtection) -> (Machine, EscrowedKey) {
     let setup = BitLockerSetup {

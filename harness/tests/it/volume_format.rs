@@ -445,8 +445,8 @@ mod machine_volume {
 
     use bitlocker::external::{self, dumped_protectors, ToolSecret};
     use bitlocker::fve::Image;
-    use harness::device::{Change, Device, Profile};
-    use harness::machine::{BitLockerSetup, BootOutcome, Machine, TpmProtection};
+    use device::machine::{BitLockerSetup, BootOutcome, Machine, TpmProtection};
+    use device::{Change, Device, Profile};
     use harness::runner::volume_check::{check_portal_key, JudgedVolume, VolumeJudges};
 
     fn guid(id: bitlocker::KeyProtectorId) -> String {

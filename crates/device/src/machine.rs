@@ -27,8 +27,8 @@
 use rand::{CryptoRng, Rng};
 use swtpm::{DaParameters, HashingAlgorithm, SealPolicy, SealedBlob, Tpm};
 
-use crate::device::replay::{self as log_tpm, hashing_algorithm, TpmReplayError};
-use crate::device::{
+use crate::replay::{self as log_tpm, hashing_algorithm, TpmReplayError};
+use crate::{
     explain_boots, Change, ChangeError, Device, Explanation, MeasuredBoot, Profile, TpmEffect,
 };
 use bitlocker::disk::VolumeFile;

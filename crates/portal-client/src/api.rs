@@ -17,16 +17,6 @@ pub enum AccountRole {
     Admin,
 }
 
-impl From<crate::scenario::Role> for AccountRole {
-    fn from(role: crate::scenario::Role) -> Self {
-        match role {
-            crate::scenario::Role::User => AccountRole::User,
-            crate::scenario::Role::Helpdesk => AccountRole::Helpdesk,
-            crate::scenario::Role::AdvancedHelpdesk => AccountRole::AdvancedHelpdesk,
-        }
-    }
-}
-
 /// The settings object (API.md §4.4). Unknown fields a newer portal adds are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
@@ -222,15 +212,6 @@ impl Admin {
 pub enum SignIn {
     Local,
     Remote,
-}
-
-impl From<crate::scenario::SignInKind> for SignIn {
-    fn from(kind: crate::scenario::SignInKind) -> Self {
-        match kind {
-            crate::scenario::SignInKind::Local => SignIn::Local,
-            crate::scenario::SignInKind::Remote => SignIn::Remote,
-        }
-    }
 }
 
 /// One key the agent escrows. `protector_type` is always `recovery_password` (the only

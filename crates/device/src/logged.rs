@@ -5,13 +5,13 @@
 //! the machine's swtpm; BitLocker seals to the state at the log's unseal point
 //! ([`unseal_point`]: after the boot manager's SIPA `BITLOCKER_UNLOCK` in a Windows log).
 //! Named [`Change`]s edit the log the way `harness eventlog predict` does
-//! ([`crate::device::predict::apply`]); changes a log cannot express are refused with the
+//! ([`crate::predict::apply`]); changes a log cannot express are refused with the
 //! reason.
 
 use std::sync::Arc;
 
 use super::{Change, Signer};
-use crate::device::predict::{self, unseal_point, LogChange};
+use crate::predict::{self, unseal_point, LogChange};
 use eventlog::tcg::{PcrBanks, TcgLog};
 use eventlog::HashAlg;
 

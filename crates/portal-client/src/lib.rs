@@ -1,8 +1,9 @@
 //! A black-box client of a recovery portal, over HTTP only.
 //!
-//! **Architecture invariant:** the harness never links the portal crate. Everything here
-//! relies on `portal-under-test/API.md` alone, so the same client gates any build of a
-//! portal at a URL.
+//! **Architecture invariant:** this crate links neither the portal crate nor the harness's
+//! scenarios and runner (Cargo enforces it: the harness's `workspace_edges` test).
+//! Everything here relies on `portal-under-test/API.md` alone, so the same client gates any
+//! build of a portal at a URL.
 //!
 //! - [`EmbeddedPortal`]: starts a portal *binary* on a free port with a throw-away data
 //!   directory and stops it on drop; [`find_portal_bin`] finds the binary.

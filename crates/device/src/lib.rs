@@ -1,3 +1,11 @@
+//! Devices: the measured-boot model, devices booted from real logs, the machine (a device on
+//! its own swtpm with a BitLocker volume), [`predict`] (will a change on a real log cause
+//! recovery? a real TPM decides) and [`replay`] (a log extended into a real TPM).
+//!
+//! **The only crate that joins the TPM (`swtpm`), the event log (`eventlog`) and BitLocker
+//! (`bitlocker`)**: those three know nothing of each other (Cargo enforces it: the harness's
+//! `workspace_edges` test).
+//!
 //! The measured-boot model: a device is data; its boot is a list of TCG events; its PCRs are
 //! predicted from those events.
 //!
@@ -59,6 +67,7 @@
 mod change;
 mod explain;
 mod logged;
+pub mod machine;
 pub mod predict;
 mod profile;
 pub mod replay;
