@@ -17,3 +17,4 @@ mod runner;
 mod scenarios;
 mod vectors;
 mod volume_format;
+mod workspace_edges;
