@@ -101,10 +101,13 @@ impl Graph {
             "{from} is not a workspace member"
         );
         if let Some(path) = self.path(from, to, true) {
-            problems.push(format!(
+            let problem = format!(
                 "{from} must not reach {to}, but does: {}",
                 path.join(" -> ")
-            ));
+            );
+            if !problems.contains(&problem) {
+                problems.push(problem);
+            }
         }
     }
 }
