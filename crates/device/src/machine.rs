@@ -1,6 +1,6 @@
 //! A simulated Windows device on its own real TPM, with BitLocker on its system volume.
 //!
-//! [`Machine`] joins the pieces: the measured-boot model ([`crate::device`]) is booted into a
+//! [`Machine`] joins the pieces: the measured-boot model ([`crate`]) is booted into a
 //! real swtpm ([`swtpm::Tpm`]); BitLocker's TPM protector is the volume master key sealed by
 //! that TPM under PolicyPCR to the validation profile (TPM+PIN adds PolicyAuthValue and
 //! dictionary-attack protection); the recovery-password protector is the on-disk scheme
@@ -25,7 +25,10 @@
 //!   and Windows' dictionary-attack settings (32 tries, one forgiven every 10 minutes).
 
 use rand::{CryptoRng, Rng};
-use swtpm::{DaParameters, HashingAlgorithm, SealPolicy, SealedBlob, Tpm};
+/// The TPM's dictionary-attack settings a machine is provisioned with (the runner sets them
+/// from a scenario without talking to `swtpm` itself).
+pub use swtpm::DaParameters;
+use swtpm::{HashingAlgorithm, SealPolicy, SealedBlob, Tpm};
 
 use crate::replay::{self as log_tpm, hashing_algorithm, TpmReplayError};
 use crate::{

@@ -1408,7 +1408,7 @@ pub fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
         protection,
         recovery_passwords: usize::from(s.device.recovery_passwords.max(1)),
         key_id_prefix,
-        dictionary_attack: swtpm::DaParameters {
+        dictionary_attack: device::machine::DaParameters {
             max_tries: s.device.lockout_threshold,
             ..WINDOWS_DA
         },

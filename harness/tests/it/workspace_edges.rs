@@ -5,6 +5,10 @@
 //! - `eventlog` and `bitlocker` reach neither `swtpm` nor `tss-esapi`;
 //! - `portal-client` reaches neither the harness (scenarios, runner) nor `portal-under-test`;
 //! - only `benches` (and the fuzz crates, outside the workspace) link `portal-under-test`;
+//! - `eventlog` and `bitlocker` know nothing of each other, `swtpm` nothing of either (nor of
+//!   `device`, `portal-client`, the harness), the portal nothing of TPMs or the harness;
+//! - only `device` uses `swtpm` (other crates' tests and benches may); only the portal
+//!   uses `anyhow`;
 //! - `swtpm` offers no process supervision beyond its own process: it uses `supervise`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -95,6 +99,15 @@ impl Graph {
         None
     }
 
+    /// Whether `from` has `to` as a normal or build dependency of its own.
+    fn direct(&self, from: &str, to: &str) -> bool {
+        self.deps
+            .get(from)
+            .into_iter()
+            .flatten()
+            .any(|(dep, kinds)| dep == to && kinds.iter().any(|k| k != "dev"))
+    }
+
     fn forbid(&self, from: &str, to: &str, problems: &mut Vec<String>) {
         assert!(
             self.members.contains(from),
@@ -126,6 +139,35 @@ fn forbidden_edges(graph: &Graph) -> Vec<String> {
     for member in &graph.members {
         if member != "benches" && member != "portal-under-test" {
             graph.forbid(member, "portal-under-test", &mut problems);
+        }
+    }
+    // Each knows nothing of the other: `device` joins them.
+    graph.forbid("eventlog", "bitlocker", &mut problems);
+    graph.forbid("bitlocker", "eventlog", &mut problems);
+    // The TPM crate offers mechanisms, never BitLocker or event-log meaning.
+    for upper in [
+        "eventlog",
+        "bitlocker",
+        "device",
+        "portal-client",
+        "harness",
+    ] {
+        graph.forbid("swtpm", upper, &mut problems);
+    }
+    // The portal knows nothing of TPMs or of the harness.
+    for other in ["swtpm", "tss-esapi", "device", "portal-client", "harness"] {
+        graph.forbid("portal-under-test", other, &mut problems);
+    }
+    for member in &graph.members {
+        // Only `device` talks to a TPM (tests and benches may spawn their own).
+        if member != "device" && graph.direct(member, "swtpm") {
+            problems.push(format!(
+                "{member} uses swtpm: only device may (a dev-dependency is fine)"
+            ));
+        }
+        // Libraries return typed errors; `anyhow` is for the portal's binary.
+        if member != "portal-under-test" && graph.direct(member, "anyhow") {
+            problems.push(format!("{member} uses anyhow: only the portal binary may"));
         }
     }
     if graph.path("swtpm", "supervise", false).is_none() {
