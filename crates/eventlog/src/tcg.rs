@@ -1,7 +1,7 @@
 //! Real measured-boot logs as machines write them (Windows `C:\Windows\Logs\MeasuredBoot\*.log`,
 //! Linux `/sys/kernel/security/tpm0/binary_bios_measurements`): read, replayed, edited.
 //!
-//! [`EventLog`](super::EventLog) is the log *we* write (exactly SHA-1 + SHA-256, every record
+//! [`EventLog`] is the log *we* write (exactly SHA-1 + SHA-256, every record
 //! complete). A [`TcgLog`] is whatever a firmware and an OS wrote:
 //!
 //! - **crypto-agile** (PFP 1.04 s9): a `Spec ID Event03` header naming any set of banks, then

@@ -816,7 +816,7 @@ impl ChromeUser {
 }
 
 /// The text a page in `lang` shows on the Get Key button: the product's own wording
-/// (English UI; the Japanese documentation's **[キーの取得]**).
+/// (English UI; the Japanese documentation's **\[キーの取得\]**).
 pub fn get_key_label(lang: &str) -> Option<&'static str> {
     match lang {
         "en" => Some("Get Key"),
