@@ -2,10 +2,10 @@
 //! boot (reboot, measure the boot into the PCRs, unseal the VMK under PolicyPCR).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use bitlocker::{stretch_recovery_password, RecoveryPassword};
 use criterion::{criterion_group, criterion_main, Criterion};
-use harness::bitlocker::{stretch_recovery_password, RecoveryPassword};
-use harness::device::{Device, Profile};
-use harness::machine::{BitLockerSetup, BootOutcome, Machine, TpmProtection};
+use device::machine::{BitLockerSetup, BootOutcome, Machine, TpmProtection};
+use device::{Device, Profile};
 
 fn stretch(c: &mut Criterion) {
     let password = RecoveryPassword::generate(&mut rand::rng());

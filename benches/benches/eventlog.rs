@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use harness::eventlog::tcg::TcgLog;
+use eventlog::tcg::TcgLog;
 
 fn eventlog(c: &mut Criterion) {
     let data = concat!(
@@ -12,7 +12,7 @@ fn eventlog(c: &mut Criterion) {
     let windows =
         std::fs::read(format!("{data}go-attestation-windows_gcp_shielded_vm.log")).unwrap();
     let ubuntu = std::fs::read(format!("{data}tpm2-tools-event-gce-ubuntu-2104-log.bin")).unwrap();
-    let ours = harness::device::Device::default().event_log().to_bytes();
+    let ours = device::Device::default().event_log().to_bytes();
     // A "typical" Windows log has hundreds of events: the real one has 21 records (43 KB);
     // Windows writes one file per boot with its SIPA records, so repeat its PCR 11-14 part.
     let w = TcgLog::parse(&windows).unwrap();

@@ -205,7 +205,7 @@ fn push_json_escaped(line: &mut Vec<u8>, text: &str) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use crate::bitlocker::{KeyProtectorId, RecoveryPassword};
+    use bitlocker::{KeyProtectorId, RecoveryPassword};
 
     fn spec(count: u64, seed: u64) -> KeySetSpec {
         KeySetSpec {

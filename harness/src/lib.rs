@@ -1,24 +1,15 @@
-//! BitLocker recovery test harness.
+//! BitLocker recovery test harness: the top of the stack.
 //!
-//! - [`bitlocker`]: recovery passwords, the stretch, AES-CCM key wrapping, protector IDs and
-//!   a volume with real sector encryption. Pure software.
-//! - [`eventlog`]: the TCG PC Client crypto-agile binary event log (writer, reader, replay).
-//! - [`device`]: the measured-boot model: components in, TCG events and PCR predictions out.
-//! - [`machine`]: a device on its own real TPM with BitLocker: boot, lockouts, the recovery
-//!   screen, re-seal.
-//! - [`runner`]: plays scenarios end to end against a portal and writes the reports.
-//! - [`keys`]: seeded, reproducible key-ID / recovery-password pairs at millions a second.
-//! - [`cli`]: the `harness` command line, one function per subcommand.
-//! - [`portal`]: a black-box client of a recovery portal over HTTP (agent, admin, user,
-//!   help desk), and the embedded portal process.
 //! - [`scenario`]: the YAML scenario schema and the catalog loader.
+//! - [`runner`]: plays scenarios end to end against a portal and writes the reports.
+//! - [`cli`]: the `harness` command line, one function per subcommand.
+//! - [`keys`]: seeded, reproducible key-ID / recovery-password pairs at millions a second.
+//!
+//! The layers below are crates of their own (ARCHITECTURE.md, "Code map"): `eventlog` (the
+//! TCG log), `bitlocker` (the BitLocker formats), `device` (the device model and the
+//! machine on its swtpm), `portal-client` (the portal over HTTP), `swtpm` and `supervise`.
 
-pub mod bitlocker;
 pub mod cli;
-pub mod device;
-pub mod eventlog;
 pub mod keys;
-pub mod machine;
-pub mod portal;
 pub mod runner;
 pub mod scenario;

@@ -20,12 +20,10 @@ mod error;
 mod process;
 mod raw;
 mod seal;
-mod supervised;
 mod tpm;
 
 pub use error::{Error, Result};
 pub use process::SwtpmProcess;
 pub use seal::{SealPolicy, SealedBlob};
-pub use supervised::spawn_supervised;
 pub use tpm::{DaParameters, Tpm, MAX_PCR};
 pub use tss_esapi::interface_types::algorithm::HashingAlgorithm;

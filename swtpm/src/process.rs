@@ -272,7 +272,7 @@ fn spawn_error(what: &str, source: io::Error) -> Error {
 }
 
 fn spawn_with_death_signal(cmd: Command) -> Result<Child> {
-    crate::supervised::spawn_supervised(cmd).map_err(|e| {
+    supervise::spawn_supervised(cmd).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             Error::Spawn {
                 detail: "the `swtpm` program is not installed (Debian package swtpm)".to_string(),

@@ -4,8 +4,8 @@
 //! wrong VMK must return errors, never panic.
 #![no_main]
 
-use harness::bitlocker::fve::{entry, Image, Secret};
-use harness::bitlocker::Vmk;
+use bitlocker::fve::{entry, Image, Secret};
+use bitlocker::Vmk;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,5 +16,5 @@ fuzz_target!(|data: &[u8]| {
     }
     // Entries alone.
     let _ = entry::parse_entries(data, 0, 0);
-    let _ = harness::bitlocker::fve::BekFile::parse(data);
+    let _ = bitlocker::fve::BekFile::parse(data);
 });

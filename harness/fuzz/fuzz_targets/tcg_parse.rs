@@ -2,8 +2,9 @@
 //! accepts must replay, describe, write back and re-read to the same records.
 #![no_main]
 
-use harness::eventlog::tcg::{LogFormat, TcgLog};
-use harness::eventlog::{describe, predict, sipa, EventLog};
+use eventlog::tcg::{LogFormat, TcgLog};
+use eventlog::{describe, sipa, EventLog};
+use device::predict;
 use libfuzzer_sys::fuzz_target;
 
 fn round_trips(log: &TcgLog) -> bool {

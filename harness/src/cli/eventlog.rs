@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
-use crate::device::Profile;
-use crate::eventlog::describe::describe;
-use crate::eventlog::diff::LogDiff;
-use crate::eventlog::predict::{self, LogChange, PredictError};
-use crate::eventlog::tcg::TcgLog;
-use crate::eventlog::tpm::{replay_on_tpm, TpmReplayError};
-use crate::eventlog::ParseError;
+use device::predict::{self, LogChange, PredictError};
+use device::replay::{replay_on_tpm, TpmReplayError};
+use device::Profile;
+use eventlog::describe::describe;
+use eventlog::diff::LogDiff;
+use eventlog::tcg::TcgLog;
+use eventlog::ParseError;
 
 /// `harness eventlog ...`
 #[derive(Debug, Subcommand)]

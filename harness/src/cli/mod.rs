@@ -16,8 +16,8 @@ use clap::{Args, Parser, Subcommand};
 
 pub use run::{CatalogArgs, RunArgs};
 
-use crate::bitlocker::keywrap::{self, KeyWrapError, Nonce, WrappedKey};
-use crate::bitlocker::{stretch_recovery_password, ParseError, RecoveryPassword};
+use bitlocker::keywrap::{self, KeyWrapError, Nonce, WrappedKey};
+use bitlocker::{stretch_recovery_password, ParseError, RecoveryPassword};
 
 /// Exit codes of the `harness` binary.
 pub mod exit_codes {
@@ -157,7 +157,7 @@ pub enum CliError {
     Filter(#[from] crate::scenario::FilterError),
     /// The portal could not be started or reached.
     #[error("portal: {0}")]
-    Portal(#[from] crate::portal::PortalError),
+    Portal(#[from] portal_client::PortalError),
     /// A report could not be written.
     #[error("{0}")]
     Report(#[from] crate::runner::report::ReportError),

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::CliError;
-use crate::portal::{find_portal_bin, ChromeOptions, EmbeddedPortal, PortalTarget};
 use crate::runner::volume_check::{VolumeJudges, VolumeTool};
 use crate::runner::{self, report, RunOptions, ScenarioReport};
 use crate::scenario::{load_catalog, select, Filter, Scenario};
+use portal_client::{find_portal_bin, ChromeOptions, EmbeddedPortal, PortalTarget};
 
 /// Which scenarios: files or directories, and filters.
 #[derive(Debug, Args)]
@@ -227,7 +227,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<(), CliError> {
 }
 
 async fn check_reachable(target: &PortalTarget) -> Result<(), CliError> {
-    let admin = crate::portal::Admin::new(target)?;
+    let admin = portal_client::Admin::new(target)?;
     admin.settings().await?;
     Ok(())
 }

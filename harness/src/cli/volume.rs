@@ -6,10 +6,8 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 
 use super::exit_codes;
-use crate::bitlocker::fve::{
-    self, BekFile, Cipher, FveError, Image, NewProtector, NewVolume, Secret,
-};
-use crate::bitlocker::{ParseError, RecoveryPassword};
+use bitlocker::fve::{self, BekFile, Cipher, FveError, Image, NewProtector, NewVolume, Secret};
+use bitlocker::{ParseError, RecoveryPassword};
 
 /// `harness volume ...`
 #[derive(Debug, Subcommand)]

@@ -1,7 +1,7 @@
 //! The runner: plays scenarios end to end against a portal and reports.
 //!
-//! Each scenario gets a fresh device with its own swtpm ([`crate::machine`]) and talks to the
-//! portal only over HTTP ([`crate::portal`]). Scenarios run on `jobs` worker threads, each
+//! Each scenario gets a fresh device with its own swtpm ([`device::machine`]) and talks to the
+//! portal only over HTTP (the `portal-client` crate). Scenarios run on `jobs` worker threads, each
 //! with its own single-threaded tokio runtime (TPM work is synchronous and stays on the
 //! worker). Scenarios that change portal-wide settings (the inactivity timeout) run alone
 //! after the others, and the settings are put back afterwards.
@@ -21,8 +21,8 @@ use serde::Serialize;
 pub use play::{bitlocker_setup, scenario_device, LockoutFacts};
 pub use steps::{Failure, StepRecord};
 
-use crate::portal::{Admin, ChromeOptions, PortalTarget, Screenshot, SettingsPatch};
 use crate::scenario::Scenario;
+use portal_client::{Admin, ChromeOptions, PortalTarget, Screenshot, SettingsPatch};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -228,7 +228,7 @@ async fn apply_settings(
     target: &PortalTarget,
     patch: &SettingsPatch,
 ) -> Result<SettingsPatch, Failure> {
-    let fail = |e: crate::portal::PortalError| Failure {
+    let fail = |e: portal_client::PortalError| Failure {
         step: "admin sets the portal's idle timeout for this scenario".into(),
         expected: "200".into(),
         got: e.to_string(),
@@ -241,4 +241,24 @@ async fn apply_settings(
         warning_secs: Some(old.warning_secs),
         ..SettingsPatch::default()
     })
+}
+
+// The scenario's words for the portal client's: the client knows no scenarios.
+impl From<crate::scenario::Role> for portal_client::AccountRole {
+    fn from(role: crate::scenario::Role) -> Self {
+        match role {
+            crate::scenario::Role::User => Self::User,
+            crate::scenario::Role::Helpdesk => Self::Helpdesk,
+            crate::scenario::Role::AdvancedHelpdesk => Self::AdvancedHelpdesk,
+        }
+    }
+}
+
+impl From<crate::scenario::SignInKind> for portal_client::SignIn {
+    fn from(kind: crate::scenario::SignInKind) -> Self {
+        match kind {
+            crate::scenario::SignInKind::Local => Self::Local,
+            crate::scenario::SignInKind::Remote => Self::Remote,
+        }
+    }
 }

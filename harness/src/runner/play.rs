@@ -4,21 +4,21 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::bitlocker::{KeyProtectorId, RecoveryPassword};
-use crate::device::{Device, Profile};
-use crate::machine::{
-    BitLockerSetup, BootOutcome, EscrowedKey, LockoutCause, Machine, RecoveryScreen, TpmProtection,
-    WINDOWS_DA,
-};
-use crate::portal::chrome::get_key_label;
-use crate::portal::{
-    AccountRole, Admin, Agent, Answer, AuditQuery, AuditRow, BrowserUser, ChromeOptions,
-    ChromeUser, EscrowKey, HelpDeskOperator, Outcome, PortalTarget, Screenshot, SettingsPatch,
-    SignIn,
-};
 use crate::scenario::{
     self, AfterRecovery, Answer as Expected, ChangeKind, IdleExpiry, KeyIdDigits, PinAction,
     ProtectorKind, RecoveryVia, Scenario, TpmError,
+};
+use bitlocker::{KeyProtectorId, RecoveryPassword};
+use device::machine::{
+    BitLockerSetup, BootOutcome, EscrowedKey, LockoutCause, Machine, RecoveryScreen, TpmProtection,
+    WINDOWS_DA,
+};
+use device::{Device, Profile};
+use portal_client::chrome::get_key_label;
+use portal_client::{
+    AccountRole, Admin, Agent, Answer, AuditQuery, AuditRow, BrowserUser, ChromeOptions,
+    ChromeUser, EscrowKey, HelpDeskOperator, Outcome, PortalTarget, Screenshot, SettingsPatch,
+    SignIn,
 };
 
 use super::steps::{because, ensure, Failure, StepResult, Steps};
@@ -1199,7 +1199,7 @@ impl<'a> Play<'a> {
         password: &str,
     ) -> Result<(), Failure> {
         let id = key_id.to_string();
-        let asks_to_rotate = |c: &crate::portal::CheckIn| {
+        let asks_to_rotate = |c: &portal_client::CheckIn| {
             ensure(
                 c.rotate_keys.iter().any(|k| k.eq_ignore_ascii_case(&id)),
                 format!("rotate_keys containing {id}"),
@@ -1408,7 +1408,7 @@ pub fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
         protection,
         recovery_passwords: usize::from(s.device.recovery_passwords.max(1)),
         key_id_prefix,
-        dictionary_attack: swtpm::DaParameters {
+        dictionary_attack: device::machine::DaParameters {
             max_tries: s.device.lockout_threshold,
             ..WINDOWS_DA
         },
@@ -1512,7 +1512,7 @@ fn cause_matches(cause: &LockoutCause, want: TpmError) -> bool {
     )
 }
 
-fn expect_unlocked(outcome: Result<BootOutcome, crate::machine::MachineError>) -> StepResult<()> {
+fn expect_unlocked(outcome: Result<BootOutcome, device::machine::MachineError>) -> StepResult<()> {
     match outcome {
         Ok(BootOutcome::Unlocked { .. }) => Ok(()),
         Ok(BootOutcome::Recovery(screen)) => Err((

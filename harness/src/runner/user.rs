@@ -2,7 +2,7 @@
 //! `harness run --browser`. Both answer with the same [`Answer`], classified by the same
 //! element ids, so the runner's expectations do not care which one played.
 
-use crate::portal::{
+use portal_client::{
     Answer, BrowserUser, ChromeOptions, ChromeUser, IdleWarning, PortalTarget, Screenshot,
 };
 

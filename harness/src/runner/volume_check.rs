@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::steps::{because, ensure, Failure, StepRecord, StepResult, Steps};
-use crate::bitlocker::external::{self, ExternalError, ToolSecret};
-use crate::bitlocker::KeyProtectorId;
+use bitlocker::external::{self, ExternalError, ToolSecret};
+use bitlocker::KeyProtectorId;
 
 /// An outside tool that can judge a BitLocker image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -229,7 +229,7 @@ fn cryptsetup_accepts(image: &Path, password: &str) -> StepResult<bool> {
 /// under the VMK the password opens. Returns the image to give dislocker and how many
 /// protectors the copy lacks (0: the device's own image).
 fn image_for_dislocker(image: &Path, password: &str, dir: &Path) -> StepResult<(PathBuf, usize)> {
-    use crate::bitlocker::fve::{Image, Secret};
+    use bitlocker::fve::{Image, Secret};
     let file = std::fs::File::open(image).map_err(because("the volume image"))?;
     let mut parsed = Image::open(&file).map_err(because("a readable volume image"))?;
     let recovery: Vec<KeyProtectorId> = parsed
@@ -238,7 +238,7 @@ fn image_for_dislocker(image: &Path, password: &str, dir: &Path) -> StepResult<(
         .filter(|p| p.protection == 0x0800)
         .map(|p| p.id)
         .collect();
-    let Ok(pw) = crate::bitlocker::RecoveryPassword::parse(password) else {
+    let Ok(pw) = bitlocker::RecoveryPassword::parse(password) else {
         return Ok((image.to_path_buf(), 0));
     };
     // A key our reader refuses is left to dislocker to refuse on the device's own image.

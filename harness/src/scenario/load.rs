@@ -11,7 +11,7 @@ use super::model::{
     Answer, ChangeKind, KeyIdDigits, PinAction, Profile, ProtectorKind, RecoveryVia, Role,
     RomSigner, Scenario, TpmError,
 };
-use crate::eventlog::tcg::TcgLog;
+use eventlog::tcg::TcgLog;
 
 /// Why one scenario file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -400,7 +400,7 @@ fn load_event_log(s: &mut Scenario) -> Result<(), Semantic> {
     }
     let log = std::sync::Arc::new(log);
     if let Some(change) = s.change.device_change() {
-        let device = crate::device::Device::from_real_log(rel.display().to_string(), log.clone());
+        let device = device::Device::from_real_log(rel.display().to_string(), log.clone());
         if let Err(e) = device.with(&change) {
             // A signed ROM is refused for its signer (the log cannot say what PCR 7 does).
             let at = if s.change.signer == Some(RomSigner::UefiCa) {

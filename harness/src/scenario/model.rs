@@ -79,7 +79,7 @@ pub struct Device {
     pub event_log: Option<PathBuf>,
     /// The parsed `event_log`, filled in by the loader (not part of the YAML).
     #[serde(skip)]
-    pub real_log: Option<std::sync::Arc<crate::eventlog::tcg::TcgLog>>,
+    pub real_log: Option<std::sync::Arc<eventlog::tcg::TcgLog>>,
 }
 
 fn default_device_name() -> String {
@@ -216,17 +216,15 @@ pub enum PinAction {
 impl Change {
     /// The device change this scenario change plays; `None` for kinds that change no
     /// measurement and no TPM state (nothing, a plain reboot, wrong PINs).
-    pub fn device_change(&self) -> Option<crate::device::Change> {
-        use crate::device::Signer;
+    pub fn device_change(&self) -> Option<device::Change> {
+        use device::Signer;
         match (self.kind, self.signer) {
-            (ChangeKind::OptionRomAdded, Some(signer)) => {
-                Some(crate::device::Change::OptionRomAdded {
-                    signer: match signer {
-                        RomSigner::UefiCa => Signer::MicrosoftUefiCa,
-                        RomSigner::Unsigned => Signer::Unsigned,
-                    },
-                })
-            }
+            (ChangeKind::OptionRomAdded, Some(signer)) => Some(device::Change::OptionRomAdded {
+                signer: match signer {
+                    RomSigner::UefiCa => Signer::MicrosoftUefiCa,
+                    RomSigner::Unsigned => Signer::Unsigned,
+                },
+            }),
             // Refused by the loader: which signer decides PCR 7.
             (ChangeKind::OptionRomAdded, None) => None,
             (kind, _) => kind.device_change(),
@@ -278,8 +276,8 @@ impl ChangeKind {
     /// The device change this kind plays; `None` for kinds that change no measurement and
     /// no TPM state (nothing, a plain reboot, wrong PINs). `option_rom_added` takes its
     /// signer from [`Change::signer`]: prefer [`Change::device_change`].
-    fn device_change(self) -> Option<crate::device::Change> {
-        use crate::device::{Change, Signer};
+    fn device_change(self) -> Option<device::Change> {
+        use device::{Change, Signer};
         Some(match self {
             ChangeKind::None | ChangeKind::Reboot | ChangeKind::LostPin => return None,
             ChangeKind::FirmwareUpdate => Change::FirmwareUpdate,

@@ -2,14 +2,13 @@
 //! (`chromium` + `chromium-driver`, installed by `scripts/install-system-deps.sh`), against
 //! the real portal binary. Build it first: `cargo build -p portal-under-test`.
 
-use crate::common::workspace_root;
-use std::process::Command;
 use std::time::Duration;
 
-use harness::portal::{
-    find_portal_bin, AccountRole, Admin, ChromeOptions, ChromeUser, EmbeddedOptions,
-    EmbeddedPortal, Outcome,
+use portal_client::{
+    AccountRole, Admin, ChromeOptions, ChromeUser, EmbeddedOptions, EmbeddedPortal, Outcome,
 };
+
+use crate::common::{harness, pids, portal_bin, process_state};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -19,7 +18,7 @@ fn chrome() -> ChromeOptions {
 
 /// A portal with a short inactivity timeout and one self-service account.
 async fn portal(idle_secs: u64, warning_secs: u64) -> (EmbeddedPortal, String) {
-    let bin = find_portal_bin(None).unwrap_or_else(|e| panic!("{e}"));
+    let bin = portal_bin();
     let options = EmbeddedOptions {
         config: Some(serde_json::json!({
             "argon2": { "m_cost_kib": 64, "t_cost": 1, "p_cost": 1 },
@@ -49,9 +48,7 @@ fn harness_run_browser_plays_self_service_in_both_languages() {
     let out_dir = tempfile::tempdir().unwrap();
     let html = out_dir.path().join("html");
     let json = out_dir.path().join("run.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_harness"))
-        .current_dir(workspace_root())
-        .env("TSS2_LOG", "all+none")
+    let output = harness()
         .args(["run", "--browser", "-j", "2"])
         // `name:` is a substring match: keep the real-log variant of this scenario out.
         .args(["--filter", "name:firmware-update-uefi !tag:real-log"])
@@ -300,13 +297,7 @@ async fn browser_processes_end_with_the_user() {
 
 /// Whether a process of group `pgid` still runs (zombies waiting for init do not count).
 fn group_alive(pgid: u32) -> bool {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
-        .any(|stat| {
-            // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after ')'.
-            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            fields.len() > 3 && fields[0] != "Z" && fields[2] == pgid.to_string()
-        })
+    pids()
+        .into_iter()
+        .any(|pid| process_state(pid).is_some_and(|(state, group)| state != 'Z' && group == pgid))
 }

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use harness::machine::{BootOutcome, LockoutCause, Machine};
+use device::machine::{BootOutcome, LockoutCause, Machine};
 use harness::runner::{bitlocker_setup, scenario_device};
 use harness::scenario::{parse_scenario, ChangeKind, Scenario};
 

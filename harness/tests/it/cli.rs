@@ -1,14 +1,11 @@
 //! The real `harness` binary against the vectors.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate::common::vectors;
 
 fn harness(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_harness"))
-        .args(args)
-        .output()
-        .unwrap()
+    crate::common::harness().args(args).output().unwrap()
 }
 
 fn stdout(o: &Output) -> String {

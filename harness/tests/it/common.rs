@@ -1,6 +1,8 @@
-//! Shared helpers: the workspace root, the `harness` binary, and the Windows-made
-//! recovery-password vectors.
+//! Shared helpers, once for the whole test binary: the workspace root, the `harness` and
+//! portal binaries, processes as /proc shows them, and the Windows-made recovery-password
+//! vectors.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -26,10 +28,41 @@ pub fn portal_bin() -> PathBuf {
 
 /// The real `harness` binary, run from the workspace root with the TSS's own logging off.
 pub fn harness() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
+    harness_at(env!("CARGO_BIN_EXE_harness"))
+}
+
+/// A `harness` binary (the release one, say), run from the workspace root with the TSS's own
+/// logging off.
+pub fn harness_at(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(program);
     cmd.current_dir(workspace_root())
         .env("TSS2_LOG", "all+none");
     cmd
+}
+
+/// Every process id /proc lists now.
+pub fn pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Process `pid`'s state letter (`R`, `S`, `Z`, ...) and process group, if it exists.
+pub fn process_state(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some((
+        fields.first()?.chars().next()?,
+        fields.get(2)?.parse().ok()?,
+    ))
+}
+
+/// Whether process `pid` runs (exists and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    process_state(pid).is_some_and(|(state, _)| state != 'Z')
 }
 
 #[derive(Debug, Deserialize)]

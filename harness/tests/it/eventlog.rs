@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use harness::device::{Change, Device};
-use harness::eventlog::{EventLog, Pcrs};
+use device::{Change, Device};
+use eventlog::{EventLog, Pcrs};
 
 /// PCR values per bank as `tpm2_eventlog` prints them.
 struct ToolOutput {
@@ -108,8 +108,8 @@ fn assert_tool_agrees(log: &EventLog, what: &str) {
 fn a_wrong_digest_is_what_tpm2_eventlog_warns_about() {
     // Guards the no-WARN assertions above: the tool does warn, on stderr, when a separator's
     // digest is not the hash of its data.
-    let mut e = harness::eventlog::Event::separator(0);
-    e.digests = harness::eventlog::Digests::of(b"not the separator");
+    let mut e = eventlog::Event::separator(0);
+    e.digests = eventlog::Digests::of(b"not the separator");
     let tool = tpm2_eventlog(&EventLog::new(vec![e]));
     assert!(tool.stderr.contains("WARN"), "{}", tool.stderr);
 }

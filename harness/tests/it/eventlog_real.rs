@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 
-use harness::device::{Change, Device, Profile};
-use harness::eventlog::predict::{self, LogChange};
-use harness::eventlog::tcg::{LogFormat, TcgLog};
-use harness::eventlog::{describe, tpm as tpm_replay, HashAlg, ParseErrorKind};
+use crate::common::harness;
+use device::predict::{self, LogChange};
+use device::replay as tpm_replay;
+use device::{Change, Device, Profile};
+use eventlog::tcg::{LogFormat, TcgLog};
+use eventlog::{describe, HashAlg, ParseErrorKind};
 
 const WINDOWS: &str = "go-attestation-windows_gcp_shielded_vm.log";
 /// Crypto-agile SHA-256 firmware log of a PC booting the Windows boot manager (no SIPA events).
@@ -48,7 +49,7 @@ fn bank(name: &str) -> HashAlg {
         .unwrap_or_else(|| panic!("bank {name}"))
 }
 
-fn check_against_recorded(name: &str, got: &harness::eventlog::tcg::PcrBanks) {
+fn check_against_recorded(name: &str, got: &eventlog::tcg::PcrBanks) {
     let want = recorded(name);
     let mut checked = 0;
     for (b, pcrs) in &want {
@@ -149,11 +150,11 @@ fn eventlog_real_startup_locality_3_replays_in_swtpm() {
     data.push(3);
     log.events.insert(
         0,
-        harness::eventlog::Event {
+        eventlog::Event {
             pcr: 0,
-            event_type: harness::eventlog::EventType::EV_NO_ACTION,
+            event_type: eventlog::EventType::EV_NO_ACTION,
             data,
-            digests: harness::eventlog::Digests::ZERO,
+            digests: eventlog::Digests::ZERO,
         },
     );
     let t = TcgLog::parse(&log.to_bytes()).unwrap();
@@ -312,10 +313,9 @@ fn eventlog_real_boot_debugging_moves_pcr_12_and_bcd_validation_decides() {
 #[test]
 fn eventlog_real_cli_replay_json_and_predict() {
     let path = data_dir().join("tpm2-tools-event-gce-ubuntu-2104-log.bin");
-    let out = Command::new(env!("CARGO_BIN_EXE_harness"))
+    let out = harness()
         .args(["eventlog", "replay", "--tpm", "--json"])
         .arg(&path)
-        .env("TSS2_LOG", "all+none")
         .output()
         .unwrap();
     assert!(
@@ -335,7 +335,7 @@ fn eventlog_real_cli_replay_json_and_predict() {
             assert_eq!(json[&b][&i], v);
         }
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_harness"))
+    let out = harness()
         .args([
             "eventlog",
             "predict",
@@ -345,7 +345,6 @@ fn eventlog_real_cli_replay_json_and_predict() {
             "firmware-update",
         ])
         .arg(data_dir().join(WINDOWS))
-        .env("TSS2_LOG", "all+none")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -360,7 +359,7 @@ fn eventlog_real_cli_replay_json_and_predict() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.log");
     std::fs::write(&bad, &read(WINDOWS)[..100]).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_harness"))
+    let out = harness()
         .args(["eventlog", "show"])
         .arg(&bad)
         .output()
@@ -375,8 +374,8 @@ mod fuzz_smoke {
 
     /// Runs everything the fuzz target runs on one input.
     fn exercise(bytes: &[u8]) {
-        let _ = harness::eventlog::EventLog::parse(bytes);
-        let _ = harness::eventlog::sipa::parse(bytes);
+        let _ = eventlog::EventLog::parse(bytes);
+        let _ = eventlog::sipa::parse(bytes);
         if let Ok(log) = TcgLog::parse(bytes) {
             let _ = log.replay();
             for r in &log.records {

@@ -6,10 +6,10 @@ use crate::common::{harness, portal_bin, workspace_root};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use harness::device::{Change, Device, Profile};
-use harness::eventlog::tcg::TcgLog;
-use harness::eventlog::HashAlg;
-use harness::machine::{BitLockerSetup, BootOutcome, LockoutCause, Machine, MachineError};
+use device::machine::{BitLockerSetup, BootOutcome, LockoutCause, Machine, MachineError};
+use device::{Change, Device, Profile};
+use eventlog::tcg::TcgLog;
+use eventlog::HashAlg;
 use harness::scenario::load_scenario;
 
 fn data(name: &str) -> PathBuf {

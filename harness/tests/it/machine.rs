@@ -1,12 +1,12 @@
 //! Every lockout reproduced on a real swtpm, asserting the TPM's own error, then a real
 //! recovery; and the controls that must not lock.
 
-use harness::bitlocker::{ProtectorType, RecoveryPassword};
-use harness::device::{Change, Device, Profile, Signer};
-use harness::machine::{
+use bitlocker::{ProtectorType, RecoveryPassword};
+use device::machine::{
     BitLockerSetup, BootOutcome, EscrowedKey, LockoutCause, Machine, MachineError, RecoveryScreen,
     TpmProtection,
 };
+use device::{Change, Device, Profile, Signer};
 
 fn provision(profile: Profile, protection: TpmProtection) -> (Machine, EscrowedKey) {
     let setup = BitLockerSetup {

@@ -18,3 +18,4 @@ mod runner;
 mod scenarios;
 mod vectors;
 mod volume_format;
+mod workspace_edges;

@@ -19,11 +19,10 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_yaml::{Mapping, Value};
 
-use crate::common::workspace_root;
+use crate::common::{harness_at, workspace_root};
 
 /// The runner's steps that check expectations, named as `harness run --json` reports them.
 mod step {
@@ -741,9 +740,7 @@ fn mutate_and_run(which: Set) -> Vec<Mutant> {
 
 /// `harness run DIR --json JSON -j 2` with the release binary; the JSON report.
 fn harness_run(dir: &Path, json: &Path) -> serde_json::Value {
-    let out = Command::new(release_harness())
-        .current_dir(workspace_root())
-        .env("TSS2_LOG", "all+none")
+    let out = harness_at(release_harness())
         .arg("run")
         .arg(dir)
         .arg("--json")

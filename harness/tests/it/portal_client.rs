@@ -1,21 +1,17 @@
 //! The black-box portal client against the REAL portal binary, started as the harness
 //! starts it by default. Build it first: `cargo build -p portal-under-test`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use harness::portal::{
-    find_portal_bin, AccountRole, Admin, Agent, AuditQuery, BrowserUser, EmbeddedOptions,
-    EmbeddedPortal, EscrowKey, HelpDeskOperator, Outcome, PortalError, SettingsPatch, SignIn,
+use portal_client::{
+    AccountRole, Admin, Agent, AuditQuery, BrowserUser, EmbeddedOptions, EmbeddedPortal, EscrowKey,
+    HelpDeskOperator, Outcome, PortalError, SettingsPatch, SignIn,
 };
 
-const PASSWORD: &str = "correct horse battery";
+use crate::common::{portal_bin, process_state};
 
-fn portal_bin() -> PathBuf {
-    find_portal_bin(None).unwrap_or_else(|e| {
-        panic!("{e}\nThese tests run the real portal: build it first with `cargo build -p portal-under-test`.")
-    })
-}
+const PASSWORD: &str = "correct horse battery";
 
 async fn start() -> EmbeddedPortal {
     EmbeddedPortal::start(&portal_bin())
@@ -95,7 +91,7 @@ async fn self_service(portal: &EmbeddedPortal, user: &str) -> BrowserUser {
 }
 
 fn process_exists(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    process_state(pid).is_some()
 }
 
 #[tokio::test(flavor = "multi_thread")]

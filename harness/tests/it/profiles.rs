@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use harness::device::{BootMode, Device};
-use harness::eventlog::tcg::LogFormat;
-use harness::eventlog::{EventType, HashAlg};
+use device::{BootMode, Device};
+use eventlog::tcg::LogFormat;
+use eventlog::{EventType, HashAlg};
 use harness::scenario::parse_scenario;
 
 use crate::common::{harness, portal_bin};
@@ -292,7 +292,7 @@ fn harness_run_plays_the_option_rom_signer_the_yaml_names() {
 
 #[test]
 fn tpm2_eventlog_reads_the_runners_bios_log_after_every_change_a_bios_can_have() {
-    use harness::device::Change;
+    use device::Change;
     for change in Change::catalog() {
         if matches!(
             change,

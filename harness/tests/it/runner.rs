@@ -1,6 +1,6 @@
 //! `harness run` as CI uses it: the real binary, the real portal binary, real swtpm.
 
-use crate::common::{harness, portal_bin, workspace_root};
+use crate::common::{harness, pids, portal_bin, process_alive, workspace_root};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -294,17 +294,10 @@ fn the_catalog_passes_against_a_portal_given_by_url() {
 /// Processes whose environment carries `marker` (children inherit it): what a run left.
 fn processes_with(marker: &str) -> Vec<u32> {
     let needle = format!("HARNESS_TEST_MARKER={marker}");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    pids()
+        .into_iter()
         .filter(|pid| {
-            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| {
-                    s.rsplit_once(')')
-                        .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
-                })
-                .unwrap_or(false);
-            alive
+            process_alive(*pid)
                 && std::fs::read(format!("/proc/{pid}/environ"))
                     .map(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
                     .unwrap_or(false)

@@ -1,7 +1,7 @@
 //! Every vector of recovery-password-vectors.json, through the library.
 
-use harness::bitlocker::keywrap::{self, KeyEntry, KeyWrapError, Nonce, WrappedKey};
-use harness::bitlocker::{
+use bitlocker::keywrap::{self, KeyEntry, KeyWrapError, Nonce, WrappedKey};
+use bitlocker::{
     stretch_recovery_password, BlockProblem, KeyProtectorId, ParseError, RecoveryPassword,
 };
 

@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use harness::bitlocker::external::{self, ToolSecret};
-use harness::bitlocker::fve::{
+use bitlocker::external::{self, ToolSecret};
+use bitlocker::fve::{
     BekFile, Cipher, CreatedVolume, FveError, Image, NewProtector, NewVolume, Secret,
 };
-use harness::bitlocker::{KeyProtectorId, RecoveryPassword};
+use bitlocker::{KeyProtectorId, RecoveryPassword};
 use rand::SeedableRng;
 
 fn require_tools() {
@@ -368,7 +368,7 @@ fn volume_malformed_images_name_structure_and_offset() {
     // A bad MAC on the FVEK entry.
     let mut img = Image::open(v.image.as_slice()).unwrap();
     for e in &mut img.block.entries {
-        if let harness::bitlocker::fve::entry::Value::AesCcm(w) = &mut e.value {
+        if let bitlocker::fve::entry::Value::AesCcm(w) = &mut e.value {
             w.mac[0] ^= 1;
         }
     }
@@ -403,8 +403,8 @@ mod mutations {
     use proptest::prelude::*;
     use std::sync::OnceLock;
 
-    fn base() -> &'static (Vec<u8>, harness::bitlocker::Vmk) {
-        static B: OnceLock<(Vec<u8>, harness::bitlocker::Vmk)> = OnceLock::new();
+    fn base() -> &'static (Vec<u8>, bitlocker::Vmk) {
+        static B: OnceLock<(Vec<u8>, bitlocker::Vmk)> = OnceLock::new();
         B.get_or_init(|| {
             let v = new_volume(Cipher::AesXts128, 6);
             (v.image, v.vmk)
@@ -443,13 +443,13 @@ mod machine_volume {
     //! protectors (same IDs), through provisioning, re-seal and rotation; the runner's
     //! volume steps fail on a tampered image or a mismatched key.
 
-    use harness::bitlocker::external::{self, dumped_protectors, ToolSecret};
-    use harness::bitlocker::fve::Image;
-    use harness::device::{Change, Device, Profile};
-    use harness::machine::{BitLockerSetup, BootOutcome, Machine, TpmProtection};
+    use bitlocker::external::{self, dumped_protectors, ToolSecret};
+    use bitlocker::fve::Image;
+    use device::machine::{BitLockerSetup, BootOutcome, Machine, TpmProtection};
+    use device::{Change, Device, Profile};
     use harness::runner::volume_check::{check_portal_key, JudgedVolume, VolumeJudges};
 
-    fn guid(id: harness::bitlocker::KeyProtectorId) -> String {
+    fn guid(id: bitlocker::KeyProtectorId) -> String {
         id.uuid().hyphenated().to_string()
     }
 
@@ -555,11 +555,7 @@ mod machine_volume {
     }
 
     /// (step name, passed) of the runner's portal-key steps.
-    fn judged(
-        machine: &Machine,
-        id: harness::bitlocker::KeyProtectorId,
-        pw: &str,
-    ) -> Vec<(String, bool)> {
+    fn judged(machine: &Machine, id: bitlocker::KeyProtectorId, pw: &str) -> Vec<(String, bool)> {
         let volume = JudgedVolume {
             image: machine.volume_image(),
             data_sha256: machine.volume_data_sha256(),
