@@ -21,6 +21,14 @@ packages=(
   chromium-driver       # chromedriver, the WebDriver server the harness drives Chromium through
   fonts-ipafont-gothic  # a Japanese font, so the Japanese pages render (and screenshot) as text
   postgresql            # the portal's second engine: make test runs its suite on a private cluster
+  # crates/firmware-boot: real OVMF + Secure Boot boots under QEMU, from a disk it builds
+  qemu-system-x86       # QEMU (TCG: no KVM needed)
+  ovmf                  # UEFI firmware with Secure Boot and the Microsoft keys enrolled
+  mtools                # mcopy/mmd: files onto the FAT ESP without mounting it
+  dosfstools            # mkfs.vfat: the ESP
+  fdisk                 # sfdisk: the GPT with fixed GUIDs
+  python3-venv          # the venv virt-firmware (virt-fw-vars, varstore edits) is installed in
+  ipxe-qemu             # efi-e1000.rom: the option ROM of the option-ROM change
 )
 
 missing=()
@@ -28,7 +36,7 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
+  exec "$(dirname "$0")/install-firmware-venv.sh"
 fi
 
 if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
@@ -38,3 +46,4 @@ fi
 echo "installing Debian packages: ${missing[*]}" >&2
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+"$(dirname "$0")/install-firmware-venv.sh"

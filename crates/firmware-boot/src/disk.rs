@@ -207,9 +207,13 @@ fn unpacked_packages(cache: &Cache, packages: &[PackageVersion]) -> Result<PathB
         )?;
     }
     fs::create_dir_all(dir.parent().unwrap_or(&cache.dir)).map_err(io_error(&cache.dir))?;
-    fs::rename(scratch.path(), &dir).map_err(io_error(&dir))?;
-    // The scratch directory moved: nothing is left for its drop to remove.
-    let _ = scratch.keep();
+    match fs::rename(scratch.path(), &dir) {
+        // The scratch directory moved: nothing is left for its drop to remove.
+        Ok(()) => drop(scratch.keep()),
+        // Another build finished the same packages first: use its copy, drop ours.
+        Err(_) if dir.join("root").is_dir() => {}
+        Err(e) => return Err(io_error(&dir)(e)),
+    }
     Ok(dir.join("root"))
 }
 
