@@ -99,3 +99,37 @@ fn boot_disk_rebuild_gives_the_same_bytes() {
         .iter()
         .any(|p| p.name.starts_with("linux-image-6")));
 }
+
+/// Processes whose command line mentions `needle` (our QEMU and swtpm name their work dir).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                found.push(cmdline);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn real_firmware_a_boot_past_its_bound_is_an_error_and_leaves_no_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let cache = Cache::default_location().unwrap();
+    let mut req = Change::None
+        .plan(&cache, &dir.path().join("tpm"), &work)
+        .unwrap();
+    // Far too short for OVMF to get anywhere: QEMU and swtpm are running when it passes.
+    req.timeout = Duration::from_secs(3);
+    let started = std::time::Instant::now();
+    let err = firmware_boot::boot(&req).unwrap_err();
+    assert!(matches!(err, firmware_boot::Error::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(
+        processes_mentioning(&work.display().to_string()),
+        Vec::<String>::new()
+    );
+}
