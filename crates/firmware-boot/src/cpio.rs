@@ -41,44 +41,39 @@ impl Entry {
     }
 }
 
+/// An entry newc cannot hold: its fields are 32-bit.
+#[derive(Debug, thiserror::Error)]
+#[error("cpio newc: {0} is too large for the format's 32-bit fields")]
+pub struct TooLarge(pub String);
+
 /// The archive bytes: the entries in order, then the trailer.
-pub fn newc_archive(entries: &[Entry]) -> Vec<u8> {
+pub fn newc_archive(entries: &[Entry]) -> Result<Vec<u8>, TooLarge> {
     let mut out = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        let ino = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        let ino = u32::try_from(i + 1).map_err(|_| TooLarge("the entry count".into()))?;
         let nlink = if e.mode & 0o170_000 == 0o040_000 {
             2
         } else {
             1
         };
-        write_member(
-            &mut out,
-            ino,
-            e.mode,
-            nlink,
-            FIXED_MTIME,
-            &e.name,
-            &e.data,
-            e.rdev,
-        );
+        let fixed = (ino, e.mode, nlink, FIXED_MTIME);
+        write_member(&mut out, fixed, &e.name, &e.data, e.rdev)?;
     }
-    write_member(&mut out, 0, 0, 1, 0, "TRAILER!!!", &[], (0, 0));
-    out
+    write_member(&mut out, (0, 0, 1, 0), "TRAILER!!!", &[], (0, 0))?;
+    Ok(out)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `(ino, mode, nlink, mtime)` are the header fields besides sizes and device numbers.
 fn write_member(
     out: &mut Vec<u8>,
-    ino: u32,
-    mode: u32,
-    nlink: u32,
-    mtime: u32,
+    (ino, mode, nlink, mtime): (u32, u32, u32, u32),
     name: &str,
     data: &[u8],
     rdev: (u32, u32),
-) {
-    let size = u32::try_from(data.len()).unwrap_or(u32::MAX);
-    let name_size = u32::try_from(name.len() + 1).unwrap_or(u32::MAX);
+) -> Result<(), TooLarge> {
+    let size = u32::try_from(data.len()).map_err(|_| TooLarge(format!("{name}'s size")))?;
+    let name_size =
+        u32::try_from(name.len() + 1).map_err(|_| TooLarge(format!("{name}'s name")))?;
     // magic, ino, mode, uid, gid, nlink, mtime, filesize, devmajor, devminor, rdevmajor,
     // rdevminor, namesize, check
     let fields = [
@@ -93,6 +88,7 @@ fn write_member(
     pad4(out);
     out.extend_from_slice(data);
     pad4(out);
+    Ok(())
 }
 
 fn pad4(out: &mut Vec<u8>) {
@@ -106,8 +102,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_member_is_a_newc_header_then_padded_name_and_data() {
-        let a = newc_archive(&[Entry::file("init", 0o755, b"abc".to_vec())]);
+    fn a_member_is_a_newc_header_then_padded_name_and_data() -> Result<(), TooLarge> {
+        let a = newc_archive(&[Entry::file("init", 0o755, b"abc".to_vec())])?;
         assert_eq!(&a[..6], b"070701");
         // header (110) + "init\0" (5) -> 115, padded to 116; data 3 -> 119, padded to 120.
         assert_eq!(&a[110..115], b"init\0");
@@ -117,11 +113,13 @@ mod tests {
         assert_eq!(a.len() % 4, 0);
         // mode field: regular file 0755.
         assert_eq!(&a[14..22], b"000081ED");
+        Ok(())
     }
 
     #[test]
     fn the_same_entries_give_the_same_bytes() {
         let entries = [Entry::dir("bin"), Entry::char_device("dev/console", 5, 1)];
-        assert_eq!(newc_archive(&entries), newc_archive(&entries));
+        assert_eq!(newc_archive(&entries).ok(), newc_archive(&entries).ok());
+        assert!(newc_archive(&entries).is_ok());
     }
 }

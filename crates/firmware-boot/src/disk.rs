@@ -249,7 +249,7 @@ fn disk_key(packages: &[PackageVersion], grub_cfg: &str) -> String {
 
 /// The initramfs: a static busybox and /init, uncompressed (the kernel takes a plain cpio,
 /// and no compressor's output can drift between versions).
-pub fn initramfs(busybox: Vec<u8>) -> Vec<u8> {
+pub fn initramfs(busybox: Vec<u8>) -> Result<Vec<u8>> {
     cpio::newc_archive(&[
         Entry::dir("bin"),
         Entry::file("bin/busybox", 0o755, busybox),
@@ -259,6 +259,7 @@ pub fn initramfs(busybox: Vec<u8>) -> Vec<u8> {
         Entry::dir("proc"),
         Entry::dir("sys"),
     ])
+    .map_err(|e| Error::Input(e.to_string()))
 }
 
 fn assemble_disk(root: &Path, grub_cfg: &str, work: &Path, image: &Path) -> Result<()> {
@@ -277,7 +278,7 @@ fn assemble_disk(root: &Path, grub_cfg: &str, work: &Path, image: &Path) -> Resu
     // Files to copy, with their names on the ESP. mcopy -m keeps the fixed mtime we set.
     let initrd = work.join("initrd.img");
     let busybox_bytes = fs::read(&busybox).map_err(io_error(&busybox))?;
-    fs::write(&initrd, initramfs(busybox_bytes)).map_err(io_error(&initrd))?;
+    fs::write(&initrd, initramfs(busybox_bytes)?).map_err(io_error(&initrd))?;
     let cfg = work.join("grub.cfg");
     fs::write(&cfg, grub_cfg).map_err(io_error(&cfg))?;
     let staged = [
@@ -388,10 +389,11 @@ mod tests {
     }
 
     #[test]
-    fn the_initramfs_holds_init_and_busybox_and_is_reproducible() {
-        let a = initramfs(b"busybox".to_vec());
-        assert_eq!(a, initramfs(b"busybox".to_vec()));
+    fn the_initramfs_holds_init_and_busybox_and_is_reproducible() -> Result<()> {
+        let a = initramfs(b"busybox".to_vec())?;
+        assert_eq!(a, initramfs(b"busybox".to_vec())?);
         assert!(a.windows(5).any(|w| w == b"init\0"));
         assert!(a.windows(12).any(|w| w == b"bin/busybox\0"));
+        Ok(())
     }
 }
