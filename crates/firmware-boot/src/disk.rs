@@ -125,31 +125,41 @@ pub fn build_boot_disk(cache: &Cache, spec: &DiskSpec) -> Result<BootDisk> {
     })
 }
 
-/// The packages of the chain at the versions apt would download now.
+/// The packages of the chain at the versions apt would download now (one `apt-cache` call:
+/// each takes seconds on a loaded machine).
 fn candidate_versions() -> Result<Vec<PackageVersion>> {
     let mut names: Vec<String> = CHAIN_PACKAGES.iter().map(|s| s.to_string()).collect();
     names.push(kernel_package()?);
     names.sort();
+    let out = stdout(
+        Command::new("apt-cache")
+            .args(["show", "--no-all-versions"])
+            .args(&names),
+        "Debian's apt",
+    )?;
     names
         .into_iter()
         .map(|name| {
-            let out = stdout(
-                Command::new("apt-cache").args(["show", "--no-all-versions", &name]),
-                "Debian's apt",
-            )?;
-            let version = out
-                .lines()
-                .find_map(|l| l.strip_prefix("Version: "))
-                .ok_or_else(|| {
-                    Error::Input(format!(
-                        "apt-cache knows no version of {name} (run `apt-get update`?)"
-                    ))
-                })?
-                .trim()
-                .to_string();
+            let version = stanza_version(&out, &name).ok_or_else(|| {
+                Error::Input(format!(
+                    "apt-cache knows no version of {name} (run `apt-get update`?)"
+                ))
+            })?;
             Ok(PackageVersion { name, version })
         })
         .collect()
+}
+
+/// The `Version:` of package `name` in `apt-cache show` output (stanzas split by blank lines).
+fn stanza_version(apt_cache_show: &str, name: &str) -> Option<String> {
+    apt_cache_show.split("\n\n").find_map(|stanza| {
+        let mut lines = stanza.lines();
+        let is_it = lines
+            .clone()
+            .any(|l| l.strip_prefix("Package: ") == Some(name));
+        let version = lines.find_map(|l| l.strip_prefix("Version: "));
+        version.filter(|_| is_it).map(|v| v.trim().to_string())
+    })
 }
 
 /// The versioned kernel package `linux-image-amd64` depends on (e.g. linux-image-6.1.0-57-amd64).
@@ -371,6 +381,17 @@ fn find_kernel(boot: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_package_gets_the_version_of_its_own_stanza() {
+        let show = "Package: busybox-static\nVersion: 1:1.35.0-4\n\nPackage: shim-signed\nSource: x\nVersion: 1.51\n";
+        assert_eq!(stanza_version(show, "shim-signed").as_deref(), Some("1.51"));
+        assert_eq!(
+            stanza_version(show, "busybox-static").as_deref(),
+            Some("1:1.35.0-4")
+        );
+        assert_eq!(stanza_version(show, "busybox"), None);
+    }
 
     #[test]
     fn the_loader_configuration_is_part_of_the_disk_key() {
