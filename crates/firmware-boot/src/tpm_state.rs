@@ -8,7 +8,7 @@
 //! directory and `startup-clear`, so they cannot take over this one as they are.)
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -33,6 +33,8 @@ pub(crate) const VOLATILE_STATE: &str = "tpm2-00.volatilestate";
 const CMD_SHUTDOWN: u32 = 3;
 const CMD_STORE_VOLATILE: u32 = 10;
 const IO_DEADLINE: Duration = Duration::from_secs(10);
+/// Starts of the read-back swtpm before giving up (a port taken under us is retried).
+const READBACK_ATTEMPTS: usize = 4;
 
 /// Makes `dir` a manufactured TPM with only the sha256 PCR bank active, as real TPMs ship
 /// (an unprovisioned swtpm has four banks). Does nothing if `dir` already holds a TPM.
@@ -103,43 +105,11 @@ pub fn read_pcrs(dir: &Path) -> Result<Sha256Pcrs> {
             dir.display()
         )));
     }
-    let port = free_port_pair()?;
-    let mut cmd = Command::new("swtpm");
-    cmd.arg("socket")
-        .arg("--tpm2")
-        .arg("--tpmstate")
-        .arg(format!("dir={}", dir.display()))
-        .arg("--server")
-        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-        .arg("--ctrl")
-        .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-        // Power on without TPM2_Startup: the resumed state is already started.
-        .args(["--flags", "not-need-init"])
-        .arg("--log")
-        .arg(format!("file={}", dir.join("swtpm-readback.log").display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = spawn_supervised(cmd).map_err(|source| Error::Spawn {
-        program: "swtpm".into(),
-        hint: "Debian package swtpm",
-        source,
-    })?;
-    let _swtpm = KillOnDrop(child);
+    let (_swtpm, port) = start_readback_swtpm(dir)?;
     let conf = NetworkTPMConfig::from_str(&format!("host=127.0.0.1,port={port}"))
         .map_err(|e| Error::Tpm(format!("TCTI configuration: {e}")))?;
-    let start = Instant::now();
-    let mut context = loop {
-        match Context::new(TctiNameConf::Swtpm(conf.clone())) {
-            Ok(c) => break c,
-            Err(e) if start.elapsed() > IO_DEADLINE => {
-                return Err(Error::Tpm(format!(
-                    "cannot connect to the swtpm on {port}: {e}"
-                )))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    };
+    let mut context = Context::new(TctiNameConf::Swtpm(conf))
+        .map_err(|e| Error::Tpm(format!("cannot connect to the swtpm on {port}: {e}")))?;
     let mut pcrs = [[0u8; 32]; 24];
     // TPM2_PCR_Read returns at most 8 digests per call.
     for chunk in 0..3u32 {
@@ -171,15 +141,73 @@ pub fn read_pcrs(dir: &Path) -> Result<Sha256Pcrs> {
     Ok(Sha256Pcrs(pcrs))
 }
 
-/// A port P with P and P+1 free now (swtpm's control channel is P+1 by convention).
+/// Starts swtpm on `dir` with TCP channels and waits until it accepts connections. Another
+/// process may take a port between our check and swtpm's bind: then swtpm exits and we
+/// retry on other ports.
+fn start_readback_swtpm(dir: &Path) -> Result<(KillOnDrop, u16)> {
+    let mut last_failure = String::from("no attempt");
+    for _ in 0..READBACK_ATTEMPTS {
+        let port = free_port_pair()?;
+        let mut cmd = Command::new("swtpm");
+        cmd.arg("socket")
+            .arg("--tpm2")
+            .arg("--tpmstate")
+            .arg(format!("dir={}", dir.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            // Power on without TPM2_Startup: the resumed state is already started.
+            .args(["--flags", "not-need-init"])
+            .arg("--log")
+            .arg(format!("file={}", dir.join("swtpm-readback.log").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut swtpm = KillOnDrop(spawn_supervised(cmd).map_err(|source| Error::Spawn {
+            program: "swtpm".into(),
+            hint: "Debian package swtpm",
+            source,
+        })?);
+        let start = Instant::now();
+        loop {
+            if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return Ok((swtpm, port));
+            }
+            if let Ok(Some(status)) = swtpm.0.try_wait() {
+                last_failure = format!("swtpm on port {port} exited ({status})");
+                break;
+            }
+            if start.elapsed() > IO_DEADLINE {
+                return Err(Error::Tpm(format!(
+                    "swtpm on {} did not accept connections within {IO_DEADLINE:?}",
+                    dir.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Err(Error::Tpm(format!(
+        "swtpm could not start on {} in {READBACK_ATTEMPTS} attempts; last: {last_failure}",
+        dir.display()
+    )))
+}
+
+/// A port P with P and P+1 free now (swtpm's control channel is P+1 by convention), drawn
+/// below Linux's ephemeral range (32768-60999) that outgoing connections take ports from.
 fn free_port_pair() -> Result<u16> {
-    for _ in 0..64 {
-        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| Error::Tpm(format!("no free loopback port: {e}")))?
-            .port();
-        if first < u16::MAX && TcpListener::bind((Ipv4Addr::LOCALHOST, first + 1)).is_ok() {
-            return Ok(first);
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..256 {
+        // A fresh RandomState is randomly keyed: a random draw without a rand dependency.
+        let draw = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = 20_000 + (draw % 12_000) as u16;
+        let Ok(_first) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) else {
+            continue;
+        };
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port + 1)).is_ok() {
+            return Ok(port);
         }
     }
     Err(Error::Tpm(
