@@ -139,8 +139,11 @@ mod table {
     //! measures: code, configuration, option ROMs and their configuration, GPT and boot
     //! variables, Secure Boot policy). PCR 4 and 8-9 hold the boot loader chain, which is
     //! Debian's shim/grub/kernel here and Windows' boot manager on a real device, so they are
-    //! shown but not compared. The comparison is of *which* PCRs move, not of their values:
-    //! the model's edit (e.g. its db certificate) is not byte-for-byte the real one.
+    //! shown but not compared. The firmware also writes into PCR 4: one EV_EFI_ACTION pair
+    //! per boot option it tries ("Calling/Returning from EFI Application from Boot Option");
+    //! the last column says whether that sequence changed. The comparison is of *which* PCRs
+    //! move, not of their values: the model's edit (e.g. its db certificate) is not
+    //! byte-for-byte the real one.
 
     use std::collections::BTreeSet;
     use std::fmt::Write as _;
@@ -151,6 +154,24 @@ mod table {
     use harness::eventlog::diff::{LogDiff, NamedRecord};
     use harness::eventlog::predict::{apply, LogChange};
     use harness::eventlog::tcg::TcgLog;
+    use harness::eventlog::EventType;
+
+    /// The firmware's own PCR 4 events: its boot-option actions, in order.
+    fn boot_option_actions(log: &TcgLog) -> Vec<Vec<u8>> {
+        log.records
+            .iter()
+            .filter(|r| r.pcr == 4 && r.event_type == EventType::EV_EFI_ACTION)
+            .map(|r| r.data.clone())
+            .collect()
+    }
+
+    fn yes_no(changed: bool) -> &'static str {
+        if changed {
+            "changed"
+        } else {
+            "same"
+        }
+    }
 
     /// The harness model's change that means the same as a real one (if any).
     fn model_kind(change: &Change) -> Option<LogChange> {
@@ -194,7 +215,7 @@ mod table {
         let base = log(&out.join(Change::None.name()))?;
         let owned: BTreeSet<u32> = FIRMWARE_PCRS.iter().map(|&p| p as u32).collect();
         let mut table = String::from(
-            "| change | model change | model: firmware PCRs moved | real: firmware PCRs moved | real: all PCRs 0-9 moved | agree |\n|---|---|---|---|---|---|\n",
+            "| change | model change | model: firmware PCRs moved | real: firmware PCRs moved | real: all PCRs 0-9 moved | agree | PCR 4 boot-option actions: model / real |\n|---|---|---|---|---|---|---|\n",
         );
         let mut details = String::new();
         for change in Change::ALL.iter().skip(1) {
@@ -207,6 +228,8 @@ mod table {
                 .filter(|&p| p < 10)
                 .collect();
             let real_owned: BTreeSet<u32> = real_all.intersection(&owned).copied().collect();
+            let base_actions = boot_option_actions(&base);
+            let real_actions = yes_no(boot_option_actions(&real_log) != base_actions);
             let (model_name, model_owned, model_diff) = match model_kind(change) {
                 None => ("(none)".to_string(), None, None),
                 Some(kind) => {
@@ -220,12 +243,14 @@ mod table {
                                 .map(|p| p.pcr)
                                 .filter(|p| owned.contains(p))
                                 .collect();
-                            (name, Some(Ok(moved)), Some(d))
+                            let actions = yes_no(boot_option_actions(&model_log) != base_actions);
+                            (name, Some(Ok(moved)), Some((d, actions)))
                         }
                         Err(e) => (name, Some(Err(e.to_string())), None),
                     }
                 }
             };
+            let model_actions = model_diff.as_ref().map_or("–", |(_, a)| a);
             let (model_cell, agree) = match &model_owned {
                 None => ("–".to_string(), "no model".to_string()),
                 Some(Err(e)) => (format!("cannot predict: {e}"), "no".to_string()),
@@ -234,16 +259,18 @@ mod table {
             };
             let _ = writeln!(
                 table,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} / {} |",
                 change.name(),
                 model_name,
                 model_cell,
                 pcr_list(&real_owned),
                 pcr_list(&real_all),
-                agree
+                agree,
+                model_actions,
+                real_actions
             );
             // The events behind every firmware-owned PCR where model and reality part.
-            if let (Some(Ok(m)), Some(md)) = (&model_owned, &model_diff) {
+            if let (Some(Ok(m)), Some((md, _))) = (&model_owned, &model_diff) {
                 for pcr in m.symmetric_difference(&real_owned) {
                     let _ = writeln!(details, "- **{}**, PCR {pcr}:", change.name());
                     for (who, diff) in [("real", &real), ("model", md)] {
