@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use firmware_boot::{tpm_state, BootOutcome, Cache, Change, DiskSpec, Sha256Pcrs};
+use firmware_boot::{tpm_state, BootOutcome, Cache, Change, DiskSpec, Sha256Pcrs, FIRMWARE_PCRS};
+use harness::eventlog::predict::{apply, LogChange};
 use harness::eventlog::tcg::TcgLog;
 use harness::eventlog::HashAlg;
 
@@ -40,7 +41,8 @@ fn replay_sha256(log: &[u8]) -> Sha256Pcrs {
 /// 1. the base boot: the PCRs the kernel printed equal the PCRs read back from the kept swtpm
 ///    state, and a replay of the firmware's event log;
 /// 2. the same inputs again: the same PCRs and the same log;
-/// 3. a db update done in the varstore: PCR 7 moves, no other boot PCR (0-9) does.
+/// 3. a db update done in the varstore: PCR 7 moves, no other boot PCR (0-9) does, and the
+///    harness model's db update of the real base log moves the same firmware-owned PCRs.
 #[test]
 fn real_firmware_base_boot_matches_tpm_and_log_repeats_and_db_update_moves_pcr7_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,6 +77,17 @@ fn real_firmware_base_boot_matches_tpm_and_log_repeats_and_db_update_moves_pcr7_
     let db = boot(&Change::DbUpdate, &tpm, &dir.path().join("db"));
     let boot_pcrs: Vec<usize> = (0..10).collect();
     assert_eq!(first.pcrs.differing(&db.pcrs, &boot_pcrs), vec![7]);
+
+    // ... and the harness model, applied to the real base log, moves the same firmware PCRs.
+    let base_log = TcgLog::parse(&first.event_log).unwrap();
+    let model_log = apply(&base_log, LogChange::DbUpdate).unwrap();
+    let model = replay_sha256(&model_log.to_bytes());
+    let firmware: Vec<usize> = FIRMWARE_PCRS.to_vec();
+    assert_eq!(
+        replayed.differing(&model, &firmware),
+        first.pcrs.differing(&db.pcrs, &firmware),
+        "model vs real firmware, db update"
+    );
 }
 
 #[test]
