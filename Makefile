@@ -1,7 +1,7 @@
 # The two commands of the README. Both install missing Debian packages first.
 #   make demo   run the scenario catalog against the embedded portal
 #   make test   the whole test suite: format, lints, every test
-.PHONY: demo test deps bench mutants mutants
+.PHONY: demo test deps bench mutants mutants firmware-lab
 
 # Silence the TSS's own error logging (it logs every refused connection while polling).
 export TSS2_LOG ?= all+none
@@ -59,3 +59,10 @@ mutants: deps
 
 bench: deps
 	cargo bench -p swtpm -p benches
+
+# Real firmware (crates/firmware-boot): boot every change (db/dbx update, Secure Boot off,
+# another OVMF build, an option ROM, the boot order, the loader configuration) under QEMU +
+# OVMF on a swtpm, one boot at a time, and write the model-vs-reality table to
+# target/firmware-lab/table.md. About 10 boots of 15-40 s.
+firmware-lab: deps
+	cargo run --locked -p firmware-boot --example firmware-boot -- matrix --out target/firmware-lab

@@ -21,8 +21,15 @@ packages=(
   chromium-driver       # chromedriver, the WebDriver server the harness drives Chromium through
   fonts-ipafont-gothic  # a Japanese font, so the Japanese pages render (and screenshot) as text
   postgresql            # the portal's second engine: make test runs its suite on a private cluster
-  python3-venv          # scripts/schemathesis.sh installs the pinned schemathesis into a venv
+  python3-venv          # venvs for the pinned schemathesis and virt-firmware (virt-fw-vars)
   openssl               # openssl s_client: the portal's test that TLS 1.0/1.1 are refused
+  # crates/firmware-boot: real OVMF + Secure Boot boots under QEMU, from a disk it builds
+  qemu-system-x86       # QEMU (TCG: no KVM needed)
+  ovmf                  # UEFI firmware with Secure Boot and the Microsoft keys enrolled
+  mtools                # mcopy/mmd: files onto the FAT ESP without mounting it
+  dosfstools            # mkfs.vfat: the ESP
+  fdisk                 # sfdisk: the GPT with fixed GUIDs
+  ipxe-qemu             # efi-e1000.rom: the option ROM of the option-ROM change
 )
 
 missing=()
@@ -30,7 +37,7 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
+  exec "$(dirname "$0")/install-firmware-venv.sh"
 fi
 
 if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
@@ -40,3 +47,4 @@ fi
 echo "installing Debian packages: ${missing[*]}" >&2
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+"$(dirname "$0")/install-firmware-venv.sh"

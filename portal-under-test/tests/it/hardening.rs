@@ -199,10 +199,10 @@ async fn a_type_error_names_the_field_not_the_body() {
 #[cfg(unix)]
 #[tokio::test]
 async fn the_data_dir_and_the_sqlite_files_are_private_whatever_the_umask() {
+    use nix::sys::stat::{umask, Mode};
     use std::os::unix::fs::PermissionsExt;
     // A permissive umask (nextest runs each test in its own process).
-    // SAFETY: umask only sets this process's file-creation mask; it cannot fail.
-    let old = unsafe { libc_umask(0o000) };
+    let old = umask(Mode::empty());
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("data");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -227,13 +227,7 @@ async fn the_data_dir_and_the_sqlite_files_are_private_whatever_the_umask() {
         }
         assert_eq!(mode(&dir.join("portal.key")), 0o600, "portal.key");
     }
-    // SAFETY: as above.
-    unsafe { libc_umask(old) };
-}
-
-extern "C" {
-    #[link_name = "umask"]
-    fn libc_umask(mask: u32) -> u32;
+    umask(old);
 }
 
 /// A sign-in form post from `peer`, on the browser's pre-sign-in session.
