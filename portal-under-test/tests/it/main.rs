@@ -8,6 +8,7 @@ mod admin;
 #[cfg(feature = "failpoints")]
 mod faults;
 mod helpdesk;
+mod import_crash;
 mod lifecycle;
 mod prop;
 mod security;

@@ -1,0 +1,212 @@
+//! A killed import leaves the store openable with none or all of the file's keys, on the
+//! engine under test (`PORTAL_TEST_ENGINE`): a real `portal-under-test import` process is
+//! SIGKILLed at random moments of its write stage (after the parse and seal, which write
+//! nothing), then the store is opened and its keys counted.
+//!
+//! CI size: 100k keys, 5 kills. The full run (`make import-crash`: 1M keys, 20 kills, the
+//! release binary) sets `IMPORT_CRASH_KEYS`, `IMPORT_CRASH_KILLS` and `PORTAL_IMPORT_BIN`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use portal_under_test::store::{PgStore, SqliteStore, Store};
+use rand::Rng;
+use serde_json::Value;
+
+use crate::common::Key;
+
+/// What the import logs when the parse and seal stage is over and the write begins.
+const WRITE_STARTS: &str = "import stage: parsed, validated and sealed";
+/// What each engine logs when its rows are written and it is about to commit.
+const COMMIT_STARTS: &str = "import store phases";
+
+/// When the import logged the start of its write stage and of its commit.
+struct Marks {
+    write: mpsc::Receiver<Instant>,
+    commit: mpsc::Receiver<Instant>,
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn binary() -> PathBuf {
+    std::env::var_os("PORTAL_IMPORT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_portal-under-test")))
+}
+
+/// `n` records as the generator writes them: one device per key, 1,000 users.
+fn write_keys(path: &Path, n: usize) {
+    let mut text = String::with_capacity(n * 260);
+    for i in 0..n {
+        let mut v = Key::random().json();
+        v["device"] = Value::from(format!("PC-{i:08}"));
+        v["user"] = Value::from(format!("CONTOSO\\user{:04}", i % 1000));
+        text.push_str(&v.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// The store of one trial: a data dir and, on PostgreSQL, a fresh database.
+struct Target {
+    data: PathBuf,
+    url: Option<String>,
+}
+
+impl Target {
+    fn new(root: &Path, name: &str) -> Target {
+        Target {
+            data: root.join(name),
+            url: crate::common::engine_url(),
+        }
+    }
+
+    fn start_import(&self, file: &Path) -> (Child, Marks) {
+        let mut cmd = Command::new(binary());
+        cmd.arg("import")
+            .arg(file)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .env("RUST_LOG", "info")
+            // A page cache far smaller than the store: SQLite writes pages to the file
+            // mid-transaction, as a 10M-key import does with the default cache.
+            .env("PORTAL_IMPORT_CACHE_MIB", "4")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(url) = &self.url {
+            cmd.args(["--database-url", url]);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (write_tx, write) = mpsc::channel();
+        let (commit_tx, commit) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(WRITE_STARTS) {
+                    let _ = write_tx.send(Instant::now());
+                }
+                if line.contains(COMMIT_STARTS) {
+                    let _ = commit_tx.send(Instant::now());
+                }
+            }
+        });
+        (child, Marks { write, commit })
+    }
+
+    /// Opens the store as the portal does and counts its keys (SQLite: after an integrity
+    /// check of the file as the open left it).
+    fn count_keys(&self) -> usize {
+        match &self.url {
+            Some(url) => PgStore::open(url).unwrap().current_keys().unwrap().len(),
+            None => {
+                let path = self.data.join("portal.sqlite3");
+                let store = SqliteStore::open(&path).unwrap();
+                let n = store.current_keys().unwrap().len();
+                drop(store);
+                let c = rusqlite::Connection::open(&path).unwrap();
+                let check: String = c
+                    .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                    .unwrap();
+                assert_eq!(check, "ok", "integrity check of {}", path.display());
+                n
+            }
+        }
+    }
+}
+
+#[test]
+fn a_killed_import_leaves_none_or_all_of_the_keys() {
+    let keys = env_or("IMPORT_CRASH_KEYS", 100_000);
+    let kills = env_or("IMPORT_CRASH_KILLS", 5);
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("keys.jsonl");
+    write_keys(&file, keys);
+
+    // Undisturbed: how long the write stage takes, and that it stores every key.
+    let full = Target::new(root.path(), "full");
+    let started = Instant::now();
+    let (mut child, marks) = full.start_import(&file);
+    let status = child.wait().unwrap();
+    let ended = Instant::now();
+    assert!(status.success(), "the undisturbed import failed");
+    let write_began = marks
+        .write
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the import logs the start of its write stage");
+    let commit_began = marks
+        .commit
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the store logs the start of its commit");
+    let write_window = ended - write_began;
+    let commit_window = ended - commit_began;
+    assert_eq!(full.count_keys(), keys);
+    eprintln!(
+        "import of {keys} keys: {:.2} s, of which write {:.2} s, commit and after {:.2} s",
+        (ended - started).as_secs_f64(),
+        write_window.as_secs_f64(),
+        commit_window.as_secs_f64()
+    );
+    drop(full);
+
+    let (mut none, mut all) = (0, 0);
+    let mut last = None;
+    for k in 0..kills {
+        let target = Target::new(root.path(), &format!("kill-{k}"));
+        let (mut child, marks) = target.start_import(&file);
+        // Every other kill lands in the commit (and what follows it), where an unjournaled
+        // write would leave a half-written file; the others anywhere in the write stage.
+        let (stage, mark, window) = if k % 2 == 1 {
+            ("commit", &marks.commit, commit_window)
+        } else {
+            ("write", &marks.write, write_window)
+        };
+        let began = mark
+            .recv_timeout(Duration::from_secs(600))
+            .expect("the import reaches the stage");
+        let delay = window.mul_f64(rand::rng().random_range(0.0..1.0));
+        std::thread::sleep(delay);
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let killed_at = began.elapsed();
+        let n = target.count_keys();
+        eprintln!(
+            "kill {k}: {:.0} ms into the {stage} stage ({}): {n} keys",
+            killed_at.as_secs_f64() * 1000.0,
+            if finished {
+                "had already exited"
+            } else {
+                "running"
+            }
+        );
+        assert!(
+            n == 0 || n == keys,
+            "kill {k}: the store holds {n} of {keys} keys"
+        );
+        if n == 0 {
+            none += 1;
+        } else {
+            all += 1;
+        }
+        last = Some(target);
+    }
+    eprintln!("{kills} kills of an import of {keys} keys: {none} left none, {all} left all");
+
+    // The killed store is usable: the same import then completes.
+    if let Some(target) = last {
+        let (mut child, _) = target.start_import(&file);
+        assert!(child.wait().unwrap().success());
+        assert_eq!(target.count_keys(), keys);
+    }
+    // Leave a fresh root each run (the temp dir goes with `root`).
+    let _ = std::fs::remove_file(&file);
+}
