@@ -210,3 +210,87 @@ fn a_killed_import_leaves_none_or_all_of_the_keys() {
     // Leave a fresh root each run (the temp dir goes with `root`).
     let _ = std::fs::remove_file(&file);
 }
+
+/// The import's rules on the engine under test, against a store that already holds rows (so
+/// the checks against stored devices, keys and associations run): a key repeated in the
+/// file or already stored with the same device and password is skipped, with another
+/// password or device it is refused naming its line and nothing is written; stored devices
+/// are reused by name (case-insensitively); an imported user joins an existing association.
+#[test]
+fn the_import_rules_hold_against_a_store_with_rows() {
+    use portal_under_test::crypto::Sealer;
+    use portal_under_test::import::{import_jsonl, ImportError};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        portal_under_test::store::open(crate::common::engine_url().as_deref(), dir.path()).unwrap();
+    let sealer = Sealer::from_key(&[7; 32]);
+    let line = |dev: &str, user: &str, k: &Key| {
+        let mut v = k.json();
+        v["device"] = Value::from(dev);
+        v["user"] = Value::from(user);
+        v.to_string()
+    };
+    let (a, b, c, d) = (Key::random(), Key::random(), Key::random(), Key::random());
+    let first = [
+        line("PC-1", "CONTOSO\\alice", &a),
+        line("PC-2", "CONTOSO\\bob", &b),
+    ];
+    assert_eq!(
+        import_jsonl(&first.join("\n"), &sealer, store.as_ref())
+            .unwrap()
+            .len(),
+        2
+    );
+    let pc1 = store.device_by_name("PC-1").unwrap().unwrap();
+    store
+        .record_sign_in(
+            pc1.row,
+            "CONTOSO\\alice",
+            portal_under_test::store::SignInKind::Local,
+        )
+        .unwrap();
+
+    // Stored key again (skipped), a new key twice in the file on a stored device named in
+    // other case (stored once), a new device.
+    let second = [
+        line("PC-1", "CONTOSO\\alice", &a),
+        line("pc-1", "CONTOSO\\Alice", &c),
+        line("PC-1", "CONTOSO\\alice", &c),
+        line("PC-3", "CONTOSO\\carol", &d),
+    ];
+    let created = import_jsonl(&second.join("\n"), &sealer, store.as_ref()).unwrap();
+    assert_eq!(created.len(), 2);
+    assert_eq!(store.key_by_id(c.id).unwrap().unwrap().device_row, pc1.row);
+    assert!(store.key_by_id(d.id).unwrap().is_some());
+    // The local sign-in stays; the association is now imported as well.
+    let assocs = store.associations_of_user("contoso\\alice").unwrap();
+    assert_eq!(assocs.len(), 1);
+    assert!(assocs[0].1.local && assocs[0].1.imported);
+
+    // Refused, naming the line, and nothing of the file is written: a stored key on another
+    // device; a key repeated in the file with another password.
+    let e = Key::random();
+    let mut other_pw = Key::random();
+    other_pw.id = e.id;
+    let moved = [
+        line("PC-9", "CONTOSO\\x", &e),
+        line("PC-2", "CONTOSO\\bob", &a),
+    ];
+    let repeated = [
+        line("PC-9", "CONTOSO\\x", &e),
+        line("PC-9", "CONTOSO\\x", &Key::random()),
+        line("PC-9", "CONTOSO\\x", &other_pw),
+    ];
+    for (file, bad_line) in [(&moved[..], 2), (&repeated[..], 3)] {
+        match import_jsonl(&file.join("\n"), &sealer, store.as_ref()) {
+            Err(ImportError::Line { line, field, .. }) => {
+                assert_eq!((line, field.as_str()), (bad_line, "key_protector_id"))
+            }
+            other => panic!("expected a refusal naming line {bad_line}, got {other:?}"),
+        }
+        assert!(store.key_by_id(e.id).unwrap().is_none());
+        assert!(store.device_by_name("PC-9").unwrap().is_none());
+    }
+    assert_eq!(store.current_keys().unwrap().len(), 4);
+}
