@@ -102,6 +102,34 @@ impl Target {
         (child, Marks { write, commit })
     }
 
+    /// Deletes the store (the full run makes twenty; disk is not endless).
+    fn remove(self) {
+        let _ = std::fs::remove_dir_all(&self.data);
+        let (Some(url), Ok(server)) = (self.url, std::env::var("PORTAL_TEST_PG_URL")) else {
+            return;
+        };
+        let name = url.rsplit('/').next().unwrap_or_default().to_string();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (client, conn) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                // FORCE: the killed importer's server process may not have gone yet.
+                client
+                    .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+                    .await
+                    .unwrap();
+            });
+        })
+        .join()
+        .unwrap();
+    }
+
     /// Opens the store as the portal does and counts its keys (SQLite: after an integrity
     /// check of the file as the open left it).
     fn count_keys(&self) -> usize {
@@ -149,13 +177,13 @@ fn a_killed_import_leaves_none_or_all_of_the_keys() {
     let write_window = ended - write_began;
     let commit_window = ended - commit_began;
     assert_eq!(full.count_keys(), keys);
+    full.remove();
     eprintln!(
         "import of {keys} keys: {:.2} s, of which write {:.2} s, commit and after {:.2} s",
         (ended - started).as_secs_f64(),
         write_window.as_secs_f64(),
         commit_window.as_secs_f64()
     );
-    drop(full);
 
     let (mut none, mut all) = (0, 0);
     let mut last = None;
@@ -197,7 +225,9 @@ fn a_killed_import_leaves_none_or_all_of_the_keys() {
         } else {
             all += 1;
         }
-        last = Some(target);
+        if let Some(done) = last.replace(target) {
+            done.remove();
+        }
     }
     eprintln!("{kills} kills of an import of {keys} keys: {none} left none, {all} left all");
 
@@ -206,6 +236,7 @@ fn a_killed_import_leaves_none_or_all_of_the_keys() {
         let (mut child, _) = target.start_import(&file);
         assert!(child.wait().unwrap().success());
         assert_eq!(target.count_keys(), keys);
+        target.remove();
     }
     // Leave a fresh root each run (the temp dir goes with `root`).
     let _ = std::fs::remove_file(&file);
