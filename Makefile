@@ -1,7 +1,7 @@
 # The two commands of the README. Both install missing Debian packages first.
 #   make demo   run the scenario catalog against the embedded portal
 #   make test   the whole test suite: format, lints, every test
-.PHONY: demo test deps bench mutants mutants firmware-lab
+.PHONY: demo test deps bench mutants firmware-lab import-crash
 
 # Silence the TSS's own error logging (it logs every refused connection while polling).
 export TSS2_LOG ?= all+none
@@ -66,3 +66,16 @@ bench: deps
 # target/firmware-lab/table.md. About 10 boots of 15-40 s.
 firmware-lab: deps
 	cargo run --locked -p firmware-boot --example firmware-boot -- matrix --out target/firmware-lab
+
+# The import crash test at full size (make test runs it at 100k keys and 5 kills, debug
+# build): 1M keys, 20 SIGKILLs of the release `portal-under-test import`, then the store is
+# opened and must hold none or all of the keys; on SQLite, then on PostgreSQL.
+IMPORT_CRASH := IMPORT_CRASH_KEYS=1000000 IMPORT_CRASH_KILLS=20 \
+  PORTAL_IMPORT_BIN=$(CURDIR)/target/release/portal-under-test \
+  cargo nextest run -p portal-under-test --locked --no-capture \
+  -E 'test(=import_crash::a_killed_import_leaves_none_or_all_of_the_keys)'
+
+import-crash: deps
+	cargo build --release --locked -p portal-under-test
+	$(IMPORT_CRASH)
+	PORTAL_TEST_ENGINE=postgres scripts/with-postgres.sh $(IMPORT_CRASH)

@@ -10,7 +10,7 @@
 #   ENGINES="sqlite postgres" BENCH_PG_URL=postgres://postgres@127.0.0.1:PORT/postgres \
 #     N=100000 benches/http/run.sh      # the same measurements on both store engines, one run
 # On PostgreSQL each run imports into a fresh database `portal_bench_<N>_<pid>` made on the
-# server at BENCH_PG_URL (the import is row by row there: keep N small).
+# server at BENCH_PG_URL (bulk import by binary COPY; benches/http/import.sh measures it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-10000000}

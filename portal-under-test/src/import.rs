@@ -183,6 +183,10 @@ pub fn parse_jsonl(text: &str, sealer: &Sealer) -> Result<Parsed, ImportError> {
     Ok((rows, lines))
 }
 
+fn per_sec(n: usize, d: std::time::Duration) -> u64 {
+    (n as f64 / d.as_secs_f64().max(1e-9)) as u64
+}
+
 /// Validates, seals and stores every record of a JSON Lines text. Returns the new entries
 /// (records already present with the same password are skipped).
 pub fn import_jsonl(
@@ -193,12 +197,20 @@ pub fn import_jsonl(
     let started = std::time::Instant::now();
     let (rows, lines) = parse_jsonl(text, sealer)?;
     let parsed = started.elapsed();
-    let res = store.import(&rows);
-    tracing::debug!(
+    // The stage timings, on stderr (the kill test also waits for this line).
+    tracing::info!(
         records = rows.len(),
-        parse_seal_secs = parsed.as_secs_f64(),
-        store_secs = (started.elapsed() - parsed).as_secs_f64(),
-        "import phases"
+        secs = parsed.as_secs_f64(),
+        records_per_sec = per_sec(rows.len(), parsed),
+        "import stage: parsed, validated and sealed"
+    );
+    let res = store.import(&rows);
+    let stored = started.elapsed() - parsed;
+    tracing::info!(
+        records = rows.len(),
+        secs = stored.as_secs_f64(),
+        records_per_sec = per_sec(rows.len(), stored),
+        "import stage: stored and committed"
     );
     res.map_err(|e| match e {
         StoreError::Conflict { index, message } => ImportError::Line {

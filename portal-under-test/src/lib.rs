@@ -122,7 +122,18 @@ impl AppState {
         let json =
             serde_json::to_string(&settings).map_err(|e| InitError::Settings(e.to_string()))?;
         store.save_settings(&json)?;
-        let index = PrefixIndex::from_entries(store.current_keys()?);
+        // Both halves of the start-up cost at scale, logged (BENCHMARKS.md quotes them).
+        let t = std::time::Instant::now();
+        let entries = store.current_keys()?;
+        let read = t.elapsed();
+        let keys = entries.len();
+        let index = PrefixIndex::from_entries(entries);
+        tracing::info!(
+            keys,
+            read_secs = read.as_secs_f64(),
+            build_secs = (t.elapsed() - read).as_secs_f64(),
+            "key-ID index loaded from the store"
+        );
         let hasher = PasswordHashing::new(config.argon2)?;
         let dummy_sealed = sealer.seal(
             &[0u8; 16],

@@ -10,6 +10,7 @@ mod contract;
 mod faults;
 mod hardening;
 mod helpdesk;
+mod import_crash;
 mod lifecycle;
 mod prop;
 mod security;

@@ -217,12 +217,12 @@ pub(super) fn import_rows(
     }
     let t_assoc = t0.elapsed();
     tx.commit()?;
-    tracing::debug!(
+    tracing::info!(
         devices_secs = t_dev.as_secs_f64(),
         keys_secs = (t_keys - t_dev).as_secs_f64(),
         associations_secs = (t_assoc - t_keys).as_secs_f64(),
         commit_secs = (t0.elapsed() - t_assoc).as_secs_f64(),
-        "import store phases"
+        "import store phases (SQLite)"
     );
     Ok(created)
 }

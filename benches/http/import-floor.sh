@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The write stage's floor: each engine inserting the same rows as an import of N keys (N
+# devices, N keys, N associations of 1,000 users; same columns and sizes, same indexes, in
+# the same order, one transaction, SQLite with the import's pragmas) from SQL alone, with no
+# client, no parse, no seal. What `import` can at best reach for its write stage.
+#
+#   N=1000000 BENCH_PG_URL=postgres://postgres@127.0.0.1:PORT/postgres benches/http/import-floor.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${N:-1000000}
+TMP=$(mktemp -d /tmp/import-floor.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+# The store's tables as the portal creates them (the SQLite migrations' tables for keys).
+SQLITE_TABLES=$(sed -n '/^CREATE TABLE IF NOT EXISTS devices/,/^CREATE INDEX IF NOT EXISTS assoc_user/p' \
+  portal-under-test/src/store/sqlite/schema.rs)
+ROWS="
+INSERT INTO devices(id, device_uuid, name, name_lc, created_at)
+  SELECT value, printf('%08x-0000-4000-8000-%012d', value, value), printf('PC-%08d', value),
+         printf('pc-%08d', value), '2026-12-06T00:00:00.000000Z' FROM generate_series(1, $N);
+INSERT INTO keys(id, key_id, device_id, volume_id, protector_type, nonce, ciphertext, fingerprint, created_at)
+  SELECT value, CAST(printf('%016d', value) AS BLOB), value, randomblob(16), 'recovery_password',
+         randomblob(12), randomblob(71), randomblob(32), '2026-12-06T00:00:00.000000Z'
+  FROM generate_series(1, $N);
+DROP INDEX assoc_user;
+INSERT INTO associations(device_id, user_lc, user, local, remote, imported)
+  SELECT value, printf('contoso_user%04d', value % 1000), printf('CONTOSO_user%04d', value % 1000), 0, 0, 1
+  FROM generate_series(1, $N);
+CREATE INDEX assoc_user ON associations(user_lc);"
+echo "== $(date -u +%FT%TZ) $(git rev-parse --short HEAD); N=$N; uptime:$(uptime)"
+echo "-- SQLite $(sqlite3 --version | cut -d' ' -f1): bare inserts, journal_mode=DELETE, synchronous=FULL, 512 MiB cache, foreign keys off"
+sqlite3 "$TMP/floor.sqlite3" "$SQLITE_TABLES" >/dev/null
+START=$EPOCHREALTIME
+sqlite3 "$TMP/floor.sqlite3" <<EOF
+PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL; PRAGMA cache_size=-524288; PRAGMA foreign_keys=OFF;
+BEGIN; $ROWS COMMIT;
+EOF
+echo "   SQLite floor, $N keys: $(awk "BEGIN{s=$EPOCHREALTIME-$START; printf \"%.1f s = %.0f keys/s\", s, $N/s}")"
+rm -f "$TMP/floor.sqlite3"
+if [ -n "${BENCH_PG_URL:-}" ]; then
+  DB="portal_floor_$$"
+  psql -q "$BENCH_PG_URL" -c "CREATE DATABASE $DB"
+  URL="${BENCH_PG_URL%/*}/$DB"
+  # The portal's own tables: its migrations run at the first open.
+  target/release/portal-under-test admin bootstrap --data-dir "$TMP/data" --database-url "$URL" >/dev/null 2>&1
+  PG_ROWS=$(printf '%s' "$ROWS" | sed -e 's/generate_series(1, \([0-9]*\))/generate_series(1, \1) AS value/' \
+    -e 's/randomblob(\([0-9]*\))/substr(sha256(value::text::bytea) || sha256(value::text::bytea) || sha256(value::text::bytea), 1, \1)/g' \
+    -e "s/CAST(printf('%016d', value) AS BLOB)/int8send(value) || int8send(value)/" \
+    -e "s/printf('%08x-0000-4000-8000-%012d', value, value)/lpad(to_hex(value), 8, '0') || '-0000-4000-8000-' || lpad(value::text, 12, '0')/" \
+    -e "s/printf('PC-%08d', value)/'PC-' || lpad(value::text, 8, '0')/" \
+    -e "s/printf('pc-%08d', value)/'pc-' || lpad(value::text, 8, '0')/" \
+    -e "s/printf('contoso_user%04d', value % 1000)/'contoso_user' || lpad((value % 1000)::text, 4, '0')/" \
+    -e "s/printf('CONTOSO_user%04d', value % 1000)/'CONTOSO_user' || lpad((value % 1000)::text, 4, '0')/" \
+    -e 's/, 0, 0, 1$/, false, false, true/' -e 's/(device_id, user_lc, user, /(device_id, user_lc, user_name, /')
+  echo "-- PostgreSQL $(psql -tA "$URL" -c 'SHOW server_version'): INSERT ... SELECT on the server (the import's COPY sends the rows from the client)"
+  START=$EPOCHREALTIME
+  psql -q -v ON_ERROR_STOP=1 "$URL" <<EOF
+BEGIN;
+ALTER TABLE keys DROP CONSTRAINT keys_device_id_fkey;
+$PG_ROWS
+ALTER TABLE keys ADD CONSTRAINT keys_device_id_fkey FOREIGN KEY (device_id) REFERENCES devices(id);
+COMMIT;
+EOF
+  echo "   PostgreSQL floor, $N keys: $(awk "BEGIN{s=$EPOCHREALTIME-$START; printf \"%.1f s = %.0f keys/s\", s, $N/s}")"
+  psql -q "$BENCH_PG_URL" -c "DROP DATABASE $DB"
+fi
