@@ -53,6 +53,9 @@ pub struct SqliteStore {
     journal: Mutex<mpsc::Sender<JournalJob>>,
     /// Dropping it stops the checkpoint thread.
     _checkpointer: mpsc::Sender<()>,
+    /// Held by the checkpoint thread while its connection is open; the import holds it so
+    /// no checkpoint connection is open when it leaves WAL mode.
+    checkpoint_turn: Arc<Mutex<()>>,
 }
 
 /// A token hash whose equality is constant-time (the map's final comparison of a candidate
@@ -97,6 +100,7 @@ impl SqliteStore {
         let p = path.to_path_buf();
         let checkpoint_turn = Arc::new(Mutex::new(()));
         let turn = checkpoint_turn.clone();
+        let import_turn = checkpoint_turn.clone();
         std::thread::Builder::new()
             .name("wal-checkpoint".into())
             .spawn(move || checkpoint::checkpointer(p, stop, turn))
@@ -120,6 +124,7 @@ impl SqliteStore {
             tokens: RwLock::new(tokens),
             journal: Mutex::new(tx),
             _checkpointer: stop_checkpoints,
+            checkpoint_turn: import_turn,
         })
     }
 
@@ -650,6 +655,9 @@ impl Store for SqliteStore {
         // Leaving WAL mode needs the only open connection.
         self.readers.close_idle();
         let mut c = self.conn();
+        // After the writer connection, as the writer thread takes them (no lock-order cycle).
+        // Without it a checkpoint tick's connection made leaving WAL "database is locked".
+        let _no_checkpoint = lock(&self.checkpoint_turn);
         // One transaction with a rollback journal on disk (see API.md, "import FILE"): a
         // crash, kill or power loss mid-import leaves a hot journal that the next open rolls
         // back, so the store holds none or all of the file. The journal keeps only pages
