@@ -9,10 +9,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
-use portal_under_test::serve::{serve, Ready, ServeOptions};
 use serde_json::{json, Value};
 
-use crate::common::{fast_config, Key, Portal, PASSWORD};
+use crate::common::{fast_config, tls_portal, Key, Portal, PASSWORD};
 
 const ALICE: &str = "CONTOSO\\alice";
 
@@ -329,43 +328,6 @@ async fn password_sign_in_is_throttled_per_source_address() {
     p.advance(Duration::from_secs(301));
     let (s, _) = sign_in_from(&p, "SelfService", attacker, ALICE, PASSWORD).await;
     assert_eq!(s, StatusCode::SEE_OTHER);
-}
-
-/// Starts `serve` with TLS (generated certificate) on a real port.
-async fn tls_portal(
-    dir: &std::path::Path,
-) -> (
-    Ready,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), portal_under_test::serve::ServeError>>,
-) {
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let opts = ServeOptions {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        config: fast_config(Default::default()),
-        insecure_http: false,
-        tls_cert: None,
-        tls_key: None,
-    };
-    let server = tokio::spawn(async move {
-        serve(
-            opts,
-            move |r| {
-                let _ = ready_tx.send(r.clone());
-            },
-            async move {
-                let _ = stop_rx.await;
-            },
-        )
-        .await
-    });
-    let ready = tokio::time::timeout(Duration::from_secs(20), ready_rx)
-        .await
-        .unwrap()
-        .unwrap();
-    (ready, stop_tx, server)
 }
 
 /// `openssl s_client` offering only `version` (with every cipher allowed): its exit status

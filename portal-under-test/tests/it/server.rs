@@ -2,10 +2,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use portal_under_test::serve::{serve, ServeOptions};
 use serde_json::Value;
 
-use crate::common::{fast_config, Key};
+use crate::common::Key;
 
 fn client(ca_pem: &[u8]) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -20,32 +19,7 @@ fn client(ca_pem: &[u8]) -> reqwest::Client {
 #[tokio::test]
 async fn real_tls_port_with_generated_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let opts = ServeOptions {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        config: fast_config(Default::default()),
-        insecure_http: false,
-        tls_cert: None,
-        tls_key: None,
-    };
-    let server = tokio::spawn(async move {
-        serve(
-            opts,
-            move |r| {
-                let _ = ready_tx.send(r.clone());
-            },
-            async move {
-                let _ = stop_rx.await;
-            },
-        )
-        .await
-    });
-    let ready = tokio::time::timeout(Duration::from_secs(20), ready_rx)
-        .await
-        .unwrap()
-        .unwrap();
+    let (ready, stop_tx, server) = crate::common::tls_portal(dir.path()).await;
     assert!(ready.url.starts_with("https://127.0.0.1:"));
     assert!(ready
         .line()

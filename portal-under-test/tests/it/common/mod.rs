@@ -571,3 +571,40 @@ impl Browser {
 pub fn arc<T>(t: T) -> Arc<T> {
     Arc::new(t)
 }
+
+/// Starts `serve` with TLS (generated certificate) on a real port.
+pub async fn tls_portal(
+    dir: &std::path::Path,
+) -> (
+    portal_under_test::serve::Ready,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), portal_under_test::serve::ServeError>>,
+) {
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let opts = portal_under_test::serve::ServeOptions {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        config: fast_config(Default::default()),
+        insecure_http: false,
+        tls_cert: None,
+        tls_key: None,
+    };
+    let server = tokio::spawn(async move {
+        portal_under_test::serve::serve(
+            opts,
+            move |r| {
+                let _ = ready_tx.send(r.clone());
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+        )
+        .await
+    });
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(20), ready_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    (ready, stop_tx, server)
+}
