@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 
 use crate::error::{io_error, Error, Result};
-use crate::supervise::{spawn_supervised, KillOnDrop};
+use crate::supervise::{spawn_supervised, spawn_swtpm, KillOnDrop};
 use crate::tpm_state::{self, VOLATILE_STATE};
 use crate::Sha256Pcrs;
 
@@ -179,11 +179,7 @@ fn start_swtpm(state: &Path, socket: &Path, deadline: Instant) -> Result<KillOnD
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut swtpm = KillOnDrop(spawn_supervised(cmd).map_err(|source| Error::Spawn {
-        program: "swtpm".into(),
-        hint: "Debian package swtpm",
-        source,
-    })?);
+    let mut swtpm = spawn_swtpm(cmd)?;
     while !socket.exists() {
         if let Ok(Some(status)) = swtpm.0.try_wait() {
             return Err(Error::Tpm(format!(

@@ -11,6 +11,17 @@ pub(crate) fn spawn_supervised(cmd: Command) -> io::Result<Child> {
     ::supervise::spawn_supervised(cmd)
 }
 
+/// Starts a supervised swtpm (the boot's and the read-back's), killed when dropped.
+pub(crate) fn spawn_swtpm(cmd: Command) -> crate::error::Result<KillOnDrop> {
+    spawn_supervised(cmd)
+        .map(KillOnDrop)
+        .map_err(|source| crate::error::Error::Spawn {
+            program: "swtpm".into(),
+            hint: "Debian package swtpm",
+            source,
+        })
+}
+
 /// A supervised child that is killed and reaped when dropped (a hung boot, an early return).
 #[derive(Debug)]
 pub(crate) struct KillOnDrop(pub(crate) Child);

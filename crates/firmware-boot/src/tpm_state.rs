@@ -22,7 +22,7 @@ use tss_esapi::Context;
 
 use crate::command::run;
 use crate::error::{io_error, Error, Result};
-use crate::supervise::{spawn_supervised, KillOnDrop};
+use crate::supervise::{spawn_swtpm, KillOnDrop};
 use crate::Sha256Pcrs;
 
 /// The file swtpm keeps its permanent state (seeds, NV) in.
@@ -164,11 +164,7 @@ fn start_readback_swtpm(dir: &Path) -> Result<(KillOnDrop, u16)> {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut swtpm = KillOnDrop(spawn_supervised(cmd).map_err(|source| Error::Spawn {
-            program: "swtpm".into(),
-            hint: "Debian package swtpm",
-            source,
-        })?);
+        let mut swtpm = spawn_swtpm(cmd)?;
         let start = Instant::now();
         loop {
             if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
