@@ -595,37 +595,46 @@ impl<'a> Play<'a> {
             let wrong = s.change.wrong_pins.unwrap_or(0);
             let threshold = s.device.lockout_threshold;
             for attempt in 1..=wrong {
-                let outcome = machine.boot(Some("000000-wrong"));
                 let name = format!("wrong PIN #{attempt}");
-                let outcome = self.steps.run(&name, || match outcome {
-                    Ok(BootOutcome::WrongPin { lockout_counter }) if attempt <= threshold => {
-                        ensure(
-                            lockout_counter == attempt,
-                            format!("TPM_RC_AUTH_FAIL with the lockout counter at {attempt}"),
-                            format!("counter {lockout_counter}"),
-                        )?;
-                        Ok(BootOutcome::WrongPin { lockout_counter })
-                    }
-                    Ok(BootOutcome::Recovery(screen))
-                        if attempt > threshold && screen.cause == LockoutCause::LockedOut =>
-                    {
-                        Ok(BootOutcome::Recovery(screen))
-                    }
-                    Ok(other) => Err((
-                        if attempt <= threshold {
-                            format!("TPM_RC_AUTH_FAIL with the lockout counter at {attempt}")
-                        } else {
-                            format!("TPM_RC_LOCKOUT: {threshold} failures reached")
-                        },
-                        match other {
-                            BootOutcome::Recovery(screen) => {
-                                format!("the recovery screen with {}", screen.cause.name())
+                // The boot runs inside the step, so the step's time is the boot's.
+                let outcome =
+                    self.steps
+                        .run(&name, || match machine.boot(Some("000000-wrong")) {
+                            Ok(BootOutcome::WrongPin { lockout_counter })
+                                if attempt <= threshold =>
+                            {
+                                ensure(
+                                    lockout_counter == attempt,
+                                    format!(
+                                        "TPM_RC_AUTH_FAIL with the lockout counter at {attempt}"
+                                    ),
+                                    format!("counter {lockout_counter}"),
+                                )?;
+                                Ok(BootOutcome::WrongPin { lockout_counter })
                             }
-                            other => format!("{other:?}"),
-                        },
-                    )),
-                    Err(e) => Err(("a refused PIN".into(), e.to_string())),
-                })?;
+                            Ok(BootOutcome::Recovery(screen))
+                                if attempt > threshold
+                                    && screen.cause == LockoutCause::LockedOut =>
+                            {
+                                Ok(BootOutcome::Recovery(screen))
+                            }
+                            Ok(other) => Err((
+                                if attempt <= threshold {
+                                    format!(
+                                        "TPM_RC_AUTH_FAIL with the lockout counter at {attempt}"
+                                    )
+                                } else {
+                                    format!("TPM_RC_LOCKOUT: {threshold} failures reached")
+                                },
+                                match other {
+                                    BootOutcome::Recovery(screen) => {
+                                        format!("the recovery screen with {}", screen.cause.name())
+                                    }
+                                    other => format!("{other:?}"),
+                                },
+                            )),
+                            Err(e) => Err(("a refused PIN".into(), e.to_string())),
+                        })?;
                 after_wrong_pins = Some(outcome);
             }
         } else {
@@ -664,23 +673,32 @@ impl<'a> Play<'a> {
 
         // After the wrong PINs the user does what the scenario says (`change.then`); what
         // follows is checked against the scenario's expectations below.
-        let (outcome, step) = match (s.change.kind, after_wrong_pins) {
+        let (next, step) = match (s.change.kind, after_wrong_pins) {
             (ChangeKind::LostPin, Some(last)) => match s.change.pin_action() {
                 PinAction::Esc => match last {
                     BootOutcome::WrongPin { .. } => (
-                        machine
-                            .choose_recovery_at_pin_prompt()
-                            .map(|screen| BootOutcome::Recovery(Box::new(screen))),
+                        NextBoot::EscAtPinPrompt,
                         "the user presses Esc at the PIN prompt",
                     ),
-                    other => (Ok(other), "the recovery screen after the wrong PINs"),
+                    other => (
+                        NextBoot::Already(other),
+                        "the recovery screen after the wrong PINs",
+                    ),
                 },
                 // A new boot: a locked-out device shows no PIN prompt until it restarts.
-                PinAction::RightPin => (machine.boot(pin), "the user types the right PIN"),
+                PinAction::RightPin => (NextBoot::Boot, "the user types the right PIN"),
             },
-            _ => (machine.boot(pin), "boot after the change"),
+            _ => (NextBoot::Boot, "boot after the change"),
         };
         let screen = self.steps.run(step, || {
+            // The boot runs inside the step, so the step's time is the boot's.
+            let outcome = match next {
+                NextBoot::Boot => machine.boot(pin),
+                NextBoot::EscAtPinPrompt => machine
+                    .choose_recovery_at_pin_prompt()
+                    .map(|screen| BootOutcome::Recovery(Box::new(screen))),
+                NextBoot::Already(outcome) => Ok(outcome),
+            };
             let outcome = outcome.map_err(because("a boot"))?;
             match (outcome, expect.recovery) {
                 (BootOutcome::Recovery(screen), true) => {
@@ -1500,6 +1518,16 @@ fn identical_refusals(
             answer.body.len()
         ),
     )
+}
+
+/// What the step after the change does to reach the screen it judges.
+enum NextBoot {
+    /// Boot the device (with the user's PIN, if any).
+    Boot,
+    /// The user presses Esc at the PIN prompt the wrong PINs left.
+    EscAtPinPrompt,
+    /// Nothing more: the wrong PINs already ended on the recovery screen.
+    Already(BootOutcome),
 }
 
 fn cause_matches(cause: &LockoutCause, want: TpmError) -> bool {
