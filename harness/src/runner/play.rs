@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use crate::scenario::serde_name;
 use crate::scenario::{
     self, AfterRecovery, Answer as Expected, ChangeKind, IdleExpiry, KeyIdDigits, PinAction,
     ProtectorKind, RecoveryVia, Scenario, TpmError,
@@ -642,7 +643,7 @@ impl<'a> Play<'a> {
             if let Some(change) = change {
                 let predicted = machine.device().clone().with(&change);
                 self.steps.run(
-                    &format!("apply the change: {}", s.change.kind.as_str()),
+                    &format!("apply the change: {}", serde_name(&s.change.kind)),
                     || {
                         machine
                             .apply(&change)
@@ -705,7 +706,7 @@ impl<'a> Play<'a> {
                     let want = expect.tpm_error;
                     ensure(
                         cause_matches(&screen.cause, want),
-                        format!("the recovery screen with {want:?}"),
+                        format!("the recovery screen with {}", serde_name(&want)),
                         format!("the recovery screen with {}", screen.cause.name()),
                     )?;
                     let changed: Vec<u32> = screen.explanation.pcrs();
@@ -734,7 +735,7 @@ impl<'a> Play<'a> {
                     ),
                 )),
                 (BootOutcome::Unlocked { .. }, true) => Err((
-                    format!("the recovery screen with {:?}", expect.tpm_error),
+                    format!("the recovery screen with {}", serde_name(&expect.tpm_error)),
                     "a normal boot".into(),
                 )),
             }
@@ -1359,12 +1360,7 @@ impl<'a> Play<'a> {
                         .collect();
                     let want: Vec<(String, String)> = expected
                         .iter()
-                        .map(|e| {
-                            (
-                                snake(&format!("{:?}", e.source)),
-                                snake(&format!("{:?}", e.outcome)),
-                            )
-                        })
+                        .map(|e| (serde_name(&e.source), serde_name(&e.outcome)))
                         .collect();
                     // Every row the story caused, and no other but the harness's probes: a
                     // stated row another row could stand in for would let a wrong outcome
@@ -1623,21 +1619,6 @@ fn hex_digits(key_id: &str) -> String {
         .filter(char::is_ascii_hexdigit)
         .map(|c| c.to_ascii_uppercase())
         .collect()
-}
-
-fn snake(camel: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn failure(step: &str, expected: &str, got: impl std::fmt::Display) -> Failure {

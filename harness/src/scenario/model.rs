@@ -302,30 +302,6 @@ impl ChangeKind {
             ChangeKind::FirmwareUpdateSuspended => Change::PlannedUpdateWithSuspend,
         })
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChangeKind::None => "none",
-            ChangeKind::Reboot => "reboot",
-            ChangeKind::FirmwareUpdate => "firmware_update",
-            ChangeKind::OptionRomAdded => "option_rom_added",
-            ChangeKind::OptionRomChanged => "option_rom_changed",
-            ChangeKind::BootManagerSameSigner => "boot_manager_same_signer",
-            ChangeKind::BootManagerOtherSigner => "boot_manager_other_signer",
-            ChangeKind::SecureBootDbUpdate => "secure_boot_db_update",
-            ChangeKind::SecureBootDbxUpdate => "secure_boot_dbx_update",
-            ChangeKind::SecureBootOff => "secure_boot_off",
-            ChangeKind::BcdDebugOn => "bcd_debug_on",
-            ChangeKind::BcdBootOrder => "bcd_boot_order",
-            ChangeKind::MbrBootCodeChanged => "mbr_boot_code_changed",
-            ChangeKind::NtfsBootSectorChanged => "ntfs_boot_sector_changed",
-            ChangeKind::DiskMoved => "disk_moved",
-            ChangeKind::TpmCleared => "tpm_cleared",
-            ChangeKind::TpmReplaced => "tpm_replaced",
-            ChangeKind::FirmwareUpdateSuspended => "firmware_update_suspended",
-            ChangeKind::LostPin => "lost_pin",
-        }
-    }
 }
 
 /// What must follow the change at the next boot.
@@ -632,4 +608,15 @@ pub enum AuditOutcome {
     RateLimited,
     ExpiredSession,
     NotEligible,
+}
+
+/// A value's name as scenario files spell it (its serde name, e.g. `policy_failed`): the one
+/// spelling reports, step names and comparisons use. For a unit variant, the bare name;
+/// for anything else, its JSON.
+pub fn serde_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        Ok(other) => other.to_string(),
+        Err(e) => format!("<{e}>"),
+    }
 }
