@@ -15,7 +15,7 @@ use device::machine::{
     BitLockerSetup, BootOutcome, EscrowedKey, LockoutCause, Machine, RecoveryScreen, TpmProtection,
     WINDOWS_DA,
 };
-use device::{Device, Profile};
+use device::Device;
 use portal_client::chrome::get_key_label;
 use portal_client::{
     AccountRole, Admin, Agent, Answer, AuditQuery, AuditRow, BrowserUser, ChromeOptions,
@@ -819,17 +819,14 @@ impl<'a> Play<'a> {
             },
         )?;
         if let Ok(predicted) = predicted {
-            let profile_pcrs: Vec<u8> = machine.profile().pcrs().iter().map(|&p| p as u8).collect();
             // At the unseal point, in the bank sealed to (a real log may be SHA-1).
             let boot = predicted.measured_boot();
             let at_unseal = boot.at_unseal();
-            let predicted_values: Vec<(u8, Vec<u8>)> = profile_pcrs
+            let predicted_values: Vec<(u32, Vec<u8>)> = machine
+                .profile()
+                .pcrs()
                 .iter()
-                .filter_map(|&p| {
-                    at_unseal
-                        .get(boot.bank(), u32::from(p))
-                        .map(|v| (p, v.to_vec()))
-                })
+                .filter_map(|&p| at_unseal.get(boot.bank(), p).map(|v| (p, v.to_vec())))
                 .collect();
             self.facts.explanation = Some(format!(
                 "predicted before the change: {}",
@@ -1487,11 +1484,7 @@ pub fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
         None => None,
     };
     Ok(BitLockerSetup {
-        profile: match s.device.profile {
-            scenario::Profile::SecureBoot => Profile::SecureBoot7_11,
-            scenario::Profile::Uefi => Profile::Uefi0_2_4_11,
-            scenario::Profile::Legacy => Profile::Legacy,
-        },
+        profile: s.device.profile.device_profile(),
         protection,
         recovery_passwords: usize::from(s.device.recovery_passwords.max(1)),
         key_id_prefix,
@@ -1615,10 +1608,9 @@ fn judge_boot(
             )?;
             let changed: Vec<u32> = screen.explanation.pcrs();
             if want == TpmError::PolicyFailed {
-                let expected: Vec<u32> =
-                    expect.changed_pcrs.iter().map(|&p| u32::from(p)).collect();
+                let expected = &expect.changed_pcrs;
                 ensure(
-                    changed == expected,
+                    changed == *expected,
                     format!("changed PCRs {expected:?}"),
                     format!("changed PCRs {changed:?}"),
                 )?;
@@ -1686,7 +1678,7 @@ fn random_password(rng: &mut impl Rng) -> String {
         .collect()
 }
 
-fn fmt_pcrs(values: &[(u8, Vec<u8>)]) -> String {
+fn fmt_pcrs(values: &[(u32, Vec<u8>)]) -> String {
     values
         .iter()
         .map(|(p, v)| format!("PCR{p}={}", hex::encode(&v[..8.min(v.len())])))

@@ -95,7 +95,11 @@ fn default_lockout_threshold() -> u32 {
     32
 }
 
-/// PCR validation profiles (windows-itpro-docs defaults).
+/// PCR validation profiles (windows-itpro-docs defaults), as scenario files name them.
+///
+/// A projection of [`device::Profile`], which owns the PCR lists: this type only keeps the
+/// scenario spelling (`legacy` rather than the device's `0,2,4,8,9,10,11`), so the loader's
+/// errors and the JSON Schema list the names QA writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 pub enum Profile {
     /// UEFI with Secure Boot.
@@ -110,13 +114,18 @@ pub enum Profile {
 }
 
 impl Profile {
-    /// The PCRs this profile seals to.
-    pub fn pcrs(self) -> &'static [u8] {
+    /// The device profile this names.
+    pub fn device_profile(self) -> device::Profile {
         match self {
-            Profile::SecureBoot => &[7, 11],
-            Profile::Uefi => &[0, 2, 4, 11],
-            Profile::Legacy => &[0, 2, 4, 8, 9, 10, 11],
+            Profile::SecureBoot => device::Profile::SecureBoot7_11,
+            Profile::Uefi => device::Profile::Uefi0_2_4_11,
+            Profile::Legacy => device::Profile::Legacy,
         }
+    }
+
+    /// The PCRs this profile seals to.
+    pub fn pcrs(self) -> &'static [u32] {
+        self.device_profile().pcrs()
     }
 
     /// The spelling used in scenario files.
@@ -314,7 +323,7 @@ pub struct Expect {
     pub tpm_error: TpmError,
     /// The profile's PCRs whose values differ from those the key was sealed to.
     #[serde(default)]
-    pub changed_pcrs: Vec<u8>,
+    pub changed_pcrs: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
