@@ -1338,121 +1338,141 @@ impl<'a> Play<'a> {
             .await
     }
 
+    /// Phase 7, the checks of the portal alone (`checks.foreign_key_request`,
+    /// `checks.audit`), whatever came before.
     async fn portal_only_checks(&mut self, d: &Provisioned, p: &Enrolled) -> Result<(), Failure> {
         let s = self.scenario;
-        let (names, passwords, machine, escrow) = (&d.names, &p.passwords, &d.machine, &d.escrow);
         if let Some(foreign) = &s.checks.foreign_key_request {
-            let key_id = machine
-                .recovery_key_ids()
-                .first()
-                .copied()
-                .or_else(|| escrow.first().map(|k| k.key_protector_id))
-                .ok_or_else(|| plain("foreign key request", "a key ID", "none"))?;
-            let password = passwords
-                .get(&foreign.as_user.to_lowercase())
-                .cloned()
-                .unwrap_or_default();
-            let mut user = BrowserUser::new(self.target, &names.user(&foreign.as_user))
-                .map_err(|e| failure("open the portal", "a client", e))?;
-            let absent = KeyProtectorId::random(&mut rand::rng());
-            self.probes.push(Probe::KeyId(absent.first8()));
-            self.steps
-                .run_async(
-                    "someone else's key ID is answered exactly like an absent one",
-                    async {
-                        user.sign_in_and_accept(&names.user(&foreign.as_user), &password)
-                            .await
-                            .map_err(because("the key form"))?;
-                        let theirs = user
-                            .request_key(&key_id.first8(), "BIOS/TPM changed")
-                            .await
-                            .map_err(because("an answer"))?;
-                        let nobody = user
-                            .request_key(&absent.first8(), "BIOS/TPM changed")
-                            .await
-                            .map_err(because("an answer"))?;
-                        ensure(
-                            matches!(theirs.outcome, Outcome::NotFound(_))
-                                && theirs.status == nobody.status
-                                && same_body(
-                                    &theirs.body,
-                                    &key_id.first8(),
-                                    &nobody.body,
-                                    &absent.first8(),
-                                ),
-                            format!(
-                                "identical not-found answers: status {} body of {} bytes",
-                                nobody.status,
-                                nobody.body.len()
-                            ),
-                            format!(
-                                "{:?}, status {}, body of {} bytes",
-                                theirs.outcome,
-                                theirs.status,
-                                theirs.body.len()
-                            ),
-                        )
-                    },
-                )
-                .await?;
+            self.foreign_key_request(foreign, d, p).await?;
         }
         if !s.checks.audit.is_empty() {
-            let admin =
-                Admin::new(self.target).map_err(|e| failure("connect as admin", "a client", e))?;
-            let device = names.device(&s.device.name);
-            let users: Vec<String> = s.users.iter().map(|u| names.user(&u.name)).collect();
-            let expected = &s.checks.audit;
-            let probes = self.probes.clone();
-            self.steps
-                .run_async("the audit shows each request", async {
-                    let rows = admin
-                        .audit(&AuditQuery::default())
-                        .await
-                        .map_err(because("audit rows"))?;
-                    let mine: Vec<&AuditRow> = rows
-                        .iter()
-                        .filter(|r| {
-                            r.device
-                                .as_deref()
-                                .is_some_and(|d| d.eq_ignore_ascii_case(&device))
-                                || r.requester.as_deref().is_some_and(|q| {
-                                    users.iter().any(|u| u.eq_ignore_ascii_case(q))
-                                })
-                                || r.end_user.as_deref().is_some_and(|q| {
-                                    users.iter().any(|u| u.eq_ignore_ascii_case(q))
-                                })
-                        })
-                        .collect();
-                    let probe = probe_rows(&mine, &probes);
-                    let mine: Vec<(String, String)> = mine
-                        .iter()
-                        .map(|r| (r.source.clone(), r.outcome.clone()))
-                        .collect();
-                    let want: Vec<(String, String)> = expected
-                        .iter()
-                        .map(|e| (serde_name(&e.source), serde_name(&e.outcome)))
-                        .collect();
-                    // Every row the story caused, and no other but the harness's probes: a
-                    // stated row another row could stand in for would let a wrong outcome
-                    // pass.
-                    let got: Vec<String> = mine
-                        .iter()
-                        .zip(&probe)
-                        .map(|((source, outcome), &p)| {
-                            let mark = if p { " (harness probe)" } else { "" };
-                            format!("{source} {outcome}{mark}")
-                        })
-                        .collect();
-                    ensure(
-                        audit_matches(&want, &mine, &probe),
-                        format!(
-                            "{want:?} in this order: every row of the story, probe rows optional"
-                        ),
-                        got.join(", "),
-                    )
-                })
-                .await?;
+            self.audit_check(&d.names).await?;
         }
+        Ok(())
+    }
+
+    /// `checks.foreign_key_request`: a user with no sign-in on the device asks for its key
+    /// ID and gets the answer an absent key ID gets, byte for byte.
+    async fn foreign_key_request(
+        &mut self,
+        foreign: &scenario::ForeignKeyRequest,
+        d: &Provisioned,
+        p: &Enrolled,
+    ) -> Result<(), Failure> {
+        let (names, passwords, machine, escrow) = (&d.names, &p.passwords, &d.machine, &d.escrow);
+        let key_id = machine
+            .recovery_key_ids()
+            .first()
+            .copied()
+            .or_else(|| escrow.first().map(|k| k.key_protector_id))
+            .ok_or_else(|| plain("foreign key request", "a key ID", "none"))?;
+        let password = passwords
+            .get(&foreign.as_user.to_lowercase())
+            .cloned()
+            .unwrap_or_default();
+        let mut user = BrowserUser::new(self.target, &names.user(&foreign.as_user))
+            .map_err(|e| failure("open the portal", "a client", e))?;
+        let absent = KeyProtectorId::random(&mut rand::rng());
+        self.probes.push(Probe::KeyId(absent.first8()));
+        self.steps
+            .run_async(
+                "someone else's key ID is answered exactly like an absent one",
+                async {
+                    user.sign_in_and_accept(&names.user(&foreign.as_user), &password)
+                        .await
+                        .map_err(because("the key form"))?;
+                    let theirs = user
+                        .request_key(&key_id.first8(), "BIOS/TPM changed")
+                        .await
+                        .map_err(because("an answer"))?;
+                    let nobody = user
+                        .request_key(&absent.first8(), "BIOS/TPM changed")
+                        .await
+                        .map_err(because("an answer"))?;
+                    ensure(
+                        matches!(theirs.outcome, Outcome::NotFound(_))
+                            && theirs.status == nobody.status
+                            && same_body(
+                                &theirs.body,
+                                &key_id.first8(),
+                                &nobody.body,
+                                &absent.first8(),
+                            ),
+                        format!(
+                            "identical not-found answers: status {} body of {} bytes",
+                            nobody.status,
+                            nobody.body.len()
+                        ),
+                        format!(
+                            "{:?}, status {}, body of {} bytes",
+                            theirs.outcome,
+                            theirs.status,
+                            theirs.body.len()
+                        ),
+                    )
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `checks.audit`: the portal's audit rows for this story, in order, with only the
+    /// harness's own probe rows between them.
+    async fn audit_check(&mut self, names: &Names) -> Result<(), Failure> {
+        let s = self.scenario;
+        let admin =
+            Admin::new(self.target).map_err(|e| failure("connect as admin", "a client", e))?;
+        let device = names.device(&s.device.name);
+        let users: Vec<String> = s.users.iter().map(|u| names.user(&u.name)).collect();
+        let expected = &s.checks.audit;
+        let probes = self.probes.clone();
+        self.steps
+            .run_async("the audit shows each request", async {
+                let rows = admin
+                    .audit(&AuditQuery::default())
+                    .await
+                    .map_err(because("audit rows"))?;
+                let mine: Vec<&AuditRow> = rows
+                    .iter()
+                    .filter(|r| {
+                        r.device
+                            .as_deref()
+                            .is_some_and(|d| d.eq_ignore_ascii_case(&device))
+                            || r.requester
+                                .as_deref()
+                                .is_some_and(|q| users.iter().any(|u| u.eq_ignore_ascii_case(q)))
+                            || r.end_user
+                                .as_deref()
+                                .is_some_and(|q| users.iter().any(|u| u.eq_ignore_ascii_case(q)))
+                    })
+                    .collect();
+                let probe = probe_rows(&mine, &probes);
+                let mine: Vec<(String, String)> = mine
+                    .iter()
+                    .map(|r| (r.source.clone(), r.outcome.clone()))
+                    .collect();
+                let want: Vec<(String, String)> = expected
+                    .iter()
+                    .map(|e| (serde_name(&e.source), serde_name(&e.outcome)))
+                    .collect();
+                // Every row the story caused, and no other but the harness's probes: a
+                // stated row another row could stand in for would let a wrong outcome
+                // pass.
+                let got: Vec<String> = mine
+                    .iter()
+                    .zip(&probe)
+                    .map(|((source, outcome), &p)| {
+                        let mark = if p { " (harness probe)" } else { "" };
+                        format!("{source} {outcome}{mark}")
+                    })
+                    .collect();
+                ensure(
+                    audit_matches(&want, &mine, &probe),
+                    format!("{want:?} in this order: every row of the story, probe rows optional"),
+                    got.join(", "),
+                )
+            })
+            .await?;
         Ok(())
     }
 }
