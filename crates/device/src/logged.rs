@@ -115,7 +115,7 @@ pub fn log_change(change: &Change) -> Result<Option<LogChange>, String> {
                 "in a real Windows log boot debugging is a SIPA event in PCR 12-14, \
                         outside every profile: BitLocker refuses it by its BCD validation in \
                         software, not by the TPM; `harness eventlog predict --change \
-                        boot-debugging-on` reports that verdict"
+                        boot_debugging_on` reports that verdict"
                     .into(),
             )
         }

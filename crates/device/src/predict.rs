@@ -37,35 +37,60 @@ use super::replay::{self as tpm_replay, hashing_algorithm, TpmReplayError};
 use super::Profile;
 
 /// A change to apply to a real log.
+///
+/// One spelling: snake_case, in JSON and on the command line (`--change firmware_update`);
+/// the kebab-case names of earlier releases (`--change firmware-update`) stay accepted as
+/// aliases so existing commands keep working.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum LogChange {
     /// A UEFI/BIOS update: the PCR 0 code measurements (CRTM version, firmware blobs) change.
+    #[value(alias = "firmware-update")]
     FirmwareUpdate,
     /// A new option ROM (add-in card) in PCR 2, signed by an authority already logged (no
     /// new PCR 7 authority event).
+    #[value(alias = "option-rom")]
     OptionRom,
     /// A certificate appended to db (e.g. the Windows UEFI CA 2023): PCR 7.
+    #[value(alias = "db-update")]
     DbUpdate,
     /// A hash appended to dbx (a revocation update): PCR 7.
+    #[value(alias = "dbx-update")]
     DbxUpdate,
     /// A new boot manager binary signed by the same authority: PCR 4 only.
+    #[value(alias = "boot-manager-same-signer")]
     BootManagerSameSigner,
     /// A new boot manager signed by another db authority: PCR 4 and PCR 7 (authority event).
+    #[value(alias = "boot-manager-other-signer")]
     BootManagerOtherSigner,
     /// Secure Boot turned off: SecureBoot=0, no authority events (PCR 7).
+    #[value(alias = "secure-boot-off")]
     SecureBootOff,
     /// `bcdedit /set bootdebug on`: the boot manager's SIPA BOOTDEBUGGING events become 1.
+    #[value(alias = "boot-debugging-on")]
     BootDebuggingOn,
     /// The firmware BootOrder rotated (e.g. DVD first): PCR 1.
+    #[value(alias = "boot-order")]
     BootOrder,
+}
+
+impl fmt::Display for LogChange {
+    /// The canonical (snake_case) name, as `--change` and the JSON spell it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use clap::ValueEnum;
+        match self.to_possible_value() {
+            Some(value) => f.write_str(value.get_name()),
+            None => write!(f, "{self:?}"),
+        }
+    }
 }
 
 /// Why a prediction could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
     /// The log lacks what the change edits.
-    #[error("cannot apply {change:?} to this log: {reason}")]
+    #[error("cannot apply {change} to this log: {reason}")]
     Change { change: LogChange, reason: String },
     /// The TPM failed in a way that is not a verdict, or disagrees with the software replay.
     #[error("{0}")]
@@ -569,4 +594,33 @@ pub fn touched(before: &TcgLog, after: &TcgLog) -> Vec<NamedRecord> {
         .filter(|r| !before.records.contains(r))
         .map(NamedRecord::from)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogChange;
+    use clap::ValueEnum;
+
+    /// One spelling: `--change`, the JSON and messages all use the snake_case name; the
+    /// kebab-case names of earlier releases still parse, to the same change.
+    #[test]
+    fn log_changes_are_spelled_snake_case_with_kebab_case_aliases() {
+        for &change in LogChange::value_variants() {
+            let name = change.to_string();
+            assert_eq!(
+                serde_json::to_value(change).ok(),
+                Some(serde_json::Value::String(name.clone()))
+            );
+            assert_eq!(LogChange::from_str(&name, false), Ok(change));
+            assert_eq!(
+                LogChange::from_str(&name.replace('_', "-"), false),
+                Ok(change),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            LogChange::from_str("firmware-update", false),
+            Ok(LogChange::FirmwareUpdate)
+        );
+    }
 }

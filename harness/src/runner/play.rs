@@ -1,9 +1,11 @@
 //! One scenario, end to end: a device on its own TPM, the portal over HTTP, the user.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rand::Rng;
 
+use crate::scenario::serde_name;
 use crate::scenario::{
     self, AfterRecovery, Answer as Expected, ChangeKind, IdleExpiry, KeyIdDigits, PinAction,
     ProtectorKind, RecoveryVia, Scenario, TpmError,
@@ -13,7 +15,7 @@ use device::machine::{
     BitLockerSetup, BootOutcome, EscrowedKey, LockoutCause, Machine, RecoveryScreen, TpmProtection,
     WINDOWS_DA,
 };
-use device::{Device, Profile};
+use device::Device;
 use portal_client::chrome::get_key_label;
 use portal_client::{
     AccountRole, Admin, Agent, Answer, AuditQuery, AuditRow, BrowserUser, ChromeOptions,
@@ -82,6 +84,23 @@ enum Probe {
     Computer(String),
 }
 
+/// The device after phase 1: provisioned, booted once, named for this run.
+struct Provisioned {
+    names: Names,
+    device_name: String,
+    pin: Option<String>,
+    machine: Machine,
+    /// The recovery passwords provisioning made (the agent escrows them).
+    escrow: Vec<EscrowedKey>,
+}
+
+/// The portal's side after phase 2: the enrolled agent and each user's password (by
+/// lower-case scenario name).
+struct Enrolled {
+    agent: Agent,
+    passwords: HashMap<String, String>,
+}
+
 const PASSWORD_LEN: usize = 20;
 
 impl<'a> Play<'a> {
@@ -98,16 +117,32 @@ impl<'a> Play<'a> {
         }
     }
 
-    /// Runs every step; the first failure ends the run.
+    /// Runs every phase; the first failure ends the run.
     pub async fn run(&mut self) -> Result<(), Failure> {
-        let s = self.scenario;
-        let mut rng = rand::rng();
-        let names = Names {
-            tag: format!("{:06x}", rng.random::<u32>() & 0xff_ffff),
+        let mut device = self.provision()?;
+        let portal = self.enroll_and_escrow(&device).await?;
+        let screen = self.change_and_boot(&mut device.machine, device.pin.as_deref())?;
+        let Some(screen) = screen else {
+            return self.portal_only_checks(&device, &portal).await;
         };
-        let device_name = names.device(&s.device.name);
+        let Some(recovery) = &self.scenario.recovery else {
+            return Ok(());
+        };
+        let key_id = screen.key_id;
+        if let Some(password) = self.recover(recovery, key_id, &mut device, &portal).await? {
+            self.unlock(&mut device, key_id, &password)?;
+            self.after_recovery(&mut device, &portal, key_id, &password)
+                .await?;
+        }
+        self.portal_only_checks(&device, &portal).await
+    }
 
-        // 1. The device: its own swtpm, BitLocker provisioned, a first healthy boot.
+    /// Phase 1, the device: its own swtpm, BitLocker provisioned, a first healthy boot.
+    fn provision(&mut self) -> Result<Provisioned, Failure> {
+        let s = self.scenario;
+        let names = Names {
+            tag: format!("{:06x}", rand::rng().random::<u32>() & 0xff_ffff),
+        };
         let setup = bitlocker_setup(s)?;
         let device = scenario_device(s)?;
         let pin = s.device.pin.clone();
@@ -124,15 +159,25 @@ impl<'a> Play<'a> {
         self.steps.run("first boot opens without help", || {
             expect_unlocked(machine.boot(pin.as_deref()))
         })?;
+        Ok(Provisioned {
+            device_name: names.device(&s.device.name),
+            names,
+            pin,
+            machine,
+            escrow,
+        })
+    }
 
-        // 2. The portal: accounts, an enrollment token, the agent's escrow and sign-ins.
+    /// Phase 2, the portal: accounts, an enrollment token, the agent's escrow and sign-ins.
+    async fn enroll_and_escrow(&mut self, d: &Provisioned) -> Result<Enrolled, Failure> {
+        let s = self.scenario;
         let admin =
             Admin::new(self.target).map_err(|e| failure("connect as admin", "a client", e))?;
-        let mut passwords = std::collections::HashMap::new();
+        let mut passwords = HashMap::new();
         for user in &s.users {
-            let password = random_password(&mut rng);
+            let password = random_password(&mut rand::rng());
             let role: AccountRole = user.role.into();
-            let name = names.user(&user.name);
+            let name = d.names.user(&user.name);
             self.steps
                 .run_async(&format!("admin creates account {}", user.name), async {
                     admin
@@ -155,12 +200,12 @@ impl<'a> Play<'a> {
         let agent = self
             .steps
             .run_async("the device's agent enrolls", async {
-                Agent::enroll(self.target, &token, &device_name)
+                Agent::enroll(self.target, &token, &d.device_name)
                     .await
                     .map_err(because("a device credential"))
             })
             .await?;
-        for key in &escrow {
+        for key in &d.escrow {
             self.steps
                 .run_async(&format!("agent escrows {}", key.key_protector_id), async {
                     let escrowed = agent
@@ -178,7 +223,7 @@ impl<'a> Play<'a> {
                 .await?;
         }
         if s.device.escrow_tpm_lockout {
-            let auth = machine.lockout_auth().to_vec();
+            let auth = d.machine.lockout_auth().to_vec();
             self.steps
                 .run_async("agent escrows the TPM lockout authorization", async {
                     agent
@@ -190,7 +235,7 @@ impl<'a> Play<'a> {
         }
         for user in &s.users {
             for kind in &user.sign_ins {
-                let name = names.user(&user.name);
+                let name = d.names.user(&user.name);
                 let kind: SignIn = (*kind).into();
                 self.steps
                     .run_async(
@@ -206,265 +251,333 @@ impl<'a> Play<'a> {
                     .await?;
             }
         }
+        Ok(Enrolled { agent, passwords })
+    }
 
-        // 3. The change, and the boot that must (or must not) end on the recovery screen.
-        let screen = self.change_and_boot(&mut machine, pin.as_deref())?;
-        let Some(screen) = screen else {
-            return self
-                .portal_only_checks(&names, &passwords, &machine, &escrow, &agent)
-                .await;
-        };
-
-        // 4. The user recovers through the portal.
-        let Some(recovery) = &s.recovery else {
-            return Ok(());
-        };
-        let requester = recovery.requester.clone();
-        let requester_password = passwords
-            .get(&requester.to_lowercase())
+    /// Phase 4, the user recovers through the portal, as `recovery.via` says: the recovery
+    /// password the portal gave, if the story has one to type.
+    async fn recover(
+        &mut self,
+        recovery: &scenario::Recovery,
+        key_id: KeyProtectorId,
+        d: &mut Provisioned,
+        p: &Enrolled,
+    ) -> Result<Option<String>, Failure> {
+        let requester = d.names.user(&recovery.requester);
+        let password = p
+            .passwords
+            .get(&recovery.requester.to_lowercase())
             .cloned()
-            .ok_or_else(|| plain("find the requester", "a user in the scenario", &requester))?;
-        let key_id = screen.key_id;
+            .ok_or_else(|| {
+                plain(
+                    "find the requester",
+                    "a user in the scenario",
+                    &recovery.requester,
+                )
+            })?;
         let typed_id = match recovery.digits() {
             KeyIdDigits::Eight => key_id.first8(),
             KeyIdDigits::ThirtyTwo => key_id.to_string(),
         };
-
-        let got_key: Option<String> = match recovery.via {
+        match recovery.via {
             RecoveryVia::SelfService => {
-                let username = names.user(&requester);
-                let mut user = User::open(
-                    self.target,
-                    &username,
-                    self.browser.as_ref(),
-                    recovery.language.map(|l| l.accept_language()),
-                )
-                .await
-                .map_err(|e| {
-                    let what = if self.browser.is_some() {
-                        "Chromium (chromedriver)"
-                    } else {
-                        "a client"
-                    };
-                    failure("open the portal", what, e)
-                })?;
-                let result = self
-                    .self_service(
-                        &mut user,
-                        &username,
-                        &requester_password,
-                        &key_id,
-                        &typed_id,
-                    )
-                    .await;
-                if result.is_err() {
-                    user.screenshot("failure").await;
-                }
-                self.screenshots.extend(user.finish().await);
-                result?
+                self.recover_self_service(recovery, &requester, &password, &key_id, &typed_id)
+                    .await
             }
             RecoveryVia::HelpDesk => {
-                let mut operator = self
-                    .help_desk_operator(&names.user(&requester), &requester_password)
-                    .await?;
-                let end_user = recovery.end_user.as_deref().map(|u| names.user(u));
-                let reason = recovery.reason.as_str();
-                let answer = self
-                    .steps
-                    .run_async(
-                        &format!("operator looks up {} digits of the key ID", typed_id.len()),
-                        async {
-                            operator
-                                .lookup_key(&typed_id, end_user.as_deref(), reason)
-                                .await
-                                .map_err(because("an answer page"))
-                        },
-                    )
-                    .await?;
-                self.help_desk_answer(
-                    recovery.answer,
-                    answer,
-                    &mut operator,
-                    end_user.as_deref(),
-                    &key_id,
-                    typed_id.len(),
-                    reason,
-                )
-                .await?
+                self.recover_help_desk(recovery, d, &requester, &password, &key_id, &typed_id)
+                    .await
             }
             RecoveryVia::HelpDeskTpmReset => {
-                let mut operator = self
-                    .help_desk_operator(&names.user(&requester), &requester_password)
+                self.recover_tpm_reset(recovery, d, p, &requester, &password)
                     .await?;
-                let end_user = recovery.end_user.as_deref().map(|u| names.user(u));
-                let answer = self
-                    .steps
-                    .run_async(
-                        "operator reads the TPM lockout authorization (Manage TPM)",
-                        async {
-                            operator
-                                .manage_tpm(
-                                    &device_name,
-                                    end_user.as_deref(),
-                                    recovery.reason.as_str(),
-                                )
-                                .await
-                                .map_err(because("the Manage TPM answer"))
-                        },
+                Ok(None)
+            }
+        }
+    }
+
+    /// `via: self_service`: the user at `/SelfService`, in whichever client plays it.
+    async fn recover_self_service(
+        &mut self,
+        recovery: &scenario::Recovery,
+        username: &str,
+        password: &str,
+        key_id: &KeyProtectorId,
+        typed_id: &str,
+    ) -> Result<Option<String>, Failure> {
+        let mut user = User::open(
+            self.target,
+            username,
+            self.browser.as_ref(),
+            recovery.language.map(|l| l.accept_language()),
+        )
+        .await
+        .map_err(|e| {
+            let what = if self.browser.is_some() {
+                "Chromium (chromedriver)"
+            } else {
+                "a client"
+            };
+            failure("open the portal", what, e)
+        })?;
+        let result = self
+            .self_service(&mut user, username, password, key_id, typed_id)
+            .await;
+        if result.is_err() {
+            user.screenshot("failure").await;
+        }
+        self.screenshots.extend(user.finish().await);
+        result
+    }
+
+    /// `via: help_desk`: the operator looks the key up for the user.
+    async fn recover_help_desk(
+        &mut self,
+        recovery: &scenario::Recovery,
+        d: &Provisioned,
+        operator_name: &str,
+        operator_password: &str,
+        key_id: &KeyProtectorId,
+        typed_id: &str,
+    ) -> Result<Option<String>, Failure> {
+        let mut operator = self
+            .help_desk_operator(operator_name, operator_password)
+            .await?;
+        let end_user = recovery.end_user.as_deref().map(|u| d.names.user(u));
+        let reason = recovery.reason.as_str();
+        let answer = self
+            .steps
+            .run_async(
+                &format!("operator looks up {} digits of the key ID", typed_id.len()),
+                async {
+                    operator
+                        .lookup_key(typed_id, end_user.as_deref(), reason)
+                        .await
+                        .map_err(because("an answer page"))
+                },
+            )
+            .await?;
+        self.help_desk_answer(
+            recovery.answer,
+            answer,
+            &mut operator,
+            end_user.as_deref(),
+            key_id,
+            typed_id.len(),
+            reason,
+        )
+        .await
+    }
+
+    /// `via: help_desk_tpm_reset`: the operator reads the TPM lockout authorization (Manage
+    /// TPM), the device resets its lockout with it and the right PIN unlocks; then the
+    /// lockout authorization's own rotation cycle.
+    async fn recover_tpm_reset(
+        &mut self,
+        recovery: &scenario::Recovery,
+        d: &mut Provisioned,
+        p: &Enrolled,
+        operator_name: &str,
+        operator_password: &str,
+    ) -> Result<(), Failure> {
+        let mut operator = self
+            .help_desk_operator(operator_name, operator_password)
+            .await?;
+        let end_user = recovery.end_user.as_deref().map(|u| d.names.user(u));
+        let reason = recovery.reason.as_str();
+        let answer = self
+            .steps
+            .run_async(
+                "operator reads the TPM lockout authorization (Manage TPM)",
+                async {
+                    operator
+                        .manage_tpm(&d.device_name, end_user.as_deref(), reason)
+                        .await
+                        .map_err(because("the Manage TPM answer"))
+                },
+            )
+            .await?;
+        let auth_hex = match recovery.answer {
+            Expected::Refused => {
+                return self
+                    .tpm_refusal_like_absent(
+                        &mut operator,
+                        &answer,
+                        &d.device_name,
+                        end_user.as_deref(),
+                        reason,
                     )
-                    .await?;
-                let auth_hex = match recovery.answer {
-                    Expected::Refused => {
-                        self.tpm_refusal_like_absent(
-                            &mut operator,
-                            &answer,
-                            &device_name,
-                            end_user.as_deref(),
-                            recovery.reason.as_str(),
-                        )
-                        .await?;
-                        return self
-                            .portal_only_checks(&names, &passwords, &machine, &escrow, &agent)
-                            .await;
+                    .await;
+            }
+            expected => self.steps.run(
+                "Manage TPM answers as the scenario says",
+                || match &answer.outcome {
+                    Outcome::LockoutAuth(hex) if expected == Expected::LockoutAuthShown => {
+                        Ok(hex.clone())
                     }
-                    expected => self.steps.run(
-                        "Manage TPM answers as the scenario says",
-                        || match &answer.outcome {
-                            Outcome::LockoutAuth(hex) if expected == Expected::LockoutAuthShown => {
-                                Ok(hex.clone())
-                            }
-                            other => Err((
-                                format!("{expected:?}"),
-                                format!("{other:?} (status {})", answer.status),
-                            )),
-                        },
-                    )?,
-                };
-                let auth = hex::decode(auth_hex.trim()).map_err(|e| {
-                    plain("decode the lockout authorization", "hex", &e.to_string())
-                })?;
+                    other => Err((
+                        format!("{expected:?}"),
+                        format!("{other:?} (status {})", answer.status),
+                    )),
+                },
+            )?,
+        };
+        let auth = hex::decode(auth_hex.trim())
+            .map_err(|e| plain("decode the lockout authorization", "hex", &e.to_string()))?;
+        let (machine, pin) = (&mut d.machine, d.pin.as_deref());
+        self.steps
+            .run("the device resets the TPM lockout with it", || {
+                machine
+                    .reset_tpm_lockout(&auth)
+                    .map_err(because("a lockout reset"))
+            })?;
+        self.steps
+            .run("the right PIN unlocks without a recovery key", || {
+                expect_unlocked(machine.boot(pin))
+            })?;
+        self.lockout_auth_cycle(machine, &p.agent).await
+    }
+
+    /// After a TPM reset: the portal asks the agent to rotate the shown lockout
+    /// authorization at its check-in; the agent rotates it (or keeps it and is asked again).
+    async fn lockout_auth_cycle(
+        &mut self,
+        machine: &mut Machine,
+        agent: &Agent,
+    ) -> Result<(), Failure> {
+        self.steps
+            .run_async(
+                "agent check-in asks to rotate the TPM lockout authorization",
+                async {
+                    let c = agent.check_in().await.map_err(because("a check-in"))?;
+                    ensure(
+                        c.rotate_tpm_lockout,
+                        "rotate_tpm_lockout: true",
+                        format!("{c:?}"),
+                    )
+                },
+            )
+            .await?;
+        match after_recovery(self.scenario) {
+            AfterRecovery::Rotate => {
+                let new_auth = machine
+                    .rotate_lockout_auth(&mut rand::rng())
+                    .map_err(|e| failure("rotate the lockout authorization", "a new value", e))?;
                 self.steps
-                    .run("the device resets the TPM lockout with it", || {
-                        machine
-                            .reset_tpm_lockout(&auth)
-                            .map_err(because("a lockout reset"))
-                    })?;
+                    .run_async("agent escrows the new lockout authorization", async {
+                        agent
+                            .escrow_tpm_lockout(&new_auth)
+                            .await
+                            .map_err(because("204"))?;
+                        let c = agent.check_in().await.map_err(because("a check-in"))?;
+                        ensure(
+                            !c.rotate_tpm_lockout,
+                            "rotate_tpm_lockout: false",
+                            format!("{c:?}"),
+                        )
+                    })
+                    .await
+            }
+            AfterRecovery::Keep => {
                 self.steps
-                    .run("the right PIN unlocks without a recovery key", || {
-                        expect_unlocked(machine.boot(pin.as_deref()))
-                    })?;
-                // The portal asks the agent to rotate the shown value at its check-in.
-                let check_in = self
-                    .steps
                     .run_async(
-                        "agent check-in asks to rotate the TPM lockout authorization",
+                        "the next check-in still asks to rotate the TPM lockout authorization",
                         async {
                             let c = agent.check_in().await.map_err(because("a check-in"))?;
                             ensure(
                                 c.rotate_tpm_lockout,
-                                "rotate_tpm_lockout: true",
+                                "rotate_tpm_lockout: true (the value was not rotated)",
                                 format!("{c:?}"),
                             )
                         },
                     )
-                    .await;
-                check_in?;
-                match after_recovery(s) {
-                    AfterRecovery::Rotate => {
-                        let new_auth =
-                            machine.rotate_lockout_auth(&mut rand::rng()).map_err(|e| {
-                                failure("rotate the lockout authorization", "a new value", e)
-                            })?;
-                        self.steps
-                            .run_async("agent escrows the new lockout authorization", async {
-                                agent
-                                    .escrow_tpm_lockout(&new_auth)
-                                    .await
-                                    .map_err(because("204"))?;
-                                let c = agent.check_in().await.map_err(because("a check-in"))?;
-                                ensure(
-                                    !c.rotate_tpm_lockout,
-                                    "rotate_tpm_lockout: false",
-                                    format!("{c:?}"),
-                                )
-                            })
-                            .await?;
-                    }
-                    AfterRecovery::Keep => {
-                        self.steps
-                            .run_async(
-                                "the next check-in still asks to rotate the TPM lockout authorization",
-                                async {
-                                    let c =
-                                        agent.check_in().await.map_err(because("a check-in"))?;
-                                    ensure(
-                                        c.rotate_tpm_lockout,
-                                        "rotate_tpm_lockout: true (the value was not rotated)",
-                                        format!("{c:?}"),
-                                    )
-                                },
-                            )
-                            .await?;
-                    }
-                }
-                None
-            }
-        };
-
-        // 5. The key typed on the device must unlock it; then the single-use cycle.
-        if let Some(password) = got_key {
-            let new_pin = pin.clone();
-            self.steps
-                .run("the key from the portal unlocks the device", || {
-                    let recovered = machine
-                        .enter_recovery_password(&password, new_pin.as_deref())
-                        .map_err(because("a real unlock (VMK unwrap, sector decrypts)"))?;
-                    ensure(
-                        recovered.via == key_id,
-                        key_id.to_string(),
-                        recovered.via.to_string(),
-                    )
-                })?;
-            self.steps.run("the next boot opens without recovery", || {
-                expect_unlocked(machine.boot(pin.as_deref()))
-            })?;
-            let volume = JudgedVolume {
-                image: machine.volume_image(),
-                data_sha256: machine.volume_data_sha256(),
-            };
-            volume_check::portal_key_opens(
-                &mut self.steps,
-                self.volume_judges,
-                volume,
-                key_id,
-                &password,
-            )?;
-            match after_recovery(s) {
-                AfterRecovery::Rotate => {
-                    let new = self
-                        .rotation_cycle(&mut machine, &agent, &names, &passwords, key_id, &password)
-                        .await?;
-                    let volume = JudgedVolume {
-                        image: machine.volume_image(),
-                        data_sha256: machine.volume_data_sha256(),
-                    };
-                    let new_password = new.recovery_password.to_string();
-                    volume_check::rotation_seen(
-                        &mut self.steps,
-                        self.volume_judges,
-                        volume,
-                        (key_id, &password),
-                        (new.key_protector_id, &new_password),
-                    )?;
-                }
-                AfterRecovery::Keep => {
-                    self.keep_cycle(&machine, &agent, &names, &passwords, key_id, &password)
-                        .await?;
-                }
+                    .await
             }
         }
-        self.portal_only_checks(&names, &passwords, &machine, &escrow, &agent)
-            .await
+    }
+
+    /// Phase 5, unlock: the key typed on the device must unlock it, the next boot is
+    /// normal, and the outside tools (if any) open the volume with it.
+    fn unlock(
+        &mut self,
+        d: &mut Provisioned,
+        key_id: KeyProtectorId,
+        password: &str,
+    ) -> Result<(), Failure> {
+        let (machine, pin) = (&mut d.machine, d.pin.as_deref());
+        self.steps
+            .run("the key from the portal unlocks the device", || {
+                let recovered = machine
+                    .enter_recovery_password(password, pin)
+                    .map_err(because("a real unlock (VMK unwrap, sector decrypts)"))?;
+                ensure(
+                    recovered.via == key_id,
+                    key_id.to_string(),
+                    recovered.via.to_string(),
+                )
+            })?;
+        self.steps.run("the next boot opens without recovery", || {
+            expect_unlocked(machine.boot(pin))
+        })?;
+        let volume = JudgedVolume {
+            image: machine.volume_image(),
+            data_sha256: machine.volume_data_sha256(),
+        };
+        volume_check::portal_key_opens(
+            &mut self.steps,
+            self.volume_judges,
+            volume,
+            key_id,
+            password,
+        )
+    }
+
+    /// Phase 6, rotation: the single-use cycle (`after_recovery: rotate`) or the kept key
+    /// (`keep`).
+    async fn after_recovery(
+        &mut self,
+        d: &mut Provisioned,
+        p: &Enrolled,
+        key_id: KeyProtectorId,
+        password: &str,
+    ) -> Result<(), Failure> {
+        match after_recovery(self.scenario) {
+            AfterRecovery::Rotate => {
+                let new = self
+                    .rotation_cycle(
+                        &mut d.machine,
+                        &p.agent,
+                        &d.names,
+                        &p.passwords,
+                        key_id,
+                        password,
+                    )
+                    .await?;
+                let volume = JudgedVolume {
+                    image: d.machine.volume_image(),
+                    data_sha256: d.machine.volume_data_sha256(),
+                };
+                let new_password = new.recovery_password.to_string();
+                volume_check::rotation_seen(
+                    &mut self.steps,
+                    self.volume_judges,
+                    volume,
+                    (key_id, password),
+                    (new.key_protector_id, &new_password),
+                )
+            }
+            AfterRecovery::Keep => {
+                self.keep_cycle(
+                    &d.machine,
+                    &p.agent,
+                    &d.names,
+                    &p.passwords,
+                    key_id,
+                    password,
+                )
+                .await
+            }
+        }
     }
 
     /// Checks the help desk's answer to a key lookup as self-service answers are checked:
@@ -576,150 +689,52 @@ impl<'a> Play<'a> {
         Ok(operator)
     }
 
+    /// Phase 3, the change and the boot after it, which must (or must not) end on the
+    /// recovery screen the scenario expects: the screen, when it does.
     fn change_and_boot(
         &mut self,
         machine: &mut Machine,
         pin: Option<&str>,
     ) -> Result<Option<RecoveryScreen>, Failure> {
         let s = self.scenario;
-        let expect = &s.expect;
         if s.change.kind == ChangeKind::None {
             return Ok(None);
         }
-        // The last wrong PIN's outcome: the device is at the PIN prompt (`None`) or on
-        // the recovery screen the TPM's lockout put it on.
-        let mut after_wrong_pins: Option<BootOutcome> = None;
-        if s.change.kind == ChangeKind::LostPin {
-            // Exactly `wrong_pins` wrong PINs, each answered by the TPM: a counted
-            // failure up to the threshold, a lockout after it.
-            let wrong = s.change.wrong_pins.unwrap_or(0);
-            let threshold = s.device.lockout_threshold;
-            for attempt in 1..=wrong {
-                let outcome = machine.boot(Some("000000-wrong"));
-                let name = format!("wrong PIN #{attempt}");
-                let outcome = self.steps.run(&name, || match outcome {
-                    Ok(BootOutcome::WrongPin { lockout_counter }) if attempt <= threshold => {
-                        ensure(
-                            lockout_counter == attempt,
-                            format!("TPM_RC_AUTH_FAIL with the lockout counter at {attempt}"),
-                            format!("counter {lockout_counter}"),
-                        )?;
-                        Ok(BootOutcome::WrongPin { lockout_counter })
-                    }
-                    Ok(BootOutcome::Recovery(screen))
-                        if attempt > threshold && screen.cause == LockoutCause::LockedOut =>
-                    {
-                        Ok(BootOutcome::Recovery(screen))
-                    }
-                    Ok(other) => Err((
-                        if attempt <= threshold {
-                            format!("TPM_RC_AUTH_FAIL with the lockout counter at {attempt}")
-                        } else {
-                            format!("TPM_RC_LOCKOUT: {threshold} failures reached")
-                        },
-                        match other {
-                            BootOutcome::Recovery(screen) => {
-                                format!("the recovery screen with {}", screen.cause.name())
-                            }
-                            other => format!("{other:?}"),
-                        },
-                    )),
-                    Err(e) => Err(("a refused PIN".into(), e.to_string())),
-                })?;
-                after_wrong_pins = Some(outcome);
-            }
+        let after_wrong_pins = if s.change.kind == ChangeKind::LostPin {
+            self.wrong_pins(machine)?
         } else {
-            let change = s.change.device_change();
-            if let Some(change) = change {
-                let predicted = machine.device().clone().with(&change);
-                self.steps.run(
-                    &format!("apply the change: {}", s.change.kind.as_str()),
-                    || {
-                        machine
-                            .apply(&change)
-                            .map_err(because("the change applies"))
-                    },
-                )?;
-                if let Ok(predicted) = predicted {
-                    let profile_pcrs: Vec<u8> =
-                        machine.profile().pcrs().iter().map(|&p| p as u8).collect();
-                    // At the unseal point, in the bank sealed to (a real log may be SHA-1).
-                    let boot = predicted.measured_boot();
-                    let at_unseal = boot.at_unseal();
-                    let predicted_values: Vec<(u8, Vec<u8>)> = profile_pcrs
-                        .iter()
-                        .filter_map(|&p| {
-                            at_unseal
-                                .get(boot.bank(), u32::from(p))
-                                .map(|v| (p, v.to_vec()))
-                        })
-                        .collect();
-                    self.facts.explanation = Some(format!(
-                        "predicted before the change: {}",
-                        fmt_pcrs(&predicted_values)
-                    ));
-                }
-            }
-        }
-
+            self.apply_change(machine)?;
+            None
+        };
         // After the wrong PINs the user does what the scenario says (`change.then`); what
-        // follows is checked against the scenario's expectations below.
-        let (outcome, step) = match (s.change.kind, after_wrong_pins) {
-            (ChangeKind::LostPin, Some(last)) => match s.change.pin_action() {
+        // follows is checked against the scenario's expectations.
+        let (next, step) = match after_wrong_pins {
+            Some(last) => match s.change.pin_action() {
                 PinAction::Esc => match last {
                     BootOutcome::WrongPin { .. } => (
-                        machine
-                            .choose_recovery_at_pin_prompt()
-                            .map(|screen| BootOutcome::Recovery(Box::new(screen))),
+                        NextBoot::EscAtPinPrompt,
                         "the user presses Esc at the PIN prompt",
                     ),
-                    other => (Ok(other), "the recovery screen after the wrong PINs"),
+                    other => (
+                        NextBoot::Already(other),
+                        "the recovery screen after the wrong PINs",
+                    ),
                 },
                 // A new boot: a locked-out device shows no PIN prompt until it restarts.
-                PinAction::RightPin => (machine.boot(pin), "the user types the right PIN"),
+                PinAction::RightPin => (NextBoot::Boot, "the user types the right PIN"),
             },
-            _ => (machine.boot(pin), "boot after the change"),
+            None => (NextBoot::Boot, "boot after the change"),
         };
         let screen = self.steps.run(step, || {
-            let outcome = outcome.map_err(because("a boot"))?;
-            match (outcome, expect.recovery) {
-                (BootOutcome::Recovery(screen), true) => {
-                    let want = expect.tpm_error;
-                    ensure(
-                        cause_matches(&screen.cause, want),
-                        format!("the recovery screen with {want:?}"),
-                        format!("the recovery screen with {}", screen.cause.name()),
-                    )?;
-                    let changed: Vec<u32> = screen.explanation.pcrs();
-                    if want == TpmError::PolicyFailed {
-                        let expected: Vec<u32> =
-                            expect.changed_pcrs.iter().map(|&p| u32::from(p)).collect();
-                        ensure(
-                            changed == expected,
-                            format!("changed PCRs {expected:?}"),
-                            format!("changed PCRs {changed:?}"),
-                        )?;
-                    }
-                    Ok(Some(*screen))
-                }
-                (BootOutcome::Unlocked { .. }, false) => Ok(None),
-                (BootOutcome::WrongPin { lockout_counter }, _) => Err((
-                    format!("recovery: {}", expect.recovery),
-                    format!("a refused PIN (counter {lockout_counter})"),
-                )),
-                (BootOutcome::Recovery(screen), false) => Err((
-                    "a normal boot".into(),
-                    format!(
-                        "the recovery screen: {} ({})",
-                        screen.cause.name(),
-                        screen.explanation
-                    ),
-                )),
-                (BootOutcome::Unlocked { .. }, true) => Err((
-                    format!("the recovery screen with {:?}", expect.tpm_error),
-                    "a normal boot".into(),
-                )),
-            }
+            // The boot runs inside the step, so the step's time is the boot's.
+            let outcome = match next {
+                NextBoot::Boot => machine.boot(pin),
+                NextBoot::EscAtPinPrompt => machine
+                    .choose_recovery_at_pin_prompt()
+                    .map(|screen| BootOutcome::Recovery(Box::new(screen))),
+                NextBoot::Already(outcome) => Ok(outcome),
+            };
+            judge_boot(&s.expect, outcome.map_err(because("a boot"))?)
         })?;
         if let Some(screen) = &screen {
             self.facts.tpm_error = Some(screen.cause.name());
@@ -732,13 +747,93 @@ impl<'a> Play<'a> {
                 screen.key_id,
                 screen.cause.name()
             ));
-        } else if !expect.recovery {
+        } else if !s.expect.recovery {
             // A control: the next boot must be normal too.
             self.steps.run("the boot after that is normal too", || {
                 expect_unlocked(machine.boot(pin))
             })?;
         }
         Ok(screen)
+    }
+
+    /// `lost_pin`: exactly `wrong_pins` wrong PINs, each answered by the TPM: a counted
+    /// failure up to the threshold, a lockout after it. The last one's outcome: the device
+    /// is at the PIN prompt or on the recovery screen the TPM's lockout put it on.
+    fn wrong_pins(&mut self, machine: &mut Machine) -> Result<Option<BootOutcome>, Failure> {
+        let s = self.scenario;
+        let threshold = s.device.lockout_threshold;
+        let mut last = None;
+        for attempt in 1..=s.change.wrong_pins.unwrap_or(0) {
+            let counted = format!("TPM_RC_AUTH_FAIL with the lockout counter at {attempt}");
+            // The boot runs inside the step, so the step's time is the boot's.
+            let outcome = self.steps.run(&format!("wrong PIN #{attempt}"), || {
+                match machine.boot(Some("000000-wrong")) {
+                    Ok(BootOutcome::WrongPin { lockout_counter }) if attempt <= threshold => {
+                        ensure(
+                            lockout_counter == attempt,
+                            counted.clone(),
+                            format!("counter {lockout_counter}"),
+                        )?;
+                        Ok(BootOutcome::WrongPin { lockout_counter })
+                    }
+                    Ok(BootOutcome::Recovery(screen))
+                        if attempt > threshold && screen.cause == LockoutCause::LockedOut =>
+                    {
+                        Ok(BootOutcome::Recovery(screen))
+                    }
+                    Ok(other) => Err((
+                        if attempt <= threshold {
+                            counted.clone()
+                        } else {
+                            format!("TPM_RC_LOCKOUT: {threshold} failures reached")
+                        },
+                        match other {
+                            BootOutcome::Recovery(screen) => {
+                                format!("the recovery screen with {}", screen.cause.name())
+                            }
+                            other => format!("{other:?}"),
+                        },
+                    )),
+                    Err(e) => Err(("a refused PIN".into(), e.to_string())),
+                }
+            })?;
+            last = Some(outcome);
+        }
+        Ok(last)
+    }
+
+    /// Any other change: applied to the device (a step), with the PCR values the device
+    /// model predicts for it kept for the report.
+    fn apply_change(&mut self, machine: &mut Machine) -> Result<(), Failure> {
+        let s = self.scenario;
+        let Some(change) = s.change.device_change() else {
+            return Ok(());
+        };
+        let predicted = machine.device().clone().with(&change);
+        self.steps.run(
+            &format!("apply the change: {}", serde_name(&s.change.kind)),
+            || {
+                machine
+                    .apply(&change)
+                    .map_err(because("the change applies"))
+            },
+        )?;
+        if let Ok(predicted) = predicted {
+            // At the unseal point, in the bank sealed to (a real log may be SHA-1).
+            let boot = predicted.measured_boot();
+            let at_unseal = boot.at_unseal();
+            let predicted_values: Vec<(u32, Vec<u8>)> = machine
+                .profile()
+                .pcrs()
+                .iter()
+                .filter_map(|&p| at_unseal.get(boot.bank(), p).map(|v| (p, v.to_vec())))
+                .collect();
+            self.facts.explanation = Some(format!(
+                "predicted before the change: {}",
+                fmt_pcrs(&predicted_values)
+            ));
+        }
+        Ok(())
     }
 
     /// The user's part of a self-service recovery, in whichever client plays it.
@@ -1243,132 +1338,141 @@ impl<'a> Play<'a> {
             .await
     }
 
-    async fn portal_only_checks(
-        &mut self,
-        names: &Names,
-        passwords: &std::collections::HashMap<String, String>,
-        machine: &Machine,
-        escrow: &[EscrowedKey],
-        _agent: &Agent,
-    ) -> Result<(), Failure> {
+    /// Phase 7, the checks of the portal alone (`checks.foreign_key_request`,
+    /// `checks.audit`), whatever came before.
+    async fn portal_only_checks(&mut self, d: &Provisioned, p: &Enrolled) -> Result<(), Failure> {
         let s = self.scenario;
         if let Some(foreign) = &s.checks.foreign_key_request {
-            let key_id = machine
-                .recovery_key_ids()
-                .first()
-                .copied()
-                .or_else(|| escrow.first().map(|k| k.key_protector_id))
-                .ok_or_else(|| plain("foreign key request", "a key ID", "none"))?;
-            let password = passwords
-                .get(&foreign.as_user.to_lowercase())
-                .cloned()
-                .unwrap_or_default();
-            let mut user = BrowserUser::new(self.target, &names.user(&foreign.as_user))
-                .map_err(|e| failure("open the portal", "a client", e))?;
-            let absent = KeyProtectorId::random(&mut rand::rng());
-            self.probes.push(Probe::KeyId(absent.first8()));
-            self.steps
-                .run_async(
-                    "someone else's key ID is answered exactly like an absent one",
-                    async {
-                        user.sign_in_and_accept(&names.user(&foreign.as_user), &password)
-                            .await
-                            .map_err(because("the key form"))?;
-                        let theirs = user
-                            .request_key(&key_id.first8(), "BIOS/TPM changed")
-                            .await
-                            .map_err(because("an answer"))?;
-                        let nobody = user
-                            .request_key(&absent.first8(), "BIOS/TPM changed")
-                            .await
-                            .map_err(because("an answer"))?;
-                        ensure(
-                            matches!(theirs.outcome, Outcome::NotFound(_))
-                                && theirs.status == nobody.status
-                                && same_body(
-                                    &theirs.body,
-                                    &key_id.first8(),
-                                    &nobody.body,
-                                    &absent.first8(),
-                                ),
-                            format!(
-                                "identical not-found answers: status {} body of {} bytes",
-                                nobody.status,
-                                nobody.body.len()
-                            ),
-                            format!(
-                                "{:?}, status {}, body of {} bytes",
-                                theirs.outcome,
-                                theirs.status,
-                                theirs.body.len()
-                            ),
-                        )
-                    },
-                )
-                .await?;
+            self.foreign_key_request(foreign, d, p).await?;
         }
         if !s.checks.audit.is_empty() {
-            let admin =
-                Admin::new(self.target).map_err(|e| failure("connect as admin", "a client", e))?;
-            let device = names.device(&s.device.name);
-            let users: Vec<String> = s.users.iter().map(|u| names.user(&u.name)).collect();
-            let expected = &s.checks.audit;
-            let probes = self.probes.clone();
-            self.steps
-                .run_async("the audit shows each request", async {
-                    let rows = admin
-                        .audit(&AuditQuery::default())
-                        .await
-                        .map_err(because("audit rows"))?;
-                    let mine: Vec<&AuditRow> = rows
-                        .iter()
-                        .filter(|r| {
-                            r.device
-                                .as_deref()
-                                .is_some_and(|d| d.eq_ignore_ascii_case(&device))
-                                || r.requester.as_deref().is_some_and(|q| {
-                                    users.iter().any(|u| u.eq_ignore_ascii_case(q))
-                                })
-                                || r.end_user.as_deref().is_some_and(|q| {
-                                    users.iter().any(|u| u.eq_ignore_ascii_case(q))
-                                })
-                        })
-                        .collect();
-                    let probe = probe_rows(&mine, &probes);
-                    let mine: Vec<(String, String)> = mine
-                        .iter()
-                        .map(|r| (r.source.clone(), r.outcome.clone()))
-                        .collect();
-                    let want: Vec<(String, String)> = expected
-                        .iter()
-                        .map(|e| {
-                            (
-                                snake(&format!("{:?}", e.source)),
-                                snake(&format!("{:?}", e.outcome)),
-                            )
-                        })
-                        .collect();
-                    // Every row the story caused, and no other but the harness's probes: a
-                    // stated row another row could stand in for would let a wrong outcome
-                    // pass.
-                    let got: Vec<String> = mine
-                        .iter()
-                        .zip(&probe)
-                        .map(|((source, outcome), &p)| {
-                            let mark = if p { " (harness probe)" } else { "" };
-                            format!("{source} {outcome}{mark}")
-                        })
-                        .collect();
-                    ensure(
-                        audit_matches(&want, &mine, &probe),
-                        format!(
-                            "{want:?} in this order: every row of the story, probe rows optional"
-                        ),
-                        got.join(", "),
-                    )
-                })
-                .await?;
+            self.audit_check(&d.names).await?;
         }
+        Ok(())
+    }
+
+    /// `checks.foreign_key_request`: a user with no sign-in on the device asks for its key
+    /// ID and gets the answer an absent key ID gets, byte for byte.
+    async fn foreign_key_request(
+        &mut self,
+        foreign: &scenario::ForeignKeyRequest,
+        d: &Provisioned,
+        p: &Enrolled,
+    ) -> Result<(), Failure> {
+        let (names, passwords, machine, escrow) = (&d.names, &p.passwords, &d.machine, &d.escrow);
+        let key_id = machine
+            .recovery_key_ids()
+            .first()
+            .copied()
+            .or_else(|| escrow.first().map(|k| k.key_protector_id))
+            .ok_or_else(|| plain("foreign key request", "a key ID", "none"))?;
+        let password = passwords
+            .get(&foreign.as_user.to_lowercase())
+            .cloned()
+            .unwrap_or_default();
+        let mut user = BrowserUser::new(self.target, &names.user(&foreign.as_user))
+            .map_err(|e| failure("open the portal", "a client", e))?;
+        let absent = KeyProtectorId::random(&mut rand::rng());
+        self.probes.push(Probe::KeyId(absent.first8()));
+        self.steps
+            .run_async(
+                "someone else's key ID is answered exactly like an absent one",
+                async {
+                    user.sign_in_and_accept(&names.user(&foreign.as_user), &password)
+                        .await
+                        .map_err(because("the key form"))?;
+                    let theirs = user
+                        .request_key(&key_id.first8(), "BIOS/TPM changed")
+                        .await
+                        .map_err(because("an answer"))?;
+                    let nobody = user
+                        .request_key(&absent.first8(), "BIOS/TPM changed")
+                        .await
+                        .map_err(because("an answer"))?;
+                    ensure(
+                        matches!(theirs.outcome, Outcome::NotFound(_))
+                            && theirs.status == nobody.status
+                            && same_body(
+                                &theirs.body,
+                                &key_id.first8(),
+                                &nobody.body,
+                                &absent.first8(),
+                            ),
+                        format!(
+                            "identical not-found answers: status {} body of {} bytes",
+                            nobody.status,
+                            nobody.body.len()
+                        ),
+                        format!(
+                            "{:?}, status {}, body of {} bytes",
+                            theirs.outcome,
+                            theirs.status,
+                            theirs.body.len()
+                        ),
+                    )
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `checks.audit`: the portal's audit rows for this story, in order, with only the
+    /// harness's own probe rows between them.
+    async fn audit_check(&mut self, names: &Names) -> Result<(), Failure> {
+        let s = self.scenario;
+        let admin =
+            Admin::new(self.target).map_err(|e| failure("connect as admin", "a client", e))?;
+        let device = names.device(&s.device.name);
+        let users: Vec<String> = s.users.iter().map(|u| names.user(&u.name)).collect();
+        let expected = &s.checks.audit;
+        let probes = self.probes.clone();
+        self.steps
+            .run_async("the audit shows each request", async {
+                let rows = admin
+                    .audit(&AuditQuery::default())
+                    .await
+                    .map_err(because("audit rows"))?;
+                let mine: Vec<&AuditRow> = rows
+                    .iter()
+                    .filter(|r| {
+                        r.device
+                            .as_deref()
+                            .is_some_and(|d| d.eq_ignore_ascii_case(&device))
+                            || r.requester
+                                .as_deref()
+                                .is_some_and(|q| users.iter().any(|u| u.eq_ignore_ascii_case(q)))
+                            || r.end_user
+                                .as_deref()
+                                .is_some_and(|q| users.iter().any(|u| u.eq_ignore_ascii_case(q)))
+                    })
+                    .collect();
+                let probe = probe_rows(&mine, &probes);
+                let mine: Vec<(String, String)> = mine
+                    .iter()
+                    .map(|r| (r.source.clone(), r.outcome.clone()))
+                    .collect();
+                let want: Vec<(String, String)> = expected
+                    .iter()
+                    .map(|e| (serde_name(&e.source), serde_name(&e.outcome)))
+                    .collect();
+                // Every row the story caused, and no other but the harness's probes: a
+                // stated row another row could stand in for would let a wrong outcome
+                // pass.
+                let got: Vec<String> = mine
+                    .iter()
+                    .zip(&probe)
+                    .map(|((source, outcome), &p)| {
+                        let mark = if p { " (harness probe)" } else { "" };
+                        format!("{source} {outcome}{mark}")
+                    })
+                    .collect();
+                ensure(
+                    audit_matches(&want, &mine, &probe),
+                    format!("{want:?} in this order: every row of the story, probe rows optional"),
+                    got.join(", "),
+                )
+            })
+            .await?;
         Ok(())
     }
 }
@@ -1400,11 +1504,7 @@ pub fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
         None => None,
     };
     Ok(BitLockerSetup {
-        profile: match s.device.profile {
-            scenario::Profile::SecureBoot => Profile::SecureBoot7_11,
-            scenario::Profile::Uefi => Profile::Uefi0_2_4_11,
-            scenario::Profile::Legacy => Profile::Legacy,
-        },
+        profile: s.device.profile.device_profile(),
         protection,
         recovery_passwords: usize::from(s.device.recovery_passwords.max(1)),
         key_id_prefix,
@@ -1502,6 +1602,61 @@ fn identical_refusals(
     )
 }
 
+/// What the step after the change does to reach the screen it judges.
+enum NextBoot {
+    /// Boot the device (with the user's PIN, if any).
+    Boot,
+    /// The user presses Esc at the PIN prompt the wrong PINs left.
+    EscAtPinPrompt,
+    /// Nothing more: the wrong PINs already ended on the recovery screen.
+    Already(BootOutcome),
+}
+
+/// Judges the boot after the change against the scenario's `expect`: the recovery screen
+/// (with the TPM error and the changed PCRs it states), or a normal boot.
+fn judge_boot(
+    expect: &scenario::Expect,
+    outcome: BootOutcome,
+) -> StepResult<Option<RecoveryScreen>> {
+    match (outcome, expect.recovery) {
+        (BootOutcome::Recovery(screen), true) => {
+            let want = expect.tpm_error;
+            ensure(
+                cause_matches(&screen.cause, want),
+                format!("the recovery screen with {}", serde_name(&want)),
+                format!("the recovery screen with {}", screen.cause.name()),
+            )?;
+            let changed: Vec<u32> = screen.explanation.pcrs();
+            if want == TpmError::PolicyFailed {
+                let expected = &expect.changed_pcrs;
+                ensure(
+                    changed == *expected,
+                    format!("changed PCRs {expected:?}"),
+                    format!("changed PCRs {changed:?}"),
+                )?;
+            }
+            Ok(Some(*screen))
+        }
+        (BootOutcome::Unlocked { .. }, false) => Ok(None),
+        (BootOutcome::WrongPin { lockout_counter }, _) => Err((
+            format!("recovery: {}", expect.recovery),
+            format!("a refused PIN (counter {lockout_counter})"),
+        )),
+        (BootOutcome::Recovery(screen), false) => Err((
+            "a normal boot".into(),
+            format!(
+                "the recovery screen: {} ({})",
+                screen.cause.name(),
+                screen.explanation
+            ),
+        )),
+        (BootOutcome::Unlocked { .. }, true) => Err((
+            format!("the recovery screen with {}", serde_name(&expect.tpm_error)),
+            "a normal boot".into(),
+        )),
+    }
+}
+
 fn cause_matches(cause: &LockoutCause, want: TpmError) -> bool {
     matches!(
         (cause, want),
@@ -1543,7 +1698,7 @@ fn random_password(rng: &mut impl Rng) -> String {
         .collect()
 }
 
-fn fmt_pcrs(values: &[(u8, Vec<u8>)]) -> String {
+fn fmt_pcrs(values: &[(u32, Vec<u8>)]) -> String {
     values
         .iter()
         .map(|(p, v)| format!("PCR{p}={}", hex::encode(&v[..8.min(v.len())])))
@@ -1595,21 +1750,6 @@ fn hex_digits(key_id: &str) -> String {
         .filter(char::is_ascii_hexdigit)
         .map(|c| c.to_ascii_uppercase())
         .collect()
-}
-
-fn snake(camel: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn failure(step: &str, expected: &str, got: impl std::fmt::Display) -> Failure {

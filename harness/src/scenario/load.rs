@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::locate::{path_string, Locator, Seg};
 use super::model::{
-    Answer, ChangeKind, KeyIdDigits, PinAction, Profile, ProtectorKind, RecoveryVia, Role,
-    RomSigner, Scenario, TpmError,
+    serde_name, Answer, ChangeKind, KeyIdDigits, PinAction, Profile, ProtectorKind, RecoveryVia,
+    Role, RomSigner, Scenario, TpmError,
 };
 use eventlog::tcg::TcgLog;
 
@@ -482,7 +482,7 @@ fn validate_change(s: &Scenario) -> Result<(), Semantic> {
                 vec![Key("change"), Key("kind")],
                 format!(
                     "`{}` cannot happen on a BIOS machine (`profile: legacy`): {why}",
-                    c.kind.as_str()
+                    serde_name(&c.kind)
                 ),
             );
         }

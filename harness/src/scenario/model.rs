@@ -95,7 +95,11 @@ fn default_lockout_threshold() -> u32 {
     32
 }
 
-/// PCR validation profiles (windows-itpro-docs defaults).
+/// PCR validation profiles (windows-itpro-docs defaults), as scenario files name them.
+///
+/// A projection of [`device::Profile`], which owns the PCR lists: this type only keeps the
+/// scenario spelling (`legacy` rather than the device's `0,2,4,8,9,10,11`), so the loader's
+/// errors and the JSON Schema list the names QA writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 pub enum Profile {
     /// UEFI with Secure Boot.
@@ -110,13 +114,18 @@ pub enum Profile {
 }
 
 impl Profile {
-    /// The PCRs this profile seals to.
-    pub fn pcrs(self) -> &'static [u8] {
+    /// The device profile this names.
+    pub fn device_profile(self) -> device::Profile {
         match self {
-            Profile::SecureBoot => &[7, 11],
-            Profile::Uefi => &[0, 2, 4, 11],
-            Profile::Legacy => &[0, 2, 4, 8, 9, 10, 11],
+            Profile::SecureBoot => device::Profile::SecureBoot7_11,
+            Profile::Uefi => device::Profile::Uefi0_2_4_11,
+            Profile::Legacy => device::Profile::Legacy,
         }
+    }
+
+    /// The PCRs this profile seals to.
+    pub fn pcrs(self) -> &'static [u32] {
+        self.device_profile().pcrs()
     }
 
     /// The spelling used in scenario files.
@@ -302,30 +311,6 @@ impl ChangeKind {
             ChangeKind::FirmwareUpdateSuspended => Change::PlannedUpdateWithSuspend,
         })
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChangeKind::None => "none",
-            ChangeKind::Reboot => "reboot",
-            ChangeKind::FirmwareUpdate => "firmware_update",
-            ChangeKind::OptionRomAdded => "option_rom_added",
-            ChangeKind::OptionRomChanged => "option_rom_changed",
-            ChangeKind::BootManagerSameSigner => "boot_manager_same_signer",
-            ChangeKind::BootManagerOtherSigner => "boot_manager_other_signer",
-            ChangeKind::SecureBootDbUpdate => "secure_boot_db_update",
-            ChangeKind::SecureBootDbxUpdate => "secure_boot_dbx_update",
-            ChangeKind::SecureBootOff => "secure_boot_off",
-            ChangeKind::BcdDebugOn => "bcd_debug_on",
-            ChangeKind::BcdBootOrder => "bcd_boot_order",
-            ChangeKind::MbrBootCodeChanged => "mbr_boot_code_changed",
-            ChangeKind::NtfsBootSectorChanged => "ntfs_boot_sector_changed",
-            ChangeKind::DiskMoved => "disk_moved",
-            ChangeKind::TpmCleared => "tpm_cleared",
-            ChangeKind::TpmReplaced => "tpm_replaced",
-            ChangeKind::FirmwareUpdateSuspended => "firmware_update_suspended",
-            ChangeKind::LostPin => "lost_pin",
-        }
-    }
 }
 
 /// What must follow the change at the next boot.
@@ -338,7 +323,7 @@ pub struct Expect {
     pub tpm_error: TpmError,
     /// The profile's PCRs whose values differ from those the key was sealed to.
     #[serde(default)]
-    pub changed_pcrs: Vec<u8>,
+    pub changed_pcrs: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -632,4 +617,15 @@ pub enum AuditOutcome {
     RateLimited,
     ExpiredSession,
     NotEligible,
+}
+
+/// A value's name as scenario files spell it (its serde name, e.g. `policy_failed`): the one
+/// spelling reports, step names and comparisons use. For a unit variant, the bare name;
+/// for anything else, its JSON.
+pub fn serde_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        Ok(other) => other.to_string(),
+        Err(e) => format!("<{e}>"),
+    }
 }

@@ -205,7 +205,7 @@ fn defect_3_the_lost_pin_users_action_is_input_and_the_outcome_is_checked() {
     assert_eq!(run.code, Some(1), "{}", run.explain());
     let (step, expected, got) = run.failure().unwrap();
     assert_eq!(step, "the user types the right PIN", "{}", run.explain());
-    assert!(expected.contains("LockedOut"), "{expected}");
+    assert!(expected.contains("locked_out"), "{expected}");
     assert!(got.contains("normal boot"), "{got}");
 
     // 5 wrong PINs (threshold 5), then the right one: the TPM is locked out now and
@@ -238,7 +238,7 @@ fn defect_3_the_lost_pin_users_action_is_input_and_the_outcome_is_checked() {
         "{}",
         run.explain()
     );
-    assert!(expected.contains("LockedOut"), "{expected}");
+    assert!(expected.contains("locked_out"), "{expected}");
     assert!(got.contains("auth_failed"), "{got}");
 
     // `then` belongs to `lost_pin` only.

@@ -328,7 +328,7 @@ fn tpm2_eventlog_reads_the_runners_bios_log_after_every_change_a_bios_can_have()
 fn the_catalog_plays_the_legacy_stories_and_each_option_rom_signer() {
     use harness::scenario::{load_catalog, ChangeKind, Profile, ProtectorKind, RomSigner};
     let catalog = load_catalog(&[crate::common::workspace_root().join("scenarios")]).unwrap();
-    let legacy = |kind: ChangeKind, pcr: u8| {
+    let legacy = |kind: ChangeKind, pcr: u32| {
         catalog.iter().any(|s| {
             s.device.profile == Profile::Legacy
                 && s.change.kind == kind

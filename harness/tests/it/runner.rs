@@ -500,3 +500,42 @@ fn check_volume_with_an_unknown_tool_is_exit_code_2_before_anything_runs() {
     assert!(stderr.contains("veracrypt"), "{stderr}");
     assert!(out.stdout.is_empty());
 }
+
+/// A step's reported time is its own work: the boot after the change, and each wrong PIN,
+/// run a real boot on swtpm (a TPM reset, the boot's PCR extends, a policy session and an
+/// unseal over TCP), which takes well over a millisecond; a step that only judged an
+/// outcome computed before it started took microseconds (and showed 0.0 ms in the HTML
+/// report).
+#[test]
+fn boot_steps_report_the_time_of_their_own_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenarios = workspace_root().join("scenarios");
+    let out = run_with_reports(
+        &[
+            scenarios
+                .join("firmware-update-uefi.yaml")
+                .to_str()
+                .unwrap(),
+            scenarios.join("lost-pin-wrong-pins.yaml").to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json_report(dir.path());
+    let mut boots = Vec::new();
+    for scenario in report["scenarios"].as_array().unwrap() {
+        for step in scenario["steps"].as_array().unwrap() {
+            let name = step["name"].as_str().unwrap();
+            if name == "boot after the change" || name.starts_with("wrong PIN #") {
+                boots.push((name.to_string(), step["duration"].as_f64().unwrap()));
+            }
+        }
+    }
+    assert!(boots.len() >= 2, "{boots:?}");
+    assert!(boots.iter().all(|(_, ms)| *ms >= 1.0), "{boots:?}");
+}

@@ -406,3 +406,160 @@ fn filters_select_by_name_tag_glob_and_negation() {
     assert!(Filter::parse("tag:").is_err());
     assert!(Filter::parse("   ").is_err());
 }
+
+/// serde's own list of a type's names, read from the error it gives for an unknown one:
+/// an enum's variants (for `"no_such_name"`), or the fields of a struct that denies
+/// unknown fields (for `{"no_such_name": 0}`). Nothing to keep in step by hand: a new
+/// variant or field appears here as soon as it is in the Rust type.
+fn serde_names<T: serde::de::DeserializeOwned + std::fmt::Debug>(
+    probe: serde_json::Value,
+) -> Vec<String> {
+    let err = serde_json::from_value::<T>(probe).unwrap_err().to_string();
+    // "unknown variant `x`, expected one of `a`, `b`" / "expected `a` or `b`" / "expected `a`"
+    let (_, list) = err.split_once("expected ").unwrap();
+    let mut names: Vec<String> = list
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(String::from)
+        .collect();
+    names.sort();
+    names
+}
+
+/// The JSON Schema cannot miss (or keep) a name the Rust types do not: every enum of the
+/// schema lists exactly the variants of its Rust type, and every object of the schema
+/// exactly the fields of its struct.
+#[test]
+fn json_schema_names_exactly_the_variants_and_fields_of_the_rust_types() {
+    use harness::scenario as m;
+    use serde_json::json;
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(catalog_dir().join("scenario.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let at = |pointer: &str| -> Vec<String> {
+        let node = schema
+            .pointer(pointer)
+            .unwrap_or_else(|| panic!("no {pointer} in the schema"));
+        let mut names: Vec<String> = match node {
+            serde_json::Value::Array(values) => values
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect(),
+            serde_json::Value::Object(props) => props.keys().cloned().collect(),
+            other => panic!("{pointer}: {other}"),
+        };
+        names.sort();
+        names
+    };
+    let variant = json!("no_such_name");
+    let field = json!({"no_such_name": 0});
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        ("/properties", serde_names::<m::Scenario>(field.clone())),
+        (
+            "/$defs/device/properties",
+            serde_names::<m::Device>(field.clone()),
+        ),
+        (
+            "/$defs/device/properties/profile/enum",
+            serde_names::<m::Profile>(variant.clone()),
+        ),
+        (
+            "/$defs/device/properties/protectors/items/enum",
+            serde_names::<m::ProtectorKind>(variant.clone()),
+        ),
+        (
+            "/$defs/user/properties",
+            serde_names::<m::User>(field.clone()),
+        ),
+        (
+            "/$defs/user/properties/role/enum",
+            serde_names::<m::Role>(variant.clone()),
+        ),
+        (
+            "/$defs/user/properties/sign_ins/items/enum",
+            serde_names::<m::SignInKind>(variant.clone()),
+        ),
+        (
+            "/$defs/change/properties",
+            serde_names::<m::Change>(field.clone()),
+        ),
+        (
+            "/$defs/change/properties/kind/enum",
+            serde_names::<m::ChangeKind>(variant.clone()),
+        ),
+        (
+            "/$defs/change/properties/then/enum",
+            serde_names::<m::PinAction>(variant.clone()),
+        ),
+        (
+            "/$defs/change/properties/signer/enum",
+            serde_names::<m::RomSigner>(variant.clone()),
+        ),
+        (
+            "/$defs/expect/properties",
+            serde_names::<m::Expect>(field.clone()),
+        ),
+        (
+            "/$defs/expect/properties/tpm_error/enum",
+            serde_names::<m::TpmError>(variant.clone()),
+        ),
+        (
+            "/$defs/recovery/properties",
+            serde_names::<m::Recovery>(field.clone()),
+        ),
+        (
+            "/$defs/recovery/properties/via/enum",
+            serde_names::<m::RecoveryVia>(variant.clone()),
+        ),
+        (
+            "/$defs/recovery/properties/reason/enum",
+            serde_names::<m::Reason>(variant.clone()),
+        ),
+        (
+            "/$defs/recovery/properties/language/enum",
+            serde_names::<m::Language>(variant.clone()),
+        ),
+        (
+            "/$defs/recovery/properties/answer/enum",
+            serde_names::<m::Answer>(variant.clone()),
+        ),
+        (
+            "/$defs/checks/properties",
+            serde_names::<m::Checks>(field.clone()),
+        ),
+        (
+            "/$defs/checks/properties/after_recovery/enum",
+            serde_names::<m::AfterRecovery>(variant.clone()),
+        ),
+        (
+            "/$defs/checks/properties/idle_expiry/properties",
+            serde_names::<m::IdleExpiry>(field.clone()),
+        ),
+        (
+            "/$defs/checks/properties/foreign_key_request/properties",
+            serde_names::<m::ForeignKeyRequest>(field.clone()),
+        ),
+        (
+            "/$defs/checks/properties/audit/items/properties",
+            serde_names::<m::AuditExpectation>(field.clone()),
+        ),
+        (
+            "/$defs/checks/properties/audit/items/properties/source/enum",
+            serde_names::<m::AuditSource>(variant.clone()),
+        ),
+        (
+            "/$defs/checks/properties/audit/items/properties/outcome/enum",
+            serde_names::<m::AuditOutcome>(variant.clone()),
+        ),
+    ];
+    for (pointer, rust) in cases {
+        assert!(!rust.is_empty(), "{pointer}");
+        assert_eq!(
+            at(pointer),
+            rust,
+            "the schema at {pointer} and the Rust type differ"
+        );
+    }
+}
