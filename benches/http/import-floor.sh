@@ -5,14 +5,16 @@
 # client, no parse, no seal. What `import` can at best reach for its write stage.
 #
 #   N=1000000 BENCH_PG_URL=postgres://postgres@127.0.0.1:PORT/postgres benches/http/import-floor.sh
+# (PostgreSQL's tables come from the migrations of PORTAL_BIN, default the release build.)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-1000000}
 TMP=$(mktemp -d /tmp/import-floor.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
-# The store's tables as the portal creates them (the SQLite migrations' tables for keys).
-SQLITE_TABLES=$(sed -n '/^CREATE TABLE IF NOT EXISTS devices/,/^CREATE INDEX IF NOT EXISTS assoc_user/p' \
-  portal-under-test/src/store/sqlite/schema.rs)
+# The store's tables as the portal creates them (the SQLite migrations' tables for keys:
+# version 1's, then version 3's leaner devices and associations).
+SQLITE_TABLES=$(sed -n -e '/^CREATE TABLE IF NOT EXISTS devices/,/^CREATE INDEX IF NOT EXISTS assoc_user/p' \
+  -e '/^CREATE TABLE devices_v3/,/^CREATE INDEX assoc_user/p' portal-under-test/src/store/sqlite/schema.rs)
 ROWS="
 INSERT INTO devices(id, device_uuid, name, name_lc, created_at)
   SELECT value, printf('%08x-0000-4000-8000-%012d', value, value), printf('PC-%08d', value),
@@ -41,7 +43,7 @@ if [ -n "${BENCH_PG_URL:-}" ]; then
   psql -q "$BENCH_PG_URL" -c "CREATE DATABASE $DB"
   URL="${BENCH_PG_URL%/*}/$DB"
   # The portal's own tables: its migrations run at the first open.
-  target/release/portal-under-test admin bootstrap --data-dir "$TMP/data" --database-url "$URL" >/dev/null 2>&1
+  "${PORTAL_BIN:-target/release/portal-under-test}" admin bootstrap --data-dir "$TMP/data" --database-url "$URL" >/dev/null 2>&1
   PG_ROWS=$(printf '%s' "$ROWS" | sed -e 's/generate_series(1, \([0-9]*\))/generate_series(1, \1) AS value/' \
     -e 's/randomblob(\([0-9]*\))/substr(sha256(value::text::bytea) || sha256(value::text::bytea) || sha256(value::text::bytea), 1, \1)/g' \
     -e "s/CAST(printf('%016d', value) AS BLOB)/int8send(value) || int8send(value)/" \

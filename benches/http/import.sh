@@ -8,13 +8,14 @@
 #
 #   BENCH_PG_URL=postgres://postgres@127.0.0.1:PORT/postgres benches/http/import.sh
 #   SIZES="1000000" ENGINES=sqlite benches/http/import.sh
+#   PORTAL_BIN=/tmp/old/portal-under-test benches/http/import.sh   (another build's importer)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SIZES=${SIZES:-"1000000 10000000"}
 ENGINES=${ENGINES:-"sqlite postgres"}
 WORK=${WORK:-/tmp}
 cargo build --release -q --locked -p harness -p portal-under-test
-BIN=$PWD/target/release/portal-under-test
+BIN=${PORTAL_BIN:-$PWD/target/release/portal-under-test}
 TMP=$(mktemp -d "$WORK/import-bench.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 echo "== $(date -u +%FT%TZ) $(git rev-parse --short HEAD); uptime:$(uptime)"

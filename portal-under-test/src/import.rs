@@ -2,13 +2,15 @@
 //!
 //! The whole file is validated and sealed first; nothing is stored unless every line is good.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use thiserror::Error;
 
 use crate::api::{validate_device_name, validate_name};
 use crate::crypto::Sealer;
 use crate::index::IndexEntry;
-use crate::keyid::{parse_guid, validate_recovery_password};
+use crate::keyid::{check_recovery_password, parse_guid};
 use crate::store::{ImportRow, NewKey, Store, StoreError};
 
 #[derive(Debug, Error)]
@@ -25,17 +27,25 @@ pub enum ImportError {
     Crypto(#[from] crate::crypto::CryptoError),
 }
 
+/// One line's fields, borrowed from the line where JSON needs no unescaping (most fields):
+/// the parse allocates only for escaped strings and the row it returns.
 #[derive(Debug, Deserialize)]
-struct Record {
-    device: Option<String>,
-    user: Option<String>,
-    volume_id: Option<String>,
-    key_protector_id: Option<String>,
-    recovery_password: Option<String>,
-    protector_type: Option<String>,
+struct Record<'a> {
+    #[serde(borrow)]
+    device: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    volume_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    key_protector_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    recovery_password: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    protector_type: Option<Cow<'a, str>>,
 }
 
-fn req<'a>(v: &'a Option<String>, line: usize, field: &str) -> Result<&'a str, ImportError> {
+fn req<'a>(v: &'a Option<Cow<'_, str>>, line: usize, field: &str) -> Result<&'a str, ImportError> {
     match v.as_deref() {
         Some(s) if !s.trim().is_empty() => Ok(s),
         _ => Err(ImportError::Line {
@@ -69,7 +79,7 @@ fn parse_line(sealer: &Sealer, text: &str, line: usize) -> Result<ImportRow, Imp
         parse_guid(req(&r.volume_id, line, "volume_id")?).map_err(|e| bad(line, "volume_id", e))?;
     let key_id = parse_guid(req(&r.key_protector_id, line, "key_protector_id")?)
         .map_err(|e| bad(line, "key_protector_id", e))?;
-    let pw = validate_recovery_password(req(&r.recovery_password, line, "recovery_password")?)
+    let pw = check_recovery_password(req(&r.recovery_password, line, "recovery_password")?)
         .map_err(|e| bad(line, "recovery_password", e))?;
     let pt = req(&r.protector_type, line, "protector_type")?;
     if pt != "recovery_password" {

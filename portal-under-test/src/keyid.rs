@@ -79,11 +79,32 @@ pub fn parse_key_id_input(s: &str) -> Result<KeyIdInput, KeyIdError> {
 
 /// Parses a full GUID (key protector ID or volume ID).
 pub fn parse_guid(s: &str) -> Result<u128, KeyIdError> {
-    let digits = hex_digits(s)?;
-    if digits.len() != 32 {
-        return Err(KeyIdError::FullLength(digits.len()));
+    // The same rules as `hex_digits`, without its `String`: the import parses two GUIDs a key.
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(KeyIdError::Empty);
     }
-    u128::from_str_radix(&digits, 16).map_err(|_| KeyIdError::NotHex)
+    if s.len() > 64 {
+        return Err(KeyIdError::TooLong);
+    }
+    let mut value: u128 = 0;
+    let mut digits = 0usize;
+    for c in s.chars() {
+        match c {
+            '{' | '}' | '-' => {}
+            c => {
+                let d = c.to_digit(16).ok_or(KeyIdError::NotHex)?;
+                if digits < 32 {
+                    value = value << 4 | u128::from(d);
+                }
+                digits += 1;
+            }
+        }
+    }
+    if digits != 32 {
+        return Err(KeyIdError::FullLength(digits));
+    }
+    Ok(value)
 }
 
 /// `{XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}`, upper case.
@@ -107,15 +128,19 @@ pub fn prefix_of(k: u128) -> u32 {
 /// Validates a 48-digit recovery password (8 blocks of 6 digits, each divisible by 11 and
 /// below 720896, as BitLocker requires) and returns it in canonical form.
 pub fn validate_recovery_password(s: &str) -> Result<String, KeyIdError> {
+    check_recovery_password(s).map(str::to_string)
+}
+
+/// `validate_recovery_password` without the copy: the canonical form borrowed from `s`.
+pub fn check_recovery_password(s: &str) -> Result<&str, KeyIdError> {
     let s = s.trim();
     if s.len() > 64 {
         return Err(KeyIdError::TooLong);
     }
-    let groups: Vec<&str> = s.split('-').collect();
-    if groups.len() != 8 {
+    if s.split('-').count() != 8 {
         return Err(KeyIdError::PasswordShape);
     }
-    for (i, g) in groups.iter().enumerate() {
+    for (i, g) in s.split('-').enumerate() {
         if g.len() != 6 || !g.bytes().all(|b| b.is_ascii_digit()) {
             return Err(KeyIdError::PasswordShape);
         }
@@ -124,7 +149,7 @@ pub fn validate_recovery_password(s: &str) -> Result<String, KeyIdError> {
             return Err(KeyIdError::PasswordBlock(i + 1));
         }
     }
-    Ok(s.to_string())
+    Ok(s)
 }
 
 #[cfg(test)]
@@ -168,9 +193,34 @@ mod tests {
     }
 
     #[test]
+    fn parse_guid_agrees_with_the_key_id_input_rules() {
+        for s in [
+            "{0A1B2C3D-0000-1111-2222-333344445555}",
+            " 0a1b2c3d000011112222333344445555 ",
+            "{0A1B2C3D-0000-1111-2222-33334444555}",
+            "{0A1B2C3D-0000-1111-2222-3333444455556}",
+            "{0A1B2C3D-0000-1111-2222-33334444555G}",
+            "{0A1B2C3D-0000-1111-2222-33334444555\u{e9}}",
+            "",
+            "  ",
+            &"a".repeat(65),
+        ] {
+            let by_digits = hex_digits(s).and_then(|d| {
+                if d.len() == 32 {
+                    u128::from_str_radix(&d, 16).map_err(|_| KeyIdError::NotHex)
+                } else {
+                    Err(KeyIdError::FullLength(d.len()))
+                }
+            });
+            assert_eq!(parse_guid(s), by_digits, "{s:?}");
+        }
+    }
+
+    #[test]
     fn recovery_password_rule() {
         let ok = "000011-000022-000033-000044-000055-000066-000077-000088";
         assert_eq!(validate_recovery_password(ok).unwrap(), ok);
+        assert_eq!(check_recovery_password(&format!(" {ok}\t")), Ok(ok));
         assert_eq!(
             validate_recovery_password("000012-000022-000033-000044-000055-000066-000077-000088"),
             Err(KeyIdError::PasswordBlock(1))

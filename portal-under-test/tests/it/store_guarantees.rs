@@ -148,3 +148,90 @@ async fn a_restart_signs_no_one_out() {
     assert_eq!(shown.status, StatusCode::OK, "{}", shown.body);
     assert!(shown.body.contains(&k.password));
 }
+
+/// Puts a store at schema 3 (the leaner devices and associations) back to schema 2, as a
+/// store written before it: the SQL of the earlier tables and constraints.
+fn back_to_schema_2(dir: &std::path::Path, url: Option<&str>) {
+    match url {
+        None => {
+            let c = rusqlite::Connection::open(dir.join(portal_under_test::store::SQLITE_FILE))
+                .unwrap();
+            c.execute_batch(
+                "PRAGMA foreign_keys = OFF;
+                 BEGIN;
+                 CREATE TABLE devices_v2(
+                   id INTEGER PRIMARY KEY, device_uuid TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+                   name_lc TEXT NOT NULL UNIQUE, credential_hash BLOB UNIQUE, created_at TEXT NOT NULL);
+                 INSERT INTO devices_v2 SELECT id, device_uuid, name, name_lc, credential_hash, created_at FROM devices;
+                 DROP TABLE devices;
+                 ALTER TABLE devices_v2 RENAME TO devices;
+                 CREATE TABLE associations_v2(
+                   device_id INTEGER NOT NULL, user_lc TEXT NOT NULL, user TEXT NOT NULL,
+                   local INTEGER NOT NULL DEFAULT 0, remote INTEGER NOT NULL DEFAULT 0,
+                   imported INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(device_id, user_lc));
+                 INSERT INTO associations_v2 SELECT * FROM associations;
+                 DROP TABLE associations;
+                 ALTER TABLE associations_v2 RENAME TO associations;
+                 CREATE INDEX assoc_user ON associations(user_lc);
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )
+            .unwrap();
+        }
+        Some(url) => {
+            let url = url.to_string();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                        .await
+                        .unwrap();
+                    tokio::spawn(conn);
+                    client
+                        .batch_execute(
+                            "BEGIN;
+                             DROP INDEX devices_credential;
+                             ALTER TABLE devices ADD CONSTRAINT devices_device_uuid_key UNIQUE(device_uuid);
+                             ALTER TABLE devices ADD CONSTRAINT devices_credential_hash_key UNIQUE(credential_hash);
+                             DELETE FROM schema_migrations WHERE version = 3;
+                             COMMIT;",
+                        )
+                        .await
+                        .unwrap();
+                });
+            })
+            .join()
+            .unwrap();
+        }
+    }
+}
+
+/// A store from before the leaner devices and associations (issue 25) upgrades at open and
+/// keeps its devices, credentials and associations; a credential stays unique.
+#[test]
+fn a_store_from_before_the_leaner_schema_upgrades_keeping_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::common::engine_url();
+    let credential = [5u8; 32];
+    {
+        let store = portal_under_test::open_store(dir.path(), url.as_deref()).unwrap();
+        let d = store.enroll_device("PC-1", &credential).unwrap();
+        store
+            .record_sign_in(d.row, ALICE, portal_under_test::store::SignInKind::Local)
+            .unwrap();
+    }
+    back_to_schema_2(dir.path(), url.as_deref());
+    let store = portal_under_test::open_store(dir.path(), url.as_deref()).unwrap();
+    let d = store.device_by_credential(&credential).unwrap().unwrap();
+    assert_eq!(d.name, "PC-1");
+    assert_eq!(
+        store.users_of_device(d.row).unwrap(),
+        vec![ALICE.to_string()]
+    );
+    assert!(store.enroll_device("PC-2", &credential).is_err());
+    let other = store.enroll_device("PC-3", &[6u8; 32]).unwrap();
+    assert_ne!(other.device_id, d.device_id);
+}

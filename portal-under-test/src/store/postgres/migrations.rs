@@ -2,7 +2,8 @@
 //! transaction and recorded in `schema_migrations`. Never edit a released migration: add one.
 
 /// (version, SQL). Versions start at 1 and have no gaps.
-pub(super) const MIGRATIONS: &[(i32, &str)] = &[(1, V1_TABLES), (2, V2_SESSIONS)];
+pub(super) const MIGRATIONS: &[(i32, &str)] =
+    &[(1, V1_TABLES), (2, V2_SESSIONS), (3, V3_LEANER_DEVICES)];
 
 const V1_TABLES: &str = r#"
 CREATE TABLE accounts(
@@ -63,4 +64,16 @@ CREATE TABLE sessions(
   id TEXT PRIMARY KEY, csrf TEXT NOT NULL, username TEXT, role TEXT,
   notice_accepted BOOLEAN NOT NULL DEFAULT false, last_seen_us BIGINT NOT NULL);
 CREATE INDEX sessions_last_seen ON sessions(last_seen_us);
+"#;
+
+/// Fewer index entries a device (the bulk import writes one device a key; issue 25): the
+/// UUID is random (v4) and never looked up, so it loses its unique index; only enrolled
+/// devices have a credential, so its unique index holds only those (a B-tree index holds
+/// NULLs: it had an entry for every imported device). Index entries a device + key +
+/// association, beside their 3 heap rows: 8 before (devices 4, keys 2, associations 2), 6 after.
+const V3_LEANER_DEVICES: &str = r#"
+ALTER TABLE devices DROP CONSTRAINT devices_device_uuid_key;
+ALTER TABLE devices DROP CONSTRAINT devices_credential_hash_key;
+CREATE UNIQUE INDEX devices_credential ON devices(credential_hash)
+  WHERE credential_hash IS NOT NULL;
 "#;

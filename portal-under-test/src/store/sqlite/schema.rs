@@ -2,23 +2,44 @@
 //! transaction; `PRAGMA user_version` records the last one applied. Never edit a released
 //! migration: add one.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::store::StoreError;
 
 /// (version, SQL). Versions start at 1 and have no gaps.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1_TABLES), (2, V2_MICROSECONDS_AND_SESSIONS)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, V1_TABLES),
+    (2, V2_MICROSECONDS_AND_SESSIONS),
+    (3, V3_LEANER_DEVICES_AND_ASSOCIATIONS),
+];
 
 /// Applies the migrations newer than the file's `user_version`.
 pub(super) fn migrate(c: &mut Connection) -> Result<(), StoreError> {
     let current: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-        let tx = c.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", version)?;
-        tx.commit()?;
-    }
-    Ok(())
+    // A migration that rebuilds a table drops the old one: with foreign keys on, that drop
+    // would check (and refuse) the rows referencing it. Off while migrating (it cannot change
+    // inside a transaction), and each migration checks the references before it commits.
+    let foreign_keys: bool = c.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+    c.pragma_update(None, "foreign_keys", "OFF")?;
+    let res = (|| -> Result<(), StoreError> {
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            let tx = c.transaction()?;
+            tx.execute_batch(sql)?;
+            let broken: Option<String> = tx
+                .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+                .optional()?;
+            if let Some(table) = broken {
+                return Err(StoreError::Corrupt(format!(
+                    "migration {version}: a row of {table} references a missing row"
+                )));
+            }
+            tx.pragma_update(None, "user_version", version)?;
+            tx.commit()?;
+        }
+        Ok(())
+    })();
+    c.pragma_update(None, "foreign_keys", foreign_keys)?;
+    res
 }
 
 /// The tables as first released (`IF NOT EXISTS`: files from before the migrations list
@@ -84,6 +105,33 @@ CREATE TABLE sessions(
 CREATE INDEX sessions_last_seen ON sessions(last_seen_us);
 "#;
 
+/// Fewer B-tree entries a device and a key (the bulk import writes one device and one
+/// association a key; issue 25). Devices: the UUID is random (v4) and never looked up, so it
+/// loses its unique index; only enrolled devices have a credential, so its unique index
+/// holds only those (it held a NULL entry for every imported device). Associations: the
+/// primary key is the table (`WITHOUT ROWID`), not a rowid table beside a key index.
+/// Entries a device + key + association: 9 before (devices 4, keys 2, associations 3), 6 after.
+const V3_LEANER_DEVICES_AND_ASSOCIATIONS: &str = r#"
+CREATE TABLE devices_v3(
+  id INTEGER PRIMARY KEY, device_uuid TEXT NOT NULL, name TEXT NOT NULL,
+  name_lc TEXT NOT NULL UNIQUE, credential_hash BLOB, created_at TEXT NOT NULL);
+INSERT INTO devices_v3(id, device_uuid, name, name_lc, credential_hash, created_at)
+  SELECT id, device_uuid, name, name_lc, credential_hash, created_at FROM devices ORDER BY id;
+DROP TABLE devices;
+ALTER TABLE devices_v3 RENAME TO devices;
+CREATE UNIQUE INDEX devices_credential ON devices(credential_hash)
+  WHERE credential_hash IS NOT NULL;
+CREATE TABLE associations_v3(
+  device_id INTEGER NOT NULL, user_lc TEXT NOT NULL, user TEXT NOT NULL,
+  local INTEGER NOT NULL DEFAULT 0, remote INTEGER NOT NULL DEFAULT 0,
+  imported INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(device_id, user_lc)) WITHOUT ROWID;
+INSERT INTO associations_v3 SELECT device_id, user_lc, user, local, remote, imported
+  FROM associations;
+DROP TABLE associations;
+ALTER TABLE associations_v3 RENAME TO associations;
+CREATE INDEX assoc_user ON associations(user_lc);
+"#;
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -108,7 +156,7 @@ mod tests {
         let version: i64 = c
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, 3);
         // Still append-only, and the sessions table exists.
         assert!(c.execute("UPDATE audit SET outcome = 'shown'", []).is_err());
         c.execute(
@@ -118,5 +166,75 @@ mod tests {
         .unwrap();
         // Migrating again is a no-op.
         migrate(&mut c).unwrap();
+    }
+
+    #[test]
+    fn a_version_2_file_gets_the_leaner_devices_and_associations_keeping_its_rows() {
+        let mut c = Connection::open_in_memory().unwrap();
+        c.execute_batch(V1_TABLES).unwrap();
+        c.execute_batch(V2_MICROSECONDS_AND_SESSIONS).unwrap();
+        c.pragma_update(None, "user_version", 2).unwrap();
+        c.pragma_update(None, "foreign_keys", "ON").unwrap();
+        c.execute_batch(
+            "INSERT INTO devices(id, device_uuid, name, name_lc, credential_hash, created_at)
+               VALUES (7, 'u7', 'PC-7', 'pc-7', x'01', 't'), (9, 'u9', 'PC-9', 'pc-9', NULL, 't');
+             INSERT INTO keys(key_id, device_id, volume_id, protector_type, nonce, ciphertext,
+               fingerprint, created_at) VALUES (x'AA', 9, x'BB', 'recovery_password', x'', x'', x'', 't');
+             INSERT INTO associations(device_id, user_lc, user, local) VALUES (9, 'a', 'A', 1);",
+        )
+        .unwrap();
+        migrate(&mut c).unwrap();
+        let rows: Vec<(i64, String, Option<Vec<u8>>)> = c
+            .prepare("SELECT id, name, credential_hash FROM devices ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![(7, "PC-7".into(), Some(vec![1])), (9, "PC-9".into(), None)]
+        );
+        let assoc: (i64, String, bool) = c
+            .query_row("SELECT device_id, user, local FROM associations", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(assoc, (9, "A".into(), true));
+        // Foreign keys are back on, and the keys still reference the (rebuilt) devices.
+        let fk: bool = c
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert!(fk);
+        assert!(c
+            .execute(
+                "INSERT INTO keys(key_id, device_id, volume_id, protector_type, nonce, ciphertext,
+                   fingerprint, created_at) VALUES (x'AC', 404, x'BB', 'r', x'', x'', x'', 't')",
+                [],
+            )
+            .is_err());
+        // A credential is still unique and found by its index; NULLs are not indexed.
+        assert!(c
+            .execute(
+                "UPDATE devices SET credential_hash = x'01' WHERE id = 9",
+                []
+            )
+            .is_err());
+        let plan: String = c
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT id FROM devices WHERE credential_hash = x'01'",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("devices_credential"), "{plan}");
+        let without_rowid: String = c
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = 'associations'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(without_rowid.contains("WITHOUT ROWID"), "{without_rowid}");
     }
 }
