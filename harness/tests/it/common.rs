@@ -104,3 +104,57 @@ pub fn vectors() -> Vectors {
 pub fn arr<const N: usize>(hex_str: &str) -> [u8; N] {
     hex::decode(hex_str).unwrap().try_into().unwrap()
 }
+
+/// The gate's scenarios: a fixed subset of the catalog that shows every kind of step the
+/// whole catalog shows (the whole-catalog test checks it), so a portal fault any step of
+/// the catalog could catch is met here too, in about a quarter of the catalog's time. The
+/// first six are the scenarios that catch the `failpoints` build's faults.
+pub const GATE_SUBSET: &[&str] = &[
+    "remote-only-user-help-desk-message",
+    "single-use-key-rotation",
+    "several-matches-32-digits",
+    "idle-session-expires",
+    "firmware-update-uefi",
+    "foreign-key-request-refused",
+    "help-desk-end-user-without-sign-in-refused",
+    "lost-pin-help-desk-tpm-reset",
+    "lost-pin-help-desk-tpm-reset-not-escrowed",
+    "lost-pin-remembered",
+    "lost-pin-wrong-pins",
+    "key-kept-until-rotated",
+];
+
+/// [`GATE_SUBSET`] as the scenario files `harness run` takes.
+pub fn gate_subset_files() -> Vec<String> {
+    GATE_SUBSET
+        .iter()
+        .map(|name| format!("scenarios/{name}.yaml"))
+        .collect()
+}
+
+/// A step's kind: its name without what a scenario fills in (account names, key IDs, digit
+/// counts, which change), e.g. `wrong PIN #2` → `wrong PIN #N`.
+pub fn step_kind(step: &str) -> String {
+    let mut kind = String::new();
+    let mut chars = step.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            while chars.next_if(char::is_ascii_digit).is_some() {}
+            kind.push('N');
+        } else {
+            kind.push(c);
+        }
+    }
+    for filled_in in [
+        "admin creates account ",
+        "sign-in by ",
+        "apply the change: ",
+        "agent escrows {",
+    ] {
+        if let Some(at) = kind.find(filled_in) {
+            kind.truncate(at + filled_in.len());
+            kind.push('…');
+        }
+    }
+    kind
+}

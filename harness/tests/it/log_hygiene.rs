@@ -1,12 +1,13 @@
-//! No recovery password or TPM lockout authorization in the portal's log or in the harness's
-//! run output after the whole catalog (issue 20). The secrets are random and never leave the
+//! The catalog against a portal given by URL (`--portal-url`), and no recovery password or
+//! TPM lockout authorization in the portal's log or in the harness's run output after it
+//! (issue 20). It plays the gate's subset, which shows every kind of step the catalog has. The secrets are random and never leave the
 //! devices and the portal's store, so the test looks for their shapes: a recovery password is
 //! eight groups of six digits, a lockout authorization 32 random bytes (64 hex digits).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use crate::common::{harness, portal_bin};
+use crate::common::{gate_subset_files, harness, portal_bin};
 
 /// Recovery passwords (`dddddd-dddddd-…`, 8 groups, or the 48 digits run together).
 fn recovery_password_shapes(text: &str) -> Vec<String> {
@@ -66,7 +67,7 @@ fn the_shape_finders_find_what_they_look_for() {
 }
 
 #[test]
-fn no_secret_in_the_portals_log_or_the_harness_output_after_the_catalog() {
+fn the_catalog_passes_by_url_and_leaves_no_secret_in_the_portals_log_or_the_harness_output() {
     // The portal, run apart so its log (stderr, at debug) is ours to read.
     let bin = portal_bin();
     let dir = tempfile::tempdir().unwrap();
@@ -100,8 +101,13 @@ fn no_secret_in_the_portals_log_or_the_harness_output_after_the_catalog() {
         .unwrap();
     let ready: serde_json::Value =
         serde_json::from_str(line.strip_prefix("PORTAL-READY ").expect(&line)).unwrap();
+    let report = dir.path().join("run.json");
     let run = harness()
-        .args(["run", "-j", "2", "--portal-url"])
+        .args(["run", "-j", "2"])
+        .args(gate_subset_files())
+        .arg("--json")
+        .arg(&report)
+        .arg("--portal-url")
         .arg(ready["url"].as_str().unwrap())
         .arg("--portal-ca")
         .arg(ready["ca_cert"].as_str().unwrap())
@@ -117,6 +123,13 @@ fn no_secret_in_the_portals_log_or_the_harness_output_after_the_catalog() {
         run.status.code(),
         Some(0),
         "the catalog must pass:\n{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(
+        report["portal_url"].as_str().unwrap().trim_end_matches('/'),
+        ready["url"].as_str().unwrap().trim_end_matches('/'),
+        "the report names the portal it gated"
     );
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
