@@ -303,21 +303,58 @@ fn volume_windows_startup_key_image() {
 }
 
 #[test]
-fn volume_windows_elephant_image_is_reported_unsupported() {
+fn volume_windows_elephant_image_decrypts_to_its_published_checksum() {
+    // Windows 7 wrote this AES-CBC-128 + Elephant volume; upstream published the SHA-256 of
+    // cryptsetup's device-mapper view of it (dislocker-file's output has it too).
     let dir = tempfile::tempdir().unwrap();
     let name = "bitlk-aes-cbc-elephant-128";
     let img = windows_image(dir.path(), name);
     let f = std::fs::File::open(&img).unwrap();
     let image = Image::open(&f).unwrap();
-    // Protectors are listed all the same.
-    assert!(image
-        .protectors()
-        .iter()
-        .any(|p| p.id == id(&conf(name, "RP_VMK_GUID"))));
+    assert_eq!(image.cipher().unwrap(), Cipher::AesCbcElephant128);
     let rp = RecoveryPassword::parse(&conf(name, "RP")).unwrap();
-    let err = image.unlock(Secret::RecoveryPassword(&rp)).unwrap_err();
-    assert!(matches!(err, FveError::Unsupported(_)), "{err}");
-    assert!(err.to_string().contains("Elephant"), "{err}");
+    let u = image.unlock(Secret::RecoveryPassword(&rp)).unwrap();
+    assert_eq!(u.unlocked_by(), Some(id(&conf(name, "RP_VMK_GUID"))));
+    let pw = conf(name, "PW");
+    let u2 = image.unlock(Secret::Password(&pw)).unwrap();
+    assert_eq!(u2.unlocked_by(), Some(id(&conf(name, "PW_VMK_GUID"))));
+
+    // Through the CLI: inspect names the method, unlock --out writes the plaintext.
+    let img_arg = img.to_str().unwrap();
+    let o = crate::common::harness()
+        .args(["volume", "inspect", img_arg])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        text.contains("Encryption method: aes-cbc-elephant-128"),
+        "{text}"
+    );
+    let out = dir.path().join("plain.img");
+    let o = crate::common::harness()
+        .args(["volume", "unlock", img_arg, "--recovery-password"])
+        .arg(conf(name, "RP"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(text.contains("(aes-cbc-elephant-128)"), "{text}");
+    let plain = std::fs::read(&out).unwrap();
+    assert_eq!(&plain[3..11], b"NTFS    ");
+    let serial: Vec<u8> = plain[72..80].iter().rev().copied().collect();
+    assert_eq!(hex::encode_upper(serial), conf(name, "UUID"));
+    assert_eq!(sha256_hex(&plain), conf(name, "SHA256SUM"));
 }
 
 // --- malformed images ---

@@ -23,13 +23,13 @@
 
 use std::io::Write;
 
-use aes::cipher::consts::U16;
-use aes::cipher::{BlockDecrypt, BlockEncrypt, BlockSizeUser, KeyInit};
+use aes::cipher::KeyInit;
 use aes::{Aes128, Aes256};
 use rand::{CryptoRng, Rng};
 use uuid::Uuid;
 use xts_mode::{get_tweak_default, Xts128};
 
+use super::elephant::{cbc_decrypt, Elephant};
 use super::entry::{entry_type, value_type, Entry, Value};
 use super::metadata::{MetadataBlock, VolumeHeader, VolumeKind, BLOCK_AREA, STATE_NORMAL};
 use super::{FveError, ReadAt};
@@ -63,12 +63,18 @@ pub enum Cipher {
     AesCbc128,
     /// AES-CBC-256, as above; 0x8003.
     AesCbc256,
+    /// AES-CBC-128 with the Elephant diffuser (Windows Vista and 7 default); 0x8000.
+    AesCbcElephant128,
+    /// AES-CBC-256 with the Elephant diffuser; 0x8001.
+    AesCbcElephant256,
 }
 
 impl Cipher {
     /// The on-disk code.
     pub fn code(self) -> u16 {
         match self {
+            Self::AesCbcElephant128 => 0x8000,
+            Self::AesCbcElephant256 => 0x8001,
             Self::AesCbc128 => 0x8002,
             Self::AesCbc256 => 0x8003,
             Self::AesXts128 => 0x8004,
@@ -76,16 +82,15 @@ impl Cipher {
         }
     }
 
-    /// From an on-disk code; Elephant and unknown codes are unsupported.
+    /// From an on-disk code; unknown codes are unsupported.
     pub fn from_code(code: u16) -> Result<Self, FveError> {
         match code {
+            0x8000 => Ok(Self::AesCbcElephant128),
+            0x8001 => Ok(Self::AesCbcElephant256),
             0x8002 => Ok(Self::AesCbc128),
             0x8003 => Ok(Self::AesCbc256),
             0x8004 => Ok(Self::AesXts128),
             0x8005 => Ok(Self::AesXts256),
-            0x8000 | 0x8001 => Err(FveError::Unsupported(format!(
-                "encryption method {code:#06x}: AES-CBC with the Elephant diffuser (Windows Vista/7)"
-            ))),
             other => Err(FveError::Unsupported(format!(
                 "unknown encryption method {other:#06x}"
             ))),
@@ -97,17 +102,20 @@ impl Cipher {
         match self {
             Self::AesCbc128 => "aes-cbc-128",
             Self::AesCbc256 => "aes-cbc-256",
+            Self::AesCbcElephant128 => "aes-cbc-elephant-128",
+            Self::AesCbcElephant256 => "aes-cbc-elephant-256",
             Self::AesXts128 => "aes-xts-128",
             Self::AesXts256 => "aes-xts-256",
         }
     }
 
-    /// FVEK bytes used.
+    /// FVEK bytes (Elephant: the AES key at 0, the sector-key key at 32, each padded to
+    /// 32 bytes, as Windows writes it).
     pub fn key_len(self) -> usize {
         match self {
             Self::AesCbc128 => 16,
             Self::AesCbc256 | Self::AesXts128 => 32,
-            Self::AesXts256 => 64,
+            Self::AesXts256 | Self::AesCbcElephant128 | Self::AesCbcElephant256 => 64,
         }
     }
 
@@ -115,7 +123,11 @@ impl Cipher {
     fn method_hi(self) -> u16 {
         match self {
             Self::AesXts128 | Self::AesCbc128 => self.code(),
-            Self::AesXts256 | Self::AesCbc256 => 0,
+            // Windows 7 writes 0 after an Elephant method (its 128-bit image).
+            Self::AesXts256
+            | Self::AesCbc256
+            | Self::AesCbcElephant128
+            | Self::AesCbcElephant256 => 0,
         }
     }
 }
@@ -139,32 +151,8 @@ enum SectorCipher {
     Xts256(Box<Xts128<Aes256>>),
     Cbc128(Box<Aes128>),
     Cbc256(Box<Aes256>),
-}
-
-fn cbc_iv<C: BlockEncrypt + BlockSizeUser<BlockSize = U16>>(c: &C, byte_offset: u64) -> [u8; 16] {
-    let mut iv = [0u8; 16];
-    iv[..8].copy_from_slice(&byte_offset.to_le_bytes());
-    let mut b = iv.into();
-    c.encrypt_block(&mut b);
-    b.into()
-}
-
-fn cbc_decrypt<C: BlockEncrypt + BlockDecrypt + BlockSizeUser<BlockSize = U16>>(
-    c: &C,
-    byte_offset: u64,
-    buf: &mut [u8],
-) {
-    let mut prev = cbc_iv(c, byte_offset);
-    for chunk in buf.chunks_exact_mut(16) {
-        let mut cur = [0u8; 16];
-        cur.copy_from_slice(chunk);
-        let mut b = cur.into();
-        c.decrypt_block(&mut b);
-        for (o, (d, p)) in chunk.iter_mut().zip(b.iter().zip(prev.iter())) {
-            *o = d ^ p;
-        }
-        prev = cur;
-    }
+    Elephant128(Box<Elephant<Aes128>>),
+    Elephant256(Box<Elephant<Aes256>>),
 }
 
 impl SectorCipher {
@@ -192,6 +180,14 @@ impl SectorCipher {
             ))),
             Cipher::AesCbc128 => Self::Cbc128(Box::new(Aes128::new_from_slice(k).map_err(bad)?)),
             Cipher::AesCbc256 => Self::Cbc256(Box::new(Aes256::new_from_slice(k).map_err(bad)?)),
+            Cipher::AesCbcElephant128 => Self::Elephant128(Box::new(Elephant::new(
+                Aes128::new_from_slice(&k[..16]).map_err(bad)?,
+                Aes128::new_from_slice(&k[32..48]).map_err(bad)?,
+            ))),
+            Cipher::AesCbcElephant256 => Self::Elephant256(Box::new(Elephant::new(
+                Aes256::new_from_slice(&k[..32]).map_err(bad)?,
+                Aes256::new_from_slice(&k[32..]).map_err(bad)?,
+            ))),
         })
     }
 
@@ -202,6 +198,8 @@ impl SectorCipher {
             Self::Xts256(x) => x.decrypt_sector(buf, get_tweak_default(u128::from(sector))),
             Self::Cbc128(c) => cbc_decrypt(c.as_ref(), sector * buf.len() as u64, buf),
             Self::Cbc256(c) => cbc_decrypt(c.as_ref(), sector * buf.len() as u64, buf),
+            Self::Elephant128(e) => e.decrypt_sector(sector * buf.len() as u64, buf),
+            Self::Elephant256(e) => e.decrypt_sector(sector * buf.len() as u64, buf),
         }
     }
 
@@ -209,7 +207,7 @@ impl SectorCipher {
         match self {
             Self::Xts128(x) => x.encrypt_sector(buf, get_tweak_default(u128::from(sector))),
             Self::Xts256(x) => x.encrypt_sector(buf, get_tweak_default(u128::from(sector))),
-            Self::Cbc128(_) | Self::Cbc256(_) => {
+            Self::Cbc128(_) | Self::Cbc256(_) | Self::Elephant128(_) | Self::Elephant256(_) => {
                 return Err(FveError::Unsupported(
                     "writing AES-CBC volumes (read only)".into(),
                 ))
