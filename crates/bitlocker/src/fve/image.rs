@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! 0                  volume header ("-FVE-FS-", GUID, 3 metadata offsets)
-//! 16 sectors ..T     data, AES-XTS with the sector number as tweak
+//! 16 sectors ..T     data, AES-XTS with the sector number as tweak (or AES-CBC + Elephant
+//!                    keyed by the sector's byte offset)
 //! T = S - 320 KiB    metadata block 1 (64 KiB area)
 //! T + 64 KiB         the first 16 sectors' plaintext, encrypted with *their own* position
 //!                    as tweak (cryptsetup's iv_offset; dislocker's fix_read_sector_seven)
@@ -97,6 +98,15 @@ impl Cipher {
         }
     }
 
+    /// The methods [`NewVolume`] writes, as `FromStr` spells them.
+    pub const WRITABLE_NAMES: &'static str =
+        "aes-xts-128, aes-xts-256, aes-cbc-elephant-128 or aes-cbc-elephant-256";
+
+    /// Whether [`NewVolume`] writes this method (plain AES-CBC is read only).
+    pub fn writable(self) -> bool {
+        !matches!(self, Self::AesCbc128 | Self::AesCbc256)
+    }
+
     /// The name cryptsetup and manage-bde users know.
     pub fn name(self) -> &'static str {
         match self {
@@ -138,8 +148,11 @@ impl std::str::FromStr for Cipher {
         match s {
             "aes-xts-128" => Ok(Self::AesXts128),
             "aes-xts-256" => Ok(Self::AesXts256),
+            "aes-cbc-elephant-128" => Ok(Self::AesCbcElephant128),
+            "aes-cbc-elephant-256" => Ok(Self::AesCbcElephant256),
             other => Err(format!(
-                "{other:?}: volumes can be written with aes-xts-128 or aes-xts-256"
+                "{other:?}: volumes can be written with {}",
+                Self::WRITABLE_NAMES
             )),
         }
     }
@@ -207,9 +220,11 @@ impl SectorCipher {
         match self {
             Self::Xts128(x) => x.encrypt_sector(buf, get_tweak_default(u128::from(sector))),
             Self::Xts256(x) => x.encrypt_sector(buf, get_tweak_default(u128::from(sector))),
-            Self::Cbc128(_) | Self::Cbc256(_) | Self::Elephant128(_) | Self::Elephant256(_) => {
+            Self::Elephant128(e) => e.encrypt_sector(sector * buf.len() as u64, buf),
+            Self::Elephant256(e) => e.encrypt_sector(sector * buf.len() as u64, buf),
+            Self::Cbc128(_) | Self::Cbc256(_) => {
                 return Err(FveError::Unsupported(
-                    "writing AES-CBC volumes (read only)".into(),
+                    "writing AES-CBC volumes without the diffuser (read only)".into(),
                 ))
             }
         }
@@ -913,7 +928,7 @@ pub enum NewProtector {
 pub struct NewVolume {
     /// Size in bytes (rounded up to 64 KiB; at least 1 MiB).
     pub size: u64,
-    /// Sector cipher (XTS only).
+    /// Sector cipher (not plain AES-CBC).
     pub cipher: Cipher,
     /// Description (Windows: "COMPUTER C: date").
     pub description: String,
@@ -984,10 +999,11 @@ impl NewVolume {
         vmk: Vmk,
         ids: &[Option<KeyProtectorId>],
     ) -> Result<CreatedVolume, FveError> {
-        if !matches!(self.cipher, Cipher::AesXts128 | Cipher::AesXts256) {
+        if !self.cipher.writable() {
             return Err(FveError::InvalidParams(format!(
-                "{} volumes are read only here; write aes-xts-128 or aes-xts-256",
-                self.cipher.name()
+                "{} volumes are read only here; write {}",
+                self.cipher.name(),
+                Cipher::WRITABLE_NAMES
             )));
         }
         let size = self.size.max(MIN_SIZE).div_ceil(BLOCK_AREA) * BLOCK_AREA;
