@@ -582,7 +582,7 @@ mod machine_volume {
     //! volume steps fail on a tampered image or a mismatched key.
 
     use bitlocker::external::{self, dumped_protectors, ToolSecret};
-    use bitlocker::fve::Image;
+    use bitlocker::fve::{Cipher, Image};
     use device::machine::{BitLockerSetup, BootOutcome, Machine, TpmProtection};
     use device::{Change, Device, Profile};
     use harness::runner::volume_check::{check_portal_key, JudgedVolume, VolumeJudges};
@@ -745,6 +745,38 @@ mod machine_volume {
                 (LISTED.to_string(), false),
                 (ACCEPTED.to_string(), false),
                 (DECRYPTED.to_string(), false)
+            ]
+        );
+    }
+
+    /// The catalog's Windows 7 scenario gives its device an AES-CBC-128 + Elephant volume,
+    /// and the runner's cryptsetup and dislocker steps pass on it with the escrowed key.
+    #[test]
+    fn volume_elephant_scenario_device_has_an_elephant_volume_the_judges_open() {
+        super::require_tools();
+        let file = crate::common::workspace_root()
+            .join("scenarios/windows7-elephant-volume-firmware-flash.yaml");
+        let s = harness::scenario::load_scenario(&file).unwrap();
+        let setup = harness::runner::bitlocker_setup(&s).unwrap();
+        assert_eq!(setup.cipher, Cipher::AesCbcElephant128);
+        let device = harness::runner::scenario_device(&s).unwrap();
+        let (machine, escrow) = Machine::provision(device, &setup, &mut rand::rng()).unwrap();
+        let image = Image::open(&std::fs::File::open(machine.volume_image()).unwrap()).unwrap();
+        assert_eq!(image.cipher().unwrap(), Cipher::AesCbcElephant128);
+        let dump = external::cryptsetup_dump(machine.volume_image()).unwrap();
+        assert!(dump.contains("cbc-elephant"), "{dump}");
+        let key = &escrow[0];
+        let steps = judged(
+            &machine,
+            key.key_protector_id,
+            &key.recovery_password.to_string(),
+        );
+        assert_eq!(
+            steps,
+            vec![
+                (LISTED.to_string(), true),
+                (ACCEPTED.to_string(), true),
+                (DECRYPTED.to_string(), true)
             ]
         );
     }
