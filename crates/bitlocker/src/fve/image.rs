@@ -158,8 +158,8 @@ impl std::str::FromStr for Cipher {
     }
 }
 
-/// Sector cipher with its key.
-enum SectorCipher {
+/// A sector cipher with its key (the FVEK): what a reader runs on every sector.
+pub enum SectorCipher {
     Xts128(Box<Xts128<Aes128>>),
     Xts256(Box<Xts128<Aes256>>),
     Cbc128(Box<Aes128>),
@@ -168,8 +168,21 @@ enum SectorCipher {
     Elephant256(Box<Elephant<Aes256>>),
 }
 
+impl std::fmt::Debug for SectorCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        let mode = match self {
+            Self::Xts128(_) | Self::Xts256(_) => "AES-XTS",
+            Self::Cbc128(_) | Self::Cbc256(_) => "AES-CBC",
+            Self::Elephant128(_) | Self::Elephant256(_) => "AES-CBC + Elephant",
+        };
+        f.debug_tuple("SectorCipher").field(&mode).finish()
+    }
+}
+
 impl SectorCipher {
-    fn new(cipher: Cipher, key: &[u8]) -> Result<Self, FveError> {
+    /// From the method and the FVEK (at least [`Cipher::key_len`] bytes).
+    pub fn new(cipher: Cipher, key: &[u8]) -> Result<Self, FveError> {
         let short = || FveError::Malformed {
             structure: "FVEK",
             offset: 0,
@@ -204,8 +217,8 @@ impl SectorCipher {
         })
     }
 
-    /// `sector` is in units of `buf.len()`.
-    fn decrypt(&self, sector: u64, buf: &mut [u8]) {
+    /// Decrypts sector number `sector` (in units of `buf.len()`, the sector size) in place.
+    pub fn decrypt(&self, sector: u64, buf: &mut [u8]) {
         match self {
             Self::Xts128(x) => x.decrypt_sector(buf, get_tweak_default(u128::from(sector))),
             Self::Xts256(x) => x.decrypt_sector(buf, get_tweak_default(u128::from(sector))),

@@ -22,7 +22,7 @@ pub mod metadata;
 
 pub use image::{
     known_sector, BekFile, Cipher, CreatedProtector, CreatedVolume, Image, NewProtector, NewVolume,
-    ProtectorInfo, Secret, UnlockedImage,
+    ProtectorInfo, Secret, SectorCipher, UnlockedImage,
 };
 pub use metadata::{MetadataBlock, VolumeHeader};
 
