@@ -51,19 +51,20 @@ impl Write for HashWriter {
 }
 
 impl VolumeFile {
-    /// Writes a new AES-XTS-128 volume (known data in every sector, see
+    /// Writes a new volume with sector cipher `cipher` (known data in every sector, see
     /// [`super::fve::known_sector`]) under `vmk` into a fresh temporary directory.
     /// `protectors[i].1`, when set, is the `i`-th protector's ID.
     pub fn create<R: Rng + CryptoRng + ?Sized>(
         rng: &mut R,
         description: &str,
+        cipher: Cipher,
         vmk: &Vmk,
         protectors: Vec<(NewProtector, Option<KeyProtectorId>)>,
     ) -> Result<(VolumeFile, Vec<CreatedProtector>), FveError> {
         let (kinds, ids): (Vec<_>, Vec<_>) = protectors.into_iter().unzip();
         let created = NewVolume {
             size: DEVICE_VOLUME_SIZE,
-            cipher: Cipher::AesXts128,
+            cipher,
             description: description.to_string(),
             plaintext: None,
             protectors: kinds,

@@ -35,7 +35,7 @@ use crate::{
     explain_boots, Change, ChangeError, Device, Explanation, MeasuredBoot, Profile, TpmEffect,
 };
 use bitlocker::disk::VolumeFile;
-use bitlocker::fve::{FveError, NewProtector, Secret};
+use bitlocker::fve::{Cipher, FveError, NewProtector, Secret};
 use bitlocker::{check_block, BlockError, KeyProtectorId, ProtectorType, RecoveryPassword, Vmk};
 use eventlog::{HashAlg, Pcrs};
 
@@ -74,6 +74,9 @@ pub struct BitLockerSetup {
     pub key_id_prefix: Option<u32>,
     /// Dictionary-attack parameters the device provisions (Windows: [`WINDOWS_DA`]).
     pub dictionary_attack: DaParameters,
+    /// Sector cipher of the system volume (Windows 10+: AES-XTS-128; a volume encrypted
+    /// under Windows 7 keeps AES-CBC + Elephant).
+    pub cipher: Cipher,
 }
 
 impl Default for BitLockerSetup {
@@ -84,6 +87,7 @@ impl Default for BitLockerSetup {
             recovery_passwords: 1,
             key_id_prefix: None,
             dictionary_attack: WINDOWS_DA,
+            cipher: Cipher::AesXts128,
         }
     }
 }
@@ -271,8 +275,13 @@ impl Machine {
             });
             protectors.push((NewProtector::RecoveryPassword(None), id));
         }
-        let (volume, created) =
-            VolumeFile::create(rng, "SIMULATED-PC C: harness", &vmk, protectors)?;
+        let (volume, created) = VolumeFile::create(
+            rng,
+            "SIMULATED-PC C: harness",
+            setup.cipher,
+            &vmk,
+            protectors,
+        )?;
         let id = created
             .first()
             .map(|p| p.id)

@@ -49,7 +49,8 @@ pub struct CreateArgs {
     /// Volume size: bytes, or with K/M/G suffix (rounded up to 64 KiB, at least 1M).
     #[arg(long, default_value = "8M")]
     pub size: String,
-    /// Sector cipher: aes-xts-128 (Windows 10+ default) or aes-xts-256.
+    /// Sector cipher: aes-xts-128 (Windows 10+ default), aes-xts-256, or AES-CBC with the
+    /// Elephant diffuser (Windows Vista/7): aes-cbc-elephant-128 or aes-cbc-elephant-256.
     #[arg(long, default_value = "aes-xts-128")]
     pub cipher: Cipher,
     /// Use this recovery password instead of a random one.

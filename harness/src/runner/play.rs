@@ -1512,6 +1512,7 @@ pub fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
             max_tries: s.device.lockout_threshold,
             ..WINDOWS_DA
         },
+        cipher: s.device.volume_cipher.fve_cipher(),
     })
 }
 

@@ -77,6 +77,9 @@ pub struct Device {
     /// the device boots instead of the synthetic model; relative to the scenario file.
     #[serde(default)]
     pub event_log: Option<PathBuf>,
+    /// Sector cipher of the OS volume (default: AES-XTS-128, the Windows 10+ default).
+    #[serde(default)]
+    pub volume_cipher: VolumeCipher,
     /// The parsed `event_log`, filled in by the loader (not part of the YAML).
     #[serde(skip)]
     pub real_log: Option<std::sync::Arc<eventlog::tcg::TcgLog>>,
@@ -144,6 +147,35 @@ pub enum ProtectorKind {
     Tpm,
     TpmPin,
     RecoveryPassword,
+}
+
+/// The OS volume's sector cipher, spelled as `harness volume create --cipher` takes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+pub enum VolumeCipher {
+    /// Windows 10 1511+ default.
+    #[default]
+    #[serde(rename = "aes-xts-128")]
+    AesXts128,
+    #[serde(rename = "aes-xts-256")]
+    AesXts256,
+    /// AES-CBC with the Elephant diffuser: Windows Vista and 7 (kept by in-place upgrades).
+    #[serde(rename = "aes-cbc-elephant-128")]
+    AesCbcElephant128,
+    #[serde(rename = "aes-cbc-elephant-256")]
+    AesCbcElephant256,
+}
+
+impl VolumeCipher {
+    /// The on-disk method this names.
+    pub fn fve_cipher(self) -> bitlocker::fve::Cipher {
+        use bitlocker::fve::Cipher;
+        match self {
+            VolumeCipher::AesXts128 => Cipher::AesXts128,
+            VolumeCipher::AesXts256 => Cipher::AesXts256,
+            VolumeCipher::AesCbcElephant128 => Cipher::AesCbcElephant128,
+            VolumeCipher::AesCbcElephant256 => Cipher::AesCbcElephant256,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

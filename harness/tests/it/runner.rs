@@ -490,6 +490,42 @@ fn check_volume_with_cryptsetup_and_dislocker_after_a_rotation_scenario() {
     assert!(html.contains("cryptsetup refuses the old recovery password"));
 }
 
+/// The Windows 7 scenario (an AES-CBC + Elephant volume) passes end to end, its volume
+/// judged by cryptsetup and dislocker with the key the portal showed.
+#[test]
+fn check_volume_with_cryptsetup_and_dislocker_on_the_elephant_scenario() {
+    let _ = portal_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_with_reports(
+        &[
+            "scenarios/windows7-elephant-volume-firmware-flash.yaml",
+            "--check-volume-with",
+            "cryptsetup,dislocker",
+        ],
+        dir.path(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json_report(dir.path());
+    let steps = report["scenarios"][0]["steps"].as_array().unwrap();
+    for wanted in [
+        "cryptsetup bitlkDump lists the portal's key ID",
+        "cryptsetup accepts the portal's recovery password",
+        "dislocker-file decrypts with the portal's recovery password and the data matches",
+    ] {
+        let step = steps
+            .iter()
+            .find(|s| s["name"] == wanted)
+            .unwrap_or_else(|| panic!("step {wanted:?} missing from {steps:?}"));
+        assert!(step["failure"].is_null(), "{step}");
+    }
+}
+
 #[test]
 fn check_volume_with_an_unknown_tool_is_exit_code_2_before_anything_runs() {
     let out = harness()

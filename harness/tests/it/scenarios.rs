@@ -470,6 +470,10 @@ fn json_schema_names_exactly_the_variants_and_fields_of_the_rust_types() {
             serde_names::<m::ProtectorKind>(variant.clone()),
         ),
         (
+            "/$defs/device/properties/volume_cipher/enum",
+            serde_names::<m::VolumeCipher>(variant.clone()),
+        ),
+        (
             "/$defs/user/properties",
             serde_names::<m::User>(field.clone()),
         ),

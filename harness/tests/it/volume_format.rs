@@ -73,13 +73,16 @@ fn check_cipher(cipher: Cipher, seed: u64) {
         dump.contains(&v.volume_guid.hyphenated().to_string()),
         "{dump}"
     );
-    let expect_mode = "xts-plain64";
-    assert!(dump.contains(expect_mode), "{dump}");
-    let bits = if cipher == Cipher::AesXts256 {
-        "512"
-    } else {
-        "256"
+    // cryptsetup's words: the mode, and the key it maps (XTS: both halves; Elephant: the
+    // AES key and the sector-key key).
+    let (expect_mode, bits) = match cipher {
+        Cipher::AesXts128 => ("xts-plain64", "256"),
+        Cipher::AesXts256 => ("xts-plain64", "512"),
+        Cipher::AesCbcElephant128 => ("cbc-elephant", "256"),
+        Cipher::AesCbcElephant256 => ("cbc-elephant", "512"),
+        other => panic!("{other:?} is not written"),
     };
+    assert!(dump.contains(expect_mode), "{dump}");
     assert!(
         dump.contains(&format!("Cipher key:   \t{bits} bits")),
         "{dump}"
@@ -134,6 +137,69 @@ fn volume_xts128_opens_in_cryptsetup_and_dislocker() {
 #[test]
 fn volume_xts256_opens_in_cryptsetup_and_dislocker() {
     check_cipher(Cipher::AesXts256, 2);
+}
+
+#[test]
+fn volume_elephant128_opens_in_cryptsetup_and_dislocker() {
+    check_cipher(Cipher::AesCbcElephant128, 7);
+}
+
+#[test]
+fn volume_elephant256_opens_in_cryptsetup_and_dislocker() {
+    check_cipher(Cipher::AesCbcElephant256, 8);
+}
+
+/// `harness volume create --cipher aes-cbc-elephant-256` writes a volume dislocker decrypts
+/// to the known sectors, and `harness volume unlock --out` agrees.
+#[test]
+fn volume_cli_creates_an_elephant256_volume_dislocker_reads() {
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("e256.img");
+    let o = crate::common::harness()
+        .args(["volume", "create", img.to_str().unwrap(), "--size", "2M"])
+        .args(["--cipher", "aes-cbc-elephant-256", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["cipher"], "aes-cbc-elephant-256");
+    let rp = v["protectors"][0]["recovery_password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dump = external::cryptsetup_dump(&img).unwrap();
+    assert!(dump.contains("cbc-elephant"), "{dump}");
+    assert!(external::cryptsetup_accepts(&img, ToolSecret::RecoveryPassword(&rp)).unwrap());
+    let dis_out = dir.path().join("dislocker.out");
+    let d =
+        external::dislocker_decrypts(&img, ToolSecret::RecoveryPassword(&rp), &dis_out).unwrap();
+    assert!(d.decrypted, "{}", d.log);
+    let ours = dir.path().join("ours.out");
+    let o = crate::common::harness()
+        .args([
+            "volume",
+            "unlock",
+            img.to_str().unwrap(),
+            "--recovery-password",
+            &rp,
+        ])
+        .arg("--out")
+        .arg(&ours)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dis = std::fs::read(&dis_out).unwrap();
+    assert!(
+        dis == std::fs::read(&ours).unwrap(),
+        "dislocker and harness differ"
+    );
+    assert!(dis.starts_with(b"harness BitLocker test volume, sector 0000000000\n"));
+    let n = 100;
+    assert_eq!(
+        &dis[n * 512..(n + 1) * 512],
+        &bitlocker::fve::known_sector(n as u64)[..]
+    );
 }
 
 #[test]
@@ -303,21 +369,58 @@ fn volume_windows_startup_key_image() {
 }
 
 #[test]
-fn volume_windows_elephant_image_is_reported_unsupported() {
+fn volume_windows_elephant_image_decrypts_to_its_published_checksum() {
+    // Windows 7 wrote this AES-CBC-128 + Elephant volume; upstream published the SHA-256 of
+    // cryptsetup's device-mapper view of it (dislocker-file's output has it too).
     let dir = tempfile::tempdir().unwrap();
     let name = "bitlk-aes-cbc-elephant-128";
     let img = windows_image(dir.path(), name);
     let f = std::fs::File::open(&img).unwrap();
     let image = Image::open(&f).unwrap();
-    // Protectors are listed all the same.
-    assert!(image
-        .protectors()
-        .iter()
-        .any(|p| p.id == id(&conf(name, "RP_VMK_GUID"))));
+    assert_eq!(image.cipher().unwrap(), Cipher::AesCbcElephant128);
     let rp = RecoveryPassword::parse(&conf(name, "RP")).unwrap();
-    let err = image.unlock(Secret::RecoveryPassword(&rp)).unwrap_err();
-    assert!(matches!(err, FveError::Unsupported(_)), "{err}");
-    assert!(err.to_string().contains("Elephant"), "{err}");
+    let u = image.unlock(Secret::RecoveryPassword(&rp)).unwrap();
+    assert_eq!(u.unlocked_by(), Some(id(&conf(name, "RP_VMK_GUID"))));
+    let pw = conf(name, "PW");
+    let u2 = image.unlock(Secret::Password(&pw)).unwrap();
+    assert_eq!(u2.unlocked_by(), Some(id(&conf(name, "PW_VMK_GUID"))));
+
+    // Through the CLI: inspect names the method, unlock --out writes the plaintext.
+    let img_arg = img.to_str().unwrap();
+    let o = crate::common::harness()
+        .args(["volume", "inspect", img_arg])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        text.contains("Encryption method: aes-cbc-elephant-128"),
+        "{text}"
+    );
+    let out = dir.path().join("plain.img");
+    let o = crate::common::harness()
+        .args(["volume", "unlock", img_arg, "--recovery-password"])
+        .arg(conf(name, "RP"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(text.contains("(aes-cbc-elephant-128)"), "{text}");
+    let plain = std::fs::read(&out).unwrap();
+    assert_eq!(&plain[3..11], b"NTFS    ");
+    let serial: Vec<u8> = plain[72..80].iter().rev().copied().collect();
+    assert_eq!(hex::encode_upper(serial), conf(name, "UUID"));
+    assert_eq!(sha256_hex(&plain), conf(name, "SHA256SUM"));
 }
 
 // --- malformed images ---
@@ -412,6 +515,41 @@ mod mutations {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        /// Any plaintext written under AES-CBC + Elephant (either size) reads back, and the
+        /// image holds none of it in the clear.
+        #[test]
+        fn volume_elephant_round_trips_any_plaintext(
+            big in any::<bool>(),
+            seed in any::<u64>(),
+            plain in proptest::collection::vec(any::<u8>(), 512..8192),
+        ) {
+            let cipher = if big { Cipher::AesCbcElephant256 } else { Cipher::AesCbcElephant128 };
+            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+            let v = NewVolume {
+                size: 1 << 20,
+                cipher,
+                description: "TEST-PC E: round trip".into(),
+                plaintext: Some(plain.clone()),
+                protectors: vec![NewProtector::Tpm { blob: b"blob".to_vec() }],
+            }
+            .create(&mut rng)
+            .unwrap();
+            prop_assert_eq!(&v.plaintext_view[..plain.len()], &plain[..]);
+            let image = Image::open(v.image.as_slice()).unwrap();
+            prop_assert_eq!(image.cipher().unwrap(), cipher);
+            let u = image.unlock(Secret::Vmk(&v.vmk)).unwrap();
+            let mut out = Vec::new();
+            image.decrypt_to(v.image.as_slice(), &u, &mut out).unwrap();
+            prop_assert!(out == v.plaintext_view);
+            // No 32-byte run of the plaintext survives in the image (sector 0 holds the header).
+            let hdr = image.volume_header_area();
+            let stored = &v.image[hdr.0 as usize..(hdr.0 + hdr.1) as usize];
+            prop_assert!(!stored.windows(32).any(|w| w == &plain[..32]));
+        }
+    }
+
+    proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         /// Mutated metadata never panics the parser or the VMK path; errors render.
         #[test]
@@ -444,7 +582,7 @@ mod machine_volume {
     //! volume steps fail on a tampered image or a mismatched key.
 
     use bitlocker::external::{self, dumped_protectors, ToolSecret};
-    use bitlocker::fve::Image;
+    use bitlocker::fve::{Cipher, Image};
     use device::machine::{BitLockerSetup, BootOutcome, Machine, TpmProtection};
     use device::{Change, Device, Profile};
     use harness::runner::volume_check::{check_portal_key, JudgedVolume, VolumeJudges};
@@ -607,6 +745,38 @@ mod machine_volume {
                 (LISTED.to_string(), false),
                 (ACCEPTED.to_string(), false),
                 (DECRYPTED.to_string(), false)
+            ]
+        );
+    }
+
+    /// The catalog's Windows 7 scenario gives its device an AES-CBC-128 + Elephant volume,
+    /// and the runner's cryptsetup and dislocker steps pass on it with the escrowed key.
+    #[test]
+    fn volume_elephant_scenario_device_has_an_elephant_volume_the_judges_open() {
+        super::require_tools();
+        let file = crate::common::workspace_root()
+            .join("scenarios/windows7-elephant-volume-firmware-flash.yaml");
+        let s = harness::scenario::load_scenario(&file).unwrap();
+        let setup = harness::runner::bitlocker_setup(&s).unwrap();
+        assert_eq!(setup.cipher, Cipher::AesCbcElephant128);
+        let device = harness::runner::scenario_device(&s).unwrap();
+        let (machine, escrow) = Machine::provision(device, &setup, &mut rand::rng()).unwrap();
+        let image = Image::open(&std::fs::File::open(machine.volume_image()).unwrap()).unwrap();
+        assert_eq!(image.cipher().unwrap(), Cipher::AesCbcElephant128);
+        let dump = external::cryptsetup_dump(machine.volume_image()).unwrap();
+        assert!(dump.contains("cbc-elephant"), "{dump}");
+        let key = &escrow[0];
+        let steps = judged(
+            &machine,
+            key.key_protector_id,
+            &key.recovery_password.to_string(),
+        );
+        assert_eq!(
+            steps,
+            vec![
+                (LISTED.to_string(), true),
+                (ACCEPTED.to_string(), true),
+                (DECRYPTED.to_string(), true)
             ]
         );
     }

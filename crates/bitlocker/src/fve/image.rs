@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! 0                  volume header ("-FVE-FS-", GUID, 3 metadata offsets)
-//! 16 sectors ..T     data, AES-XTS with the sector number as tweak
+//! 16 sectors ..T     data, AES-XTS with the sector number as tweak (or AES-CBC + Elephant
+//!                    keyed by the sector's byte offset)
 //! T = S - 320 KiB    metadata block 1 (64 KiB area)
 //! T + 64 KiB         the first 16 sectors' plaintext, encrypted with *their own* position
 //!                    as tweak (cryptsetup's iv_offset; dislocker's fix_read_sector_seven)
@@ -23,13 +24,13 @@
 
 use std::io::Write;
 
-use aes::cipher::consts::U16;
-use aes::cipher::{BlockDecrypt, BlockEncrypt, BlockSizeUser, KeyInit};
+use aes::cipher::KeyInit;
 use aes::{Aes128, Aes256};
 use rand::{CryptoRng, Rng};
 use uuid::Uuid;
 use xts_mode::{get_tweak_default, Xts128};
 
+use super::elephant::{cbc_decrypt, Elephant};
 use super::entry::{entry_type, value_type, Entry, Value};
 use super::metadata::{MetadataBlock, VolumeHeader, VolumeKind, BLOCK_AREA, STATE_NORMAL};
 use super::{FveError, ReadAt};
@@ -63,12 +64,18 @@ pub enum Cipher {
     AesCbc128,
     /// AES-CBC-256, as above; 0x8003.
     AesCbc256,
+    /// AES-CBC-128 with the Elephant diffuser (Windows Vista and 7 default); 0x8000.
+    AesCbcElephant128,
+    /// AES-CBC-256 with the Elephant diffuser; 0x8001.
+    AesCbcElephant256,
 }
 
 impl Cipher {
     /// The on-disk code.
     pub fn code(self) -> u16 {
         match self {
+            Self::AesCbcElephant128 => 0x8000,
+            Self::AesCbcElephant256 => 0x8001,
             Self::AesCbc128 => 0x8002,
             Self::AesCbc256 => 0x8003,
             Self::AesXts128 => 0x8004,
@@ -76,20 +83,28 @@ impl Cipher {
         }
     }
 
-    /// From an on-disk code; Elephant and unknown codes are unsupported.
+    /// From an on-disk code; unknown codes are unsupported.
     pub fn from_code(code: u16) -> Result<Self, FveError> {
         match code {
+            0x8000 => Ok(Self::AesCbcElephant128),
+            0x8001 => Ok(Self::AesCbcElephant256),
             0x8002 => Ok(Self::AesCbc128),
             0x8003 => Ok(Self::AesCbc256),
             0x8004 => Ok(Self::AesXts128),
             0x8005 => Ok(Self::AesXts256),
-            0x8000 | 0x8001 => Err(FveError::Unsupported(format!(
-                "encryption method {code:#06x}: AES-CBC with the Elephant diffuser (Windows Vista/7)"
-            ))),
             other => Err(FveError::Unsupported(format!(
                 "unknown encryption method {other:#06x}"
             ))),
         }
+    }
+
+    /// The methods [`NewVolume`] writes, as `FromStr` spells them.
+    pub const WRITABLE_NAMES: &'static str =
+        "aes-xts-128, aes-xts-256, aes-cbc-elephant-128 or aes-cbc-elephant-256";
+
+    /// Whether [`NewVolume`] writes this method (plain AES-CBC is read only).
+    pub fn writable(self) -> bool {
+        !matches!(self, Self::AesCbc128 | Self::AesCbc256)
     }
 
     /// The name cryptsetup and manage-bde users know.
@@ -97,17 +112,20 @@ impl Cipher {
         match self {
             Self::AesCbc128 => "aes-cbc-128",
             Self::AesCbc256 => "aes-cbc-256",
+            Self::AesCbcElephant128 => "aes-cbc-elephant-128",
+            Self::AesCbcElephant256 => "aes-cbc-elephant-256",
             Self::AesXts128 => "aes-xts-128",
             Self::AesXts256 => "aes-xts-256",
         }
     }
 
-    /// FVEK bytes used.
+    /// FVEK bytes (Elephant: the AES key at 0, the sector-key key at 32, each padded to
+    /// 32 bytes, as Windows writes it).
     pub fn key_len(self) -> usize {
         match self {
             Self::AesCbc128 => 16,
             Self::AesCbc256 | Self::AesXts128 => 32,
-            Self::AesXts256 => 64,
+            Self::AesXts256 | Self::AesCbcElephant128 | Self::AesCbcElephant256 => 64,
         }
     }
 
@@ -115,7 +133,11 @@ impl Cipher {
     fn method_hi(self) -> u16 {
         match self {
             Self::AesXts128 | Self::AesCbc128 => self.code(),
-            Self::AesXts256 | Self::AesCbc256 => 0,
+            // Windows 7 writes 0 after an Elephant method (its 128-bit image).
+            Self::AesXts256
+            | Self::AesCbc256
+            | Self::AesCbcElephant128
+            | Self::AesCbcElephant256 => 0,
         }
     }
 }
@@ -126,49 +148,41 @@ impl std::str::FromStr for Cipher {
         match s {
             "aes-xts-128" => Ok(Self::AesXts128),
             "aes-xts-256" => Ok(Self::AesXts256),
+            "aes-cbc-elephant-128" => Ok(Self::AesCbcElephant128),
+            "aes-cbc-elephant-256" => Ok(Self::AesCbcElephant256),
             other => Err(format!(
-                "{other:?}: volumes can be written with aes-xts-128 or aes-xts-256"
+                "{other:?}: volumes can be written with {}",
+                Self::WRITABLE_NAMES
             )),
         }
     }
 }
 
-/// Sector cipher with its key.
-enum SectorCipher {
+/// A sector cipher with its key (the FVEK): what a reader runs on every sector.
+pub enum SectorCipher {
     Xts128(Box<Xts128<Aes128>>),
     Xts256(Box<Xts128<Aes256>>),
     Cbc128(Box<Aes128>),
     Cbc256(Box<Aes256>),
+    Elephant128(Box<Elephant<Aes128>>),
+    Elephant256(Box<Elephant<Aes256>>),
 }
 
-fn cbc_iv<C: BlockEncrypt + BlockSizeUser<BlockSize = U16>>(c: &C, byte_offset: u64) -> [u8; 16] {
-    let mut iv = [0u8; 16];
-    iv[..8].copy_from_slice(&byte_offset.to_le_bytes());
-    let mut b = iv.into();
-    c.encrypt_block(&mut b);
-    b.into()
-}
-
-fn cbc_decrypt<C: BlockEncrypt + BlockDecrypt + BlockSizeUser<BlockSize = U16>>(
-    c: &C,
-    byte_offset: u64,
-    buf: &mut [u8],
-) {
-    let mut prev = cbc_iv(c, byte_offset);
-    for chunk in buf.chunks_exact_mut(16) {
-        let mut cur = [0u8; 16];
-        cur.copy_from_slice(chunk);
-        let mut b = cur.into();
-        c.decrypt_block(&mut b);
-        for (o, (d, p)) in chunk.iter_mut().zip(b.iter().zip(prev.iter())) {
-            *o = d ^ p;
-        }
-        prev = cur;
+impl std::fmt::Debug for SectorCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        let mode = match self {
+            Self::Xts128(_) | Self::Xts256(_) => "AES-XTS",
+            Self::Cbc128(_) | Self::Cbc256(_) => "AES-CBC",
+            Self::Elephant128(_) | Self::Elephant256(_) => "AES-CBC + Elephant",
+        };
+        f.debug_tuple("SectorCipher").field(&mode).finish()
     }
 }
 
 impl SectorCipher {
-    fn new(cipher: Cipher, key: &[u8]) -> Result<Self, FveError> {
+    /// From the method and the FVEK (at least [`Cipher::key_len`] bytes).
+    pub fn new(cipher: Cipher, key: &[u8]) -> Result<Self, FveError> {
         let short = || FveError::Malformed {
             structure: "FVEK",
             offset: 0,
@@ -192,16 +206,26 @@ impl SectorCipher {
             ))),
             Cipher::AesCbc128 => Self::Cbc128(Box::new(Aes128::new_from_slice(k).map_err(bad)?)),
             Cipher::AesCbc256 => Self::Cbc256(Box::new(Aes256::new_from_slice(k).map_err(bad)?)),
+            Cipher::AesCbcElephant128 => Self::Elephant128(Box::new(Elephant::new(
+                Aes128::new_from_slice(&k[..16]).map_err(bad)?,
+                Aes128::new_from_slice(&k[32..48]).map_err(bad)?,
+            ))),
+            Cipher::AesCbcElephant256 => Self::Elephant256(Box::new(Elephant::new(
+                Aes256::new_from_slice(&k[..32]).map_err(bad)?,
+                Aes256::new_from_slice(&k[32..]).map_err(bad)?,
+            ))),
         })
     }
 
-    /// `sector` is in units of `buf.len()`.
-    fn decrypt(&self, sector: u64, buf: &mut [u8]) {
+    /// Decrypts sector number `sector` (in units of `buf.len()`, the sector size) in place.
+    pub fn decrypt(&self, sector: u64, buf: &mut [u8]) {
         match self {
             Self::Xts128(x) => x.decrypt_sector(buf, get_tweak_default(u128::from(sector))),
             Self::Xts256(x) => x.decrypt_sector(buf, get_tweak_default(u128::from(sector))),
             Self::Cbc128(c) => cbc_decrypt(c.as_ref(), sector * buf.len() as u64, buf),
             Self::Cbc256(c) => cbc_decrypt(c.as_ref(), sector * buf.len() as u64, buf),
+            Self::Elephant128(e) => e.decrypt_sector(sector * buf.len() as u64, buf),
+            Self::Elephant256(e) => e.decrypt_sector(sector * buf.len() as u64, buf),
         }
     }
 
@@ -209,9 +233,11 @@ impl SectorCipher {
         match self {
             Self::Xts128(x) => x.encrypt_sector(buf, get_tweak_default(u128::from(sector))),
             Self::Xts256(x) => x.encrypt_sector(buf, get_tweak_default(u128::from(sector))),
+            Self::Elephant128(e) => e.encrypt_sector(sector * buf.len() as u64, buf),
+            Self::Elephant256(e) => e.encrypt_sector(sector * buf.len() as u64, buf),
             Self::Cbc128(_) | Self::Cbc256(_) => {
                 return Err(FveError::Unsupported(
-                    "writing AES-CBC volumes (read only)".into(),
+                    "writing AES-CBC volumes without the diffuser (read only)".into(),
                 ))
             }
         }
@@ -915,7 +941,7 @@ pub enum NewProtector {
 pub struct NewVolume {
     /// Size in bytes (rounded up to 64 KiB; at least 1 MiB).
     pub size: u64,
-    /// Sector cipher (XTS only).
+    /// Sector cipher (not plain AES-CBC).
     pub cipher: Cipher,
     /// Description (Windows: "COMPUTER C: date").
     pub description: String,
@@ -986,10 +1012,11 @@ impl NewVolume {
         vmk: Vmk,
         ids: &[Option<KeyProtectorId>],
     ) -> Result<CreatedVolume, FveError> {
-        if !matches!(self.cipher, Cipher::AesXts128 | Cipher::AesXts256) {
+        if !self.cipher.writable() {
             return Err(FveError::InvalidParams(format!(
-                "{} volumes are read only here; write aes-xts-128 or aes-xts-256",
-                self.cipher.name()
+                "{} volumes are read only here; write {}",
+                self.cipher.name(),
+                Cipher::WRITABLE_NAMES
             )));
         }
         let size = self.size.max(MIN_SIZE).div_ceil(BLOCK_AREA) * BLOCK_AREA;

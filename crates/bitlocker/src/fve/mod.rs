@@ -1,25 +1,28 @@
 //! The BitLocker on-disk format (Windows 7 and later, metadata version 2), read and written
 //! by us: the `-FVE-FS-` volume header, the three FVE metadata blocks with their entries and
 //! validation (CRC-32 + an AES-CCM-wrapped SHA-256 under the VMK), the VMK protectors, the
-//! FVEK, the relocated first sectors and the AES-XTS (or AES-CBC, read only) sector data.
+//! FVEK, the relocated first sectors and the sector data: AES-XTS, AES-CBC with the Elephant
+//! diffuser (Vista/7), or plain AES-CBC (read only).
 //!
 //! Sources: libbde "BitLocker Drive Encryption (BDE) format"; cryptsetup `lib/bitlk/bitlk.c`
 //! and dislocker `src/metadata/` for what independent readers check; checked against the
 //! Windows-made images of cryptsetup's BITLK tests (`tests/it/data/bitlk/`).
 //!
+//! - [`elephant`]: the AES-CBC + Elephant diffuser sector cipher.
 //! - [`entry`]: FVE metadata entries (datums), parse and serialise.
 //! - [`metadata`]: the volume header and an FVE metadata block.
 //! - [`image`]: a whole volume image: inspect, unlock, decrypt, create, rotate.
 //!
 //! Parsing never panics: every problem is an [`FveError`] naming the structure and offset.
 
+pub mod elephant;
 pub mod entry;
 pub mod image;
 pub mod metadata;
 
 pub use image::{
     known_sector, BekFile, Cipher, CreatedProtector, CreatedVolume, Image, NewProtector, NewVolume,
-    ProtectorInfo, Secret, UnlockedImage,
+    ProtectorInfo, Secret, SectorCipher, UnlockedImage,
 };
 pub use metadata::{MetadataBlock, VolumeHeader};
 
