@@ -25,6 +25,11 @@ FAILPOINTS_TARGET := target/failpoints
 # filter, not `-p`: the same feature set as the first run, so nothing is rebuilt. The fault
 # tests run on both engines too, in the failpoints build.
 #
+# The replica tests (portal-under-test/tests/it/replicas.rs: several `serve` processes on one
+# database; harness/tests/it/replicas.rs: the harness gating them) need PostgreSQL, so they
+# run only in the PostgreSQL run; the one that restarts the server runs alone, on a cluster
+# of its own (~30 s for all of them).
+#
 # scripts/schemathesis.sh fuzzes the live portal's JSON API against openapi.json
 # (schemathesis pinned, seed and examples fixed in scripts/schemathesis.toml; ~30 s).
 #
@@ -43,12 +48,15 @@ test: deps
 	cargo nextest run -p portal-under-test --features failpoints --target-dir $(FAILPOINTS_TARGET) \
 	  --locked --no-fail-fast -E 'test(/^faults::/)'
 	PORTAL_FAILPOINTS_BIN=$(CURDIR)/$(FAILPOINTS_TARGET)/debug/portal-under-test \
-	  cargo nextest run --workspace --locked --no-fail-fast
+	  cargo nextest run --workspace --locked --no-fail-fast -E 'not test(/^replicas::/)'
 	scripts/schemathesis.sh
 	$(RELEASE_BUILD)
 	$(MUTANTS) 'test(=mutants::one_mutant_per_field_fails_at_its_step)'
 	PORTAL_TEST_ENGINE=postgres scripts/with-postgres.sh \
-	  cargo nextest run --workspace --locked --no-fail-fast -E 'package(portal-under-test)'
+	  cargo nextest run --workspace --locked --no-fail-fast \
+	  -E '(package(portal-under-test) & not test(/^replicas::pg_restart_/)) | (package(harness) & test(/^replicas::/))'
+	PORTAL_TEST_ENGINE=postgres scripts/with-postgres.sh \
+	  cargo nextest run --workspace --locked --no-fail-fast -E 'test(/^replicas::pg_restart_/)'
 	PORTAL_TEST_ENGINE=postgres scripts/with-postgres.sh \
 	  cargo nextest run -p portal-under-test --features failpoints --target-dir $(FAILPOINTS_TARGET) \
 	  --locked --no-fail-fast -E 'test(/^faults::/)'

@@ -42,8 +42,8 @@ trap stop EXIT
 started=""
 for _ in 1 2 3 4 5 6 7 8; do
   port=$(( 20000 + RANDOM % 40000 ))
-  if "${run_as_pg[@]}" "$bindir/pg_ctl" -D "$data" -l "$tmp/server.log" -w -t 60 \
-      -o "-h 127.0.0.1 -p $port -k $tmp -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
+  opts="-h 127.0.0.1 -p $port -k $tmp -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400"
+  if "${run_as_pg[@]}" "$bindir/pg_ctl" -D "$data" -l "$tmp/server.log" -w -t 60 -o "$opts" \
       start >/dev/null 2>&1; then
     started=yes; break
   fi
@@ -51,5 +51,10 @@ done
 [ -n "$started" ] || { cat "$tmp/server.log" >&2; echo "error: PostgreSQL did not start" >&2; exit 1; }
 
 export PORTAL_TEST_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
+# For the replica test that restarts the server (portal-under-test/tests/it/replicas.rs):
+# pg_ctl on this cluster (words split on spaces: the temp paths have none), and the start
+# options that bring it back on the same port.
+export PORTAL_TEST_PG_CTL="${run_as_pg[*]} $bindir/pg_ctl -D $data -l $tmp/server.log"
+export PORTAL_TEST_PG_OPTS="$opts"
 echo "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port for: $*" >&2
 "$@"

@@ -35,7 +35,13 @@ pub enum AppError {
     MethodNotAllowed(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The store is unreachable for now (503 with `Retry-After`).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
+
+/// Seconds a client is told to wait (`Retry-After`) when the store is unreachable.
+pub const RETRY_AFTER_SECS: u32 = 1;
 
 impl AppError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -56,6 +62,7 @@ impl AppError {
             AppError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -71,6 +78,7 @@ impl AppError {
             AppError::RateLimited => "rate_limited",
             AppError::MethodNotAllowed(_) => "method_not_allowed",
             AppError::Internal(_) => "internal",
+            AppError::Unavailable(_) => "unavailable",
         }
     }
 
@@ -95,6 +103,9 @@ impl AppError {
             AppError::RateLimited => "too many failed key lookups; try again later".into(),
             AppError::MethodNotAllowed(m) => format!("method {m} is not allowed on this path"),
             AppError::Internal(_) => "internal error".into(),
+            AppError::Unavailable(_) => {
+                "the portal's database is unavailable; try again shortly".into()
+            }
         }
     }
 }
@@ -114,6 +125,7 @@ impl From<StoreError> for AppError {
                 field: None,
                 message,
             },
+            StoreError::Unavailable(m) => AppError::Unavailable(m),
             other => AppError::Internal(other.to_string()),
         }
     }
@@ -136,11 +148,21 @@ impl IntoResponse for AppError {
         if let AppError::Internal(detail) = &self {
             tracing::error!(%detail, "internal error");
         }
+        if let AppError::Unavailable(detail) = &self {
+            tracing::warn!(%detail, "store unavailable");
+        }
         let body = json!({"error": {
             "code": self.code(),
             "field": self.field(),
             "message": self.public_message(),
         }});
-        (self.status(), axum::Json(body)).into_response()
+        let mut resp = (self.status(), axum::Json(body)).into_response();
+        if matches!(self, AppError::Unavailable(_)) {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(RETRY_AFTER_SECS),
+            );
+        }
+        resp
     }
 }

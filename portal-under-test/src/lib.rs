@@ -27,6 +27,7 @@ pub mod import;
 pub mod index;
 pub mod keyid;
 pub mod lookup;
+pub mod replica;
 pub mod serve;
 pub mod session;
 pub mod store;
@@ -57,6 +58,8 @@ pub enum InitError {
     Crypto(#[from] crypto::CryptoError),
     #[error("stored settings are damaged: {0}")]
     Settings(String),
+    #[error("starting the replica follower thread: {0}")]
+    Follower(#[source] std::io::Error),
 }
 
 /// Everything a request handler needs.
@@ -122,6 +125,8 @@ impl AppState {
         let json =
             serde_json::to_string(&settings).map_err(|e| InitError::Settings(e.to_string()))?;
         store.save_settings(&json)?;
+        // Taken before the keys are read: following from here misses no change after it.
+        let followed_from = store.change_position()?;
         // Both halves of the start-up cost at scale, logged (BENCHMARKS.md quotes them).
         let t = std::time::Instant::now();
         let entries = store.current_keys()?;
@@ -140,17 +145,22 @@ impl AppState {
             b"000000-000000-000000-000000-000000-000000-000000-000000",
         )?;
         let sessions = Sessions::new(store.clone(), config.clock.clone());
-        Ok(AppState(Arc::new(Inner {
+        let sign_in_throttle = throttle::SignInThrottle::new(store.clone());
+        let state = AppState(Arc::new(Inner {
             store,
             index,
             sealer,
             hasher,
             sessions,
-            sign_in_throttle: throttle::SignInThrottle::default(),
+            sign_in_throttle,
             config,
             settings: RwLock::new(settings),
             dummy_sealed,
-        })))
+        }));
+        if let Some(position) = followed_from {
+            replica::follow(&state, position, json)?;
+        }
+        Ok(state)
     }
 
     /// Opens (creating if needed) a data directory (the key file, and `portal.sqlite3` unless

@@ -1,14 +1,18 @@
 //! Password sign-in throttling (API.md §6 "Sign-in throttling"), per account and per source
 //! address: a few free failures, then an exponential back-off between attempts, capped, and
 //! forgotten after a quiet period, so an attacker slows an account down but never locks its
-//! user out for good. Kept in memory (a restart forgets it; so does another portal process).
+//! user out for good. Kept in the store when the store is shared by several portal
+//! processes (PostgreSQL: every replica counts the same failures), else in memory (SQLite:
+//! one process; a restart forgets them).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use time::OffsetDateTime;
+
+use crate::store::{unix_us, Store};
 
 /// Failed passwords an account may have before its back-off starts.
 pub const ACCOUNT_FREE_FAILURES: u32 = 5;
@@ -28,6 +32,16 @@ enum Subject {
     Source(IpAddr),
 }
 
+impl Subject {
+    /// The subject's key in the store's table.
+    fn key(&self) -> String {
+        match self {
+            Subject::Account(a) => format!("account:{a}"),
+            Subject::Source(ip) => format!("source:{ip}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Failures {
     count: u32,
@@ -43,12 +57,52 @@ fn back_off(count: u32, free: u32) -> Duration {
     Duration::from_secs(1u64 << doublings).min(MAX_DELAY)
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SignInThrottle {
     failures: Mutex<HashMap<Subject, Failures>>,
+    /// Where the failures live when the store shares them between processes.
+    shared: Option<Arc<dyn Store>>,
+}
+
+fn time_of_us(us: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 impl SignInThrottle {
+    /// Keeps the failures in `store` if it shares them between processes, else in memory.
+    pub fn new(store: Arc<dyn Store>) -> SignInThrottle {
+        SignInThrottle {
+            failures: Mutex::default(),
+            shared: store.shares_sign_in_failures().then_some(store),
+        }
+    }
+
+    /// The recorded failures of each subject (None: none recorded). A store error reads as
+    /// none (logged): the sign-in's own account lookup then fails on the same store.
+    fn load(&self, subjects: &[(Subject, u32)]) -> Vec<Option<Failures>> {
+        let Some(store) = &self.shared else {
+            let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+            return subjects.iter().map(|(s, _)| map.get(s).copied()).collect();
+        };
+        let keys: Vec<String> = subjects.iter().map(|(s, _)| s.key()).collect();
+        let stored = store.sign_in_failures(&keys).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading sign-in failures failed");
+            Vec::new()
+        });
+        keys.iter()
+            .map(|k| {
+                stored
+                    .iter()
+                    .find(|(s, _, _)| s == k)
+                    .map(|(_, count, last)| Failures {
+                        count: *count,
+                        last: time_of_us(*last),
+                    })
+            })
+            .collect()
+    }
+
     fn subjects(account: &str, source: Option<IpAddr>) -> Vec<(Subject, u32)> {
         let mut s = vec![(
             Subject::Account(account.to_lowercase()),
@@ -72,10 +126,11 @@ impl SignInThrottle {
         source: Option<IpAddr>,
         now: OffsetDateTime,
     ) -> Result<(), Duration> {
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let subjects = Self::subjects(account, source);
+        let loaded = self.load(&subjects);
         let mut wait = Duration::ZERO;
-        for (subject, free) in Self::subjects(account, source) {
-            if let Some(f) = map.get(&subject).filter(|f| Self::live(f, now)) {
+        for ((_, free), f) in subjects.into_iter().zip(loaded) {
+            if let Some(f) = f.filter(|f| Self::live(f, now)) {
                 let since = Duration::try_from(now - f.last).unwrap_or(Duration::ZERO);
                 wait = wait.max(back_off(f.count, free).saturating_sub(since));
             }
@@ -89,6 +144,18 @@ impl SignInThrottle {
 
     /// A wrong password (or unknown account) from `source`.
     pub fn failed(&self, account: &str, source: Option<IpAddr>, now: OffsetDateTime) {
+        if let Some(store) = &self.shared {
+            let keys: Vec<String> = Self::subjects(account, source)
+                .iter()
+                .map(|(s, _)| s.key())
+                .collect();
+            if let Err(e) =
+                store.add_sign_in_failure(&keys, unix_us(now), unix_us(now - FORGET_AFTER))
+            {
+                tracing::error!(error = %e, "recording a sign-in failure failed");
+            }
+            return;
+        }
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() > SWEEP_ABOVE {
             map.retain(|_, f| Self::live(f, now));
@@ -108,8 +175,15 @@ impl SignInThrottle {
 
     /// The right password: the account's failures are forgotten (the address's are not).
     pub fn succeeded(&self, account: &str) {
+        let subject = Subject::Account(account.to_lowercase());
+        if let Some(store) = &self.shared {
+            if let Err(e) = store.clear_sign_in_failures(&subject.key()) {
+                tracing::error!(error = %e, "clearing sign-in failures failed");
+            }
+            return;
+        }
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(&Subject::Account(account.to_lowercase()));
+        map.remove(&subject);
     }
 }
 

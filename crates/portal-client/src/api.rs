@@ -5,7 +5,7 @@ use reqwest::{Client, Url};
 use serde::{Deserialize, Serialize};
 
 use super::http::{client, join, send_expect, send_json};
-use super::{PortalTarget, Result};
+use super::{Actor, PortalTarget, Result};
 
 /// Account roles (API.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -104,7 +104,7 @@ impl Admin {
     pub fn with_token(target: &PortalTarget, token: &str) -> Result<Admin> {
         Ok(Admin {
             http: client(target, false)?,
-            base: target.url.clone(),
+            base: target.url_for(Actor::Admin).clone(),
             token: token.to_string(),
         })
     }
@@ -288,7 +288,8 @@ impl Agent {
         device_name: &str,
     ) -> Result<Agent> {
         let http = client(target, false)?;
-        let url = join(&target.url, "/api/agent/enroll")?;
+        let base = target.url_for(Actor::Agent).clone();
+        let url = join(&base, "/api/agent/enroll")?;
         let body =
             serde_json::json!({ "enrollment_token": enrollment_token, "device_name": device_name });
         let enrolled: Enrolled = send_json(
@@ -299,7 +300,7 @@ impl Agent {
         .await?;
         Ok(Agent {
             http,
-            base: target.url.clone(),
+            base,
             device_name: device_name.to_string(),
             device_id: enrolled.device_id,
             credential: enrolled.credential,
@@ -429,7 +430,7 @@ impl HelpDeskApi {
     pub fn new(target: &PortalTarget, token: &str) -> Result<HelpDeskApi> {
         Ok(HelpDeskApi {
             http: client(target, false)?,
-            base: target.url.clone(),
+            base: target.url_for(Actor::HelpDesk).clone(),
             token: token.to_string(),
         })
     }

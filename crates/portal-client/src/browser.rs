@@ -7,7 +7,7 @@ use reqwest::{Client, Url};
 use super::error::{excerpt, PortalError};
 use super::html::{extract_key_ids, Form, Page};
 use super::http::{client, join, send};
-use super::{PortalTarget, Result};
+use super::{Actor, PortalTarget, Result};
 
 /// What a key (or Manage TPM) request came back with, by the contract's element ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,10 +111,10 @@ struct Browser {
 }
 
 impl Browser {
-    fn new(target: &PortalTarget, who: &str) -> Result<Browser> {
+    fn new(target: &PortalTarget, actor: Actor, who: &str) -> Result<Browser> {
         Ok(Browser {
             http: client(target, true)?,
-            base: target.url.clone(),
+            base: target.url_for(actor).clone(),
             who: who.to_string(),
             page: None,
         })
@@ -306,7 +306,11 @@ const HELP_DESK: &str = "/HelpDesk";
 impl BrowserUser {
     pub fn new(target: &PortalTarget, username: &str) -> Result<BrowserUser> {
         Ok(BrowserUser {
-            browser: Browser::new(target, &format!("self-service user {username}"))?,
+            browser: Browser::new(
+                target,
+                Actor::User,
+                &format!("self-service user {username}"),
+            )?,
         })
     }
 
@@ -385,7 +389,11 @@ pub struct HelpDeskOperator {
 impl HelpDeskOperator {
     pub fn new(target: &PortalTarget, username: &str) -> Result<HelpDeskOperator> {
         Ok(HelpDeskOperator {
-            browser: Browser::new(target, &format!("help desk operator {username}"))?,
+            browser: Browser::new(
+                target,
+                Actor::HelpDesk,
+                &format!("help desk operator {username}"),
+            )?,
         })
     }
 

@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 
 use super::browser::{first_number, Answer, IdleWarning};
 use super::html::Page;
-use super::PortalTarget;
+use super::{Actor, PortalTarget};
 
 /// WebDriver key codes (W3C WebDriver §17.4.2).
 const TAB: char = '\u{E004}';
@@ -354,7 +354,7 @@ impl ChromeUser {
             })?;
         let user = ChromeUser {
             client,
-            base: target.url.clone(),
+            base: target.url_for(Actor::User).clone(),
             who: format!("self-service user {username} (Chromium)"),
             timeout: options.timeout,
             shots: Vec::new(),

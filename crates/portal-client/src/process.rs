@@ -30,6 +30,9 @@ pub struct EmbeddedOptions {
     pub env: Vec<(String, String)>,
     /// Deadline for `admin bootstrap`, the ready line, and `/healthz` each.
     pub ready_timeout: Duration,
+    /// `--database-url`: the store in this PostgreSQL database instead of SQLite in the data
+    /// directory (required for [`EmbeddedReplicas`] of more than one).
+    pub database_url: Option<String>,
 }
 
 impl Default for EmbeddedOptions {
@@ -43,6 +46,7 @@ impl Default for EmbeddedOptions {
             insecure_http: false,
             env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
+            database_url: None,
         }
     }
 }
@@ -82,13 +86,42 @@ impl EmbeddedPortal {
             .map_err(|e| start_error("create a data directory", e.to_string()))?;
         let data_dir = work_dir.path().join("data");
         let admin_token = bootstrap(portal_bin, &data_dir, options).await?;
+        EmbeddedPortal::serve(portal_bin, work_dir, &data_dir, admin_token, options).await
+    }
 
+    /// Another `serve` process on this portal's data directory and database (a replica:
+    /// API.md §1 "Replicas"); its own work directory holds its config and stderr log.
+    pub async fn start_replica(
+        &self,
+        portal_bin: &Path,
+        options: &EmbeddedOptions,
+    ) -> Result<EmbeddedPortal> {
+        let work_dir = tempfile::Builder::new()
+            .prefix("portal-replica-")
+            .tempdir()
+            .map_err(|e| start_error("create a work directory", e.to_string()))?;
+        let admin_token = self.target.admin_token.clone();
+        EmbeddedPortal::serve(portal_bin, work_dir, &self.data_dir(), admin_token, options).await
+    }
+
+    /// `serve` on `data_dir` (already bootstrapped) on `127.0.0.1:0`; returns once the
+    /// portal printed its ready line and `/healthz` answers `ok`.
+    async fn serve(
+        portal_bin: &Path,
+        work_dir: tempfile::TempDir,
+        data_dir: &Path,
+        admin_token: String,
+        options: &EmbeddedOptions,
+    ) -> Result<EmbeddedPortal> {
         let mut cmd = Command::new(portal_bin);
         cmd.arg("serve")
             .arg("--data-dir")
-            .arg(&data_dir)
+            .arg(data_dir)
             .arg("--listen")
             .arg("127.0.0.1:0");
+        if let Some(url) = &options.database_url {
+            cmd.arg("--database-url").arg(url);
+        }
         if let Some(config) = &options.config {
             let path = work_dir.path().join("config.json");
             std::fs::write(&path, config.to_string())
@@ -114,6 +147,7 @@ impl EmbeddedPortal {
                     .map_err(|e| start_error("url", e.to_string()))?,
                 ca_cert: None,
                 admin_token,
+                replicas: Vec::new(),
             },
             work_dir,
         };
@@ -235,6 +269,48 @@ impl EmbeddedPortal {
     }
 }
 
+/// N embedded portal processes on one PostgreSQL database and one data directory (the
+/// first bootstraps it); each stopped on drop.
+#[derive(Debug)]
+pub struct EmbeddedReplicas {
+    pub replicas: Vec<EmbeddedPortal>,
+    target: PortalTarget,
+}
+
+impl EmbeddedReplicas {
+    /// Starts `n` (at least 1) replicas; more than one needs `options.database_url`.
+    pub async fn start(
+        portal_bin: &Path,
+        n: usize,
+        options: &EmbeddedOptions,
+    ) -> Result<EmbeddedReplicas> {
+        if n > 1 && options.database_url.is_none() {
+            return Err(start_error(
+                "start replicas",
+                "several replicas need a PostgreSQL database (--database-url): \
+                 SQLite serves one process"
+                    .into(),
+            ));
+        }
+        let first = EmbeddedPortal::start_with(portal_bin, options).await?;
+        let mut target = first.target().clone();
+        let mut replicas = vec![first];
+        for _ in 1..n.max(1) {
+            let replica = replicas[0].start_replica(portal_bin, options).await?;
+            replicas.push(replica);
+        }
+        if n > 1 {
+            target.replicas = replicas.iter().map(|r| r.target().url.clone()).collect();
+        }
+        Ok(EmbeddedReplicas { replicas, target })
+    }
+
+    /// The first replica's URL, certificate and admin token, and every replica's URL.
+    pub fn target(&self) -> &PortalTarget {
+        &self.target
+    }
+}
+
 impl Drop for EmbeddedPortal {
     fn drop(&mut self) {
         self.kill();
@@ -259,6 +335,9 @@ async fn bootstrap(bin: &Path, data_dir: &Path, options: &EmbeddedOptions) -> Re
         .envs(options.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    if let Some(url) = &options.database_url {
+        cmd.arg("--database-url").arg(url);
+    }
     let output = tokio::time::timeout(options.ready_timeout, cmd.output())
         .await
         .map_err(|_| {

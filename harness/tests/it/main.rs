@@ -14,6 +14,7 @@ mod machine;
 mod mutants;
 mod portal_client;
 mod profiles;
+mod replicas;
 mod runner;
 mod scenarios;
 mod vectors;

@@ -26,7 +26,20 @@ impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         // The server's own message (`db error: ERROR: ...`), not only the error kind.
         match e.as_db_error() {
+            // Class 08 (connection exception) and 57P (the server shutting down or starting
+            // up): the database is away, not the request wrong.
+            Some(db)
+                if db.code().code().starts_with("08") || db.code().code().starts_with("57P") =>
+            {
+                StoreError::Unavailable(db.to_string())
+            }
             Some(db) => StoreError::Postgres(db.to_string()),
+            // No server answer: the connection closed or could not be made.
+            None if e.is_closed()
+                || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) =>
+            {
+                StoreError::Unavailable(e.to_string())
+            }
             None => StoreError::Postgres(e.to_string()),
         }
     }
@@ -34,7 +47,13 @@ impl From<tokio_postgres::Error> for StoreError {
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        StoreError::Postgres(format!("connection pool: {e}"))
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            deadpool_postgres::PoolError::Timeout(_) => {
+                StoreError::Unavailable(format!("connection pool: {e}"))
+            }
+            e => StoreError::Postgres(format!("connection pool: {e}")),
+        }
     }
 }
 
@@ -64,6 +83,10 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("postgresql: {0}")]
     Postgres(String),
+    /// The database cannot be reached (down, restarting, connection lost): the request may
+    /// succeed if retried (HTTP 503 with `Retry-After`).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     #[error("record {index}: {message}")]
     Conflict { index: usize, message: String },
     #[error("{field}: {message}")]
@@ -169,6 +192,68 @@ pub trait Store: Send + Sync + 'static {
         signed_in_seen_before_us: i64,
         anonymous_seen_before_us: i64,
     ) -> Result<(), StoreError>;
+
+    // Several portal processes on one database (PostgreSQL replicas). The defaults are a
+    // store only one process serves (SQLite): nothing changes behind the portal's back.
+
+    /// A position in the store's change sequence, taken *before* the caller reads the
+    /// current keys: [`Store::key_changes_since`] from it reports every key change committed
+    /// after that read. None: no other process writes this store.
+    fn change_position(&self) -> Result<Option<i64>, StoreError> {
+        Ok(None)
+    }
+    /// Keys added or superseded at or after `position` (a change may be reported twice), and
+    /// the position to ask from next.
+    fn key_changes_since(&self, position: i64) -> Result<KeyChanges, StoreError> {
+        Ok(KeyChanges {
+            next: position,
+            ..KeyChanges::default()
+        })
+    }
+    /// Waits until another process may have changed the store (a notification, or a
+    /// reconnect after which notifications may have been missed) or `timeout`; `seen` is
+    /// the count this returned last time, and the new count is returned.
+    fn wait_for_change(&self, seen: u64, timeout: std::time::Duration) -> u64 {
+        std::thread::sleep(timeout);
+        seen
+    }
+
+    /// Whether sign-in failures are kept in the store ([`Store::sign_in_failures`]), shared
+    /// by every process on it; if not, the throttle keeps them in its own memory.
+    fn shares_sign_in_failures(&self) -> bool {
+        false
+    }
+    /// `(count, last failure in µs since the epoch)` of each subject that has failures.
+    fn sign_in_failures(
+        &self,
+        _subjects: &[String],
+    ) -> Result<Vec<(String, u32, i64)>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// One more failure for each subject at `now_us`; a subject whose last failure was
+    /// before `forget_before_us` starts again at one.
+    fn add_sign_in_failure(
+        &self,
+        _subjects: &[String],
+        _now_us: i64,
+        _forget_before_us: i64,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn clear_sign_in_failures(&self, _subject: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// What [`Store::key_changes_since`] reports.
+#[derive(Debug, Default)]
+pub struct KeyChanges {
+    /// Keys that are current (added since, or reported again).
+    pub current: Vec<IndexEntry>,
+    /// Key IDs superseded since.
+    pub superseded: Vec<u128>,
+    /// The position to ask from next.
+    pub next: i64,
 }
 
 /// Microseconds since the Unix epoch of an RFC 3339 time (0 if it does not parse: the

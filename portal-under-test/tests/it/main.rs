@@ -13,6 +13,7 @@ mod helpdesk;
 mod import_crash;
 mod lifecycle;
 mod prop;
+mod replicas;
 mod security;
 mod self_service;
 mod server;

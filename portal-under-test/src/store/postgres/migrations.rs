@@ -2,8 +2,12 @@
 //! transaction and recorded in `schema_migrations`. Never edit a released migration: add one.
 
 /// (version, SQL). Versions start at 1 and have no gaps.
-pub(super) const MIGRATIONS: &[(i32, &str)] =
-    &[(1, V1_TABLES), (2, V2_SESSIONS), (3, V3_LEANER_DEVICES)];
+pub(super) const MIGRATIONS: &[(i32, &str)] = &[
+    (1, V1_TABLES),
+    (2, V2_SESSIONS),
+    (3, V3_LEANER_DEVICES),
+    (4, V4_REPLICAS),
+];
 
 const V1_TABLES: &str = r#"
 CREATE TABLE accounts(
@@ -76,4 +80,23 @@ ALTER TABLE devices DROP CONSTRAINT devices_device_uuid_key;
 ALTER TABLE devices DROP CONSTRAINT devices_credential_hash_key;
 CREATE UNIQUE INDEX devices_credential ON devices(credential_hash)
   WHERE credential_hash IS NOT NULL;
+"#;
+
+/// Several portal replicas on one database (issue 21). `changed_xid`: the transaction that
+/// added the key or superseded it, so a replica catches up on every key change committed
+/// since a snapshot's `xmin` (exact whatever order transactions commit in; see
+/// `key_changes_since`). A statement-level trigger notifies `portal_changes` on key and
+/// settings changes (one notification per transaction, even for a bulk import).
+/// `sign_in_failures`: the sign-in throttle's counts, shared by every replica.
+const V4_REPLICAS: &str = r#"
+ALTER TABLE keys ADD COLUMN changed_xid xid8 NOT NULL DEFAULT pg_current_xact_id();
+CREATE INDEX keys_changed ON keys(changed_xid);
+CREATE FUNCTION portal_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
+  BEGIN PERFORM pg_notify('portal_changes', TG_TABLE_NAME); RETURN NULL; END $$;
+CREATE TRIGGER keys_notify AFTER INSERT OR UPDATE OF superseded_at ON keys
+  FOR EACH STATEMENT EXECUTE FUNCTION portal_notify_change();
+CREATE TRIGGER settings_notify AFTER INSERT OR UPDATE ON settings
+  FOR EACH STATEMENT EXECUTE FUNCTION portal_notify_change();
+CREATE TABLE sign_in_failures(
+  subject TEXT PRIMARY KEY, count INTEGER NOT NULL, last_us BIGINT NOT NULL);
 "#;

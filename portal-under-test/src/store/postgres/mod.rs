@@ -9,6 +9,8 @@
 //! microseconds since the epoch where the portal compares them.
 
 use std::future::Future;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{NoTls, Row};
@@ -18,8 +20,8 @@ use crate::fp;
 use crate::index::IndexEntry;
 use crate::store::{
     journal_failed, now_rfc3339, time_us_of, Account, Assoc, AuditFilter, AuditRow, AuditedWork,
-    CommitDone, Device, EscrowResult, ImportRow, JournalEntry, KeyRecord, NewKey, Role, SignInKind,
-    Store, StoreError, StoredSession, TpmRecord, FAILED_LOOKUP_OUTCOMES,
+    CommitDone, Device, EscrowResult, ImportRow, JournalEntry, KeyChanges, KeyRecord, NewKey, Role,
+    SignInKind, Store, StoreError, StoredSession, TpmRecord, FAILED_LOOKUP_OUTCOMES,
 };
 
 mod import;
@@ -31,9 +33,80 @@ const POOL_SIZE: usize = 16;
 /// decision's reads (on the main pool) never wait for a connection held by a decision.
 const AUDITED_POOL_SIZE: usize = 16;
 
+/// The channel the `portal_notify_change` trigger notifies on (migration 4).
+const CHANGES_CHANNEL: &str = "portal_changes";
+/// The change listener's wait before reconnecting after its connection failed.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
+
+/// Counts notifications on [`CHANGES_CHANNEL`] (and reconnects of the listening connection,
+/// after which some may have been missed), for [`Store::wait_for_change`].
+#[derive(Default)]
+struct ChangeSignal {
+    count: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl ChangeSignal {
+    fn bump(&self) {
+        *self.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.changed.notify_all();
+    }
+
+    fn wait(&self, seen: u64, timeout: Duration) -> u64 {
+        let count = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        let (count, _) = self
+            .changed
+            .wait_timeout_while(count, timeout, |c| *c == seen)
+            .unwrap_or_else(|e| e.into_inner());
+        *count
+    }
+}
+
+/// Keeps one connection LISTENing on [`CHANGES_CHANNEL`], reconnecting by itself whenever
+/// it fails (a database restart); every notification, and every (re)connect, bumps `signal`.
+async fn listen_for_changes(config: tokio_postgres::Config, signal: Arc<ChangeSignal>) {
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let driver_signal = signal.clone();
+                let driver = tokio::spawn(async move {
+                    while let Some(message) =
+                        std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                    {
+                        match message {
+                            Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                                driver_signal.bump()
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "change listener: connection lost");
+                                break;
+                            }
+                        }
+                    }
+                });
+                match client
+                    .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
+                    .await
+                {
+                    Ok(()) => {
+                        // Changes made while no connection listened are caught up on now.
+                        signal.bump();
+                        drop(driver.await);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "change listener: LISTEN failed"),
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "change listener: cannot connect"),
+        }
+        tokio::time::sleep(RECONNECT_PAUSE).await;
+    }
+}
+
 pub struct PgStore {
     pool: Pool,
     audited: Pool,
+    changes: Arc<ChangeSignal>,
     /// Runs the connections and every query; shut down (without blocking) on drop.
     runtime: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
@@ -80,14 +153,17 @@ impl PgStore {
             let _in_runtime = handle.enter();
             (pool(&config, POOL_SIZE)?, pool(&config, AUDITED_POOL_SIZE)?)
         };
+        let changes = Arc::new(ChangeSignal::default());
         let store = PgStore {
             pool,
             audited,
+            changes: changes.clone(),
             runtime: Some(runtime),
             handle,
         };
         let p = store.pool.clone();
         store.run(async move { migrate(&p).await })?;
+        store.handle.spawn(listen_for_changes(config, changes));
         Ok(store)
     }
 
@@ -663,7 +739,8 @@ impl Store for PgStore {
             }
             let (now, _) = now_rfc3339();
             tx.execute(
-                "UPDATE keys SET superseded_at = $2, superseded_by = $3 WHERE key_id = $1",
+                "UPDATE keys SET superseded_at = $2, superseded_by = $3, changed_xid = pg_current_xact_id()
+                 WHERE key_id = $1",
                 &[&&old.to_be_bytes()[..], &now, &&new.to_be_bytes()[..]],
             )
             .await?;
@@ -959,6 +1036,120 @@ impl Store for PgStore {
                 "DELETE FROM sessions WHERE (username IS NOT NULL AND last_seen_us < $1)
                    OR (username IS NULL AND last_seen_us < $2)",
                 &[&signed_in_seen_before_us, &anonymous_seen_before_us],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// The `xmin` of a snapshot: every transaction below it had ended when it was taken.
+    fn change_position(&self) -> Result<Option<i64>, StoreError> {
+        self.with(move |c| async move {
+            let r = c
+                .query_one(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                    &[],
+                )
+                .await?;
+            Ok(Some(r.try_get(0)?))
+        })
+    }
+
+    /// Every key whose `changed_xid` is at or above `position`, read in one statement (one
+    /// snapshot) with that snapshot's `xmin` as the next position. Exact: a change not yet
+    /// visible belongs to a transaction still running, whose xid is at or above `xmin`, so
+    /// the next call reads it. A change may be read again (the caller applies it again:
+    /// idempotent); a long-running transaction holds `xmin` back and makes reads longer.
+    fn key_changes_since(&self, position: i64) -> Result<KeyChanges, StoreError> {
+        self.with(move |c| async move {
+            let rows = c
+                .query(
+                    "WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS h)
+                     SELECT s.h::text::bigint, k.key_id, k.id, k.device_id, k.superseded_at IS NOT NULL
+                     FROM s LEFT JOIN keys k ON k.changed_xid >= ($1::bigint)::text::xid8",
+                    &[&position],
+                )
+                .await?;
+            let mut changes = KeyChanges {
+                next: position,
+                ..KeyChanges::default()
+            };
+            for r in &rows {
+                changes.next = r.try_get(0)?;
+                let Some(kid) = r.try_get::<_, Option<Vec<u8>>>(1)? else {
+                    continue;
+                };
+                let key_id = blob_to_u128(&kid)?;
+                if r.try_get(4)? {
+                    changes.superseded.push(key_id);
+                } else {
+                    changes.current.push(IndexEntry {
+                        key_id,
+                        key_row: r.try_get(2)?,
+                        device_row: r.try_get(3)?,
+                    });
+                }
+            }
+            Ok(changes)
+        })
+    }
+
+    fn wait_for_change(&self, seen: u64, timeout: Duration) -> u64 {
+        self.changes.wait(seen, timeout)
+    }
+
+    fn shares_sign_in_failures(&self) -> bool {
+        true
+    }
+
+    fn sign_in_failures(&self, subjects: &[String]) -> Result<Vec<(String, u32, i64)>, StoreError> {
+        let subjects = subjects.to_vec();
+        self.with(move |c| async move {
+            let rows = c
+                .query(
+                    "SELECT subject, count, last_us FROM sign_in_failures WHERE subject = ANY($1)",
+                    &[&subjects],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    let count: i32 = r.try_get(1)?;
+                    Ok((r.try_get(0)?, count.max(0) as u32, r.try_get(2)?))
+                })
+                .collect()
+        })
+    }
+
+    fn add_sign_in_failure(
+        &self,
+        subjects: &[String],
+        now_us: i64,
+        forget_before_us: i64,
+    ) -> Result<(), StoreError> {
+        let subjects = subjects.to_vec();
+        self.with(move |c| async move {
+            // One statement a subject: concurrent failures on several replicas all count.
+            for subject in &subjects {
+                c.execute(
+                    "INSERT INTO sign_in_failures(subject, count, last_us) VALUES ($1, 1, $2)
+                     ON CONFLICT (subject) DO UPDATE SET
+                       count = CASE WHEN sign_in_failures.last_us < $3 THEN 1
+                                    ELSE sign_in_failures.count + 1 END,
+                       last_us = GREATEST(sign_in_failures.last_us, $2)",
+                    &[subject, &now_us, &forget_before_us],
+                )
+                .await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn clear_sign_in_failures(&self, subject: &str) -> Result<(), StoreError> {
+        let subject = subject.to_string();
+        self.with(move |c| async move {
+            c.execute(
+                "DELETE FROM sign_in_failures WHERE subject = $1",
+                &[&subject],
             )
             .await?;
             Ok(())

@@ -70,7 +70,7 @@ pub fn engine_url() -> Option<String> {
 
 /// Creates an empty database on the server at `server_url` (`postgres://.../DB`) and returns
 /// the URL of the new one. Runs on its own thread and runtime: callers may be async or not.
-fn fresh_database(server_url: &str) -> String {
+pub fn fresh_database(server_url: &str) -> String {
     let name = format!("portal_test_{:016x}", rand::rng().random::<u64>());
     let (base, _) = server_url
         .rsplit_once('/')
