@@ -12,8 +12,7 @@ use crate::scenario::{
 };
 use bitlocker::{KeyProtectorId, RecoveryPassword};
 use device::machine::{
-    BitLockerSetup, BootOutcome, EscrowedKey, LockoutCause, Machine, RecoveryScreen, TpmProtection,
-    WINDOWS_DA,
+    BitLockerSetup, BootOutcome, EscrowedKey, Machine, RecoveryScreen, TpmProtection, WINDOWS_DA,
 };
 use device::Device;
 use portal_client::chrome::get_key_label;
@@ -767,7 +766,7 @@ impl<'a> Play<'a> {
                         Ok(BootOutcome::WrongPin { lockout_counter })
                     }
                     Ok(BootOutcome::Recovery(screen))
-                        if attempt > threshold && screen.cause == LockoutCause::LockedOut =>
+                        if attempt > threshold && screen.cause == TpmError::LockedOut =>
                     {
                         Ok(BootOutcome::Recovery(screen))
                     }
@@ -1605,7 +1604,7 @@ fn judge_boot(
         (BootOutcome::Recovery(screen), true) => {
             let want = expect.tpm_error;
             ensure(
-                cause_matches(&screen.cause, want),
+                screen.cause == want,
                 format!("the recovery screen with {}", serde_name(&want)),
                 format!("the recovery screen with {}", screen.cause.name()),
             )?;
@@ -1638,16 +1637,6 @@ fn judge_boot(
             "a normal boot".into(),
         )),
     }
-}
-
-fn cause_matches(cause: &LockoutCause, want: TpmError) -> bool {
-    matches!(
-        (cause, want),
-        (LockoutCause::PolicyFailed, TpmError::PolicyFailed)
-            | (LockoutCause::LockedOut, TpmError::LockedOut)
-            | (LockoutCause::AuthFailed, TpmError::AuthFailed)
-            | (LockoutCause::Integrity, TpmError::Integrity)
-    )
 }
 
 fn expect_unlocked(outcome: Result<BootOutcome, device::machine::MachineError>) -> StepResult<()> {

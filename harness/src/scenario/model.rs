@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// The TPM's answer (`expect.tpm_error`) is the device's own, as its recovery screen reports it.
+pub use device::machine::TpmError;
 /// A change's name (`change.kind`) and an added ROM's signer are the device crate's: one
 /// vocabulary for the scenario files, `eventlog predict --change` and the device model.
 pub use device::{ChangeKind, RomSigner};
@@ -246,21 +248,6 @@ pub struct Expect {
     /// The profile's PCRs whose values differ from those the key was sealed to.
     #[serde(default)]
     pub changed_pcrs: Vec<u32>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TpmError {
-    /// The device unlocked: no error.
-    None,
-    /// PolicyPCR mismatch: a measured component changed.
-    PolicyFailed,
-    /// Wrong PIN (authValue), counted by dictionary-attack protection.
-    AuthFailed,
-    /// Dictionary-attack lockout: no PIN is even tried.
-    LockedOut,
-    /// The sealed blob does not belong to this TPM (cleared or another TPM).
-    Integrity,
 }
 
 /// How the locked-out user gets back in.
