@@ -16,6 +16,7 @@ mod portal_client;
 mod profiles;
 mod runner;
 mod scenarios;
+mod tpm_gone;
 mod vectors;
 mod volume_format;
 mod workspace_edges;
