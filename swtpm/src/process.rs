@@ -95,6 +95,11 @@ impl SwtpmProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// How the process ended (`signal: 9 (SIGKILL)`, `exit status: 1`), if it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Kills swtpm now (as a crash would), leaving this handle to report "TPM gone".
     pub fn kill(&mut self) {
         // Errors mean it already exited: nothing to do.

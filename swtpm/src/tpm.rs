@@ -287,12 +287,13 @@ impl Tpm {
     /// Fails fast with "TPM gone" once swtpm has exited, instead of waiting on a socket.
     fn ensure_alive(&mut self) -> Result<()> {
         if self.process.is_running() {
-            Ok(())
-        } else {
-            Err(Error::TpmGone {
-                detail: "the swtpm process has exited".to_string(),
-            })
+            return Ok(());
         }
+        let detail = match self.process.exit_status() {
+            Some(status) => format!("swtpm exited ({status})"),
+            None => "the swtpm process has exited".to_string(),
+        };
+        Err(Error::TpmGone { detail })
     }
 }
 

@@ -1,4 +1,13 @@
 //! Named changes to a device: what Windows users and admins do that may trigger recovery.
+//!
+//! One idea, one vocabulary: [`Change`] is a change as the device model plays it (with its
+//! parameters). [`ChangeKind`] is its name, the one spelling that scenario files
+//! (`change.kind`), `harness eventlog predict --change`, the log edits of
+//! [`crate::predict::apply`] and the reports use; [`ChangeKind::change`] and [`Change::kind`]
+//! project one onto the other. [`TpmEffect`] is what a change asks of the TPM beyond new
+//! measurements ([`Change::tpm_effect`]).
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -55,6 +64,151 @@ pub enum Change {
     /// the VMK is stored in the clear), update, reboot; Windows re-seals to the new PCRs and
     /// resumes. PCR 0 changes but no recovery. [`TpmEffect::SuspendProtection`] first.
     PlannedUpdateWithSuspend,
+}
+
+/// The name of a change: what scenario files write as `change.kind`, what
+/// `eventlog predict --change` takes, what JSON and reports print. snake_case is canonical;
+/// the kebab-case spellings, and the log-change names of earlier releases (`db_update`,
+/// `option_rom`, `boot_debugging_on`, `boot_order`), stay accepted on the command line.
+/// `--help` lists only the kinds a measured-boot log can show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// Nothing: no reboot either (portal-only stories).
+    #[value(hide = true)] // a log cannot show it (`predict` says why)
+    None,
+    /// A plain reboot.
+    #[value(hide = true)] // a log cannot show it (`predict` says why)
+    Reboot,
+    /// A UEFI/BIOS update: the PCR 0 code measurements (CRTM version, firmware blobs) change.
+    #[value(alias = "firmware-update")]
+    FirmwareUpdate,
+    /// A new option ROM (add-in card) in PCR 2; scenarios name its `signer` (a log edit
+    /// adds one that logs no new PCR 7 authority).
+    #[value(alias = "option-rom-added", alias = "option_rom", alias = "option-rom")]
+    OptionRomAdded,
+    /// The first option ROM updated, now signed by the Microsoft UEFI CA (PCR 2, maybe 7).
+    #[value(alias = "option-rom-changed")]
+    #[value(hide = true)] // a log cannot show it (`predict` says why)
+    OptionRomChanged,
+    /// A new boot manager binary signed by the same authority: PCR 4 only.
+    #[value(alias = "boot-manager-same-signer")]
+    BootManagerSameSigner,
+    /// A new boot manager signed by another db authority: PCR 4 and PCR 7 (authority event).
+    #[value(alias = "boot-manager-other-signer")]
+    BootManagerOtherSigner,
+    /// A certificate appended to db (e.g. the Windows UEFI CA 2023): PCR 7.
+    #[value(
+        alias = "secure-boot-db-update",
+        alias = "db_update",
+        alias = "db-update"
+    )]
+    SecureBootDbUpdate,
+    /// A hash appended to dbx (a revocation update): PCR 7.
+    #[value(
+        alias = "secure-boot-dbx-update",
+        alias = "dbx_update",
+        alias = "dbx-update"
+    )]
+    SecureBootDbxUpdate,
+    /// Secure Boot turned off: SecureBoot=0, no authority events (PCR 7).
+    #[value(alias = "secure-boot-off")]
+    SecureBootOff,
+    /// `bcdedit /set bootdebug on`: BitLocker's BCD validation refuses it (event 523).
+    #[value(
+        alias = "bcd-debug-on",
+        alias = "boot_debugging_on",
+        alias = "boot-debugging-on"
+    )]
+    BcdDebugOn,
+    /// The firmware BootOrder rotated (e.g. DVD first): PCR 1.
+    #[value(alias = "bcd-boot-order", alias = "boot_order", alias = "boot-order")]
+    BcdBootOrder,
+    /// The MBR's boot code rewritten (legacy PCR 4).
+    #[value(alias = "mbr-boot-code-changed")]
+    #[value(hide = true)] // a log cannot show it (`predict` says why)
+    MbrBootCodeChanged,
+    /// The NTFS boot sector rewritten (legacy PCR 8).
+    #[value(alias = "ntfs-boot-sector-changed")]
+    #[value(hide = true)] // a log cannot show it (`predict` says why)
+    NtfsBootSectorChanged,
+    /// The disk moved to another machine (another TPM).
+    #[value(alias = "disk-moved")]
+    #[value(hide = true)] // a log cannot show it (`predict` says why)
+    DiskMoved,
+    /// The TPM cleared (new storage seed).
+    #[value(alias = "tpm-cleared")]
+    #[value(hide = true)] // a log cannot show it (`predict` says why)
+    TpmCleared,
+    /// The TPM (or motherboard) replaced.
+    #[value(alias = "tpm-replaced")]
+    #[value(hide = true)] // a log cannot show it (`predict` says why)
+    TpmReplaced,
+    /// A firmware update done with BitLocker protection suspended (a clear key).
+    #[value(alias = "firmware-update-suspended")]
+    #[value(hide = true)] // a log cannot show it (`predict` says why)
+    FirmwareUpdateSuspended,
+    /// The user types `wrong_pins` wrong PINs (the device does not change).
+    #[value(alias = "lost-pin")]
+    #[value(hide = true)] // a log cannot show it (`predict` says why)
+    LostPin,
+}
+
+/// Who signed an added option ROM, as a scenario names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RomSigner {
+    /// The Microsoft Corporation UEFI CA 2011 (in db): PCR 2, and a PCR 7 authority event
+    /// the first time that certificate verifies an image in a boot.
+    UefiCa,
+    /// No signature: PCR 2 only (no db certificate verified it, so no authority event).
+    Unsigned,
+}
+
+impl ChangeKind {
+    /// The device change this name plays; `None` for kinds that change no measurement and
+    /// no TPM state (nothing, a plain reboot, wrong PINs), and for `option_rom_added`
+    /// without its `signer` (the signer decides PCR 7).
+    pub fn change(self, rom_signer: Option<RomSigner>) -> Option<Change> {
+        Some(match self {
+            Self::None | Self::Reboot | Self::LostPin => return None,
+            Self::FirmwareUpdate => Change::FirmwareUpdate,
+            Self::OptionRomAdded => Change::OptionRomAdded {
+                signer: match rom_signer? {
+                    RomSigner::UefiCa => Signer::MicrosoftUefiCa,
+                    RomSigner::Unsigned => Signer::Unsigned,
+                },
+            },
+            Self::OptionRomChanged => Change::OptionRomChanged {
+                signer: Signer::MicrosoftUefiCa,
+            },
+            Self::BootManagerSameSigner => Change::BootManagerReplaced { same_signer: true },
+            Self::BootManagerOtherSigner => Change::BootManagerReplaced { same_signer: false },
+            Self::SecureBootDbUpdate => Change::SecureBootDbUpdate,
+            Self::SecureBootDbxUpdate => Change::SecureBootDbxUpdate,
+            Self::SecureBootOff => Change::SecureBootOff,
+            Self::BcdDebugOn => Change::BcdDebugOn,
+            Self::BcdBootOrder => Change::BcdBootOrder,
+            Self::MbrBootCodeChanged => Change::MbrBootCodeChanged,
+            Self::NtfsBootSectorChanged => Change::NtfsBootSectorChanged,
+            Self::DiskMoved => Change::DiskMovedToAnotherMachine,
+            Self::TpmCleared => Change::TpmCleared,
+            Self::TpmReplaced => Change::TpmReplaced,
+            Self::FirmwareUpdateSuspended => Change::PlannedUpdateWithSuspend,
+        })
+    }
+}
+
+impl fmt::Display for ChangeKind {
+    /// The canonical (snake_case) name, as scenario files, `--change` and the JSON spell it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use clap::ValueEnum;
+        match self.to_possible_value() {
+            Some(value) => f.write_str(value.get_name()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What a change asks of the TPM / protector layer (beyond new measurements).
@@ -116,6 +270,28 @@ impl Change {
             Self::TpmReplaced,
             Self::PlannedUpdateWithSuspend,
         ]
+    }
+
+    /// This change's name (the inverse of [`ChangeKind::change`]).
+    pub fn kind(&self) -> ChangeKind {
+        match self {
+            Self::FirmwareUpdate => ChangeKind::FirmwareUpdate,
+            Self::OptionRomAdded { .. } => ChangeKind::OptionRomAdded,
+            Self::OptionRomChanged { .. } => ChangeKind::OptionRomChanged,
+            Self::BootManagerReplaced { same_signer: true } => ChangeKind::BootManagerSameSigner,
+            Self::BootManagerReplaced { same_signer: false } => ChangeKind::BootManagerOtherSigner,
+            Self::SecureBootDbUpdate => ChangeKind::SecureBootDbUpdate,
+            Self::SecureBootDbxUpdate => ChangeKind::SecureBootDbxUpdate,
+            Self::SecureBootOff => ChangeKind::SecureBootOff,
+            Self::BcdDebugOn => ChangeKind::BcdDebugOn,
+            Self::BcdBootOrder => ChangeKind::BcdBootOrder,
+            Self::MbrBootCodeChanged => ChangeKind::MbrBootCodeChanged,
+            Self::NtfsBootSectorChanged => ChangeKind::NtfsBootSectorChanged,
+            Self::DiskMovedToAnotherMachine => ChangeKind::DiskMoved,
+            Self::TpmCleared => ChangeKind::TpmCleared,
+            Self::TpmReplaced => ChangeKind::TpmReplaced,
+            Self::PlannedUpdateWithSuspend => ChangeKind::FirmwareUpdateSuspended,
+        }
     }
 
     /// What the TPM layer must do for this change.

@@ -72,7 +72,7 @@ pub mod predict;
 mod profile;
 pub mod replay;
 
-pub use change::{Change, ChangeError, TpmEffect};
+pub use change::{Change, ChangeError, ChangeKind, RomSigner, TpmEffect};
 pub use explain::{describe_event, explain, explain_boots, Explanation, PcrDifference};
 pub use logged::{log_change, MeasuredBoot, RealLog};
 pub use profile::Profile;

@@ -11,7 +11,8 @@
 use std::sync::Arc;
 
 use super::{Change, Signer};
-use crate::predict::{self, unseal_point, LogChange};
+use crate::predict::{self, unseal_point};
+use crate::ChangeKind;
 use eventlog::tcg::{PcrBanks, TcgLog};
 use eventlog::HashAlg;
 
@@ -75,14 +76,14 @@ impl RealLog {
     }
 }
 
-/// The log edit a named change makes, `None` for changes that measure nothing new (TPM
-/// clear or replace, disk moved); `Err` names why a log cannot express the change.
-pub fn log_change(change: &Change) -> Result<Option<LogChange>, String> {
-    Ok(Some(match change {
-        Change::FirmwareUpdate | Change::PlannedUpdateWithSuspend => LogChange::FirmwareUpdate,
+/// The log edit a named change makes (by its name, [`predict::apply`]), `None` for changes
+/// that measure nothing new (TPM clear or replace, disk moved); `Err` names why a log cannot
+/// express the change.
+pub fn log_change(change: &Change) -> Result<Option<ChangeKind>, String> {
+    match change {
         Change::OptionRomAdded {
             signer: Signer::Unsigned,
-        } => LogChange::OptionRom,
+        } => {}
         Change::OptionRomAdded { .. } => {
             return Err(
                 "a signed option ROM logs its signer's authority in PCR 7 only the \
@@ -92,12 +93,6 @@ pub fn log_change(change: &Change) -> Result<Option<LogChange>, String> {
                     .into(),
             )
         }
-        Change::BootManagerReplaced { same_signer: true } => LogChange::BootManagerSameSigner,
-        Change::BootManagerReplaced { same_signer: false } => LogChange::BootManagerOtherSigner,
-        Change::SecureBootDbUpdate => LogChange::DbUpdate,
-        Change::SecureBootDbxUpdate => LogChange::DbxUpdate,
-        Change::SecureBootOff => LogChange::SecureBootOff,
-        Change::BcdBootOrder => LogChange::BootOrder,
         // Nothing measured: no TPM-visible edit; the MBR and NTFS boot sector only count
         // on a BIOS machine, and a real log's device is UEFI (the loader refuses BIOS ones).
         Change::DiskMovedToAnotherMachine
@@ -115,9 +110,13 @@ pub fn log_change(change: &Change) -> Result<Option<LogChange>, String> {
                 "in a real Windows log boot debugging is a SIPA event in PCR 12-14, \
                         outside every profile: BitLocker refuses it by its BCD validation in \
                         software, not by the TPM; `harness eventlog predict --change \
-                        boot_debugging_on` reports that verdict"
+                        bcd_debug_on` reports that verdict"
                     .into(),
             )
         }
-    }))
+        // Every other change is the log edit of its name; `predict::apply` (exhaustive over
+        // the names) edits the log or says why it cannot.
+        _ => {}
+    }
+    Ok(Some(change.kind()))
 }

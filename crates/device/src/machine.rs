@@ -27,6 +27,7 @@
 use rand::{CryptoRng, Rng};
 /// The TPM's dictionary-attack settings a machine is provisioned with (the runner sets them
 /// from a scenario without talking to `swtpm` itself).
+use serde::{Deserialize, Serialize};
 pub use swtpm::DaParameters;
 use swtpm::{HashingAlgorithm, SealPolicy, SealedBlob, Tpm};
 
@@ -103,30 +104,52 @@ pub struct EscrowedKey {
     pub recovery_password: RecoveryPassword,
 }
 
-/// The TPM's reason for refusing the unseal, as the recovery screen reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LockoutCause {
+/// The TPM's answer to the device's unseal: what the recovery screen reports and what a
+/// scenario's `expect.tpm_error` states (one type, serde names as the YAML spells them).
+/// [`TpmError::from_unseal`] is the one translation from the TPM's own error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TpmError {
+    /// The device unlocked: no error.
+    None,
     /// `TPM_RC_POLICY_FAIL`: a PCR of the profile changed.
     PolicyFailed,
-    /// `TPM_RC_AUTH_FAIL`: a wrong PIN, and the user chose recovery at the PIN prompt (Esc).
+    /// `TPM_RC_AUTH_FAIL`: a wrong PIN (counted by dictionary-attack protection), and the
+    /// user chose recovery at the PIN prompt (Esc).
     AuthFailed,
-    /// `TPM_RC_LOCKOUT`: too many wrong PINs.
+    /// `TPM_RC_LOCKOUT`: too many wrong PINs; no PIN is even tried.
     LockedOut,
     /// `TPM_RC_INTEGRITY`: the sealed blob is from another TPM or from before a clear.
     Integrity,
-    /// Another TPM response code.
+    /// Another TPM response code (never in a scenario file).
+    #[serde(skip)]
     Other(u32),
 }
 
-impl LockoutCause {
-    /// The short name scenarios use (`policy_failed`, `locked_out`, `integrity`).
+impl TpmError {
+    /// The TPM's refusal of an unseal as the device reports it; `None` when `err` is not a
+    /// TPM answer at all (the TPM is gone, a wrapper error): the caller fails with it.
+    pub fn from_unseal(err: &swtpm::Error) -> Option<Self> {
+        Some(match err {
+            swtpm::Error::PolicyFailed { .. } => Self::PolicyFailed,
+            swtpm::Error::AuthFailed { .. } => Self::AuthFailed,
+            swtpm::Error::LockedOut { .. } => Self::LockedOut,
+            swtpm::Error::Integrity { .. } => Self::Integrity,
+            swtpm::Error::Tpm { code, .. } | swtpm::Error::BadAuth { code } => Self::Other(*code),
+            _ => return None,
+        })
+    }
+
+    /// The short name scenarios use, its serde name (`policy_failed`, `locked_out`,
+    /// `integrity`; a test keeps the two equal), or `tpm_error_0x…` for another code.
     pub fn name(&self) -> String {
         match self {
-            LockoutCause::PolicyFailed => "policy_failed".into(),
-            LockoutCause::AuthFailed => "auth_failed".into(),
-            LockoutCause::LockedOut => "locked_out".into(),
-            LockoutCause::Integrity => "integrity".into(),
-            LockoutCause::Other(code) => format!("tpm_error_{code:#x}"),
+            Self::None => "none".into(),
+            Self::PolicyFailed => "policy_failed".into(),
+            Self::AuthFailed => "auth_failed".into(),
+            Self::LockedOut => "locked_out".into(),
+            Self::Integrity => "integrity".into(),
+            Self::Other(code) => format!("tpm_error_{code:#x}"),
         }
     }
 }
@@ -137,7 +160,7 @@ pub struct RecoveryScreen {
     /// The recovery-password protector's ID (what the user types the first 8 digits of).
     pub key_id: KeyProtectorId,
     /// The TPM's refusal.
-    pub cause: LockoutCause,
+    pub cause: TpmError,
     /// The TPM's response code.
     pub tpm_response_code: Option<u32>,
     /// Which profile PCRs differ from the sealed state, and the events behind it.
@@ -448,14 +471,8 @@ impl Machine {
                     }
                 }
                 Err(err) => {
-                    let cause = match &err {
-                        swtpm::Error::PolicyFailed { .. } => LockoutCause::PolicyFailed,
-                        swtpm::Error::LockedOut { .. } => LockoutCause::LockedOut,
-                        swtpm::Error::Integrity { .. } => LockoutCause::Integrity,
-                        swtpm::Error::Tpm { code, .. } | swtpm::Error::BadAuth { code } => {
-                            LockoutCause::Other(*code)
-                        }
-                        _ => return Err(err.into()),
+                    let Some(cause) = TpmError::from_unseal(&err) else {
+                        return Err(err.into());
                     };
                     let key_id = self.recovery_ids.first().copied().ok_or_else(|| {
                         MachineError::State("no recovery-password protector".into())
@@ -492,7 +509,7 @@ impl Machine {
         self.on_recovery_screen = true;
         Ok(RecoveryScreen {
             key_id,
-            cause: LockoutCause::AuthFailed,
+            cause: TpmError::AuthFailed,
             tpm_response_code: Some(code),
             explanation: explain_boots(
                 &self.tpm_protector.sealed_boot,

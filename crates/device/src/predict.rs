@@ -34,71 +34,21 @@ use eventlog::tcg::{Record, TcgLog};
 use eventlog::{sipa, EventType, HashAlg};
 
 use super::replay::{self as tpm_replay, hashing_algorithm, TpmReplayError};
-use super::Profile;
-
-/// A change to apply to a real log.
-///
-/// One spelling: snake_case, in JSON and on the command line (`--change firmware_update`);
-/// the kebab-case names of earlier releases (`--change firmware-update`) stay accepted as
-/// aliases so existing commands keep working.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
-pub enum LogChange {
-    /// A UEFI/BIOS update: the PCR 0 code measurements (CRTM version, firmware blobs) change.
-    #[value(alias = "firmware-update")]
-    FirmwareUpdate,
-    /// A new option ROM (add-in card) in PCR 2, signed by an authority already logged (no
-    /// new PCR 7 authority event).
-    #[value(alias = "option-rom")]
-    OptionRom,
-    /// A certificate appended to db (e.g. the Windows UEFI CA 2023): PCR 7.
-    #[value(alias = "db-update")]
-    DbUpdate,
-    /// A hash appended to dbx (a revocation update): PCR 7.
-    #[value(alias = "dbx-update")]
-    DbxUpdate,
-    /// A new boot manager binary signed by the same authority: PCR 4 only.
-    #[value(alias = "boot-manager-same-signer")]
-    BootManagerSameSigner,
-    /// A new boot manager signed by another db authority: PCR 4 and PCR 7 (authority event).
-    #[value(alias = "boot-manager-other-signer")]
-    BootManagerOtherSigner,
-    /// Secure Boot turned off: SecureBoot=0, no authority events (PCR 7).
-    #[value(alias = "secure-boot-off")]
-    SecureBootOff,
-    /// `bcdedit /set bootdebug on`: the boot manager's SIPA BOOTDEBUGGING events become 1.
-    #[value(alias = "boot-debugging-on")]
-    BootDebuggingOn,
-    /// The firmware BootOrder rotated (e.g. DVD first): PCR 1.
-    #[value(alias = "boot-order")]
-    BootOrder,
-}
-
-impl fmt::Display for LogChange {
-    /// The canonical (snake_case) name, as `--change` and the JSON spell it.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use clap::ValueEnum;
-        match self.to_possible_value() {
-            Some(value) => f.write_str(value.get_name()),
-            None => write!(f, "{self:?}"),
-        }
-    }
-}
+use super::{ChangeKind, Profile};
 
 /// Why a prediction could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
     /// The log lacks what the change edits.
     #[error("cannot apply {change} to this log: {reason}")]
-    Change { change: LogChange, reason: String },
+    Change { change: ChangeKind, reason: String },
     /// The TPM failed in a way that is not a verdict, or disagrees with the software replay.
     #[error("{0}")]
     Tpm(#[from] TpmReplayError),
 }
 
 impl PredictError {
-    fn change(change: LogChange, reason: impl Into<String>) -> Self {
+    fn change(change: ChangeKind, reason: impl Into<String>) -> Self {
         Self::Change {
             change,
             reason: reason.into(),
@@ -166,7 +116,7 @@ pub struct Prediction {
     /// PCR indices of the profile.
     pub profile_pcrs: Vec<u32>,
     /// The change applied.
-    pub change: LogChange,
+    pub change: ChangeKind,
     /// Bank the secret was sealed to (SHA-256 if the log has it).
     pub bank: HashAlg,
     /// Unseal point of the original log.
@@ -197,8 +147,15 @@ pub struct Prediction {
 pub fn predict(
     log: &TcgLog,
     profile: Profile,
-    change: LogChange,
+    change: ChangeKind,
 ) -> Result<Prediction, PredictError> {
+    if change == ChangeKind::FirmwareUpdateSuspended {
+        return Err(PredictError::change(
+            change,
+            "with protection suspended the TPM is not asked at the next boot; \
+             `--change firmware_update` predicts the update itself",
+        ));
+    }
     let changed = apply(log, change)?;
     let bank = log.policy_bank();
     let alg = hashing_algorithm(bank);
@@ -275,7 +232,7 @@ pub fn predict(
         ));
     }
     let mut recovery = !tpm_unsealed;
-    if change == LogChange::BootDebuggingOn {
+    if change == ChangeKind::BcdDebugOn {
         // domain.md, Microsoft "BCD settings and BitLocker": bootdebug is always validated;
         // the boot manager compares it with the settings saved at the last seal.
         recovery = true;
@@ -414,11 +371,11 @@ fn boot_manager(log: &TcgLog) -> Option<usize> {
 }
 
 /// The log as it would be after `change`.
-pub fn apply(log: &TcgLog, change: LogChange) -> Result<TcgLog, PredictError> {
+pub fn apply(log: &TcgLog, change: ChangeKind) -> Result<TcgLog, PredictError> {
     let mut out = log.clone();
     let err = |reason: &str| PredictError::change(change, reason);
     match change {
-        LogChange::FirmwareUpdate => {
+        ChangeKind::FirmwareUpdate | ChangeKind::FirmwareUpdateSuspended => {
             let code = [
                 EventType::EV_S_CRTM_VERSION,
                 EventType::EV_EFI_PLATFORM_FIRMWARE_BLOB,
@@ -444,7 +401,7 @@ pub fn apply(log: &TcgLog, change: LogChange) -> Result<TcgLog, PredictError> {
                 return Err(err("no firmware code measurement in PCR 0"));
             }
         }
-        LogChange::OptionRom => {
+        ChangeKind::OptionRomAdded => {
             let rom = b"add-in card option ROM (simulated)";
             let path = data::file_device_path("\\addin-card.rom");
             let rec = new_record(
@@ -462,8 +419,8 @@ pub fn apply(log: &TcgLog, change: LogChange) -> Result<TcgLog, PredictError> {
                 .ok_or_else(|| err("no PCR 2 separator or PCR 4 event to place it before"))?;
             out.records.insert(at, rec);
         }
-        LogChange::DbUpdate | LogChange::DbxUpdate => {
-            let (name, list) = if change == LogChange::DbUpdate {
+        ChangeKind::SecureBootDbUpdate | ChangeKind::SecureBootDbxUpdate => {
+            let (name, list) = if change == ChangeKind::SecureBootDbUpdate {
                 (
                     "db",
                     data::efi_signature_lists(
@@ -489,10 +446,10 @@ pub fn apply(log: &TcgLog, change: LogChange) -> Result<TcgLog, PredictError> {
             let new = with_var_data(&r.data, &value).ok_or_else(|| err("bad variable data"))?;
             set_data(r, new);
         }
-        LogChange::BootManagerSameSigner | LogChange::BootManagerOtherSigner => {
+        ChangeKind::BootManagerSameSigner | ChangeKind::BootManagerOtherSigner => {
             let i = boot_manager(log).ok_or_else(|| err("no boot application in PCR 4"))?;
             redigest(&mut out.records[i], b"boot manager update");
-            if change == LogChange::BootManagerOtherSigner {
+            if change == ChangeKind::BootManagerOtherSigner {
                 let cert = data::efi_signature_data(
                     &MICROSOFT_OWNER,
                     b"Microsoft Corporation UEFI CA 2011 (stand-in certificate)",
@@ -521,7 +478,7 @@ pub fn apply(log: &TcgLog, change: LogChange) -> Result<TcgLog, PredictError> {
                 }
             }
         }
-        LogChange::SecureBootOff => {
+        ChangeKind::SecureBootOff => {
             let i = find_var(
                 log,
                 7,
@@ -535,7 +492,7 @@ pub fn apply(log: &TcgLog, change: LogChange) -> Result<TcgLog, PredictError> {
             out.records
                 .retain(|r| !(r.pcr == 7 && r.event_type == EventType::EV_EFI_VARIABLE_AUTHORITY));
         }
-        LogChange::BootDebuggingOn => {
+        ChangeKind::BcdDebugOn => {
             let mut n = 0;
             for r in out
                 .records
@@ -567,7 +524,7 @@ pub fn apply(log: &TcgLog, change: LogChange) -> Result<TcgLog, PredictError> {
                 return Err(err("no SIPA BOOTDEBUGGING event in PCR 12-14"));
             }
         }
-        LogChange::BootOrder => {
+        ChangeKind::BcdBootOrder => {
             let i = find_var(log, 1, EventType::EV_EFI_VARIABLE_BOOT, "BootOrder")
                 .ok_or_else(|| err("no BootOrder measurement in PCR 1"))?;
             let value = uefi_variable(&out.records[i].data)
@@ -581,6 +538,28 @@ pub fn apply(log: &TcgLog, change: LogChange) -> Result<TcgLog, PredictError> {
             let new =
                 with_var_data(&out.records[i].data, &v).ok_or_else(|| err("bad variable data"))?;
             set_data(&mut out.records[i], new);
+        }
+        ChangeKind::OptionRomChanged => {
+            return Err(err(
+                "a real log does not say which option ROM is which card's; use option_rom_added",
+            ))
+        }
+        ChangeKind::MbrBootCodeChanged | ChangeKind::NtfsBootSectorChanged => {
+            return Err(err(
+                "only a BIOS measures it (legacy PCR 4 or 8), and a log-driven device is UEFI: \
+                 play it as a scenario with `profile: legacy`",
+            ))
+        }
+        ChangeKind::None
+        | ChangeKind::Reboot
+        | ChangeKind::LostPin
+        | ChangeKind::DiskMoved
+        | ChangeKind::TpmCleared
+        | ChangeKind::TpmReplaced => {
+            return Err(err(
+                "it changes no measurement a log records (the TPM, the disk's machine or the \
+                 user changes): play it as a scenario",
+            ))
         }
     }
     Ok(out)
@@ -598,29 +577,39 @@ pub fn touched(before: &TcgLog, after: &TcgLog) -> Vec<NamedRecord> {
 
 #[cfg(test)]
 mod tests {
-    use super::LogChange;
+    use super::ChangeKind;
     use clap::ValueEnum;
 
     /// One spelling: `--change`, the JSON and messages all use the snake_case name; the
     /// kebab-case names of earlier releases still parse, to the same change.
     #[test]
     fn log_changes_are_spelled_snake_case_with_kebab_case_aliases() {
-        for &change in LogChange::value_variants() {
+        for &change in ChangeKind::value_variants() {
             let name = change.to_string();
             assert_eq!(
                 serde_json::to_value(change).ok(),
                 Some(serde_json::Value::String(name.clone()))
             );
-            assert_eq!(LogChange::from_str(&name, false), Ok(change));
+            assert_eq!(ChangeKind::from_str(&name, false), Ok(change));
             assert_eq!(
-                LogChange::from_str(&name.replace('_', "-"), false),
+                ChangeKind::from_str(&name.replace('_', "-"), false),
                 Ok(change),
                 "{name}"
             );
         }
         assert_eq!(
-            LogChange::from_str("firmware-update", false),
-            Ok(LogChange::FirmwareUpdate)
+            ChangeKind::from_str("firmware-update", false),
+            Ok(ChangeKind::FirmwareUpdate)
         );
+        // The log-change names of earlier releases.
+        for (old, change) in [
+            ("option_rom", ChangeKind::OptionRomAdded),
+            ("db_update", ChangeKind::SecureBootDbUpdate),
+            ("dbx-update", ChangeKind::SecureBootDbxUpdate),
+            ("boot_debugging_on", ChangeKind::BcdDebugOn),
+            ("boot-order", ChangeKind::BcdBootOrder),
+        ] {
+            assert_eq!(ChangeKind::from_str(old, false), Ok(change), "{old}");
+        }
     }
 }

@@ -204,3 +204,18 @@ fn option_rom_changed_needs_a_rom() {
         .unwrap_err();
     assert!(err.to_string().contains("option ROM"));
 }
+
+#[test]
+fn tpm_error_names_are_the_serde_names() {
+    use crate::machine::TpmError;
+    for e in [
+        TpmError::None,
+        TpmError::PolicyFailed,
+        TpmError::AuthFailed,
+        TpmError::LockedOut,
+        TpmError::Integrity,
+    ] {
+        assert_eq!(serde_json::to_value(e).unwrap(), e.name().as_str());
+    }
+    assert_eq!(TpmError::Other(0x9a2).name(), "tpm_error_0x9a2");
+}

@@ -150,7 +150,8 @@ mod table {
     use std::path::Path;
 
     use anyhow::Context;
-    use device::predict::{apply, LogChange};
+    use device::predict::apply;
+    use device::ChangeKind;
     use eventlog::diff::{LogDiff, NamedRecord};
     use eventlog::tcg::TcgLog;
     use eventlog::EventType;
@@ -174,14 +175,14 @@ mod table {
     }
 
     /// The harness model's change that means the same as a real one (if any).
-    fn model_kind(change: &Change) -> Option<LogChange> {
+    fn model_kind(change: &Change) -> Option<ChangeKind> {
         match change {
-            Change::DbUpdate => Some(LogChange::DbUpdate),
-            Change::DbxUpdate => Some(LogChange::DbxUpdate),
-            Change::SecureBootOff => Some(LogChange::SecureBootOff),
-            Change::FirmwareCode => Some(LogChange::FirmwareUpdate),
-            Change::OptionRom => Some(LogChange::OptionRom),
-            Change::BootOrder => Some(LogChange::BootOrder),
+            Change::DbUpdate => Some(ChangeKind::SecureBootDbUpdate),
+            Change::DbxUpdate => Some(ChangeKind::SecureBootDbxUpdate),
+            Change::SecureBootOff => Some(ChangeKind::SecureBootOff),
+            Change::FirmwareCode => Some(ChangeKind::FirmwareUpdate),
+            Change::OptionRom => Some(ChangeKind::OptionRomAdded),
+            Change::BootOrder => Some(ChangeKind::BcdBootOrder),
             Change::None | Change::KernelCmdline | Change::GrubCfgLine => None,
         }
     }

@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use device::predict::{apply, LogChange};
+use device::predict::apply;
+use device::ChangeKind;
 use eventlog::tcg::TcgLog;
 use eventlog::HashAlg;
 use firmware_boot::{tpm_state, BootOutcome, Cache, Change, DiskSpec, Sha256Pcrs, FIRMWARE_PCRS};
@@ -80,7 +81,7 @@ fn real_firmware_base_boot_matches_tpm_and_log_repeats_and_db_update_moves_pcr7_
 
     // ... and the harness model, applied to the real base log, moves the same firmware PCRs.
     let base_log = TcgLog::parse(&first.event_log).unwrap();
-    let model_log = apply(&base_log, LogChange::DbUpdate).unwrap();
+    let model_log = apply(&base_log, ChangeKind::SecureBootDbUpdate).unwrap();
     let model = replay_sha256(&model_log.to_bytes());
     let firmware: Vec<usize> = FIRMWARE_PCRS.to_vec();
     assert_eq!(

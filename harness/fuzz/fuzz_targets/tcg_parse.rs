@@ -32,9 +32,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(again.is_ok(), "re-reading a written log failed: {again:?}");
         }
         for change in [
-            predict::LogChange::DbUpdate,
-            predict::LogChange::BootDebuggingOn,
-            predict::LogChange::BootOrder,
+            device::ChangeKind::SecureBootDbUpdate,
+            device::ChangeKind::BcdDebugOn,
+            device::ChangeKind::BcdBootOrder,
         ] {
             let _ = predict::apply(&log, change);
         }

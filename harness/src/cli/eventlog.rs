@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
-use device::predict::{self, LogChange, PredictError};
+use device::predict::{self, PredictError};
 use device::replay::{replay_on_tpm, TpmReplayError};
+use device::ChangeKind;
 use device::Profile;
 use eventlog::describe::describe;
 use eventlog::diff::LogDiff;
@@ -57,7 +58,7 @@ pub enum EventlogCommand {
         profile: Profile,
         /// The change to apply to the log.
         #[arg(long, value_enum)]
-        change: LogChange,
+        change: ChangeKind,
         /// Write the changed log here (to inspect it with `show` or `diff`).
         #[arg(long)]
         write_changed: Option<PathBuf>,

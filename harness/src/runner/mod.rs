@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use play::{bitlocker_setup, scenario_device, LockoutFacts};
-pub use steps::{Failure, StepRecord};
+pub use steps::{step, Failure, StepRecord};
 
 use crate::scenario::Scenario;
 use portal_client::{Admin, ChromeOptions, PortalTarget, Screenshot, SettingsPatch};

@@ -12,8 +12,7 @@ use crate::scenario::{
 };
 use bitlocker::{KeyProtectorId, RecoveryPassword};
 use device::machine::{
-    BitLockerSetup, BootOutcome, EscrowedKey, LockoutCause, Machine, RecoveryScreen, TpmProtection,
-    WINDOWS_DA,
+    BitLockerSetup, BootOutcome, EscrowedKey, Machine, RecoveryScreen, TpmProtection, WINDOWS_DA,
 };
 use device::Device;
 use portal_client::chrome::get_key_label;
@@ -23,7 +22,7 @@ use portal_client::{
     SignIn,
 };
 
-use super::steps::{because, ensure, Failure, StepResult, Steps};
+use super::steps::{because, ensure, step, Failure, StepResult, Steps};
 use super::user::User;
 use super::volume_check::{self, JudgedVolume, VolumeJudges};
 
@@ -236,18 +235,20 @@ impl<'a> Play<'a> {
         for user in &s.users {
             for kind in &user.sign_ins {
                 let name = d.names.user(&user.name);
+                let step = format!(
+                    "agent reports a {} sign-in by {}",
+                    serde_name(kind),
+                    user.name
+                )
+                .to_lowercase();
                 let kind: SignIn = (*kind).into();
                 self.steps
-                    .run_async(
-                        &format!("agent reports a {kind:?} sign-in by {}", user.name)
-                            .to_lowercase(),
-                        async {
-                            agent
-                                .report_sign_in(&name, kind)
-                                .await
-                                .map_err(because("204"))
-                        },
-                    )
+                    .run_async(&step, async {
+                        agent
+                            .report_sign_in(&name, kind)
+                            .await
+                            .map_err(because("204"))
+                    })
                     .await?;
             }
         }
@@ -409,18 +410,15 @@ impl<'a> Play<'a> {
                     )
                     .await;
             }
-            expected => self.steps.run(
-                "Manage TPM answers as the scenario says",
-                || match &answer.outcome {
-                    Outcome::LockoutAuth(hex) if expected == Expected::LockoutAuthShown => {
-                        Ok(hex.clone())
-                    }
-                    other => Err((
-                        format!("{expected:?}"),
-                        format!("{other:?} (status {})", answer.status),
-                    )),
-                },
-            )?,
+            expected => self.steps.run(step::MANAGE_TPM, || match &answer.outcome {
+                Outcome::LockoutAuth(hex) if expected == Expected::LockoutAuthShown => {
+                    Ok(hex.clone())
+                }
+                other => Err((
+                    serde_name(&expected),
+                    format!("{other:?} (status {})", answer.status),
+                )),
+            })?,
         };
         let auth = hex::decode(auth_hex.trim())
             .map_err(|e| plain("decode the lockout authorization", "hex", &e.to_string()))?;
@@ -596,15 +594,14 @@ impl<'a> Play<'a> {
     ) -> Result<Option<String>, Failure> {
         match expected {
             Expected::SeveralMatches => {
-                self.steps.run("the portal asks for all 32 digits", || {
-                    match &answer.outcome {
+                self.steps
+                    .run(step::SEVERAL_MATCHES, || match &answer.outcome {
                         Outcome::SeveralMatches(_) => Ok(()),
                         other => Err((
                             "several matches: type all 32 digits".into(),
                             format!("{other:?} (status {})", answer.status),
                         )),
-                    }
-                })?;
+                    })?;
                 let full = key_id.to_string();
                 let answer = self
                     .steps
@@ -630,10 +627,9 @@ impl<'a> Play<'a> {
                             .map_err(because("an answer page"))
                     })
                     .await?;
-                self.steps.run(
-                    "the refusal is answered exactly like an absent key ID",
-                    || identical_refusals(&answer, &typed_real, &absent_answer, &typed_absent),
-                )?;
+                self.steps.run(step::HELP_DESK_REFUSED, || {
+                    identical_refusals(&answer, &typed_real, &absent_answer, &typed_absent)
+                })?;
                 Ok(None)
             }
             expected => self.expect_simple_answer(expected, &answer),
@@ -664,10 +660,9 @@ impl<'a> Play<'a> {
                 },
             )
             .await?;
-        self.steps.run(
-            "the refusal is answered exactly like an absent computer",
-            || identical_refusals(answer, device_name, &absent_answer, &absent),
-        )
+        self.steps.run(step::TPM_REFUSED, || {
+            identical_refusals(answer, device_name, &absent_answer, &absent)
+        })
     }
 
     /// A help desk operator, signed in.
@@ -711,19 +706,13 @@ impl<'a> Play<'a> {
         let (next, step) = match after_wrong_pins {
             Some(last) => match s.change.pin_action() {
                 PinAction::Esc => match last {
-                    BootOutcome::WrongPin { .. } => (
-                        NextBoot::EscAtPinPrompt,
-                        "the user presses Esc at the PIN prompt",
-                    ),
-                    other => (
-                        NextBoot::Already(other),
-                        "the recovery screen after the wrong PINs",
-                    ),
+                    BootOutcome::WrongPin { .. } => (NextBoot::EscAtPinPrompt, step::PIN_ESC),
+                    other => (NextBoot::Already(other), step::PIN_LOCKED_OUT),
                 },
                 // A new boot: a locked-out device shows no PIN prompt until it restarts.
-                PinAction::RightPin => (NextBoot::Boot, "the user types the right PIN"),
+                PinAction::RightPin => (NextBoot::Boot, step::PIN_RIGHT),
             },
-            None => (NextBoot::Boot, "boot after the change"),
+            None => (NextBoot::Boot, step::BOOT),
         };
         let screen = self.steps.run(step, || {
             // The boot runs inside the step, so the step's time is the boot's.
@@ -777,7 +766,7 @@ impl<'a> Play<'a> {
                         Ok(BootOutcome::WrongPin { lockout_counter })
                     }
                     Ok(BootOutcome::Recovery(screen))
-                        if attempt > threshold && screen.cause == LockoutCause::LockedOut =>
+                        if attempt > threshold && screen.cause == TpmError::LockedOut =>
                     {
                         Ok(BootOutcome::Recovery(screen))
                     }
@@ -1087,15 +1076,14 @@ impl<'a> Play<'a> {
         reason: &str,
     ) -> Result<Option<String>, Failure> {
         if expected == Expected::SeveralMatches {
-            self.steps.run("the portal asks for all 32 digits", || {
-                match &answer.outcome {
+            self.steps
+                .run(step::SEVERAL_MATCHES, || match &answer.outcome {
                     Outcome::SeveralMatches(_) => Ok(()),
                     other => Err((
                         "several matches: type all 32 digits".into(),
                         format!("{other:?}"),
                     )),
-                }
-            })?;
+                })?;
             let full = key_id.to_string();
             let answer = self
                 .steps
@@ -1111,15 +1099,12 @@ impl<'a> Play<'a> {
             // Whatever came instead of a refusal fails at the refusal's step, before the
             // absent-key probe runs into it (an expired session, say) somewhere else.
             if !matches!(answer.outcome, Outcome::NotFound(_)) {
-                self.steps.run(
-                    "a foreign key ID is answered exactly like an absent one",
-                    || {
-                        Err((
-                            "not found, like an absent key ID".to_string(),
-                            format!("{:?} (status {})", answer.outcome, answer.status),
-                        ))
-                    },
-                )?;
+                self.steps.run(step::REFUSED_LIKE_ABSENT, || {
+                    Err((
+                        "not found, like an absent key ID".to_string(),
+                        format!("{:?} (status {})", answer.outcome, answer.status),
+                    ))
+                })?;
             }
             let absent = KeyProtectorId::random(&mut rand::rng());
             // The same number of digits as the user typed for the real one.
@@ -1133,10 +1118,9 @@ impl<'a> Play<'a> {
                         .map_err(because("an answer page"))
                 })
                 .await?;
-            self.steps.run(
-                "a foreign key ID is answered exactly like an absent one",
-                || identical_refusals(&answer, &typed_real, &absent_answer, &typed_absent),
-            )?;
+            self.steps.run(step::REFUSED_LIKE_ABSENT, || {
+                identical_refusals(&answer, &typed_real, &absent_answer, &typed_absent)
+            })?;
             return Ok(None);
         }
         self.expect_simple_answer(expected, &answer)
@@ -1148,25 +1132,23 @@ impl<'a> Play<'a> {
         answer: &Answer,
     ) -> Result<Option<String>, Failure> {
         self.steps
-            .run("the portal answers as the scenario says", || {
-                match (expected, &answer.outcome) {
-                    (Expected::KeyShown | Expected::SeveralMatches, Outcome::KeyShown(key)) => {
-                        RecoveryPassword::parse(key).map_err(|e| {
-                            (
-                                "a valid 48-digit recovery password".to_string(),
-                                format!("{key}: {e}"),
-                            )
-                        })?;
-                        Ok(Some(key.clone()))
-                    }
-                    (Expected::HelpdeskMessage, Outcome::HelpDeskMessage(_)) => Ok(None),
-                    (Expected::Refused, Outcome::NotFound(_)) => Ok(None),
-                    (Expected::Expired, Outcome::Expired) => Ok(None),
-                    (expected, got) => Err((
-                        format!("{expected:?}"),
-                        format!("{got:?} (status {})", answer.status),
-                    )),
+            .run(step::ANSWER, || match (expected, &answer.outcome) {
+                (Expected::KeyShown | Expected::SeveralMatches, Outcome::KeyShown(key)) => {
+                    RecoveryPassword::parse(key).map_err(|e| {
+                        (
+                            "a valid 48-digit recovery password".to_string(),
+                            format!("{key}: {e}"),
+                        )
+                    })?;
+                    Ok(Some(key.clone()))
                 }
+                (Expected::HelpdeskMessage, Outcome::HelpDeskMessage(_)) => Ok(None),
+                (Expected::Refused, Outcome::NotFound(_)) => Ok(None),
+                (Expected::Expired, Outcome::Expired) => Ok(None),
+                (expected, got) => Err((
+                    serde_name(&expected),
+                    format!("{got:?} (status {})", answer.status),
+                )),
             })
     }
 
@@ -1427,7 +1409,7 @@ impl<'a> Play<'a> {
         let expected = &s.checks.audit;
         let probes = self.probes.clone();
         self.steps
-            .run_async("the audit shows each request", async {
+            .run_async(step::AUDIT, async {
                 let rows = admin
                     .audit(&AuditQuery::default())
                     .await
@@ -1623,7 +1605,7 @@ fn judge_boot(
         (BootOutcome::Recovery(screen), true) => {
             let want = expect.tpm_error;
             ensure(
-                cause_matches(&screen.cause, want),
+                screen.cause == want,
                 format!("the recovery screen with {}", serde_name(&want)),
                 format!("the recovery screen with {}", screen.cause.name()),
             )?;
@@ -1656,16 +1638,6 @@ fn judge_boot(
             "a normal boot".into(),
         )),
     }
-}
-
-fn cause_matches(cause: &LockoutCause, want: TpmError) -> bool {
-    matches!(
-        (cause, want),
-        (LockoutCause::PolicyFailed, TpmError::PolicyFailed)
-            | (LockoutCause::LockedOut, TpmError::LockedOut)
-            | (LockoutCause::AuthFailed, TpmError::AuthFailed)
-            | (LockoutCause::Integrity, TpmError::Integrity)
-    )
 }
 
 fn expect_unlocked(outcome: Result<BootOutcome, device::machine::MachineError>) -> StepResult<()> {

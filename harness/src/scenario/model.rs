@@ -9,6 +9,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// The TPM's answer (`expect.tpm_error`) is the device's own, as its recovery screen reports it.
+pub use device::machine::TpmError;
+/// A change's name (`change.kind`) and an added ROM's signer are the device crate's: one
+/// vocabulary for the scenario files, `eventlog predict --change` and the device model.
+pub use device::{ChangeKind, RomSigner};
+
 /// One recovery story: a device, its users, one change, what must follow, and how the
 /// user gets back in.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -255,93 +261,11 @@ pub enum PinAction {
 }
 
 impl Change {
-    /// The device change this scenario change plays; `None` for kinds that change no
-    /// measurement and no TPM state (nothing, a plain reboot, wrong PINs).
+    /// The device change this scenario change plays (its `kind` with its `signer`); `None`
+    /// for kinds that change no measurement and no TPM state (nothing, a plain reboot,
+    /// wrong PINs).
     pub fn device_change(&self) -> Option<device::Change> {
-        use device::Signer;
-        match (self.kind, self.signer) {
-            (ChangeKind::OptionRomAdded, Some(signer)) => Some(device::Change::OptionRomAdded {
-                signer: match signer {
-                    RomSigner::UefiCa => Signer::MicrosoftUefiCa,
-                    RomSigner::Unsigned => Signer::Unsigned,
-                },
-            }),
-            // Refused by the loader: which signer decides PCR 7.
-            (ChangeKind::OptionRomAdded, None) => None,
-            (kind, _) => kind.device_change(),
-        }
-    }
-}
-
-/// Who signed an added option ROM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RomSigner {
-    /// The Microsoft Corporation UEFI CA 2011 (in db): PCR 2, and a PCR 7 authority event
-    /// the first time that certificate verifies an image in a boot.
-    UefiCa,
-    /// No signature: PCR 2 only (no db certificate verified it, so no authority event).
-    Unsigned,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChangeKind {
-    /// Nothing: no reboot either (portal-only stories).
-    None,
-    Reboot,
-    FirmwareUpdate,
-    OptionRomAdded,
-    OptionRomChanged,
-    BootManagerSameSigner,
-    BootManagerOtherSigner,
-    SecureBootDbUpdate,
-    SecureBootDbxUpdate,
-    SecureBootOff,
-    BcdDebugOn,
-    BcdBootOrder,
-    /// The MBR's boot code is rewritten (legacy PCR 4).
-    MbrBootCodeChanged,
-    /// The NTFS boot sector is rewritten (legacy PCR 8).
-    NtfsBootSectorChanged,
-    DiskMoved,
-    TpmCleared,
-    TpmReplaced,
-    /// A firmware update done with BitLocker protection suspended (a clear key).
-    FirmwareUpdateSuspended,
-    /// The user types `wrong_pins` wrong PINs.
-    LostPin,
-}
-
-impl ChangeKind {
-    /// The device change this kind plays; `None` for kinds that change no measurement and
-    /// no TPM state (nothing, a plain reboot, wrong PINs). `option_rom_added` takes its
-    /// signer from [`Change::signer`]: prefer [`Change::device_change`].
-    fn device_change(self) -> Option<device::Change> {
-        use device::{Change, Signer};
-        Some(match self {
-            ChangeKind::None | ChangeKind::Reboot | ChangeKind::LostPin => return None,
-            ChangeKind::FirmwareUpdate => Change::FirmwareUpdate,
-            ChangeKind::OptionRomAdded => return None, // see `Change::device_change`
-            ChangeKind::OptionRomChanged => Change::OptionRomChanged {
-                signer: Signer::MicrosoftUefiCa,
-            },
-            ChangeKind::BootManagerSameSigner => Change::BootManagerReplaced { same_signer: true },
-            ChangeKind::BootManagerOtherSigner => {
-                Change::BootManagerReplaced { same_signer: false }
-            }
-            ChangeKind::SecureBootDbUpdate => Change::SecureBootDbUpdate,
-            ChangeKind::SecureBootDbxUpdate => Change::SecureBootDbxUpdate,
-            ChangeKind::SecureBootOff => Change::SecureBootOff,
-            ChangeKind::BcdDebugOn => Change::BcdDebugOn,
-            ChangeKind::BcdBootOrder => Change::BcdBootOrder,
-            ChangeKind::MbrBootCodeChanged => Change::MbrBootCodeChanged,
-            ChangeKind::NtfsBootSectorChanged => Change::NtfsBootSectorChanged,
-            ChangeKind::DiskMoved => Change::DiskMovedToAnotherMachine,
-            ChangeKind::TpmCleared => Change::TpmCleared,
-            ChangeKind::TpmReplaced => Change::TpmReplaced,
-            ChangeKind::FirmwareUpdateSuspended => Change::PlannedUpdateWithSuspend,
-        })
+        self.kind.change(self.signer)
     }
 }
 
@@ -356,21 +280,6 @@ pub struct Expect {
     /// The profile's PCRs whose values differ from those the key was sealed to.
     #[serde(default)]
     pub changed_pcrs: Vec<u32>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TpmError {
-    /// The device unlocked: no error.
-    None,
-    /// PolicyPCR mismatch: a measured component changed.
-    PolicyFailed,
-    /// Wrong PIN (authValue), counted by dictionary-attack protection.
-    AuthFailed,
-    /// Dictionary-attack lockout: no PIN is even tried.
-    LockedOut,
-    /// The sealed blob does not belong to this TPM (cleared or another TPM).
-    Integrity,
 }
 
 /// How the locked-out user gets back in.

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use device::machine::{BootOutcome, LockoutCause, Machine};
+use device::machine::{BootOutcome, Machine, TpmError};
 use harness::runner::{bitlocker_setup, scenario_device};
 use harness::scenario::{parse_scenario, ChangeKind, Scenario};
 
@@ -212,8 +212,8 @@ fn play(s: &Scenario) -> Cell {
             Cell::None
         }
         BootOutcome::Recovery(screen) => match screen.cause {
-            LockoutCause::PolicyFailed => Cell::Pcrs(screen.explanation.pcrs()),
-            LockoutCause::Integrity => Cell::Integrity,
+            TpmError::PolicyFailed => Cell::Pcrs(screen.explanation.pcrs()),
+            TpmError::Integrity => Cell::Integrity,
             other => panic!("recovery with {other:?}"),
         },
         other => panic!("{other:?}"),

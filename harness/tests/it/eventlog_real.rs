@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::common::harness;
-use device::predict::{self, LogChange};
+use device::predict;
 use device::replay as tpm_replay;
+use device::ChangeKind;
 use device::{Change, Device, Profile};
 use eventlog::tcg::{LogFormat, TcgLog};
 use eventlog::{describe, HashAlg, ParseErrorKind};
@@ -210,29 +211,44 @@ fn eventlog_real_windows_predictions_match_the_profiles() {
     let up = predict::unseal_point(&log);
     assert!(up.reason.contains("BITLOCKER_UNLOCK"), "{}", up.reason);
     let cases = [
-        (LogChange::DbUpdate, Profile::SecureBoot7_11, true, 7),
-        (LogChange::DbUpdate, Profile::Uefi0_2_4_11, false, 7),
-        (LogChange::FirmwareUpdate, Profile::SecureBoot7_11, false, 0),
-        (LogChange::FirmwareUpdate, Profile::Uefi0_2_4_11, true, 0),
         (
-            LogChange::BootManagerSameSigner,
+            ChangeKind::SecureBootDbUpdate,
+            Profile::SecureBoot7_11,
+            true,
+            7,
+        ),
+        (
+            ChangeKind::SecureBootDbUpdate,
+            Profile::Uefi0_2_4_11,
+            false,
+            7,
+        ),
+        (
+            ChangeKind::FirmwareUpdate,
+            Profile::SecureBoot7_11,
+            false,
+            0,
+        ),
+        (ChangeKind::FirmwareUpdate, Profile::Uefi0_2_4_11, true, 0),
+        (
+            ChangeKind::BootManagerSameSigner,
             Profile::SecureBoot7_11,
             false,
             4,
         ),
         (
-            LogChange::BootManagerSameSigner,
+            ChangeKind::BootManagerSameSigner,
             Profile::Uefi0_2_4_11,
             true,
             4,
         ),
         (
-            LogChange::BootManagerOtherSigner,
+            ChangeKind::BootManagerOtherSigner,
             Profile::SecureBoot7_11,
             true,
             7,
         ),
-        (LogChange::SecureBootOff, Profile::SecureBoot7_11, true, 7),
+        (ChangeKind::SecureBootOff, Profile::SecureBoot7_11, true, 7),
     ];
     for (change, profile, recovery, pcr) in cases {
         let p = predict::predict(&log, profile, change).unwrap();
@@ -251,7 +267,12 @@ fn eventlog_real_windows_predictions_match_the_profiles() {
         assert!(!d.removed.is_empty() && !d.added.is_empty(), "{what}: {p}");
     }
     // The explanation names the event that changed.
-    let p = predict::predict(&log, Profile::SecureBoot7_11, LogChange::DbUpdate).unwrap();
+    let p = predict::predict(
+        &log,
+        Profile::SecureBoot7_11,
+        ChangeKind::SecureBootDbUpdate,
+    )
+    .unwrap();
     let text = p.to_string();
     assert!(
         text.contains("- #4 EV_EFI_VARIABLE_DRIVER_CONFIG db: 3 entries"),
@@ -277,10 +298,25 @@ fn eventlog_real_crypto_agile_sha256_predictions_match_the_profiles() {
         .iter()
         .any(|r| describe::describe(r).contains("bootmgfw.efi")));
     for (change, profile, recovery, pcr) in [
-        (LogChange::DbUpdate, Profile::SecureBoot7_11, true, 7),
-        (LogChange::DbUpdate, Profile::Uefi0_2_4_11, false, 7),
-        (LogChange::FirmwareUpdate, Profile::SecureBoot7_11, false, 0),
-        (LogChange::FirmwareUpdate, Profile::Uefi0_2_4_11, true, 0),
+        (
+            ChangeKind::SecureBootDbUpdate,
+            Profile::SecureBoot7_11,
+            true,
+            7,
+        ),
+        (
+            ChangeKind::SecureBootDbUpdate,
+            Profile::Uefi0_2_4_11,
+            false,
+            7,
+        ),
+        (
+            ChangeKind::FirmwareUpdate,
+            Profile::SecureBoot7_11,
+            false,
+            0,
+        ),
+        (ChangeKind::FirmwareUpdate, Profile::Uefi0_2_4_11, true, 0),
     ] {
         let p = predict::predict(&log, profile, change).unwrap();
         let what = format!("{change:?} under {profile}");
@@ -298,12 +334,12 @@ fn eventlog_real_crypto_agile_sha256_predictions_match_the_profiles() {
 #[test]
 fn eventlog_real_boot_debugging_moves_pcr_12_and_bcd_validation_decides() {
     let log = load(WINDOWS);
-    let p = predict::predict(&log, Profile::SecureBoot7_11, LogChange::BootDebuggingOn).unwrap();
+    let p = predict::predict(&log, Profile::SecureBoot7_11, ChangeKind::BcdDebugOn).unwrap();
     assert!(p.tpm_unsealed, "PCR 12-14 are in no profile: {p}");
     assert!(p.recovery, "BCD validation: {p}");
     // Only the boot manager's PCR 12 event comes before the unseal point.
     assert_eq!(p.diff.pcr_indices(), vec![12], "{p}");
-    let changed = predict::apply(&log, LogChange::BootDebuggingOn).unwrap();
+    let changed = predict::apply(&log, ChangeKind::BcdDebugOn).unwrap();
     let touched = predict::touched(&log, &changed);
     assert!(touched
         .iter()
@@ -391,9 +427,9 @@ mod fuzz_smoke {
                 TcgLog::parse(&log.to_bytes()).unwrap();
             }
             for change in [
-                LogChange::DbUpdate,
-                LogChange::BootDebuggingOn,
-                LogChange::BootOrder,
+                ChangeKind::SecureBootDbUpdate,
+                ChangeKind::BcdDebugOn,
+                ChangeKind::BcdBootOrder,
             ] {
                 let _ = predict::apply(&log, change);
             }

@@ -6,7 +6,7 @@ use crate::common::{harness, portal_bin, workspace_root};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use device::machine::{BitLockerSetup, BootOutcome, LockoutCause, Machine, MachineError};
+use device::machine::{BitLockerSetup, BootOutcome, Machine, MachineError, TpmError};
 use device::{Change, Device, Profile};
 use eventlog::tcg::TcgLog;
 use eventlog::HashAlg;
@@ -43,7 +43,7 @@ fn play(name: &str, profile: Profile, change: &Change) -> Option<Vec<u32>> {
     match machine.boot(None).unwrap() {
         BootOutcome::Unlocked { .. } => None,
         BootOutcome::Recovery(screen) => {
-            assert_eq!(screen.cause, LockoutCause::PolicyFailed, "{name}");
+            assert_eq!(screen.cause, TpmError::PolicyFailed, "{name}");
             assert_eq!(screen.tpm_response_code, Some(0x99d), "{name}");
             let pcrs = screen.explanation.pcrs();
             machine

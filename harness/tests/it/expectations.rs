@@ -303,7 +303,7 @@ fn defect_4_help_desk_checks_the_answer() {
         "{}",
         run.explain()
     );
-    assert!(expected.contains("KeyShown"), "{expected}");
+    assert!(expected.contains("key_shown"), "{expected}");
     assert!(got.contains("SeveralMatches"), "{got}");
 
     let run = run_yaml(&help_desk_several("hd-several", "several_matches"), &[]);

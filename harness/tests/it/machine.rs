@@ -3,7 +3,7 @@
 
 use bitlocker::{ProtectorType, RecoveryPassword};
 use device::machine::{
-    BitLockerSetup, BootOutcome, EscrowedKey, LockoutCause, Machine, MachineError, RecoveryScreen,
+    BitLockerSetup, BootOutcome, EscrowedKey, Machine, MachineError, RecoveryScreen, TpmError,
     TpmProtection,
 };
 use device::{Change, Device, Profile, Signer};
@@ -43,7 +43,7 @@ fn wrong_password(right: &RecoveryPassword) -> String {
 /// The whole lockout story: change → recovery screen with the TPM's own error and the
 /// changed PCRs → a wrong password refused by the MAC → the right one unlocks and re-seals
 /// → the next boot is normal.
-fn lockout(profile: Profile, change: Change, cause: LockoutCause, pcrs: &[u32]) {
+fn lockout(profile: Profile, change: Change, cause: TpmError, pcrs: &[u32]) {
     let (mut machine, key) = provision(profile, TpmProtection::Tpm);
     expect_unlocked(&mut machine, None);
     machine.apply(&change).unwrap();
@@ -53,7 +53,7 @@ fn lockout(profile: Profile, change: Change, cause: LockoutCause, pcrs: &[u32]) 
         screen.key_id, key.key_protector_id,
         "the screen shows the recovery key ID"
     );
-    if cause == LockoutCause::PolicyFailed {
+    if cause == TpmError::PolicyFailed {
         assert_eq!(
             screen.explanation.pcrs(),
             pcrs,
@@ -82,7 +82,7 @@ fn firmware_update_under_0_2_4_11() {
     lockout(
         Profile::Uefi0_2_4_11,
         Change::FirmwareUpdate,
-        LockoutCause::PolicyFailed,
+        TpmError::PolicyFailed,
         &[0],
     );
 }
@@ -92,12 +92,7 @@ fn option_rom_change_under_0_2_4_11() {
     let change = Change::OptionRomChanged {
         signer: Signer::MicrosoftUefiCa,
     };
-    lockout(
-        Profile::Uefi0_2_4_11,
-        change,
-        LockoutCause::PolicyFailed,
-        &[2],
-    );
+    lockout(Profile::Uefi0_2_4_11, change, TpmError::PolicyFailed, &[2]);
 }
 
 #[test]
@@ -106,7 +101,7 @@ fn boot_manager_from_another_signer_under_7_11() {
     lockout(
         Profile::SecureBoot7_11,
         change,
-        LockoutCause::PolicyFailed,
+        TpmError::PolicyFailed,
         &[7],
     );
 }
@@ -114,12 +109,7 @@ fn boot_manager_from_another_signer_under_7_11() {
 #[test]
 fn any_boot_manager_replacement_under_0_2_4_11() {
     let change = Change::BootManagerReplaced { same_signer: true };
-    lockout(
-        Profile::Uefi0_2_4_11,
-        change,
-        LockoutCause::PolicyFailed,
-        &[4],
-    );
+    lockout(Profile::Uefi0_2_4_11, change, TpmError::PolicyFailed, &[4]);
 }
 
 #[test]
@@ -127,7 +117,7 @@ fn secure_boot_db_update() {
     lockout(
         Profile::SecureBoot7_11,
         Change::SecureBootDbUpdate,
-        LockoutCause::PolicyFailed,
+        TpmError::PolicyFailed,
         &[7],
     );
 }
@@ -137,7 +127,7 @@ fn secure_boot_dbx_update() {
     lockout(
         Profile::SecureBoot7_11,
         Change::SecureBootDbxUpdate,
-        LockoutCause::PolicyFailed,
+        TpmError::PolicyFailed,
         &[7],
     );
 }
@@ -147,7 +137,7 @@ fn secure_boot_turned_off() {
     lockout(
         Profile::SecureBoot7_11,
         Change::SecureBootOff,
-        LockoutCause::PolicyFailed,
+        TpmError::PolicyFailed,
         &[7],
     );
 }
@@ -157,13 +147,13 @@ fn boot_debugging_enabled_locks_under_both_uefi_profiles() {
     lockout(
         Profile::SecureBoot7_11,
         Change::BcdDebugOn,
-        LockoutCause::PolicyFailed,
+        TpmError::PolicyFailed,
         &[11],
     );
     lockout(
         Profile::Uefi0_2_4_11,
         Change::BcdDebugOn,
-        LockoutCause::PolicyFailed,
+        TpmError::PolicyFailed,
         &[11],
     );
 }
@@ -173,7 +163,7 @@ fn tpm_cleared_is_an_integrity_failure() {
     lockout(
         Profile::SecureBoot7_11,
         Change::TpmCleared,
-        LockoutCause::Integrity,
+        TpmError::Integrity,
         &[],
     );
 }
@@ -183,7 +173,7 @@ fn disk_moved_to_another_machine_is_an_integrity_failure() {
     lockout(
         Profile::SecureBoot7_11,
         Change::DiskMovedToAnotherMachine,
-        LockoutCause::Integrity,
+        TpmError::Integrity,
         &[],
     );
 }
@@ -193,7 +183,7 @@ fn tpm_replaced_is_an_integrity_failure() {
     lockout(
         Profile::SecureBoot7_11,
         Change::TpmReplaced,
-        LockoutCause::Integrity,
+        TpmError::Integrity,
         &[],
     );
 }
@@ -216,7 +206,7 @@ fn lost_pin_counts_up_to_lockout_then_the_right_pin_fails_too_and_recovery_sets_
     // The 32nd wrong PIN locks the TPM out; from then on even the right PIN fails.
     let _ = machine.boot(Some("000000")).unwrap();
     let screen = expect_recovery(&mut machine, Some("246810"));
-    assert_eq!(screen.cause, LockoutCause::LockedOut);
+    assert_eq!(screen.cause, TpmError::LockedOut);
     assert_eq!(screen.tpm_response_code, Some(0x921));
     assert!(
         screen.explanation.pcrs().is_empty(),

@@ -17,6 +17,7 @@ mod profiles;
 mod replicas;
 mod runner;
 mod scenarios;
+mod tpm_gone;
 mod vectors;
 mod volume_format;
 mod workspace_edges;

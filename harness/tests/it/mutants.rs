@@ -24,31 +24,7 @@ use serde_yaml::{Mapping, Value};
 
 use crate::common::{harness_at, workspace_root};
 
-/// The runner's steps that check expectations, named as `harness run --json` reports them.
-mod step {
-    /// The boot under test (`expect.recovery`, `tpm_error`, `changed_pcrs`).
-    pub const BOOT: &str = "boot after the change";
-    /// The same checks on a lost-PIN story (`change.then`): the user gives up at the prompt,
-    pub const PIN_ESC: &str = "the user presses Esc at the PIN prompt";
-    /// ... or was locked out by the last wrong PIN already,
-    pub const PIN_LOCKED_OUT: &str = "the recovery screen after the wrong PINs";
-    /// ... or types the right PIN.
-    pub const PIN_RIGHT: &str = "the user types the right PIN";
-    /// The portal's answer to a key request.
-    pub const ANSWER: &str = "the portal answers as the scenario says";
-    /// `several_matches`: the portal asks for all 32 digits (self-service and help desk).
-    pub const SEVERAL_MATCHES: &str = "the portal asks for all 32 digits";
-    /// Self-service `refused`: byte-identical to an absent key ID.
-    pub const REFUSED_LIKE_ABSENT: &str = "a foreign key ID is answered exactly like an absent one";
-    /// Help desk `refused`: the same comparison.
-    pub const HELP_DESK_REFUSED: &str = "the refusal is answered exactly like an absent key ID";
-    /// Manage TPM `refused`: byte-identical to an absent computer.
-    pub const TPM_REFUSED: &str = "the refusal is answered exactly like an absent computer";
-    /// The Manage TPM answer (help desk lockout reset).
-    pub const MANAGE_TPM: &str = "Manage TPM answers as the scenario says";
-    /// `checks.audit`.
-    pub const AUDIT: &str = "the audit shows each request";
-}
+use harness::runner::step;
 
 /// One stated expectation the test contradicts.
 struct Field {
