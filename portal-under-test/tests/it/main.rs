@@ -6,6 +6,7 @@ mod common;
 
 mod admin;
 mod contract;
+mod fuzz_replay;
 #[cfg(feature = "failpoints")]
 mod faults;
 mod hardening;
