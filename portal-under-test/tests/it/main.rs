@@ -12,6 +12,7 @@ mod faults;
 mod hardening;
 mod helpdesk;
 mod import_crash;
+mod kill_traffic;
 mod lifecycle;
 mod prop;
 mod security;
