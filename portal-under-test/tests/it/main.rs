@@ -6,9 +6,10 @@ mod common;
 
 mod admin;
 mod contract;
-mod fuzz_replay;
 #[cfg(feature = "failpoints")]
 mod faults;
+mod full_disk;
+mod fuzz_replay;
 mod hardening;
 mod helpdesk;
 mod import_crash;
