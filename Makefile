@@ -1,7 +1,7 @@
 # The two commands of the README. Both install missing Debian packages first.
 #   make demo   run the scenario catalog against the embedded portal
 #   make test   the whole test suite: format, lints, every test
-.PHONY: demo test deps bench mutants firmware-lab import-crash fuzz faults
+.PHONY: demo test deps bench mutants firmware-lab import-crash fuzz faults orphans
 
 # Silence the TSS's own error logging (it logs every refused connection while polling).
 export TSS2_LOG ?= all+none
@@ -97,3 +97,9 @@ KILL_TRAFFIC := PORTAL_KILLS=20 cargo nextest run -p portal-under-test --locked 
 faults: deps
 	$(KILL_TRAFFIC)
 	PORTAL_TEST_ENGINE=postgres scripts/with-postgres.sh $(KILL_TRAFFIC)
+
+# 1,000 `harness run`s of one short scenario, each SIGKILLed or SIGINTed at a seeded random
+# moment (make test runs 20): no process left, no temporary directory left.
+orphans: deps
+	HARNESS_ORPHAN_RUNS=1000 cargo nextest run -p harness --locked --no-capture \
+	  -E 'test(=orphans::killed_harness_runs_leave_no_process_and_no_temp_dir)'

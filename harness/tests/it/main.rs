@@ -13,6 +13,7 @@ mod fuzz_replay;
 mod log_hygiene;
 mod machine;
 mod mutants;
+mod orphans;
 mod portal_client;
 mod profiles;
 mod runner;
