@@ -37,6 +37,14 @@ pub(crate) struct Portal {
     pub url: String,
 }
 
+/// A test that fails half-way must not leave its portal running.
+impl Drop for Portal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub(crate) fn db_args(url: &Option<String>) -> Vec<String> {
     url.iter()
         .flat_map(|u| ["--database-url".to_string(), u.clone()])
