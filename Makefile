@@ -1,7 +1,7 @@
 # The two commands of the README. Both install missing Debian packages first.
 #   make demo   run the scenario catalog against the embedded portal
 #   make test   the whole test suite: format, lints, every test
-.PHONY: demo test deps bench mutants firmware-lab import-crash
+.PHONY: demo test deps bench mutants firmware-lab import-crash fuzz faults orphans
 
 # Silence the TSS's own error logging (it logs every refused connection while polling).
 export TSS2_LOG ?= all+none
@@ -87,3 +87,27 @@ import-crash: deps
 	cargo build --release --locked -p portal-under-test
 	$(IMPORT_CRASH)
 	PORTAL_TEST_ENGINE=postgres scripts/with-postgres.sh $(IMPORT_CRASH)
+
+# Every cargo-fuzz target (harness/fuzz, portal-under-test/fuzz) for FUZZ_SECS each (600: the
+# issue's 10 minutes), one after another; needs nightly and cargo-fuzz (`cargo install
+# cargo-fuzz`). `make test` needs neither: its stable pass is the fuzz_replay tests (every
+# committed seed, then a bounded proptest of mutated seeds, through the targets' own check
+# functions). Prints executions and coverage a target.
+FUZZ_SECS ?= 600
+fuzz: deps
+	scripts/fuzz.sh $(FUZZ_SECS)
+
+# The fault tests at full size (make test runs them small): 20 SIGKILLs of the portal during
+# escrow and help desk lookup traffic, on SQLite, then on PostgreSQL.
+KILL_TRAFFIC := PORTAL_KILLS=20 cargo nextest run -p portal-under-test --locked --no-capture \
+  -E 'test(=kill_traffic::a_killed_portal_keeps_every_acknowledged_key_and_every_shown_keys_audit_row)'
+
+faults: deps
+	$(KILL_TRAFFIC)
+	PORTAL_TEST_ENGINE=postgres scripts/with-postgres.sh $(KILL_TRAFFIC)
+
+# 1,000 `harness run`s of one short scenario, each SIGKILLed or SIGINTed at a seeded random
+# moment (make test runs 20): no process left, no temporary directory left.
+orphans: deps
+	HARNESS_ORPHAN_RUNS=1000 cargo nextest run -p harness --locked --no-capture \
+	  -E 'test(=orphans::killed_harness_runs_leave_no_process_and_no_temp_dir)'

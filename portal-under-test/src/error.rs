@@ -33,6 +33,9 @@ pub enum AppError {
     RateLimited,
     #[error("method {0} not allowed")]
     MethodNotAllowed(String),
+    /// The store's disk is full: nothing of the request was written (API.md, "Errors").
+    #[error("insufficient storage: {0}")]
+    InsufficientStorage(String),
     #[error("internal error: {0}")]
     Internal(String),
     /// The store is unreachable for now (503 with `Retry-After`).
@@ -61,6 +64,7 @@ impl AppError {
             AppError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -77,6 +81,7 @@ impl AppError {
             AppError::TooLarge => "too_large",
             AppError::RateLimited => "rate_limited",
             AppError::MethodNotAllowed(_) => "method_not_allowed",
+            AppError::InsufficientStorage(_) => "insufficient_storage",
             AppError::Internal(_) => "internal",
             AppError::Unavailable(_) => "unavailable",
         }
@@ -102,6 +107,9 @@ impl AppError {
             AppError::TooLarge => "request body too large".into(),
             AppError::RateLimited => "too many failed key lookups; try again later".into(),
             AppError::MethodNotAllowed(m) => format!("method {m} is not allowed on this path"),
+            AppError::InsufficientStorage(_) => {
+                "the portal's storage is full: nothing was stored; try again later".into()
+            }
             AppError::Internal(_) => "internal error".into(),
             AppError::Unavailable(_) => {
                 "the portal's database is unavailable; try again shortly".into()
@@ -126,6 +134,12 @@ impl From<StoreError> for AppError {
                 message,
             },
             StoreError::Unavailable(m) => AppError::Unavailable(m),
+            // SQLite's SQLITE_FULL: the transaction rolled back, so the client may retry.
+            StoreError::Sqlite(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
+            {
+                AppError::InsufficientStorage(e.to_string())
+            }
             other => AppError::Internal(other.to_string()),
         }
     }
@@ -145,8 +159,10 @@ impl From<tokio::task::JoinError> for AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        if let AppError::Internal(detail) = &self {
-            tracing::error!(%detail, "internal error");
+        match &self {
+            AppError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            AppError::InsufficientStorage(detail) => tracing::error!(%detail, "storage full"),
+            _ => {}
         }
         if let AppError::Unavailable(detail) = &self {
             tracing::warn!(%detail, "store unavailable");

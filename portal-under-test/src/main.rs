@@ -80,6 +80,9 @@ fn main() {
     let _scenario = fail::FailScenario::setup();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (the log's disk is full) is dropped: by default
+        // the subscriber reports it with `eprintln!`, which panics when stderr fails too.
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -8,9 +8,12 @@ mod admin;
 mod contract;
 #[cfg(feature = "failpoints")]
 mod faults;
+mod full_disk;
+mod fuzz_replay;
 mod hardening;
 mod helpdesk;
 mod import_crash;
+mod kill_traffic;
 mod lifecycle;
 mod prop;
 mod replicas;
