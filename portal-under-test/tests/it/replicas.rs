@@ -381,7 +381,7 @@ async fn a_key_escrowed_on_one_replica_is_found_on_the_other_within_a_second() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_session_and_settings_made_on_one_replica_hold_on_the_other() {
+async fn a_session_settings_and_idle_expiry_hold_across_replicas() {
     let r = Replicas::start(2);
     r.helpdesk(0, "hd").await;
     // Sign in on A (the form's CSRF token from A), then use the session on B.
@@ -430,6 +430,47 @@ async fn a_session_and_settings_made_on_one_replica_hold_on_the_other() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+
+    // Idle expiry holds on every replica: with a 1 s timeout saved on A, the session last
+    // used on A and then left idle is expired on B (401, the expiry page), and gone on A.
+    let (s, b) = r
+        .put_settings(0, json!({"idle_timeout_secs": 1, "warning_secs": 0}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let t = Instant::now();
+    while r.get_settings(1).await["idle_timeout_secs"] != 1 {
+        assert!(
+            t.elapsed() < REPLICA_LAG_BOUND,
+            "the timeout saved on A not seen on B"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let page = r
+        .http
+        .get(format!("{}/HelpDesk", r.url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200, "the session must still be live on A");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let page = r
+        .http
+        .get(format!("{}/HelpDesk", r.url(1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 401, "the idle session must be expired on B");
+    let page = r
+        .http
+        .get(format!("{}/HelpDesk", r.url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        page.status(),
+        303,
+        "the expired session must be gone on A too"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
