@@ -33,6 +33,9 @@ pub struct FleetArgs {
     /// Write the report as JSON here.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Write JUnit XML here (a test case per device, and one for "no server errors").
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
     /// Play against a running portal at this URL instead of starting the embedded one.
     /// Repeat it for replicas of one portal (each actor pinned to one, as `harness run`).
     #[arg(long, value_name = "URL", requires = "admin_token")]
@@ -148,9 +151,10 @@ pub fn run(args: &FleetArgs, out: &mut dyn Write) -> Result<(), CliError> {
 
     write!(out, "{}", report::summary(&report))?;
     if let Some(path) = &args.json {
-        let json = report::json(&report)
-            .map_err(|e| CliError::Usage(format!("cannot encode the report: {e}")))?;
-        std::fs::write(path, json)?;
+        std::fs::write(path, report::json(&report).map_err(CliError::FleetReport)?)?;
+    }
+    if let Some(path) = &args.junit {
+        std::fs::write(path, report::junit(&report).map_err(CliError::FleetReport)?)?;
     }
     if !report.passed() {
         return Err(CliError::FleetFailed {

@@ -179,6 +179,9 @@ pub enum CliError {
     /// `harness fleet` could not be played (setup failed).
     #[error("{0}")]
     Fleet(#[source] crate::fleet::FleetError),
+    /// A `harness fleet` report could not be written.
+    #[error("{0}")]
+    FleetReport(#[source] crate::fleet::report::FleetReportError),
     /// `harness fleet` finished and some devices failed, or the portal answered 5xx.
     #[error("fleet: {failed} of {total} devices failed, {server_errors} server errors (5xx)")]
     FleetFailed {
@@ -205,7 +208,7 @@ impl CliError {
             | Self::Filter(_)
             | Self::Portal(_)
             | Self::Usage(_) => exit_codes::USAGE,
-            Self::Io(_) | Self::Report(_) => exit_codes::IO,
+            Self::Io(_) | Self::Report(_) | Self::FleetReport(_) => exit_codes::IO,
             Self::Volume(e) => e.exit_code(),
             Self::Eventlog(e) => e.exit_code(),
         }

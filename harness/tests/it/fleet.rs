@@ -8,22 +8,30 @@ use std::time::Instant;
 
 use crate::common::{harness, portal_bin, workspace_root};
 
-fn fleet(args: &[&str], env: &[(&str, &str)]) -> (Output, serde_json::Value) {
+/// Runs `harness fleet`; its exit, its JSON report and its JUnit XML.
+fn fleet(args: &[&str], env: &[(&str, &str)]) -> (Output, serde_json::Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("fleet.json");
+    let junit = dir.path().join("fleet.xml");
     let out = harness()
         .arg("fleet")
         .args(args)
         .arg("--quiet")
         .arg("--json")
         .arg(&json)
+        .arg("--junit")
+        .arg(&junit)
         .envs(env.iter().copied())
         .output()
         .unwrap();
     let report = std::fs::read_to_string(&json)
         .map(|text| serde_json::from_str(&text).unwrap())
         .unwrap_or(serde_json::Value::Null);
-    (out, report)
+    (
+        out,
+        report,
+        std::fs::read_to_string(&junit).unwrap_or_default(),
+    )
 }
 
 fn show(out: &Output) -> String {
@@ -50,7 +58,7 @@ fn op<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 fn fleet_of_200_devices_and_20_recoveries_on_the_embedded_portal() {
     let _ = portal_bin();
     let started = Instant::now();
-    let (out, report) = fleet(
+    let (out, report, junit) = fleet(
         &[
             "--devices",
             "200",
@@ -98,6 +106,10 @@ fn fleet_of_200_devices_and_20_recoveries_on_the_embedded_portal() {
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("escrowed 180, rotated 20"), "{stdout}");
+    assert!(
+        junit.contains(r#"tests="201""#) && junit.contains(r#"failures="0""#),
+        "{junit}"
+    );
 }
 
 /// A portal that changes a digit of every key it shows (the failpoints build's
@@ -113,7 +125,7 @@ fn a_portal_handing_out_wrong_keys_fails_the_fleet_as_wrong_key() {
         bin.display()
     );
     let bin = bin.to_string_lossy().into_owned();
-    let (out, report) = fleet(
+    let (out, report, junit) = fleet(
         &[
             "--devices",
             "12",
@@ -143,6 +155,8 @@ fn a_portal_handing_out_wrong_keys_fails_the_fleet_as_wrong_key() {
     assert_eq!(op(&report, "verify")["failures"]["wrong key"], 4);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("wrong_key"), "{stdout}");
+    assert!(junit.contains(r#"failures="4""#), "{junit}");
+    assert!(junit.contains("expected rotated, got wrong_key"), "{junit}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("4 of 12 devices failed"),
         "{}",
