@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 use portal_client::{find_portal_bin, EmbeddedOptions, EmbeddedReplicas, PortalTarget};
@@ -26,6 +27,12 @@ pub struct FleetArgs {
     /// Devices in flight at once.
     #[arg(short = 'j', long, value_name = "C", default_value_t = 16)]
     pub jobs: usize,
+    /// After enrollment, keep the devices that did not lock out checking in, back to back
+    /// (`-j` more tasks), while the recoveries run, for this long: `90s`, `10m`, `1h` (at
+    /// most 24h). A soak: every check-in must succeed and ask to rotate nothing. Keeps one
+    /// connection per device open.
+    #[arg(long, value_name = "T", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
     /// Seed of the fleet (names, key material, who locks out): the same seed plays the same
     /// fleet. Against a long-lived portal use a new seed per run (names and key IDs repeat).
     #[arg(long, default_value_t = 1)]
@@ -82,6 +89,7 @@ impl FleetArgs {
             recoveries: self.recoveries,
             jobs: self.jobs,
             seed: self.seed,
+            duration: self.duration,
         })
     }
 }
@@ -138,12 +146,22 @@ pub fn run(args: &FleetArgs, out: &mut dyn Write) -> Result<(), CliError> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let progress_bar = bar.clone();
-    let progress: fleet::Progress = Arc::new(move |phase| {
-        progress_bar.inc(1);
-        progress_bar.set_message(match phase {
-            Phase::Enroll => "enroll + escrow",
-            Phase::Recover => "recover + verify + rotate",
-        });
+    let soak_check_ins = std::sync::atomic::AtomicU64::new(0);
+    let progress: fleet::Progress = Arc::new(move |phase| match phase {
+        Phase::Enroll => {
+            progress_bar.inc(1);
+            progress_bar.set_message("enroll + escrow + check in");
+        }
+        Phase::Recover => {
+            progress_bar.inc(1);
+            progress_bar.set_message("recover + verify + rotate");
+        }
+        Phase::CheckIn => {
+            let n = soak_check_ins.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n % 100 == 0 {
+                progress_bar.set_message(format!("soak: {n} check-ins"));
+            }
+        }
     });
     let result = runtime.block_on(fleet::run(&target, &options, progress));
     bar.finish_and_clear();
@@ -166,6 +184,32 @@ pub fn run(args: &FleetArgs, out: &mut dyn Write) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `90s`, `10m`, `1h`, or plain seconds; between 1 s and 24 h.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => {
+            return Err(format!(
+                "{text:?}: expected a number and s, m or h, e.g. 10m"
+            ))
+        }
+    };
+    let secs = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|s| (1..=24 * 3600).contains(s))
+        .ok_or_else(|| format!("{text:?}: between 1s and 24h"))?;
+    Ok(Duration::from_secs(secs))
+}
+
 /// Every replica answers the admin API.
 async fn check_reachable(target: &PortalTarget) -> Result<(), CliError> {
     let urls = if target.replicas.is_empty() {
@@ -182,4 +226,21 @@ async fn check_reachable(target: &PortalTarget) -> Result<(), CliError> {
         portal_client::Admin::new(&one)?.settings().await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn durations_in_seconds_minutes_hours_and_bounded() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        for bad in ["0s", "25h", "10 minutes", "m", "-3s", ""] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -1,11 +1,14 @@
 //! Plays the fleet against a portal: every device enrolls, escrows and checks in; the
 //! locked-out ones recover (help desk and self-service at once), check the password against
 //! their protector, and rotate it at their next check-in. `jobs` devices are in flight at a
-//! time in each phase.
+//! time in each phase. With a duration, the devices that did not lock out keep checking in
+//! (`jobs` more tasks, back to back) while the recoveries run, until the duration is over.
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use portal_client::{
     AccountRole, Admin, Agent, BrowserUser, EscrowKey, HelpDeskApi, HelpDeskLookup, Outcome,
@@ -33,6 +36,9 @@ pub struct FleetOptions {
     /// Devices in flight at once.
     pub jobs: usize,
     pub seed: u64,
+    /// Keep the other devices checking in for this long after enrollment (a soak); `None`:
+    /// one check-in each.
+    pub duration: Option<Duration>,
 }
 
 /// The phase a finished device belongs to (for a progress display).
@@ -40,6 +46,8 @@ pub struct FleetOptions {
 pub enum Phase {
     Enroll,
     Recover,
+    /// One check-in of the soak.
+    CheckIn,
 }
 
 /// Called once per device and phase as it finishes.
@@ -62,6 +70,9 @@ struct Shared {
     helpdesk: HelpDeskApi,
     metrics: Metrics,
     progress: Progress,
+    /// Keep the agents of devices that do not lock out (for the soak). Otherwise they are
+    /// dropped as soon as they finish: each holds a connection.
+    keep_agents: bool,
 }
 
 /// A device that locked out, between the phases.
@@ -72,7 +83,8 @@ struct LockedOut {
 }
 
 enum Enrolled {
-    Done(DeviceReport),
+    /// Finished; the agent is kept for the soak's check-ins.
+    Done(DeviceReport, Option<Box<Agent>>),
     LockedOut(Box<LockedOut>),
 }
 
@@ -106,25 +118,43 @@ pub async fn run(
         helpdesk,
         metrics: Metrics::default(),
         progress,
+        keep_agents: options.duration.is_some(),
     });
 
     let mut reports = Vec::with_capacity(devices.len());
     let mut locked_out = Vec::new();
+    let mut checking_in = Vec::new();
     for outcome in pool(&shared, devices, options.jobs, enroll).await? {
         match outcome {
-            Enrolled::Done(report) => reports.push(report),
+            Enrolled::Done(report, agent) => {
+                if let (Some(agent), Some(_)) = (agent, options.duration) {
+                    checking_in.push((reports.len(), *agent));
+                }
+                reports.push(report);
+            }
             Enrolled::LockedOut(device) => locked_out.push(*device),
         }
     }
-    reports.extend(pool(&shared, locked_out, options.jobs, recover).await?);
+    let deadline = options.duration.map(|d| Instant::now() + d);
+    let (recovered, soak_failures) = tokio::join!(
+        pool(&shared, locked_out, options.jobs, recover),
+        soak(&shared, checking_in, deadline, options.jobs),
+    );
+    for (index, detail) in soak_failures? {
+        if let Some(report) = reports.get_mut(index) {
+            report.verdict = Verdict::Error;
+            report.detail = Some(detail);
+        }
+    }
+    reports.extend(recovered?);
     reports.sort_by(|a, b| a.name.cmp(&b.name));
 
-    let mut verdicts = std::collections::BTreeMap::new();
+    let mut verdicts = BTreeMap::new();
     for r in &reports {
         *verdicts.entry(r.verdict).or_insert(0) += 1;
     }
     let operations = shared.metrics.summary();
-    let mut failures_by_status = std::collections::BTreeMap::new();
+    let mut failures_by_status = BTreeMap::new();
     for op in &operations {
         for (kind, n) in &op.failures {
             *failures_by_status.entry(kind.clone()).or_insert(0) += n;
@@ -135,6 +165,7 @@ pub async fn run(
         devices: options.devices,
         recoveries: options.recoveries.min(options.devices),
         jobs: options.jobs,
+        duration_secs: options.duration.map(|d| d.as_secs_f64()),
         self_service_client: SELF_SERVICE_CLIENT,
         wall_secs: started.elapsed().as_secs_f64(),
         verdicts,
@@ -184,6 +215,64 @@ where
     Ok(all)
 }
 
+/// The soak: `jobs` tasks check the agents in, round robin, back to back, until `deadline`.
+/// Each check-in must ask to rotate nothing (nobody was shown these keys). Returns the first
+/// failure of each failed device, by its index in `agents`' first field.
+async fn soak(
+    shared: &Arc<Shared>,
+    agents: Vec<(usize, Agent)>,
+    deadline: Option<Instant>,
+    jobs: usize,
+) -> Result<Vec<(usize, String)>, FleetError> {
+    let Some(deadline) = deadline else {
+        return Ok(Vec::new());
+    };
+    if agents.is_empty() {
+        tokio::time::sleep_until(deadline.into()).await;
+        return Ok(Vec::new());
+    }
+    let agents = Arc::new(agents);
+    let next = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut set = JoinSet::new();
+    for _ in 0..jobs.max(1) {
+        let (agents, next, failures, shared) = (
+            Arc::clone(&agents),
+            Arc::clone(&next),
+            Arc::clone(&failures),
+            Arc::clone(shared),
+        );
+        set.spawn(async move {
+            while Instant::now() < deadline {
+                let k = next.fetch_add(1, Ordering::Relaxed) % agents.len();
+                let Some((index, agent)) = agents.get(k) else {
+                    break;
+                };
+                let failure = match shared.metrics.time(Op::CheckIn, agent.check_in()).await {
+                    Ok(c) if c.rotate_keys.is_empty() => None,
+                    Ok(c) => Some(format!(
+                        "a soak check-in asks to rotate keys nobody was shown: {:?}",
+                        c.rotate_keys
+                    )),
+                    Err(e) => Some(format!("a soak check-in: {e}")),
+                };
+                if let (Some(detail), Ok(mut failures)) = (failure, failures.lock()) {
+                    failures.entry(*index).or_insert(detail);
+                }
+                (shared.progress)(Phase::CheckIn);
+            }
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        joined.map_err(|e| FleetError::Worker(e.to_string()))?;
+    }
+    let failures = failures
+        .lock()
+        .map(|f| f.clone().into_iter().collect())
+        .unwrap_or_default();
+    Ok(failures)
+}
+
 fn escrow_key(key: &DeviceKey) -> EscrowKey {
     EscrowKey::recovery_password(
         &key.volume_id,
@@ -209,7 +298,10 @@ async fn enroll(shared: Arc<Shared>, device: PlannedDevice) -> Enrolled {
     (shared.progress)(Phase::Enroll);
     match outcome {
         Ok(agent) => match device.recovery {
-            None => Enrolled::Done(report(&device, Verdict::Escrowed, None)),
+            None => Enrolled::Done(
+                report(&device, Verdict::Escrowed, None),
+                shared.keep_agents.then(|| Box::new(agent)),
+            ),
             Some(_) => {
                 // The protector a lockout needs: one stretch, off the async workers.
                 let (password, salt, nonce, vmk) =
@@ -224,20 +316,26 @@ async fn enroll(shared: Arc<Shared>, device: PlannedDevice) -> Enrolled {
                         agent,
                         protector,
                     })),
-                    Ok(Err(e)) => Enrolled::Done(report(
-                        &device,
-                        Verdict::Error,
-                        Some(format!("making its protector: {e}")),
-                    )),
-                    Err(e) => Enrolled::Done(report(
-                        &device,
-                        Verdict::Error,
-                        Some(format!("making its protector: {e}")),
-                    )),
+                    Ok(Err(e)) => Enrolled::Done(
+                        report(
+                            &device,
+                            Verdict::Error,
+                            Some(format!("making its protector: {e}")),
+                        ),
+                        None,
+                    ),
+                    Err(e) => Enrolled::Done(
+                        report(
+                            &device,
+                            Verdict::Error,
+                            Some(format!("making its protector: {e}")),
+                        ),
+                        None,
+                    ),
                 }
             }
         },
-        Err(detail) => Enrolled::Done(report(&device, Verdict::Error, Some(detail))),
+        Err(detail) => Enrolled::Done(report(&device, Verdict::Error, Some(detail)), None),
     }
 }
 

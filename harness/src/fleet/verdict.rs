@@ -73,6 +73,8 @@ pub struct FleetReport {
     pub devices: usize,
     pub recoveries: usize,
     pub jobs: usize,
+    /// The soak's length (`--duration`), if any.
+    pub duration_secs: Option<f64>,
     /// How the self-service user was played.
     pub self_service_client: &'static str,
     pub wall_secs: f64,

@@ -164,6 +164,38 @@ fn a_portal_handing_out_wrong_keys_fails_the_fleet_as_wrong_key() {
     );
 }
 
+/// `--duration`: the devices that did not lock out keep checking in while the recoveries
+/// run, and none of those check-ins fails or asks to rotate anything.
+#[test]
+fn a_short_soak_keeps_checking_in_until_the_duration_is_over() {
+    let _ = portal_bin();
+    let started = Instant::now();
+    let (out, report, _) = fleet(
+        &[
+            "--devices",
+            "20",
+            "--recoveries",
+            "4",
+            "-j",
+            "4",
+            "--duration",
+            "3s",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(3));
+    assert_eq!(
+        report["verdicts"],
+        serde_json::json!({"escrowed": 16, "rotated": 4})
+    );
+    assert_eq!(report["duration_secs"], 3.0);
+    // 20 enrollment check-ins and 8 around the rotations; the soak adds many more.
+    let check_ins = op(&report, "check_in")["count"].as_u64().unwrap();
+    assert!(check_ins > 28 + 16, "{check_ins} check-ins");
+    assert_eq!(op(&report, "check_in")["failed"], 0);
+}
+
 #[test]
 fn fleet_bad_usage_exits_2_naming_the_flag() {
     for (args, flag) in [
@@ -171,6 +203,7 @@ fn fleet_bad_usage_exits_2_naming_the_flag() {
         (vec!["--devices", "0"], "--devices"),
         (vec!["--devices", "5", "-j", "0"], "-j"),
         (vec!["--devices", "many"], "--devices"),
+        (vec!["--devices", "5", "--duration", "25h"], "--duration"),
     ] {
         let out = harness().arg("fleet").args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", show(&out));
