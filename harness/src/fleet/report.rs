@@ -37,13 +37,16 @@ pub fn summary(report: &FleetReport) -> String {
         .collect();
     let _ = writeln!(
         s,
-        "fleet: {} devices, {} recoveries, -j {}, seed {}: {} in {:.1} s",
+        "fleet: {} devices, {} recoveries, -j {}, seed {}: {} in {:.1} s \
+         (enrollment {:.1} s, recoveries {:.1} s)",
         report.devices,
         report.recoveries,
         report.jobs,
         report.seed,
         verdicts.join(", "),
-        report.wall_secs
+        report.wall_secs,
+        report.enroll_secs,
+        report.recover_secs
     );
     let _ = writeln!(
         s,

@@ -121,6 +121,7 @@ pub async fn run(
         keep_agents: options.duration.is_some(),
     });
 
+    let enroll_started = Instant::now();
     let mut reports = Vec::with_capacity(devices.len());
     let mut locked_out = Vec::new();
     let mut checking_in = Vec::new();
@@ -135,6 +136,8 @@ pub async fn run(
             Enrolled::LockedOut(device) => locked_out.push(*device),
         }
     }
+    let enroll_secs = enroll_started.elapsed().as_secs_f64();
+    let recover_started = Instant::now();
     let deadline = options.duration.map(|d| Instant::now() + d);
     let (recovered, soak_failures) = tokio::join!(
         pool(&shared, locked_out, options.jobs, recover),
@@ -147,6 +150,7 @@ pub async fn run(
         }
     }
     reports.extend(recovered?);
+    let recover_secs = recover_started.elapsed().as_secs_f64();
     reports.sort_by(|a, b| a.name.cmp(&b.name));
 
     let mut verdicts = BTreeMap::new();
@@ -168,6 +172,8 @@ pub async fn run(
         duration_secs: options.duration.map(|d| d.as_secs_f64()),
         self_service_client: SELF_SERVICE_CLIENT,
         wall_secs: started.elapsed().as_secs_f64(),
+        enroll_secs,
+        recover_secs,
         verdicts,
         failures_by_status,
         operations,

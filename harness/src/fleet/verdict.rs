@@ -78,6 +78,10 @@ pub struct FleetReport {
     /// How the self-service user was played.
     pub self_service_client: &'static str,
     pub wall_secs: f64,
+    /// The enrollment phase (every device enrolls, escrows, checks in).
+    pub enroll_secs: f64,
+    /// The recovery phase (recover, verify, rotate; the soak beside it).
+    pub recover_secs: f64,
     /// Device count per verdict.
     pub verdicts: BTreeMap<Verdict, usize>,
     /// Failed calls by status, over every operation.

@@ -190,6 +190,11 @@ fn a_short_soak_keeps_checking_in_until_the_duration_is_over() {
         serde_json::json!({"escrowed": 16, "rotated": 4})
     );
     assert_eq!(report["duration_secs"], 3.0);
+    assert!(
+        report["recover_secs"].as_f64().unwrap() >= 3.0,
+        "{}",
+        report["recover_secs"]
+    );
     // 20 enrollment check-ins and 8 around the rotations; the soak adds many more.
     let check_ins = op(&report, "check_in")["count"].as_u64().unwrap();
     assert!(check_ins > 28 + 16, "{check_ins} check-ins");
