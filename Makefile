@@ -111,3 +111,12 @@ faults: deps
 orphans: deps
 	HARNESS_ORPHAN_RUNS=1000 cargo nextest run -p harness --locked --no-capture \
 	  -E 'test(=orphans::killed_harness_runs_leave_no_process_and_no_temp_dir)'
+
+# `harness fleet` at the BENCHMARKS.md size (issue 26): 10,000 devices escrowing and 1,000
+# concurrent recoveries against the embedded portal on SQLite, release build. `make test`
+# runs the 200-device / 20-recovery version (harness/tests/it/fleet.rs).
+.PHONY: fleet
+fleet: deps
+	cargo build --release --locked -p harness -p portal-under-test
+	target/release/harness fleet --devices 10000 --recoveries 1000 -j 64 --seed 26 \
+	  --json target/fleet.json --junit target/fleet.xml $(ARGS)

@@ -6,6 +6,7 @@
 //! [`run`]; new failure kinds get a [`CliError`] variant and an exit code in [`exit_codes`].
 
 mod eventlog;
+mod fleet;
 mod run;
 mod volume;
 
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use fleet::FleetArgs;
 pub use run::{CatalogArgs, RunArgs};
 
 use bitlocker::keywrap::{self, KeyWrapError, Nonce, WrappedKey};
@@ -46,6 +48,10 @@ pub enum Command {
     /// Run the scenario catalog end to end against a portal (the embedded one by default).
     /// Exit 0: all passed; 1: some scenario failed; 2: bad usage, catalog or portal.
     Run(RunArgs),
+    /// Many simulated devices escrow and check in while some recover at once (help desk and
+    /// self-service), with latency figures. Exit 0: every device as expected; 1: a wrong key,
+    /// a lost escrow, a 5xx or another failed device; 2: bad usage.
+    Fleet(FleetArgs),
     /// List the scenarios a run would play.
     List(CatalogArgs),
     /// Check every scenario file; names file:line:column of each problem.
@@ -170,6 +176,19 @@ pub enum CliError {
     /// A `harness eventlog` command failed.
     #[error("{0}")]
     Eventlog(#[source] eventlog::EventLogCliError),
+    /// `harness fleet` could not be played (setup failed).
+    #[error("{0}")]
+    Fleet(#[source] crate::fleet::FleetError),
+    /// A `harness fleet` report could not be written.
+    #[error("{0}")]
+    FleetReport(#[source] crate::fleet::report::FleetReportError),
+    /// `harness fleet` finished and some devices failed, or the portal answered 5xx.
+    #[error("fleet: {failed} of {total} devices failed, {server_errors} server errors (5xx)")]
+    FleetFailed {
+        failed: usize,
+        total: usize,
+        server_errors: u64,
+    },
     /// The run finished and some scenarios failed.
     #[error("{failed} of {total} scenarios failed")]
     ScenariosFailed { failed: usize, total: usize },
@@ -179,15 +198,17 @@ impl CliError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::InvalidPassword(_) | Self::Unwrap(_) | Self::ScenariosFailed { .. } => {
-                exit_codes::FAILED
-            }
+            Self::InvalidPassword(_)
+            | Self::Unwrap(_)
+            | Self::ScenariosFailed { .. }
+            | Self::Fleet(_)
+            | Self::FleetFailed { .. } => exit_codes::FAILED,
             Self::BadHex { .. }
             | Self::Catalog(_)
             | Self::Filter(_)
             | Self::Portal(_)
             | Self::Usage(_) => exit_codes::USAGE,
-            Self::Io(_) | Self::Report(_) => exit_codes::IO,
+            Self::Io(_) | Self::Report(_) | Self::FleetReport(_) => exit_codes::IO,
             Self::Volume(e) => e.exit_code(),
             Self::Eventlog(e) => e.exit_code(),
         }
@@ -199,6 +220,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
     match &cli.command {
         Command::RecoveryPassword(cmd) => recovery_password(cmd, out),
         Command::Run(args) => run::run(args, out),
+        Command::Fleet(args) => fleet::run(args, out),
         Command::List(args) => run::list(args, out),
         Command::Validate(args) => run::validate(args, out),
         Command::Volume(cmd) => volume::run(cmd, out),

@@ -9,6 +9,7 @@ mod eventlog;
 mod eventlog_real;
 mod eventlog_scenarios;
 mod expectations;
+mod fleet;
 mod fuzz_replay;
 mod log_hygiene;
 mod machine;

@@ -1,0 +1,246 @@
+//! `harness fleet`: many simulated devices and concurrent recoveries against one portal.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use portal_client::{find_portal_bin, EmbeddedOptions, EmbeddedReplicas, PortalTarget};
+
+use super::CliError;
+use crate::fleet::{self, report, FleetOptions, Phase};
+
+/// The largest fleet one run plays (bounded in count).
+const MAX_DEVICES: usize = 1_000_000;
+
+/// `harness fleet`.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// Simulated devices: each enrolls, escrows a real recovery password and checks in.
+    #[arg(long, value_name = "N")]
+    pub devices: usize,
+    /// How many of them lock out and recover (half through the help desk API, half through
+    /// self-service), verify the key against their protector and rotate it.
+    #[arg(long, value_name = "M", default_value_t = 0)]
+    pub recoveries: usize,
+    /// Devices in flight at once.
+    #[arg(short = 'j', long, value_name = "C", default_value_t = 16)]
+    pub jobs: usize,
+    /// After enrollment, keep the devices that did not lock out checking in, back to back
+    /// (`-j` more tasks), while the recoveries run, for this long: `90s`, `10m`, `1h` (at
+    /// most 24h). A soak: every check-in must succeed and ask to rotate nothing. Keeps one
+    /// connection per device open.
+    #[arg(long, value_name = "T", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Seed of the fleet (names, key material, who locks out): the same seed plays the same
+    /// fleet. Against a long-lived portal use a new seed per run (names and key IDs repeat).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the report as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write JUnit XML here (a test case per device, and one for "no server errors").
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Play against a running portal at this URL instead of starting the embedded one.
+    /// Repeat it for replicas of one portal (each actor pinned to one, as `harness run`).
+    #[arg(long, value_name = "URL", requires = "admin_token")]
+    pub portal_url: Vec<String>,
+    /// PEM certificate to trust for `--portal-url`.
+    #[arg(long, value_name = "FILE", requires = "portal_url")]
+    pub portal_ca: Option<PathBuf>,
+    /// Admin API token of the portal at `--portal-url`.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "HARNESS_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// The portal binary to start (default: `portal-under-test` next to this program). It
+    /// inherits this process's environment (`FAILPOINTS` for a build with fault points).
+    #[arg(long, value_name = "PATH", conflicts_with = "portal_url")]
+    pub portal_bin: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl FleetArgs {
+    fn options(&self) -> Result<FleetOptions, CliError> {
+        if self.devices == 0 || self.devices > MAX_DEVICES {
+            return Err(CliError::Usage(format!(
+                "--devices: between 1 and {MAX_DEVICES}, got {}",
+                self.devices
+            )));
+        }
+        if self.recoveries > self.devices {
+            return Err(CliError::Usage(format!(
+                "--recoveries: at most --devices ({}), got {}",
+                self.devices, self.recoveries
+            )));
+        }
+        if self.jobs == 0 {
+            return Err(CliError::Usage("-j: at least 1".into()));
+        }
+        Ok(FleetOptions {
+            devices: self.devices,
+            recoveries: self.recoveries,
+            jobs: self.jobs,
+            seed: self.seed,
+            duration: self.duration,
+        })
+    }
+}
+
+/// `harness fleet`: exit 0 when every device got its expected verdict and no call got a
+/// 5xx; 1 otherwise (wrong key, lost escrow, 5xx, ...); 2 on bad usage.
+pub fn run(args: &FleetArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let options = args.options()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // The embedded portal lives until the end of this function (dropped: killed, reaped).
+    let (target, _embedded) = match args.portal_url.as_slice() {
+        [] => {
+            let bin = find_portal_bin(args.portal_bin.as_deref())?;
+            let portal = runtime.block_on(EmbeddedReplicas::start(
+                &bin,
+                1,
+                &EmbeddedOptions::default(),
+            ))?;
+            (portal.target().clone(), Some(portal))
+        }
+        urls => {
+            let replicas = urls
+                .iter()
+                .map(|url| {
+                    reqwest::Url::parse(url)
+                        .map_err(|e| CliError::Usage(format!("--portal-url {url:?}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let target = PortalTarget {
+                url: replicas[0].clone(),
+                replicas: if replicas.len() > 1 {
+                    replicas
+                } else {
+                    Vec::new()
+                },
+                ca_cert: args.portal_ca.clone(),
+                admin_token: args.admin_token.clone().unwrap_or_default(),
+            };
+            runtime.block_on(check_reachable(&target))?;
+            (target, None)
+        }
+    };
+
+    let total = (options.devices + options.recoveries.min(options.devices)) as u64;
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(total)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let progress_bar = bar.clone();
+    let soak_check_ins = std::sync::atomic::AtomicU64::new(0);
+    let progress: fleet::Progress = Arc::new(move |phase| match phase {
+        Phase::Enroll => {
+            progress_bar.inc(1);
+            progress_bar.set_message("enroll + escrow + check in");
+        }
+        Phase::Recover => {
+            progress_bar.inc(1);
+            progress_bar.set_message("recover + verify + rotate");
+        }
+        Phase::CheckIn => {
+            let n = soak_check_ins.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n % 100 == 0 {
+                progress_bar.set_message(format!("soak: {n} check-ins"));
+            }
+        }
+    });
+    let result = runtime.block_on(fleet::run(&target, &options, progress));
+    bar.finish_and_clear();
+    let report = result.map_err(CliError::Fleet)?;
+
+    write!(out, "{}", report::summary(&report))?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, report::json(&report).map_err(CliError::FleetReport)?)?;
+    }
+    if let Some(path) = &args.junit {
+        std::fs::write(path, report::junit(&report).map_err(CliError::FleetReport)?)?;
+    }
+    if !report.passed() {
+        return Err(CliError::FleetFailed {
+            failed: report.failed_devices().count(),
+            total: report.devices,
+            server_errors: report.server_errors(),
+        });
+    }
+    Ok(())
+}
+
+/// `90s`, `10m`, `1h`, or plain seconds; between 1 s and 24 h.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => {
+            return Err(format!(
+                "{text:?}: expected a number and s, m or h, e.g. 10m"
+            ))
+        }
+    };
+    let secs = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|s| (1..=24 * 3600).contains(s))
+        .ok_or_else(|| format!("{text:?}: between 1s and 24h"))?;
+    Ok(Duration::from_secs(secs))
+}
+
+/// Every replica answers the admin API.
+async fn check_reachable(target: &PortalTarget) -> Result<(), CliError> {
+    let urls = if target.replicas.is_empty() {
+        vec![target.url.clone()]
+    } else {
+        target.replicas.clone()
+    };
+    for url in urls {
+        let one = PortalTarget {
+            url,
+            replicas: Vec::new(),
+            ..target.clone()
+        };
+        portal_client::Admin::new(&one)?.settings().await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn durations_in_seconds_minutes_hours_and_bounded() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        for bad in ["0s", "25h", "10 minutes", "m", "-3s", ""] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! `harness fleet`: many simulated devices and concurrent recoveries against one portal, with
+//! figures (issue 26).
+//!
+//! - [`plan`]: the devices drawn from the seed (names, accounts, real key material, who locks
+//!   out and how they recover).
+//! - [`protector`]: a locked-out device's recovery-password protector and the check of a
+//!   recovered password against it (the real stretch and MAC).
+//! - [`run`]: plays the fleet over HTTP through `portal-client`, `jobs` devices at a time.
+//! - [`metrics`]: latency histograms (hdrhistogram) and failures by status per operation.
+//! - [`verdict`]: a verdict per device and the pass rule.
+//! - [`report`]: the terminal summary and the JSON report.
+
+pub mod metrics;
+pub mod plan;
+pub mod protector;
+pub mod report;
+pub mod run;
+pub mod verdict;
+
+pub use run::{run, FleetError, FleetOptions, Phase, Progress};
+pub use verdict::{DeviceReport, FleetReport, Verdict};

@@ -1,0 +1,197 @@
+//! The fleet's devices, drawn from the seed: names, users, key material and which devices
+//! lock out (and through which route they recover). The same seed gives the same plan.
+
+use bitlocker::keywrap::Nonce;
+use bitlocker::{KeyProtectorId, RecoveryPassword, Salt};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::keys::{GeneratedKey, KeyGenerator, KeySetSpec};
+
+/// How a locked-out device's user gets the recovery password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    /// The help desk JSON lookup (API.md §5), by a help desk account's API token.
+    HelpDesk,
+    /// The end user at `/SelfService`, played as a browser without JavaScript.
+    SelfService,
+}
+
+/// One recovery-password protector's escrowed identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceKey {
+    /// Volume GUID, display form without braces.
+    pub volume_id: String,
+    pub key_protector_id: KeyProtectorId,
+    pub password: RecoveryPassword,
+}
+
+/// One simulated device of the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedDevice {
+    pub index: usize,
+    /// `fleet-s{seed}-{index:06}`.
+    pub name: String,
+    /// The device's user (`fleet.s{seed}.u{index:06}`) and that account's password.
+    pub user: String,
+    pub user_password: String,
+    /// The recovery password escrowed at enrollment.
+    pub key: DeviceKey,
+    /// The protector's salt and the AES-CCM nonce of its wrapped volume master key.
+    pub salt: Salt,
+    pub nonce: Nonce,
+    /// The volume master key the recovery password protects.
+    pub vmk: [u8; 32],
+    /// `Some` for the devices that lock out.
+    pub recovery: Option<Route>,
+    /// The recovery password the device rotates to after its key was shown.
+    pub next_key: DeviceKey,
+}
+
+/// `devices` devices, `recoveries` of them locking out (alternately help desk and
+/// self-service, in the order drawn). `recoveries` is capped at `devices`.
+pub fn plan(seed: u64, devices: usize, recoveries: usize) -> Vec<PlannedDevice> {
+    // Two keys per device from the bulk generator: the escrowed one and its rotation.
+    let spec = KeySetSpec {
+        count: 2 * devices as u64,
+        seed,
+        keys_per_device: 2,
+        users: 0,
+        ..KeySetSpec::default()
+    };
+    let mut keys = KeyGenerator::new(spec);
+    let mut routes = vec![None; devices];
+    let mut chooser = ChaCha8Rng::seed_from_u64(seed);
+    let chosen = rand::seq::index::sample(&mut chooser, devices, recoveries.min(devices));
+    for (i, device) in chosen.iter().enumerate() {
+        routes[device] = Some(if i % 2 == 0 {
+            Route::HelpDesk
+        } else {
+            Route::SelfService
+        });
+    }
+    let mut planned = Vec::with_capacity(devices);
+    for (index, recovery) in routes.into_iter().enumerate() {
+        let (Some(first), Some(second)) = (keys.next(), keys.next()) else {
+            break;
+        };
+        // The protector's secrets come from a stream of their own per device.
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(1 + index as u64);
+        let mut salt = [0u8; 16];
+        rng.fill_bytes(&mut salt);
+        let mut vmk = [0u8; 32];
+        rng.fill_bytes(&mut vmk);
+        let nonce = Nonce::new(rng.random(), rng.random());
+        planned.push(PlannedDevice {
+            index,
+            name: format!("fleet-s{seed}-{index:06}"),
+            user: format!("fleet.s{seed}.u{index:06}"),
+            user_password: account_password(&mut rng),
+            key: device_key(&first),
+            salt,
+            nonce,
+            vmk,
+            recovery,
+            next_key: device_key(&second),
+        });
+    }
+    planned
+}
+
+fn device_key(generated: &GeneratedKey) -> DeviceKey {
+    let mut key16 = [0u8; 16];
+    for (chunk, value) in key16.chunks_exact_mut(2).zip(generated.password_values) {
+        chunk.copy_from_slice(&value.to_le_bytes());
+    }
+    DeviceKey {
+        volume_id: guid(&generated.volume_id),
+        key_protector_id: KeyProtectorId::from_disk_bytes(disk_order(&generated.key_protector_id)),
+        password: RecoveryPassword::from_key16(&key16),
+    }
+}
+
+/// `XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX` from display-order bytes, upper case.
+fn guid(bytes: &[u8; 16]) -> String {
+    let hex = hex::encode_upper(bytes);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// Display-order GUID bytes to the on-disk (mixed-endian) order `from_disk_bytes` takes.
+fn disk_order(display: &[u8; 16]) -> [u8; 16] {
+    let mut disk = *display;
+    disk[0..4].reverse();
+    disk[4..6].reverse();
+    disk[6..8].reverse();
+    disk
+}
+
+fn account_password(rng: &mut ChaCha8Rng) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    (0..20)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_fleet_and_another_seed_another() {
+        let a = plan(7, 50, 10);
+        assert_eq!(a, plan(7, 50, 10));
+        let b = plan(8, 50, 10);
+        assert_ne!(a[0].key, b[0].key);
+        assert_ne!(a[0].salt, b[0].salt);
+    }
+
+    #[test]
+    fn recoveries_split_between_help_desk_and_self_service() {
+        let fleet = plan(3, 100, 21);
+        let routes: Vec<Route> = fleet.iter().filter_map(|d| d.recovery).collect();
+        assert_eq!(routes.len(), 21);
+        assert_eq!(routes.iter().filter(|r| **r == Route::HelpDesk).count(), 11);
+        assert_eq!(
+            plan(3, 5, 9)
+                .iter()
+                .filter(|d| d.recovery.is_some())
+                .count(),
+            5
+        );
+    }
+
+    #[test]
+    fn key_ids_print_as_the_generator_prints_them() {
+        let device = &plan(1, 1, 0)[0];
+        let generated = KeyGenerator::new(KeySetSpec {
+            count: 1,
+            seed: 1,
+            keys_per_device: 2,
+            users: 0,
+            ..KeySetSpec::default()
+        })
+        .next()
+        .unwrap();
+        let mut line = Vec::new();
+        crate::keys::format_record(&generated, "X", &mut line);
+        let line = String::from_utf8(line).unwrap();
+        assert!(
+            line.contains(&device.key.key_protector_id.to_string()),
+            "{line}"
+        );
+        assert!(line.contains(&device.key.password.to_string()), "{line}");
+        assert!(line.contains(&device.key.volume_id), "{line}");
+        assert_ne!(device.key, device.next_key);
+    }
+}

@@ -1,0 +1,130 @@
+//! The fleet's reports: a plain-text summary for the terminal, JSON and JUnit XML for
+//! machines (the same spirit as `harness run`'s reports, their own shape).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+
+use super::plan::Route;
+use super::verdict::FleetReport;
+
+/// Why a report could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetReportError {
+    #[error("cannot write JUnit XML: {0}")]
+    Junit(#[from] quick_junit::SerializeError),
+    #[error("cannot write JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+fn route_name(route: Option<Route>) -> &'static str {
+    match route {
+        None => "no lockout",
+        Some(Route::HelpDesk) => "help desk",
+        Some(Route::SelfService) => "self-service",
+    }
+}
+
+/// The terminal summary: verdicts, then one line per operation, then failures by status and
+/// the first failed devices.
+pub fn summary(report: &FleetReport) -> String {
+    let mut s = String::new();
+    let verdicts: Vec<String> = report
+        .verdicts
+        .iter()
+        .map(|(v, n)| format!("{} {n}", v.name()))
+        .collect();
+    let _ = writeln!(
+        s,
+        "fleet: {} devices, {} recoveries, -j {}, seed {}: {} in {:.1} s \
+         (enrollment {:.1} s, recoveries {:.1} s)",
+        report.devices,
+        report.recoveries,
+        report.jobs,
+        report.seed,
+        verdicts.join(", "),
+        report.wall_secs,
+        report.enroll_secs,
+        report.recover_secs
+    );
+    let _ = writeln!(
+        s,
+        "{:<22}{:>8}{:>8}{:>10}{:>10}{:>10}{:>10}{:>10}",
+        "operation", "count", "failed", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
+    );
+    for op in &report.operations {
+        let _ = writeln!(
+            s,
+            "{:<22}{:>8}{:>8}{:>10.1}{:>10.1}{:>10.1}{:>10.1}{:>10.1}",
+            op.op, op.count, op.failed, op.ops_per_sec, op.p50_ms, op.p90_ms, op.p99_ms, op.max_ms
+        );
+    }
+    if !report.failures_by_status.is_empty() {
+        let by_status: Vec<String> = report
+            .failures_by_status
+            .iter()
+            .map(|(kind, n)| format!("{kind}: {n}"))
+            .collect();
+        let _ = writeln!(s, "failures by status: {}", by_status.join(", "));
+    }
+    const SHOWN: usize = 10;
+    let failed: Vec<_> = report.failed_devices().collect();
+    for d in failed.iter().take(SHOWN) {
+        let _ = writeln!(
+            s,
+            "FAIL {} ({}): {}: {}",
+            d.name,
+            route_name(d.route),
+            d.verdict.name(),
+            d.detail.as_deref().unwrap_or("")
+        );
+    }
+    if failed.len() > SHOWN {
+        let _ = writeln!(s, "... and {} more failed devices", failed.len() - SHOWN);
+    }
+    s
+}
+
+/// The whole report as pretty JSON.
+pub fn json(report: &FleetReport) -> Result<String, FleetReportError> {
+    Ok(serde_json::to_string_pretty(report)?)
+}
+
+/// JUnit XML: one test case per device (its expected verdict is the test), and one for "no
+/// server errors".
+pub fn junit(report: &FleetReport) -> Result<String, FleetReportError> {
+    let mut suite = TestSuite::new("harness-fleet");
+    for d in &report.device_reports {
+        let status = if d.passed() {
+            TestCaseStatus::success()
+        } else {
+            let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            status.set_message(format!(
+                "expected {}, got {}",
+                d.expected().name(),
+                d.verdict.name()
+            ));
+            status.set_description(d.detail.clone().unwrap_or_default());
+            status
+        };
+        let mut case = TestCase::new(d.name.clone(), status);
+        case.set_classname(format!("fleet.{}", route_name(d.route).replace(' ', "-")));
+        suite.add_test_case(case);
+    }
+    let server_errors = report.server_errors();
+    let status = if server_errors == 0 {
+        TestCaseStatus::success()
+    } else {
+        let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+        status.set_message(format!("{server_errors} calls answered 5xx"));
+        status
+    };
+    let mut case = TestCase::new("no server errors", status);
+    case.set_classname("fleet");
+    suite.add_test_case(case);
+    suite.set_time(Duration::from_secs_f64(report.wall_secs.max(0.0)));
+    let mut junit = Report::new("harness fleet");
+    junit.add_test_suite(suite);
+    Ok(junit.to_string()?)
+}

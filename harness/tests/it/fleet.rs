@@ -1,0 +1,221 @@
+//! `harness fleet` against real portal processes on loopback: the `make test` size (200
+//! devices, 20 recoveries) on the embedded portal, a portal with the `corrupt_key_digit`
+//! fault caught as wrong keys, and bad usage.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Instant;
+
+use crate::common::{harness, portal_bin, workspace_root};
+
+/// Runs `harness fleet`; its exit, its JSON report and its JUnit XML.
+fn fleet(args: &[&str], env: &[(&str, &str)]) -> (Output, serde_json::Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("fleet.json");
+    let junit = dir.path().join("fleet.xml");
+    let out = harness()
+        .arg("fleet")
+        .args(args)
+        .arg("--quiet")
+        .arg("--json")
+        .arg(&json)
+        .arg("--junit")
+        .arg(&junit)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let report = std::fs::read_to_string(&json)
+        .map(|text| serde_json::from_str(&text).unwrap())
+        .unwrap_or(serde_json::Value::Null);
+    (
+        out,
+        report,
+        std::fs::read_to_string(&junit).unwrap_or_default(),
+    )
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "exit {:?}\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn op<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["op"] == name)
+        .unwrap_or_else(|| panic!("no operation {name} in {report}"))
+}
+
+/// The issue's `make test` size: every device escrowed, every recovered key verified against
+/// its protector and rotated, no failed call, exit 0.
+#[test]
+fn fleet_of_200_devices_and_20_recoveries_on_the_embedded_portal() {
+    let _ = portal_bin();
+    let started = Instant::now();
+    let (out, report, junit) = fleet(
+        &[
+            "--devices",
+            "200",
+            "--recoveries",
+            "20",
+            "-j",
+            "16",
+            "--seed",
+            "26",
+        ],
+        &[],
+    );
+    println!("200 devices, 20 recoveries: {:?}", started.elapsed());
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        report["verdicts"],
+        serde_json::json!({"escrowed": 180, "rotated": 20})
+    );
+    assert_eq!(report["failures_by_status"], serde_json::json!({}));
+    let devices = report["device_reports"].as_array().unwrap();
+    assert_eq!(devices.len(), 200);
+    let recovered: Vec<_> = devices.iter().filter(|d| !d["route"].is_null()).collect();
+    assert_eq!(recovered.len(), 20);
+    for d in &recovered {
+        assert_eq!(d["key_verified"], true, "{d}");
+        assert_eq!(d["verdict"], "rotated", "{d}");
+    }
+    let by_route = |route: &str| recovered.iter().filter(|d| d["route"] == route).count();
+    assert_eq!((by_route("help_desk"), by_route("self_service")), (10, 10));
+    assert_eq!(op(&report, "helpdesk_lookup")["count"], 10);
+    assert_eq!(op(&report, "self_service_sign_in")["count"], 10);
+    assert_eq!(op(&report, "verify")["count"], 20);
+    assert_eq!(op(&report, "verify")["failed"], 0);
+    assert_eq!(op(&report, "confirm_rotation")["count"], 20);
+    // Enrollment escrow + the rotated keys; two check-ins more per rotation.
+    assert_eq!(op(&report, "escrow")["count"], 220);
+    assert_eq!(op(&report, "check_in")["count"], 240);
+    for o in report["operations"].as_array().unwrap() {
+        let (p50, p99, max) = (
+            o["p50_ms"].as_f64(),
+            o["p99_ms"].as_f64(),
+            o["max_ms"].as_f64(),
+        );
+        assert!(p50 <= p99 && p99 <= max && max > Some(0.0), "{o}");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("escrowed 180, rotated 20"), "{stdout}");
+    assert!(
+        junit.contains(r#"tests="201""#) && junit.contains(r#"failures="0""#),
+        "{junit}"
+    );
+}
+
+/// A portal that changes a digit of every key it shows (the failpoints build's
+/// `corrupt_key_digit`): every recovery is a wrong key, named as such, and the fleet exits 1.
+#[test]
+fn a_portal_handing_out_wrong_keys_fails_the_fleet_as_wrong_key() {
+    let bin = std::env::var_os("PORTAL_FAILPOINTS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/failpoints/debug/portal-under-test"));
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p portal-under-test --features failpoints --target-dir target/failpoints` (make test does)",
+        bin.display()
+    );
+    let bin = bin.to_string_lossy().into_owned();
+    let (out, report, junit) = fleet(
+        &[
+            "--devices",
+            "12",
+            "--recoveries",
+            "4",
+            "-j",
+            "4",
+            "--portal-bin",
+            &bin,
+        ],
+        &[("FAILPOINTS", "corrupt_key_digit=return")],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(
+        report["verdicts"],
+        serde_json::json!({"escrowed": 8, "wrong_key": 4})
+    );
+    for d in report["device_reports"].as_array().unwrap() {
+        if !d["route"].is_null() {
+            assert_eq!(d["key_verified"], false, "{d}");
+            assert!(
+                d["detail"].as_str().unwrap().contains("does not unlock"),
+                "{d}"
+            );
+        }
+    }
+    assert_eq!(op(&report, "verify")["failures"]["wrong key"], 4);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("wrong_key"), "{stdout}");
+    assert!(junit.contains(r#"failures="4""#), "{junit}");
+    assert!(junit.contains("expected rotated, got wrong_key"), "{junit}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("4 of 12 devices failed"),
+        "{}",
+        show(&out)
+    );
+}
+
+/// `--duration`: the devices that did not lock out keep checking in while the recoveries
+/// run, and none of those check-ins fails or asks to rotate anything.
+#[test]
+fn a_short_soak_keeps_checking_in_until_the_duration_is_over() {
+    let _ = portal_bin();
+    let started = Instant::now();
+    let (out, report, _) = fleet(
+        &[
+            "--devices",
+            "20",
+            "--recoveries",
+            "4",
+            "-j",
+            "4",
+            "--duration",
+            "3s",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(3));
+    assert_eq!(
+        report["verdicts"],
+        serde_json::json!({"escrowed": 16, "rotated": 4})
+    );
+    assert_eq!(report["duration_secs"], 3.0);
+    assert!(
+        report["recover_secs"].as_f64().unwrap() >= 3.0,
+        "{}",
+        report["recover_secs"]
+    );
+    // 20 enrollment check-ins and 8 around the rotations; the soak adds many more.
+    let check_ins = op(&report, "check_in")["count"].as_u64().unwrap();
+    assert!(check_ins > 28 + 16, "{check_ins} check-ins");
+    assert_eq!(op(&report, "check_in")["failed"], 0);
+}
+
+#[test]
+fn fleet_bad_usage_exits_2_naming_the_flag() {
+    for (args, flag) in [
+        (vec!["--devices", "5", "--recoveries", "6"], "--recoveries"),
+        (vec!["--devices", "0"], "--devices"),
+        (vec!["--devices", "5", "-j", "0"], "-j"),
+        (vec!["--devices", "many"], "--devices"),
+        (vec!["--devices", "5", "--duration", "25h"], "--duration"),
+    ] {
+        let out = harness().arg("fleet").args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", show(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(flag),
+            "{args:?}: {}",
+            show(&out)
+        );
+    }
+}
