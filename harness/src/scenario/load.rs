@@ -65,9 +65,13 @@ struct Listed<'a>(&'a [ScenarioError]);
 impl fmt::Display for Listed<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
+        let mut files: Vec<&Path> = self.0.iter().map(ScenarioError::file).collect();
+        files.dedup();
+        let m = files.len();
         write!(
             f,
-            "{n} invalid scenario file{}:",
+            "{m} invalid scenario file{}, {n} problem{}:",
+            if m == 1 { "" } else { "s" },
             if n == 1 { "" } else { "s" }
         )?;
         for e in self.0 {
@@ -77,21 +81,141 @@ impl fmt::Display for Listed<'_> {
     }
 }
 
-/// Reads and checks one scenario file.
+/// Reads and checks one scenario file; the first problem (in file order) if there are any.
 pub fn load_scenario(file: &Path) -> Result<Scenario, ScenarioError> {
-    let text = std::fs::read_to_string(file).map_err(|source| ScenarioError::Read {
-        file: file.to_path_buf(),
-        source,
-    })?;
-    parse_scenario(file, &text)
+    check_scenario_file(file).map_err(first_problem)
 }
 
-/// Parses and checks one scenario; `file` is used in errors and kept in the scenario.
+/// Reads and checks one scenario file, reporting every problem found, in file order.
+/// The file must be named after the scenario (`<name>.yaml`).
+pub fn check_scenario_file(file: &Path) -> Result<Scenario, Vec<ScenarioError>> {
+    let text = std::fs::read_to_string(file).map_err(|source| {
+        vec![ScenarioError::Read {
+            file: file.to_path_buf(),
+            source,
+        }]
+    })?;
+    let parsed = check_scenario(file, &text);
+    let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned());
+    let named = match &parsed {
+        Ok(s) => Some(s.name.clone()),
+        // A name is still worth checking when something else is wrong.
+        Err(_) => serde_yaml::from_str::<NameOnly>(&text).ok().map(|n| n.name),
+    };
+    let misnamed = match (named, stem) {
+        (Some(name), Some(stem)) if name != stem => {
+            let at = Locator::new(&text).locate(&[Key("name")]);
+            Some(ScenarioError::Invalid {
+                file: file.to_path_buf(),
+                line: at.line,
+                column: at.column,
+                message: format!(
+                    "name: the scenario `{name}` must be in a file named `{name}.yaml` (this one is `{stem}`)"
+                ),
+            })
+        }
+        _ => None,
+    };
+    match (parsed, misnamed) {
+        (Ok(s), None) => Ok(s),
+        (Ok(_), Some(e)) => Err(vec![e]),
+        (Err(errors), None) => Err(errors),
+        (Err(mut errors), Some(e)) => {
+            errors.push(e);
+            sort_by_position(&mut errors);
+            Err(errors)
+        }
+    }
+}
+
+/// The `name:` of a document whatever else it holds.
+#[derive(serde::Deserialize)]
+struct NameOnly {
+    name: String,
+}
+
+/// Parses and checks one scenario; `file` is used in errors and kept in the scenario. The
+/// first problem (in file order) if there are any.
 pub fn parse_scenario(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
-    let mut scenario: Scenario = serde_yaml::from_str(text).map_err(|e| match e.location() {
+    check_scenario(file, text).map_err(first_problem)
+}
+
+fn first_problem(errors: Vec<ScenarioError>) -> ScenarioError {
+    let mut errors = errors.into_iter();
+    errors.next().unwrap_or_else(|| ScenarioError::Unplaced {
+        file: PathBuf::new(),
+        message: "invalid scenario".to_string(),
+    })
+}
+
+/// Parses and checks one scenario, reporting every problem, in file order: a syntax error
+/// alone (nothing after it can be read reliably); else the first type error of each
+/// top-level section; else every broken rule of the loader's checks.
+pub fn check_scenario(file: &Path, text: &str) -> Result<Scenario, Vec<ScenarioError>> {
+    let located = |line: usize, column: usize, message: String| ScenarioError::Invalid {
+        file: file.to_path_buf(),
+        line,
+        column,
+        message,
+    };
+    let mut scenario: Scenario = match serde_yaml::from_str(text) {
+        Ok(s) => s,
+        Err(first) => return Err(parse_errors(file, text, first)),
+    };
+    scenario.file = file.to_path_buf();
+    let locator = Locator::new(text);
+    let mut errors = Vec::new();
+    if let Some(pin) = &scenario.device.pin {
+        // serde reads any scalar as a string; YAML tools do not: an unquoted 0123 is a
+        // number to them (octal 83 in YAML 1.1), 582046 too.
+        let path = [Key("device"), Key("pin")];
+        if let Some(at) = locator.plain_scalar(&path) {
+            errors.push(located(
+                at.line,
+                at.column,
+                format!(
+                    "{}: a PIN is a string: quote it (`pin: \"{pin}\"`); unquoted, YAML readers take `{pin}` as a number (a leading 0 even as octal)",
+                    path_string(&path)
+                ),
+            ));
+        }
+    }
+    let mut broken = validate(&scenario);
+    if broken.is_empty() {
+        // The log is checked against a change that is known to be valid.
+        broken.extend(load_event_log(&mut scenario).err());
+    }
+    for Semantic { path, message } in broken {
+        let at = locator.locate(&path);
+        errors.push(located(
+            at.line,
+            at.column,
+            format!("{}: {message}", path_string(&path)),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(scenario)
+    } else {
+        sort_by_position(&mut errors);
+        Err(errors)
+    }
+}
+
+fn sort_by_position(errors: &mut [ScenarioError]) {
+    errors.sort_by_key(|e| match e {
+        ScenarioError::Invalid { line, column, .. } => (*line, *column),
+        _ => (0, 0),
+    });
+}
+
+/// Every error of a document serde could not read. serde stops at its first error, so a
+/// well-formed document is read again one top-level section at a time (each section's
+/// lines alone, its positions shifted back), which finds the first error of each section.
+fn parse_errors(file: &Path, text: &str, first: serde_yaml::Error) -> Vec<ScenarioError> {
+    let to_error = |e: &serde_yaml::Error, line_offset: usize| match e.location() {
         Some(loc) => ScenarioError::Invalid {
             file: file.to_path_buf(),
-            line: loc.line(),
+            line: loc.line() + line_offset,
             column: loc.column(),
             message: strip_location(&e.to_string()).to_string(),
         },
@@ -99,35 +223,48 @@ pub fn parse_scenario(file: &Path, text: &str) -> Result<Scenario, ScenarioError
             file: file.to_path_buf(),
             message: e.to_string(),
         },
-    })?;
-    scenario.file = file.to_path_buf();
-    if let Some(pin) = &scenario.device.pin {
-        // serde reads any scalar as a string; YAML tools do not: an unquoted 0123 is a
-        // number to them (octal 83 in YAML 1.1), 582046 too.
-        let path = [Key("device"), Key("pin")];
-        if let Some(at) = Locator::new(text).plain_scalar(&path) {
-            return Err(ScenarioError::Invalid {
-                file: file.to_path_buf(),
-                line: at.line,
-                column: at.column,
-                message: format!(
-                    "{}: a PIN is a string: quote it (`pin: \"{pin}\"`); unquoted, YAML readers take `{pin}` as a number (a leading 0 even as octal)",
-                    path_string(&path)
-                ),
-            });
+    };
+    // A syntax error (an unclosed `[`, a duplicate key) is named as such, alone: the typed
+    // reader may have stumbled on a type first inside the half-read text.
+    if let Err(syntax) = serde_yaml::from_str::<serde_yaml::Value>(text) {
+        return vec![match to_error(&syntax, 0) {
+            ScenarioError::Invalid {
+                file,
+                line,
+                column,
+                message,
+            } => ScenarioError::Invalid {
+                file,
+                line,
+                column,
+                message: format!("YAML syntax error: {}", drop_positions(&message)),
+            },
+            other => other,
+        }];
+    }
+    let Some(starts) = Locator::new(text).top_level_key_lines() else {
+        return vec![to_error(&first, 0)];
+    };
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let mut errors = Vec::new();
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).map_or(lines.len() + 1, |&next| next);
+        let section: String = lines
+            .get(start - 1..(end - 1).min(lines.len()))
+            .unwrap_or_default()
+            .concat();
+        if let Err(e) = serde_yaml::from_str::<Scenario>(&section) {
+            // Alone, a section lacks the other top-level keys: not its error.
+            if !e.to_string().starts_with("missing field") {
+                errors.push(to_error(&e, start - 1));
+            }
         }
     }
-    let checked = validate(&scenario).and_then(|()| load_event_log(&mut scenario));
-    if let Err(Semantic { path, message }) = checked {
-        let at = Locator::new(text).locate(&path);
-        return Err(ScenarioError::Invalid {
-            file: file.to_path_buf(),
-            line: at.line,
-            column: at.column,
-            message: format!("{}: {message}", path_string(&path)),
-        });
+    if errors.is_empty() {
+        // A missing top-level key, or an error only the whole document shows.
+        errors.push(to_error(&first, 0));
     }
-    Ok(scenario)
+    errors
 }
 
 /// The scenario files named by `paths`: files as given, directories' `*.yaml`/`*.yml`
@@ -175,7 +312,7 @@ pub fn load_catalog<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Scenario>, Catalo
     let mut errors = Vec::new();
     let mut names: HashMap<String, PathBuf> = HashMap::new();
     for file in files {
-        match load_scenario(&file) {
+        match check_scenario_file(&file) {
             Ok(s) => match names.get(&s.name) {
                 Some(first) => errors.push(ScenarioError::DuplicateName {
                     file,
@@ -187,7 +324,7 @@ pub fn load_catalog<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Scenario>, Catalo
                     scenarios.push(s);
                 }
             },
-            Err(e) => errors.push(e),
+            Err(found) => errors.extend(found),
         }
     }
     if errors.is_empty() {
@@ -215,6 +352,27 @@ fn strip_location(message: &str) -> &str {
     message
 }
 
+/// The parser's message without the " at line L column C" it repeats inside (the error
+/// is already placed).
+fn drop_positions(message: &str) -> String {
+    let mut out = message.to_string();
+    while let Some(i) = out.find(" at line ") {
+        let rest = &out[i + " at line ".len()..];
+        let digits = |t: &str| t.bytes().take_while(u8::is_ascii_digit).count();
+        let line_len = digits(rest);
+        let Some(after_line) = rest[line_len..].strip_prefix(" column ") else {
+            break;
+        };
+        let col_len = digits(after_line);
+        if line_len == 0 || col_len == 0 {
+            break;
+        }
+        let end = i + " at line ".len() + line_len + " column ".len() + col_len;
+        out.replace_range(i..end, "");
+    }
+    out
+}
+
 /// A rule broken by a parsed scenario: where (a path into the YAML) and what was expected.
 struct Semantic {
     path: Vec<Seg>,
@@ -236,19 +394,49 @@ fn is_kebab(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn validate(s: &Scenario) -> Result<(), Semantic> {
+/// One independent group of rules: its first broken rule, if any.
+type Check = fn(&Scenario) -> Result<(), Semantic>;
+
+/// Every rule the scenario breaks. Each check stops at its first problem; the checks are
+/// independent, so a file with several mistakes gets one error for each.
+fn validate(s: &Scenario) -> Vec<Semantic> {
+    const CHECKS: &[Check] = &[
+        validate_name,
+        validate_description,
+        validate_tags,
+        validate_device_name,
+        validate_protectors,
+        validate_device_counts,
+        validate_users,
+        validate_change,
+        validate_expect,
+        validate_recovery,
+        validate_checks,
+    ];
+    CHECKS.iter().filter_map(|check| check(s).err()).collect()
+}
+
+fn validate_name(s: &Scenario) -> Result<(), Semantic> {
     if !is_kebab(&s.name) || s.name.len() > 100 {
         return fail(
             vec![Key("name")],
             "expected 1-100 characters of a-z, 0-9, `-` and `_`",
         );
     }
+    Ok(())
+}
+
+fn validate_description(s: &Scenario) -> Result<(), Semantic> {
     if s.description.trim().is_empty() {
         return fail(
             vec![Key("description")],
             "expected a description for QA readers",
         );
     }
+    Ok(())
+}
+
+fn validate_tags(s: &Scenario) -> Result<(), Semantic> {
     for (i, tag) in s.tags.iter().enumerate() {
         if !is_kebab(tag) {
             return fail(
@@ -257,15 +445,10 @@ fn validate(s: &Scenario) -> Result<(), Semantic> {
             );
         }
     }
-    validate_device(s)?;
-    validate_users(s)?;
-    validate_change(s)?;
-    validate_expect(s)?;
-    validate_recovery(s)?;
-    validate_checks(s)
+    Ok(())
 }
 
-fn validate_device(s: &Scenario) -> Result<(), Semantic> {
+fn validate_device_name(s: &Scenario) -> Result<(), Semantic> {
     let d = &s.device;
     let name_ok = (1..=64).contains(&d.name.len())
         && d.name
@@ -277,6 +460,11 @@ fn validate_device(s: &Scenario) -> Result<(), Semantic> {
             "expected 1-64 characters of letters, digits, `-`, `_`, `.`",
         );
     }
+    Ok(())
+}
+
+fn validate_protectors(s: &Scenario) -> Result<(), Semantic> {
+    let d = &s.device;
     if d.protectors.is_empty() {
         return fail(
             vec![Key("device"), Key("protectors")],
@@ -332,6 +520,11 @@ fn validate_device(s: &Scenario) -> Result<(), Semantic> {
         }
         (None, None) => {}
     }
+    Ok(())
+}
+
+fn validate_device_counts(s: &Scenario) -> Result<(), Semantic> {
+    let d = &s.device;
     if !(1..=16).contains(&d.recovery_passwords) {
         return fail(
             vec![Key("device"), Key("recovery_passwords")],
@@ -903,5 +1096,14 @@ mod tests {
     fn strips_only_a_trailing_position() {
         assert_eq!(strip_location("bad at line 3 column 7"), "bad");
         assert_eq!(strip_location("look at line items"), "look at line items");
+    }
+
+    #[test]
+    fn drops_every_inner_position() {
+        assert_eq!(
+            super::drop_positions("no ']' at line 15 column 9, while parsing at line 14 column 17"),
+            "no ']', while parsing"
+        );
+        assert_eq!(super::drop_positions("at line items"), "at line items");
     }
 }
