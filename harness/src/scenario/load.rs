@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::locate::{path_string, Locator, Seg};
 use super::model::{
-    serde_name, Answer, ChangeKind, KeyIdDigits, PinAction, Profile, ProtectorKind, RecoveryVia,
-    Role, RomSigner, Scenario, TpmError,
+    serde_name, Answer, Change, ChangeKind, Expect, KeyIdDigits, PinAction, Profile, ProtectorKind,
+    RecoveryVia, Role, RomSigner, Scenario, TpmError,
 };
 use eventlog::tcg::TcgLog;
 
@@ -408,12 +408,101 @@ fn validate(s: &Scenario) -> Vec<Semantic> {
         validate_protectors,
         validate_device_counts,
         validate_users,
-        validate_change,
-        validate_expect,
         validate_recovery,
         validate_checks,
     ];
-    CHECKS.iter().filter_map(|check| check(s).err()).collect()
+    let mut found: Vec<Semantic> = CHECKS.iter().filter_map(|check| check(s).err()).collect();
+    found.extend(validate_story_form(s).err());
+    for (i, (change, expect)) in s.steps().into_iter().enumerate() {
+        let at = StepAt::new(s, i);
+        found.extend(validate_change(s, change, &at).err());
+        found.extend(validate_expect(s, change, expect, &at).err());
+    }
+    found
+}
+
+/// Where one step's `change` and `expect` are: top level for the single `change`, in
+/// `changes[i]` for a story of several.
+struct StepAt {
+    change: Vec<Seg>,
+    expect: Vec<Seg>,
+}
+
+impl StepAt {
+    fn new(s: &Scenario, i: usize) -> StepAt {
+        if s.changes.is_empty() {
+            StepAt {
+                change: vec![Key("change")],
+                expect: vec![Key("expect")],
+            }
+        } else {
+            StepAt {
+                change: vec![Key("changes"), Index(i), Key("change")],
+                expect: vec![Key("changes"), Index(i), Key("expect")],
+            }
+        }
+    }
+
+    fn change(&self, key: &'static str) -> Vec<Seg> {
+        let mut path = self.change.clone();
+        path.push(Key(key));
+        path
+    }
+
+    fn expect(&self, key: &'static str) -> Vec<Seg> {
+        let mut path = self.expect.clone();
+        path.push(Key(key));
+        path
+    }
+}
+
+/// `change` with `expect`, or `changes`; in `changes` only the last step may recover (the
+/// `recovery` section is how the user gets back in from the story's end).
+fn validate_story_form(s: &Scenario) -> Result<(), Semantic> {
+    if s.changes.is_empty() {
+        if s.change.is_none() {
+            return fail(
+                vec![Key("change")],
+                "missing `change` (or `changes`, a list of changes each with its `expect`)",
+            );
+        }
+        if s.expect.is_none() {
+            return fail(
+                vec![Key("expect")],
+                "missing `expect`: what must follow the change",
+            );
+        }
+        return Ok(());
+    }
+    for key in ["change", "expect"] {
+        let given = if key == "change" {
+            s.change.is_some()
+        } else {
+            s.expect.is_some()
+        };
+        if given {
+            return fail(
+                vec![Key(key)],
+                "`changes` lists every change with its own `expect`: expected no top-level `change` or `expect` besides it",
+            );
+        }
+    }
+    let last = s.changes.len() - 1;
+    for (i, step) in s.changes.iter().enumerate() {
+        if i < last && step.expect.recovery {
+            return fail(
+                vec![Key("changes"), Index(i), Key("expect"), Key("recovery")],
+                "only the last change may end on the recovery screen (the `recovery` section follows it): expected `recovery: false` here",
+            );
+        }
+        if step.change.kind == ChangeKind::None {
+            return fail(
+                vec![Key("changes"), Index(i), Key("change"), Key("kind")],
+                "`none` is for a story with no change at all: leave it out of `changes`",
+            );
+        }
+    }
+    Ok(())
 }
 
 fn validate_name(s: &Scenario) -> Result<(), Semantic> {
@@ -592,16 +681,22 @@ fn load_event_log(s: &mut Scenario) -> Result<(), Semantic> {
         }
     }
     let log = std::sync::Arc::new(log);
-    if let Some(change) = s.change.device_change() {
-        let device = device::Device::from_real_log(rel.display().to_string(), log.clone());
-        if let Err(e) = device.with(&change) {
-            // A signed ROM is refused for its signer (the log cannot say what PCR 7 does).
-            let at = if s.change.signer == Some(RomSigner::UefiCa) {
-                Key("signer")
-            } else {
-                Key("kind")
-            };
-            return fail(vec![Key("change"), at], e.to_string());
+    let mut device = device::Device::from_real_log(rel.display().to_string(), log.clone());
+    for (i, (step, _)) in s.steps().into_iter().enumerate() {
+        let Some(change) = step.device_change() else {
+            continue;
+        };
+        match device.with(&change) {
+            Ok(changed) => device = changed,
+            Err(e) => {
+                // A signed ROM is refused for its signer (the log cannot say what PCR 7 does).
+                let key = if step.signer == Some(RomSigner::UefiCa) {
+                    "signer"
+                } else {
+                    "kind"
+                };
+                return fail(StepAt::new(s, i).change(key), e.to_string());
+            }
         }
     }
     s.device.real_log = Some(log);
@@ -642,12 +737,11 @@ fn validate_users(s: &Scenario) -> Result<(), Semantic> {
     Ok(())
 }
 
-fn validate_change(s: &Scenario) -> Result<(), Semantic> {
-    let c = &s.change;
+fn validate_change(s: &Scenario, c: &Change, at: &StepAt) -> Result<(), Semantic> {
     match (c.kind, c.signer) {
         (ChangeKind::OptionRomAdded, None) => {
             return fail(
-                vec![Key("change"), Key("kind")],
+                at.change("kind"),
                 "`option_rom_added` needs `signer`: `uefi_ca` (PCR 2, and a PCR 7 authority \
                  event the first time the UEFI CA verifies an image) or `unsigned` (PCR 2 only)",
             )
@@ -656,14 +750,14 @@ fn validate_change(s: &Scenario) -> Result<(), Semantic> {
             if s.device.profile == Profile::Legacy =>
         {
             return fail(
-                vec![Key("change"), Key("signer")],
+                at.change("signer"),
                 "a BIOS machine (`profile: legacy`) runs legacy option ROMs, which carry no \
                  UEFI signature and log no authority event: expected `signer: unsigned`",
             )
         }
         (kind, Some(_)) if kind != ChangeKind::OptionRomAdded => {
             return fail(
-                vec![Key("change"), Key("signer")],
+                at.change("signer"),
                 "`signer` belongs to `kind: option_rom_added` only",
             )
         }
@@ -672,7 +766,7 @@ fn validate_change(s: &Scenario) -> Result<(), Semantic> {
     if s.device.profile == Profile::Legacy {
         if let Some(why) = not_on_a_bios_machine(c.kind) {
             return fail(
-                vec![Key("change"), Key("kind")],
+                at.change("kind"),
                 format!(
                     "`{}` cannot happen on a BIOS machine (`profile: legacy`): {why}",
                     serde_name(&c.kind)
@@ -682,25 +776,22 @@ fn validate_change(s: &Scenario) -> Result<(), Semantic> {
     }
     match (c.kind, c.wrong_pins) {
         (ChangeKind::LostPin, None) => fail(
-            vec![Key("change"), Key("kind")],
+            at.change("kind"),
             "`lost_pin` needs `wrong_pins`: how many wrong PINs are typed",
         ),
-        (ChangeKind::LostPin, Some(0)) => fail(
-            vec![Key("change"), Key("wrong_pins")],
-            "expected at least 1",
-        ),
+        (ChangeKind::LostPin, Some(0)) => fail(at.change("wrong_pins"), "expected at least 1"),
         (ChangeKind::LostPin, Some(_)) if !s.device.protectors.contains(&ProtectorKind::TpmPin) => {
             fail(
-                vec![Key("change"), Key("kind")],
+                at.change("kind"),
                 "`lost_pin` needs a `tpm_pin` protector in `device.protectors`",
             )
         }
         (kind, Some(_)) if kind != ChangeKind::LostPin => fail(
-            vec![Key("change"), Key("wrong_pins")],
+            at.change("wrong_pins"),
             "`wrong_pins` belongs to `kind: lost_pin` only",
         ),
         _ if c.then.is_some() && c.kind != ChangeKind::LostPin => fail(
-            vec![Key("change"), Key("then")],
+            at.change("then"),
             "`then` (what the user does after wrong PINs) belongs to `kind: lost_pin` only",
         ),
         _ => Ok(()),
@@ -720,18 +811,17 @@ fn not_on_a_bios_machine(kind: ChangeKind) -> Option<&'static str> {
     }
 }
 
-fn validate_expect(s: &Scenario) -> Result<(), Semantic> {
-    let e = &s.expect;
+fn validate_expect(s: &Scenario, c: &Change, e: &Expect, at: &StepAt) -> Result<(), Semantic> {
     match (e.recovery, e.tpm_error) {
         (true, TpmError::None) => {
             return fail(
-                vec![Key("expect"), Key("tpm_error")],
+                at.expect("tpm_error"),
                 "a recovery needs the TPM error that causes it: expected one of `policy_failed`, `auth_failed`, `locked_out`, `integrity`",
             )
         }
         (false, err) if err != TpmError::None => {
             return fail(
-                vec![Key("expect"), Key("tpm_error")],
+                at.expect("tpm_error"),
                 "without recovery the device unlocks: expected `none`",
             )
         }
@@ -739,7 +829,11 @@ fn validate_expect(s: &Scenario) -> Result<(), Semantic> {
     }
     let profile = s.device.profile;
     for (i, pcr) in e.changed_pcrs.iter().enumerate() {
-        let path = || vec![Key("expect"), Key("changed_pcrs"), Index(i)];
+        let path = || {
+            let mut path = at.expect("changed_pcrs");
+            path.push(Index(i));
+            path
+        };
         if !profile.pcrs().contains(pcr) {
             return fail(
                 path(),
@@ -757,40 +851,40 @@ fn validate_expect(s: &Scenario) -> Result<(), Semantic> {
     let policy = e.tpm_error == TpmError::PolicyFailed;
     if policy && e.changed_pcrs.is_empty() {
         return fail(
-            vec![Key("expect"), Key("tpm_error")],
+            at.expect("tpm_error"),
             "`policy_failed` needs `changed_pcrs`: the profile PCRs that changed",
         );
     }
     if !policy && !e.changed_pcrs.is_empty() {
         return fail(
-            vec![Key("expect"), Key("changed_pcrs")],
+            at.expect("changed_pcrs"),
             "only `tpm_error: policy_failed` comes from changed PCRs: expected none here",
         );
     }
-    if s.change.kind == ChangeKind::None && e.recovery {
+    if c.kind == ChangeKind::None && e.recovery {
         return fail(
-            vec![Key("expect"), Key("recovery")],
+            at.expect("recovery"),
             "`change: none` does not even reboot: expected `recovery: false`",
         );
     }
     if matches!(e.tpm_error, TpmError::AuthFailed | TpmError::LockedOut)
-        && s.change.kind != ChangeKind::LostPin
+        && c.kind != ChangeKind::LostPin
     {
         return fail(
-            vec![Key("expect"), Key("tpm_error")],
+            at.expect("tpm_error"),
             "`auth_failed` and `locked_out` come from wrong PINs: expected `change.kind: lost_pin`",
         );
     }
-    if s.change.kind == ChangeKind::LostPin {
-        validate_pin_action(s)?;
+    if c.kind == ChangeKind::LostPin {
+        validate_pin_action(c, e, at)?;
     }
     // The TPM counts a wrong PIN up to the threshold (the threshold-th still answers
     // auth_failed) and refuses every later attempt as locked out.
     let threshold = s.device.lockout_threshold;
-    if let Some(wrong) = s.change.wrong_pins {
+    if let Some(wrong) = c.wrong_pins {
         if e.tpm_error == TpmError::AuthFailed && wrong > threshold {
             return fail(
-                vec![Key("change"), Key("wrong_pins")],
+                at.change("wrong_pins"),
                 format!(
                     "after {wrong} wrong PINs a TPM with `lockout_threshold: {threshold}` is locked out: the last one is answered `locked_out`, not `auth_failed` (at most {threshold} wrong PINs get `auth_failed`)"
                 ),
@@ -802,19 +896,18 @@ fn validate_expect(s: &Scenario) -> Result<(), Semantic> {
 
 /// What the lost-PIN user does decides which answers can follow; whether the TPM gives
 /// them (locked out or not after `wrong_pins`) is the runner's check against the TPM.
-fn validate_pin_action(s: &Scenario) -> Result<(), Semantic> {
-    let e = &s.expect;
-    match s.change.pin_action() {
+fn validate_pin_action(c: &Change, e: &Expect, at: &StepAt) -> Result<(), Semantic> {
+    match c.pin_action() {
         PinAction::Esc => {
             if !e.recovery {
                 return fail(
-                    vec![Key("expect"), Key("recovery")],
+                    at.expect("recovery"),
                     "`then: esc` takes the recovery screen: expected `recovery: true` (or `then: right_pin`)",
                 );
             }
             if !matches!(e.tpm_error, TpmError::AuthFailed | TpmError::LockedOut) {
                 return fail(
-                    vec![Key("expect"), Key("tpm_error")],
+                    at.expect("tpm_error"),
                     "after wrong PINs and Esc the TPM's last answer is `auth_failed` or `locked_out`",
                 );
             }
@@ -822,7 +915,7 @@ fn validate_pin_action(s: &Scenario) -> Result<(), Semantic> {
         PinAction::RightPin => {
             if !matches!(e.tpm_error, TpmError::None | TpmError::LockedOut) {
                 return fail(
-                    vec![Key("expect"), Key("tpm_error")],
+                    at.expect("tpm_error"),
                     "the right PIN either unlocks (`none`) or meets a locked-out TPM (`locked_out`)",
                 );
             }
@@ -833,9 +926,9 @@ fn validate_pin_action(s: &Scenario) -> Result<(), Semantic> {
 
 fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
     let r =
-        match (&s.recovery, s.expect.recovery) {
+        match (&s.recovery, s.recovers()) {
             (None, true) => return fail(
-                vec![Key("expect"), Key("recovery")],
+                last_expect_path(s, "recovery"),
                 "a recovery is expected: add a `recovery` section saying how the user gets back in",
             ),
             (Some(_), false) => {
@@ -964,7 +1057,7 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
                 "Manage TPM asks for the computer, not a key ID: remove `key_id_digits`",
             );
         }
-        if s.expect.tpm_error != TpmError::LockedOut {
+        if s.last_step().map(|(_, e)| e.tpm_error) != Some(TpmError::LockedOut) {
             return fail(
                 vec![Key("recovery"), Key("via")],
                 "a TPM lockout reset needs a locked-out TPM: expected `expect.tpm_error: locked_out`",
@@ -998,6 +1091,11 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
         );
     }
     Ok(())
+}
+
+/// `expect.KEY` of the story's last step.
+fn last_expect_path(s: &Scenario, key: &'static str) -> Vec<Seg> {
+    StepAt::new(s, s.steps().len().saturating_sub(1)).expect(key)
 }
 
 fn validate_checks(s: &Scenario) -> Result<(), Semantic> {

@@ -40,10 +40,12 @@ fn catalog_covers_every_required_story() {
     let scenarios = catalog();
     let has = |kind: ChangeKind, profile: Option<Profile>, recovery: bool, error: TpmError| {
         scenarios.iter().any(|s| {
-            s.change.kind == kind
-                && profile.is_none_or(|p| s.device.profile == p)
-                && s.expect.recovery == recovery
-                && s.expect.tpm_error == error
+            s.steps().iter().any(|(change, expect)| {
+                change.kind == kind
+                    && profile.is_none_or(|p| s.device.profile == p)
+                    && expect.recovery == recovery
+                    && expect.tpm_error == error
+            })
         })
     };
     use ChangeKind as C;
@@ -489,6 +491,10 @@ fn json_schema_names_exactly_the_variants_and_fields_of_the_rust_types() {
             serde_names::<m::SignInKind>(variant.clone()),
         ),
         (
+            "/$defs/change_step/properties",
+            serde_names::<m::ChangeStep>(field.clone()),
+        ),
+        (
             "/$defs/change/properties",
             serde_names::<m::Change>(field.clone()),
         ),
@@ -654,4 +660,42 @@ fn a_file_named_differently_from_its_scenario_is_an_error() {
             file.display()
         )
     );
+}
+
+/// `changes:` (a story of several changes, each with its own `expect`) in place of
+/// `change` + `expect`: its rules, each at its position.
+#[test]
+fn a_story_of_several_changes_is_checked_step_by_step() {
+    let steps = BASE.replace(
+        "change:\n  kind: secure_boot_off\nexpect:\n  recovery: true\n  tpm_error: policy_failed\n  changed_pcrs: [7]\n",
+        "changes:\n  - change: { kind: firmware_update_suspended }\n    expect: { recovery: false, tpm_error: none }\n  - change: { kind: secure_boot_off }\n    expect: { recovery: true, tpm_error: policy_failed, changed_pcrs: [7] }\n",
+    );
+    assert_ne!(steps, BASE);
+    let s = parse_scenario(Path::new("inline.yaml"), &steps).unwrap();
+    assert_eq!(s.steps().len(), 2);
+    assert!(s.recovers());
+    // Only the last step may end on the recovery screen.
+    check(
+        &steps.replace(
+            "expect: { recovery: false, tpm_error: none }",
+            "expect: { recovery: true, tpm_error: integrity }",
+        ),
+        "inline.yaml:11:15: changes[0].expect.recovery: only the last change may end on the recovery screen (the `recovery` section follows it): expected `recovery: false` here",
+    );
+    // Each step's expectation is checked like a single change's, at its own position.
+    check(
+        &steps.replace("changed_pcrs: [7]", "changed_pcrs: [7, 7]"),
+        "inline.yaml:13:75: changes[1].expect.changed_pcrs[1]: PCR 7 listed twice",
+    );
+    // One form or the other.
+    check(
+        &format!("{steps}change:\n  kind: reboot\n"),
+        "inline.yaml:19:1: change: `changes` lists every change with its own `expect`: expected no top-level `change` or `expect` besides it",
+    );
+    let validator = schema_validator();
+    let value: serde_json::Value = serde_yaml::from_str(&steps).unwrap();
+    assert!(validator.is_valid(&value));
+    let both: serde_json::Value =
+        serde_yaml::from_str(&format!("{steps}change:\n  kind: reboot\n")).unwrap();
+    assert!(!validator.is_valid(&both));
 }
