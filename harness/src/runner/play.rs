@@ -834,6 +834,17 @@ impl<'a> Play<'a> {
         step: &scenario::Change,
         named: &dyn Fn(&str) -> String,
     ) -> Result<(), Failure> {
+        if let Some(suspend) = step.suspend {
+            let n = suspend.reboots;
+            self.steps.run(
+                &named(&format!("BitLocker is suspended for {n} reboot(s)")),
+                || {
+                    machine
+                        .suspend_protection(n)
+                        .map_err(because("the suspension"))
+                },
+            )?;
+        }
         let Some(change) = step.device_change() else {
             return Ok(());
         };

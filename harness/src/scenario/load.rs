@@ -738,6 +738,7 @@ fn validate_users(s: &Scenario) -> Result<(), Semantic> {
 }
 
 fn validate_change(s: &Scenario, c: &Change, at: &StepAt) -> Result<(), Semantic> {
+    validate_suspend(c, at)?;
     match (c.kind, c.signer) {
         (ChangeKind::OptionRomAdded, None) => {
             return fail(
@@ -796,6 +797,32 @@ fn validate_change(s: &Scenario, c: &Change, at: &StepAt) -> Result<(), Semantic
         ),
         _ => Ok(()),
     }
+}
+
+/// `suspend`: 1-15 reboots (as `Suspend-BitLocker -RebootCount` takes), before a change
+/// that boots with a TPM protector to suspend.
+fn validate_suspend(c: &Change, at: &StepAt) -> Result<(), Semantic> {
+    let Some(suspend) = c.suspend else {
+        return Ok(());
+    };
+    if !(1..=15).contains(&suspend.reboots) {
+        let mut path = at.change("suspend");
+        path.push(Key("reboots"));
+        return fail(path, "expected 1-15 reboots");
+    }
+    let why = match c.kind {
+        ChangeKind::None => "`none` does not reboot",
+        ChangeKind::LostPin => "a suspended drive asks for no PIN",
+        ChangeKind::FirmwareUpdateSuspended => "`firmware_update_suspended` suspends already",
+        _ => return Ok(()),
+    };
+    fail(
+        at.change("suspend"),
+        format!(
+            "`suspend` does not go with `kind: {}`: {why}",
+            serde_name(&c.kind)
+        ),
+    )
 }
 
 /// Why a change kind does not exist on a BIOS machine, if it does not.

@@ -270,6 +270,19 @@ pub struct Change {
     /// `option_rom_added` only (and required there): who signed the new ROM.
     #[serde(default)]
     pub signer: Option<RomSigner>,
+    /// BitLocker suspended before the change (Windows Update's `Suspend-BitLocker
+    /// -RebootCount`): the drive opens with a clear key for that many reboots, and the
+    /// last of them re-seals and resumes.
+    #[serde(default)]
+    pub suspend: Option<Suspend>,
+}
+
+/// A suspension of BitLocker protection for a number of reboots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suspend {
+    /// Reboots before protection resumes (Windows: 1-15; Windows Update uses 1).
+    pub reboots: u32,
 }
 
 impl Change {

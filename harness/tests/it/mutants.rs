@@ -1108,11 +1108,7 @@ fn every_field_mutant_replaces_a_stated_value_with_another() {
                 .collect();
         }
         for stated in stated {
-            assert!(
-                mutated.contains(&stated),
-                "{}: {stated}",
-                original.name
-            );
+            assert!(mutated.contains(&stated), "{}: {stated}", original.name);
         }
         if at(&original.doc, &[K("recovery"), K("answer")]).is_some() {
             assert!(mutated.iter().any(|p| p == "recovery.answer"));

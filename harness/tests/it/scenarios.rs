@@ -227,7 +227,7 @@ fn unknown_field_names_its_position_and_the_allowed_fields() {
             "  kind: secure_boot_off\n",
             "  kind: secure_boot_off\n  knd: x\n",
         ),
-        "inline.yaml:11:3: change: unknown field `knd`, expected one of `kind`, `wrong_pins`, `then`, `signer`",
+        "inline.yaml:11:3: change: unknown field `knd`, expected one of `kind`, `wrong_pins`, `then`, `signer`, `suspend`",
     );
 }
 
@@ -698,4 +698,31 @@ fn a_story_of_several_changes_is_checked_step_by_step() {
     let both: serde_json::Value =
         serde_yaml::from_str(&format!("{steps}change:\n  kind: reboot\n")).unwrap();
     assert!(!validator.is_valid(&both));
+}
+
+/// `suspend: { reboots: N }` on a change: 1-15, and not with a change that does not boot
+/// with the TPM protector.
+#[test]
+fn suspend_takes_1_to_15_reboots_before_a_change_that_boots() {
+    let suspended = edit(
+        "  kind: secure_boot_off\nexpect:\n  recovery: true\n  tpm_error: policy_failed\n  changed_pcrs: [7]\n",
+        "  kind: secure_boot_off\n  suspend: { reboots: 1 }\nexpect:\n  recovery: false\n  tpm_error: none\n",
+    );
+    let suspended = suspended[..suspended.find("recovery:\n  via").unwrap()].to_string();
+    let s = parse_scenario(Path::new("inline.yaml"), &suspended).unwrap();
+    assert_eq!(s.steps()[0].0.suspend.map(|x| x.reboots), Some(1));
+    check(
+        &suspended.replace("reboots: 1", "reboots: 16"),
+        "inline.yaml:11:14: change.suspend.reboots: expected 1-15 reboots",
+    );
+    check(
+        &suspended.replace("kind: secure_boot_off", "kind: none"),
+        "inline.yaml:11:3: change.suspend: `suspend` does not go with `kind: none`: `none` does not reboot",
+    );
+    let validator = schema_validator();
+    let ok: serde_json::Value = serde_yaml::from_str(&suspended).unwrap();
+    assert!(validator.is_valid(&ok));
+    let bad: serde_json::Value =
+        serde_yaml::from_str(&suspended.replace("reboots: 1", "reboots: 16")).unwrap();
+    assert!(!validator.is_valid(&bad));
 }
