@@ -45,11 +45,14 @@ pub fn scenario_yaml(data: &[u8]) {
         return;
     };
     let file = Path::new("fuzz.yaml");
-    if let Err(e) = harness::scenario::parse_scenario(file, text) {
-        let message = e.to_string();
-        assert!(
-            message.starts_with("fuzz.yaml"),
-            "error does not name the file: {message}"
-        );
+    if let Err(errors) = harness::scenario::check_scenario(file, text) {
+        assert!(!errors.is_empty(), "refused without an error");
+        for e in errors {
+            let message = e.to_string();
+            assert!(
+                message.starts_with("fuzz.yaml"),
+                "error does not name the file: {message}"
+            );
+        }
     }
 }

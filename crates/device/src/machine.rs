@@ -250,6 +250,8 @@ pub struct Machine {
     recovery_ids: Vec<KeyProtectorId>,
     /// Protection suspended: the VMK is stored in the clear until the next boot re-seals.
     clear_key: Option<Vmk>,
+    /// Reboots left before a suspension resumes (re-seals); counted down by [`Self::boot`].
+    suspended_reboots: u32,
     lockout_auth: Vec<u8>,
     /// The last boot (up to its unseal point, then the rest).
     last_boot: MeasuredBoot,
@@ -338,6 +340,7 @@ impl Machine {
             },
             recovery_ids,
             clear_key: None,
+            suspended_reboots: 0,
             lockout_auth,
             last_boot: sealed_boot,
             on_recovery_screen: false,
@@ -425,9 +428,24 @@ impl Machine {
             TpmEffect::SuspendProtection => {
                 // manage-bde -protectors -disable C: (one reboot): the VMK in the clear.
                 self.clear_key = Some(self.current_vmk()?);
+                self.suspended_reboots = 1;
             }
         }
         self.device.apply(change)?;
+        Ok(())
+    }
+
+    /// `Suspend-BitLocker -RebootCount reboots` (`manage-bde -protectors -disable
+    /// -RebootCount`): the VMK is stored in the clear for that many reboots; the boot that
+    /// uses the last one re-seals to its own measurements and resumes protection.
+    pub fn suspend_protection(&mut self, reboots: u32) -> Result<(), MachineError> {
+        if reboots == 0 {
+            return Err(MachineError::State(
+                "a suspension lasts at least one reboot".into(),
+            ));
+        }
+        self.clear_key = Some(self.current_vmk()?);
+        self.suspended_reboots = reboots;
         Ok(())
     }
 
@@ -440,13 +458,20 @@ impl Machine {
         self.last_boot = boot;
 
         let outcome = if let Some(vmk) = self.clear_key.take() {
-            // Suspended: the clear key opens the volume; resume re-seals to this boot.
+            // Suspended: the clear key opens the volume; the last suspended reboot resumes,
+            // re-sealing to this boot.
             self.volume.unlock(Secret::Vmk(&vmk))?;
-            self.reseal(&vmk)?;
+            self.suspended_reboots = self.suspended_reboots.saturating_sub(1);
+            let resumes = self.suspended_reboots == 0;
+            if resumes {
+                self.reseal(&vmk)?;
+            } else {
+                self.clear_key = Some(vmk.clone());
+            }
             self.running_vmk = Some(vmk);
             BootOutcome::Unlocked {
                 via: ProtectorType::Tpm,
-                resealed: true,
+                resealed: resumes,
             }
         } else {
             let auth = self.pin_auth(pin);

@@ -686,25 +686,51 @@ impl<'a> Play<'a> {
 
     /// Phase 3, the change and the boot after it, which must (or must not) end on the
     /// recovery screen the scenario expects: the screen, when it does.
+    /// A story of several changes plays them in order, each judged against its own
+    /// `expect` (only the last may end on the recovery screen).
     fn change_and_boot(
         &mut self,
         machine: &mut Machine,
         pin: Option<&str>,
     ) -> Result<Option<RecoveryScreen>, Failure> {
-        let s = self.scenario;
-        if s.change.kind == ChangeKind::None {
+        let steps = self.scenario.steps();
+        let several = steps.len() > 1;
+        let mut screen = None;
+        for (i, (change, expect)) in steps.into_iter().enumerate() {
+            let named = |name: &str| {
+                if several {
+                    step::of_change(name, i + 1)
+                } else {
+                    name.to_string()
+                }
+            };
+            screen = self.one_change(machine, pin, change, expect, &named)?;
+        }
+        Ok(screen)
+    }
+
+    /// One change and the boot after it, judged against `expect`.
+    fn one_change(
+        &mut self,
+        machine: &mut Machine,
+        pin: Option<&str>,
+        change: &scenario::Change,
+        expect: &scenario::Expect,
+        named: &dyn Fn(&str) -> String,
+    ) -> Result<Option<RecoveryScreen>, Failure> {
+        if change.kind == ChangeKind::None {
             return Ok(None);
         }
-        let after_wrong_pins = if s.change.kind == ChangeKind::LostPin {
-            self.wrong_pins(machine)?
+        let after_wrong_pins = if change.kind == ChangeKind::LostPin {
+            self.wrong_pins(machine, change, named)?
         } else {
-            self.apply_change(machine)?;
+            self.apply_change(machine, change, named)?;
             None
         };
         // After the wrong PINs the user does what the scenario says (`change.then`); what
         // follows is checked against the scenario's expectations.
         let (next, step) = match after_wrong_pins {
-            Some(last) => match s.change.pin_action() {
+            Some(last) => match change.pin_action() {
                 PinAction::Esc => match last {
                     BootOutcome::WrongPin { .. } => (NextBoot::EscAtPinPrompt, step::PIN_ESC),
                     other => (NextBoot::Already(other), step::PIN_LOCKED_OUT),
@@ -714,7 +740,7 @@ impl<'a> Play<'a> {
             },
             None => (NextBoot::Boot, step::BOOT),
         };
-        let screen = self.steps.run(step, || {
+        let screen = self.steps.run(&named(step), || {
             // The boot runs inside the step, so the step's time is the boot's.
             let outcome = match next {
                 NextBoot::Boot => machine.boot(pin),
@@ -723,7 +749,7 @@ impl<'a> Play<'a> {
                     .map(|screen| BootOutcome::Recovery(Box::new(screen))),
                 NextBoot::Already(outcome) => Ok(outcome),
             };
-            judge_boot(&s.expect, outcome.map_err(because("a boot"))?)
+            judge_boot(expect, outcome.map_err(because("a boot"))?)
         })?;
         if let Some(screen) = &screen {
             self.facts.tpm_error = Some(screen.cause.name());
@@ -736,11 +762,12 @@ impl<'a> Play<'a> {
                 screen.key_id,
                 screen.cause.name()
             ));
-        } else if !s.expect.recovery {
+        } else if !expect.recovery {
             // A control: the next boot must be normal too.
-            self.steps.run("the boot after that is normal too", || {
-                expect_unlocked(machine.boot(pin))
-            })?;
+            self.steps
+                .run(&named("the boot after that is normal too"), || {
+                    expect_unlocked(machine.boot(pin))
+                })?;
         }
         Ok(screen)
     }
@@ -748,44 +775,52 @@ impl<'a> Play<'a> {
     /// `lost_pin`: exactly `wrong_pins` wrong PINs, each answered by the TPM: a counted
     /// failure up to the threshold, a lockout after it. The last one's outcome: the device
     /// is at the PIN prompt or on the recovery screen the TPM's lockout put it on.
-    fn wrong_pins(&mut self, machine: &mut Machine) -> Result<Option<BootOutcome>, Failure> {
-        let s = self.scenario;
-        let threshold = s.device.lockout_threshold;
+    fn wrong_pins(
+        &mut self,
+        machine: &mut Machine,
+        change: &scenario::Change,
+        named: &dyn Fn(&str) -> String,
+    ) -> Result<Option<BootOutcome>, Failure> {
+        let threshold = self.scenario.device.lockout_threshold;
         let mut last = None;
-        for attempt in 1..=s.change.wrong_pins.unwrap_or(0) {
+        for attempt in 1..=change.wrong_pins.unwrap_or(0) {
             let counted = format!("TPM_RC_AUTH_FAIL with the lockout counter at {attempt}");
             // The boot runs inside the step, so the step's time is the boot's.
-            let outcome = self.steps.run(&format!("wrong PIN #{attempt}"), || {
-                match machine.boot(Some("000000-wrong")) {
-                    Ok(BootOutcome::WrongPin { lockout_counter }) if attempt <= threshold => {
-                        ensure(
-                            lockout_counter == attempt,
-                            counted.clone(),
-                            format!("counter {lockout_counter}"),
-                        )?;
-                        Ok(BootOutcome::WrongPin { lockout_counter })
-                    }
-                    Ok(BootOutcome::Recovery(screen))
-                        if attempt > threshold && screen.cause == TpmError::LockedOut =>
-                    {
-                        Ok(BootOutcome::Recovery(screen))
-                    }
-                    Ok(other) => Err((
-                        if attempt <= threshold {
-                            counted.clone()
-                        } else {
-                            format!("TPM_RC_LOCKOUT: {threshold} failures reached")
-                        },
-                        match other {
-                            BootOutcome::Recovery(screen) => {
-                                format!("the recovery screen with {}", screen.cause.name())
+            let outcome =
+                self.steps
+                    .run(&named(&format!("wrong PIN #{attempt}")), || {
+                        match machine.boot(Some("000000-wrong")) {
+                            Ok(BootOutcome::WrongPin { lockout_counter })
+                                if attempt <= threshold =>
+                            {
+                                ensure(
+                                    lockout_counter == attempt,
+                                    counted.clone(),
+                                    format!("counter {lockout_counter}"),
+                                )?;
+                                Ok(BootOutcome::WrongPin { lockout_counter })
                             }
-                            other => format!("{other:?}"),
-                        },
-                    )),
-                    Err(e) => Err(("a refused PIN".into(), e.to_string())),
-                }
-            })?;
+                            Ok(BootOutcome::Recovery(screen))
+                                if attempt > threshold && screen.cause == TpmError::LockedOut =>
+                            {
+                                Ok(BootOutcome::Recovery(screen))
+                            }
+                            Ok(other) => Err((
+                                if attempt <= threshold {
+                                    counted.clone()
+                                } else {
+                                    format!("TPM_RC_LOCKOUT: {threshold} failures reached")
+                                },
+                                match other {
+                                    BootOutcome::Recovery(screen) => {
+                                        format!("the recovery screen with {}", screen.cause.name())
+                                    }
+                                    other => format!("{other:?}"),
+                                },
+                            )),
+                            Err(e) => Err(("a refused PIN".into(), e.to_string())),
+                        }
+                    })?;
             last = Some(outcome);
         }
         Ok(last)
@@ -793,14 +828,29 @@ impl<'a> Play<'a> {
 
     /// Any other change: applied to the device (a step), with the PCR values the device
     /// model predicts for it kept for the report.
-    fn apply_change(&mut self, machine: &mut Machine) -> Result<(), Failure> {
-        let s = self.scenario;
-        let Some(change) = s.change.device_change() else {
+    fn apply_change(
+        &mut self,
+        machine: &mut Machine,
+        step: &scenario::Change,
+        named: &dyn Fn(&str) -> String,
+    ) -> Result<(), Failure> {
+        if let Some(suspend) = step.suspend {
+            let n = suspend.reboots;
+            self.steps.run(
+                &named(&format!("BitLocker is suspended for {n} reboot(s)")),
+                || {
+                    machine
+                        .suspend_protection(n)
+                        .map_err(because("the suspension"))
+                },
+            )?;
+        }
+        let Some(change) = step.device_change() else {
             return Ok(());
         };
         let predicted = machine.device().clone().with(&change);
         self.steps.run(
-            &format!("apply the change: {}", serde_name(&s.change.kind)),
+            &named(&format!("apply the change: {}", serde_name(&step.kind))),
             || {
                 machine
                     .apply(&change)

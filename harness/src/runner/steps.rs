@@ -31,6 +31,12 @@ pub mod step {
     pub const MANAGE_TPM: &str = "Manage TPM answers as the scenario says";
     /// `checks.audit`.
     pub const AUDIT: &str = "the audit shows each request";
+
+    /// A step of the `n`-th change (1-based) of a story of several (`changes`); a story of
+    /// one change names its steps plainly.
+    pub fn of_change(name: &str, n: usize) -> String {
+        format!("{name} (change {n})")
+    }
 }
 
 /// Why a scenario failed: the step, what it expected, what it got.

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::locate::{path_string, Locator, Seg};
 use super::model::{
-    serde_name, Answer, ChangeKind, KeyIdDigits, PinAction, Profile, ProtectorKind, RecoveryVia,
-    Role, RomSigner, Scenario, TpmError,
+    serde_name, Answer, Change, ChangeKind, Expect, KeyIdDigits, PinAction, Profile, ProtectorKind,
+    RecoveryVia, Role, RomSigner, Scenario, TpmError,
 };
 use eventlog::tcg::TcgLog;
 
@@ -65,9 +65,13 @@ struct Listed<'a>(&'a [ScenarioError]);
 impl fmt::Display for Listed<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
+        let mut files: Vec<&Path> = self.0.iter().map(ScenarioError::file).collect();
+        files.dedup();
+        let m = files.len();
         write!(
             f,
-            "{n} invalid scenario file{}:",
+            "{m} invalid scenario file{}, {n} problem{}:",
+            if m == 1 { "" } else { "s" },
             if n == 1 { "" } else { "s" }
         )?;
         for e in self.0 {
@@ -77,21 +81,141 @@ impl fmt::Display for Listed<'_> {
     }
 }
 
-/// Reads and checks one scenario file.
+/// Reads and checks one scenario file; the first problem (in file order) if there are any.
 pub fn load_scenario(file: &Path) -> Result<Scenario, ScenarioError> {
-    let text = std::fs::read_to_string(file).map_err(|source| ScenarioError::Read {
-        file: file.to_path_buf(),
-        source,
-    })?;
-    parse_scenario(file, &text)
+    check_scenario_file(file).map_err(first_problem)
 }
 
-/// Parses and checks one scenario; `file` is used in errors and kept in the scenario.
+/// Reads and checks one scenario file, reporting every problem found, in file order.
+/// The file must be named after the scenario (`<name>.yaml`).
+pub fn check_scenario_file(file: &Path) -> Result<Scenario, Vec<ScenarioError>> {
+    let text = std::fs::read_to_string(file).map_err(|source| {
+        vec![ScenarioError::Read {
+            file: file.to_path_buf(),
+            source,
+        }]
+    })?;
+    let parsed = check_scenario(file, &text);
+    let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned());
+    let named = match &parsed {
+        Ok(s) => Some(s.name.clone()),
+        // A name is still worth checking when something else is wrong.
+        Err(_) => serde_yaml::from_str::<NameOnly>(&text).ok().map(|n| n.name),
+    };
+    let misnamed = match (named, stem) {
+        (Some(name), Some(stem)) if name != stem => {
+            let at = Locator::new(&text).locate(&[Key("name")]);
+            Some(ScenarioError::Invalid {
+                file: file.to_path_buf(),
+                line: at.line,
+                column: at.column,
+                message: format!(
+                    "name: the scenario `{name}` must be in a file named `{name}.yaml` (this one is `{stem}`)"
+                ),
+            })
+        }
+        _ => None,
+    };
+    match (parsed, misnamed) {
+        (Ok(s), None) => Ok(s),
+        (Ok(_), Some(e)) => Err(vec![e]),
+        (Err(errors), None) => Err(errors),
+        (Err(mut errors), Some(e)) => {
+            errors.push(e);
+            sort_by_position(&mut errors);
+            Err(errors)
+        }
+    }
+}
+
+/// The `name:` of a document whatever else it holds.
+#[derive(serde::Deserialize)]
+struct NameOnly {
+    name: String,
+}
+
+/// Parses and checks one scenario; `file` is used in errors and kept in the scenario. The
+/// first problem (in file order) if there are any.
 pub fn parse_scenario(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
-    let mut scenario: Scenario = serde_yaml::from_str(text).map_err(|e| match e.location() {
+    check_scenario(file, text).map_err(first_problem)
+}
+
+fn first_problem(errors: Vec<ScenarioError>) -> ScenarioError {
+    let mut errors = errors.into_iter();
+    errors.next().unwrap_or_else(|| ScenarioError::Unplaced {
+        file: PathBuf::new(),
+        message: "invalid scenario".to_string(),
+    })
+}
+
+/// Parses and checks one scenario, reporting every problem, in file order: a syntax error
+/// alone (nothing after it can be read reliably); else the first type error of each
+/// top-level section; else every broken rule of the loader's checks.
+pub fn check_scenario(file: &Path, text: &str) -> Result<Scenario, Vec<ScenarioError>> {
+    let located = |line: usize, column: usize, message: String| ScenarioError::Invalid {
+        file: file.to_path_buf(),
+        line,
+        column,
+        message,
+    };
+    let mut scenario: Scenario = match serde_yaml::from_str(text) {
+        Ok(s) => s,
+        Err(first) => return Err(parse_errors(file, text, first)),
+    };
+    scenario.file = file.to_path_buf();
+    let locator = Locator::new(text);
+    let mut errors = Vec::new();
+    if let Some(pin) = &scenario.device.pin {
+        // serde reads any scalar as a string; YAML tools do not: an unquoted 0123 is a
+        // number to them (octal 83 in YAML 1.1), 582046 too.
+        let path = [Key("device"), Key("pin")];
+        if let Some(at) = locator.plain_scalar(&path) {
+            errors.push(located(
+                at.line,
+                at.column,
+                format!(
+                    "{}: a PIN is a string: quote it (`pin: \"{pin}\"`); unquoted, YAML readers take `{pin}` as a number (a leading 0 even as octal)",
+                    path_string(&path)
+                ),
+            ));
+        }
+    }
+    let mut broken = validate(&scenario);
+    if broken.is_empty() {
+        // The log is checked against a change that is known to be valid.
+        broken.extend(load_event_log(&mut scenario).err());
+    }
+    for Semantic { path, message } in broken {
+        let at = locator.locate(&path);
+        errors.push(located(
+            at.line,
+            at.column,
+            format!("{}: {message}", path_string(&path)),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(scenario)
+    } else {
+        sort_by_position(&mut errors);
+        Err(errors)
+    }
+}
+
+fn sort_by_position(errors: &mut [ScenarioError]) {
+    errors.sort_by_key(|e| match e {
+        ScenarioError::Invalid { line, column, .. } => (*line, *column),
+        _ => (0, 0),
+    });
+}
+
+/// Every error of a document serde could not read. serde stops at its first error, so a
+/// well-formed document is read again one top-level section at a time (each section's
+/// lines alone, its positions shifted back), which finds the first error of each section.
+fn parse_errors(file: &Path, text: &str, first: serde_yaml::Error) -> Vec<ScenarioError> {
+    let to_error = |e: &serde_yaml::Error, line_offset: usize| match e.location() {
         Some(loc) => ScenarioError::Invalid {
             file: file.to_path_buf(),
-            line: loc.line(),
+            line: loc.line() + line_offset,
             column: loc.column(),
             message: strip_location(&e.to_string()).to_string(),
         },
@@ -99,35 +223,48 @@ pub fn parse_scenario(file: &Path, text: &str) -> Result<Scenario, ScenarioError
             file: file.to_path_buf(),
             message: e.to_string(),
         },
-    })?;
-    scenario.file = file.to_path_buf();
-    if let Some(pin) = &scenario.device.pin {
-        // serde reads any scalar as a string; YAML tools do not: an unquoted 0123 is a
-        // number to them (octal 83 in YAML 1.1), 582046 too.
-        let path = [Key("device"), Key("pin")];
-        if let Some(at) = Locator::new(text).plain_scalar(&path) {
-            return Err(ScenarioError::Invalid {
-                file: file.to_path_buf(),
-                line: at.line,
-                column: at.column,
-                message: format!(
-                    "{}: a PIN is a string: quote it (`pin: \"{pin}\"`); unquoted, YAML readers take `{pin}` as a number (a leading 0 even as octal)",
-                    path_string(&path)
-                ),
-            });
+    };
+    // A syntax error (an unclosed `[`, a duplicate key) is named as such, alone: the typed
+    // reader may have stumbled on a type first inside the half-read text.
+    if let Err(syntax) = serde_yaml::from_str::<serde_yaml::Value>(text) {
+        return vec![match to_error(&syntax, 0) {
+            ScenarioError::Invalid {
+                file,
+                line,
+                column,
+                message,
+            } => ScenarioError::Invalid {
+                file,
+                line,
+                column,
+                message: format!("YAML syntax error: {}", drop_positions(&message)),
+            },
+            other => other,
+        }];
+    }
+    let Some(starts) = Locator::new(text).top_level_key_lines() else {
+        return vec![to_error(&first, 0)];
+    };
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let mut errors = Vec::new();
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).map_or(lines.len() + 1, |&next| next);
+        let section: String = lines
+            .get(start - 1..(end - 1).min(lines.len()))
+            .unwrap_or_default()
+            .concat();
+        if let Err(e) = serde_yaml::from_str::<Scenario>(&section) {
+            // Alone, a section lacks the other top-level keys: not its error.
+            if !e.to_string().starts_with("missing field") {
+                errors.push(to_error(&e, start - 1));
+            }
         }
     }
-    let checked = validate(&scenario).and_then(|()| load_event_log(&mut scenario));
-    if let Err(Semantic { path, message }) = checked {
-        let at = Locator::new(text).locate(&path);
-        return Err(ScenarioError::Invalid {
-            file: file.to_path_buf(),
-            line: at.line,
-            column: at.column,
-            message: format!("{}: {message}", path_string(&path)),
-        });
+    if errors.is_empty() {
+        // A missing top-level key, or an error only the whole document shows.
+        errors.push(to_error(&first, 0));
     }
-    Ok(scenario)
+    errors
 }
 
 /// The scenario files named by `paths`: files as given, directories' `*.yaml`/`*.yml`
@@ -175,7 +312,7 @@ pub fn load_catalog<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Scenario>, Catalo
     let mut errors = Vec::new();
     let mut names: HashMap<String, PathBuf> = HashMap::new();
     for file in files {
-        match load_scenario(&file) {
+        match check_scenario_file(&file) {
             Ok(s) => match names.get(&s.name) {
                 Some(first) => errors.push(ScenarioError::DuplicateName {
                     file,
@@ -187,7 +324,7 @@ pub fn load_catalog<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Scenario>, Catalo
                     scenarios.push(s);
                 }
             },
-            Err(e) => errors.push(e),
+            Err(found) => errors.extend(found),
         }
     }
     if errors.is_empty() {
@@ -215,6 +352,27 @@ fn strip_location(message: &str) -> &str {
     message
 }
 
+/// The parser's message without the " at line L column C" it repeats inside (the error
+/// is already placed).
+fn drop_positions(message: &str) -> String {
+    let mut out = message.to_string();
+    while let Some(i) = out.find(" at line ") {
+        let rest = &out[i + " at line ".len()..];
+        let digits = |t: &str| t.bytes().take_while(u8::is_ascii_digit).count();
+        let line_len = digits(rest);
+        let Some(after_line) = rest[line_len..].strip_prefix(" column ") else {
+            break;
+        };
+        let col_len = digits(after_line);
+        if line_len == 0 || col_len == 0 {
+            break;
+        }
+        let end = i + " at line ".len() + line_len + " column ".len() + col_len;
+        out.replace_range(i..end, "");
+    }
+    out
+}
+
 /// A rule broken by a parsed scenario: where (a path into the YAML) and what was expected.
 struct Semantic {
     path: Vec<Seg>,
@@ -236,19 +394,138 @@ fn is_kebab(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn validate(s: &Scenario) -> Result<(), Semantic> {
+/// One independent group of rules: its first broken rule, if any.
+type Check = fn(&Scenario) -> Result<(), Semantic>;
+
+/// Every rule the scenario breaks. Each check stops at its first problem; the checks are
+/// independent, so a file with several mistakes gets one error for each.
+fn validate(s: &Scenario) -> Vec<Semantic> {
+    const CHECKS: &[Check] = &[
+        validate_name,
+        validate_description,
+        validate_tags,
+        validate_device_name,
+        validate_protectors,
+        validate_device_counts,
+        validate_users,
+        validate_recovery,
+        validate_checks,
+    ];
+    let mut found: Vec<Semantic> = CHECKS.iter().filter_map(|check| check(s).err()).collect();
+    found.extend(validate_story_form(s).err());
+    for (i, (change, expect)) in s.steps().into_iter().enumerate() {
+        let at = StepAt::new(s, i);
+        found.extend(validate_change(s, change, &at).err());
+        found.extend(validate_expect(s, change, expect, &at).err());
+    }
+    found
+}
+
+/// Where one step's `change` and `expect` are: top level for the single `change`, in
+/// `changes[i]` for a story of several.
+struct StepAt {
+    change: Vec<Seg>,
+    expect: Vec<Seg>,
+}
+
+impl StepAt {
+    fn new(s: &Scenario, i: usize) -> StepAt {
+        if s.changes.is_empty() {
+            StepAt {
+                change: vec![Key("change")],
+                expect: vec![Key("expect")],
+            }
+        } else {
+            StepAt {
+                change: vec![Key("changes"), Index(i), Key("change")],
+                expect: vec![Key("changes"), Index(i), Key("expect")],
+            }
+        }
+    }
+
+    fn change(&self, key: &'static str) -> Vec<Seg> {
+        let mut path = self.change.clone();
+        path.push(Key(key));
+        path
+    }
+
+    fn expect(&self, key: &'static str) -> Vec<Seg> {
+        let mut path = self.expect.clone();
+        path.push(Key(key));
+        path
+    }
+}
+
+/// `change` with `expect`, or `changes`; in `changes` only the last step may recover (the
+/// `recovery` section is how the user gets back in from the story's end).
+fn validate_story_form(s: &Scenario) -> Result<(), Semantic> {
+    if s.changes.is_empty() {
+        if s.change.is_none() {
+            return fail(
+                vec![Key("change")],
+                "missing `change` (or `changes`, a list of changes each with its `expect`)",
+            );
+        }
+        if s.expect.is_none() {
+            return fail(
+                vec![Key("expect")],
+                "missing `expect`: what must follow the change",
+            );
+        }
+        return Ok(());
+    }
+    for key in ["change", "expect"] {
+        let given = if key == "change" {
+            s.change.is_some()
+        } else {
+            s.expect.is_some()
+        };
+        if given {
+            return fail(
+                vec![Key(key)],
+                "`changes` lists every change with its own `expect`: expected no top-level `change` or `expect` besides it",
+            );
+        }
+    }
+    let last = s.changes.len() - 1;
+    for (i, step) in s.changes.iter().enumerate() {
+        if i < last && step.expect.recovery {
+            return fail(
+                vec![Key("changes"), Index(i), Key("expect"), Key("recovery")],
+                "only the last change may end on the recovery screen (the `recovery` section follows it): expected `recovery: false` here",
+            );
+        }
+        if step.change.kind == ChangeKind::None {
+            return fail(
+                vec![Key("changes"), Index(i), Key("change"), Key("kind")],
+                "`none` is for a story with no change at all: leave it out of `changes`",
+            );
+        }
+    }
+    Ok(())
+}
+
+fn validate_name(s: &Scenario) -> Result<(), Semantic> {
     if !is_kebab(&s.name) || s.name.len() > 100 {
         return fail(
             vec![Key("name")],
             "expected 1-100 characters of a-z, 0-9, `-` and `_`",
         );
     }
+    Ok(())
+}
+
+fn validate_description(s: &Scenario) -> Result<(), Semantic> {
     if s.description.trim().is_empty() {
         return fail(
             vec![Key("description")],
             "expected a description for QA readers",
         );
     }
+    Ok(())
+}
+
+fn validate_tags(s: &Scenario) -> Result<(), Semantic> {
     for (i, tag) in s.tags.iter().enumerate() {
         if !is_kebab(tag) {
             return fail(
@@ -257,15 +534,10 @@ fn validate(s: &Scenario) -> Result<(), Semantic> {
             );
         }
     }
-    validate_device(s)?;
-    validate_users(s)?;
-    validate_change(s)?;
-    validate_expect(s)?;
-    validate_recovery(s)?;
-    validate_checks(s)
+    Ok(())
 }
 
-fn validate_device(s: &Scenario) -> Result<(), Semantic> {
+fn validate_device_name(s: &Scenario) -> Result<(), Semantic> {
     let d = &s.device;
     let name_ok = (1..=64).contains(&d.name.len())
         && d.name
@@ -277,6 +549,11 @@ fn validate_device(s: &Scenario) -> Result<(), Semantic> {
             "expected 1-64 characters of letters, digits, `-`, `_`, `.`",
         );
     }
+    Ok(())
+}
+
+fn validate_protectors(s: &Scenario) -> Result<(), Semantic> {
+    let d = &s.device;
     if d.protectors.is_empty() {
         return fail(
             vec![Key("device"), Key("protectors")],
@@ -332,6 +609,11 @@ fn validate_device(s: &Scenario) -> Result<(), Semantic> {
         }
         (None, None) => {}
     }
+    Ok(())
+}
+
+fn validate_device_counts(s: &Scenario) -> Result<(), Semantic> {
+    let d = &s.device;
     if !(1..=16).contains(&d.recovery_passwords) {
         return fail(
             vec![Key("device"), Key("recovery_passwords")],
@@ -399,16 +681,22 @@ fn load_event_log(s: &mut Scenario) -> Result<(), Semantic> {
         }
     }
     let log = std::sync::Arc::new(log);
-    if let Some(change) = s.change.device_change() {
-        let device = device::Device::from_real_log(rel.display().to_string(), log.clone());
-        if let Err(e) = device.with(&change) {
-            // A signed ROM is refused for its signer (the log cannot say what PCR 7 does).
-            let at = if s.change.signer == Some(RomSigner::UefiCa) {
-                Key("signer")
-            } else {
-                Key("kind")
-            };
-            return fail(vec![Key("change"), at], e.to_string());
+    let mut device = device::Device::from_real_log(rel.display().to_string(), log.clone());
+    for (i, (step, _)) in s.steps().into_iter().enumerate() {
+        let Some(change) = step.device_change() else {
+            continue;
+        };
+        match device.with(&change) {
+            Ok(changed) => device = changed,
+            Err(e) => {
+                // A signed ROM is refused for its signer (the log cannot say what PCR 7 does).
+                let key = if step.signer == Some(RomSigner::UefiCa) {
+                    "signer"
+                } else {
+                    "kind"
+                };
+                return fail(StepAt::new(s, i).change(key), e.to_string());
+            }
         }
     }
     s.device.real_log = Some(log);
@@ -449,12 +737,12 @@ fn validate_users(s: &Scenario) -> Result<(), Semantic> {
     Ok(())
 }
 
-fn validate_change(s: &Scenario) -> Result<(), Semantic> {
-    let c = &s.change;
+fn validate_change(s: &Scenario, c: &Change, at: &StepAt) -> Result<(), Semantic> {
+    validate_suspend(c, at)?;
     match (c.kind, c.signer) {
         (ChangeKind::OptionRomAdded, None) => {
             return fail(
-                vec![Key("change"), Key("kind")],
+                at.change("kind"),
                 "`option_rom_added` needs `signer`: `uefi_ca` (PCR 2, and a PCR 7 authority \
                  event the first time the UEFI CA verifies an image) or `unsigned` (PCR 2 only)",
             )
@@ -463,14 +751,14 @@ fn validate_change(s: &Scenario) -> Result<(), Semantic> {
             if s.device.profile == Profile::Legacy =>
         {
             return fail(
-                vec![Key("change"), Key("signer")],
+                at.change("signer"),
                 "a BIOS machine (`profile: legacy`) runs legacy option ROMs, which carry no \
                  UEFI signature and log no authority event: expected `signer: unsigned`",
             )
         }
         (kind, Some(_)) if kind != ChangeKind::OptionRomAdded => {
             return fail(
-                vec![Key("change"), Key("signer")],
+                at.change("signer"),
                 "`signer` belongs to `kind: option_rom_added` only",
             )
         }
@@ -479,7 +767,7 @@ fn validate_change(s: &Scenario) -> Result<(), Semantic> {
     if s.device.profile == Profile::Legacy {
         if let Some(why) = not_on_a_bios_machine(c.kind) {
             return fail(
-                vec![Key("change"), Key("kind")],
+                at.change("kind"),
                 format!(
                     "`{}` cannot happen on a BIOS machine (`profile: legacy`): {why}",
                     serde_name(&c.kind)
@@ -489,29 +777,52 @@ fn validate_change(s: &Scenario) -> Result<(), Semantic> {
     }
     match (c.kind, c.wrong_pins) {
         (ChangeKind::LostPin, None) => fail(
-            vec![Key("change"), Key("kind")],
+            at.change("kind"),
             "`lost_pin` needs `wrong_pins`: how many wrong PINs are typed",
         ),
-        (ChangeKind::LostPin, Some(0)) => fail(
-            vec![Key("change"), Key("wrong_pins")],
-            "expected at least 1",
-        ),
+        (ChangeKind::LostPin, Some(0)) => fail(at.change("wrong_pins"), "expected at least 1"),
         (ChangeKind::LostPin, Some(_)) if !s.device.protectors.contains(&ProtectorKind::TpmPin) => {
             fail(
-                vec![Key("change"), Key("kind")],
+                at.change("kind"),
                 "`lost_pin` needs a `tpm_pin` protector in `device.protectors`",
             )
         }
         (kind, Some(_)) if kind != ChangeKind::LostPin => fail(
-            vec![Key("change"), Key("wrong_pins")],
+            at.change("wrong_pins"),
             "`wrong_pins` belongs to `kind: lost_pin` only",
         ),
         _ if c.then.is_some() && c.kind != ChangeKind::LostPin => fail(
-            vec![Key("change"), Key("then")],
+            at.change("then"),
             "`then` (what the user does after wrong PINs) belongs to `kind: lost_pin` only",
         ),
         _ => Ok(()),
     }
+}
+
+/// `suspend`: 1-15 reboots (as `Suspend-BitLocker -RebootCount` takes), before a change
+/// that boots with a TPM protector to suspend.
+fn validate_suspend(c: &Change, at: &StepAt) -> Result<(), Semantic> {
+    let Some(suspend) = c.suspend else {
+        return Ok(());
+    };
+    if !(1..=15).contains(&suspend.reboots) {
+        let mut path = at.change("suspend");
+        path.push(Key("reboots"));
+        return fail(path, "expected 1-15 reboots");
+    }
+    let why = match c.kind {
+        ChangeKind::None => "`none` does not reboot",
+        ChangeKind::LostPin => "a suspended drive asks for no PIN",
+        ChangeKind::FirmwareUpdateSuspended => "`firmware_update_suspended` suspends already",
+        _ => return Ok(()),
+    };
+    fail(
+        at.change("suspend"),
+        format!(
+            "`suspend` does not go with `kind: {}`: {why}",
+            serde_name(&c.kind)
+        ),
+    )
 }
 
 /// Why a change kind does not exist on a BIOS machine, if it does not.
@@ -527,18 +838,17 @@ fn not_on_a_bios_machine(kind: ChangeKind) -> Option<&'static str> {
     }
 }
 
-fn validate_expect(s: &Scenario) -> Result<(), Semantic> {
-    let e = &s.expect;
+fn validate_expect(s: &Scenario, c: &Change, e: &Expect, at: &StepAt) -> Result<(), Semantic> {
     match (e.recovery, e.tpm_error) {
         (true, TpmError::None) => {
             return fail(
-                vec![Key("expect"), Key("tpm_error")],
+                at.expect("tpm_error"),
                 "a recovery needs the TPM error that causes it: expected one of `policy_failed`, `auth_failed`, `locked_out`, `integrity`",
             )
         }
         (false, err) if err != TpmError::None => {
             return fail(
-                vec![Key("expect"), Key("tpm_error")],
+                at.expect("tpm_error"),
                 "without recovery the device unlocks: expected `none`",
             )
         }
@@ -546,7 +856,11 @@ fn validate_expect(s: &Scenario) -> Result<(), Semantic> {
     }
     let profile = s.device.profile;
     for (i, pcr) in e.changed_pcrs.iter().enumerate() {
-        let path = || vec![Key("expect"), Key("changed_pcrs"), Index(i)];
+        let path = || {
+            let mut path = at.expect("changed_pcrs");
+            path.push(Index(i));
+            path
+        };
         if !profile.pcrs().contains(pcr) {
             return fail(
                 path(),
@@ -564,40 +878,40 @@ fn validate_expect(s: &Scenario) -> Result<(), Semantic> {
     let policy = e.tpm_error == TpmError::PolicyFailed;
     if policy && e.changed_pcrs.is_empty() {
         return fail(
-            vec![Key("expect"), Key("tpm_error")],
+            at.expect("tpm_error"),
             "`policy_failed` needs `changed_pcrs`: the profile PCRs that changed",
         );
     }
     if !policy && !e.changed_pcrs.is_empty() {
         return fail(
-            vec![Key("expect"), Key("changed_pcrs")],
+            at.expect("changed_pcrs"),
             "only `tpm_error: policy_failed` comes from changed PCRs: expected none here",
         );
     }
-    if s.change.kind == ChangeKind::None && e.recovery {
+    if c.kind == ChangeKind::None && e.recovery {
         return fail(
-            vec![Key("expect"), Key("recovery")],
+            at.expect("recovery"),
             "`change: none` does not even reboot: expected `recovery: false`",
         );
     }
     if matches!(e.tpm_error, TpmError::AuthFailed | TpmError::LockedOut)
-        && s.change.kind != ChangeKind::LostPin
+        && c.kind != ChangeKind::LostPin
     {
         return fail(
-            vec![Key("expect"), Key("tpm_error")],
+            at.expect("tpm_error"),
             "`auth_failed` and `locked_out` come from wrong PINs: expected `change.kind: lost_pin`",
         );
     }
-    if s.change.kind == ChangeKind::LostPin {
-        validate_pin_action(s)?;
+    if c.kind == ChangeKind::LostPin {
+        validate_pin_action(c, e, at)?;
     }
     // The TPM counts a wrong PIN up to the threshold (the threshold-th still answers
     // auth_failed) and refuses every later attempt as locked out.
     let threshold = s.device.lockout_threshold;
-    if let Some(wrong) = s.change.wrong_pins {
+    if let Some(wrong) = c.wrong_pins {
         if e.tpm_error == TpmError::AuthFailed && wrong > threshold {
             return fail(
-                vec![Key("change"), Key("wrong_pins")],
+                at.change("wrong_pins"),
                 format!(
                     "after {wrong} wrong PINs a TPM with `lockout_threshold: {threshold}` is locked out: the last one is answered `locked_out`, not `auth_failed` (at most {threshold} wrong PINs get `auth_failed`)"
                 ),
@@ -609,19 +923,18 @@ fn validate_expect(s: &Scenario) -> Result<(), Semantic> {
 
 /// What the lost-PIN user does decides which answers can follow; whether the TPM gives
 /// them (locked out or not after `wrong_pins`) is the runner's check against the TPM.
-fn validate_pin_action(s: &Scenario) -> Result<(), Semantic> {
-    let e = &s.expect;
-    match s.change.pin_action() {
+fn validate_pin_action(c: &Change, e: &Expect, at: &StepAt) -> Result<(), Semantic> {
+    match c.pin_action() {
         PinAction::Esc => {
             if !e.recovery {
                 return fail(
-                    vec![Key("expect"), Key("recovery")],
+                    at.expect("recovery"),
                     "`then: esc` takes the recovery screen: expected `recovery: true` (or `then: right_pin`)",
                 );
             }
             if !matches!(e.tpm_error, TpmError::AuthFailed | TpmError::LockedOut) {
                 return fail(
-                    vec![Key("expect"), Key("tpm_error")],
+                    at.expect("tpm_error"),
                     "after wrong PINs and Esc the TPM's last answer is `auth_failed` or `locked_out`",
                 );
             }
@@ -629,7 +942,7 @@ fn validate_pin_action(s: &Scenario) -> Result<(), Semantic> {
         PinAction::RightPin => {
             if !matches!(e.tpm_error, TpmError::None | TpmError::LockedOut) {
                 return fail(
-                    vec![Key("expect"), Key("tpm_error")],
+                    at.expect("tpm_error"),
                     "the right PIN either unlocks (`none`) or meets a locked-out TPM (`locked_out`)",
                 );
             }
@@ -640,9 +953,9 @@ fn validate_pin_action(s: &Scenario) -> Result<(), Semantic> {
 
 fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
     let r =
-        match (&s.recovery, s.expect.recovery) {
+        match (&s.recovery, s.recovers()) {
             (None, true) => return fail(
-                vec![Key("expect"), Key("recovery")],
+                last_expect_path(s, "recovery"),
                 "a recovery is expected: add a `recovery` section saying how the user gets back in",
             ),
             (Some(_), false) => {
@@ -771,7 +1084,7 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
                 "Manage TPM asks for the computer, not a key ID: remove `key_id_digits`",
             );
         }
-        if s.expect.tpm_error != TpmError::LockedOut {
+        if s.last_step().map(|(_, e)| e.tpm_error) != Some(TpmError::LockedOut) {
             return fail(
                 vec![Key("recovery"), Key("via")],
                 "a TPM lockout reset needs a locked-out TPM: expected `expect.tpm_error: locked_out`",
@@ -805,6 +1118,11 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
         );
     }
     Ok(())
+}
+
+/// `expect.KEY` of the story's last step.
+fn last_expect_path(s: &Scenario, key: &'static str) -> Vec<Seg> {
+    StepAt::new(s, s.steps().len().saturating_sub(1)).expect(key)
 }
 
 fn validate_checks(s: &Scenario) -> Result<(), Semantic> {
@@ -903,5 +1221,14 @@ mod tests {
     fn strips_only_a_trailing_position() {
         assert_eq!(strip_location("bad at line 3 column 7"), "bad");
         assert_eq!(strip_location("look at line items"), "look at line items");
+    }
+
+    #[test]
+    fn drops_every_inner_position() {
+        assert_eq!(
+            super::drop_positions("no ']' at line 15 column 9, while parsing at line 14 column 17"),
+            "no ']', while parsing"
+        );
+        assert_eq!(super::drop_positions("at line items"), "at line items");
     }
 }

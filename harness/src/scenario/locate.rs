@@ -93,6 +93,19 @@ impl Locator {
         }
     }
 
+    /// The lines on which the top-level keys start, in order, when the document is a
+    /// block mapping whose keys all start in column 1 (so each key's lines can be cut out
+    /// and read alone); `None` otherwise.
+    pub fn top_level_key_lines(&self) -> Option<Vec<usize>> {
+        let Some((_, Node::Map(entries))) = &self.root else {
+            return None;
+        };
+        let lines: Vec<usize> = entries.iter().map(|(_, pos, _)| pos.line).collect();
+        let block = entries.iter().all(|(_, pos, _)| pos.column == 1)
+            && lines.windows(2).all(|w| w[0] < w[1]);
+        (block && !lines.is_empty()).then_some(lines)
+    }
+
     /// The position of the deepest node on `path` that exists: the key itself for a
     /// mapping entry, the item for a sequence index. So a missing `recovery.end_user`
     /// points at `recovery`.

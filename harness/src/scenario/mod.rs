@@ -20,6 +20,7 @@ mod model;
 
 pub use filter::{select, Filter, FilterError};
 pub use load::{
-    catalog_files, load_catalog, load_scenario, parse_scenario, CatalogError, ScenarioError,
+    catalog_files, check_scenario, check_scenario_file, load_catalog, load_scenario,
+    parse_scenario, CatalogError, ScenarioError,
 };
 pub use model::*;

@@ -30,8 +30,16 @@ pub struct Scenario {
     pub device: Device,
     /// Everyone the story needs: device users and help desk staff.
     pub users: Vec<User>,
-    pub change: Change,
-    pub expect: Expect,
+    /// The one change (with `expect`); a story of several gives `changes` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<Change>,
+    /// What must follow `change`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expect>,
+    /// Several changes in order, each with what must follow it (instead of `change` and
+    /// `expect`): only the last may end on the recovery screen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<ChangeStep>,
     /// Absent when no recovery follows (`expect.recovery: false`).
     #[serde(default)]
     pub recovery: Option<Recovery>,
@@ -44,6 +52,29 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// The story's changes in order, each with what must follow it: `changes`, or the
+    /// single `change` with its `expect` (empty only for a file the loader refuses).
+    pub fn steps(&self) -> Vec<(&Change, &Expect)> {
+        match (&self.change, &self.expect) {
+            (Some(change), Some(expect)) if self.changes.is_empty() => vec![(change, expect)],
+            _ => self
+                .changes
+                .iter()
+                .map(|s| (&s.change, &s.expect))
+                .collect(),
+        }
+    }
+
+    /// The last change and what must follow it: what a `recovery` recovers from.
+    pub fn last_step(&self) -> Option<(&Change, &Expect)> {
+        self.steps().pop()
+    }
+
+    /// Whether the story ends on the recovery screen.
+    pub fn recovers(&self) -> bool {
+        self.last_step().is_some_and(|(_, e)| e.recovery)
+    }
+
     /// The user of that name (case-insensitive, as the portal compares names).
     pub fn user(&self, name: &str) -> Option<&User> {
         self.users
@@ -239,6 +270,19 @@ pub struct Change {
     /// `option_rom_added` only (and required there): who signed the new ROM.
     #[serde(default)]
     pub signer: Option<RomSigner>,
+    /// BitLocker suspended before the change (Windows Update's `Suspend-BitLocker
+    /// -RebootCount`): the drive opens with a clear key for that many reboots, and the
+    /// last of them re-seals and resumes.
+    #[serde(default)]
+    pub suspend: Option<Suspend>,
+}
+
+/// A suspension of BitLocker protection for a number of reboots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suspend {
+    /// Reboots before protection resumes (Windows: 1-15; Windows Update uses 1).
+    pub reboots: u32,
 }
 
 impl Change {
@@ -267,6 +311,14 @@ impl Change {
     pub fn device_change(&self) -> Option<device::Change> {
         self.kind.change(self.signer)
     }
+}
+
+/// One step of a story of several changes: a change and what must follow it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeStep {
+    pub change: Change,
+    pub expect: Expect,
 }
 
 /// What must follow the change at the next boot.

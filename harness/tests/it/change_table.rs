@@ -190,7 +190,8 @@ fn play(s: &Scenario) -> Cell {
         unlocked(machine.boot(pin.as_deref()).unwrap()),
         "first boot"
     );
-    match s.change.kind {
+    let (change, _) = s.last_step().expect("a cell has one change");
+    match change.kind {
         ChangeKind::None => return Cell::None, // not even a reboot
         ChangeKind::LostPin => {
             return match machine.boot(Some("135790")).unwrap() {
@@ -200,7 +201,7 @@ fn play(s: &Scenario) -> Cell {
         }
         _ => {}
     }
-    if let Some(change) = s.change.device_change() {
+    if let Some(change) = change.device_change() {
         machine.apply(&change).unwrap();
     }
     match machine.boot(pin.as_deref()).unwrap() {

@@ -122,6 +122,8 @@ pub const GATE_SUBSET: &[&str] = &[
     "lost-pin-remembered",
     "lost-pin-wrong-pins",
     "key-kept-until-rotated",
+    // A story of several changes (`changes`, steps named `... (change N)`) and `suspend`.
+    "windows-update-suspend-one-reboot-and-expiry",
 ];
 
 /// [`GATE_SUBSET`] as the scenario files `harness run` takes.

@@ -188,7 +188,7 @@ fn eventlog_real_log_scenario_with_a_wrong_expectation_fails_at_the_boot() {
         "  recovery: true\n  tpm_error: policy_failed\n  changed_pcrs: [0]\n",
     );
     assert!(text.contains("recovery: true"));
-    let file = dir.path().join("wrong.yaml");
+    let file = dir.path().join("wrong-expectation.yaml");
     std::fs::write(&file, text + "recovery:\n  via: self_service\n  as: CONTOSO\\alice\n  reason: BIOS/TPM changed\n  answer: key_shown\n").unwrap();
     let out = harness().arg("run").arg(&file).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -55,11 +55,20 @@ impl Run {
     }
 }
 
+/// `<name>.yaml` for a scenario text: the loader wants a file named after its scenario.
+fn file_name(yaml: &str) -> String {
+    let name = yaml
+        .lines()
+        .find_map(|l| l.strip_prefix("name:"))
+        .map_or("scenario", str::trim);
+    format!("{name}.yaml")
+}
+
 /// Writes `yaml` as `<name>.yaml` in a fresh directory and runs it with `args`.
 fn run_yaml(yaml: &str, args: &[&str]) -> Run {
     let _ = portal_bin();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("scenario.yaml");
+    let file = dir.path().join(file_name(yaml));
     std::fs::write(&file, yaml).unwrap();
     run_file(&file, dir.path(), args)
 }
@@ -88,7 +97,7 @@ fn run_file(file: &Path, dir: &Path, args: &[&str]) -> Run {
 /// `harness validate FILE` on `yaml`: exit code and stderr.
 fn validate_yaml(yaml: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("scenario.yaml");
+    let file = dir.path().join(file_name(yaml));
     std::fs::write(&file, yaml).unwrap();
     let out = harness().arg("validate").arg(&file).output().unwrap();
     (
@@ -169,7 +178,7 @@ fn defect_2_lost_pin_types_exactly_wrong_pins_wrong_pins() {
     let (code, err) = validate_yaml(&yaml);
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("scenario.yaml:15:3: change.wrong_pins"),
+        err.contains("six-auth-failed.yaml:15:3: change.wrong_pins"),
         "{err}"
     );
     assert!(err.contains("locked out"), "{err}");

@@ -289,6 +289,29 @@ fn controls_that_must_not_lock() {
     expect_unlocked(&mut machine, None);
 }
 
+/// `Suspend-BitLocker -RebootCount 2`: the clear key opens the drive for two reboots and
+/// only the second re-seals; a change after the suspension ran out locks the drive.
+#[test]
+fn a_suspension_lasts_its_reboots_then_resumes_and_expires() {
+    let (mut machine, _) = provision(Profile::Uefi0_2_4_11, TpmProtection::Tpm);
+    expect_unlocked(&mut machine, None);
+    machine.suspend_protection(2).unwrap();
+    machine.apply(&Change::FirmwareUpdate).unwrap();
+    let resealed = |machine: &mut Machine| match machine.boot(None).unwrap() {
+        BootOutcome::Unlocked { resealed, .. } => resealed,
+        other => panic!("{other:?}"),
+    };
+    assert!(!resealed(&mut machine), "the first of two reboots");
+    // Still suspended: a change now is covered too.
+    machine.apply(&Change::FirmwareUpdate).unwrap();
+    assert!(resealed(&mut machine), "the second reboot resumes");
+    expect_unlocked(&mut machine, None);
+    // Expired: the next update is not covered.
+    machine.apply(&Change::FirmwareUpdate).unwrap();
+    expect_recovery(&mut machine, None);
+    assert!(machine.suspend_protection(0).is_err());
+}
+
 #[test]
 fn the_recovery_screen_checks_blocks_as_typed_and_names_the_bad_one() {
     let (mut machine, key) = provision(Profile::SecureBoot7_11, TpmProtection::Tpm);

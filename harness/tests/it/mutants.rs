@@ -256,7 +256,162 @@ const FIELDS: &[Field] = &[
             }
         },
     },
+    // A story of several changes: each step's `expect`, checked at that change's boot.
+    Field {
+        name: "changes[].expect.recovery",
+        mutants: |doc| {
+            (0..changes_len(doc))
+                .filter_map(|i| {
+                    let path = step_expect(i, "recovery");
+                    let Some(Value::Bool(b)) = at(doc, &path) else {
+                        return None;
+                    };
+                    Some(Edit::new(path, Value::Bool(*b), Value::Bool(!b)))
+                })
+                .collect()
+        },
+        consistent: |doc, edit| {
+            let i = step_index(edit)?;
+            if i + 1 != changes_len(doc) {
+                return None; // only the last change may recover: an input change
+            }
+            let mut doc = doc.clone();
+            if edit.to == Value::Bool(true) {
+                let kind = str_at(&doc, &[K("changes"), I(i), K("change"), K("kind")]);
+                let then = str_at(&doc, &[K("changes"), I(i), K("change"), K("then")]);
+                let tpm_error = match (kind.as_str(), then.as_str()) {
+                    ("lost_pin", "right_pin") => "locked_out",
+                    ("lost_pin", _) => "auth_failed",
+                    _ => "integrity",
+                };
+                set(&mut doc, &step_expect(i, "tpm_error"), tpm_error.into());
+                remove(&mut doc, &step_expect(i, "changed_pcrs"));
+                let section = self_service_recovery(&doc)?;
+                set(&mut doc, &[K("recovery")], section);
+            } else {
+                set(&mut doc, &step_expect(i, "tpm_error"), "none".into());
+                remove(&mut doc, &step_expect(i, "changed_pcrs"));
+                remove(&mut doc, &[K("recovery")]);
+                remove(&mut doc, &[K("checks"), K("after_recovery")]);
+            }
+            Some(doc)
+        },
+        step: |doc, edit| change_boot_step(doc, edit),
+    },
+    Field {
+        name: "changes[].expect.tpm_error",
+        mutants: |doc| {
+            (0..changes_len(doc))
+                .flat_map(|i| {
+                    enum_mutants(
+                        doc,
+                        step_expect(i, "tpm_error"),
+                        &[
+                            "policy_failed",
+                            "integrity",
+                            "locked_out",
+                            "auth_failed",
+                            "none",
+                        ],
+                    )
+                })
+                .collect()
+        },
+        consistent: |doc, edit| {
+            let i = step_index(edit)?;
+            if i + 1 != changes_len(doc) {
+                return None; // only the last change may recover: an input change
+            }
+            let mut doc = doc.clone();
+            let to = edit.to.as_str().unwrap_or_default();
+            let kind = str_at(&doc, &[K("changes"), I(i), K("change"), K("kind")]);
+            if matches!(to, "auth_failed" | "locked_out") && kind != "lost_pin" {
+                return None; // wrong PINs need a lost-PIN story: an input change
+            }
+            if to == "policy_failed" {
+                let first = profile_pcrs(&doc).first().copied()?;
+                set(
+                    &mut doc,
+                    &step_expect(i, "changed_pcrs"),
+                    pcr_list(&[first]),
+                );
+            } else {
+                remove(&mut doc, &step_expect(i, "changed_pcrs"));
+            }
+            let recovered = at(&doc, &[K("recovery")]).is_some();
+            if to == "none" {
+                set(&mut doc, &step_expect(i, "recovery"), Value::Bool(false));
+                remove(&mut doc, &[K("recovery")]);
+                remove(&mut doc, &[K("checks"), K("after_recovery")]);
+            } else if !recovered {
+                set(&mut doc, &step_expect(i, "recovery"), Value::Bool(true));
+                let section = self_service_recovery(&doc)?;
+                set(&mut doc, &[K("recovery")], section);
+            }
+            Some(doc)
+        },
+        step: |doc, edit| change_boot_step(doc, edit),
+    },
+    Field {
+        name: "changes[].expect.changed_pcrs",
+        mutants: |doc| {
+            let mut edits = Vec::new();
+            for i in 0..changes_len(doc) {
+                let path = step_expect(i, "changed_pcrs");
+                let Some(Value::Sequence(stated)) = at(doc, &path) else {
+                    continue;
+                };
+                let stated: Vec<u64> = stated.iter().filter_map(Value::as_u64).collect();
+                let others: Vec<u64> = profile_pcrs(doc)
+                    .into_iter()
+                    .filter(|p| !stated.contains(p))
+                    .collect();
+                edits.extend(
+                    others
+                        .iter()
+                        .map(|&p| Edit::new(path.clone(), pcr_list(&stated), pcr_list(&[p]))),
+                );
+            }
+            edits
+        },
+        consistent: |doc, _| Some(doc.clone()),
+        step: |doc, edit| change_boot_step(doc, edit),
+    },
 ];
+
+/// How many steps a story of several changes has (0 for a single `change`).
+fn changes_len(doc: &Value) -> usize {
+    at(doc, &[K("changes")])
+        .and_then(Value::as_sequence)
+        .map_or(0, Vec::len)
+}
+
+/// `changes[i].expect.KEY`.
+fn step_expect(i: usize, key: &'static str) -> Vec<Seg> {
+    vec![K("changes"), I(i), K("expect"), K(key)]
+}
+
+/// The step index of an edit under `changes[i]`.
+fn step_index(edit: &Edit) -> Option<usize> {
+    match edit.path.get(1) {
+        Some(I(i)) => Some(*i),
+        _ => None,
+    }
+}
+
+/// The boot step of the edited change in a story of several: the single change's boot
+/// step, numbered (`boot after the change (change 2)`).
+fn change_boot_step(doc: &Value, edit: &Edit) -> Vec<&'static str> {
+    let Some(i) = step_index(edit) else {
+        return vec![];
+    };
+    let change = [K("changes"), I(i), K("change")];
+    boot_step_of(doc, &change)
+        .into_iter()
+        // The names are built at run time; a test leaks these few strings.
+        .map(|name| &*Box::leak(step::of_change(name, i + 1).into_boxed_str()))
+        .collect()
+}
 
 /// Whether the stated audit ends on the row of the key asked for again after the recovery:
 /// a self-service row after a `shown` one.
@@ -278,14 +433,24 @@ fn states_the_key_asked_for_again(doc: &Value) -> bool {
 
 /// The boot step for this story: on a lost PIN, named after what the user does next.
 fn boot_step(doc: &Value) -> Vec<&'static str> {
-    if str_at(doc, &[K("change"), K("kind")]) != "lost_pin" {
+    boot_step_of(doc, &[K("change")])
+}
+
+/// The boot step of the change at `change` (a path to a `change` mapping).
+fn boot_step_of(doc: &Value, change: &[Seg]) -> Vec<&'static str> {
+    let under = |key: &'static str| {
+        let mut path = change.to_vec();
+        path.push(K(key));
+        path
+    };
+    if str_at(doc, &under("kind")) != "lost_pin" {
         return vec![step::BOOT];
     }
-    let wrong = at(doc, &[K("change"), K("wrong_pins")]).and_then(Value::as_u64);
+    let wrong = at(doc, &under("wrong_pins")).and_then(Value::as_u64);
     let threshold = at(doc, &[K("device"), K("lockout_threshold")])
         .and_then(Value::as_u64)
         .unwrap_or(32);
-    vec![match str_at(doc, &[K("change"), K("then")]).as_str() {
+    vec![match str_at(doc, &under("then")).as_str() {
         "right_pin" => step::PIN_RIGHT,
         // The threshold-th wrong PIN still answers auth_failed; a later one finds the
         // TPM locked out and the device on the recovery screen already.
@@ -928,12 +1093,22 @@ fn every_field_mutant_replaces_a_stated_value_with_another() {
             .flat_map(|f| (f.mutants)(&original.doc))
             .map(|e| path_text(&e.path))
             .collect();
-        for stated in ["expect.recovery", "expect.tpm_error"] {
-            assert!(
-                mutated.iter().any(|p| p == stated),
-                "{}: {stated}",
-                original.name
-            );
+        let mut stated = vec![
+            "expect.recovery".to_string(),
+            "expect.tpm_error".to_string(),
+        ];
+        if changes_len(&original.doc) > 0 {
+            stated = (0..changes_len(&original.doc))
+                .flat_map(|i| {
+                    [
+                        format!("changes[{i}].expect.recovery"),
+                        format!("changes[{i}].expect.tpm_error"),
+                    ]
+                })
+                .collect();
+        }
+        for stated in stated {
+            assert!(mutated.contains(&stated), "{}: {stated}", original.name);
         }
         if at(&original.doc, &[K("recovery"), K("answer")]).is_some() {
             assert!(mutated.iter().any(|p| p == "recovery.answer"));

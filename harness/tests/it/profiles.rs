@@ -331,8 +331,9 @@ fn the_catalog_plays_the_legacy_stories_and_each_option_rom_signer() {
     let legacy = |kind: ChangeKind, pcr: u32| {
         catalog.iter().any(|s| {
             s.device.profile == Profile::Legacy
-                && s.change.kind == kind
-                && s.expect.changed_pcrs == [pcr]
+                && s.steps()
+                    .iter()
+                    .any(|(change, expect)| change.kind == kind && expect.changed_pcrs == [pcr])
         })
     };
     for (kind, pcr) in [
@@ -356,8 +357,9 @@ fn the_catalog_plays_the_legacy_stories_and_each_option_rom_signer() {
         assert!(
             catalog
                 .iter()
-                .any(|s| s.change.kind == ChangeKind::OptionRomAdded
-                    && s.change.signer == Some(signer)),
+                .flat_map(|s| s.steps())
+                .any(|(change, _)| change.kind == ChangeKind::OptionRomAdded
+                    && change.signer == Some(signer)),
             "no option_rom_added scenario signed {signer:?}"
         );
     }

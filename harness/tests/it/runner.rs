@@ -100,7 +100,7 @@ fn a_scenario_whose_expectation_is_wrong_fails_naming_the_step_expected_and_got(
             .unwrap();
     let wrong = text.replace("changed_pcrs: [0]", "changed_pcrs: [4]");
     assert_ne!(text, wrong, "the scenario file changed; update this test");
-    let file = dir.path().join("wrong.yaml");
+    let file = dir.path().join("firmware-update-uefi.yaml");
     std::fs::write(&file, wrong).unwrap();
     let out = run_with_reports(&[file.to_str().unwrap()], dir.path());
     assert_eq!(out.status.code(), Some(1));
@@ -134,7 +134,7 @@ fn an_audit_row_only_a_harness_probe_matches_fails_the_audit_step() {
         "the scenario file changed; update this test"
     );
     let probe_only = text.replace(story, "- { source: self_service, outcome: not_found }");
-    let file = dir.path().join("probe-only.yaml");
+    let file = dir.path().join("foreign-key-request-refused.yaml");
     std::fs::write(&file, probe_only).unwrap();
     let out = run_with_reports(&[file.to_str().unwrap()], dir.path());
     assert_eq!(
@@ -163,7 +163,7 @@ fn an_expected_refusal_that_does_not_come_fails_at_the_refusal_step() {
             .unwrap();
     let refused = text.replace("answer: expired", "answer: refused");
     assert_ne!(text, refused, "the scenario file changed; update this test");
-    let file = dir.path().join("refused.yaml");
+    let file = dir.path().join("idle-session-expires.yaml");
     std::fs::write(&file, refused).unwrap();
     let out = run_with_reports(&[file.to_str().unwrap()], dir.path());
     assert_eq!(out.status.code(), Some(1));
@@ -184,7 +184,7 @@ fn a_catalog_with_one_bad_file_names_it_and_runs_nothing() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
         workspace_root().join("scenarios/control-reboot.yaml"),
-        dir.path().join("good.yaml"),
+        dir.path().join("control-reboot.yaml"),
     )
     .unwrap();
     std::fs::write(

@@ -40,10 +40,12 @@ fn catalog_covers_every_required_story() {
     let scenarios = catalog();
     let has = |kind: ChangeKind, profile: Option<Profile>, recovery: bool, error: TpmError| {
         scenarios.iter().any(|s| {
-            s.change.kind == kind
-                && profile.is_none_or(|p| s.device.profile == p)
-                && s.expect.recovery == recovery
-                && s.expect.tpm_error == error
+            s.steps().iter().any(|(change, expect)| {
+                change.kind == kind
+                    && profile.is_none_or(|p| s.device.profile == p)
+                    && expect.recovery == recovery
+                    && expect.tpm_error == error
+            })
         })
     };
     use ChangeKind as C;
@@ -225,7 +227,7 @@ fn unknown_field_names_its_position_and_the_allowed_fields() {
             "  kind: secure_boot_off\n",
             "  kind: secure_boot_off\n  knd: x\n",
         ),
-        "inline.yaml:11:3: change: unknown field `knd`, expected one of `kind`, `wrong_pins`, `then`, `signer`",
+        "inline.yaml:11:3: change: unknown field `knd`, expected one of `kind`, `wrong_pins`, `then`, `signer`, `suspend`",
     );
 }
 
@@ -333,9 +335,9 @@ fn json_schema_rejects_what_the_loader_rejects() {
 #[test]
 fn a_catalog_with_one_bad_file_fails_and_names_it() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("good.yaml"), BASE).unwrap();
+    std::fs::write(dir.path().join("inline.yaml"), BASE).unwrap();
     std::fs::write(
-        dir.path().join("bad.yaml"),
+        dir.path().join("other.yaml"),
         edit("name: inline", "name: other")
             .replace("tpm_error: policy_failed", "tpm_error: melted"),
     )
@@ -345,13 +347,16 @@ fn a_catalog_with_one_bad_file_fails_and_names_it() {
         panic!("{err}")
     };
     assert_eq!(errors.len(), 1);
-    assert_eq!(errors[0].file(), dir.path().join("bad.yaml"));
+    assert_eq!(errors[0].file(), dir.path().join("other.yaml"));
     let text = err.to_string();
-    assert!(text.starts_with("1 invalid scenario file:"), "{text}");
+    assert!(
+        text.starts_with("1 invalid scenario file, 1 problem:"),
+        "{text}"
+    );
     assert!(
         text.contains(&format!(
             "{}:13:14: expect.tpm_error: unknown variant `melted`",
-            dir.path().join("bad.yaml").display()
+            dir.path().join("other.yaml").display()
         )),
         "{text}"
     );
@@ -360,11 +365,11 @@ fn a_catalog_with_one_bad_file_fails_and_names_it() {
 #[test]
 fn duplicate_names_and_empty_catalogs_are_errors() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("a.yaml"), BASE).unwrap();
-    std::fs::write(dir.path().join("b.yaml"), BASE).unwrap();
+    std::fs::write(dir.path().join("inline.yaml"), BASE).unwrap();
+    std::fs::write(dir.path().join("inline.yml"), BASE).unwrap();
     let err = load_catalog(&[dir.path()]).unwrap_err().to_string();
     assert!(
-        err.contains("b.yaml: scenario name `inline` is already used by"),
+        err.contains("inline.yml: scenario name `inline` is already used by"),
         "{err}"
     );
 
@@ -486,6 +491,10 @@ fn json_schema_names_exactly_the_variants_and_fields_of_the_rust_types() {
             serde_names::<m::SignInKind>(variant.clone()),
         ),
         (
+            "/$defs/change_step/properties",
+            serde_names::<m::ChangeStep>(field.clone()),
+        ),
+        (
             "/$defs/change/properties",
             serde_names::<m::Change>(field.clone()),
         ),
@@ -566,4 +575,154 @@ fn json_schema_names_exactly_the_variants_and_fields_of_the_rust_types() {
             "the schema at {pointer} and the Rust type differ"
         );
     }
+}
+
+/// `harness validate` through the real binary: every problem of a file, each at its own
+/// file:line:column, in file order, like a compiler; `harness run` refuses the same
+/// catalog with the same errors and exit code 2.
+#[test]
+fn validate_reports_every_problem_at_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let three = edit(
+        "protectors: [tpm, recovery_password]",
+        "protectors: [tpm, recovery_password, tpm]",
+    )
+    .replace("changed_pcrs: [7]", "changed_pcrs: [7, 9]")
+    .replace("  as: CONTOSO\\alice", "  as: CONTOSO\\bob");
+    let file = dir.path().join("inline.yaml");
+    std::fs::write(&file, three).unwrap();
+    let f = file.display();
+    let expected = format!(
+        "error: 1 invalid scenario file, 3 problems:\n  \
+         {f}:5:40: device.protectors[2]: protector listed twice\n  \
+         {f}:14:21: expect.changed_pcrs[1]: PCR 9 is not in profile 7,11 (PCRs [7, 11])\n  \
+         {f}:17:3: recovery.as: unknown user `CONTOSO\\bob`: expected one of `users` (`CONTOSO\\alice`)\n"
+    );
+    for command in ["validate", "run"] {
+        let out = crate::common::harness()
+            .arg(command)
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), expected, "{command}");
+        assert!(out.stdout.is_empty(), "{command}");
+    }
+}
+
+/// serde stops at its first type error; the loader reads each top-level section again on
+/// its own, so each section's first type error is reported, at its real line.
+#[test]
+fn type_errors_in_several_sections_are_each_reported() {
+    let bad = edit("profile: \"7,11\"", "profile: \"7,12\"")
+        .replace("sign_ins: [local]", "sign_ins: [locall]")
+        .replace("changed_pcrs: [7]", "changed_pcrs: [7]\n  extra: 1");
+    let errors = harness::scenario::check_scenario(Path::new("inline.yaml"), &bad).unwrap_err();
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "inline.yaml:4:12: device.profile: unknown variant `7,12`, expected one of `7,11`, `0,2,4,11`, `legacy`",
+            "inline.yaml:8:16: users[0].sign_ins[0]: unknown variant `locall`, expected `local` or `remote`",
+            "inline.yaml:15:3: expect: unknown field `extra`, expected one of `recovery`, `tpm_error`, `changed_pcrs`",
+        ]
+    );
+}
+
+/// An unclosed flow sequence is a syntax error, named as one, not the type error the typed
+/// reader meets first inside the half-read text.
+#[test]
+fn an_unclosed_flow_sequence_is_named_a_syntax_error() {
+    let bad = edit("changed_pcrs: [7]", "changed_pcrs: [7");
+    let errors = harness::scenario::check_scenario(Path::new("inline.yaml"), &bad).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let text = errors[0].to_string();
+    assert!(
+        text.starts_with("inline.yaml:15:9: YAML syntax error: did not find expected ',' or ']'"),
+        "{text}"
+    );
+    assert!(text.contains("flow sequence"), "{text}");
+}
+
+/// SCHEMA.md: the file is named `<name>.yaml`.
+#[test]
+fn a_file_named_differently_from_its_scenario_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("renamed.yaml");
+    std::fs::write(&file, BASE).unwrap();
+    let err = harness::scenario::load_scenario(&file)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{}:1:1: name: the scenario `inline` must be in a file named `inline.yaml` (this one is `renamed`)",
+            file.display()
+        )
+    );
+}
+
+/// `changes:` (a story of several changes, each with its own `expect`) in place of
+/// `change` + `expect`: its rules, each at its position.
+#[test]
+fn a_story_of_several_changes_is_checked_step_by_step() {
+    let steps = BASE.replace(
+        "change:\n  kind: secure_boot_off\nexpect:\n  recovery: true\n  tpm_error: policy_failed\n  changed_pcrs: [7]\n",
+        "changes:\n  - change: { kind: firmware_update_suspended }\n    expect: { recovery: false, tpm_error: none }\n  - change: { kind: secure_boot_off }\n    expect: { recovery: true, tpm_error: policy_failed, changed_pcrs: [7] }\n",
+    );
+    assert_ne!(steps, BASE);
+    let s = parse_scenario(Path::new("inline.yaml"), &steps).unwrap();
+    assert_eq!(s.steps().len(), 2);
+    assert!(s.recovers());
+    // Only the last step may end on the recovery screen.
+    check(
+        &steps.replace(
+            "expect: { recovery: false, tpm_error: none }",
+            "expect: { recovery: true, tpm_error: integrity }",
+        ),
+        "inline.yaml:11:15: changes[0].expect.recovery: only the last change may end on the recovery screen (the `recovery` section follows it): expected `recovery: false` here",
+    );
+    // Each step's expectation is checked like a single change's, at its own position.
+    check(
+        &steps.replace("changed_pcrs: [7]", "changed_pcrs: [7, 7]"),
+        "inline.yaml:13:75: changes[1].expect.changed_pcrs[1]: PCR 7 listed twice",
+    );
+    // One form or the other.
+    check(
+        &format!("{steps}change:\n  kind: reboot\n"),
+        "inline.yaml:19:1: change: `changes` lists every change with its own `expect`: expected no top-level `change` or `expect` besides it",
+    );
+    let validator = schema_validator();
+    let value: serde_json::Value = serde_yaml::from_str(&steps).unwrap();
+    assert!(validator.is_valid(&value));
+    let both: serde_json::Value =
+        serde_yaml::from_str(&format!("{steps}change:\n  kind: reboot\n")).unwrap();
+    assert!(!validator.is_valid(&both));
+}
+
+/// `suspend: { reboots: N }` on a change: 1-15, and not with a change that does not boot
+/// with the TPM protector.
+#[test]
+fn suspend_takes_1_to_15_reboots_before_a_change_that_boots() {
+    let suspended = edit(
+        "  kind: secure_boot_off\nexpect:\n  recovery: true\n  tpm_error: policy_failed\n  changed_pcrs: [7]\n",
+        "  kind: secure_boot_off\n  suspend: { reboots: 1 }\nexpect:\n  recovery: false\n  tpm_error: none\n",
+    );
+    let suspended = suspended[..suspended.find("recovery:\n  via").unwrap()].to_string();
+    let s = parse_scenario(Path::new("inline.yaml"), &suspended).unwrap();
+    assert_eq!(s.steps()[0].0.suspend.map(|x| x.reboots), Some(1));
+    check(
+        &suspended.replace("reboots: 1", "reboots: 16"),
+        "inline.yaml:11:14: change.suspend.reboots: expected 1-15 reboots",
+    );
+    check(
+        &suspended.replace("kind: secure_boot_off", "kind: none"),
+        "inline.yaml:11:3: change.suspend: `suspend` does not go with `kind: none`: `none` does not reboot",
+    );
+    let validator = schema_validator();
+    let ok: serde_json::Value = serde_yaml::from_str(&suspended).unwrap();
+    assert!(validator.is_valid(&ok));
+    let bad: serde_json::Value =
+        serde_yaml::from_str(&suspended.replace("reboots: 1", "reboots: 16")).unwrap();
+    assert!(!validator.is_valid(&bad));
 }

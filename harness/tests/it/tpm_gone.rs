@@ -64,7 +64,7 @@ fn wait_until(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
 fn swtpm_killed_mid_scenario_fails_at_a_named_step_saying_the_tpm_is_gone_within_2_s() {
     let _ = portal_bin();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("scenario.yaml");
+    let file = dir.path().join("tpm-gone-mid-scenario.yaml");
     std::fs::write(&file, MANY_WRONG_PINS).unwrap();
     let json = dir.path().join("run.json");
     let mut run = harness()
