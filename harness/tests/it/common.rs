@@ -160,3 +160,20 @@ pub fn step_kind(step: &str) -> String {
     }
     kind
 }
+
+/// Waits for the `PORTAL-READY {json}` line a `portal-under-test serve` child prints once it
+/// listens, and returns the JSON (`url`, `ca_cert`, ...). Panics with what the child printed
+/// instead, naming `what` (e.g. "replica 1").
+pub fn ready_line(child: &mut std::process::Child, what: &str) -> serde_json::Value {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("serve's stdout is piped");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read serve's stdout");
+    let json = line
+        .trim()
+        .strip_prefix("PORTAL-READY ")
+        .unwrap_or_else(|| panic!("{what} did not start: {line:?}"));
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{what}'s ready line {line:?}: {e}"))
+}

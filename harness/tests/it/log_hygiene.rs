@@ -4,10 +4,9 @@
 //! devices and the portal's store, so the test looks for their shapes: a recovery password is
 //! eight groups of six digits, a lockout authorization 32 random bytes (64 hex digits).
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use crate::common::{gate_subset_files, harness, portal_bin};
+use crate::common::{gate_subset_files, harness, portal_bin, ready_line};
 
 /// Recovery passwords (`dddddd-dddddd-…`, 8 groups, or the 48 digits run together).
 fn recovery_password_shapes(text: &str) -> Vec<String> {
@@ -95,12 +94,7 @@ fn the_catalog_passes_by_url_and_leaves_no_secret_in_the_portals_log_or_the_harn
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(portal.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let ready: serde_json::Value =
-        serde_json::from_str(line.strip_prefix("PORTAL-READY ").expect(&line)).unwrap();
+    let ready = ready_line(&mut portal, "the portal");
     let report = dir.path().join("run.json");
     let run = harness()
         .args(["run", "-j", "2"])

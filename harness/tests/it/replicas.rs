@@ -3,11 +3,10 @@
 //! replicas given by repeated `--portal-url`, and replicas the harness starts itself
 //! (`--embedded-replicas N --database-url`).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use crate::common::{harness, portal_bin};
+use crate::common::{harness, portal_bin, ready_line};
 
 /// Scenarios that escrow (device agent), then recover through self-service (and have the
 /// agent check in for rotation) and through the help desk.
@@ -92,12 +91,7 @@ fn replica(data: &Path, db: &str, config: &Path, log: &Path) -> Replica {
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let ready: serde_json::Value =
-        serde_json::from_str(line.trim().strip_prefix("PORTAL-READY ").expect(&line)).unwrap();
+    let ready = ready_line(&mut child, "replica");
     Replica {
         child,
         url: ready["url"].as_str().unwrap().to_string(),

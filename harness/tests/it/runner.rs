@@ -1,11 +1,10 @@
 //! `harness run` as CI uses it: the real binary, the real portal binary, real swtpm.
 
 use crate::common::{
-    gate_subset_files, harness, pids, portal_bin, process_alive, step_kind, workspace_root,
-    GATE_SUBSET,
+    gate_subset_files, harness, pids, portal_bin, process_alive, ready_line, step_kind,
+    workspace_root, GATE_SUBSET,
 };
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -260,12 +259,7 @@ impl SeparatePortal {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ready: serde_json::Value =
-            serde_json::from_str(line.strip_prefix("PORTAL-READY ").expect(&line)).unwrap();
+        let ready = ready_line(&mut child, "the separate portal");
         SeparatePortal {
             child,
             url: ready["url"].as_str().unwrap().to_string(),

@@ -11,7 +11,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use serde_json::{json, Value};
 
-use crate::common::{fast_config, tls_portal, Key, Portal, PASSWORD};
+use crate::common::{fast_config, ready_line, tls_portal, Key, Portal, PASSWORD};
 
 const ALICE: &str = "CONTOSO\\alice";
 
@@ -452,17 +452,7 @@ async fn no_recovery_password_or_lockout_authorization_in_the_portals_log() {
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut l = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut l).unwrap();
-        l
-    })
-    .await
-    .unwrap();
-    let ready: Value =
-        serde_json::from_str(line.trim().strip_prefix("PORTAL-READY ").unwrap()).unwrap();
+    let ready = ready_line(&mut child, "serve");
     let url = ready["url"].as_str().unwrap().to_string();
     let c = reqwest::Client::builder()
         .cookie_store(true)

@@ -8,7 +8,6 @@
 //! CI size: 3 kills. The full run (`make faults`: 20 kills) sets `PORTAL_KILLS`.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -20,7 +19,7 @@ use portal_under_test::store::AuditFilter;
 use rand::Rng;
 use serde_json::{json, Value};
 
-use crate::common::{Key, PASSWORD};
+use crate::common::{ready_line, Key, PASSWORD};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portal-under-test");
 
@@ -74,16 +73,7 @@ pub(crate) fn start(data: &Path, config: &Path, db: &Option<String>, log: &Path)
         )
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let ready: Value = serde_json::from_str(
-        line.trim()
-            .strip_prefix("PORTAL-READY ")
-            .unwrap_or_else(|| panic!("portal did not start: {line:?}; log {}", log.display())),
-    )
-    .unwrap();
+    let ready = ready_line(&mut child, &format!("the portal (log {})", log.display()));
     Portal {
         child,
         url: ready["url"].as_str().unwrap().to_string(),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{fresh_database, Key, PASSWORD};
+use crate::common::{fresh_database, ready_line, Key, PASSWORD};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portal-under-test");
 /// How fast a key escrowed on one replica must be found on another (issue 21).
@@ -113,18 +113,7 @@ impl Replicas {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let ready: Value = serde_json::from_str(
-            line.trim()
-                .strip_prefix("PORTAL-READY ")
-                .unwrap_or_else(|| panic!("replica {i} did not start: {line:?}")),
-        )
-        .unwrap();
+        let ready = ready_line(&mut child, &format!("replica {i}"));
         Replica {
             child,
             url: ready["url"].as_str().unwrap().to_string(),

@@ -1,10 +1,9 @@
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::Key;
+use crate::common::{ready_line, Key};
 
 fn client(ca_pem: &[u8]) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -154,19 +153,7 @@ async fn real_binary_bootstrap_import_serve_and_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut l = String::new();
-        BufReader::new(stdout).read_line(&mut l).unwrap();
-        l
-    })
-    .await
-    .unwrap();
-    let json = line
-        .trim()
-        .strip_prefix("PORTAL-READY ")
-        .unwrap_or_else(|| panic!("ready line: {line:?}"));
-    let ready: Value = serde_json::from_str(json).unwrap();
+    let ready = ready_line(&mut child, "serve");
     let url = ready["url"].as_str().unwrap().to_string();
     let ca = ready["ca_cert"].as_str().unwrap().to_string();
     let c = client(&std::fs::read(&ca).unwrap());
@@ -207,16 +194,7 @@ async fn insecure_http_ready_line_has_null_ca() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut l = String::new();
-        BufReader::new(stdout).read_line(&mut l).unwrap();
-        l
-    })
-    .await
-    .unwrap();
-    let ready: Value =
-        serde_json::from_str(line.trim().strip_prefix("PORTAL-READY ").unwrap()).unwrap();
+    let ready = ready_line(&mut child, "serve --insecure-http");
     assert!(ready["url"]
         .as_str()
         .unwrap()
