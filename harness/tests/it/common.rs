@@ -124,6 +124,8 @@ pub const GATE_SUBSET: &[&str] = &[
     "key-kept-until-rotated",
     // A story of several changes (`changes`, steps named `... (change N)`) and `suspend`.
     "windows-update-suspend-one-reboot-and-expiry",
+    // `expect.tpm_failed_tries`, `checks.audit_absent` and a help desk in Japanese.
+    "help-desk-ja-lost-pin-caller-refused",
 ];
 
 /// [`GATE_SUBSET`] as the scenario files `harness run` takes.
