@@ -122,6 +122,23 @@ fn catalog_covers_every_required_story() {
         Answer::Expired
     )));
     assert!(recovery_with(&|s| s.checks.foreign_key_request.is_some()));
+    // The second slice's words, each in a story: a failure count read from the TPM, an
+    // audit row that must not exist, the help desk in another language, a real wait.
+    assert!(recovery_with(&|s| s
+        .steps()
+        .iter()
+        .any(|(_, e)| e.tpm_failed_tries.is_some())));
+    assert!(recovery_with(&|s| !s.checks.audit_absent.is_empty()));
+    assert!(recovery_with(&|s| s
+        .recovery
+        .as_ref()
+        .is_some_and(
+            |r| r.via == RecoveryVia::HelpDesk && r.language.is_some()
+        )));
+    assert!(recovery_with(&|s| s
+        .changes
+        .iter()
+        .any(|c| c.wait_secs.is_some())));
     assert!(recovery_with(&|s| s.checks.after_recovery.is_some()
         && answer(s, RecoveryVia::SelfService, Answer::KeyShown)));
     assert!(recovery_with(&|s| answer(
