@@ -393,6 +393,15 @@ fn json_schema_rejects_what_the_loader_rejects() {
         ),
         edit("[tpm, recovery_password]", "[tpm_pin, recovery_password]"),
         edit("  kind: secure_boot_off\n", "  kind: lost_pin\n"),
+        edit("  changed_pcrs: [7]\n", "  changed_pcrs: [7]\n  tpm_failed_tries: -1\n"),
+        edit(
+            "  protectors: [tpm, recovery_password]\n",
+            "  protectors: [tpm, recovery_password]\n  failure_forgotten_secs: 0\n",
+        ),
+        edit(
+            "  answer: key_shown\n",
+            "  answer: key_shown\nchecks:\n  audit_absent: [{ source: self_service, outcome: lost }]\n",
+        ),
     ] {
         assert!(!validator.is_valid(&value(&bad)), "schema accepted:\n{bad}");
         assert!(parse_scenario(Path::new("inline.yaml"), &bad).is_err());
