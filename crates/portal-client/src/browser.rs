@@ -108,6 +108,9 @@ struct Browser {
     who: String,
     /// The page on screen: forms are taken from it, as a user would.
     page: Option<Page>,
+    /// The browser's language list, sent as `Accept-Language` (e.g. `ja-JP,ja`); `None`:
+    /// no header, the portal's default.
+    accept_language: Option<String>,
 }
 
 impl Browser {
@@ -117,7 +120,16 @@ impl Browser {
             base: target.url_for(actor).clone(),
             who: who.to_string(),
             page: None,
+            accept_language: None,
         })
+    }
+
+    /// A request as this browser sends it (with its language list).
+    fn request(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.accept_language {
+            Some(lang) => request.header(reqwest::header::ACCEPT_LANGUAGE, lang),
+            None => request,
+        }
     }
 
     fn step(&self, what: &str) -> String {
@@ -127,7 +139,7 @@ impl Browser {
     async fn get(&mut self, path: &str) -> Result<&Page> {
         let url = join(&self.base, path)?;
         let step = self.step(&format!("GET {path}"));
-        let reply = send(&step, self.http.get(url)).await?;
+        let reply = send(&step, self.request(self.http.get(url))).await?;
         Ok(self.show(Page {
             status: reply.status,
             url: reply.url,
@@ -171,7 +183,7 @@ impl Browser {
         } else {
             self.http.get(form.action.clone()).query(&form.fields)
         };
-        let reply = send(&step, request).await?;
+        let reply = send(&step, self.request(request)).await?;
         Ok(self.show(Page {
             status: reply.status,
             url: reply.url,
@@ -251,7 +263,7 @@ impl Browser {
         let url = join(&self.base, &path)?;
         let step = self.step(&format!("continue after the idle warning (POST {path})"));
         // A 204 leaves the page on screen, as in a browser.
-        let reply = send(&step, self.http.post(url).form(&fields)).await?;
+        let reply = send(&step, self.request(self.http.post(url).form(&fields))).await?;
         match reply.status {
             200..=299 => Ok(true),
             401 => Ok(false),
@@ -274,7 +286,11 @@ impl Browser {
             .unwrap_or_default();
         let url = join(&self.base, &path)?;
         let step = self.step(&format!("sign out (POST {path})"));
-        let reply = send(&step, self.http.post(url).form(&[("csrf_token", csrf)])).await?;
+        let reply = send(
+            &step,
+            self.request(self.http.post(url).form(&[("csrf_token", csrf)])),
+        )
+        .await?;
         self.show(Page {
             status: reply.status,
             url: reply.url,
@@ -312,6 +328,12 @@ impl BrowserUser {
                 &format!("self-service user {username}"),
             )?,
         })
+    }
+
+    /// The same user with a browser set to `accept_language` (e.g. `ja-JP,ja`).
+    pub fn with_language(mut self, accept_language: Option<&str>) -> BrowserUser {
+        self.browser.accept_language = accept_language.map(str::to_string);
+        self
     }
 
     /// Signs in: the portal then shows the notice.
@@ -395,6 +417,12 @@ impl HelpDeskOperator {
                 &format!("help desk operator {username}"),
             )?,
         })
+    }
+
+    /// The same operator with a browser set to `accept_language` (e.g. `ja-JP,ja`).
+    pub fn with_language(mut self, accept_language: Option<&str>) -> HelpDeskOperator {
+        self.browser.accept_language = accept_language.map(str::to_string);
+        self
     }
 
     pub async fn sign_in(&mut self, username: &str, password: &str) -> Result<()> {

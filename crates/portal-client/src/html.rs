@@ -75,6 +75,12 @@ impl Page {
         by_id(&doc, id).is_some()
     }
 
+    /// `<html lang>`: the language the page says it is in.
+    pub fn language(&self) -> Option<String> {
+        let doc = Html::parse_document(&self.body);
+        doc.root_element().value().attr("lang").map(str::to_string)
+    }
+
     /// The text of the element with that id (whitespace normalised).
     pub fn text_of(&self, id: &str) -> Option<String> {
         let doc = Html::parse_document(&self.body);

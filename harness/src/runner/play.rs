@@ -7,8 +7,8 @@ use rand::Rng;
 
 use crate::scenario::serde_name;
 use crate::scenario::{
-    self, AfterRecovery, Answer as Expected, ChangeKind, IdleExpiry, KeyIdDigits, PinAction,
-    ProtectorKind, RecoveryVia, Scenario, TpmError,
+    self, AfterRecovery, Answer as Expected, ChangeKind, IdleExpiry, KeyIdDigits, Language,
+    PinAction, ProtectorKind, RecoveryVia, Scenario, TpmError,
 };
 use bitlocker::{KeyProtectorId, RecoveryPassword};
 use device::machine::{
@@ -342,7 +342,7 @@ impl<'a> Play<'a> {
         typed_id: &str,
     ) -> Result<Option<String>, Failure> {
         let mut operator = self
-            .help_desk_operator(operator_name, operator_password)
+            .help_desk_operator(operator_name, operator_password, recovery.language)
             .await?;
         let end_user = recovery.end_user.as_deref().map(|u| d.names.user(u));
         let reason = recovery.reason.as_str();
@@ -382,7 +382,7 @@ impl<'a> Play<'a> {
         operator_password: &str,
     ) -> Result<(), Failure> {
         let mut operator = self
-            .help_desk_operator(operator_name, operator_password)
+            .help_desk_operator(operator_name, operator_password, recovery.language)
             .await?;
         let end_user = recovery.end_user.as_deref().map(|u| d.names.user(u));
         let reason = recovery.reason.as_str();
@@ -665,14 +665,17 @@ impl<'a> Play<'a> {
         })
     }
 
-    /// A help desk operator, signed in.
+    /// A help desk operator, signed in, whose browser is set to `language` (the pages must
+    /// come in it: `<html lang>`; the help desk's forms themselves are English-only).
     async fn help_desk_operator(
         &mut self,
         username: &str,
         password: &str,
+        language: Option<Language>,
     ) -> Result<HelpDeskOperator, Failure> {
         let mut operator = HelpDeskOperator::new(self.target, username)
-            .map_err(|e| failure("open the help desk", "a client", e))?;
+            .map_err(|e| failure("open the help desk", "a client", e))?
+            .with_language(language.map(Language::accept_language));
         self.steps
             .run_async("help desk operator signs in", async {
                 operator
@@ -681,6 +684,16 @@ impl<'a> Play<'a> {
                     .map_err(because("the help desk form"))
             })
             .await?;
+        if let Some(lang) = language {
+            self.steps.run(&step::pages_in(lang.tag()), || {
+                let html_lang = operator.page().and_then(|p| p.language());
+                ensure(
+                    html_lang.as_deref() == Some(lang.tag()),
+                    format!("<html lang=\"{}\">", lang.tag()),
+                    format!("<html lang={html_lang:?}>"),
+                )
+            })?;
+        }
         Ok(operator)
     }
 
@@ -704,7 +717,27 @@ impl<'a> Play<'a> {
                     name.to_string()
                 }
             };
+            if let Some(secs) = self.scenario.changes.get(i).and_then(|c| c.wait_secs) {
+                // Real time: the TPM forgets failures by its own clock.
+                self.steps
+                    .run(&named(&format!("the story waits {secs} s")), || {
+                        std::thread::sleep(Duration::from_secs(u64::from(secs)));
+                        Ok(())
+                    })?;
+            }
             screen = self.one_change(machine, pin, change, expect, &named)?;
+            if let Some(want) = expect.tpm_failed_tries {
+                self.steps.run(&named(step::FAILED_TRIES), || {
+                    let counted = machine
+                        .tpm_lockout_counter()
+                        .map_err(because("TPM_PT_LOCKOUT_COUNTER"))?;
+                    ensure(
+                        counted == want,
+                        format!("{want} failure(s) counted"),
+                        format!("{counted} failure(s) counted"),
+                    )
+                })?;
+            }
         }
         Ok(screen)
     }
@@ -782,45 +815,47 @@ impl<'a> Play<'a> {
         named: &dyn Fn(&str) -> String,
     ) -> Result<Option<BootOutcome>, Failure> {
         let threshold = self.scenario.device.lockout_threshold;
+        // Failures an earlier step left and the TPM has not forgotten yet count too.
+        let before = machine
+            .tpm_lockout_counter()
+            .map_err(|e| failure("read the TPM's failure counter", "a counter", e))?;
         let mut last = None;
-        for attempt in 1..=change.wrong_pins.unwrap_or(0) {
+        for typed in 1..=change.wrong_pins.unwrap_or(0) {
+            let attempt = before + typed;
             let counted = format!("TPM_RC_AUTH_FAIL with the lockout counter at {attempt}");
             // The boot runs inside the step, so the step's time is the boot's.
             let outcome =
-                self.steps
-                    .run(&named(&format!("wrong PIN #{attempt}")), || {
-                        match machine.boot(Some("000000-wrong")) {
+                self.steps.run(&named(&format!("wrong PIN #{typed}")), || {
+                    match machine.boot(Some("000000-wrong")) {
+                        Ok(BootOutcome::WrongPin { lockout_counter }) if attempt <= threshold => {
+                            ensure(
+                                lockout_counter == attempt,
+                                counted.clone(),
+                                format!("counter {lockout_counter}"),
+                            )?;
                             Ok(BootOutcome::WrongPin { lockout_counter })
-                                if attempt <= threshold =>
-                            {
-                                ensure(
-                                    lockout_counter == attempt,
-                                    counted.clone(),
-                                    format!("counter {lockout_counter}"),
-                                )?;
-                                Ok(BootOutcome::WrongPin { lockout_counter })
-                            }
-                            Ok(BootOutcome::Recovery(screen))
-                                if attempt > threshold && screen.cause == TpmError::LockedOut =>
-                            {
-                                Ok(BootOutcome::Recovery(screen))
-                            }
-                            Ok(other) => Err((
-                                if attempt <= threshold {
-                                    counted.clone()
-                                } else {
-                                    format!("TPM_RC_LOCKOUT: {threshold} failures reached")
-                                },
-                                match other {
-                                    BootOutcome::Recovery(screen) => {
-                                        format!("the recovery screen with {}", screen.cause.name())
-                                    }
-                                    other => format!("{other:?}"),
-                                },
-                            )),
-                            Err(e) => Err(("a refused PIN".into(), e.to_string())),
                         }
-                    })?;
+                        Ok(BootOutcome::Recovery(screen))
+                            if attempt > threshold && screen.cause == TpmError::LockedOut =>
+                        {
+                            Ok(BootOutcome::Recovery(screen))
+                        }
+                        Ok(other) => Err((
+                            if attempt <= threshold {
+                                counted.clone()
+                            } else {
+                                format!("TPM_RC_LOCKOUT: {threshold} failures reached")
+                            },
+                            match other {
+                                BootOutcome::Recovery(screen) => {
+                                    format!("the recovery screen with {}", screen.cause.name())
+                                }
+                                other => format!("{other:?}"),
+                            },
+                        )),
+                        Err(e) => Err(("a refused PIN".into(), e.to_string())),
+                    }
+                })?;
             last = Some(outcome);
         }
         Ok(last)
@@ -895,14 +930,13 @@ impl<'a> Play<'a> {
                     .map_err(because("the key form"))
             })
             .await?;
-        if let (User::Chrome(c), Some(lang)) = (&*user, recovery.language) {
+        if let Some(lang) = recovery.language {
             self.steps
-                .run_async(&format!("the pages come in {}", lang.tag()), async {
-                    let html_lang = c.page_language().await.map_err(because("<html lang>"))?;
-                    let label = c
-                        .text_of("get-key")
+                .run_async(&step::pages_in(lang.tag()), async {
+                    let (html_lang, label) = user
+                        .language_and_get_key()
                         .await
-                        .map_err(because("the Get Key button"))?;
+                        .map_err(because("<html lang> and the Get Key button"))?;
                     let want = get_key_label(lang.tag()).unwrap_or_default();
                     ensure(
                         html_lang == lang.tag() && label.as_deref() == Some(want),
@@ -1377,6 +1411,9 @@ impl<'a> Play<'a> {
         if let Some(foreign) = &s.checks.foreign_key_request {
             self.foreign_key_request(foreign, d, p).await?;
         }
+        if !s.checks.audit_absent.is_empty() {
+            self.audit_absent_check(&d.names).await?;
+        }
         if !s.checks.audit.is_empty() {
             self.audit_check(&d.names).await?;
         }
@@ -1448,64 +1485,98 @@ impl<'a> Play<'a> {
         Ok(())
     }
 
+    /// The portal's audit rows for this story (its device and its users), in order, each
+    /// as (source, outcome) and whether it is one of the harness's own probes.
+    async fn story_audit_rows(
+        &self,
+        names: &Names,
+    ) -> StepResult<(Vec<(String, String)>, Vec<bool>)> {
+        let s = self.scenario;
+        let admin = Admin::new(self.target).map_err(because("an admin client"))?;
+        let device = names.device(&s.device.name);
+        let users: Vec<String> = s.users.iter().map(|u| names.user(&u.name)).collect();
+        let rows = admin
+            .audit(&AuditQuery::default())
+            .await
+            .map_err(because("audit rows"))?;
+        let mine: Vec<&AuditRow> = rows
+            .iter()
+            .filter(|r| {
+                r.device
+                    .as_deref()
+                    .is_some_and(|d| d.eq_ignore_ascii_case(&device))
+                    || r.requester
+                        .as_deref()
+                        .is_some_and(|q| users.iter().any(|u| u.eq_ignore_ascii_case(q)))
+                    || r.end_user
+                        .as_deref()
+                        .is_some_and(|q| users.iter().any(|u| u.eq_ignore_ascii_case(q)))
+            })
+            .collect();
+        let probe = probe_rows(&mine, &self.probes);
+        let mine = mine
+            .iter()
+            .map(|r| (r.source.clone(), r.outcome.clone()))
+            .collect();
+        Ok((mine, probe))
+    }
+
+    /// `checks.audit_absent`: none of the story's rows (the harness's probes aside) is one
+    /// the scenario says must not exist.
+    async fn audit_absent_check(&mut self, names: &Names) -> Result<(), Failure> {
+        let found = self.story_audit_rows(names).await;
+        let absent: Vec<(String, String)> = self
+            .scenario
+            .checks
+            .audit_absent
+            .iter()
+            .map(|e| (serde_name(&e.source), serde_name(&e.outcome)))
+            .collect();
+        self.steps.run(step::AUDIT_ABSENT, || {
+            let (rows, probe) = found?;
+            let present: Vec<String> = rows
+                .iter()
+                .zip(&probe)
+                .filter(|(row, &p)| !p && absent.contains(row))
+                .map(|((source, outcome), _)| format!("{source} {outcome}"))
+                .collect();
+            ensure(
+                present.is_empty(),
+                format!("no row {absent:?}"),
+                present.join(", "),
+            )
+        })
+    }
+
     /// `checks.audit`: the portal's audit rows for this story, in order, with only the
     /// harness's own probe rows between them.
     async fn audit_check(&mut self, names: &Names) -> Result<(), Failure> {
-        let s = self.scenario;
-        let admin =
-            Admin::new(self.target).map_err(|e| failure("connect as admin", "a client", e))?;
-        let device = names.device(&s.device.name);
-        let users: Vec<String> = s.users.iter().map(|u| names.user(&u.name)).collect();
-        let expected = &s.checks.audit;
-        let probes = self.probes.clone();
-        self.steps
-            .run_async(step::AUDIT, async {
-                let rows = admin
-                    .audit(&AuditQuery::default())
-                    .await
-                    .map_err(because("audit rows"))?;
-                let mine: Vec<&AuditRow> = rows
-                    .iter()
-                    .filter(|r| {
-                        r.device
-                            .as_deref()
-                            .is_some_and(|d| d.eq_ignore_ascii_case(&device))
-                            || r.requester
-                                .as_deref()
-                                .is_some_and(|q| users.iter().any(|u| u.eq_ignore_ascii_case(q)))
-                            || r.end_user
-                                .as_deref()
-                                .is_some_and(|q| users.iter().any(|u| u.eq_ignore_ascii_case(q)))
-                    })
-                    .collect();
-                let probe = probe_rows(&mine, &probes);
-                let mine: Vec<(String, String)> = mine
-                    .iter()
-                    .map(|r| (r.source.clone(), r.outcome.clone()))
-                    .collect();
-                let want: Vec<(String, String)> = expected
-                    .iter()
-                    .map(|e| (serde_name(&e.source), serde_name(&e.outcome)))
-                    .collect();
-                // Every row the story caused, and no other but the harness's probes: a
-                // stated row another row could stand in for would let a wrong outcome
-                // pass.
-                let got: Vec<String> = mine
-                    .iter()
-                    .zip(&probe)
-                    .map(|((source, outcome), &p)| {
-                        let mark = if p { " (harness probe)" } else { "" };
-                        format!("{source} {outcome}{mark}")
-                    })
-                    .collect();
-                ensure(
-                    audit_matches(&want, &mine, &probe),
-                    format!("{want:?} in this order: every row of the story, probe rows optional"),
-                    got.join(", "),
-                )
-            })
-            .await?;
-        Ok(())
+        let found = self.story_audit_rows(names).await;
+        let want: Vec<(String, String)> = self
+            .scenario
+            .checks
+            .audit
+            .iter()
+            .map(|e| (serde_name(&e.source), serde_name(&e.outcome)))
+            .collect();
+        self.steps.run(step::AUDIT, || {
+            let (mine, probe) = found?;
+            // Every row the story caused, and no other but the harness's probes: a stated
+            // row another row could stand in for would let a wrong outcome pass.
+            let got: Vec<String> = mine
+                .iter()
+                .zip(&probe)
+                .map(|((source, outcome), &p)| {
+                    let mark = if p { " (harness probe)" } else { "" };
+                    format!("{source} {outcome}{mark}")
+                })
+                .collect();
+            ensure(
+                audit_matches(&want, &mine, &probe),
+                format!("{want:?} in this order: every row of the story, probe rows optional"),
+                got.join(", "),
+            )
+        })
     }
 }
 
@@ -1542,6 +1613,7 @@ pub fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
         key_id_prefix,
         dictionary_attack: device::machine::DaParameters {
             max_tries: s.device.lockout_threshold,
+            recovery_time_secs: s.device.failure_forgotten_secs,
             ..WINDOWS_DA
         },
         cipher: s.device.volume_cipher.fve_cipher(),

@@ -31,6 +31,15 @@ pub mod step {
     pub const MANAGE_TPM: &str = "Manage TPM answers as the scenario says";
     /// `checks.audit`.
     pub const AUDIT: &str = "the audit shows each request";
+    /// `checks.audit_absent`.
+    pub const AUDIT_ABSENT: &str = "the audit has none of the rows the story must not leave";
+    /// `expect.tpm_failed_tries`: the TPM's failure counter after the change's boot.
+    pub const FAILED_TRIES: &str = "the TPM's failure counter";
+
+    /// `recovery.language`: the pages come in the language `tag` (`ja`).
+    pub fn pages_in(tag: &str) -> String {
+        format!("the pages come in {tag}")
+    }
 
     /// A step of the `n`-th change (1-based) of a story of several (`changes`); a story of
     /// one change names its steps plainly.

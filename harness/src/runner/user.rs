@@ -12,8 +12,8 @@ pub enum User {
 }
 
 impl User {
-    /// A user named `username`; in Chromium when `browser` is given, with the browser set
-    /// to `accept_language`.
+    /// A user named `username` whose browser is set to `accept_language`; in Chromium when
+    /// `browser` is given.
     pub async fn open(
         target: &PortalTarget,
         username: &str,
@@ -22,7 +22,7 @@ impl User {
     ) -> Result<User, String> {
         match browser {
             None => BrowserUser::new(target, username)
-                .map(|u| User::Plain(Box::new(u)))
+                .map(|u| User::Plain(Box::new(u.with_language(accept_language))))
                 .map_err(|e| e.to_string()),
             Some(options) => {
                 let options = options.with_language(accept_language);
@@ -61,6 +61,21 @@ impl User {
                 .request_key(key_id, reason)
                 .await
                 .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// `<html lang>` of the page on screen and the text of its Get Key button.
+    pub async fn language_and_get_key(&self) -> Result<(String, Option<String>), String> {
+        match self {
+            User::Plain(u) => Ok(u
+                .page()
+                .map(|p| (p.language().unwrap_or_default(), p.text_of("get-key")))
+                .unwrap_or_default()),
+            User::Chrome(c) => {
+                let lang = c.page_language().await.map_err(|e| e.to_string())?;
+                let label = c.text_of("get-key").await.map_err(|e| e.to_string())?;
+                Ok((lang, label))
+            }
         }
     }
 

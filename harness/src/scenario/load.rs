@@ -456,6 +456,9 @@ impl StepAt {
     }
 }
 
+/// The longest `wait_secs`: the harness sleeps that long for real.
+const MAX_WAIT_SECS: u32 = 120;
+
 /// `change` with `expect`, or `changes`; in `changes` only the last step may recover (the
 /// `recovery` section is how the user gets back in from the story's end).
 fn validate_story_form(s: &Scenario) -> Result<(), Semantic> {
@@ -489,6 +492,17 @@ fn validate_story_form(s: &Scenario) -> Result<(), Semantic> {
     }
     let last = s.changes.len() - 1;
     for (i, step) in s.changes.iter().enumerate() {
+        if step
+            .wait_secs
+            .is_some_and(|w| !(1..=MAX_WAIT_SECS).contains(&w))
+        {
+            return fail(
+                vec![Key("changes"), Index(i), Key("wait_secs")],
+                format!(
+                    "expected 1-{MAX_WAIT_SECS} seconds: the harness really waits (to make a day pass, lower `device.failure_forgotten_secs`)"
+                ),
+            );
+        }
         if i < last && step.expect.recovery {
             return fail(
                 vec![Key("changes"), Index(i), Key("expect"), Key("recovery")],
@@ -638,6 +652,12 @@ fn validate_device_counts(s: &Scenario) -> Result<(), Semantic> {
         return fail(
             vec![Key("device"), Key("lockout_threshold")],
             "expected 1-1000",
+        );
+    }
+    if !(1..=86_400).contains(&d.failure_forgotten_secs) {
+        return fail(
+            vec![Key("device"), Key("failure_forgotten_secs")],
+            "expected 1-86400 seconds (0 would switch the TPM's dictionary-attack protection off)",
         );
     }
     Ok(())
@@ -908,6 +928,16 @@ fn validate_expect(s: &Scenario, c: &Change, e: &Expect, at: &StepAt) -> Result<
     // The TPM counts a wrong PIN up to the threshold (the threshold-th still answers
     // auth_failed) and refuses every later attempt as locked out.
     let threshold = s.device.lockout_threshold;
+    if let Some(tries) = e.tpm_failed_tries {
+        if tries > threshold {
+            return fail(
+                at.expect("tpm_failed_tries"),
+                format!(
+                    "the TPM counts at most `lockout_threshold` ({threshold}) failures: expected 0-{threshold}"
+                ),
+            );
+        }
+    }
     if let Some(wrong) = c.wrong_pins {
         if e.tpm_error == TpmError::AuthFailed && wrong > threshold {
             return fail(
@@ -968,12 +998,6 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
             (Some(r), true) => r,
         };
     let rp = |k: &'static str| vec![Key("recovery"), Key(k)];
-    if r.language.is_some() && r.via != RecoveryVia::SelfService {
-        return fail(
-            rp("language"),
-            "`language` is the self-service user's browser language: only with `via: self_service`",
-        );
-    }
     let Some(requester) = s.user(&r.requester) else {
         return fail(
             rp("as"),
@@ -1152,6 +1176,18 @@ fn validate_checks(s: &Scenario) -> Result<(), Semantic> {
             return fail(
                 vec![Key("checks"), Key("idle_expiry"), Key("warning_secs")],
                 "expected 0-3600",
+            );
+        }
+    }
+    for (i, absent) in c.audit_absent.iter().enumerate() {
+        if c.audit.contains(absent) {
+            return fail(
+                vec![Key("checks"), Key("audit_absent"), Index(i)],
+                format!(
+                    "`{} {}` is stated in `checks.audit` too: a row cannot be both there and absent",
+                    serde_name(&absent.source),
+                    serde_name(&absent.outcome)
+                ),
             );
         }
     }

@@ -110,6 +110,11 @@ pub struct Device {
     /// Failed authorizations before the TPM locks out (Windows: 32).
     #[serde(default = "default_lockout_threshold")]
     pub lockout_threshold: u32,
+    /// Seconds after which the TPM forgets one counted failure (its DA `recoveryTime`,
+    /// set with TPM2_DictionaryAttackParameters at provisioning; Windows: 600). The TPM
+    /// applies it in real time, so a story's "next day" is a few seconds here.
+    #[serde(default = "default_failure_forgotten_secs")]
+    pub failure_forgotten_secs: u32,
     /// A real measured-boot log (TCG binary format, e.g. `C:\Windows\Logs\MeasuredBoot\*.log`)
     /// the device boots instead of the synthetic model; relative to the scenario file.
     #[serde(default)]
@@ -133,6 +138,9 @@ fn default_true() -> bool {
 }
 fn default_lockout_threshold() -> u32 {
     32
+}
+fn default_failure_forgotten_secs() -> u32 {
+    device::machine::WINDOWS_DA.recovery_time_secs
 }
 
 /// PCR validation profiles (windows-itpro-docs defaults), as scenario files name them.
@@ -317,6 +325,10 @@ impl Change {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeStep {
+    /// Seconds the story waits before this change (really: the TPM forgets failures in
+    /// real time, `device.failure_forgotten_secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_secs: Option<u32>,
     pub change: Change,
     pub expect: Expect,
 }
@@ -332,6 +344,10 @@ pub struct Expect {
     /// The profile's PCRs whose values differ from those the key was sealed to.
     #[serde(default)]
     pub changed_pcrs: Vec<u32>,
+    /// The TPM's dictionary-attack failure counter after the step (`TPM_PT_LOCKOUT_COUNTER`,
+    /// read from the TPM): the wrong PINs it still counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm_failed_tries: Option<u32>,
 }
 
 /// How the locked-out user gets back in.
@@ -352,9 +368,9 @@ pub struct Recovery {
     pub key_id_digits: Option<KeyIdDigits>,
     /// What the portal must answer.
     pub answer: Answer,
-    /// Self-service only: the language of the user's browser (its `Accept-Language`).
-    /// `harness run --browser` checks that the pages come in it (`<html lang>` and the
-    /// Get Key button's wording). Absent: the browser's default, English.
+    /// The language of the browser of whoever asks (its `Accept-Language`): the pages must
+    /// come in it (`<html lang>`; on self-service the Get Key button's wording too).
+    /// Absent: the browser's default, English.
     #[serde(default)]
     pub language: Option<Language>,
 }
@@ -555,6 +571,10 @@ pub struct Checks {
     /// harness's own checking requests may be listed or left out).
     #[serde(default)]
     pub audit: Vec<AuditExpectation>,
+    /// Audit rows the story must not leave (e.g. no `shown` row after a refusal); the
+    /// harness's own probe rows do not count.
+    #[serde(default)]
+    pub audit_absent: Vec<AuditExpectation>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]

@@ -124,6 +124,10 @@ pub const GATE_SUBSET: &[&str] = &[
     "key-kept-until-rotated",
     // A story of several changes (`changes`, steps named `... (change N)`) and `suspend`.
     "windows-update-suspend-one-reboot-and-expiry",
+    // `expect.tpm_failed_tries`, `checks.audit_absent` and a help desk in Japanese.
+    "help-desk-ja-lost-pin-caller-refused",
+    // `wait_secs` and the TPM forgetting failures by its own clock, over three changes.
+    "lost-pin-over-two-days",
 ];
 
 /// [`GATE_SUBSET`] as the scenario files `harness run` takes.

@@ -686,3 +686,62 @@ fn defect_8_loader_and_json_schema_accept_and_reject_the_same_files() {
     }
     assert!(disagreements.is_empty(), "{disagreements:#?}");
 }
+
+/// `wait_secs` is real time the TPM forgets failures in: without the night of
+/// `lost-pin-over-two-days`, Tuesday's counter still holds Monday's three failed PINs and
+/// the run fails where the scenario states they are gone.
+#[test]
+fn the_tpm_forgets_failed_pins_only_in_real_time() {
+    let story = std::fs::read_to_string(
+        crate::common::workspace_root().join("scenarios/lost-pin-over-two-days.yaml"),
+    )
+    .unwrap();
+    assert!(story.contains("  - wait_secs: 10\n"));
+    let no_night = run_yaml(
+        &story.replace("  - wait_secs: 10\n", "  - wait_secs: 1\n"),
+        &[],
+    );
+    assert!(!no_night.passed(), "{}", no_night.explain());
+    let (step, expected, got) = no_night.failure().unwrap();
+    assert_eq!(step, "the TPM's failure counter (change 2)");
+    assert_eq!(
+        (expected.as_str(), got.as_str()),
+        ("0 failure(s) counted", "3 failure(s) counted")
+    );
+}
+
+/// Wrong PINs count on from the failures the TPM still holds: Monday's three and
+/// Tuesday's first reach the threshold of 4, so Tuesday's second wrong PIN meets a
+/// locked-out TPM.
+#[test]
+fn wrong_pins_count_on_from_the_tpms_counter() {
+    let story = "\
+name: two-days-no-night
+description: Three wrong PINs and the right one, then two more wrong PINs at once.
+device:
+  profile: \"7,11\"
+  protectors: [tpm_pin, recovery_password]
+  pin: \"730462\"
+  lockout_threshold: 4
+users:
+  - name: CONTOSO\\kenji
+    sign_ins: [local]
+changes:
+  - change: { kind: lost_pin, wrong_pins: 3, then: right_pin }
+    expect: { recovery: false, tpm_error: none, tpm_failed_tries: 3 }
+  - change: { kind: lost_pin, wrong_pins: 2, then: esc }
+    expect: { recovery: true, tpm_error: locked_out, tpm_failed_tries: 4 }
+recovery:
+  via: self_service
+  as: CONTOSO\\kenji
+  reason: Lost PIN/passphrase
+  answer: key_shown
+";
+    let run = run_yaml(story, &[]);
+    assert!(run.passed(), "{}", run.explain());
+    let steps = run.steps();
+    assert!(
+        steps.contains(&"the recovery screen after the wrong PINs (change 2)".to_string()),
+        "{steps:?}"
+    );
+}

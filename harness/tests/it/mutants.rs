@@ -377,7 +377,93 @@ const FIELDS: &[Field] = &[
         consistent: |doc, _| Some(doc.clone()),
         step: |doc, edit| change_boot_step(doc, edit),
     },
+    Field {
+        name: "expect.tpm_failed_tries",
+        mutants: |doc| failed_tries_mutants(doc, vec![K("expect"), K("tpm_failed_tries")]),
+        // More than the threshold is refused: no consistent form.
+        consistent: |_, _| None,
+        step: |_, _| vec![step::FAILED_TRIES],
+    },
+    Field {
+        name: "changes[].expect.tpm_failed_tries",
+        mutants: |doc| {
+            (0..changes_len(doc))
+                .flat_map(|i| failed_tries_mutants(doc, step_expect(i, "tpm_failed_tries")))
+                .collect()
+        },
+        consistent: |_, _| None,
+        step: |_, edit| {
+            let Some(i) = step_index(edit) else {
+                return vec![];
+            };
+            vec![leak(step::of_change(step::FAILED_TRIES, i + 1))]
+        },
+    },
+    Field {
+        name: "checks.audit_absent[]",
+        mutants: |doc| {
+            // Contradicted by a row the story does leave: one stated in `checks.audit`.
+            let rows = |key| match at(doc, &[K("checks"), K(key)]) {
+                Some(Value::Sequence(rows)) => rows.clone(),
+                _ => vec![],
+            };
+            let (absent, present) = (rows("audit_absent"), rows("audit"));
+            let mut edits = Vec::new();
+            for (i, row) in absent.iter().enumerate() {
+                let mut seen: Vec<&Value> = Vec::new();
+                for p in &present {
+                    if p == row || seen.contains(&p) {
+                        continue;
+                    }
+                    seen.push(p);
+                    edits.push(Edit::new(
+                        vec![K("checks"), K("audit_absent"), I(i)],
+                        row.clone(),
+                        p.clone(),
+                    ));
+                }
+            }
+            edits
+        },
+        // A row cannot be both stated and absent: the stated one goes, and the runner
+        // must find it all the same.
+        consistent: |doc, edit| {
+            let mut doc = doc.clone();
+            if let Some(Value::Sequence(rows)) = at(&doc, &[K("checks"), K("audit")]).cloned() {
+                let kept: Vec<Value> = rows.into_iter().filter(|r| *r != edit.to).collect();
+                set(&mut doc, &[K("checks"), K("audit")], Value::Sequence(kept));
+            }
+            Some(doc)
+        },
+        step: |_, _| vec![step::AUDIT_ABSENT],
+    },
+    Field {
+        name: "recovery.language",
+        mutants: |doc| enum_mutants(doc, vec![K("recovery"), K("language")], &["en", "ja"]),
+        consistent: |doc, _| Some(doc.clone()),
+        // The language is both the browser's (what the story does) and what the pages
+        // must come in: the swapped value is another story, which a correct portal
+        // passes in the other language (checked at `the pages come in <it>`).
+        step: |_, _| vec![],
+    },
 ];
+
+/// The stated failure count plus one and minus one (when there is one less).
+fn failed_tries_mutants(doc: &Value, path: Vec<Seg>) -> Vec<Edit> {
+    let Some(n) = at(doc, &path).and_then(Value::as_u64) else {
+        return vec![];
+    };
+    let mut edits = vec![Edit::new(path.clone(), n.into(), (n + 1).into())];
+    if n > 0 {
+        edits.push(Edit::new(path, n.into(), (n - 1).into()));
+    }
+    edits
+}
+
+/// A step name built at run time, kept for the test's life.
+fn leak(name: String) -> &'static str {
+    Box::leak(name.into_boxed_str())
+}
 
 /// How many steps a story of several changes has (0 for a single `change`).
 fn changes_len(doc: &Value) -> usize {
@@ -409,7 +495,7 @@ fn change_boot_step(doc: &Value, edit: &Edit) -> Vec<&'static str> {
     boot_step_of(doc, &change)
         .into_iter()
         // The names are built at run time; a test leaks these few strings.
-        .map(|name| &*Box::leak(step::of_change(name, i + 1).into_boxed_str()))
+        .map(|name| leak(step::of_change(name, i + 1)))
         .collect()
 }
 
@@ -519,6 +605,13 @@ fn inline(v: &Value) -> String {
         Value::Sequence(items) => format!(
             "[{}]",
             items.iter().map(inline).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Mapping(map) => format!(
+            "{{ {} }}",
+            map.iter()
+                .map(|(k, v)| format!("{}: {}", inline(k), inline(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         other => format!("{other:?}"),
     }

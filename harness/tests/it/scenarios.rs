@@ -122,6 +122,23 @@ fn catalog_covers_every_required_story() {
         Answer::Expired
     )));
     assert!(recovery_with(&|s| s.checks.foreign_key_request.is_some()));
+    // The second slice's words, each in a story: a failure count read from the TPM, an
+    // audit row that must not exist, the help desk in another language, a real wait.
+    assert!(recovery_with(&|s| s
+        .steps()
+        .iter()
+        .any(|(_, e)| e.tpm_failed_tries.is_some())));
+    assert!(recovery_with(&|s| !s.checks.audit_absent.is_empty()));
+    assert!(recovery_with(&|s| s
+        .recovery
+        .as_ref()
+        .is_some_and(
+            |r| r.via == RecoveryVia::HelpDesk && r.language.is_some()
+        )));
+    assert!(recovery_with(&|s| s
+        .changes
+        .iter()
+        .any(|c| c.wait_secs.is_some())));
     assert!(recovery_with(&|s| s.checks.after_recovery.is_some()
         && answer(s, RecoveryVia::SelfService, Answer::KeyShown)));
     assert!(recovery_with(&|s| answer(
@@ -295,6 +312,56 @@ fn semantic_errors_point_at_the_offending_key() {
     );
 }
 
+/// The rules of the second slice's words: failure counts, audit rows that must not exist,
+/// the TPM's forgetting time and real waits.
+#[test]
+fn failed_tries_absent_rows_and_waits_are_checked_where_written() {
+    check(
+        &edit("  changed_pcrs: [7]\n", "  changed_pcrs: [7]\n  tpm_failed_tries: 33\n"),
+        "inline.yaml:15:3: expect.tpm_failed_tries: the TPM counts at most `lockout_threshold` (32) failures: expected 0-32",
+    );
+    check(
+        &edit(
+            "  answer: key_shown\n",
+            "  answer: key_shown\nchecks:\n  audit: [{ source: self_service, outcome: shown }]\n  audit_absent: [{ source: self_service, outcome: shown }]\n",
+        ),
+        "inline.yaml:22:18: checks.audit_absent[0]: `self_service shown` is stated in `checks.audit` too: a row cannot be both there and absent",
+    );
+    check(
+        &edit("  protectors: [tpm, recovery_password]\n", "  protectors: [tpm, recovery_password]\n  failure_forgotten_secs: 0\n"),
+        "inline.yaml:6:3: device.failure_forgotten_secs: expected 1-86400 seconds (0 would switch the TPM's dictionary-attack protection off)",
+    );
+    let waits = |secs: u32| {
+        edit(
+            "change:\n  kind: secure_boot_off\nexpect:\n  recovery: true\n  tpm_error: policy_failed\n  changed_pcrs: [7]\n",
+            &format!("changes:\n  - wait_secs: {secs}\n    change: {{ kind: secure_boot_off }}\n    expect: {{ recovery: true, tpm_error: policy_failed, changed_pcrs: [7] }}\n"),
+        )
+    };
+    check(
+        &waits(121),
+        "inline.yaml:10:5: changes[0].wait_secs: expected 1-120 seconds: the harness really waits (to make a day pass, lower `device.failure_forgotten_secs`)",
+    );
+    let s = parse_scenario(Path::new("inline.yaml"), &waits(5)).unwrap();
+    assert_eq!(s.changes[0].wait_secs, Some(5));
+    // The help desk's pages may be asked for in a language too.
+    let ja = edit(
+        "  answer: key_shown\n",
+        "  answer: key_shown\n  language: ja\n",
+    )
+    .replace("  via: self_service\n", "  via: help_desk\n")
+    .replace("reason: BIOS/TPM changed", "reason: BIOS changed")
+    .replace(
+        "    sign_ins: [local]\n",
+        "    sign_ins: [local]\n  - name: CONTOSO\\hd\n    role: advanced_helpdesk\n",
+    )
+    .replace("  as: CONTOSO\\alice\n", "  as: CONTOSO\\hd\n");
+    let s = parse_scenario(Path::new("inline.yaml"), &ja).unwrap();
+    assert_eq!(
+        s.recovery.unwrap().language,
+        Some(harness::scenario::Language::Ja)
+    );
+}
+
 #[test]
 fn flow_style_yaml_is_located_too() {
     let yaml = edit(
@@ -326,6 +393,15 @@ fn json_schema_rejects_what_the_loader_rejects() {
         ),
         edit("[tpm, recovery_password]", "[tpm_pin, recovery_password]"),
         edit("  kind: secure_boot_off\n", "  kind: lost_pin\n"),
+        edit("  changed_pcrs: [7]\n", "  changed_pcrs: [7]\n  tpm_failed_tries: -1\n"),
+        edit(
+            "  protectors: [tpm, recovery_password]\n",
+            "  protectors: [tpm, recovery_password]\n  failure_forgotten_secs: 0\n",
+        ),
+        edit(
+            "  answer: key_shown\n",
+            "  answer: key_shown\nchecks:\n  audit_absent: [{ source: self_service, outcome: lost }]\n",
+        ),
     ] {
         assert!(!validator.is_valid(&value(&bad)), "schema accepted:\n{bad}");
         assert!(parse_scenario(Path::new("inline.yaml"), &bad).is_err());
@@ -624,7 +700,7 @@ fn type_errors_in_several_sections_are_each_reported() {
         [
             "inline.yaml:4:12: device.profile: unknown variant `7,12`, expected one of `7,11`, `0,2,4,11`, `legacy`",
             "inline.yaml:8:16: users[0].sign_ins[0]: unknown variant `locall`, expected `local` or `remote`",
-            "inline.yaml:15:3: expect: unknown field `extra`, expected one of `recovery`, `tpm_error`, `changed_pcrs`",
+            "inline.yaml:15:3: expect: unknown field `extra`, expected one of `recovery`, `tpm_error`, `changed_pcrs`, `tpm_failed_tries`",
         ]
     );
 }
