@@ -41,7 +41,7 @@ for N in $SIZES; do
       fi
       echo "-- $ENGINE, $N keys, $BIN; uptime:$(uptime)"
       START=$EPOCHREALTIME
-      /usr/bin/time -f "   %e s wall, %M KiB max RSS" "$BIN" import "$KEYS" --data-dir "$DATA" "${DB_ARGS[@]}" 2>&1 \
+      /usr/bin/time -f "   %e s wall, %U s user + %S s sys CPU, %M KiB max RSS" "$BIN" import "$KEYS" --data-dir "$DATA" "${DB_ARGS[@]}" 2>&1 \
         | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/   /'
       SECS=$(awk "BEGIN{print $EPOCHREALTIME - $START}")
       echo "   import $ENGINE $N keys: $(awk "BEGIN{printf \"%.1f s = %.0f keys/s\", $SECS, $N / $SECS}")"
