@@ -12,6 +12,7 @@
 #   PORTAL_BINS="/tmp/old/portal-under-test target/release/portal-under-test" ...
 #     (several importers, each on the same file one after the other: a before/after run)
 #   HARNESS_BIN=target/debug/harness ...   (the key generator of another build; no build)
+#   KEYS_DIR=DIR ...   (DIR/keys-N.jsonl, where it exists, instead of generating N keys)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SIZES=${SIZES:-"1000000 10000000"}
@@ -27,7 +28,12 @@ trap 'rm -rf "$TMP"' EXIT
 echo "== $(date -u +%FT%TZ) $(git rev-parse --short HEAD); uptime:$(uptime)"
 for N in $SIZES; do
   KEYS="$TMP/keys-$N.jsonl"
-  "$HARNESS_BIN" keys generate --count "$N" --seed 7 --out "$KEYS"
+  if [ -f "${KEYS_DIR:-/nonexistent}/keys-$N.jsonl" ]; then
+    KEYS="$KEYS_DIR/keys-$N.jsonl"
+    echo "-- keys: $KEYS ($(wc -l < "$KEYS") lines)"
+  else
+    "$HARNESS_BIN" keys generate --count "$N" --seed 7 --out "$KEYS"
+  fi
   for ENGINE in $ENGINES; do
     for BIN in $BINS; do
       DATA="$TMP/data"
@@ -59,5 +65,5 @@ for N in $SIZES; do
       if [ "$ENGINE" = postgres ]; then psql -q "$BENCH_PG_URL" -c "DROP DATABASE $DB"; fi
     done
   done
-  rm -f "$KEYS"
+  rm -f "$TMP/keys-$N.jsonl"
 done
