@@ -2,7 +2,8 @@
 //! a kill of the importer leaves none of the file's rows: the server rolls back a transaction
 //! whose client went away), rows sent with binary `COPY` straight into their tables, row ids
 //! assigned by the import from blocks reserved on the tables' own identity sequences.
-//! Checks against stored rows run only when the table already has rows.
+//! Checks against stored rows run only when the table already has rows; into an empty table
+//! the secondary indexes are built after the load (`LateIndex`).
 
 use std::collections::HashMap;
 use std::pin::pin;
