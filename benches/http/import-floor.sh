@@ -30,16 +30,7 @@ INSERT INTO associations(device_id, user_lc, user, local, remote, imported)
   SELECT value, printf('contoso_user%04d', value % 1000), printf('CONTOSO_user%04d', value % 1000), 0, 0, 1
   FROM generate_series(1, $N);
 CREATE INDEX assoc_user ON associations(user_lc);"
-# CPU seconds of a local PostgreSQL cluster so far (the postmaster, its reaped children, its
-# live ones), or nothing if its processes cannot be read (a remote server).
-pg_cpu() {
-  local dir pm t c
-  dir=$(psql -tA "$BENCH_PG_URL" -c 'SHOW data_directory' 2>/dev/null) || return 0
-  pm=$(head -1 "$dir/postmaster.pid" 2>/dev/null) || return 0
-  t=$(awk '{print $14+$15+$16+$17}' "/proc/$pm/stat" 2>/dev/null) || return 0
-  for c in $(pgrep -P "$pm"); do t=$((t + $(awk '{print $14+$15}' "/proc/$c/stat" 2>/dev/null || echo 0))); done
-  echo "$t $(getconf CLK_TCK)" | awk '{printf "%.2f", $1 / $2}'
-}
+. benches/http/pg-cpu.sh
 echo "== $(date -u +%FT%TZ) $(git rev-parse --short HEAD); N=$N; uptime:$(uptime)"
 echo "-- SQLite $(sqlite3 --version | cut -d' ' -f1): bare inserts, journal_mode=DELETE, synchronous=FULL, 512 MiB cache, foreign keys off"
 sqlite3 "$TMP/floor.sqlite3" "$SQLITE_TABLES" >/dev/null
@@ -66,7 +57,7 @@ if [ -n "${BENCH_PG_URL:-}" ]; then
     -e "s/printf('CONTOSO_user%04d', value % 1000)/'CONTOSO_user' || lpad((value % 1000)::text, 4, '0')/" \
     -e 's/, 0, 0, 1$/, false, false, true/' -e 's/(device_id, user_lc, user, /(device_id, user_lc, user_name, /')
   echo "-- PostgreSQL $(psql -tA "$URL" -c 'SHOW server_version'): INSERT ... SELECT on the server (the import's COPY sends the rows from the client); secondary indexes and the device reference built after the load, as the import does into empty tables"
-  CPU0=$(pg_cpu)
+  CPU0=$(pg_cpu "$BENCH_PG_URL")
   START=$EPOCHREALTIME
   psql -q -v ON_ERROR_STOP=1 "$URL" <<EOF
 BEGIN;
@@ -83,18 +74,18 @@ ALTER TABLE keys ADD CONSTRAINT keys_device_id_fkey FOREIGN KEY (device_id) REFE
 COMMIT;
 EOF
   echo "   PostgreSQL floor, $N keys: $(awk "BEGIN{s=$EPOCHREALTIME-$START; printf \"%.1f s = %.0f keys/s\", s, $N/s}")"
-  CPU1=$(pg_cpu)
+  CPU1=$(pg_cpu "$BENCH_PG_URL")
   [ -z "$CPU0" ] || echo "   PostgreSQL floor CPU (the cluster's processes): $(awk "BEGIN{printf \"%.2f s\", $CPU1 - $CPU0}")"
   # The import of the same number of keys on the same cluster, for its server CPU beside
   # the floor's (KEYS: a JSON Lines file of N keys, e.g. from harness keys generate).
   if [ -n "${KEYS:-}" ] && [ -n "$CPU0" ]; then
     IMPORT_DB="portal_floor_import_$$"
     psql -q "$BENCH_PG_URL" -c "CREATE DATABASE $IMPORT_DB"
-    CPU0=$(pg_cpu)
+    CPU0=$(pg_cpu "$BENCH_PG_URL")
     /usr/bin/time -f "   import: %e s wall, importer CPU %U s user + %S s sys" \
       "${PORTAL_BIN:-target/release/portal-under-test}" import "$KEYS" --data-dir "$TMP/import" \
       --database-url "${BENCH_PG_URL%/*}/$IMPORT_DB" 2>&1 | grep -E '^   import:|^imported'
-    CPU1=$(pg_cpu)
+    CPU1=$(pg_cpu "$BENCH_PG_URL")
     echo "   import server CPU (the cluster's processes): $(awk "BEGIN{printf \"%.2f s\", $CPU1 - $CPU0}")"
     psql -q "$BENCH_PG_URL" -c "DROP DATABASE $IMPORT_DB"
   fi

@@ -23,6 +23,7 @@ if [ -z "${HARNESS_BIN:-}" ]; then
 fi
 HARNESS_BIN=${HARNESS_BIN:-target/release/harness}
 BINS=${PORTAL_BINS:-${PORTAL_BIN:-$PWD/target/release/portal-under-test}}
+. benches/http/pg-cpu.sh
 TMP=$(mktemp -d "$WORK/import-bench.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 echo "== $(date -u +%FT%TZ) $(git rev-parse --short HEAD); uptime:$(uptime)"
@@ -46,11 +47,15 @@ for N in $SIZES; do
         DB_ARGS=(--database-url "${BENCH_PG_URL%/*}/$DB")
       fi
       echo "-- $ENGINE, $N keys, $BIN; uptime:$(uptime)"
+      [ "$ENGINE" != postgres ] || CPU0=$(pg_cpu "$BENCH_PG_URL")
       START=$EPOCHREALTIME
       /usr/bin/time -f "   %e s wall, %U s user + %S s sys CPU, %M KiB max RSS" "$BIN" import "$KEYS" --data-dir "$DATA" "${DB_ARGS[@]}" 2>&1 \
         | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/   /'
       SECS=$(awk "BEGIN{print $EPOCHREALTIME - $START}")
       echo "   import $ENGINE $N keys: $(awk "BEGIN{printf \"%.1f s = %.0f keys/s\", $SECS, $N / $SECS}")"
+      if [ "$ENGINE" = postgres ] && [ -n "$CPU0" ]; then
+        echo "   server CPU (the local cluster's processes): $(awk "BEGIN{printf \"%.2f s\", $(pg_cpu "$BENCH_PG_URL") - $CPU0}")"
+      fi
       # Start-up: from launch to PORTAL-READY, and the index's own read + build times.
       START=$EPOCHREALTIME
       RUST_LOG=info "$BIN" serve --data-dir "$DATA" "${DB_ARGS[@]}" --listen 127.0.0.1:0 --insecure-http \
