@@ -5,6 +5,8 @@
 # client, no parse, no seal. What `import` can at best reach for its write stage.
 #
 #   N=1000000 BENCH_PG_URL=postgres://postgres@127.0.0.1:PORT/postgres benches/http/import-floor.sh
+#   KEYS=keys-1000000.jsonl N=1000000 BENCH_PG_URL=... benches/http/import-floor.sh
+#     (a local cluster: also the CPU of its processes for the floor and for an import of KEYS)
 # (PostgreSQL's tables come from the migrations of PORTAL_BIN, default the release build.)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,11 +30,12 @@ INSERT INTO associations(device_id, user_lc, user, local, remote, imported)
   SELECT value, printf('contoso_user%04d', value % 1000), printf('CONTOSO_user%04d', value % 1000), 0, 0, 1
   FROM generate_series(1, $N);
 CREATE INDEX assoc_user ON associations(user_lc);"
+. benches/http/pg-cpu.sh
 echo "== $(date -u +%FT%TZ) $(git rev-parse --short HEAD); N=$N; uptime:$(uptime)"
 echo "-- SQLite $(sqlite3 --version | cut -d' ' -f1): bare inserts, journal_mode=DELETE, synchronous=FULL, 512 MiB cache, foreign keys off"
 sqlite3 "$TMP/floor.sqlite3" "$SQLITE_TABLES" >/dev/null
 START=$EPOCHREALTIME
-sqlite3 "$TMP/floor.sqlite3" <<EOF
+/usr/bin/time -f "   SQLite floor CPU: %U s user + %S s sys" sqlite3 "$TMP/floor.sqlite3" <<EOF
 PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL; PRAGMA cache_size=-524288; PRAGMA foreign_keys=OFF;
 BEGIN; $ROWS COMMIT;
 EOF
@@ -53,15 +56,38 @@ if [ -n "${BENCH_PG_URL:-}" ]; then
     -e "s/printf('contoso_user%04d', value % 1000)/'contoso_user' || lpad((value % 1000)::text, 4, '0')/" \
     -e "s/printf('CONTOSO_user%04d', value % 1000)/'CONTOSO_user' || lpad((value % 1000)::text, 4, '0')/" \
     -e 's/, 0, 0, 1$/, false, false, true/' -e 's/(device_id, user_lc, user, /(device_id, user_lc, user_name, /')
-  echo "-- PostgreSQL $(psql -tA "$URL" -c 'SHOW server_version'): INSERT ... SELECT on the server (the import's COPY sends the rows from the client)"
+  echo "-- PostgreSQL $(psql -tA "$URL" -c 'SHOW server_version'): INSERT ... SELECT on the server (the import's COPY sends the rows from the client); secondary indexes and the device reference built after the load, as the import does into empty tables"
+  CPU0=$(pg_cpu "$BENCH_PG_URL")
   START=$EPOCHREALTIME
   psql -q -v ON_ERROR_STOP=1 "$URL" <<EOF
 BEGIN;
+SET LOCAL maintenance_work_mem = '512MB';
 ALTER TABLE keys DROP CONSTRAINT keys_device_id_fkey;
+ALTER TABLE keys DROP CONSTRAINT keys_key_id_key;
+DROP INDEX keys_changed;
+ALTER TABLE devices DROP CONSTRAINT devices_name_lc_key;
 $PG_ROWS
+ALTER TABLE devices ADD CONSTRAINT devices_name_lc_key UNIQUE (name_lc);
+ALTER TABLE keys ADD CONSTRAINT keys_key_id_key UNIQUE (key_id);
+CREATE INDEX keys_changed ON keys(changed_xid);
 ALTER TABLE keys ADD CONSTRAINT keys_device_id_fkey FOREIGN KEY (device_id) REFERENCES devices(id);
 COMMIT;
 EOF
   echo "   PostgreSQL floor, $N keys: $(awk "BEGIN{s=$EPOCHREALTIME-$START; printf \"%.1f s = %.0f keys/s\", s, $N/s}")"
+  CPU1=$(pg_cpu "$BENCH_PG_URL")
+  [ -z "$CPU0" ] || echo "   PostgreSQL floor CPU (the cluster's processes): $(awk "BEGIN{printf \"%.2f s\", $CPU1 - $CPU0}")"
+  # The import of the same number of keys on the same cluster, for its server CPU beside
+  # the floor's (KEYS: a JSON Lines file of N keys, e.g. from harness keys generate).
+  if [ -n "${KEYS:-}" ] && [ -n "$CPU0" ]; then
+    IMPORT_DB="portal_floor_import_$$"
+    psql -q "$BENCH_PG_URL" -c "CREATE DATABASE $IMPORT_DB"
+    CPU0=$(pg_cpu "$BENCH_PG_URL")
+    /usr/bin/time -f "   import: %e s wall, importer CPU %U s user + %S s sys" \
+      "${PORTAL_BIN:-target/release/portal-under-test}" import "$KEYS" --data-dir "$TMP/import" \
+      --database-url "${BENCH_PG_URL%/*}/$IMPORT_DB" 2>&1 | grep -E '^   import:|^imported'
+    CPU1=$(pg_cpu "$BENCH_PG_URL")
+    echo "   import server CPU (the cluster's processes): $(awk "BEGIN{printf \"%.2f s\", $CPU1 - $CPU0}")"
+    psql -q "$BENCH_PG_URL" -c "DROP DATABASE $IMPORT_DB"
+  fi
   psql -q "$BENCH_PG_URL" -c "DROP DATABASE $DB"
 fi

@@ -2,7 +2,8 @@
 //! a kill of the importer leaves none of the file's rows: the server rolls back a transaction
 //! whose client went away), rows sent with binary `COPY` straight into their tables, row ids
 //! assigned by the import from blocks reserved on the tables' own identity sequences.
-//! Checks against stored rows run only when the table already has rows.
+//! Checks against stored rows run only when the table already has rows; into an empty table
+//! the secondary indexes are built after the load (`LateIndex`).
 
 use std::collections::HashMap;
 use std::pin::pin;
@@ -32,6 +33,59 @@ async fn reserve_ids(tx: &Transaction<'_>, table: &str, n: usize) -> Result<i64,
 async fn has_rows(tx: &Transaction<'_>, table: &str) -> Result<bool, StoreError> {
     let sql = format!("SELECT EXISTS(SELECT 1 FROM {table})");
     Ok(tx.query_one(&sql, &[]).await?.try_get(0)?)
+}
+
+/// A secondary index (or constraint) that a load into an empty table builds after the
+/// load instead of taking one entry, and one WAL record, per row: the build sorts once,
+/// writes dense pages, logs whole pages and can use parallel workers. Dropped and built in
+/// the import's transaction, so a crash or a kill leaves the schema as it was.
+struct LateIndex {
+    drop: &'static str,
+    build: &'static str,
+}
+
+/// Devices: the unique name (the import groups its rows by name, so none repeats).
+const LATE_DEVICE_INDEXES: &[LateIndex] = &[LateIndex {
+    drop: "ALTER TABLE devices DROP CONSTRAINT devices_name_lc_key",
+    build: "ALTER TABLE devices ADD CONSTRAINT devices_name_lc_key UNIQUE (name_lc)",
+}];
+
+/// Keys: the unique key ID (the import refuses a repeated one first), the replicas' change
+/// position, and the device reference: checked by a per-row trigger, it cost more than the
+/// row's own write (1M keys: 27.5 s with it); after the load it is one join.
+const LATE_KEY_INDEXES: &[LateIndex] = &[
+    LateIndex {
+        drop: "ALTER TABLE keys DROP CONSTRAINT keys_key_id_key",
+        build: "ALTER TABLE keys ADD CONSTRAINT keys_key_id_key UNIQUE (key_id)",
+    },
+    LateIndex {
+        drop: "DROP INDEX keys_changed",
+        build: "CREATE INDEX keys_changed ON keys(changed_xid)",
+    },
+    LateIndex {
+        drop: "ALTER TABLE keys DROP CONSTRAINT keys_device_id_fkey",
+        build: "ALTER TABLE keys ADD CONSTRAINT keys_device_id_fkey FOREIGN KEY (device_id) REFERENCES devices(id)",
+    },
+];
+
+/// Associations: the by-user index.
+const LATE_ASSOCIATION_INDEXES: &[LateIndex] = &[LateIndex {
+    drop: "DROP INDEX assoc_user",
+    build: "CREATE INDEX assoc_user ON associations(user_lc)",
+}];
+
+async fn drop_indexes(tx: &Transaction<'_>, late: &[LateIndex]) -> Result<(), StoreError> {
+    for l in late {
+        tx.batch_execute(l.drop).await?;
+    }
+    Ok(())
+}
+
+async fn build_indexes(tx: &Transaction<'_>, late: &[LateIndex]) -> Result<(), StoreError> {
+    for l in late {
+        tx.batch_execute(l.build).await?;
+    }
+    Ok(())
 }
 
 /// Rows of `rows` grouped by lower-case device name, in name order: (name, its row indexes).
@@ -66,11 +120,20 @@ pub(super) async fn import_rows(
     // Writers wait; readers (a running portal's lookups) go on.
     tx.batch_execute("LOCK TABLE devices, keys, associations IN SHARE ROW EXCLUSIVE MODE")
         .await?;
+    // The late index builds sort in memory (the default 64 MB spills a 10M-key sort to disk).
+    tx.batch_execute("SET LOCAL maintenance_work_mem = '512MB'")
+        .await?;
+    // The indexes dropped for a load into an empty table, built again before the commit.
+    let mut late: Vec<&[LateIndex]> = Vec::new();
 
     // Devices: the stored ones by name, the others created with ids reserved here.
     let groups = devices_by_name(rows);
     let mut stored_devices: HashMap<String, i64> = HashMap::new();
-    if has_rows(tx, "devices").await? {
+    let devices_empty = !has_rows(tx, "devices").await?;
+    if devices_empty {
+        drop_indexes(tx, LATE_DEVICE_INDEXES).await?;
+        late.push(LATE_DEVICE_INDEXES);
+    } else {
         tx.batch_execute("CREATE TEMP TABLE import_device_names(name_lc TEXT) ON COMMIT DROP")
             .await?;
         let sink = tx
@@ -186,14 +249,13 @@ pub(super) async fn import_rows(
         }
         fresh.retain(|&i| !skip[i]);
     }
-    // Into an empty table the device reference is checked once after the load (one join)
-    // instead of by a trigger per row, which cost more than the row's own write (1M keys:
-    // 27.5 s with it). The constraint is back before the commit, so the promise is the
-    // same; meanwhile the table is locked for readers too (the import is for a stopped
-    // portal).
+    // Into an empty table the key ID's uniqueness, the change position and the device
+    // reference are built once after the load. They are back before the commit, so the
+    // promise is the same; meanwhile the table is locked for readers too (the import is
+    // for a stopped portal).
     if keys_empty {
-        tx.batch_execute("ALTER TABLE keys DROP CONSTRAINT keys_device_id_fkey")
-            .await?;
+        drop_indexes(tx, LATE_KEY_INDEXES).await?;
+        late.push(LATE_KEY_INDEXES);
     }
     let mut next_key = reserve_ids(tx, "keys", fresh.len()).await?;
     let mut created = Vec::with_capacity(fresh.len());
@@ -240,13 +302,6 @@ pub(super) async fn import_rows(
     }
     w.finish().await?;
     drop(fresh);
-    let t_copy = t0.elapsed();
-    if keys_empty {
-        tx.batch_execute(
-            "ALTER TABLE keys ADD CONSTRAINT keys_device_id_fkey FOREIGN KEY (device_id) REFERENCES devices(id)",
-        )
-        .await?;
-    }
     let t_keys = t0.elapsed();
 
     // Associations, each (device, user) once, in primary-key order: straight into an empty
@@ -260,6 +315,8 @@ pub(super) async fn import_rows(
     assoc.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
     let empty = !has_rows(tx, "associations").await?;
     let target = if empty {
+        drop_indexes(tx, LATE_ASSOCIATION_INDEXES).await?;
+        late.push(LATE_ASSOCIATION_INDEXES);
         "associations(device_id, user_lc, user_name, imported)"
     } else {
         tx.batch_execute(
@@ -292,11 +349,14 @@ pub(super) async fn import_rows(
         .await?;
     }
     let t_assoc = t0.elapsed();
+    for indexes in late {
+        build_indexes(tx, indexes).await?;
+    }
     tracing::info!(
         devices_secs = t_dev.as_secs_f64(),
-        keys_secs = (t_copy - t_dev).as_secs_f64(),
-        key_reference_check_secs = (t_keys - t_copy).as_secs_f64(),
+        keys_secs = (t_keys - t_dev).as_secs_f64(),
         associations_secs = (t_assoc - t_keys).as_secs_f64(),
+        late_index_build_secs = (t0.elapsed() - t_assoc).as_secs_f64(),
         "import store phases (PostgreSQL, before commit)"
     );
     Ok(created)
