@@ -110,7 +110,7 @@ faults: deps
 # moment, and 50 of a self-service scenario played in Chromium (make test runs 50 and 5):
 # no process left (swtpm, portal, chromedriver, Chromium), no temporary directory left.
 orphans: deps
-	HARNESS_ORPHAN_RUNS=1000 HARNESS_ORPHAN_BROWSER_RUNS=50 cargo nextest run --workspace \
+	HARNESS_ORPHAN_RUNS=1000 HARNESS_ORPHAN_BROWSER_RUNS=50 cargo nextest run --workspace --profile orphans \
 	  --locked --no-capture -E 'test(/^orphans::killed_/)'
 
 # `harness fleet` at the BENCHMARKS.md size (issue 26): 10,000 devices escrowing and 1,000
