@@ -6,7 +6,8 @@
 # Prints one line a run that leaked and a summary; exits 1 if anything leaked. A run's
 # leftovers get SETTLE_S seconds (default 20) to go before they count as a leak.
 # The browser pass: ORPHANS_ARGS=--browser ORPHANS_SCENARIO=scenarios/firmware-update-uefi.yaml
-# ORPHANS_MIN_MS=1000 ORPHANS_MAX_MS=7000 (chromedriver runs from about 1 s to 7 s in).
+# ORPHANS_WAIT_FOR=chromedriver: the delay counts from when the run's chromedriver appears
+# (it then lives for a few seconds), so the kills meet the browser.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-50}
@@ -37,6 +38,13 @@ for i in $(seq 1 "$runs"); do
   pid=$!
   delay=$(( min_ms + (RANDOM % ((max_ms - min_ms) / 100 + 1)) * 100 ))
   sig=$([ $((RANDOM % 2)) -eq 0 ] && echo KILL || echo INT)
+  if [ -n "${ORPHANS_WAIT_FOR:-}" ]; then
+    for _ in $(seq 300); do
+      case " $(survivors)" in *" $ORPHANS_WAIT_FOR("*) break ;; esac
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+  fi
   sleep "$(awk "BEGIN { print $delay / 1000 }")"
   # Whether the kill meets a browser: the browser pass must, or it proves nothing.
   case " $(survivors)" in *" chromedriver("*) browser_kills=$((browser_kills + 1)) ;; esac
