@@ -107,10 +107,11 @@ faults: deps
 	PORTAL_TEST_ENGINE=postgres scripts/with-postgres.sh $(KILL_TRAFFIC)
 
 # 1,000 `harness run`s of one short scenario, each SIGKILLed or SIGINTed at a seeded random
-# moment (make test runs 20): no process left, no temporary directory left.
+# moment, and 50 of a self-service scenario played in Chromium (make test runs 50 and 5):
+# no process left (swtpm, portal, chromedriver, Chromium), no temporary directory left.
 orphans: deps
-	HARNESS_ORPHAN_RUNS=1000 cargo nextest run -p harness --locked --no-capture \
-	  -E 'test(=orphans::killed_harness_runs_leave_no_process_and_no_temp_dir)'
+	HARNESS_ORPHAN_RUNS=1000 HARNESS_ORPHAN_BROWSER_RUNS=50 cargo nextest run --workspace --profile orphans \
+	  --locked --no-capture -E 'test(/^orphans::killed_/)'
 
 # `harness fleet` at the BENCHMARKS.md size (issue 26): 10,000 devices escrowing and 1,000
 # concurrent recoveries against the embedded portal on SQLite, release build. `make test`

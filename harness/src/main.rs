@@ -11,6 +11,11 @@ use harness::cli::{exit_codes, run, Cli};
 /// process ends, however it ends: the janitor waits only for its stdin to close, which the
 /// kernel does even after a SIGKILL (a `TempDir`'s `Drop` never runs then). Must run before
 /// any thread starts (it sets `TMPDIR`).
+///
+/// The pipe can close a moment before the kernel delivers the death signal to our children,
+/// and their own children (a browser's helpers) die later still: one still writing makes
+/// `rm -rf` fail on a directory it just emptied. So `rm` is retried until it succeeds, for
+/// up to 10 s.
 fn private_temp_dir() -> std::io::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("harness-run-")
@@ -18,7 +23,11 @@ fn private_temp_dir() -> std::io::Result<()> {
         .keep();
     let mut janitor = Command::new("sh")
         // Deaf to the signals a terminal sends the whole group: it must outlive us.
-        .args(["-c", "trap '' INT TERM HUP; read -r _; rm -rf -- \"$0\""])
+        .args([
+            "-c",
+            "trap '' INT TERM HUP; read -r _; n=0; \
+             until rm -rf -- \"$0\" 2>/dev/null || [ $n -ge 50 ]; do n=$((n+1)); sleep 0.2; done",
+        ])
         .arg(&dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

@@ -19,6 +19,9 @@ const PORT_ATTEMPTS: usize = 8;
 /// caller. Generous: on a loaded 2-core machine a live swtpm can take over 2 s to answer. A
 /// dead one is noticed at once (connection refused, or the socket closes).
 const IO_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a failed channel waits for swtpm to be reaped before calling it alive: a killed
+/// process closes its sockets a moment before it becomes a zombie `wait` can see.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 /// A running `swtpm socket --tpm2` process that is killed and reaped when dropped, and that
 /// the kernel kills if its owner dies first (`PR_SET_PDEATHSIG`).
@@ -164,12 +167,21 @@ impl SwtpmProcess {
     }
 
     fn gone(&mut self, err: io::Error) -> Error {
-        let state = match self.child.try_wait() {
-            Ok(Some(status)) => format!("swtpm exited ({status})"),
-            _ => "swtpm is running but does not answer".to_string(),
-        };
         Error::TpmGone {
-            detail: format!("{state}: {err}"),
+            detail: format!("{}: {err}", self.state_after_failure()),
+        }
+    }
+
+    /// What became of swtpm after a channel to it failed: `swtpm exited (signal: 9
+    /// (SIGKILL))` if it ended within [`EXIT_GRACE`], else that it runs but does not answer.
+    pub(crate) fn state_after_failure(&mut self) -> String {
+        let start = Instant::now();
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return format!("swtpm exited ({status})"),
+                Ok(None) if start.elapsed() < EXIT_GRACE => thread::sleep(Duration::from_millis(2)),
+                _ => return "swtpm is running but does not answer".to_string(),
+            }
         }
     }
 

@@ -122,6 +122,17 @@ impl Tpm {
             None => Digest::default(),
         };
         let with_auth = policy.auth_value.is_some();
+        self.naming_death(|tpm| tpm.seal_with(secret, policy, pcr_digest, selection, with_auth))
+    }
+
+    fn seal_with(
+        &mut self,
+        secret: &[u8],
+        policy: &SealPolicy,
+        pcr_digest: Digest,
+        selection: PcrSelectionList,
+        with_auth: bool,
+    ) -> Result<SealedBlob> {
         let ctx = self.context()?;
         let policy_digest = trial_policy(ctx, pcr_digest, selection, with_auth)?;
 
@@ -181,16 +192,17 @@ impl Tpm {
         let public = Public::unmarshall(&blob.public)?;
         let private = Private::try_from(blob.private.clone())?;
         let auth = auth_value.map(|a| Auth::try_from(a.to_vec())).transpose()?;
-        let ctx = self.context()?;
+        self.naming_death(|tpm| {
+            let ctx = tpm.context()?;
+            let srk = storage_root_key(ctx)?;
+            let loaded = ctx.execute_with_nullauth_session(|ctx| ctx.load(srk, private, public));
+            ctx.flush_context(srk.into())?;
+            let object = loaded?;
 
-        let srk = storage_root_key(ctx)?;
-        let loaded = ctx.execute_with_nullauth_session(|ctx| ctx.load(srk, private, public));
-        ctx.flush_context(srk.into())?;
-        let object = loaded?;
-
-        let result = unseal_loaded(ctx, object, selection, auth);
-        ctx.flush_context(object.into())?;
-        result
+            let result = unseal_loaded(ctx, object, selection, auth);
+            ctx.flush_context(object.into())?;
+            result
+        })
     }
 }
 

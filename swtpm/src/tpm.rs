@@ -63,7 +63,7 @@ impl Tpm {
     pub fn spawn_with_startup_locality(locality: u8) -> Result<Self> {
         let mut tpm = Self::spawn()?;
         if locality != 0 {
-            tpm.power_on_from_locality(locality)?;
+            tpm.naming_death(|tpm| tpm.power_on_from_locality(locality))?;
         }
         Ok(tpm)
     }
@@ -74,8 +74,10 @@ impl Tpm {
         if locality == 0 {
             return self.reboot();
         }
-        self.context()?.shutdown(StartupType::Clear)?;
-        self.power_on_from_locality(locality)
+        self.naming_death(|tpm| {
+            tpm.context()?.shutdown(StartupType::Clear)?;
+            tpm.power_on_from_locality(locality)
+        })
     }
 
     fn power_on_from_locality(&mut self, locality: u8) -> Result<()> {
@@ -94,7 +96,8 @@ impl Tpm {
         Ok(())
     }
 
-    /// The tss-esapi context, for any command this crate does not wrap.
+    /// The tss-esapi context, for any command this crate does not wrap. Its errors do not
+    /// say how swtpm ended, as the wrapped ones do: see [`SwtpmProcess::exit_status`].
     pub fn context(&mut self) -> Result<&mut Context> {
         self.ensure_alive()?;
         match self.context.as_mut() {
@@ -120,12 +123,18 @@ impl Tpm {
     /// PCRs read zero afterwards (17-22 all-ff). Shutting down first matters: a reset without
     /// it after a use of a DA-protected object counts as a dictionary-attack failure.
     pub fn reboot(&mut self) -> Result<()> {
-        self.context()?.shutdown(StartupType::Clear)?;
-        self.power_cycle()
+        self.naming_death(|tpm| {
+            tpm.context()?.shutdown(StartupType::Clear)?;
+            tpm.power_cycle_unnamed()
+        })
     }
 
     /// Power loss without an orderly shutdown, then power-on.
     pub fn power_cycle(&mut self) -> Result<()> {
+        self.naming_death(Self::power_cycle_unnamed)
+    }
+
+    fn power_cycle_unnamed(&mut self) -> Result<()> {
         // Handles held by the old context are stale after CMD_INIT: start a new context.
         self.context = None;
         self.process.cmd_init()?;
@@ -138,27 +147,32 @@ impl Tpm {
     /// `TPM2_Clear` with lockout authorization: new storage seed (every sealed object made
     /// before no longer loads), empty owner/lockout auth, DA parameters back to defaults.
     pub fn clear(&mut self) -> Result<()> {
-        let auth = Auth::try_from(self.lockout_auth.clone())?;
-        let ctx = self.context()?;
-        ctx.tr_set_auth(ObjectHandle::Lockout, auth)?;
-        ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
-            ctx.clear(AuthHandle::Lockout)
-        })?;
-        self.lockout_auth.clear();
-        // Clear invalidates the context's cached handles and properties.
-        self.context = None;
-        self.context = Some(connect(&self.process)?);
-        Ok(())
+        self.naming_death(|tpm| {
+            let auth = Auth::try_from(tpm.lockout_auth.clone())?;
+            let ctx = tpm.context()?;
+            ctx.tr_set_auth(ObjectHandle::Lockout, auth)?;
+            ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.clear(AuthHandle::Lockout)
+            })?;
+            tpm.lockout_auth.clear();
+            // Clear invalidates the context's cached handles and properties.
+            tpm.context = None;
+            tpm.context = Some(connect(&tpm.process)?);
+            Ok(())
+        })
     }
 
     /// Sets the lockout authorization (`TPM2_HierarchyChangeAuth` on TPM_RH_LOCKOUT).
     pub fn set_lockout_auth(&mut self, new_auth: &[u8]) -> Result<()> {
         let current = Auth::try_from(self.lockout_auth.clone())?;
         let new = Auth::try_from(new_auth.to_vec())?;
-        let ctx = self.context()?;
-        ctx.tr_set_auth(ObjectHandle::Lockout, current)?;
-        ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
-            ctx.hierarchy_change_auth(AuthHandle::Lockout, new)
+        self.naming_death(|tpm| {
+            let ctx = tpm.context()?;
+            ctx.tr_set_auth(ObjectHandle::Lockout, current)?;
+            ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.hierarchy_change_auth(AuthHandle::Lockout, new)
+            })?;
+            Ok(())
         })?;
         self.lockout_auth = new_auth.to_vec();
         Ok(())
@@ -187,7 +201,7 @@ impl Tpm {
             &self.lockout_auth,
             &body,
         );
-        self.run_raw(&command)
+        self.naming_death(|tpm| tpm.run_raw(&command))
     }
 
     /// `TPM2_DictionaryAttackLockReset`, authorised with the lockout auth: the failure
@@ -199,7 +213,7 @@ impl Tpm {
             &self.lockout_auth,
             &[],
         );
-        self.run_raw(&command)
+        self.naming_death(|tpm| tpm.run_raw(&command))
     }
 
     /// The current dictionary-attack failure count (`TPM_PT_LOCKOUT_COUNTER`).
@@ -228,10 +242,10 @@ impl Tpm {
         let selection = PcrSelectionListBuilder::new()
             .with_selection(bank, &slots)
             .build()?;
-        let data = pcr::read_all(self.context()?, selection)?;
-        let bank_data = data.pcr_bank(bank).ok_or_else(|| Error::TpmGone {
-            detail: format!("the TPM returned no {bank:?} bank"),
-        })?;
+        let data = self.naming_death(|tpm| Ok(pcr::read_all(tpm.context()?, selection)?))?;
+        let bank_data = data
+            .pcr_bank(bank)
+            .ok_or_else(|| Error::InvalidArgument(format!("the TPM returned no {bank:?} bank")))?;
         let mut out = Vec::with_capacity(pcrs.len());
         for (&index, slot) in pcrs.iter().zip(slots) {
             let value = bank_data.get_digest(slot).ok_or_else(|| {
@@ -250,18 +264,22 @@ impl Tpm {
         for (alg, digest) in digests {
             values.set(*alg, Digest::try_from(digest.to_vec())?);
         }
-        let ctx = self.context()?;
-        ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
-            ctx.pcr_extend(handle, values)
-        })?;
-        Ok(())
+        self.naming_death(|tpm| {
+            tpm.context()?
+                .execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.pcr_extend(handle, values)
+                })?;
+            Ok(())
+        })
     }
 
     fn tpm_property(&mut self, tag: PropertyTag) -> Result<u32> {
         // `Context::get_tpm_property` caches; DA state must be read fresh each time.
-        let (data, _) =
-            self.context()?
-                .get_capability(CapabilityType::TpmProperties, u32::from(tag), 1)?;
+        let (data, _) = self.naming_death(|tpm| {
+            Ok(tpm
+                .context()?
+                .get_capability(CapabilityType::TpmProperties, u32::from(tag), 1)?)
+        })?;
         match data {
             CapabilityData::TpmProperties(list) => list
                 .iter()
@@ -281,6 +299,21 @@ impl Tpm {
             Ok(())
         } else {
             Err(Error::from_response_code(rc))
+        }
+    }
+
+    /// Runs `op`; if it lost the TPM, the error says how swtpm ended (`swtpm exited (signal:
+    /// 9 (SIGKILL))`), so a command cut off mid-way by the death reads as one refused after
+    /// it. Public methods that talk to the TPM go through here; a detail that already names
+    /// swtpm's state is kept.
+    pub(crate) fn naming_death<T>(&mut self, op: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        match op(self) {
+            Err(Error::TpmGone { detail }) if !detail.starts_with("swtpm ") => {
+                Err(Error::TpmGone {
+                    detail: format!("{}: {detail}", self.process.state_after_failure()),
+                })
+            }
+            other => other,
         }
     }
 

@@ -324,29 +324,26 @@ fn start_error(step: &str, detail: String) -> PortalError {
     }
 }
 
-/// `admin bootstrap`: creates the store and prints an admin API token.
+/// `admin bootstrap`: creates the store and prints an admin API token. Supervised as
+/// `serve` is: a harness killed meanwhile must not leave it running.
 async fn bootstrap(bin: &Path, data_dir: &Path, options: &EmbeddedOptions) -> Result<String> {
     let step = "run `admin bootstrap`";
-    let mut cmd = tokio::process::Command::new(bin);
+    let mut cmd = Command::new(bin);
     cmd.arg("admin")
         .arg("bootstrap")
         .arg("--data-dir")
         .arg(data_dir)
         .envs(options.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+        .stdin(Stdio::null());
     if let Some(url) = &options.database_url {
         cmd.arg("--database-url").arg(url);
     }
-    let output = tokio::time::timeout(options.ready_timeout, cmd.output())
+    let timeout = options.ready_timeout;
+    let output = tokio::task::spawn_blocking(move || supervise::output_supervised(cmd, timeout))
         .await
-        .map_err(|_| {
-            start_error(
-                step,
-                format!("no answer within {:?}", options.ready_timeout),
-            )
-        })?
-        .map_err(|e| start_error(step, format!("cannot run {}: {e}", bin.display())))?;
+        .map_err(|e| start_error(step, e.to_string()))?
+        .map_err(|e| start_error(step, format!("cannot run {}: {e}", bin.display())))?
+        .ok_or_else(|| start_error(step, format!("no answer within {timeout:?}")))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let token = stdout.trim();
     if !output.status.success() || token.is_empty() || token.lines().count() != 1 {

@@ -4,18 +4,20 @@
 //! client its portal binary and its chromedriver, which must all die with the harness.
 //!
 //! - [`spawn_supervised`]: the kernel kills the child when this process dies, however it dies.
+//! - [`output_supervised`]: `Command::output` for a supervised child, with a deadline.
 //! - [`kill_process_group`]: SIGKILL to a whole process group (a driver and the browser it
 //!   started), without `unsafe`.
 //!
 //! The one `unsafe` block is the `pre_exec` hook of [`spawn_supervised`]: `Command` offers
 //! no safe way to run code in the forked child.
 
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
@@ -58,6 +60,46 @@ pub fn spawn_supervised(mut cmd: Command) -> io::Result<Child> {
         .map_err(|_| io::Error::other("the spawner thread stopped"))?
 }
 
+/// Runs `cmd` as [`spawn_supervised`] does and collects its status, stdout and stderr, as
+/// `Command::output` does. `Ok(None)`: it had not finished within `timeout`, and was killed
+/// and reaped. Blocking: call it from a thread that may block.
+pub fn output_supervised(mut cmd: Command, timeout: Duration) -> io::Result<Option<Output>> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = spawn_supervised(cmd)?;
+    // Both pipes are drained while we wait, so a chatty child cannot block on a full one.
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            child.kill()?;
+            child.wait()?;
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    Ok(Some(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }))
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            // A read error ends the output where it is: what was read is kept.
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
 /// Sends SIGKILL to the process group `leader` leads (a child started with
 /// `Command::process_group(0)`), so its own children die with it. A group that is already
 /// gone is not an error.
@@ -96,7 +138,26 @@ mod tests {
     use std::os::unix::process::{CommandExt, ExitStatusExt};
     use std::process::Command;
 
-    use super::{kill_process_group, spawn_supervised};
+    use super::{kill_process_group, output_supervised, spawn_supervised};
+
+    #[test]
+    fn output_supervised_collects_both_pipes_and_kills_a_child_past_its_deadline() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let output = output_supervised(cmd, std::time::Duration::from_secs(30))
+            .unwrap()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(3));
+        assert_eq!(output.stdout, b"out\n");
+        assert_eq!(output.stderr, b"err\n");
+
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "exec sleep 30"]);
+        let start = std::time::Instant::now();
+        let late = output_supervised(cmd, std::time::Duration::from_millis(300)).unwrap();
+        assert!(late.is_none(), "{late:?}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    }
 
     #[test]
     fn a_killed_group_takes_the_grandchild_with_it() {

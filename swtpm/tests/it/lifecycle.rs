@@ -47,6 +47,35 @@ fn killing_swtpm_mid_use_gives_tpm_gone_within_two_seconds() {
 }
 
 #[test]
+fn a_command_cut_off_by_sigkill_says_how_swtpm_ended() {
+    let mut tpm = Tpm::spawn().unwrap();
+    tpm.pcr_read(SHA256, &[0]).unwrap();
+    let pid = tpm.process().pid().to_string();
+    let signal = |sig: &str, pid: &str| {
+        assert!(Command::new("kill")
+            .args([sig, pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    // Stopped, swtpm still counts as running: the next command goes out and waits for an
+    // answer, which the SIGKILL cuts off mid-way.
+    signal("-STOP", &pid);
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        signal("-KILL", &pid);
+    });
+    let err = tpm.pcr_read(SHA256, &[0]).unwrap_err();
+    killer.join().unwrap();
+    let message = err.to_string();
+    // The TCTI's error (the path under test), named with swtpm's exit status.
+    assert!(
+        message.starts_with("the TPM is gone: swtpm exited (signal: 9 (SIGKILL)): TCTI error"),
+        "{message}"
+    );
+}
+
+#[test]
 fn two_hundred_spawn_drop_cycles_leave_no_process_and_no_state_directory() {
     let mut leftovers = Vec::new();
     for _ in 0..200 {
