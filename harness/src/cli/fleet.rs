@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use portal_client::{find_portal_bin, EmbeddedOptions, EmbeddedReplicas, PortalTarget};
 
+use super::portal::PortalArgs;
 use super::CliError;
 use crate::fleet::{self, report, FleetOptions, Phase};
 
@@ -43,25 +43,8 @@ pub struct FleetArgs {
     /// Write JUnit XML here (a test case per device, and one for "no server errors").
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
-    /// Play against a running portal at this URL instead of starting the embedded one.
-    /// Repeat it for replicas of one portal (each actor pinned to one, as `harness run`).
-    #[arg(long, value_name = "URL", requires = "admin_token")]
-    pub portal_url: Vec<String>,
-    /// PEM certificate to trust for `--portal-url`.
-    #[arg(long, value_name = "FILE", requires = "portal_url")]
-    pub portal_ca: Option<PathBuf>,
-    /// Admin API token of the portal at `--portal-url`.
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "HARNESS_ADMIN_TOKEN",
-        hide_env_values = true
-    )]
-    pub admin_token: Option<String>,
-    /// The portal binary to start (default: `portal-under-test` next to this program). It
-    /// inherits this process's environment (`FAILPOINTS` for a build with fault points).
-    #[arg(long, value_name = "PATH", conflicts_with = "portal_url")]
-    pub portal_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub portal: PortalArgs,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -102,38 +85,7 @@ pub fn run(args: &FleetArgs, out: &mut dyn Write) -> Result<(), CliError> {
         .enable_all()
         .build()?;
     // The embedded portal lives until the end of this function (dropped: killed, reaped).
-    let (target, _embedded) = match args.portal_url.as_slice() {
-        [] => {
-            let bin = find_portal_bin(args.portal_bin.as_deref())?;
-            let portal = runtime.block_on(EmbeddedReplicas::start(
-                &bin,
-                1,
-                &EmbeddedOptions::default(),
-            ))?;
-            (portal.target().clone(), Some(portal))
-        }
-        urls => {
-            let replicas = urls
-                .iter()
-                .map(|url| {
-                    reqwest::Url::parse(url)
-                        .map_err(|e| CliError::Usage(format!("--portal-url {url:?}: {e}")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let target = PortalTarget {
-                url: replicas[0].clone(),
-                replicas: if replicas.len() > 1 {
-                    replicas
-                } else {
-                    Vec::new()
-                },
-                ca_cert: args.portal_ca.clone(),
-                admin_token: args.admin_token.clone().unwrap_or_default(),
-            };
-            runtime.block_on(check_reachable(&target))?;
-            (target, None)
-        }
-    };
+    let (target, _embedded) = args.portal.start(&runtime)?;
 
     let total = (options.devices + options.recoveries.min(options.devices)) as u64;
     let bar = if args.quiet {
@@ -208,24 +160,6 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .filter(|s| (1..=24 * 3600).contains(s))
         .ok_or_else(|| format!("{text:?}: between 1s and 24h"))?;
     Ok(Duration::from_secs(secs))
-}
-
-/// Every replica answers the admin API.
-async fn check_reachable(target: &PortalTarget) -> Result<(), CliError> {
-    let urls = if target.replicas.is_empty() {
-        vec![target.url.clone()]
-    } else {
-        target.replicas.clone()
-    };
-    for url in urls {
-        let one = PortalTarget {
-            url,
-            replicas: Vec::new(),
-            ..target.clone()
-        };
-        portal_client::Admin::new(&one)?.settings().await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

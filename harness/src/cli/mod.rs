@@ -7,6 +7,7 @@
 
 mod eventlog;
 mod fleet;
+mod portal;
 mod run;
 mod volume;
 
