@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::portal::PortalArgs;
 use super::CliError;
+use crate::fleet::soak::PortalProcess;
 use crate::fleet::{self, report, FleetOptions, Phase};
 
 /// The largest fleet one run plays (bounded in count).
@@ -73,6 +74,7 @@ impl FleetArgs {
             jobs: self.jobs,
             seed: self.seed,
             duration: self.duration,
+            portal: None,
         })
     }
 }
@@ -80,12 +82,19 @@ impl FleetArgs {
 /// `harness fleet`: exit 0 when every device got its expected verdict and no call got a
 /// 5xx; 1 otherwise (wrong key, lost escrow, 5xx, ...); 2 on bad usage.
 pub fn run(args: &FleetArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let options = args.options()?;
+    let mut options = args.options()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     // The embedded portal lives until the end of this function (dropped: killed, reaped).
-    let (target, _embedded) = args.portal.start(&runtime)?;
+    let (target, embedded) = args.portal.start(&runtime)?;
+    options.portal = embedded.as_ref().and_then(|portal| {
+        Some(PortalProcess {
+            pids: portal.replicas.iter().map(|r| r.pid()).collect(),
+            data_dir: portal.replicas.first()?.data_dir(),
+            store_in_data_dir: args.portal.database_url.is_none(),
+        })
+    });
 
     let total = (options.devices + options.recoveries.min(options.devices)) as u64;
     let bar = if args.quiet {
@@ -131,6 +140,11 @@ pub fn run(args: &FleetArgs, out: &mut dyn Write) -> Result<(), CliError> {
             failed: report.failed_devices().count(),
             total: report.devices,
             server_errors: report.server_errors(),
+            soak: if report.soak.as_ref().is_some_and(|s| !s.passed()) {
+                ", soak bounds broken (RSS growth or WAL)"
+            } else {
+                ""
+            },
         });
     }
     Ok(())

@@ -7,6 +7,7 @@ use std::time::Duration;
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
 use super::plan::Route;
+use super::soak::{SoakReport, RSS_GROWTH_LIMIT_PCT};
 use super::verdict::FleetReport;
 
 /// Why a report could not be written.
@@ -60,6 +61,9 @@ pub fn summary(report: &FleetReport) -> String {
             op.op, op.count, op.failed, op.ops_per_sec, op.p50_ms, op.p90_ms, op.p99_ms, op.max_ms
         );
     }
+    if let Some(soak) = &report.soak {
+        soak_summary(&mut s, soak);
+    }
     if !report.failures_by_status.is_empty() {
         let by_status: Vec<String> = report
             .failures_by_status
@@ -84,6 +88,78 @@ pub fn summary(report: &FleetReport) -> String {
         let _ = writeln!(s, "... and {} more failed devices", failed.len() - SHOWN);
     }
     s
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+/// The soak's lines: p50/p99 per operation in the first and last window, RSS, data
+/// directory and WAL, and the verdict on them.
+fn soak_summary(s: &mut String, soak: &SoakReport) {
+    let _ = writeln!(
+        s,
+        "soak: {} ({:.0} s each): p50 / p99 ms, first -> last",
+        soak.windows, soak.window_secs
+    );
+    for first in &soak.latency.first {
+        let Some(last) = soak.latency.last.iter().find(|l| l.op == first.op) else {
+            continue;
+        };
+        let _ = writeln!(
+            s,
+            "  {:<20}{:>8.1} / {:<8.1} -> {:>8.1} / {:<8.1} ({} -> {} calls)",
+            first.op, first.p50_ms, first.p99_ms, last.p50_ms, last.p99_ms, first.count, last.count
+        );
+    }
+    let Some(r) = &soak.resources else {
+        let _ = writeln!(
+            s,
+            "  portal RSS and data directory: {}",
+            soak.not_sampled.as_deref().unwrap_or("not sampled")
+        );
+        return;
+    };
+    let verdict = |ok: Option<bool>| match ok {
+        Some(true) => "ok",
+        Some(false) => "FAIL",
+        None => "not judged",
+    };
+    match (
+        r.rss_after_warm_up_kib,
+        r.rss_max_after_warm_up_kib,
+        r.rss_growth_pct,
+    ) {
+        (Some(warm), Some(max), Some(growth)) => {
+            let _ = writeln!(
+                s,
+                "  portal RSS: {:.1} MiB after warm-up, at most {:.1} MiB after it ({growth:+.1}%, \
+                 bound {RSS_GROWTH_LIMIT_PCT}%): {}",
+                warm as f64 / 1024.0,
+                max as f64 / 1024.0,
+                verdict(r.rss_ok)
+            );
+        }
+        _ => {
+            let _ = writeln!(s, "  portal RSS: not sampled (no sample after the warm-up)");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "  data directory: {:.2} -> {:.2} MiB over the soak ({} calls: {:.1} bytes per call); \
+         WAL at most {:.2} MiB, {:.2} MiB in the last window: {}",
+        mib(r.data_dir_soak_start_bytes),
+        mib(r.data_dir_soak_end_bytes),
+        soak.latency.soak_calls,
+        r.data_dir_bytes_per_soak_call,
+        mib(r.wal_max_bytes),
+        mib(r.wal_last_window_max_bytes),
+        match r.wal_bounded {
+            Some(true) => "bounded",
+            Some(false) => "FAIL (growing)",
+            None => "not judged (the store is in PostgreSQL)",
+        }
+    );
 }
 
 /// The whole report as pretty JSON.

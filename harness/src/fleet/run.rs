@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use super::metrics::{failure_kind, Metrics, Op};
 use super::plan::{plan, DeviceKey, PlannedDevice, Route};
 use super::protector::{KeyCheck, Protector};
+use super::soak::{self, PortalProcess, Sampler, SoakReport};
 use super::verdict::{DeviceReport, FleetReport, Verdict};
 
 /// How the self-service user is played (said in the report).
@@ -39,6 +40,9 @@ pub struct FleetOptions {
     /// Keep the other devices checking in for this long after enrollment (a soak); `None`:
     /// one check-in each.
     pub duration: Option<Duration>,
+    /// The portal process this harness started (its RSS and data directory are sampled);
+    /// `None` for a portal at a URL.
+    pub portal: Option<PortalProcess>,
 }
 
 /// The phase a finished device belongs to (for a progress display).
@@ -95,6 +99,11 @@ pub async fn run(
     progress: Progress,
 ) -> Result<FleetReport, FleetError> {
     let started = Instant::now();
+    let sample_every = soak::sample_interval(options.duration);
+    let sampler = options
+        .portal
+        .clone()
+        .map(|p| Sampler::start(p, started, sample_every));
     let devices = plan(options.seed, options.devices, options.recoveries);
     let admin = Admin::new(target).map_err(FleetError::Setup)?;
     let helpdesk_name = format!("fleet.s{}.helpdesk", options.seed);
@@ -139,6 +148,10 @@ pub async fn run(
     let enroll_secs = enroll_started.elapsed().as_secs_f64();
     let recover_started = Instant::now();
     let deadline = options.duration.map(|d| Instant::now() + d);
+    let soak_window = options.duration.map(soak::window);
+    if let (Some(deadline), Some((length, _))) = (deadline, soak_window) {
+        shared.metrics.watch_soak(recover_started, deadline, length);
+    }
     let (recovered, soak_failures) = tokio::join!(
         pool(&shared, locked_out, options.jobs, recover),
         soak(&shared, checking_in, deadline, options.jobs),
@@ -152,6 +165,39 @@ pub async fn run(
     reports.extend(recovered?);
     let recover_secs = recover_started.elapsed().as_secs_f64();
     reports.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let samples = match sampler {
+        Some(sampler) => Some(sampler.stop().await),
+        None => None,
+    };
+    let soak = match (options.duration, soak_window, shared.metrics.windows()) {
+        (Some(duration), Some((length, windows)), Some(latency)) => {
+            let soak_start_secs = recover_started.duration_since(started).as_secs_f64();
+            let store_in_data_dir = options.portal.as_ref().is_some_and(|p| p.store_in_data_dir);
+            let resources = samples.map(|samples| {
+                soak::judge(
+                    samples,
+                    sample_every,
+                    soak_start_secs,
+                    duration,
+                    length,
+                    latency.soak_calls,
+                    store_in_data_dir,
+                )
+            });
+            Some(SoakReport {
+                windows,
+                window_secs: length.as_secs_f64(),
+                soak_start_secs,
+                not_sampled: resources.is_none().then(|| {
+                    "not sampled: a portal at --portal-url is not this process's child".into()
+                }),
+                resources,
+                latency,
+            })
+        }
+        _ => None,
+    };
 
     let mut verdicts = BTreeMap::new();
     for r in &reports {
@@ -177,6 +223,7 @@ pub async fn run(
         verdicts,
         failures_by_status,
         operations,
+        soak,
         device_reports: reports,
     })
 }
