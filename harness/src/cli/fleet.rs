@@ -44,6 +44,9 @@ pub struct FleetArgs {
     /// Write JUnit XML here (a test case per device, and one for "no server errors").
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// Write the HTML report (`index.html`) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub html: Option<PathBuf>,
     #[command(flatten)]
     pub portal: PortalArgs,
     /// No progress bar.
@@ -134,6 +137,10 @@ pub fn run(args: &FleetArgs, out: &mut dyn Write) -> Result<(), CliError> {
     }
     if let Some(path) = &args.junit {
         std::fs::write(path, report::junit(&report).map_err(CliError::FleetReport)?)?;
+    }
+    if let Some(dir) = &args.html {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("index.html"), report::html(&report))?;
     }
     if !report.passed() {
         return Err(CliError::FleetFailed {

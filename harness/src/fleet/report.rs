@@ -9,6 +9,7 @@ use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 use super::plan::Route;
 use super::soak::{SoakReport, RSS_GROWTH_LIMIT_PCT};
 use super::verdict::FleetReport;
+use crate::runner::report::{escape, html_head};
 
 /// Why a report could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +161,66 @@ fn soak_summary(s: &mut String, soak: &SoakReport) {
             None => "not judged (the store is in PostgreSQL)",
         }
     );
+}
+
+/// The HTML report (`index.html`; the page shell of `harness run`'s): the verdict, the
+/// terminal summary, the soak's samples and every failed device.
+pub fn html(report: &FleetReport) -> String {
+    let mut out = html_head("harness fleet");
+    let (class, result) = if report.passed() {
+        ("pass", "passed")
+    } else {
+        ("fail", "FAILED")
+    };
+    let _ = write!(
+        out,
+        "<h1>harness fleet</h1><p class=\"{class}\">{result}</p><pre>{}</pre>",
+        escape(&summary(report))
+    );
+    if let Some(r) = report.soak.as_ref().and_then(|s| s.resources.as_ref()) {
+        let _ = write!(
+            out,
+            "<details><summary>The portal sampled every {:.0} s ({} samples)</summary>\
+             <table><tr><th>at s</th><th>RSS MiB</th><th>data directory MiB</th><th>WAL MiB</th></tr>",
+            r.sample_every_secs,
+            r.samples.len()
+        );
+        for sample in &r.samples {
+            let rss = sample
+                .rss_kib
+                .map_or("-".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
+            let _ = write!(
+                out,
+                "<tr><td>{:.1}</td><td>{rss}</td><td>{:.2}</td><td>{:.2}</td></tr>",
+                sample.at_secs,
+                mib(sample.data_dir_bytes),
+                mib(sample.wal_bytes)
+            );
+        }
+        out.push_str("</table></details>");
+    }
+    let failed: Vec<_> = report.failed_devices().collect();
+    if !failed.is_empty() {
+        let _ = write!(
+            out,
+            "<h2>{} failed devices</h2><table><tr><th>device</th><th>route</th><th>expected</th><th>got</th><th>why</th></tr>",
+            failed.len()
+        );
+        for d in failed {
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"fail\">{}</td><td>{}</td></tr>",
+                escape(&d.name),
+                route_name(d.route),
+                d.expected().name(),
+                d.verdict.name(),
+                escape(d.detail.as_deref().unwrap_or(""))
+            );
+        }
+        out.push_str("</table>");
+    }
+    out.push_str("</body></html>\n");
+    out
 }
 
 /// The whole report as pretty JSON.

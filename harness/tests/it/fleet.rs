@@ -8,11 +8,20 @@ use std::time::Instant;
 
 use crate::common::{harness, portal_bin, workspace_root};
 
-/// Runs `harness fleet`; its exit, its JSON report and its JUnit XML.
-fn fleet(args: &[&str], env: &[(&str, &str)]) -> (Output, serde_json::Value, String) {
+/// What a `harness fleet` run left: its exit, JSON report, JUnit XML and HTML page.
+struct Run {
+    out: Output,
+    report: serde_json::Value,
+    junit: String,
+    html: String,
+}
+
+/// Runs `harness fleet` with every report.
+fn fleet(args: &[&str], env: &[(&str, &str)]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("fleet.json");
     let junit = dir.path().join("fleet.xml");
+    let html = dir.path().join("html");
     let out = harness()
         .arg("fleet")
         .args(args)
@@ -21,17 +30,20 @@ fn fleet(args: &[&str], env: &[(&str, &str)]) -> (Output, serde_json::Value, Str
         .arg(&json)
         .arg("--junit")
         .arg(&junit)
+        .arg("--html")
+        .arg(&html)
         .envs(env.iter().copied())
         .output()
         .unwrap();
     let report = std::fs::read_to_string(&json)
         .map(|text| serde_json::from_str(&text).unwrap())
         .unwrap_or(serde_json::Value::Null);
-    (
+    Run {
         out,
         report,
-        std::fs::read_to_string(&junit).unwrap_or_default(),
-    )
+        junit: std::fs::read_to_string(&junit).unwrap_or_default(),
+        html: std::fs::read_to_string(html.join("index.html")).unwrap_or_default(),
+    }
 }
 
 fn show(out: &Output) -> String {
@@ -58,7 +70,12 @@ fn op<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 fn fleet_of_200_devices_and_20_recoveries_on_the_embedded_portal() {
     let _ = portal_bin();
     let started = Instant::now();
-    let (out, report, junit) = fleet(
+    let Run {
+        out,
+        report,
+        junit,
+        html,
+    } = fleet(
         &[
             "--devices",
             "200",
@@ -110,6 +127,10 @@ fn fleet_of_200_devices_and_20_recoveries_on_the_embedded_portal() {
         junit.contains(r#"tests="201""#) && junit.contains(r#"failures="0""#),
         "{junit}"
     );
+    assert!(
+        html.contains("<p class=\"pass\">passed</p>") && html.contains("escrowed 180, rotated 20"),
+        "{html}"
+    );
 }
 
 /// A portal that changes a digit of every key it shows (the failpoints build's
@@ -125,7 +146,12 @@ fn a_portal_handing_out_wrong_keys_fails_the_fleet_as_wrong_key() {
         bin.display()
     );
     let bin = bin.to_string_lossy().into_owned();
-    let (out, report, junit) = fleet(
+    let Run {
+        out,
+        report,
+        junit,
+        html,
+    } = fleet(
         &[
             "--devices",
             "12",
@@ -158,6 +184,12 @@ fn a_portal_handing_out_wrong_keys_fails_the_fleet_as_wrong_key() {
     assert!(junit.contains(r#"failures="4""#), "{junit}");
     assert!(junit.contains("expected rotated, got wrong_key"), "{junit}");
     assert!(
+        html.contains("FAILED")
+            && html.contains("4 failed devices")
+            && html.contains("does not unlock"),
+        "{html}"
+    );
+    assert!(
         String::from_utf8_lossy(&out.stderr).contains("4 of 12 devices failed"),
         "{}",
         show(&out)
@@ -172,7 +204,7 @@ fn a_portal_handing_out_wrong_keys_fails_the_fleet_as_wrong_key() {
 fn a_one_minute_soak_has_no_error_and_bounded_rss_and_wal() {
     let _ = portal_bin();
     let started = Instant::now();
-    let (out, report, _) = fleet(
+    let Run { out, report, .. } = fleet(
         &[
             "--devices",
             "40",
