@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::portal::PortalArgs;
 use super::CliError;
+use crate::fleet::mix::Mix;
 use crate::fleet::soak::PortalProcess;
 use crate::fleet::{self, report, FleetOptions, Phase};
 
@@ -28,12 +29,27 @@ pub struct FleetArgs {
     /// Devices in flight at once.
     #[arg(short = 'j', long, value_name = "C", default_value_t = 16)]
     pub jobs: usize,
-    /// After enrollment, keep the devices that did not lock out checking in, back to back
-    /// (`-j` more tasks), while the recoveries run, for this long: `90s`, `10m`, `1h` (at
-    /// most 24h). A soak: every check-in must succeed and ask to rotate nothing. Keeps one
-    /// connection per device open.
+    /// After enrollment, keep the devices that did not lock out busy (`-j` more tasks, back
+    /// to back: the operations of `--mix`) while the recoveries run, for this long: `90s`,
+    /// `10m`, `1h` (at most 24h). A soak: every operation must succeed; the first and last
+    /// minute (the first and last tenth of a soak under 10 minutes) are compared, and the
+    /// embedded portal's RSS (growth < 10% after that first window) and write-ahead log
+    /// (bounded) are sampled and judged. Keeps one connection per device open.
     #[arg(long, value_name = "T", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// The soak's operations by weight: `checkin` (asks to rotate nothing, or the key the
+    /// help desk was shown: then the device escrows a new key and confirms the rotation),
+    /// `escrow` (the device sends its current key again: known, `created: false`), `lookup`
+    /// (the help desk looks up the device's current key: shown, equal to it). Needs
+    /// `--duration`.
+    #[arg(
+        long,
+        value_name = "NAME=WEIGHT,...",
+        default_value = "checkin=100",
+        value_parser = Mix::parse,
+        requires = "duration"
+    )]
+    pub mix: Mix,
     /// Seed of the fleet (names, key material, who locks out): the same seed plays the same
     /// fleet. Against a long-lived portal use a new seed per run (names and key IDs repeat).
     #[arg(long, default_value_t = 1)]
@@ -77,6 +93,7 @@ impl FleetArgs {
             jobs: self.jobs,
             seed: self.seed,
             duration: self.duration,
+            mix: self.mix,
             portal: None,
         })
     }
@@ -123,7 +140,7 @@ pub fn run(args: &FleetArgs, out: &mut dyn Write) -> Result<(), CliError> {
         Phase::CheckIn => {
             let n = soak_check_ins.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             if n % 100 == 0 {
-                progress_bar.set_message(format!("soak: {n} check-ins"));
+                progress_bar.set_message(format!("soak: {n} operations"));
             }
         }
     });

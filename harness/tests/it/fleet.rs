@@ -271,6 +271,45 @@ fn a_one_minute_soak_has_no_error_and_bounded_rss_and_wal() {
     );
 }
 
+/// `--mix`: the soak's devices also send their key again and have it looked up by the help
+/// desk; every shown key equals the device's and is rotated at its next check-in.
+#[test]
+fn a_soak_with_a_mix_escrows_again_looks_up_and_rotates_without_error() {
+    let _ = portal_bin();
+    let Run { out, report, .. } = fleet(
+        &[
+            "--devices",
+            "20",
+            "--recoveries",
+            "2",
+            "-j",
+            "4",
+            "--duration",
+            "8s",
+            "--mix",
+            "checkin=60,escrow=20,lookup=20",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        report["verdicts"],
+        serde_json::json!({"escrowed": 18, "rotated": 2})
+    );
+    assert_eq!(report["failures_by_status"], serde_json::json!({}));
+    // 1 lookup per recovered help desk device; the soak adds many, each rotated once the
+    // device next checks in (2 rotations came from the recoveries).
+    let lookups = op(&report, "helpdesk_lookup")["count"].as_u64().unwrap();
+    let rotations = op(&report, "confirm_rotation")["count"].as_u64().unwrap();
+    assert!(lookups > 10, "{lookups} lookups");
+    assert!(
+        rotations > 10 && rotations <= lookups + 2,
+        "{rotations} rotations, {lookups} lookups"
+    );
+    let escrows = op(&report, "escrow")["count"].as_u64().unwrap();
+    assert!(escrows > 22 + rotations, "{escrows} escrows");
+}
+
 #[test]
 fn fleet_bad_usage_exits_2_naming_the_flag() {
     for (args, flag) in [
@@ -279,6 +318,18 @@ fn fleet_bad_usage_exits_2_naming_the_flag() {
         (vec!["--devices", "5", "-j", "0"], "-j"),
         (vec!["--devices", "many"], "--devices"),
         (vec!["--devices", "5", "--duration", "25h"], "--duration"),
+        (
+            vec![
+                "--devices",
+                "5",
+                "--duration",
+                "5s",
+                "--mix",
+                "checkin=1,reboot=2",
+            ],
+            "--mix",
+        ),
+        (vec!["--devices", "5", "--mix", "checkin=1"], "--duration"),
     ] {
         let out = harness().arg("fleet").args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", show(&out));
