@@ -100,7 +100,7 @@ fn mib(bytes: u64) -> f64 {
 fn soak_summary(s: &mut String, soak: &SoakReport) {
     let _ = writeln!(
         s,
-        "soak: {} ({:.0} s each): p50 / p99 ms, first -> last",
+        "soak: {} ({:.1} s each): p50 / p99 ms, first -> last",
         soak.windows, soak.window_secs
     );
     for first in &soak.latency.first {
@@ -260,6 +260,18 @@ pub fn junit(report: &FleetReport) -> Result<String, FleetReportError> {
     let mut case = TestCase::new("no server errors", status);
     case.set_classname("fleet");
     suite.add_test_case(case);
+    if let Some(soak) = &report.soak {
+        let status = if soak.passed() {
+            TestCaseStatus::success()
+        } else {
+            let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            status.set_message("the portal's RSS grew 10% or more, or its WAL kept growing");
+            status
+        };
+        let mut case = TestCase::new("soak: RSS and WAL bounded", status);
+        case.set_classname("fleet");
+        suite.add_test_case(case);
+    }
     suite.set_time(Duration::from_secs_f64(report.wall_secs.max(0.0)));
     let mut junit = Report::new("harness fleet");
     junit.add_test_suite(suite);

@@ -204,7 +204,9 @@ fn a_portal_handing_out_wrong_keys_fails_the_fleet_as_wrong_key() {
 fn a_one_minute_soak_has_no_error_and_bounded_rss_and_wal() {
     let _ = portal_bin();
     let started = Instant::now();
-    let Run { out, report, .. } = fleet(
+    let Run {
+        out, report, junit, ..
+    } = fleet(
         &[
             "--devices",
             "40",
@@ -265,6 +267,10 @@ fn a_one_minute_soak_has_no_error_and_bounded_rss_and_wal() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("soak: first and last tenth"), "{stdout}");
+    assert!(
+        junit.contains("soak: RSS and WAL bounded") && junit.contains(r#"failures="0""#),
+        "{junit}"
+    );
     assert!(
         stdout.contains("portal RSS: ") && stdout.contains("bounded"),
         "{stdout}"
