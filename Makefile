@@ -114,10 +114,19 @@ orphans: deps
 	  --locked --no-capture -E 'test(/^orphans::killed_/)'
 
 # `harness fleet` at the BENCHMARKS.md size (issue 26): 10,000 devices escrowing and 1,000
-# concurrent recoveries against the embedded portal on SQLite, release build. `make test`
-# runs the 200-device / 20-recovery version (harness/tests/it/fleet.rs).
-.PHONY: fleet
+# concurrent recoveries against the embedded portal on SQLite (`fleet-pg`: on a throw-away
+# PostgreSQL cluster), release build; `fleet-soak`: the 10-minute soak. `make test` runs
+# the 200-device / 20-recovery version and a 1-minute soak (harness/tests/it/fleet.rs).
+FLEET := target/release/harness fleet --devices 10000 --recoveries 1000 -j 64 --seed 26
+.PHONY: fleet fleet-pg fleet-soak
 fleet: deps
 	cargo build --release --locked -p harness -p portal-under-test
-	target/release/harness fleet --devices 10000 --recoveries 1000 -j 64 --seed 26 \
-	  --json target/fleet.json --junit target/fleet.xml $(ARGS)
+	$(FLEET) --json target/fleet.json --junit target/fleet.xml --html target/fleet-html $(ARGS)
+fleet-pg: deps
+	cargo build --release --locked -p harness -p portal-under-test
+	scripts/with-postgres.sh sh -c '$(FLEET) --json target/fleet-pg.json \
+	  --database-url "$$PORTAL_TEST_PG_URL" $(ARGS)'
+fleet-soak: deps
+	cargo build --release --locked -p harness -p portal-under-test
+	target/release/harness fleet --devices 1000 --recoveries 100 -j 64 --duration 10m --seed 27 \
+	  --json target/fleet-soak.json --html target/fleet-soak-html $(ARGS)

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use portal_client::{find_portal_bin, EmbeddedOptions, EmbeddedReplicas, PortalTarget};
 
+use super::portal::PortalArgs;
 use super::CliError;
+use crate::fleet::mix::Mix;
+use crate::fleet::soak::PortalProcess;
 use crate::fleet::{self, report, FleetOptions, Phase};
 
 /// The largest fleet one run plays (bounded in count).
@@ -27,12 +29,27 @@ pub struct FleetArgs {
     /// Devices in flight at once.
     #[arg(short = 'j', long, value_name = "C", default_value_t = 16)]
     pub jobs: usize,
-    /// After enrollment, keep the devices that did not lock out checking in, back to back
-    /// (`-j` more tasks), while the recoveries run, for this long: `90s`, `10m`, `1h` (at
-    /// most 24h). A soak: every check-in must succeed and ask to rotate nothing. Keeps one
-    /// connection per device open.
+    /// After enrollment, keep the devices that did not lock out busy (`-j` more tasks, back
+    /// to back: the operations of `--mix`) while the recoveries run, for this long: `90s`,
+    /// `10m`, `1h` (at most 24h). A soak: every operation must succeed; the first and last
+    /// minute (the first and last tenth of a soak under 10 minutes) are compared, and the
+    /// embedded portal's RSS (growth < 10% after that first window) and write-ahead log
+    /// (bounded) are sampled and judged. Keeps one connection per device open.
     #[arg(long, value_name = "T", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// The soak's operations by weight: `checkin` (asks to rotate nothing, or the key the
+    /// help desk was shown: then the device escrows a new key and confirms the rotation),
+    /// `escrow` (the device sends its current key again: known, `created: false`), `lookup`
+    /// (the help desk looks up the device's current key: shown, equal to it). Needs
+    /// `--duration`.
+    #[arg(
+        long,
+        value_name = "NAME=WEIGHT,...",
+        default_value = "checkin=100",
+        value_parser = Mix::parse,
+        requires = "duration"
+    )]
+    pub mix: Mix,
     /// Seed of the fleet (names, key material, who locks out): the same seed plays the same
     /// fleet. Against a long-lived portal use a new seed per run (names and key IDs repeat).
     #[arg(long, default_value_t = 1)]
@@ -43,25 +60,11 @@ pub struct FleetArgs {
     /// Write JUnit XML here (a test case per device, and one for "no server errors").
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
-    /// Play against a running portal at this URL instead of starting the embedded one.
-    /// Repeat it for replicas of one portal (each actor pinned to one, as `harness run`).
-    #[arg(long, value_name = "URL", requires = "admin_token")]
-    pub portal_url: Vec<String>,
-    /// PEM certificate to trust for `--portal-url`.
-    #[arg(long, value_name = "FILE", requires = "portal_url")]
-    pub portal_ca: Option<PathBuf>,
-    /// Admin API token of the portal at `--portal-url`.
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "HARNESS_ADMIN_TOKEN",
-        hide_env_values = true
-    )]
-    pub admin_token: Option<String>,
-    /// The portal binary to start (default: `portal-under-test` next to this program). It
-    /// inherits this process's environment (`FAILPOINTS` for a build with fault points).
-    #[arg(long, value_name = "PATH", conflicts_with = "portal_url")]
-    pub portal_bin: Option<PathBuf>,
+    /// Write the HTML report (`index.html`) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub html: Option<PathBuf>,
+    #[command(flatten)]
+    pub portal: PortalArgs,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -90,6 +93,8 @@ impl FleetArgs {
             jobs: self.jobs,
             seed: self.seed,
             duration: self.duration,
+            mix: self.mix,
+            portal: None,
         })
     }
 }
@@ -97,43 +102,19 @@ impl FleetArgs {
 /// `harness fleet`: exit 0 when every device got its expected verdict and no call got a
 /// 5xx; 1 otherwise (wrong key, lost escrow, 5xx, ...); 2 on bad usage.
 pub fn run(args: &FleetArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let options = args.options()?;
+    let mut options = args.options()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     // The embedded portal lives until the end of this function (dropped: killed, reaped).
-    let (target, _embedded) = match args.portal_url.as_slice() {
-        [] => {
-            let bin = find_portal_bin(args.portal_bin.as_deref())?;
-            let portal = runtime.block_on(EmbeddedReplicas::start(
-                &bin,
-                1,
-                &EmbeddedOptions::default(),
-            ))?;
-            (portal.target().clone(), Some(portal))
-        }
-        urls => {
-            let replicas = urls
-                .iter()
-                .map(|url| {
-                    reqwest::Url::parse(url)
-                        .map_err(|e| CliError::Usage(format!("--portal-url {url:?}: {e}")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let target = PortalTarget {
-                url: replicas[0].clone(),
-                replicas: if replicas.len() > 1 {
-                    replicas
-                } else {
-                    Vec::new()
-                },
-                ca_cert: args.portal_ca.clone(),
-                admin_token: args.admin_token.clone().unwrap_or_default(),
-            };
-            runtime.block_on(check_reachable(&target))?;
-            (target, None)
-        }
-    };
+    let (target, embedded) = args.portal.start(&runtime)?;
+    options.portal = embedded.as_ref().and_then(|portal| {
+        Some(PortalProcess {
+            pids: portal.replicas.iter().map(|r| r.pid()).collect(),
+            data_dir: portal.replicas.first()?.data_dir(),
+            store_in_data_dir: args.portal.database_url.is_none(),
+        })
+    });
 
     let total = (options.devices + options.recoveries.min(options.devices)) as u64;
     let bar = if args.quiet {
@@ -159,7 +140,7 @@ pub fn run(args: &FleetArgs, out: &mut dyn Write) -> Result<(), CliError> {
         Phase::CheckIn => {
             let n = soak_check_ins.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             if n % 100 == 0 {
-                progress_bar.set_message(format!("soak: {n} check-ins"));
+                progress_bar.set_message(format!("soak: {n} operations"));
             }
         }
     });
@@ -174,11 +155,20 @@ pub fn run(args: &FleetArgs, out: &mut dyn Write) -> Result<(), CliError> {
     if let Some(path) = &args.junit {
         std::fs::write(path, report::junit(&report).map_err(CliError::FleetReport)?)?;
     }
+    if let Some(dir) = &args.html {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("index.html"), report::html(&report))?;
+    }
     if !report.passed() {
         return Err(CliError::FleetFailed {
             failed: report.failed_devices().count(),
             total: report.devices,
             server_errors: report.server_errors(),
+            soak: if report.soak.as_ref().is_some_and(|s| !s.passed()) {
+                ", soak bounds broken (RSS growth or WAL)"
+            } else {
+                ""
+            },
         });
     }
     Ok(())
@@ -208,24 +198,6 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .filter(|s| (1..=24 * 3600).contains(s))
         .ok_or_else(|| format!("{text:?}: between 1s and 24h"))?;
     Ok(Duration::from_secs(secs))
-}
-
-/// Every replica answers the admin API.
-async fn check_reachable(target: &PortalTarget) -> Result<(), CliError> {
-    let urls = if target.replicas.is_empty() {
-        vec![target.url.clone()]
-    } else {
-        target.replicas.clone()
-    };
-    for url in urls {
-        let one = PortalTarget {
-            url,
-            replicas: Vec::new(),
-            ..target.clone()
-        };
-        portal_client::Admin::new(&one)?.settings().await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

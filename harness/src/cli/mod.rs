@@ -7,6 +7,7 @@
 
 mod eventlog;
 mod fleet;
+mod portal;
 mod run;
 mod volume;
 
@@ -182,12 +183,17 @@ pub enum CliError {
     /// A `harness fleet` report could not be written.
     #[error("{0}")]
     FleetReport(#[source] crate::fleet::report::FleetReportError),
-    /// `harness fleet` finished and some devices failed, or the portal answered 5xx.
-    #[error("fleet: {failed} of {total} devices failed, {server_errors} server errors (5xx)")]
+    /// `harness fleet` finished and some devices failed, the portal answered 5xx, or a
+    /// soak's RSS or WAL bound broke.
+    #[error(
+        "fleet: {failed} of {total} devices failed, {server_errors} server errors (5xx){soak}"
+    )]
     FleetFailed {
         failed: usize,
         total: usize,
         server_errors: u64,
+        /// `", soak bounds broken (RSS growth or WAL)"` or empty.
+        soak: &'static str,
     },
     /// The run finished and some scenarios failed.
     #[error("{failed} of {total} scenarios failed")]

@@ -5,13 +5,12 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use super::portal::PortalArgs;
 use super::CliError;
 use crate::runner::volume_check::{VolumeJudges, VolumeTool};
 use crate::runner::{self, report, RunOptions, ScenarioReport};
 use crate::scenario::{load_catalog, select, Filter, Scenario};
-use portal_client::{
-    find_portal_bin, ChromeOptions, EmbeddedOptions, EmbeddedReplicas, PortalTarget,
-};
+use portal_client::ChromeOptions;
 
 /// Which scenarios: files or directories, and filters.
 #[derive(Debug, Args)]
@@ -36,40 +35,8 @@ pub struct RunArgs {
     /// Scenarios in flight at once.
     #[arg(short = 'j', long, default_value_t = 2)]
     pub jobs: usize,
-    /// Gate a running portal at this URL instead of starting the embedded one. Repeat it for
-    /// several replicas of one portal on one database: each actor is pinned to one replica
-    /// (the admin and the device agent to the first, the self-service user to the second,
-    /// the help desk to the last), so keys are escrowed through one and recovered through
-    /// another (README "Replicas").
-    #[arg(long, value_name = "URL", requires = "admin_token")]
-    pub portal_url: Vec<String>,
-    /// PEM certificate to trust for `--portal-url` (its self-signed certificate).
-    #[arg(long, value_name = "FILE", requires = "portal_url")]
-    pub portal_ca: Option<PathBuf>,
-    /// Admin API token of the portal at `--portal-url`.
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "HARNESS_ADMIN_TOKEN",
-        hide_env_values = true
-    )]
-    pub admin_token: Option<String>,
-    /// The portal binary to start (default: `portal-under-test` next to this program).
-    #[arg(long, value_name = "PATH", conflicts_with = "portal_url")]
-    pub portal_bin: Option<PathBuf>,
-    /// Start this many embedded portal processes on one database (`--database-url`) and one
-    /// data directory, and spread the actors over them as for repeated `--portal-url`.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 1,
-        conflicts_with = "portal_url"
-    )]
-    pub embedded_replicas: usize,
-    /// The embedded portal's store: this PostgreSQL database (`postgres://…`; required
-    /// with `--embedded-replicas` above 1) instead of SQLite in its data directory.
-    #[arg(long, value_name = "URL", conflicts_with = "portal_url")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub portal: PortalArgs,
     /// Write JUnit XML here.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
@@ -176,52 +143,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<(), CliError> {
         .enable_all()
         .build()?;
     // The embedded portal lives until the end of this function (dropped: killed, reaped).
-    let (target, _embedded) = match args.portal_url.as_slice() {
-        [] => {
-            if args.embedded_replicas == 0 {
-                return Err(CliError::Usage("--embedded-replicas: at least 1".into()));
-            }
-            if args.embedded_replicas > 1 && args.database_url.is_none() {
-                return Err(CliError::Usage(
-                    "--embedded-replicas above 1 needs --database-url (a PostgreSQL database: \
-                     SQLite serves one process)"
-                        .into(),
-                ));
-            }
-            let bin = find_portal_bin(args.portal_bin.as_deref())?;
-            let options = EmbeddedOptions {
-                database_url: args.database_url.clone(),
-                ..EmbeddedOptions::default()
-            };
-            let portal = runtime.block_on(EmbeddedReplicas::start(
-                &bin,
-                args.embedded_replicas,
-                &options,
-            ))?;
-            (portal.target().clone(), Some(portal))
-        }
-        urls => {
-            let replicas = urls
-                .iter()
-                .map(|url| {
-                    reqwest::Url::parse(url)
-                        .map_err(|e| CliError::Usage(format!("--portal-url {url:?}: {e}")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let target = PortalTarget {
-                url: replicas[0].clone(),
-                replicas: if replicas.len() > 1 {
-                    replicas
-                } else {
-                    Vec::new()
-                },
-                ca_cert: args.portal_ca.clone(),
-                admin_token: args.admin_token.clone().unwrap_or_default(),
-            };
-            runtime.block_on(check_reachable(&target))?;
-            (target, None)
-        }
-    };
+    let (target, _embedded) = args.portal.start(&runtime)?;
 
     let bar = indicatif::ProgressBar::new(scenarios.len() as u64);
     bar.set_style(
@@ -269,24 +191,6 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<(), CliError> {
             failed: report.failed(),
             total: report.scenarios.len(),
         });
-    }
-    Ok(())
-}
-
-/// Every replica answers the admin API.
-async fn check_reachable(target: &PortalTarget) -> Result<(), CliError> {
-    let urls = if target.replicas.is_empty() {
-        vec![target.url.clone()]
-    } else {
-        target.replicas.clone()
-    };
-    for url in urls {
-        let one = PortalTarget {
-            url,
-            replicas: Vec::new(),
-            ..target.clone()
-        };
-        portal_client::Admin::new(&one)?.settings().await?;
     }
     Ok(())
 }

@@ -69,6 +69,67 @@ struct OpStats {
 #[derive(Debug, Default)]
 pub struct Metrics {
     ops: Mutex<BTreeMap<Op, OpStats>>,
+    windows: Mutex<Option<Windows>>,
+}
+
+/// The soak's first and last windows: a histogram per operation of the calls that started
+/// in each, and the calls that started during the soak at all.
+#[derive(Debug)]
+struct Windows {
+    soak_start: Instant,
+    soak_end: Instant,
+    length: Duration,
+    first: BTreeMap<Op, Histogram<u64>>,
+    last: BTreeMap<Op, Histogram<u64>>,
+    soak_calls: u64,
+}
+
+/// One operation's latency in one window of the soak.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowOp {
+    pub op: &'static str,
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// The soak's windows, summarised.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowSummary {
+    pub first: Vec<WindowOp>,
+    pub last: Vec<WindowOp>,
+    /// Calls started between the soak's start and its end (every operation).
+    pub soak_calls: u64,
+}
+
+/// 1 µs to 1 h at 3 significant digits: the bounds are constants, never bad.
+fn latency_histogram() -> Option<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).ok()
+}
+
+fn record_in(histograms: &mut BTreeMap<Op, Histogram<u64>>, op: Op, micros: u64) {
+    if let std::collections::btree_map::Entry::Vacant(e) = histograms.entry(op) {
+        let Some(h) = latency_histogram() else {
+            return;
+        };
+        e.insert(h);
+    }
+    if let Some(h) = histograms.get_mut(&op) {
+        h.saturating_record(micros.max(1));
+    }
+}
+
+fn window_ops(histograms: &BTreeMap<Op, Histogram<u64>>) -> Vec<WindowOp> {
+    let ms = |us: u64| us as f64 / 1000.0;
+    histograms
+        .iter()
+        .map(|(op, h)| WindowOp {
+            op: op.name(),
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+        })
+        .collect()
 }
 
 /// One operation's figures.
@@ -89,6 +150,32 @@ pub struct OpSummary {
 }
 
 impl Metrics {
+    /// From now on, calls starting in `[start, start + length)` and in
+    /// `[end - length, end)` are also counted in the first and the last window.
+    pub fn watch_soak(&self, start: Instant, end: Instant, length: Duration) {
+        if let Ok(mut windows) = self.windows.lock() {
+            *windows = Some(Windows {
+                soak_start: start,
+                soak_end: end,
+                length,
+                first: BTreeMap::new(),
+                last: BTreeMap::new(),
+                soak_calls: 0,
+            });
+        }
+    }
+
+    /// The soak's windows (`None` without [`Metrics::watch_soak`]).
+    pub fn windows(&self) -> Option<WindowSummary> {
+        let windows = self.windows.lock().ok()?;
+        let w = windows.as_ref()?;
+        Some(WindowSummary {
+            first: window_ops(&w.first),
+            last: window_ops(&w.last),
+            soak_calls: w.soak_calls,
+        })
+    }
+
     /// Times `call` as one `op`, counting its failure (if any) by status.
     pub async fn time<T>(
         &self,
@@ -106,14 +193,28 @@ impl Metrics {
     pub fn record(&self, op: Op, start: Instant, failure: Option<String>) {
         let end = Instant::now();
         let micros = u64::try_from(end.duration_since(start).as_micros()).unwrap_or(u64::MAX);
+        if let Ok(mut windows) = self.windows.lock() {
+            if let Some(w) = windows.as_mut() {
+                if start >= w.soak_start && start < w.soak_end {
+                    w.soak_calls += 1;
+                }
+                if start >= w.soak_start && start < w.soak_start + w.length {
+                    record_in(&mut w.first, op, micros);
+                }
+                if start >= w.soak_end.checked_sub(w.length).unwrap_or(w.soak_end)
+                    && start < w.soak_end
+                {
+                    record_in(&mut w.last, op, micros);
+                }
+            }
+        }
         let Ok(mut ops) = self.ops.lock() else {
             return;
         };
         let stats = match ops.entry(op) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
-                // 1 µs to 1 h at 3 significant digits: the bounds are constants, never bad.
-                let Ok(latency_us) = Histogram::new_with_bounds(1, 3_600_000_000, 3) else {
+                let Some(latency_us) = latency_histogram() else {
                     return;
                 };
                 e.insert(OpStats {
@@ -201,6 +302,23 @@ mod tests {
         assert!((98.0..=101.0).contains(&escrow.p99_ms), "{escrow:?}");
         assert!(escrow.max_ms >= escrow.p99_ms);
         assert!(is_server_error("503"));
+    }
+
+    #[test]
+    fn the_soaks_first_and_last_windows_hold_the_calls_started_in_them() {
+        let metrics = Metrics::default();
+        let start = Instant::now() - Duration::from_secs(100);
+        let end = start + Duration::from_secs(100);
+        metrics.watch_soak(start, end, Duration::from_secs(10));
+        // Calls that started 1 s, 2 s, 50 s and 95 s into a 100 s soak.
+        for at in [1, 2, 50, 95] {
+            metrics.record(Op::CheckIn, start + Duration::from_secs(at), None);
+        }
+        let w = metrics.windows().unwrap();
+        assert_eq!(w.soak_calls, 4);
+        assert_eq!((w.first.len(), w.first[0].count), (1, 2));
+        assert_eq!((w.last.len(), w.last[0].count), (1, 1));
+        assert_eq!(w.first[0].op, "check_in");
         assert!(!is_server_error("404 not_found"));
     }
 }

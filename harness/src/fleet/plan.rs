@@ -101,6 +101,23 @@ pub fn plan(seed: u64, devices: usize, recoveries: usize) -> Vec<PlannedDevice> 
     planned
 }
 
+/// The key `device` rotates to the `generation`-th time during a soak (1, 2, ...): a new
+/// key protector ID and recovery password on the same volume, from the seed.
+pub fn soak_key(seed: u64, device: &PlannedDevice, generation: u32) -> DeviceKey {
+    // A seed of its own, so these never repeat the plan's streams.
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+    rng.set_stream((u64::from(generation) << 32) | device.index as u64);
+    let mut id = [0u8; 16];
+    rng.fill_bytes(&mut id);
+    let mut key16 = [0u8; 16];
+    rng.fill_bytes(&mut key16);
+    DeviceKey {
+        volume_id: device.key.volume_id.clone(),
+        key_protector_id: KeyProtectorId::from_disk_bytes(id),
+        password: RecoveryPassword::from_key16(&key16),
+    }
+}
+
 fn device_key(generated: &GeneratedKey) -> DeviceKey {
     let mut key16 = [0u8; 16];
     for (chunk, value) in key16.chunks_exact_mut(2).zip(generated.password_values) {
@@ -193,5 +210,13 @@ mod tests {
         assert!(line.contains(&device.key.password.to_string()), "{line}");
         assert!(line.contains(&device.key.volume_id), "{line}");
         assert_ne!(device.key, device.next_key);
+        let rotated = soak_key(1, device, 1);
+        assert_eq!(rotated, soak_key(1, device, 1));
+        assert_eq!(rotated.volume_id, device.key.volume_id);
+        assert_ne!(
+            rotated.key_protector_id,
+            soak_key(1, device, 2).key_protector_id
+        );
+        assert_ne!(rotated.key_protector_id, device.next_key.key_protector_id);
     }
 }

@@ -10,15 +10,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bitlocker::RecoveryPassword;
 use portal_client::{
     AccountRole, Admin, Agent, BrowserUser, EscrowKey, HelpDeskApi, HelpDeskLookup, Outcome,
     PortalError, PortalTarget, SignIn,
 };
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use tokio::task::JoinSet;
 
 use super::metrics::{failure_kind, Metrics, Op};
-use super::plan::{plan, DeviceKey, PlannedDevice, Route};
+use super::mix::{Mix, SoakOp};
+use super::plan::{plan, soak_key, DeviceKey, PlannedDevice, Route};
 use super::protector::{KeyCheck, Protector};
+use super::soak::{self, PortalProcess, Sampler, SoakReport};
 use super::verdict::{DeviceReport, FleetReport, Verdict};
 
 /// How the self-service user is played (said in the report).
@@ -39,6 +44,11 @@ pub struct FleetOptions {
     /// Keep the other devices checking in for this long after enrollment (a soak); `None`:
     /// one check-in each.
     pub duration: Option<Duration>,
+    /// What the soak's workers do, by weight.
+    pub mix: Mix,
+    /// The portal process this harness started (its RSS and data directory are sampled);
+    /// `None` for a portal at a URL.
+    pub portal: Option<PortalProcess>,
 }
 
 /// The phase a finished device belongs to (for a progress display).
@@ -83,8 +93,8 @@ struct LockedOut {
 }
 
 enum Enrolled {
-    /// Finished; the agent is kept for the soak's check-ins.
-    Done(DeviceReport, Option<Box<Agent>>),
+    /// Finished; the agent is kept for the soak.
+    Done(DeviceReport, Option<Box<SoakDevice>>),
     LockedOut(Box<LockedOut>),
 }
 
@@ -95,6 +105,11 @@ pub async fn run(
     progress: Progress,
 ) -> Result<FleetReport, FleetError> {
     let started = Instant::now();
+    let sample_every = soak::sample_interval(options.duration);
+    let sampler = options
+        .portal
+        .clone()
+        .map(|p| Sampler::start(p, started, sample_every));
     let devices = plan(options.seed, options.devices, options.recoveries);
     let admin = Admin::new(target).map_err(FleetError::Setup)?;
     let helpdesk_name = format!("fleet.s{}.helpdesk", options.seed);
@@ -127,9 +142,10 @@ pub async fn run(
     let mut checking_in = Vec::new();
     for outcome in pool(&shared, devices, options.jobs, enroll).await? {
         match outcome {
-            Enrolled::Done(report, agent) => {
-                if let (Some(agent), Some(_)) = (agent, options.duration) {
-                    checking_in.push((reports.len(), *agent));
+            Enrolled::Done(report, soaking) => {
+                if let (Some(mut soaking), Some(_)) = (soaking, options.duration) {
+                    soaking.report_index = reports.len();
+                    checking_in.push(tokio::sync::Mutex::new(*soaking));
                 }
                 reports.push(report);
             }
@@ -139,9 +155,13 @@ pub async fn run(
     let enroll_secs = enroll_started.elapsed().as_secs_f64();
     let recover_started = Instant::now();
     let deadline = options.duration.map(|d| Instant::now() + d);
+    let soak_window = options.duration.map(soak::window);
+    if let (Some(deadline), Some((length, _))) = (deadline, soak_window) {
+        shared.metrics.watch_soak(recover_started, deadline, length);
+    }
     let (recovered, soak_failures) = tokio::join!(
         pool(&shared, locked_out, options.jobs, recover),
-        soak(&shared, checking_in, deadline, options.jobs),
+        soak(&shared, checking_in, deadline, options),
     );
     for (index, detail) in soak_failures? {
         if let Some(report) = reports.get_mut(index) {
@@ -152,6 +172,39 @@ pub async fn run(
     reports.extend(recovered?);
     let recover_secs = recover_started.elapsed().as_secs_f64();
     reports.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let samples = match sampler {
+        Some(sampler) => Some(sampler.stop().await),
+        None => None,
+    };
+    let soak = match (options.duration, soak_window, shared.metrics.windows()) {
+        (Some(duration), Some((length, windows)), Some(latency)) => {
+            let soak_start_secs = recover_started.duration_since(started).as_secs_f64();
+            let store_in_data_dir = options.portal.as_ref().is_some_and(|p| p.store_in_data_dir);
+            let resources = samples.map(|samples| {
+                soak::judge(
+                    samples,
+                    sample_every,
+                    soak_start_secs,
+                    duration,
+                    length,
+                    latency.soak_calls,
+                    store_in_data_dir,
+                )
+            });
+            Some(SoakReport {
+                windows,
+                window_secs: length.as_secs_f64(),
+                soak_start_secs,
+                not_sampled: resources.is_none().then(|| {
+                    "not sampled: a portal at --portal-url is not this process's child".into()
+                }),
+                resources,
+                latency,
+            })
+        }
+        _ => None,
+    };
 
     let mut verdicts = BTreeMap::new();
     for r in &reports {
@@ -177,6 +230,7 @@ pub async fn run(
         verdicts,
         failures_by_status,
         operations,
+        soak,
         device_reports: reports,
     })
 }
@@ -221,49 +275,60 @@ where
     Ok(all)
 }
 
-/// The soak: `jobs` tasks check the agents in, round robin, back to back, until `deadline`.
-/// Each check-in must ask to rotate nothing (nobody was shown these keys). Returns the first
-/// failure of each failed device, by its index in `agents`' first field.
+/// A device of the soak: its agent, its current key, and whether the help desk was shown it
+/// (then its next check-in must ask to rotate it).
+struct SoakDevice {
+    /// Its report's index (set once enrollment is over).
+    report_index: usize,
+    device: PlannedDevice,
+    agent: Agent,
+    key: DeviceKey,
+    shown: bool,
+    rotations: u32,
+}
+
+/// The soak: `jobs` tasks take the devices round robin, back to back, until `deadline`, and
+/// do one operation of the mix to each. Returns the first failure of each failed device, by
+/// its report index.
 async fn soak(
     shared: &Arc<Shared>,
-    agents: Vec<(usize, Agent)>,
+    devices: Vec<tokio::sync::Mutex<SoakDevice>>,
     deadline: Option<Instant>,
-    jobs: usize,
+    options: &FleetOptions,
 ) -> Result<Vec<(usize, String)>, FleetError> {
     let Some(deadline) = deadline else {
         return Ok(Vec::new());
     };
-    if agents.is_empty() {
+    if devices.is_empty() {
         tokio::time::sleep_until(deadline.into()).await;
         return Ok(Vec::new());
     }
-    let agents = Arc::new(agents);
+    let devices = Arc::new(devices);
     let next = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(Mutex::new(BTreeMap::new()));
     let mut set = JoinSet::new();
-    for _ in 0..jobs.max(1) {
-        let (agents, next, failures, shared) = (
-            Arc::clone(&agents),
+    for worker in 0..options.jobs.max(1) {
+        let (devices, next, failures, shared) = (
+            Arc::clone(&devices),
             Arc::clone(&next),
             Arc::clone(&failures),
             Arc::clone(shared),
         );
+        let (mix, seed) = (options.mix, options.seed);
         set.spawn(async move {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(worker as u64);
             while Instant::now() < deadline {
-                let k = next.fetch_add(1, Ordering::Relaxed) % agents.len();
-                let Some((index, agent)) = agents.get(k) else {
+                let k = next.fetch_add(1, Ordering::Relaxed) % devices.len();
+                let Some(device) = devices.get(k) else {
                     break;
                 };
-                let failure = match shared.metrics.time(Op::CheckIn, agent.check_in()).await {
-                    Ok(c) if c.rotate_keys.is_empty() => None,
-                    Ok(c) => Some(format!(
-                        "a soak check-in asks to rotate keys nobody was shown: {:?}",
-                        c.rotate_keys
-                    )),
-                    Err(e) => Some(format!("a soak check-in: {e}")),
-                };
-                if let (Some(detail), Ok(mut failures)) = (failure, failures.lock()) {
-                    failures.entry(*index).or_insert(detail);
+                let mut device = device.lock().await;
+                let op = mix.pick(&mut rng);
+                if let Err(detail) = soak_step(&shared, &mut device, op, seed).await {
+                    if let Ok(mut failures) = failures.lock() {
+                        failures.entry(device.report_index).or_insert(detail);
+                    }
                 }
                 (shared.progress)(Phase::CheckIn);
             }
@@ -277,6 +342,97 @@ async fn soak(
         .map(|f| f.clone().into_iter().collect())
         .unwrap_or_default();
     Ok(failures)
+}
+
+/// One operation of the soak on one device; `Err` names what went wrong.
+async fn soak_step(
+    shared: &Shared,
+    d: &mut SoakDevice,
+    op: SoakOp,
+    seed: u64,
+) -> Result<(), String> {
+    let m = &shared.metrics;
+    let id = d.key.key_protector_id.to_string();
+    match op {
+        SoakOp::CheckIn => {
+            let c = m
+                .time(Op::CheckIn, d.agent.check_in())
+                .await
+                .map_err(|e| format!("a soak check-in: {e}"))?;
+            let asks = |k: &String| k.eq_ignore_ascii_case(&id);
+            match (d.shown, c.rotate_keys.as_slice()) {
+                (false, []) => Ok(()),
+                (true, [k]) if asks(k) => soak_rotate(shared, d, seed).await,
+                (shown, keys) => Err(format!(
+                    "a soak check-in asks to rotate {keys:?}; expected {}",
+                    if shown { id.as_str() } else { "nothing" }
+                )),
+            }
+        }
+        SoakOp::Escrow => {
+            let escrowed = m
+                .time(Op::Escrow, d.agent.escrow_key(&escrow_key(&d.key)))
+                .await
+                .map_err(|e| format!("a soak escrow of {id} again: {e}"))?;
+            if escrowed.created || !escrowed.key_protector_id.eq_ignore_ascii_case(&id) {
+                return Err(format!(
+                    "escrowing {id} again answered {escrowed:?}; expected it known (created: false)"
+                ));
+            }
+            Ok(())
+        }
+        SoakOp::Lookup => {
+            let answer = m
+                .time(
+                    Op::HelpDeskLookup,
+                    shared.helpdesk.lookup(&id, None, HELP_DESK_REASON),
+                )
+                .await
+                .map_err(|e| format!("a soak help desk lookup of {id}: {e}"))?;
+            match answer {
+                HelpDeskLookup::Shown {
+                    recovery_password, ..
+                } if RecoveryPassword::parse(&recovery_password).ok().as_ref()
+                    == Some(&d.key.password) =>
+                {
+                    d.shown = true;
+                    Ok(())
+                }
+                other => Err(format!(
+                    "a soak help desk lookup of {id}: expected its password shown, got {other:?}"
+                )),
+            }
+        }
+    }
+}
+
+/// A soak device whose key was shown rotates to its next one: escrow, confirm.
+async fn soak_rotate(shared: &Shared, d: &mut SoakDevice, seed: u64) -> Result<(), String> {
+    let m = &shared.metrics;
+    let next = soak_key(seed, &d.device, d.rotations + 1);
+    let (old, new) = (
+        d.key.key_protector_id.to_string(),
+        next.key_protector_id.to_string(),
+    );
+    m.time(Op::Escrow, d.agent.escrow_key(&escrow_key(&next)))
+        .await
+        .map_err(|e| format!("escrowing {new} to rotate {old}: {e}"))?;
+    let rotation = m
+        .time(Op::ConfirmRotation, d.agent.confirm_rotation(&old, &new))
+        .await
+        .map_err(|e| format!("confirming the rotation {old} -> {new}: {e}"))?;
+    if !rotation.superseded.eq_ignore_ascii_case(&old)
+        || !rotation.current.eq_ignore_ascii_case(&new)
+    {
+        return Err(format!(
+            "the rotation {old} -> {new} was confirmed as {} -> {}",
+            rotation.superseded, rotation.current
+        ));
+    }
+    d.key = next;
+    d.shown = false;
+    d.rotations += 1;
+    Ok(())
 }
 
 fn escrow_key(key: &DeviceKey) -> EscrowKey {
@@ -306,7 +462,16 @@ async fn enroll(shared: Arc<Shared>, device: PlannedDevice) -> Enrolled {
         Ok(agent) => match device.recovery {
             None => Enrolled::Done(
                 report(&device, Verdict::Escrowed, None),
-                shared.keep_agents.then(|| Box::new(agent)),
+                shared.keep_agents.then(|| {
+                    Box::new(SoakDevice {
+                        report_index: 0,
+                        key: device.key.clone(),
+                        device,
+                        agent,
+                        shown: false,
+                        rotations: 0,
+                    })
+                }),
             ),
             Some(_) => {
                 // The protector a lockout needs: one stretch, off the async workers.

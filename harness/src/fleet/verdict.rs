@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::metrics::{is_server_error, OpSummary};
 use super::plan::Route;
+use super::soak::SoakReport;
 
 /// A device's verdict: how far it got, or what went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -87,6 +88,9 @@ pub struct FleetReport {
     /// Failed calls by status, over every operation.
     pub failures_by_status: BTreeMap<String, u64>,
     pub operations: Vec<OpSummary>,
+    /// With `--duration`: the first and last window's latency, the portal's RSS and data
+    /// directory over the soak, and their verdict.
+    pub soak: Option<SoakReport>,
     pub device_reports: Vec<DeviceReport>,
 }
 
@@ -105,9 +109,12 @@ impl FleetReport {
             .sum()
     }
 
-    /// The fleet passes when every device got its expected verdict and no call got a 5xx.
+    /// The fleet passes when every device got its expected verdict, no call got a 5xx, and
+    /// a soak's measured bounds (RSS growth, WAL) held.
     pub fn passed(&self) -> bool {
-        self.failed_devices().next().is_none() && self.server_errors() == 0
+        self.failed_devices().next().is_none()
+            && self.server_errors() == 0
+            && self.soak.as_ref().is_none_or(SoakReport::passed)
     }
 
     pub fn count(&self, verdict: Verdict) -> usize {

@@ -134,17 +134,7 @@ pub fn screenshot_file(scenario: &str, index: usize, name: &str) -> String {
 /// The HTML report: one page; browser screenshots are PNG files next to it
 /// ([`screenshot_file`]), shown per scenario.
 pub fn html(report: &RunReport) -> String {
-    let mut out = String::new();
-    out.push_str("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
-    out.push_str("<title>BitLocker recovery scenarios</title><style>");
-    out.push_str(
-        "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}\
-         table{border-collapse:collapse}td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}\
-         .pass{color:#176b2c}.fail{color:#b00020;font-weight:bold}pre{background:#f6f6f6;padding:.6em;white-space:pre-wrap}\
-         details{margin:.6em 0}.shots{display:flex;flex-wrap:wrap;gap:1em}\
-         figure{margin:0}img{border:1px solid #ccc}",
-    );
-    out.push_str("</style></head><body>");
+    let mut out = html_head("BitLocker recovery scenarios");
     let _ = write!(
         out,
         "<h1>BitLocker recovery scenarios</h1><p>{} passed, {} failed, {:.1} s, portal <code>{}</code></p>",
@@ -228,7 +218,25 @@ pub fn html(report: &RunReport) -> String {
     out
 }
 
-fn escape(text: &str) -> String {
+/// The start of an HTML report page up to `<body>` (its style shared by `harness run` and
+/// `harness fleet`); the caller appends the body and `</body></html>`.
+pub fn html_head(title: &str) -> String {
+    let mut out = String::new();
+    out.push_str("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
+    let _ = write!(out, "<title>{}</title><style>", escape(title));
+    out.push_str(
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}\
+         table{border-collapse:collapse}td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}\
+         .pass{color:#176b2c}.fail{color:#b00020;font-weight:bold}pre{background:#f6f6f6;padding:.6em;white-space:pre-wrap}\
+         details{margin:.6em 0}.shots{display:flex;flex-wrap:wrap;gap:1em}\
+         figure{margin:0}img{border:1px solid #ccc}",
+    );
+    out.push_str("</style></head><body>");
+    out
+}
+
+/// Text for HTML (element content and quoted attributes).
+pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
