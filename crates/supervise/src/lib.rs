@@ -33,11 +33,17 @@ type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
 /// the child when that thread is retired, so every child is forked by one long-lived
 /// spawner thread. A `getppid` check in the child closes the race where the parent dies
 /// between fork and `prctl`.
+///
+/// Every descriptor above stdio is marked close-on-exec in the child: C libraries open
+/// sockets without it (the TSS TCTI's connection to a swtpm), and a second swtpm forked while
+/// a first one's client connection is open would hold that connection forever; swtpm serves
+/// one connection at a time, so the first TPM's next connection would never be accepted.
 pub fn spawn_supervised(mut cmd: Command) -> io::Result<Child> {
     let parent = std::process::id();
     // The workspace denies `unsafe_code`; this is its one exception.
     // SAFETY: the closure runs in the forked child before exec and only calls the
-    // async-signal-safe functions prctl, getppid and _exit; it allocates nothing.
+    // async-signal-safe functions prctl, getppid, _exit and the close_range system call; it
+    // allocates nothing.
     #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(move || {
@@ -47,6 +53,13 @@ pub fn spawn_supervised(mut cmd: Command) -> io::Result<Child> {
             if libc::getppid() as u32 != parent {
                 libc::_exit(1);
             }
+            // Linux 5.11+; on an older kernel it fails and the descriptors stay as they are.
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
             Ok(())
         });
     }

@@ -11,6 +11,7 @@ use super::portal::PortalArgs;
 use super::CliError;
 use crate::fleet::mix::Mix;
 use crate::fleet::soak::PortalProcess;
+use crate::fleet::tpm::MAX_TPM_SAMPLE;
 use crate::fleet::{self, report, FleetOptions, Phase};
 
 /// The largest fleet one run plays (bounded in count).
@@ -26,6 +27,14 @@ pub struct FleetArgs {
     /// self-service), verify the key against their protector and rotate it.
     #[arg(long, value_name = "M", default_value_t = 0)]
     pub recoveries: usize,
+    /// How many of the M locked-out devices (drawn from `--seed`, on both routes) are a real
+    /// machine on its own swtpm, as in `harness run`: BitLocker makes their recovery password
+    /// (the one escrowed), a Secure Boot db update or `bootdebug on` moves a PCR of the
+    /// 7,11 profile so the TPM refuses to unseal, the recovered password is typed on the
+    /// recovery screen and must unlock, and after the rotation the next boot must unlock by
+    /// TPM. At most M and 16 (one swtpm process each).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub tpm_sample: usize,
     /// Devices in flight at once.
     #[arg(short = 'j', long, value_name = "C", default_value_t = 16)]
     pub jobs: usize,
@@ -84,12 +93,19 @@ impl FleetArgs {
                 self.devices, self.recoveries
             )));
         }
+        if self.tpm_sample > self.recoveries.min(MAX_TPM_SAMPLE) {
+            return Err(CliError::Usage(format!(
+                "--tpm-sample: at most --recoveries ({}) and {MAX_TPM_SAMPLE}, got {}",
+                self.recoveries, self.tpm_sample
+            )));
+        }
         if self.jobs == 0 {
             return Err(CliError::Usage("-j: at least 1".into()));
         }
         Ok(FleetOptions {
             devices: self.devices,
             recoveries: self.recoveries,
+            tpm_sample: self.tpm_sample,
             jobs: self.jobs,
             seed: self.seed,
             duration: self.duration,

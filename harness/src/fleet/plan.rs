@@ -46,13 +46,16 @@ pub struct PlannedDevice {
     pub vmk: [u8; 32],
     /// `Some` for the devices that lock out.
     pub recovery: Option<Route>,
+    /// A locked-out device played as a real machine on its own swtpm (`--tpm-sample`).
+    pub on_tpm: bool,
     /// The recovery password the device rotates to after its key was shown.
     pub next_key: DeviceKey,
 }
 
 /// `devices` devices, `recoveries` of them locking out (alternately help desk and
-/// self-service, in the order drawn). `recoveries` is capped at `devices`.
-pub fn plan(seed: u64, devices: usize, recoveries: usize) -> Vec<PlannedDevice> {
+/// self-service, in the order drawn), the first `tpm_sample` drawn on a real swtpm.
+/// `recoveries` is capped at `devices`, `tpm_sample` at `recoveries`.
+pub fn plan(seed: u64, devices: usize, recoveries: usize, tpm_sample: usize) -> Vec<PlannedDevice> {
     // Two keys per device from the bulk generator: the escrowed one and its rotation.
     let spec = KeySetSpec {
         count: 2 * devices as u64,
@@ -63,6 +66,7 @@ pub fn plan(seed: u64, devices: usize, recoveries: usize) -> Vec<PlannedDevice> 
     };
     let mut keys = KeyGenerator::new(spec);
     let mut routes = vec![None; devices];
+    let mut on_tpm = vec![false; devices];
     let mut chooser = ChaCha8Rng::seed_from_u64(seed);
     let chosen = rand::seq::index::sample(&mut chooser, devices, recoveries.min(devices));
     for (i, device) in chosen.iter().enumerate() {
@@ -71,9 +75,10 @@ pub fn plan(seed: u64, devices: usize, recoveries: usize) -> Vec<PlannedDevice> 
         } else {
             Route::SelfService
         });
+        on_tpm[device] = i < tpm_sample;
     }
     let mut planned = Vec::with_capacity(devices);
-    for (index, recovery) in routes.into_iter().enumerate() {
+    for (index, (recovery, on_tpm)) in routes.into_iter().zip(on_tpm).enumerate() {
         let (Some(first), Some(second)) = (keys.next(), keys.next()) else {
             break;
         };
@@ -95,6 +100,7 @@ pub fn plan(seed: u64, devices: usize, recoveries: usize) -> Vec<PlannedDevice> 
             nonce,
             vmk,
             recovery,
+            on_tpm,
             next_key: device_key(&second),
         });
     }
@@ -166,21 +172,21 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_fleet_and_another_seed_another() {
-        let a = plan(7, 50, 10);
-        assert_eq!(a, plan(7, 50, 10));
-        let b = plan(8, 50, 10);
+        let a = plan(7, 50, 10, 0);
+        assert_eq!(a, plan(7, 50, 10, 0));
+        let b = plan(8, 50, 10, 0);
         assert_ne!(a[0].key, b[0].key);
         assert_ne!(a[0].salt, b[0].salt);
     }
 
     #[test]
     fn recoveries_split_between_help_desk_and_self_service() {
-        let fleet = plan(3, 100, 21);
+        let fleet = plan(3, 100, 21, 0);
         let routes: Vec<Route> = fleet.iter().filter_map(|d| d.recovery).collect();
         assert_eq!(routes.len(), 21);
         assert_eq!(routes.iter().filter(|r| **r == Route::HelpDesk).count(), 11);
         assert_eq!(
-            plan(3, 5, 9)
+            plan(3, 5, 9, 0)
                 .iter()
                 .filter(|d| d.recovery.is_some())
                 .count(),
@@ -189,8 +195,23 @@ mod tests {
     }
 
     #[test]
+    fn the_tpm_sample_is_drawn_from_the_recoveries_on_both_routes() {
+        let fleet = plan(3, 100, 21, 4);
+        let sampled: Vec<_> = fleet.iter().filter(|d| d.on_tpm).collect();
+        assert_eq!(sampled.len(), 4);
+        let routes: Vec<_> = sampled.iter().filter_map(|d| d.recovery).collect();
+        assert_eq!(routes.len(), 4);
+        assert_eq!(routes.iter().filter(|r| **r == Route::HelpDesk).count(), 2);
+        let same: Vec<_> = plan(3, 100, 21, 4)
+            .into_iter()
+            .filter(|d| d.on_tpm)
+            .collect();
+        assert_eq!(sampled, same.iter().collect::<Vec<_>>());
+    }
+
+    #[test]
     fn key_ids_print_as_the_generator_prints_them() {
-        let device = &plan(1, 1, 0)[0];
+        let device = &plan(1, 1, 0, 0)[0];
         let generated = KeyGenerator::new(KeySetSpec {
             count: 1,
             seed: 1,

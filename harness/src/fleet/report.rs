@@ -50,6 +50,14 @@ pub fn summary(report: &FleetReport) -> String {
         report.enroll_secs,
         report.recover_secs
     );
+    if report.tpm_sample > 0 {
+        let _ = writeln!(
+            s,
+            "{} devices on a real swtpm: {} unlocked (recovered password typed at the \
+             TPM's lockout, booted by TPM after the rotation)",
+            report.tpm_sample, report.tpm_unlocked
+        );
+    }
     let _ = writeln!(
         s,
         "{:<22}{:>8}{:>8}{:>10}{:>10}{:>10}{:>10}{:>10}",

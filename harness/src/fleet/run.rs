@@ -24,6 +24,7 @@ use super::mix::{Mix, SoakOp};
 use super::plan::{plan, soak_key, DeviceKey, PlannedDevice, Route};
 use super::protector::{KeyCheck, Protector};
 use super::soak::{self, PortalProcess, Sampler, SoakReport};
+use super::tpm::{self, TpmDevice, TpmDeviceError, MAX_TPM_SAMPLE};
 use super::verdict::{DeviceReport, FleetReport, Verdict};
 
 /// How the self-service user is played (said in the report).
@@ -38,6 +39,9 @@ const SELF_SERVICE_REASON: &str = "BIOS/TPM changed";
 pub struct FleetOptions {
     pub devices: usize,
     pub recoveries: usize,
+    /// How many of the locked-out devices are a real machine on its own swtpm (at most
+    /// [`MAX_TPM_SAMPLE`] and `recoveries`).
+    pub tpm_sample: usize,
     /// Devices in flight at once.
     pub jobs: usize,
     pub seed: u64,
@@ -75,6 +79,7 @@ pub enum FleetError {
 }
 
 struct Shared {
+    seed: u64,
     target: PortalTarget,
     admin: Admin,
     helpdesk: HelpDeskApi,
@@ -89,7 +94,15 @@ struct Shared {
 struct LockedOut {
     device: PlannedDevice,
     agent: Agent,
-    protector: Protector,
+    unlock: Unlock,
+}
+
+/// What a recovered password is checked against.
+enum Unlock {
+    /// The recovery-password protector alone.
+    Protector(Protector),
+    /// A real machine on its own swtpm (`--tpm-sample`).
+    Tpm(Box<TpmDevice>),
 }
 
 enum Enrolled {
@@ -110,7 +123,13 @@ pub async fn run(
         .portal
         .clone()
         .map(|p| Sampler::start(p, started, sample_every));
-    let devices = plan(options.seed, options.devices, options.recoveries);
+    let tpm_sample = options.tpm_sample.min(MAX_TPM_SAMPLE);
+    let devices = plan(
+        options.seed,
+        options.devices,
+        options.recoveries,
+        tpm_sample,
+    );
     let admin = Admin::new(target).map_err(FleetError::Setup)?;
     let helpdesk_name = format!("fleet.s{}.helpdesk", options.seed);
     let helpdesk_password = format!("fleet-helpdesk-{}-pw", options.seed);
@@ -128,6 +147,7 @@ pub async fn run(
         .map_err(FleetError::Setup)?;
     let helpdesk = HelpDeskApi::new(target, &token).map_err(FleetError::Setup)?;
     let shared = Arc::new(Shared {
+        seed: options.seed,
         target: target.clone(),
         admin,
         helpdesk,
@@ -206,6 +226,10 @@ pub async fn run(
         _ => None,
     };
 
+    let tpm_unlocked = reports
+        .iter()
+        .filter(|r| r.tpm && r.verdict == Verdict::Rotated)
+        .count();
     let mut verdicts = BTreeMap::new();
     for r in &reports {
         *verdicts.entry(r.verdict).or_insert(0) += 1;
@@ -221,6 +245,8 @@ pub async fn run(
         seed: options.seed,
         devices: options.devices,
         recoveries: options.recoveries.min(options.devices),
+        tpm_sample: reports.iter().filter(|r| r.tpm).count(),
+        tpm_unlocked,
         jobs: options.jobs,
         duration_secs: options.duration.map(|d| d.as_secs_f64()),
         self_service_client: SELF_SERVICE_CLIENT,
@@ -447,66 +473,108 @@ fn report(device: &PlannedDevice, verdict: Verdict, detail: Option<String>) -> D
     DeviceReport {
         name: device.name.clone(),
         route: device.recovery,
+        tpm: device.on_tpm,
         verdict,
         key_verified: None,
         detail,
     }
 }
 
-/// Phase 1 for one device: enrollment token, enroll, escrow, (the user's account and local
-/// sign-in for self-service), check-in with nothing to rotate.
-async fn enroll(shared: Arc<Shared>, device: PlannedDevice) -> Enrolled {
+/// Phase 1 for one device: (for the TPM sample, BitLocker on its own swtpm first, whose key
+/// it escrows), enrollment token, enroll, escrow, (the user's account and local sign-in for
+/// self-service), check-in with nothing to rotate.
+async fn enroll(shared: Arc<Shared>, mut device: PlannedDevice) -> Enrolled {
+    let mut machine = None;
+    if device.on_tpm {
+        let (seed, planned) = (shared.seed, device.clone());
+        match blocking(move || tpm::provision(seed, &planned)).await {
+            Ok((provisioned, key)) => {
+                device.key = key;
+                machine = Some(Box::new(provisioned));
+            }
+            Err((verdict, detail)) => {
+                (shared.progress)(Phase::Enroll);
+                return Enrolled::Done(report(&device, verdict, Some(detail)), None);
+            }
+        }
+    }
     let outcome = enroll_steps(&shared, &device).await;
     (shared.progress)(Phase::Enroll);
-    match outcome {
-        Ok(agent) => match device.recovery {
-            None => Enrolled::Done(
-                report(&device, Verdict::Escrowed, None),
-                shared.keep_agents.then(|| {
-                    Box::new(SoakDevice {
-                        report_index: 0,
-                        key: device.key.clone(),
-                        device,
-                        agent,
-                        shown: false,
-                        rotations: 0,
-                    })
-                }),
-            ),
-            Some(_) => {
-                // The protector a lockout needs: one stretch, off the async workers.
-                let (password, salt, nonce, vmk) =
-                    (device.key.password, device.salt, device.nonce, device.vmk);
-                let made = tokio::task::spawn_blocking(move || {
-                    Protector::new(&password, salt, nonce, vmk)
+    let agent = match outcome {
+        Ok(agent) => agent,
+        Err(detail) => {
+            return Enrolled::Done(report(&device, Verdict::Error, Some(detail)), None);
+        }
+    };
+    if device.recovery.is_none() {
+        return Enrolled::Done(
+            report(&device, Verdict::Escrowed, None),
+            shared.keep_agents.then(|| {
+                Box::new(SoakDevice {
+                    report_index: 0,
+                    key: device.key.clone(),
+                    device,
+                    agent,
+                    shown: false,
+                    rotations: 0,
                 })
-                .await;
-                match made {
-                    Ok(Ok(protector)) => Enrolled::LockedOut(Box::new(LockedOut {
-                        device,
-                        agent,
-                        protector,
-                    })),
-                    Ok(Err(e)) => Enrolled::Done(
-                        report(
-                            &device,
-                            Verdict::Error,
-                            Some(format!("making its protector: {e}")),
-                        ),
-                        None,
-                    ),
-                    Err(e) => Enrolled::Done(
-                        report(
-                            &device,
-                            Verdict::Error,
-                            Some(format!("making its protector: {e}")),
-                        ),
-                        None,
-                    ),
+            }),
+        );
+    }
+    let unlock = match machine {
+        Some(machine) => Unlock::Tpm(machine),
+        None => {
+            // The protector a lockout needs: one stretch, off the async workers.
+            let (password, salt, nonce, vmk) =
+                (device.key.password, device.salt, device.nonce, device.vmk);
+            let made = blocking(move || Protector::new(&password, salt, nonce, vmk)).await;
+            match made {
+                Ok(protector) => Unlock::Protector(protector),
+                Err((verdict, detail)) => {
+                    let detail = format!("making its protector: {detail}");
+                    return Enrolled::Done(report(&device, verdict, Some(detail)), None);
                 }
             }
-        },
-        Err(detail) => Enrolled::Done(report(&device, Verdict::Error, Some(detail)), None),
+        }
+    };
+    Enrolled::LockedOut(Box::new(LockedOut {
+        device,
+        agent,
+        unlock,
+    }))
+}
+
+/// Runs blocking device work (TPM commands, the stretch) off the async workers; its error
+/// becomes the device's verdict (a wrong key, or an error).
+async fn blocking<T, E, F>(work: F) -> Result<T, Stop>
+where
+    T: Send + 'static,
+    E: Into<DeviceFailure> + Send + 'static,
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.into().0),
+        Err(e) => Err((Verdict::Error, format!("a device task stopped: {e}"))),
+    }
+}
+
+/// A device-side failure as a verdict and its reason.
+struct DeviceFailure(Stop);
+
+impl From<TpmDeviceError> for DeviceFailure {
+    fn from(e: TpmDeviceError) -> Self {
+        let verdict = match e {
+            TpmDeviceError::WrongKey(_) => Verdict::WrongKey,
+            _ => Verdict::Error,
+        };
+        DeviceFailure((verdict, format!("on its swtpm: {e}")))
+    }
+}
+
+impl From<bitlocker::keywrap::KeyWrapError> for DeviceFailure {
+    fn from(e: bitlocker::keywrap::KeyWrapError) -> Self {
+        DeviceFailure((Verdict::Error, e.to_string()))
     }
 }
 
@@ -584,22 +652,14 @@ async fn recover(shared: Arc<Shared>, locked: LockedOut) -> DeviceReport {
     let LockedOut {
         device,
         agent,
-        protector,
+        unlock,
     } = locked;
     let mut out = report(&device, Verdict::Recovered, None);
-    let recovered = match device.recovery {
-        Some(Route::SelfService) => self_service(&shared, &device).await,
-        _ => help_desk(&shared, &device).await,
-    };
-    let result = match recovered {
-        Err(stop) => Err(stop),
-        Ok(password) => match verify(&shared, protector, password).await {
-            Err(stop) => Err(stop),
-            Ok(()) => {
-                out.key_verified = Some(true);
-                rotate(&shared, &device, &agent).await
-            }
-        },
+    let result = match unlock {
+        Unlock::Protector(protector) => {
+            recover_protector(&shared, &device, &agent, protector, &mut out).await
+        }
+        Unlock::Tpm(machine) => recover_on_tpm(&shared, &device, &agent, machine, &mut out).await,
     };
     match result {
         Ok(()) => out.verdict = Verdict::Rotated,
@@ -613,6 +673,68 @@ async fn recover(shared: Arc<Shared>, locked: LockedOut) -> DeviceReport {
     }
     (shared.progress)(Phase::Recover);
     out
+}
+
+/// The recovery password as the device's user gets it, by its route.
+async fn recovered_password(shared: &Shared, device: &PlannedDevice) -> Result<String, Stop> {
+    match device.recovery {
+        Some(Route::SelfService) => self_service(shared, device).await,
+        _ => help_desk(shared, device).await,
+    }
+}
+
+/// A simulated device: the password checked against its protector, then the rotation.
+async fn recover_protector(
+    shared: &Shared,
+    device: &PlannedDevice,
+    agent: &Agent,
+    protector: Protector,
+    out: &mut DeviceReport,
+) -> Result<(), Stop> {
+    let password = recovered_password(shared, device).await?;
+    verify(shared, protector, password).await?;
+    out.key_verified = Some(true);
+    let old = device.key.key_protector_id.to_string();
+    rotation_asked(shared, agent, &old).await?;
+    finish_rotation(shared, agent, &old, &device.next_key).await
+}
+
+/// A device on its own swtpm: the change and the TPM's refusal, the recovery through the
+/// portal, the password typed on its recovery screen, the rotation (the machine makes the
+/// new password), and a boot that unlocks by TPM again.
+async fn recover_on_tpm(
+    shared: &Shared,
+    device: &PlannedDevice,
+    agent: &Agent,
+    mut machine: Box<TpmDevice>,
+    out: &mut DeviceReport,
+) -> Result<(), Stop> {
+    let key = device.key.clone();
+    machine = blocking(move || machine.lock_out(&key).map(|()| machine)).await?;
+    let password = recovered_password(shared, device).await?;
+    let key = device.key.clone();
+    let start = Instant::now();
+    let typed = blocking(move || {
+        machine
+            .type_recovery_password(&password, &key)
+            .map(|()| machine)
+    })
+    .await;
+    let failure = match &typed {
+        Ok(_) => None,
+        Err((Verdict::WrongKey, _)) => Some("wrong key".to_string()),
+        Err(_) => Some("verify failed".to_string()),
+    };
+    shared.metrics.record(Op::Verify, start, failure);
+    machine = typed?;
+    out.key_verified = Some(true);
+    let old = device.key.key_protector_id.to_string();
+    rotation_asked(shared, agent, &old).await?;
+    let key = device.key.clone();
+    let (mut machine, next) =
+        blocking(move || machine.rotate(&key).map(|next| (machine, next))).await?;
+    finish_rotation(shared, agent, &old, &next).await?;
+    blocking(move || machine.reboot()).await
 }
 
 async fn help_desk(shared: &Shared, device: &PlannedDevice) -> Result<String, Stop> {
@@ -712,35 +834,48 @@ async fn verify(shared: &Shared, protector: Protector, password: String) -> Resu
     outcome
 }
 
-/// The next check-in is told to rotate the shown key; the device escrows its new key,
-/// confirms the rotation, and the check-in after that asks for nothing.
-async fn rotate(shared: &Shared, device: &PlannedDevice, agent: &Agent) -> Result<(), Stop> {
-    let m = &shared.metrics;
-    let old = device.key.key_protector_id.to_string();
-    let new = device.next_key.key_protector_id.to_string();
-    let unfinished = |what: String| (Verdict::Recovered, what);
-    let check_in = m
+/// The check-in after the recovery must ask the device to rotate the shown key `old`.
+async fn rotation_asked(shared: &Shared, agent: &Agent, old: &str) -> Result<(), Stop> {
+    let check_in = shared
+        .metrics
         .time(Op::CheckIn, agent.check_in())
         .await
         .map_err(|e| recovery_failure(&e))?;
     if !check_in
         .rotate_keys
         .iter()
-        .any(|k| k.eq_ignore_ascii_case(&old))
+        .any(|k| k.eq_ignore_ascii_case(old))
     {
-        return Err(unfinished(format!(
-            "the check-in after the recovery does not ask to rotate {old}: {:?}",
-            check_in.rotate_keys
-        )));
+        return Err((
+            Verdict::Recovered,
+            format!(
+                "the check-in after the recovery does not ask to rotate {old}: {:?}",
+                check_in.rotate_keys
+            ),
+        ));
     }
-    m.time(Op::Escrow, agent.escrow_key(&escrow_key(&device.next_key)))
+    Ok(())
+}
+
+/// The device escrows its new key, confirms the rotation, and the check-in after that asks
+/// for nothing.
+async fn finish_rotation(
+    shared: &Shared,
+    agent: &Agent,
+    old: &str,
+    next: &DeviceKey,
+) -> Result<(), Stop> {
+    let m = &shared.metrics;
+    let new = next.key_protector_id.to_string();
+    let unfinished = |what: String| (Verdict::Recovered, what);
+    m.time(Op::Escrow, agent.escrow_key(&escrow_key(next)))
         .await
         .map_err(|e| recovery_failure(&e))?;
     let rotation = m
-        .time(Op::ConfirmRotation, agent.confirm_rotation(&old, &new))
+        .time(Op::ConfirmRotation, agent.confirm_rotation(old, &new))
         .await
         .map_err(|e| recovery_failure(&e))?;
-    if !rotation.superseded.eq_ignore_ascii_case(&old)
+    if !rotation.superseded.eq_ignore_ascii_case(old)
         || !rotation.current.eq_ignore_ascii_case(&new)
     {
         return Err(unfinished(format!(

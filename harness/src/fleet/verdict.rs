@@ -45,6 +45,9 @@ pub struct DeviceReport {
     pub name: String,
     /// How it recovered, if it locked out.
     pub route: Option<Route>,
+    /// Played as a real machine on its own swtpm (`--tpm-sample`): its lockout was the
+    /// TPM's refusal to unseal, its recovery the password typed on its recovery screen.
+    pub tpm: bool,
     pub verdict: Verdict,
     /// Whether the recovered password unlocked its protector (`None`: not recovered).
     pub key_verified: Option<bool>,
@@ -73,6 +76,11 @@ pub struct FleetReport {
     pub seed: u64,
     pub devices: usize,
     pub recoveries: usize,
+    /// Locked-out devices on a real swtpm (`--tpm-sample`).
+    pub tpm_sample: usize,
+    /// Of those, the ones the recovered password unlocked and that booted by TPM again
+    /// after the rotation (verdict `rotated`).
+    pub tpm_unlocked: usize,
     pub jobs: usize,
     /// The soak's length (`--duration`), if any.
     pub duration_secs: Option<f64>,

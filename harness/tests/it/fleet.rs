@@ -133,6 +133,65 @@ fn fleet_of_200_devices_and_20_recoveries_on_the_embedded_portal() {
     );
 }
 
+/// `--tpm-sample 2`: two of the six locked-out devices are real machines on their own
+/// swtpm. Each escrows the password BitLocker made, is locked out by the TPM after a PCR of
+/// its profile moved, unlocks with the password the portal hands out, rotates it, and boots
+/// by TPM again; the report flags them and counts them as unlocked.
+#[test]
+fn a_fleet_with_two_devices_on_a_real_swtpm_unlocks_them_with_the_recovered_keys() {
+    let _ = portal_bin();
+    let started = Instant::now();
+    let Run { out, report, .. } = fleet(
+        &[
+            "--devices",
+            "40",
+            "--recoveries",
+            "6",
+            "--tpm-sample",
+            "2",
+            "-j",
+            "4",
+            "--seed",
+            "2626",
+        ],
+        &[],
+    );
+    println!(
+        "40 devices, 6 recoveries, 2 on a swtpm: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        report["verdicts"],
+        serde_json::json!({"escrowed": 34, "rotated": 6})
+    );
+    assert_eq!(
+        (report["tpm_sample"].clone(), report["tpm_unlocked"].clone()),
+        (2.into(), 2.into())
+    );
+    let devices = report["device_reports"].as_array().unwrap();
+    let on_tpm: Vec<_> = devices.iter().filter(|d| d["tpm"] == true).collect();
+    assert_eq!(on_tpm.len(), 2, "{report}");
+    for d in &on_tpm {
+        assert_eq!(d["verdict"], "rotated", "{d}");
+        assert_eq!(d["key_verified"], true, "{d}");
+    }
+    // One of each route: the sample is the first two locked-out devices drawn.
+    let mut routes: Vec<_> = on_tpm
+        .iter()
+        .map(|d| d["route"].as_str().unwrap())
+        .collect();
+    routes.sort_unstable();
+    assert_eq!(routes, ["help_desk", "self_service"]);
+    assert_eq!(op(&report, "verify")["count"], 6);
+    assert_eq!(op(&report, "confirm_rotation")["count"], 6);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("2 devices on a real swtpm: 2 unlocked"),
+        "{stdout}"
+    );
+}
+
 /// A portal that changes a digit of every key it shows (the failpoints build's
 /// `corrupt_key_digit`): every recovery is a wrong key, named as such, and the fleet exits 1.
 #[test]
@@ -159,6 +218,8 @@ fn a_portal_handing_out_wrong_keys_fails_the_fleet_as_wrong_key() {
             "4",
             "-j",
             "4",
+            "--tpm-sample",
+            "2",
             "--portal-bin",
             &bin,
         ],
@@ -179,6 +240,18 @@ fn a_portal_handing_out_wrong_keys_fails_the_fleet_as_wrong_key() {
         }
     }
     assert_eq!(op(&report, "verify")["failures"]["wrong key"], 4);
+    // The devices on a swtpm refuse it too: their volume does not open with it.
+    assert_eq!(report["tpm_unlocked"], 0);
+    let on_tpm = report["device_reports"].as_array().unwrap().iter();
+    let on_tpm: Vec<_> = on_tpm.filter(|d| d["tpm"] == true).collect();
+    assert_eq!(on_tpm.len(), 2);
+    for d in on_tpm {
+        assert_eq!(d["verdict"], "wrong_key", "{d}");
+        assert!(
+            d["detail"].as_str().unwrap().contains("on its swtpm"),
+            "{d}"
+        );
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("wrong_key"), "{stdout}");
     assert!(junit.contains(r#"failures="4""#), "{junit}");
@@ -320,6 +393,21 @@ fn a_soak_with_a_mix_escrows_again_looks_up_and_rotates_without_error() {
 fn fleet_bad_usage_exits_2_naming_the_flag() {
     for (args, flag) in [
         (vec!["--devices", "5", "--recoveries", "6"], "--recoveries"),
+        (
+            vec!["--devices", "5", "--recoveries", "2", "--tpm-sample", "3"],
+            "--tpm-sample",
+        ),
+        (
+            vec![
+                "--devices",
+                "40",
+                "--recoveries",
+                "20",
+                "--tpm-sample",
+                "17",
+            ],
+            "--tpm-sample",
+        ),
         (vec!["--devices", "0"], "--devices"),
         (vec!["--devices", "5", "-j", "0"], "-j"),
         (vec!["--devices", "many"], "--devices"),
