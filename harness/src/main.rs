@@ -13,9 +13,11 @@ use harness::cli::{exit_codes, run, Cli};
 /// any thread starts (it sets `TMPDIR`).
 ///
 /// The pipe can close a moment before the kernel delivers the death signal to our children,
-/// and their own children (a browser's helpers) die later still: one still writing makes
-/// `rm -rf` fail on a directory it just emptied. So `rm` is retried until it succeeds, for
-/// up to 10 s.
+/// and their own children (a browser's helpers) die later still, writing as they go: one
+/// still alive can make `rm -rf` fail on a directory it just emptied, or make its directory
+/// again after `rm` succeeded. So the janitor first waits (up to 30 s) until no process
+/// started by this run is left, known by the `TMPDIR` they all inherit, and then removes the
+/// directory, retrying `rm` for up to 10 s.
 fn private_temp_dir() -> std::io::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("harness-run-")
@@ -26,6 +28,8 @@ fn private_temp_dir() -> std::io::Result<()> {
         .args([
             "-c",
             "trap '' INT TERM HUP; read -r _; n=0; \
+             while [ $n -lt 300 ] && grep -qzFx \"TMPDIR=$0\" /proc/[0-9]*/environ 2>/dev/null; \
+             do n=$((n+1)); sleep 0.1; done; n=0; \
              until rm -rf -- \"$0\" 2>/dev/null || [ $n -ge 50 ]; do n=$((n+1)); sleep 0.2; done",
         ])
         .arg(&dir)
