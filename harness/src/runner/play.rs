@@ -26,6 +26,10 @@ use super::steps::{because, ensure, step, Failure, StepResult, Steps};
 use super::user::User;
 use super::volume_check::{self, JudgedVolume, VolumeJudges};
 
+/// The story's audit rows as `(source, outcome)`, each with whether it is one of the
+/// harness's own probe rows.
+type StoryAuditRows = StepResult<(Vec<(String, String)>, Vec<bool>)>;
+
 /// What a scenario's lockout looked like, for the report.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct LockoutFacts {
@@ -1411,11 +1415,16 @@ impl<'a> Play<'a> {
         if let Some(foreign) = &s.checks.foreign_key_request {
             self.foreign_key_request(foreign, d, p).await?;
         }
+        if s.checks.audit_absent.is_empty() && s.checks.audit.is_empty() {
+            return Ok(());
+        }
+        // One read of the audit log serves both checks.
+        let rows = self.story_audit_rows(&d.names).await;
         if !s.checks.audit_absent.is_empty() {
-            self.audit_absent_check(&d.names).await?;
+            self.audit_absent_check(rows.clone())?;
         }
         if !s.checks.audit.is_empty() {
-            self.audit_check(&d.names).await?;
+            self.audit_check(rows)?;
         }
         Ok(())
     }
@@ -1487,10 +1496,7 @@ impl<'a> Play<'a> {
 
     /// The portal's audit rows for this story (its device and its users), in order, each
     /// as (source, outcome) and whether it is one of the harness's own probes.
-    async fn story_audit_rows(
-        &self,
-        names: &Names,
-    ) -> StepResult<(Vec<(String, String)>, Vec<bool>)> {
+    async fn story_audit_rows(&self, names: &Names) -> StoryAuditRows {
         let s = self.scenario;
         let admin = Admin::new(self.target).map_err(because("an admin client"))?;
         let device = names.device(&s.device.name);
@@ -1523,8 +1529,7 @@ impl<'a> Play<'a> {
 
     /// `checks.audit_absent`: none of the story's rows (the harness's probes aside) is one
     /// the scenario says must not exist.
-    async fn audit_absent_check(&mut self, names: &Names) -> Result<(), Failure> {
-        let found = self.story_audit_rows(names).await;
+    fn audit_absent_check(&mut self, found: StoryAuditRows) -> Result<(), Failure> {
         let absent: Vec<(String, String)> = self
             .scenario
             .checks
@@ -1550,8 +1555,7 @@ impl<'a> Play<'a> {
 
     /// `checks.audit`: the portal's audit rows for this story, in order, with only the
     /// harness's own probe rows between them.
-    async fn audit_check(&mut self, names: &Names) -> Result<(), Failure> {
-        let found = self.story_audit_rows(names).await;
+    fn audit_check(&mut self, found: StoryAuditRows) -> Result<(), Failure> {
         let want: Vec<(String, String)> = self
             .scenario
             .checks
