@@ -185,12 +185,25 @@ mod table {
                 None => {
                     let check = check_model(&base, &base, &real_log, None);
                     let real = pcr_list(&check.real_moved);
-                    ("(none)".to_string(), "–".to_string(), real, "no model".to_string())
+                    (
+                        "(none)".to_string(),
+                        "–".to_string(),
+                        real,
+                        "no model".to_string(),
+                    )
                 }
                 Some(kind) => {
-                    let name = serde_json::to_value(kind)?.as_str().unwrap_or_default().to_string();
+                    let name = serde_json::to_value(kind)?
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
                     match apply(&base, kind) {
-                        Err(e) => (name, format!("cannot predict: {e}"), "–".into(), "no".into()),
+                        Err(e) => (
+                            name,
+                            format!("cannot predict: {e}"),
+                            "–".into(),
+                            "no".into(),
+                        ),
                         Ok(model_log) => {
                             let check = check_model(&base, &model_log, &real_log, Some(kind));
                             let agree = if check.disagreements.is_empty() {

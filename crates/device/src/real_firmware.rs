@@ -16,6 +16,7 @@
 //! prediction of a change to the real boot, per firmware-owned PCR.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventlog::describe::uefi_variable;
@@ -25,6 +26,8 @@ use eventlog::{EventType, HashAlg};
 use firmware_boot::{Cache, Change as RealChange, FIRMWARE_PCRS};
 
 use crate::ChangeKind;
+
+static ONE_QEMU: Mutex<()> = Mutex::new(());
 
 /// Why a real boot could not be done or does not hold.
 #[derive(Debug, thiserror::Error)]
@@ -61,41 +64,61 @@ pub fn real_change(kind: ChangeKind) -> Result<RealChange, String> {
         K::SecureBootDbUpdate => RealChange::DbUpdate,
         K::SecureBootDbxUpdate => RealChange::DbxUpdate,
         K::SecureBootOff => RealChange::SecureBootOff,
-        K::FirmwareUpdate => RealChange::FirmwareCode,
         K::OptionRomAdded => RealChange::OptionRom,
         K::BcdBootOrder => RealChange::BootOrder,
         K::BootManagerSameSigner | K::BootManagerOtherSigner => {
-            return Err("the boot manager is Windows' (PCR 4); a real-firmware device boots \
+            return Err(
+                "the boot manager is Windows' (PCR 4); a real-firmware device boots \
                         Debian's shim, grub and kernel, which stand in for no Windows binary"
-                .into())
+                    .into(),
+            )
         }
         K::BcdDebugOn => {
-            return Err("BCD validation is Windows' boot manager (PCR 11), which is not in \
+            return Err(
+                "BCD validation is Windows' boot manager (PCR 11), which is not in \
                         the real-firmware chain; its loader configuration (grub.cfg) is \
                         measured into PCR 8-9, in no Windows UEFI profile"
-                .into())
+                    .into(),
+            )
         }
         K::MbrBootCodeChanged | K::NtfsBootSectorChanged => {
-            return Err("OVMF is UEFI firmware: it neither runs nor measures an MBR or an \
+            return Err(
+                "OVMF is UEFI firmware: it neither runs nor measures an MBR or an \
                         NTFS boot sector"
-                .into())
+                    .into(),
+            )
+        }
+        K::FirmwareUpdate => {
+            return Err(
+                "the only other OVMF build here (OVMF_CODE_4M.fd) has no Secure Boot, \
+                        so booting it is a firmware update and Secure Boot off at once (PCR 0 \
+                        and 7); Debian's 2 MB Secure Boot build (OVMF_CODE.secboot.fd with \
+                        OVMF_VARS.ms.fd) printed nothing in 300 s here"
+                    .into(),
+            )
         }
         K::OptionRomChanged => {
-            return Err("OVMF's machine has no option ROM of its own to update; use \
+            return Err(
+                "OVMF's machine has no option ROM of its own to update; use \
                         `option_rom_added` with `signer: unsigned` (a real e1000 with iPXE's ROM)"
-                .into())
+                    .into(),
+            )
         }
         K::None | K::LostPin | K::FirmwareUpdateSuspended => {
-            return Err("not offered on a real-firmware device: each of its boots is a real \
+            return Err(
+                "not offered on a real-firmware device: each of its boots is a real \
                         QEMU boot of 15-40 s (lost_pin boots once per PIN), and a planned \
                         update is not played on it yet"
-                .into())
+                    .into(),
+            )
         }
     })
 }
 
 /// The change kind whose real change is `change` (the inverse of [`real_change`], for the
-/// model-vs-reality table); `None` for real changes no scenario names (the loader config).
+/// model-vs-reality table); `None` for real changes no scenario names (the loader
+/// configuration; a firmware build without Secure Boot, which is an update and Secure Boot
+/// off at once).
 pub fn model_kind(change: &RealChange) -> Option<ChangeKind> {
     if *change == RealChange::None {
         return None;
@@ -129,9 +152,12 @@ pub struct RealFirmware {
     change: RealChange,
     boots: usize,
     timeout: Duration,
-    /// Every boot so far, oldest first.
-    pub history: Vec<RealBoot>,
+    /// Every boot so far, oldest first (shared with whoever reports them).
+    history: SharedBoots,
 }
+
+/// A device's real boots, oldest first, readable while the machine lives on.
+pub type SharedBoots = Arc<Mutex<Vec<RealBoot>>>;
 
 impl RealFirmware {
     /// OVMF with Secure Boot, unchanged, booting from the cached Debian boot disk. Each boot
@@ -147,7 +173,7 @@ impl RealFirmware {
             change: RealChange::None,
             boots: 0,
             timeout,
-            history: Vec::new(),
+            history: SharedBoots::default(),
         })
     }
 
@@ -174,9 +200,16 @@ impl RealFirmware {
 
     /// Keeps the model check of the last boot with it.
     pub fn record_check(&mut self, check: ModelCheck) {
-        if let Some(last) = self.history.last_mut() {
-            last.model_check = Some(check);
+        if let Ok(mut history) = self.history.lock() {
+            if let Some(last) = history.last_mut() {
+                last.model_check = Some(check);
+            }
         }
+    }
+
+    /// The boots so far (and every later one), for a report.
+    pub fn history(&self) -> SharedBoots {
+        Arc::clone(&self.history)
     }
 
     /// The scratch directory (the boots' serial logs, for a failure's evidence).
@@ -192,9 +225,14 @@ impl RealFirmware {
         let tpm = self.dir.path().join("firmware-tpm");
         let mut req = self.change.plan(&self.cache, &tpm, &work)?;
         req.timeout = self.timeout;
-        let outcome = firmware_boot::boot(&req)?;
-        let log = TcgLog::parse(&outcome.event_log)
-            .map_err(|e| RealFirmwareError::Log(e.to_string()))?;
+        let outcome = {
+            // One QEMU at a time in this process: two on 2 cores only slow each other down
+            // (a poisoned lock only means another boot panicked; this one may go ahead).
+            let _one_at_a_time = ONE_QEMU.lock().unwrap_or_else(|p| p.into_inner());
+            firmware_boot::boot(&req)?
+        };
+        let log =
+            TcgLog::parse(&outcome.event_log).map_err(|e| RealFirmwareError::Log(e.to_string()))?;
         let replay = log.replay();
         // PCR 10 is the kernel's IMA boot_aggregate: not in the firmware's log.
         for pcr in (0..24).filter(|&p| p != 10) {
@@ -213,7 +251,9 @@ impl RealFirmware {
             change: self.change.clone(),
             model_check: None,
         };
-        self.history.push(boot.clone());
+        if let Ok(mut history) = self.history.lock() {
+            history.push(boot.clone());
+        }
         Ok(boot)
     }
 }
@@ -331,7 +371,11 @@ pub fn check_model(
                         .collect::<Vec<_>>()
                         .join("; ")
                 };
-                format!("added {{{}}} removed {{{}}}", names(&d.added), names(&d.removed))
+                format!(
+                    "added {{{}}} removed {{{}}}",
+                    names(&d.added),
+                    names(&d.removed)
+                )
             })
     };
     let mut disagreements = Vec::new();

@@ -76,7 +76,6 @@ fn real_firmware_base_boot_matches_tpm_and_log_repeats_and_db_update_moves_pcr7_
     let db = boot(&Change::DbUpdate, &tpm, &dir.path().join("db"));
     let boot_pcrs: Vec<usize> = (0..10).collect();
     assert_eq!(first.pcrs.differing(&db.pcrs, &boot_pcrs), vec![7]);
-
 }
 
 #[test]
