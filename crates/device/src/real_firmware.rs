@@ -414,11 +414,73 @@ mod tests {
                 Some(kind) => assert_eq!(real_change(kind).ok(), Some(change)),
                 None => assert!(matches!(
                     change,
-                    RealChange::None | RealChange::KernelCmdline | RealChange::GrubCfgLine
-                )),
+                    RealChange::None
+                        | RealChange::FirmwareCode
+                        | RealChange::KernelCmdline
+                        | RealChange::GrubCfgLine
+                ),),
             }
         }
         let why = real_change(ChangeKind::BcdDebugOn).unwrap_err();
         assert!(why.contains("PCR 11"), "{why}");
+        let why = real_change(ChangeKind::FirmwareUpdate).unwrap_err();
+        assert!(why.contains("no Secure Boot"), "{why}");
+    }
+
+    /// The check on model logs (no QEMU): a disagreement names the PCR and the events on
+    /// both sides; the option ROM's PCR 1 is excused, nothing else is.
+    #[test]
+    fn the_model_check_names_the_pcrs_and_events_where_model_and_real_part() {
+        use crate::predict::apply;
+        let base = crate::Device::default().measured_boot().log;
+        let db = apply(&base, ChangeKind::SecureBootDbUpdate).unwrap();
+        let agree = check_model(&base, &db, &db, Some(ChangeKind::SecureBootDbUpdate));
+        assert_eq!(
+            (agree.model_moved.clone(), agree.real_moved.clone()),
+            (vec![7], vec![7])
+        );
+        assert!(agree.disagreements.is_empty() && agree.holds());
+
+        let boot_order = apply(&base, ChangeKind::BcdBootOrder).unwrap();
+        let part = check_model(
+            &base,
+            &db,
+            &boot_order,
+            Some(ChangeKind::SecureBootDbUpdate),
+        );
+        assert_eq!(
+            part.disagreements.iter().map(|d| d.pcr).collect::<Vec<_>>(),
+            [1, 7]
+        );
+        assert!(!part.holds());
+        let text = part.to_string();
+        assert!(text.contains("PCR 7 moved only in the model"), "{text}");
+        assert!(text.contains("BootOrder"), "{text}");
+
+        let rom = apply(&base, ChangeKind::OptionRomAdded).unwrap();
+        let rom_and_entries = apply(&rom, ChangeKind::BcdBootOrder).unwrap();
+        let excused = check_model(
+            &base,
+            &rom,
+            &rom_and_entries,
+            Some(ChangeKind::OptionRomAdded),
+        );
+        assert_eq!(excused.disagreements.len(), 1);
+        assert!(excused.holds(), "{excused}");
+    }
+
+    /// PCR 7 counts up to its separator and the db authority events, not the loader's own.
+    #[test]
+    fn firmware_owned_keeps_pcr7_to_its_separator_and_db_authorities() {
+        let log = crate::Device::default().measured_boot().log;
+        let owned = firmware_owned(&log);
+        assert!(owned
+            .records
+            .iter()
+            .all(|r| [0, 1, 2, 3, 5, 7].contains(&r.pcr)));
+        let pcr7 = |l: &TcgLog| l.records.iter().filter(|r| r.pcr == 7).count();
+        // The model logs only firmware events in PCR 7: all of them stay.
+        assert_eq!(pcr7(&owned), pcr7(&log));
+        assert!(owned.records.len() < log.records.len());
     }
 }
