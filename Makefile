@@ -68,12 +68,16 @@ mutants: deps
 bench: deps
 	cargo bench -p swtpm -p benches
 
-# Real firmware (crates/firmware-boot): boot every change (db/dbx update, Secure Boot off,
-# another OVMF build, an option ROM, the boot order, the loader configuration) under QEMU +
-# OVMF on a swtpm, one boot at a time, and write the model-vs-reality table to
-# target/firmware-lab/table.md. About 10 boots of 15-40 s.
+# Real firmware (crates/firmware-boot, device::real_firmware): boot every change (db/dbx
+# update, Secure Boot off, another OVMF build, an option ROM, the boot order, the loader
+# configuration) under QEMU + OVMF on a swtpm, one boot at a time, and write the
+# model-vs-reality table to target/firmware-lab/table.md (about 10 boots of 15-40 s); then
+# the crate's own three-boot test (the kept TPM state). `make test` plays the real-firmware
+# scenarios (harness run --filter tag:real-firmware) instead.
 firmware-lab: deps
-	cargo run --locked -p firmware-boot --example firmware-boot -- matrix --out target/firmware-lab
+	cargo run --locked -p device --example firmware-lab -- matrix --out target/firmware-lab
+	cargo nextest run --workspace --locked --run-ignored ignored-only \
+	  -E 'package(firmware-boot) & test(/^real_firmware_/)'
 
 # The import crash test at full size (make test runs it at 100k keys and 5 kills, debug
 # build): 1M keys, 20 SIGKILLs of the release `portal-under-test import`, then the store is

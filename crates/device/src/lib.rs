@@ -70,6 +70,7 @@ mod logged;
 pub mod machine;
 pub mod predict;
 mod profile;
+pub mod real_firmware;
 pub mod replay;
 
 pub use change::{Change, ChangeError, ChangeKind, RomSigner, TpmEffect};

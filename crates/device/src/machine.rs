@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 pub use swtpm::DaParameters;
 use swtpm::{HashingAlgorithm, SealPolicy, SealedBlob, Tpm};
 
+use crate::real_firmware::{check_model, model_kind, RealFirmware, RealFirmwareError};
 use crate::replay::{self as log_tpm, hashing_algorithm, TpmReplayError};
 use crate::{
     explain_boots, Change, ChangeError, Device, Explanation, MeasuredBoot, Profile, TpmEffect,
@@ -223,6 +224,9 @@ pub enum MachineError {
     /// The device was booted before anything sealed to it.
     #[error("{0}")]
     State(String),
+    /// A real firmware boot failed, or the model does not hold to it.
+    #[error(transparent)]
+    RealFirmware(#[from] RealFirmwareError),
 }
 
 /// The TPM protector: the sealed VMK and what it is bound to.
@@ -258,6 +262,9 @@ pub struct Machine {
     on_recovery_screen: bool,
     /// The TPM's response code to the last wrong PIN, while the PIN prompt is up.
     pin_prompt_failure: Option<u32>,
+    /// Real firmware in the loop: every boot is a real OVMF boot whose log is replayed
+    /// into `tpm` ([`crate::real_firmware`]); `None` for a modelled or real-log device.
+    real_firmware: Option<RealFirmware>,
 }
 
 impl Machine {
@@ -345,8 +352,32 @@ impl Machine {
             last_boot: sealed_boot,
             on_recovery_screen: false,
             pin_prompt_failure: None,
+            real_firmware: None,
         };
         Ok((machine, escrow))
+    }
+
+    /// A machine on real firmware: OVMF boots once for real, and BitLocker is provisioned
+    /// sealed to that boot (its log replayed into the machine's own TPM, as for a real-log
+    /// device); every later boot is a real boot too ([`crate::real_firmware`]).
+    pub fn provision_on_real_firmware<R: Rng + CryptoRng>(
+        mut firmware: RealFirmware,
+        setup: &BitLockerSetup,
+        rng: &mut R,
+    ) -> Result<(Machine, Vec<EscrowedKey>), MachineError> {
+        let first = firmware.boot()?;
+        let device = Device::from_real_log(
+            "OVMF with Secure Boot (real boot)",
+            std::sync::Arc::new(first.log),
+        );
+        let (mut machine, escrow) = Self::provision(device, setup, rng)?;
+        machine.real_firmware = Some(firmware);
+        Ok((machine, escrow))
+    }
+
+    /// The real firmware, for a machine on it: its boots, their times and model checks.
+    pub fn real_firmware(&self) -> Option<&RealFirmware> {
+        self.real_firmware.as_ref()
     }
 
     /// The device model as it is now.
@@ -413,6 +444,11 @@ impl Machine {
     /// Applies a named change: measurements change in the model, TPM-level changes act on
     /// the TPM (clear, replace, another machine's TPM), suspension stores a clear key.
     pub fn apply(&mut self, change: &Change) -> Result<(), MachineError> {
+        if let Some(firmware) = &mut self.real_firmware {
+            // The real change, for the next real boot; the model's edit of the log below
+            // is the prediction that boot is held to.
+            firmware.apply(change.kind())?;
+        }
         match change.tpm_effect() {
             TpmEffect::None => {}
             TpmEffect::Clear => {
@@ -453,7 +489,7 @@ impl Machine {
     pub fn boot(&mut self, pin: Option<&str>) -> Result<BootOutcome, MachineError> {
         self.running_vmk = None;
         self.pin_prompt_failure = None;
-        let boot = self.device.measured_boot();
+        let boot = self.next_boot()?;
         measure(&mut self.tpm, &boot)?;
         self.last_boot = boot;
 
@@ -641,6 +677,27 @@ impl Machine {
     /// Whether `password` unlocks the volume now (a full stretch + unwrap + decrypt).
     pub fn password_unlocks(&self, password: &RecoveryPassword) -> Result<bool, MachineError> {
         Ok(self.volume.recovery_password_unlocks(password)?)
+    }
+
+    /// What the next boot measures: the model's (or the real log's) boot, or on real
+    /// firmware a real boot, held to the model's prediction before it counts.
+    fn next_boot(&mut self) -> Result<MeasuredBoot, MachineError> {
+        let Some(firmware) = &mut self.real_firmware else {
+            return Ok(self.device.measured_boot());
+        };
+        let kind = model_kind(firmware.change());
+        let real = firmware.boot()?;
+        let log = self.device.real_log.as_mut().ok_or_else(|| {
+            MachineError::State("a real-firmware machine without its real log".into())
+        })?;
+        let check = check_model(&log.original, &log.current, &real.log, kind);
+        let holds = check.holds();
+        firmware.record_check(check.clone());
+        if !holds {
+            return Err(RealFirmwareError::ModelDisagrees(check.to_string()).into());
+        }
+        log.current = real.log;
+        Ok(self.device.measured_boot())
     }
 
     fn tpm_protector_type(&self) -> ProtectorType {

@@ -6,11 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use device::predict::apply;
-use device::ChangeKind;
 use eventlog::tcg::TcgLog;
 use eventlog::HashAlg;
-use firmware_boot::{tpm_state, BootOutcome, Cache, Change, DiskSpec, Sha256Pcrs, FIRMWARE_PCRS};
+use firmware_boot::{tpm_state, BootOutcome, Cache, Change, DiskSpec, Sha256Pcrs};
 
 /// A boot is about 15-35 s here; the bound only catches a hang.
 const BOOT_BOUND: Duration = Duration::from_secs(150);
@@ -42,9 +40,14 @@ fn replay_sha256(log: &[u8]) -> Sha256Pcrs {
 /// 1. the base boot: the PCRs the kernel printed equal the PCRs read back from the kept swtpm
 ///    state, and a replay of the firmware's event log;
 /// 2. the same inputs again: the same PCRs and the same log;
-/// 3. a db update done in the varstore: PCR 7 moves, no other boot PCR (0-9) does, and the
-///    harness model's db update of the real base log moves the same firmware-owned PCRs.
+/// 3. a db update done in the varstore: PCR 7 moves, no other boot PCR (0-9) does (the model
+///    is held to real boots by the real-firmware scenarios: `device::real_firmware`).
+///
+/// `make firmware-lab` runs it; `make test` runs the real-firmware scenarios instead
+/// (harness/tests/it/real_firmware.rs), whose every boot checks the log's replay against the
+/// kernel's PCRs, boots the same inputs twice and makes a real db update.
 #[test]
+#[ignore = "three real boots: make firmware-lab runs it"]
 fn real_firmware_base_boot_matches_tpm_and_log_repeats_and_db_update_moves_pcr7_only() {
     let dir = tempfile::tempdir().unwrap();
     let tpm = dir.path().join("tpm");
@@ -78,17 +81,6 @@ fn real_firmware_base_boot_matches_tpm_and_log_repeats_and_db_update_moves_pcr7_
     let db = boot(&Change::DbUpdate, &tpm, &dir.path().join("db"));
     let boot_pcrs: Vec<usize> = (0..10).collect();
     assert_eq!(first.pcrs.differing(&db.pcrs, &boot_pcrs), vec![7]);
-
-    // ... and the harness model, applied to the real base log, moves the same firmware PCRs.
-    let base_log = TcgLog::parse(&first.event_log).unwrap();
-    let model_log = apply(&base_log, ChangeKind::SecureBootDbUpdate).unwrap();
-    let model = replay_sha256(&model_log.to_bytes());
-    let firmware: Vec<usize> = FIRMWARE_PCRS.to_vec();
-    assert_eq!(
-        replayed.differing(&model, &firmware),
-        first.pcrs.differing(&db.pcrs, &firmware),
-        "model vs real firmware, db update"
-    );
 }
 
 #[test]

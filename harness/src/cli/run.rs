@@ -123,9 +123,19 @@ pub fn validate(args: &CatalogArgs, out: &mut dyn Write) -> Result<(), CliError>
     Ok(())
 }
 
+/// The tag of scenarios `harness run` plays only when asked for.
+pub const REAL_FIRMWARE_TAG: &str = "real-firmware";
+
 /// `harness run`.
 pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let scenarios = selected(&args.catalog)?;
+    let mut scenarios = selected(&args.catalog)?;
+    if args.catalog.filter.is_empty() {
+        // Real-firmware scenarios run when asked for: by a filter (`--filter
+        // tag:real-firmware`) or by their file; each of their boots is a real QEMU boot.
+        let named: Vec<&PathBuf> = args.catalog.paths.iter().filter(|p| p.is_file()).collect();
+        scenarios
+            .retain(|s| !s.tags.iter().any(|t| t == REAL_FIRMWARE_TAG) || named.contains(&&s.file));
+    }
     if scenarios.is_empty() {
         return Err(CliError::Usage("no scenario matches the filters".into()));
     }

@@ -7,6 +7,7 @@
 //! after the others, and the settings are put back afterwards.
 
 mod play;
+pub mod real_firmware;
 pub mod report;
 mod steps;
 mod user;

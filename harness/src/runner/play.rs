@@ -43,6 +43,9 @@ pub struct LockoutFacts {
     pub explanation: Option<String>,
     /// The key ID the recovery screen showed.
     pub recovery_key_id: Option<String>,
+    /// A real-firmware device's boots (`device.firmware`), for the report.
+    #[serde(skip)]
+    pub real_boots: Option<device::real_firmware::SharedBoots>,
 }
 
 /// A user's portal identity in this run: names carry a per-run tag so that scenarios
@@ -149,8 +152,9 @@ impl<'a> Play<'a> {
         let setup = bitlocker_setup(s)?;
         let device = scenario_device(s)?;
         let pin = s.device.pin.clone();
+        let real_boots = &mut self.facts.real_boots;
         let (mut machine, escrow) = self.steps.run("provision BitLocker on a fresh TPM", || {
-            Machine::provision(device, &setup, &mut rand::rng())
+            super::real_firmware::provision(s, device, &setup, real_boots)
                 .map_err(because("a provisioned device"))
         })?;
         self.steps.note(format!(

@@ -200,6 +200,13 @@ pub fn html(report: &RunReport) -> String {
                 escape(explanation)
             );
         }
+        if let Some(Ok(boots)) = s.lockout.real_boots.as_deref().map(|b| b.lock()) {
+            let _ = write!(
+                out,
+                "<details open><summary>Real firmware boots (PCR diff and events)</summary><pre>{}</pre></details>",
+                escape(&super::real_firmware::describe(&boots))
+            );
+        }
         if !s.screenshots.is_empty() {
             out.push_str("<details open><summary>In the browser</summary><div class=\"shots\">");
             for (i, shot) in s.screenshots.iter().enumerate() {

@@ -410,6 +410,7 @@ fn validate(s: &Scenario) -> Vec<Semantic> {
         validate_users,
         validate_recovery,
         validate_checks,
+        validate_real_firmware,
     ];
     let mut found: Vec<Semantic> = CHECKS.iter().filter_map(|check| check(s).err()).collect();
     found.extend(validate_story_form(s).err());
@@ -846,6 +847,81 @@ fn validate_suspend(c: &Change, at: &StepAt) -> Result<(), Semantic> {
 }
 
 /// Why a change kind does not exist on a BIOS machine, if it does not.
+/// A real-firmware device (`device.firmware`): what real OVMF can do and what the device
+/// stands for (SCHEMA.md, "Real firmware"). Each refusal names the field and why.
+fn validate_real_firmware(s: &Scenario) -> Result<(), Semantic> {
+    if s.device.firmware.is_none() {
+        return Ok(());
+    }
+    let firmware = || vec![Key("device"), Key("firmware")];
+    if s.device.profile == Profile::Legacy {
+        return fail(
+            vec![Key("device"), Key("profile")],
+            "`firmware: ovmf` is UEFI firmware: a legacy (BIOS) profile cannot be sealed to its \
+             boot; expected \"7,11\" or \"0,2,4,11\"",
+        );
+    }
+    if s.device.event_log.is_some() {
+        return fail(
+            firmware(),
+            "a real-firmware device boots its own log: drop `event_log` (or `firmware`)",
+        );
+    }
+    if s.changes.len() > 1 {
+        return fail(
+            vec![Key("changes")],
+            "a real-firmware device carries one change (each boot is a real 15-40 s QEMU \
+             boot): give a single `change`",
+        );
+    }
+    for (i, (c, _)) in s.steps().into_iter().enumerate() {
+        let at = StepAt::new(s, i);
+        if let Err(why) = device::real_firmware::real_change(c.kind) {
+            return fail(
+                at.change("kind"),
+                format!("`{}` on real firmware: {why}", serde_name(&c.kind)),
+            );
+        }
+        if c.signer == Some(RomSigner::UefiCa) {
+            return fail(
+                at.change("signer"),
+                "the real option ROM (iPXE's EFI ROM on an e1000) is not signed by the UEFI CA \
+                 and logs no PCR 7 authority: expected `signer: unsigned`",
+            );
+        }
+        if let Some(why) = real_pcr4_reason(c.kind) {
+            if s.device.profile.pcrs().contains(&4) {
+                return fail(
+                    at.change("kind"),
+                    format!(
+                        "`{}` on real firmware also moves PCR 4, {why}: under a profile with \
+                         PCR 4 the verdict would not answer for a Windows device; use profile \
+                         \"7,11\"",
+                        serde_name(&c.kind)
+                    ),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why a change moves PCR 4 on the real-firmware device where the model moves none
+/// (ARCHITECTURE.md, "Real firmware in the loop": the model-vs-reality table).
+fn real_pcr4_reason(kind: ChangeKind) -> Option<&'static str> {
+    match kind {
+        ChangeKind::SecureBootOff => Some(
+            "through Debian's loader chain (with Secure Boot off shim no longer loads the \
+             kernel as a measured EFI image), which Windows' boot manager does not share",
+        ),
+        ChangeKind::BcdBootOrder => Some(
+            "through the firmware's own boot-option actions (\"Calling EFI Application from \
+             Boot Option\" for each option it tries), which the model does not log yet",
+        ),
+        _ => None,
+    }
+}
+
 fn not_on_a_bios_machine(kind: ChangeKind) -> Option<&'static str> {
     match kind {
         ChangeKind::SecureBootDbUpdate

@@ -122,6 +122,10 @@ pub struct Device {
     /// Sector cipher of the OS volume (default: AES-XTS-128, the Windows 10+ default).
     #[serde(default)]
     pub volume_cipher: VolumeCipher,
+    /// Real firmware in the loop: every boot is a real boot of this firmware under QEMU on
+    /// the device's swtpm (`device::real_firmware`), instead of the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<RealFirmwareKind>,
     /// The parsed `event_log`, filled in by the loader (not part of the YAML).
     #[serde(skip)]
     pub real_log: Option<std::sync::Arc<eventlog::tcg::TcgLog>>,
@@ -141,6 +145,15 @@ fn default_lockout_threshold() -> u32 {
 }
 fn default_failure_forgotten_secs() -> u32 {
     device::machine::WINDOWS_DA.recovery_time_secs
+}
+
+/// The real firmware a device boots (`device.firmware`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RealFirmwareKind {
+    /// Debian's OVMF (UEFI) with Secure Boot and the Microsoft keys, booting Debian's signed
+    /// shim, grub and kernel from a cached boot disk.
+    Ovmf,
 }
 
 /// PCR validation profiles (windows-itpro-docs defaults), as scenario files name them.

@@ -17,6 +17,7 @@ mod mutants;
 mod orphans;
 mod portal_client;
 mod profiles;
+mod real_firmware;
 mod replicas;
 mod runner;
 mod scenarios;

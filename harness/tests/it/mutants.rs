@@ -758,6 +758,13 @@ fn catalog() -> Vec<Original> {
             let name = str_at(&doc, &[K("name")]);
             Original { name, doc }
         })
+        // Real-firmware scenarios (real QEMU boots, opt-in) are not mutated: a hundred
+        // mutants of them would be an hour of boots.
+        .filter(|o| {
+            !at(&o.doc, &[K("tags")])
+                .and_then(Value::as_sequence)
+                .is_some_and(|tags| tags.iter().any(|t| t.as_str() == Some("real-firmware")))
+        })
         .collect()
 }
 

@@ -1,14 +1,14 @@
 //! Boot real firmware with a named change and write what it measured.
 //!
 //! ```text
-//! cargo run -p firmware-boot --example firmware-boot -- boot --change db-update --out DIR
+//! cargo run -p device --example firmware-lab -- boot --change db-update --out DIR
 //! ```
 //! writes DIR/eventlog.bin (the firmware's TCG log), DIR/pcrs.json (sha256 PCRs as the
 //! kernel printed them), DIR/info.txt and DIR/boot.json (boot time, disk, packages), for
 //! `harness eventlog show/diff/predict`.
 //!
 //! ```text
-//! cargo run -p firmware-boot --example firmware-boot -- matrix --out DIR
+//! cargo run -p device --example firmware-lab -- matrix --out DIR
 //! ```
 //! boots every change (one QEMU at a time) into DIR/<change>/ and writes DIR/table.md: per
 //! change, the firmware-owned PCRs the harness model (`device::predict::apply` on
@@ -133,59 +133,22 @@ fn pcrs_json(p: &Sha256Pcrs) -> String {
 }
 
 mod table {
-    //! The model held to reality, per firmware-owned PCR.
-    //!
-    //! The rule: the firmware-owned PCRs are 0-3, 5 and 7 (what the platform firmware
-    //! measures: code, configuration, option ROMs and their configuration, GPT and boot
-    //! variables, Secure Boot policy). PCR 4 and 8-9 hold the boot loader chain, which is
-    //! Debian's shim/grub/kernel here and Windows' boot manager on a real device, so they are
-    //! shown but not compared. The firmware also writes into PCR 4: one EV_EFI_ACTION pair
-    //! per boot option it tries ("Calling/Returning from EFI Application from Boot Option");
-    //! the last column says whether that sequence changed. The comparison is of *which* PCRs
-    //! move, not of their values: the model's edit (e.g. its db certificate) is not
-    //! byte-for-byte the real one.
+    //! The model held to reality, per firmware-owned PCR: the rule and the known
+    //! differences are `device::real_firmware`'s ([`firmware_owned`], [`check_model`]), the
+    //! same check every boot of a real-firmware scenario device makes. PCR 4 and 8-9 (the
+    //! loader chain: Debian's shim/grub/kernel here, Windows' boot manager on a real device)
+    //! are shown but not compared. The comparison is of *which* PCRs move, not of their
+    //! values: the model's edit (e.g. its db certificate) is not byte-for-byte the real one.
 
-    use std::collections::BTreeSet;
     use std::fmt::Write as _;
     use std::path::Path;
 
     use anyhow::Context;
     use device::predict::apply;
-    use device::ChangeKind;
-    use eventlog::diff::{LogDiff, NamedRecord};
+    use device::real_firmware::{check_model, model_kind};
+    use eventlog::diff::LogDiff;
     use eventlog::tcg::TcgLog;
-    use eventlog::EventType;
     use firmware_boot::{Change, FIRMWARE_PCRS};
-
-    /// The firmware's own PCR 4 events: its boot-option actions, in order.
-    fn boot_option_actions(log: &TcgLog) -> Vec<Vec<u8>> {
-        log.records
-            .iter()
-            .filter(|r| r.pcr == 4 && r.event_type == EventType::EV_EFI_ACTION)
-            .map(|r| r.data.clone())
-            .collect()
-    }
-
-    fn yes_no(changed: bool) -> &'static str {
-        if changed {
-            "changed"
-        } else {
-            "same"
-        }
-    }
-
-    /// The harness model's change that means the same as a real one (if any).
-    fn model_kind(change: &Change) -> Option<ChangeKind> {
-        match change {
-            Change::DbUpdate => Some(ChangeKind::SecureBootDbUpdate),
-            Change::DbxUpdate => Some(ChangeKind::SecureBootDbxUpdate),
-            Change::SecureBootOff => Some(ChangeKind::SecureBootOff),
-            Change::FirmwareCode => Some(ChangeKind::FirmwareUpdate),
-            Change::OptionRom => Some(ChangeKind::OptionRomAdded),
-            Change::BootOrder => Some(ChangeKind::BcdBootOrder),
-            Change::None | Change::KernelCmdline | Change::GrubCfgLine => None,
-        }
-    }
 
     fn log(dir: &Path) -> anyhow::Result<TcgLog> {
         let path = dir.join("eventlog.bin");
@@ -193,7 +156,7 @@ mod table {
         TcgLog::parse(&bytes).with_context(|| format!("{}", path.display()))
     }
 
-    fn pcr_list(pcrs: &BTreeSet<u32>) -> String {
+    fn pcr_list(pcrs: &[u32]) -> String {
         if pcrs.is_empty() {
             "none".to_string()
         } else {
@@ -204,96 +167,78 @@ mod table {
         }
     }
 
-    fn events(records: &[NamedRecord]) -> String {
-        records
-            .iter()
-            .map(|r| r.description.clone())
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
     pub fn write(out: &Path) -> anyhow::Result<()> {
         let base = log(&out.join(Change::None.name()))?;
-        let owned: BTreeSet<u32> = FIRMWARE_PCRS.iter().map(|&p| p as u32).collect();
         let mut table = String::from(
-            "| change | model change | model: firmware PCRs moved | real: firmware PCRs moved | real: all PCRs 0-9 moved | agree | PCR 4 boot-option actions: model / real |\n|---|---|---|---|---|---|---|\n",
+            "| real change | scenario `change.kind` | model: firmware PCRs moved | real: firmware PCRs moved | real: all PCRs 0-9 moved | agree |\n|---|---|---|---|---|---|\n",
         );
         let mut details = String::new();
         for change in Change::ALL.iter().skip(1) {
             let real_log = log(&out.join(change.name()))?;
-            let real = LogDiff::new(&base, &real_log);
-            let real_all: BTreeSet<u32> = real
-                .pcrs
-                .iter()
-                .map(|d| d.pcr)
+            let real_all: Vec<u32> = LogDiff::new(&base, &real_log)
+                .pcr_indices()
+                .into_iter()
                 .filter(|&p| p < 10)
                 .collect();
-            let real_owned: BTreeSet<u32> = real_all.intersection(&owned).copied().collect();
-            let base_actions = boot_option_actions(&base);
-            let real_actions = yes_no(boot_option_actions(&real_log) != base_actions);
-            let (model_name, model_owned, model_diff) = match model_kind(change) {
-                None => ("(none)".to_string(), None, None),
+            let kind = model_kind(change);
+            let (kind_cell, model_cell, real_cell, agree) = match kind {
+                None => {
+                    let check = check_model(&base, &base, &real_log, None);
+                    let real = pcr_list(&check.real_moved);
+                    (
+                        "(none)".to_string(),
+                        "–".to_string(),
+                        real,
+                        "no model".to_string(),
+                    )
+                }
                 Some(kind) => {
-                    let name = format!("{kind:?}");
+                    let name = serde_json::to_value(kind)?
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
                     match apply(&base, kind) {
+                        Err(e) => (
+                            name,
+                            format!("cannot predict: {e}"),
+                            "–".into(),
+                            "no".into(),
+                        ),
                         Ok(model_log) => {
-                            let d = LogDiff::new(&base, &model_log);
-                            let moved: BTreeSet<u32> = d
-                                .pcrs
-                                .iter()
-                                .map(|p| p.pcr)
-                                .filter(|p| owned.contains(p))
-                                .collect();
-                            let actions = yes_no(boot_option_actions(&model_log) != base_actions);
-                            (name, Some(Ok(moved)), Some((d, actions)))
+                            let check = check_model(&base, &model_log, &real_log, Some(kind));
+                            let agree = if check.disagreements.is_empty() {
+                                "yes".to_string()
+                            } else if check.holds() {
+                                "no, documented".to_string()
+                            } else {
+                                "**no**".to_string()
+                            };
+                            if !check.disagreements.is_empty() {
+                                let _ = writeln!(details, "- **{}**: {check}", change.name());
+                            }
+                            (
+                                name,
+                                pcr_list(&check.model_moved),
+                                pcr_list(&check.real_moved),
+                                agree,
+                            )
                         }
-                        Err(e) => (name, Some(Err(e.to_string())), None),
                     }
                 }
-            };
-            let model_actions = model_diff.as_ref().map_or("–", |(_, a)| a);
-            let (model_cell, agree) = match &model_owned {
-                None => ("–".to_string(), "no model".to_string()),
-                Some(Err(e)) => (format!("cannot predict: {e}"), "no".to_string()),
-                Some(Ok(m)) if *m == real_owned => (pcr_list(m), "yes".to_string()),
-                Some(Ok(m)) => (pcr_list(m), "**no**".to_string()),
             };
             let _ = writeln!(
                 table,
-                "| {} | {} | {} | {} | {} | {} | {} / {} |",
+                "| {} | {} | {} | {} | {} | {} |",
                 change.name(),
-                model_name,
+                kind_cell,
                 model_cell,
-                pcr_list(&real_owned),
+                real_cell,
                 pcr_list(&real_all),
                 agree,
-                model_actions,
-                real_actions
             );
-            // The events behind every firmware-owned PCR where model and reality part.
-            if let (Some(Ok(m)), Some((md, _))) = (&model_owned, &model_diff) {
-                for pcr in m.symmetric_difference(&real_owned) {
-                    let _ = writeln!(details, "- **{}**, PCR {pcr}:", change.name());
-                    for (who, diff) in [("real", &real), ("model", md)] {
-                        match diff.pcrs.iter().find(|d| d.pcr == *pcr) {
-                            None => {
-                                let _ = writeln!(details, "  - {who}: unchanged");
-                            }
-                            Some(d) => {
-                                let _ = writeln!(
-                                    details,
-                                    "  - {who}: added [{}]; removed [{}]",
-                                    events(&d.added),
-                                    events(&d.removed)
-                                );
-                            }
-                        }
-                    }
-                }
-            }
         }
         let mut doc = format!(
-            "# Model vs real firmware (sha256 bank)\n\nFirmware-owned PCRs compared: {:?}. Base: {} events.\n\n{table}",
+            "# Model vs real firmware (sha256 bank)\n\nFirmware-owned PCRs compared: {:?} (PCR 7: up to its separator, and the db authority events). Base: {} events.\n\n{table}",
             FIRMWARE_PCRS,
             base.records.len()
         );

@@ -1,0 +1,56 @@
+//! The real-firmware scenarios (`tag:real-firmware`, `device.firmware: ovmf`) as a user runs
+//! them: `harness run --filter tag:real-firmware`, every boot a real boot of OVMF with Secure
+//! Boot under QEMU (one at a time), each log replayed into the device's swtpm, the embedded
+//! portal over HTTP. Twelve real boots of 15-40 s: nextest's `real-firmware` group runs this
+//! alone (.config/nextest.toml).
+
+use crate::common::{harness, portal_bin};
+
+#[test]
+fn real_firmware_scenarios_lock_out_recover_and_hold_the_model_to_real_boots() {
+    let _ = portal_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let out = harness()
+        .args(["run", "--filter", "tag:real-firmware", "-j", "1", "--json"])
+        .arg(dir.path().join("run.json"))
+        .arg("--html")
+        .arg(dir.path().join("html"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run.json")).unwrap())
+            .unwrap();
+    let played: Vec<(&str, bool)> = report["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["failure"].is_null()))
+        .collect();
+    assert_eq!(
+        played,
+        [
+            ("real-firmware-db-update-secure-boot", true),
+            ("real-firmware-db-update-uefi-control", true),
+            ("real-firmware-option-rom-model-vs-reality", true),
+        ]
+    );
+    // Each device's real boots are in the report, with the PCR diff and the events behind
+    // it: the real db update in PCR 7, and the option ROM's real PCR 1 (its network boot
+    // options), which the model does not predict and the check names as documented.
+    let html = std::fs::read_to_string(dir.path().join("html/index.html")).unwrap();
+    assert_eq!(html.matches("Real firmware boots").count(), 3, "{html}");
+    assert!(
+        html.contains("db: 3 entries in 3 signature lists"),
+        "{html}"
+    );
+    assert!(html.contains("model [7], real [7]"), "{html}");
+    assert!(html.contains("model [2], real [1, 2]"), "{html}");
+    assert!(html.contains("UEFI PXEv4"), "{html}");
+}
