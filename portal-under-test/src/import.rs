@@ -281,16 +281,31 @@ mod tests {
         let assocs = store.associations_of_user("contoso\\ALICE").unwrap();
         assert_eq!(assocs.len(), 2);
         assert!(assocs.iter().all(|(_, a)| a.imported && !a.local));
-        // The by-user index, dropped for the load into an empty table, is back and used.
+        // Kept on the device rows (one user a device): no association row.
         let raw = rusqlite::Connection::open(dir.path().join("s.db")).unwrap();
-        let plan: String = raw
+        let (on_devices, assoc_rows): (i64, i64) = raw
             .query_row(
-                "EXPLAIN QUERY PLAN SELECT device_id FROM associations WHERE user_lc = 'x'",
+                "SELECT (SELECT count(*) FROM devices WHERE imported_user = 'CONTOSO\\alice'),
+                        (SELECT count(*) FROM associations)",
                 [],
-                |r| r.get(3),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
-        assert!(plan.contains("assoc_user"), "{plan}");
+        assert_eq!((on_devices, assoc_rows), (2, 0));
+        // The by-user indexes, dropped for the load into an empty table, are back and used.
+        for (sql, index) in [
+            (
+                "EXPLAIN QUERY PLAN SELECT device_id FROM associations WHERE user_lc = 'x'",
+                "assoc_user",
+            ),
+            (
+                "EXPLAIN QUERY PLAN SELECT id FROM devices WHERE imported_user_lc = 'x'",
+                "devices_imported_user",
+            ),
+        ] {
+            let plan: String = raw.query_row(sql, [], |r| r.get(3)).unwrap();
+            assert!(plan.contains(index), "{plan}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use thiserror::Error;
 use crate::crypto::Sealed;
 use crate::index::IndexEntry;
 
+mod import_plan;
 mod journal;
 mod model;
 pub mod postgres;

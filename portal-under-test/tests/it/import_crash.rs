@@ -325,3 +325,73 @@ fn the_import_rules_hold_against_a_store_with_rows() {
     }
     assert_eq!(store.current_keys().unwrap().len(), 4);
 }
+
+/// A new device keeps its first imported user on its row and its other users as
+/// associations (schema 4 on SQLite, 5 on PostgreSQL): the help desk sees every user of the
+/// device, each user sees the device, once, and a sign-in joins the imported user.
+#[test]
+fn every_imported_user_of_a_device_is_associated_wherever_it_is_kept() {
+    use portal_under_test::crypto::Sealer;
+    use portal_under_test::import::import_jsonl;
+    use portal_under_test::store::SignInKind;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        portal_under_test::store::open(crate::common::engine_url().as_deref(), dir.path()).unwrap();
+    let sealer = Sealer::from_key(&[7; 32]);
+    let line = |dev: &str, user: Option<&str>| {
+        let mut v = Key::random().json();
+        v["device"] = Value::from(dev);
+        v["user"] = user.map_or(Value::Null, Value::from);
+        v.to_string()
+    };
+    let file = [
+        line("PC-1", None),
+        line("PC-1", Some("CONTOSO\\bob")),
+        line("pc-1", Some("contoso\\BOB")),
+        line("PC-1", Some("CONTOSO\\alice")),
+        line("PC-2", Some("CONTOSO\\bob")),
+    ];
+    assert_eq!(
+        import_jsonl(&file.join("\n"), &sealer, store.as_ref())
+            .unwrap()
+            .len(),
+        5
+    );
+    let pc1 = store.device_by_name("PC-1").unwrap().unwrap();
+    let pc2 = store.device_by_name("PC-2").unwrap().unwrap();
+    assert_eq!(
+        store.users_of_device(pc1.row).unwrap(),
+        vec!["CONTOSO\\alice".to_string(), "CONTOSO\\bob".to_string()]
+    );
+    let mut bob = store.associations_of_user("contoso\\bob").unwrap();
+    bob.sort_by_key(|(d, _)| *d);
+    let rows: Vec<i64> = bob.iter().map(|(d, _)| *d).collect();
+    let mut want = vec![pc1.row, pc2.row];
+    want.sort();
+    assert_eq!(rows, want);
+    assert!(bob.iter().all(|(_, a)| a.imported && !a.local && !a.remote));
+    // A sign-in of the user kept on the row: one association, both ways.
+    store
+        .record_sign_in(pc2.row, "CONTOSO\\Bob", SignInKind::Remote)
+        .unwrap();
+    let on_pc2: Vec<_> = store
+        .associations_of_user("CONTOSO\\BOB")
+        .unwrap()
+        .into_iter()
+        .filter(|(d, _)| *d == pc2.row)
+        .collect();
+    assert_eq!(on_pc2.len(), 1);
+    assert!(on_pc2[0].1.imported && on_pc2[0].1.remote);
+    assert_eq!(store.users_of_device(pc2.row).unwrap().len(), 1);
+    // Importing the file again adds nothing, not even association rows for the users on
+    // the device rows.
+    assert!(import_jsonl(&file.join("\n"), &sealer, store.as_ref())
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.users_of_device(pc1.row).unwrap().len(), 2);
+    assert_eq!(
+        store.associations_of_user("contoso\\alice").unwrap().len(),
+        1
+    );
+}

@@ -14,6 +14,9 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
 use crate::index::IndexEntry;
+use crate::store::import_plan::{
+    device_user, mark_users_on_device, sorted_uuids, uuid_str, DeviceGroups,
+};
 use crate::store::{escrow_of_known_key, now_rfc3339, EscrowResult, ImportRow, StoreError};
 
 /// Reserves `n` consecutive ids on `table`'s identity sequence; returns the first. The
@@ -44,11 +47,19 @@ struct LateIndex {
     build: &'static str,
 }
 
-/// Devices: the unique name (the import groups its rows by name, so none repeats).
-const LATE_DEVICE_INDEXES: &[LateIndex] = &[LateIndex {
-    drop: "ALTER TABLE devices DROP CONSTRAINT devices_name_lc_key",
-    build: "ALTER TABLE devices ADD CONSTRAINT devices_name_lc_key UNIQUE (name_lc)",
-}];
+/// Devices: the unique name (the import groups its rows by name, so none repeats) and the
+/// imported user's.
+const LATE_DEVICE_INDEXES: &[LateIndex] = &[
+    LateIndex {
+        drop: "ALTER TABLE devices DROP CONSTRAINT devices_name_lc_key",
+        build: "ALTER TABLE devices ADD CONSTRAINT devices_name_lc_key UNIQUE (name_lc)",
+    },
+    LateIndex {
+        drop: "DROP INDEX devices_imported_user",
+        build: "CREATE INDEX devices_imported_user ON devices(imported_user_lc)
+                WHERE imported_user_lc IS NOT NULL",
+    },
+];
 
 /// Keys: the unique key ID (the import refuses a repeated one first), the replicas' change
 /// position, and the device reference: checked by a per-row trigger, it cost more than the
@@ -88,28 +99,6 @@ async fn build_indexes(tx: &Transaction<'_>, late: &[LateIndex]) -> Result<(), S
     Ok(())
 }
 
-/// Rows of `rows` grouped by lower-case device name, in name order: (name, its row indexes).
-fn devices_by_name(rows: &[ImportRow]) -> Vec<(String, Vec<usize>)> {
-    let lc: Vec<String> = rows.iter().map(|r| r.device.to_lowercase()).collect();
-    let mut order: Vec<usize> = (0..rows.len()).collect();
-    order.sort_by(|&a, &b| lc[a].cmp(&lc[b]).then(a.cmp(&b)));
-    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
-    for i in order {
-        match groups.last_mut() {
-            Some((name, members)) if *name == lc[i] => members.push(i),
-            _ => groups.push((lc[i].clone(), vec![i])),
-        }
-    }
-    groups
-}
-
-/// Random (v4) device UUIDs, sorted so the unique index on them grows by appends.
-fn sorted_uuids(n: usize) -> Vec<String> {
-    let mut uuids: Vec<String> = (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    uuids.sort_unstable();
-    uuids
-}
-
 /// The import proper, inside the caller's transaction. Returns the keys newly stored.
 pub(super) async fn import_rows(
     tx: &Transaction<'_>,
@@ -126,9 +115,11 @@ pub(super) async fn import_rows(
     // The indexes dropped for a load into an empty table, built again before the commit.
     let mut late: Vec<&[LateIndex]> = Vec::new();
 
-    // Devices: the stored ones by name, the others created with ids reserved here.
-    let groups = devices_by_name(rows);
-    let mut stored_devices: HashMap<String, i64> = HashMap::new();
+    // Devices: the stored ones by name, the others created with ids reserved here, each
+    // with its first imported user on its row (`on_device`: no association row for it).
+    let groups = DeviceGroups::new(rows);
+    // Id and imported user (lower case) of each stored device the file names.
+    let mut stored_devices: HashMap<&str, (i64, Option<String>)> = HashMap::new();
     let devices_empty = !has_rows(tx, "devices").await?;
     if devices_empty {
         drop_indexes(tx, LATE_DEVICE_INDEXES).await?;
@@ -140,44 +131,65 @@ pub(super) async fn import_rows(
             .copy_in("COPY import_device_names(name_lc) FROM STDIN BINARY")
             .await?;
         let mut w = pin!(BinaryCopyInWriter::new(sink, &[Type::TEXT]));
-        for (name, _) in &groups {
-            w.as_mut().write(&[name]).await?;
+        for (name, _) in groups.iter() {
+            w.as_mut().write(&[&name]).await?;
         }
         w.finish().await?;
+        let names: HashMap<&str, ()> = groups.iter().map(|(name, _)| (name, ())).collect();
         for r in tx
             .query(
-                "SELECT d.name_lc, d.id FROM devices d JOIN import_device_names n USING (name_lc)",
+                "SELECT d.name_lc, d.id, d.imported_user_lc FROM devices d
+                 JOIN import_device_names n USING (name_lc)",
                 &[],
             )
             .await?
         {
-            stored_devices.insert(r.try_get(0)?, r.try_get(1)?);
+            let name: &str = r.try_get(0)?;
+            if let Some((&name, _)) = names.get_key_value(name) {
+                stored_devices.insert(name, (r.try_get(1)?, r.try_get(2)?));
+            }
         }
     }
-    let new_count = groups
-        .iter()
-        .filter(|(name, _)| !stored_devices.contains_key(name))
-        .count();
+    let new_count = groups.len() - stored_devices.len();
     let mut next_device = reserve_ids(tx, "devices", new_count).await?;
     let uuids = sorted_uuids(new_count);
     let mut uuid = uuids.iter();
     let mut dev_of = vec![0i64; rows.len()];
+    let mut on_device = vec![false; rows.len()];
     let sink = tx
-        .copy_in("COPY devices(id, device_uuid, name, name_lc, created_at) FROM STDIN BINARY")
+        .copy_in("COPY devices(id, device_uuid, name, name_lc, created_at, imported_user, imported_user_lc) FROM STDIN BINARY")
         .await?;
     let mut w = pin!(BinaryCopyInWriter::new(
         sink,
-        &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT]
+        &[
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT
+        ]
     ));
-    for (name, members) in &groups {
+    for (name, members) in groups.iter() {
         let id = match stored_devices.get(name) {
-            Some(&id) => id,
+            Some((id, user_lc)) => {
+                if let Some(user_lc) = user_lc {
+                    mark_users_on_device(rows, members, user_lc, &mut on_device);
+                }
+                *id
+            }
             None => {
                 let first = members.first().and_then(|&i| rows.get(i));
                 let display = first.map_or("", |r| r.device.as_str());
-                let u = uuid.next().map_or("", String::as_str);
+                let u = uuid.next().map_or("", uuid_str);
+                let user = device_user(rows, members, &mut on_device);
+                let (user, user_lc) = match &user {
+                    Some((u, lc)) => (Some(*u), Some(lc.as_str())),
+                    None => (None, None),
+                };
                 w.as_mut()
-                    .write(&[&next_device, &u, &display, name, &now])
+                    .write(&[&next_device, &u, &display, &name, &now, &user, &user_lc])
                     .await?;
                 next_device += 1;
                 next_device - 1
@@ -188,6 +200,7 @@ pub(super) async fn import_rows(
         }
     }
     w.finish().await?;
+    drop(stored_devices);
     drop(groups);
     drop(uuids);
     let t_dev = t0.elapsed();
@@ -305,48 +318,53 @@ pub(super) async fn import_rows(
     let t_keys = t0.elapsed();
 
     // Associations, each (device, user) once, in primary-key order: straight into an empty
-    // table, else through a staging table and an upsert (an association may exist).
+    // table, else through a staging table and an upsert (an association may exist). Only the
+    // users not on their device's row (a stored device's, or a new device's second user).
     let mut assoc: Vec<(i64, String, usize)> = rows
         .iter()
         .enumerate()
+        .filter(|&(i, _)| !on_device[i])
         .filter_map(|(i, r)| r.user.as_ref().map(|u| (dev_of[i], u.to_lowercase(), i)))
         .collect();
     assoc.sort_unstable();
     assoc.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
-    let empty = !has_rows(tx, "associations").await?;
-    let target = if empty {
-        drop_indexes(tx, LATE_ASSOCIATION_INDEXES).await?;
-        late.push(LATE_ASSOCIATION_INDEXES);
-        "associations(device_id, user_lc, user_name, imported)"
-    } else {
-        tx.batch_execute(
-            "CREATE TEMP TABLE import_assoc(device_id BIGINT, user_lc TEXT, user_name TEXT, imported BOOLEAN) ON COMMIT DROP",
-        )
-        .await?;
-        "import_assoc(device_id, user_lc, user_name, imported)"
-    };
-    let sink = tx
-        .copy_in(&format!("COPY {target} FROM STDIN BINARY"))
-        .await?;
-    let mut w = pin!(BinaryCopyInWriter::new(
-        sink,
-        &[Type::INT8, Type::TEXT, Type::TEXT, Type::BOOL]
-    ));
-    for (dev, user_lc, i) in &assoc {
-        let user = rows
-            .get(*i)
-            .and_then(|r| r.user.as_deref())
-            .unwrap_or_default();
-        w.as_mut().write(&[dev, user_lc, &user, &true]).await?;
-    }
-    w.finish().await?;
-    if !empty {
-        tx.batch_execute(
-            "INSERT INTO associations(device_id, user_lc, user_name, imported)
-             SELECT device_id, user_lc, user_name, imported FROM import_assoc
-             ON CONFLICT (device_id, user_lc) DO UPDATE SET imported = true",
-        )
-        .await?;
+    // Most imports have none left (one user a device).
+    if !assoc.is_empty() {
+        let empty = !has_rows(tx, "associations").await?;
+        let target = if empty {
+            drop_indexes(tx, LATE_ASSOCIATION_INDEXES).await?;
+            late.push(LATE_ASSOCIATION_INDEXES);
+            "associations(device_id, user_lc, user_name, imported)"
+        } else {
+            tx.batch_execute(
+                "CREATE TEMP TABLE import_assoc(device_id BIGINT, user_lc TEXT, user_name TEXT, imported BOOLEAN) ON COMMIT DROP",
+            )
+            .await?;
+            "import_assoc(device_id, user_lc, user_name, imported)"
+        };
+        let sink = tx
+            .copy_in(&format!("COPY {target} FROM STDIN BINARY"))
+            .await?;
+        let mut w = pin!(BinaryCopyInWriter::new(
+            sink,
+            &[Type::INT8, Type::TEXT, Type::TEXT, Type::BOOL]
+        ));
+        for (dev, user_lc, i) in &assoc {
+            let user = rows
+                .get(*i)
+                .and_then(|r| r.user.as_deref())
+                .unwrap_or_default();
+            w.as_mut().write(&[dev, user_lc, &user, &true]).await?;
+        }
+        w.finish().await?;
+        if !empty {
+            tx.batch_execute(
+                "INSERT INTO associations(device_id, user_lc, user_name, imported)
+                 SELECT device_id, user_lc, user_name, imported FROM import_assoc
+                 ON CONFLICT (device_id, user_lc) DO UPDATE SET imported = true",
+            )
+            .await?;
+        }
     }
     let t_assoc = t0.elapsed();
     for indexes in late {

@@ -7,6 +7,7 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (2, V2_SESSIONS),
     (3, V3_LEANER_DEVICES),
     (4, V4_REPLICAS),
+    (5, V5_IMPORTED_USER_ON_THE_DEVICE),
 ];
 
 const V1_TABLES: &str = r#"
@@ -99,4 +100,16 @@ CREATE TRIGGER settings_notify AFTER INSERT OR UPDATE ON settings
   FOR EACH STATEMENT EXECUTE FUNCTION portal_notify_change();
 CREATE TABLE sign_in_failures(
   subject TEXT PRIMARY KEY, count INTEGER NOT NULL, last_us BIGINT NOT NULL);
+"#;
+
+/// Fewer rows a key (issue 25): a device's imported user lives on the device row, found by a
+/// partial index (only devices that have one), instead of in an association row (a heap row
+/// and two index entries). The association table keeps sign-ins and further imported users
+/// of a device; the portal reads both. A new device + key + user: heap rows 3 → 2, index
+/// entries 7 → 6 (devices 2 → 3, keys 3 with the replicas' `keys_changed`, associations 2 → 0).
+/// Associations already stored stay where they are (both places are read).
+const V5_IMPORTED_USER_ON_THE_DEVICE: &str = r#"
+ALTER TABLE devices ADD COLUMN imported_user TEXT, ADD COLUMN imported_user_lc TEXT;
+CREATE INDEX devices_imported_user ON devices(imported_user_lc)
+  WHERE imported_user_lc IS NOT NULL;
 "#;

@@ -779,7 +779,12 @@ impl Store for PgStore {
         self.with(move |c| async move {
             let rows = c
                 .query(
-                    "SELECT device_id, local, remote, imported FROM associations WHERE user_lc = $1",
+                    // An imported user is on the device row or in an association (schema 5).
+                    "SELECT device_id, bool_or(local), bool_or(remote), bool_or(imported) FROM (
+                       SELECT device_id, local, remote, imported FROM associations WHERE user_lc = $1
+                       UNION ALL
+                       SELECT id, false, false, true FROM devices WHERE imported_user_lc = $1) a
+                     GROUP BY device_id",
                     &[&lc],
                 )
                 .await?;
@@ -802,7 +807,12 @@ impl Store for PgStore {
         self.with(move |c| async move {
             let rows = c
                 .query(
-                    "SELECT user_name FROM associations WHERE device_id = $1 ORDER BY user_lc",
+                    "SELECT min(user_name) FROM (
+                       SELECT user_lc, user_name FROM associations WHERE device_id = $1
+                       UNION ALL
+                       SELECT imported_user_lc, imported_user FROM devices
+                       WHERE id = $1 AND imported_user_lc IS NOT NULL) u
+                     GROUP BY user_lc ORDER BY user_lc",
                     &[&device_row],
                 )
                 .await?;

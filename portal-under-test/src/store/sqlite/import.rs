@@ -4,6 +4,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::insert_key;
 use crate::index::IndexEntry;
+use crate::store::import_plan::{
+    device_user, mark_users_on_device, sorted_uuids, uuid_str, DeviceGroups, DeviceUser, UuidText,
+};
 use crate::store::{now_rfc3339, EscrowResult, ImportRow, StoreError};
 
 /// Rows per multi-row INSERT in the import: one statement step per 64 rows instead of one per
@@ -47,81 +50,78 @@ pub(super) fn import_rows(
     c: &mut Connection,
     rows: &[ImportRow],
 ) -> Result<Vec<IndexEntry>, StoreError> {
-    use rand::Rng;
     let t0 = std::time::Instant::now();
     let tx = c.transaction()?;
     let (now, _) = now_rfc3339();
 
-    // Devices: group rows by lower-case name, in name order.
-    let lc: Vec<String> = rows.iter().map(|r| r.device.to_lowercase()).collect();
-    let mut by_name: Vec<usize> = (0..rows.len()).collect();
-    by_name.sort_by(|&a, &b| lc[a].cmp(&lc[b]).then(a.cmp(&b)));
+    // Devices: the stored ones by name, the others created in name order, each with its
+    // first imported user on its row (`on_device`: no association row for that user).
+    let groups = DeviceGroups::new(rows);
     let mut dev_of = vec![0i64; rows.len()];
+    let mut on_device = vec![false; rows.len()];
     let any_device: bool =
         tx.query_row("SELECT EXISTS(SELECT 1 FROM devices)", [], |r| r.get(0))?;
-    // (first row index, id) of each device to create, in name order.
-    let mut new_devices: Vec<(usize, i64)> = Vec::new();
+    // (first row index, id, imported user and its lower case) of each device to create.
+    let mut new_devices: Vec<(usize, i64, DeviceUser)> = Vec::new();
     let mut next_device = next_id(&tx, "devices")?;
-    let mut i = 0;
-    while i < by_name.len() {
-        let name = &lc[by_name[i]];
-        let mut j = i + 1;
-        while j < by_name.len() && lc[by_name[j]] == *name {
-            j += 1;
-        }
-        let found: Option<i64> = if any_device {
-            tx.prepare_cached("SELECT id FROM devices WHERE name_lc = ?1")?
-                .query_row(params![name], |r| r.get(0))
+    for (name, members) in groups.iter() {
+        let found: Option<(i64, Option<String>)> = if any_device {
+            tx.prepare_cached("SELECT id, imported_user_lc FROM devices WHERE name_lc = ?1")?
+                .query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?
         } else {
             None
         };
         let d = match found {
-            Some(d) => d,
+            Some((d, user_lc)) => {
+                if let Some(user_lc) = user_lc {
+                    mark_users_on_device(rows, members, &user_lc, &mut on_device);
+                }
+                d
+            }
             None => {
-                new_devices.push((by_name[i], next_device));
+                let user = device_user(rows, members, &mut on_device);
+                new_devices.push((members[0], next_device, user));
                 next_device += 1;
                 next_device - 1
             }
         };
-        by_name[i..j].iter().for_each(|&k| dev_of[k] = d);
-        i = j;
+        members.iter().for_each(|&k| dev_of[k] = d);
     }
-    drop(by_name);
-    // Random (v4) UUIDs, sorted so the unique index on them grows by appends.
-    let mut rng = rand::rng();
-    let mut uuids: Vec<[u8; uuid::fmt::Hyphenated::LENGTH]> = (0..new_devices.len())
-        .map(|_| {
-            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-            uuid::Builder::from_random_bytes(rng.random())
-                .into_uuid()
-                .hyphenated()
-                .encode_lower(&mut buf);
-            buf
-        })
-        .collect();
-    uuids.sort_unstable();
-    let devs: Vec<(usize, i64, &[u8])> = new_devices
-        .iter()
-        .zip(&uuids)
-        .map(|(&(first, id), u)| (first, id, &u[..]))
-        .collect();
+    let uuids = sorted_uuids(new_devices.len());
+    // Into an empty table, the by-user index is built after the load (one sort, dense
+    // pages) instead of taking each row at one of the users' insertion points.
+    if !any_device {
+        tx.execute_batch("DROP INDEX IF EXISTS devices_imported_user")?;
+    }
+    let devs: Vec<(&(usize, i64, DeviceUser), &UuidText)> =
+        new_devices.iter().zip(&uuids).collect();
     insert_batched(
         &tx,
-        "INSERT INTO devices(id, device_uuid, name, name_lc, created_at)",
+        "INSERT INTO devices(id, device_uuid, name, name_lc, created_at, imported_user, imported_user_lc)",
         "",
-        5,
+        7,
         &devs,
-        |st, p, &(first, id, u)| {
-            st.raw_bind_parameter(p, id)?;
-            st.raw_bind_parameter(p + 1, std::str::from_utf8(u).unwrap_or_default())?;
-            st.raw_bind_parameter(p + 2, rows.get(first).map_or("", |r| r.device.as_str()))?;
-            st.raw_bind_parameter(p + 3, lc.get(first).map_or("", |s| s.as_str()))?;
-            st.raw_bind_parameter(p + 4, now.as_str())
+        |st, p, (device, u)| {
+            let (first, id, user) = device;
+            st.raw_bind_parameter(p, *id)?;
+            st.raw_bind_parameter(p + 1, uuid_str(u))?;
+            st.raw_bind_parameter(p + 2, rows.get(*first).map_or("", |r| r.device.as_str()))?;
+            st.raw_bind_parameter(p + 3, groups.lc_of(*first))?;
+            st.raw_bind_parameter(p + 4, now.as_str())?;
+            st.raw_bind_parameter(p + 5, user.as_ref().map(|u| u.0))?;
+            st.raw_bind_parameter(p + 6, user.as_ref().map(|u| u.1.as_str()))
         },
     )?;
+    if !any_device {
+        tx.execute_batch(
+            "CREATE INDEX IF NOT EXISTS devices_imported_user ON devices(imported_user_lc)
+               WHERE imported_user_lc IS NOT NULL",
+        )?;
+    }
     drop(devs);
-    drop(lc);
+    drop(new_devices);
+    drop(groups);
     let t_dev = t0.elapsed();
 
     // Keys, in key-ID order. Errors still name the caller's index.
@@ -175,10 +175,12 @@ pub(super) fn import_rows(
     }
     let t_keys = t0.elapsed();
 
-    // Associations, in device-row order, each (device, user) once.
+    // Associations, in device-row order, each (device, user) once: the users not on their
+    // device's row (a stored device's, or a new device's second user).
     let mut assoc: Vec<(i64, String, usize)> = rows
         .iter()
         .enumerate()
+        .filter(|&(i, _)| !on_device[i])
         .filter_map(|(i, r)| r.user.as_ref().map(|u| (dev_of[i], u.to_lowercase(), i)))
         .collect();
     assoc.sort_unstable();

@@ -617,7 +617,12 @@ impl Store for SqliteStore {
     fn associations_of_user(&self, user: &str) -> Result<Vec<(i64, Assoc)>, StoreError> {
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT device_id, local, remote, imported FROM associations WHERE user_lc = ?1",
+                // An imported user is on the device row or in an association (schema 4).
+                "SELECT device_id, max(local), max(remote), max(imported) FROM (
+                   SELECT device_id, local, remote, imported FROM associations WHERE user_lc = ?1
+                   UNION ALL
+                   SELECT id, 0, 0, 1 FROM devices WHERE imported_user_lc = ?1)
+                 GROUP BY device_id",
             )?;
             let rows = st.query_map(params![user.to_lowercase()], |r| {
                 Ok((
@@ -636,7 +641,12 @@ impl Store for SqliteStore {
     fn users_of_device(&self, device_row: i64) -> Result<Vec<String>, StoreError> {
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT user FROM associations WHERE device_id = ?1 ORDER BY user_lc",
+                "SELECT min(user) FROM (
+                   SELECT user_lc, user FROM associations WHERE device_id = ?1
+                   UNION ALL
+                   SELECT imported_user_lc, imported_user FROM devices
+                   WHERE id = ?1 AND imported_user_lc IS NOT NULL)
+                 GROUP BY user_lc ORDER BY user_lc",
             )?;
             let rows = st.query_map(params![device_row], |r| r.get::<_, String>(0))?;
             Ok(rows.collect::<Result<_, _>>()?)

@@ -11,6 +11,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, V1_TABLES),
     (2, V2_MICROSECONDS_AND_SESSIONS),
     (3, V3_LEANER_DEVICES_AND_ASSOCIATIONS),
+    (4, V4_IMPORTED_USER_ON_THE_DEVICE),
 ];
 
 /// Applies the migrations newer than the file's `user_version`.
@@ -132,6 +133,19 @@ ALTER TABLE associations_v3 RENAME TO associations;
 CREATE INDEX assoc_user ON associations(user_lc);
 "#;
 
+/// Fewer rows a key (issue 25): a device's imported user lives on the device row, found by a
+/// partial index (only devices that have one), instead of in an association row with its
+/// own two B-tree entries. The association table keeps sign-ins and further imported users
+/// of a device; the portal reads both. Rows a new device + key + user: 3 before, 2 after;
+/// B-tree entries 6 before (devices 2, keys 2, associations 2), 5 after (devices 3, keys 2).
+/// Associations already stored stay where they are (both places are read).
+const V4_IMPORTED_USER_ON_THE_DEVICE: &str = r#"
+ALTER TABLE devices ADD COLUMN imported_user TEXT;
+ALTER TABLE devices ADD COLUMN imported_user_lc TEXT;
+CREATE INDEX devices_imported_user ON devices(imported_user_lc)
+  WHERE imported_user_lc IS NOT NULL;
+"#;
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -156,7 +170,7 @@ mod tests {
         let version: i64 = c
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version, 4);
         // Still append-only, and the sessions table exists.
         assert!(c.execute("UPDATE audit SET outcome = 'shown'", []).is_err());
         c.execute(
@@ -236,5 +250,36 @@ mod tests {
             )
             .unwrap();
         assert!(without_rowid.contains("WITHOUT ROWID"), "{without_rowid}");
+    }
+
+    #[test]
+    fn a_version_3_file_gets_the_imported_user_on_the_device_keeping_its_associations() {
+        let mut c = Connection::open_in_memory().unwrap();
+        c.execute_batch(V1_TABLES).unwrap();
+        c.execute_batch(V2_MICROSECONDS_AND_SESSIONS).unwrap();
+        c.execute_batch(V3_LEANER_DEVICES_AND_ASSOCIATIONS).unwrap();
+        c.pragma_update(None, "user_version", 3).unwrap();
+        c.execute_batch(
+            "INSERT INTO devices(id, device_uuid, name, name_lc, created_at) VALUES (9, 'u9', 'PC-9', 'pc-9', 't');
+             INSERT INTO associations(device_id, user_lc, user, imported) VALUES (9, 'a', 'A', 1);",
+        )
+        .unwrap();
+        migrate(&mut c).unwrap();
+        let (user, assoc): (Option<String>, i64) = c
+            .query_row(
+                "SELECT imported_user, (SELECT count(*) FROM associations) FROM devices",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((user, assoc), (None, 1));
+        let plan: String = c
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT id FROM devices WHERE imported_user_lc = 'a'",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("devices_imported_user"), "{plan}");
     }
 }
