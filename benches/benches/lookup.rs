@@ -965,13 +965,15 @@ fn svg(rows: &[Row]) -> String {
 
 /// `LOOKUP_BUILD_ONLY=1`: how the index build scales with the key count (issue 28), nothing
 /// else. At each size, 5 alternating rounds of: the portal's build (from keys in memory, as
-/// `run_size` times it), the one-scatter sort the build used before (its sort phase only,
-/// `one_scatter_sort`), and a floor no build beats: one sequential copy of the input.
+/// `run_size` times it), its sort alone (`index::sorted_unique`), the one-scatter sort the
+/// build used before (`one_scatter_sort`), and a floor no build beats: one sequential copy
+/// of the input.
 /// Medians, in ns a key: a linear build keeps its ns/key as the size grows.
 fn build_scaling(n: usize, notes: &mut Vec<String>) {
     eprintln!("lookup bench: build scaling, {n} keys");
     let keys = entries(n);
-    let (mut build, mut old_sort, mut copy) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut build, mut new_sort, mut old_sort, mut copy) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let per_key = |d: std::time::Duration| d.as_secs_f64() * 1e9 / n as f64;
     for _ in 0..5 {
         let input = keys.clone();
@@ -981,6 +983,15 @@ fn build_scaling(n: usize, notes: &mut Vec<String>) {
         build.push(per_key(t.elapsed()));
         assert_eq!(index.len(), n);
         drop(index);
+        let input = keys.clone();
+        let t = Instant::now();
+        let sorted = portal_under_test::index::sorted_unique(
+            input,
+            portal_under_test::index::KEYS_PER_BUCKET,
+        );
+        new_sort.push(per_key(t.elapsed()));
+        assert!(sorted.windows(2).all(|w| w[0].key_id < w[1].key_id));
+        drop(sorted);
         let input = keys.clone();
         let t = Instant::now();
         let sorted = one_scatter_sort(input, portal_under_test::index::KEYS_PER_BUCKET);
@@ -998,9 +1009,10 @@ fn build_scaling(n: usize, notes: &mut Vec<String>) {
     };
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     notes.push(format!(
-        "{n}: build scaling (median of 5, ns/key): index build {:.1} ({:.2} s); one-scatter sort (the build's sort before) {:.1}; sequential copy (floor) {:.1}; load {}",
+        "{n}: build scaling (median of 5, ns/key): index build {:.1} ({:.2} s), of which its sort alone {:.1}; one-scatter sort (the build's sort before) {:.1}; sequential copy (floor) {:.1}; load {}",
         median(&mut build),
         median(&mut build) * n as f64 / 1e9,
+        median(&mut new_sort),
         median(&mut old_sort),
         median(&mut copy),
         load.split_whitespace().next().unwrap_or("?"),
