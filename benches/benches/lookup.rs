@@ -161,7 +161,10 @@ impl Floor {
             let j = rng.random_range(0..i);
             perm.swap(i, j);
         }
-        let mut chase = vec![0u64; lines * 8];
+        // The same (transparent huge) pages as the index's arrays, so neither gets fewer TLB
+        // misses than the other.
+        let mut chase = portal_under_test::index::huge_page_vec(lines * 8);
+        chase.resize(lines * 8, 0u64);
         // perm is a cyclic permutation: line perm[i] -> perm[i + 1].
         for (i, &p) in perm.iter().enumerate() {
             chase[p as usize * 8] = perm[(i + 1) % lines] * 8;
@@ -960,14 +963,104 @@ fn svg(rows: &[Row]) -> String {
     s
 }
 
+/// `LOOKUP_BUILD_ONLY=1`: how the index build scales with the key count (issue 28), nothing
+/// else. At each size, 5 alternating rounds of: the portal's build (from keys in memory, as
+/// `run_size` times it), its sort alone (`index::sorted_unique`), the one-scatter sort the
+/// build used before (`one_scatter_sort`), and a floor no build beats: one sequential copy
+/// of the input.
+/// Medians, in ns a key: a linear build keeps its ns/key as the size grows.
+fn build_scaling(n: usize, notes: &mut Vec<String>) {
+    eprintln!("lookup bench: build scaling, {n} keys");
+    let keys = entries(n);
+    let (mut build, mut new_sort, mut old_sort, mut copy) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let per_key = |d: std::time::Duration| d.as_secs_f64() * 1e9 / n as f64;
+    for _ in 0..5 {
+        let input = keys.clone();
+        let t = Instant::now();
+        let index =
+            PrefixIndex::with_keys_per_bucket(input, portal_under_test::index::KEYS_PER_BUCKET);
+        build.push(per_key(t.elapsed()));
+        assert_eq!(index.len(), n);
+        drop(index);
+        let input = keys.clone();
+        let t = Instant::now();
+        let sorted = portal_under_test::index::sorted_unique(
+            input,
+            portal_under_test::index::KEYS_PER_BUCKET,
+        );
+        new_sort.push(per_key(t.elapsed()));
+        assert!(sorted.windows(2).all(|w| w[0].key_id < w[1].key_id));
+        drop(sorted);
+        let input = keys.clone();
+        let t = Instant::now();
+        let sorted = one_scatter_sort(input, portal_under_test::index::KEYS_PER_BUCKET);
+        old_sort.push(per_key(t.elapsed()));
+        assert!(sorted.windows(2).all(|w| w[0].key_id <= w[1].key_id));
+        drop(sorted);
+        let t = Instant::now();
+        let copied = keys.clone();
+        copy.push(per_key(t.elapsed()));
+        drop(copied);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    notes.push(format!(
+        "{n}: build scaling (median of 5, ns/key): index build {:.1} ({:.2} s), of which its sort alone {:.1}; one-scatter sort (the build's sort before) {:.1}; sequential copy (floor) {:.1}; load {}",
+        median(&mut build),
+        median(&mut build) * n as f64 / 1e9,
+        median(&mut new_sort),
+        median(&mut old_sort),
+        median(&mut copy),
+        load.split_whitespace().next().unwrap_or("?"),
+    ));
+    eprintln!("{}", notes.last().unwrap());
+}
+
+/// The index build's sort before issue 28: one stable counting sort by the top
+/// `log2(n / per_bucket)` bits (a scatter to a random place in the whole array per key),
+/// then per-bucket sorts. Kept here only to measure the build against it.
+fn one_scatter_sort(input: Vec<IndexEntry>, per_bucket: usize) -> Vec<IndexEntry> {
+    let n = input.len();
+    let bits = (usize::BITS - 1 - (n / per_bucket).max(2).leading_zeros()).clamp(1, 32);
+    let shift = 128 - bits;
+    let nb = 1usize << bits;
+    let mut counts = vec![0u32; nb + 1];
+    for e in &input {
+        counts[(e.key_id >> shift) as usize + 1] += 1;
+    }
+    for b in 0..nb {
+        counts[b + 1] += counts[b];
+    }
+    let offsets = counts.clone();
+    let mut sorted = vec![input[0]; n];
+    for e in &input {
+        let b = (e.key_id >> shift) as usize;
+        sorted[counts[b] as usize] = *e;
+        counts[b] += 1;
+    }
+    for b in 0..nb {
+        sorted[offsets[b] as usize..offsets[b + 1] as usize].sort_by_key(|e| e.key_id);
+    }
+    sorted
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     notes.push(format!("load average at start: {}", load.trim()));
+    let build_only = std::env::var("LOOKUP_BUILD_ONLY").is_ok_and(|v| v == "1");
     for n in sizes() {
-        run_size(&mut c, n, &mut rows, &mut notes);
+        if build_only {
+            build_scaling(n, &mut notes);
+        } else {
+            run_size(&mut c, n, &mut rows, &mut notes);
+        }
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     notes.push(format!("load average at end: {}", load.trim()));

@@ -3,8 +3,12 @@
 # benchmark account) against a trivial handler in the same portal process, with N keys
 # loaded, under wrk at 64 and 2 connections on loopback. See benches/README.md.
 #
+# In the same run, a bare axum server (benches/http/hello.rs, no middleware) answers the same
+# trivial route: ROUNDS alternating rounds (bare, trivial, lookup), then the medians and the
+# ratios to the portal's trivial route (benches/http/measure.sh).
+#
 #   benches/http/run.sh                 # N=10000000 (imports once into target/http-bench)
-#   N=100000 DURATION=5s benches/http/run.sh
+#   N=100000 DURATION=5s ROUNDS=5 benches/http/run.sh
 #   WAL_SOAK=120 benches/http/run.sh    # then 120 s of lookups at 64 connections, watching
 #                                       # the SQLite WAL's size and the audit table's growth
 #   ENGINES="sqlite postgres" BENCH_PG_URL=postgres://postgres@127.0.0.1:PORT/postgres \
@@ -13,17 +17,19 @@
 # server at BENCH_PG_URL (bulk import by binary COPY; benches/http/import.sh measures it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/http/measure.sh
 N=${N:-10000000}
 DURATION=${DURATION:-20s}
+ROUNDS=${ROUNDS:-1}
 WORK=${WORK:-target/http-bench}
 ENGINES=${ENGINES:-sqlite}
 mkdir -p "$WORK"
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 2; }
 # PORTAL_BIN: measure an already built portal (e.g. two commits in turn) instead of building.
 if [ -z "${PORTAL_BIN:-}" ]; then
-  cargo build --release -q -p harness -p portal-under-test --features portal-under-test/bench-routes
+  cargo build --release -q -p harness -p portal-under-test -p benches --features portal-under-test/bench-routes
 else
-  cargo build --release -q -p harness
+  cargo build --release -q -p harness -p benches
 fi
 BIN=${PORTAL_BIN:-target/release/portal-under-test}
 KEYS="$WORK/keys-$N.jsonl"
@@ -62,14 +68,13 @@ else
   fi
 fi
 ADMIN=$("$BIN" admin bootstrap --data-dir "$DATA" "${DB_ARGS[@]}" --username bench-admin | tail -1)
-LOG="$WORK/serve.log"
 STARTED=$EPOCHREALTIME
-RUST_LOG=warn "$BIN" serve --data-dir "$DATA" "${DB_ARGS[@]}" --listen 127.0.0.1:0 --insecure-http > "$WORK/ready" 2> "$LOG" &
-PID=$!
-trap 'kill $PID 2>/dev/null || true' EXIT
-for _ in $(seq 1 600); do grep -q PORTAL-READY "$WORK/ready" 2>/dev/null && break; sleep 0.1; done
-URL=$(sed -n 's/.*"url":"\([^"]*\)".*/\1/p' "$WORK/ready")
-[ -n "$URL" ] || { echo "portal did not start: $(tail -5 "$LOG")" >&2; exit 1; }
+start_server "$WORK/ready" "$WORK/serve.log" env RUST_LOG=warn "$BIN" serve --data-dir "$DATA" \
+  "${DB_ARGS[@]}" --listen 127.0.0.1:0 --insecure-http
+PID=$SERVER_PID URL=$SERVER_URL
+start_server "$WORK/hello.ready" "$WORK/hello.log" target/release/axum-hello
+HELLO_PID=$SERVER_PID HELLO_URL=$SERVER_URL
+trap 'kill $PID $HELLO_PID 2>/dev/null || true' EXIT
 echo "== engine $ENGINE: portal at $URL (pid $PID), $N keys; start-up (index load from the store): $(awk "BEGIN{printf \"%.1f\", $EPOCHREALTIME - $STARTED}") s"
 H=(-H "Authorization: Bearer $ADMIN" -H "Content-Type: application/json")
 curl -s "${H[@]}" -X POST "$URL/api/admin/accounts" \
@@ -91,17 +96,18 @@ CODE=$(ask "$MISS"); echo "sample miss $MISS: $CODE $(cat "$WORK/answer")"
 [ "$CODE" = 404 ] && grep -q '"code":"not_found"' "$WORK/answer" \
   || { echo "an absent key did not answer the uniform 404" >&2; exit 1; }
 echo "load: $(cat /proc/loadavg)"
+RESULTS="$WORK/results-$ENGINE"
+rm -f "$RESULTS"
 for C in 64 2; do
-  T=$(( C < 2 ? C : 2 ))
-  for ROUTE in /bench/trivial /api/helpdesk/lookup; do
-    echo "== $ROUTE, $C connections, $DURATION"
-    EXPECT_200='"recovery_password":"'
-    [ "$ROUTE" = /bench/trivial ] && EXPECT_200='"outcome":"ok"'
-    EXPECT_200=$EXPECT_200 LOOKUP_PATH=$ROUTE wrk -t"$T" -c"$C" -d"$DURATION" --latency -s benches/http/lookup.lua "$URL" \
-      | grep -E "Requests/sec|Latency|50%|75%|90%|99%|Non-2xx|Socket errors|checked:"
+  for R in $(seq 1 "$ROUNDS"); do
+    measure "$RESULTS" axum-hello "$HELLO_URL" /bench/trivial "$C" "$DURATION"
+    measure "$RESULTS" trivial "$URL" /bench/trivial "$C" "$DURATION"
+    measure "$RESULTS" helpdesk-lookup "$URL" /api/helpdesk/lookup "$C" "$DURATION"
   done
 done
 echo "load: $(cat /proc/loadavg)"
+echo "== engine $ENGINE, $N keys: medians of $ROUNDS rounds of $DURATION"
+medians "$RESULTS" trivial
 # WAL soak (SQLite): the audited lookup at 64 connections for WAL_SOAK seconds while the size of
 # portal.sqlite3-wal is sampled every second; then the audit table's growth per request
 # (pages added to the store file per audit row; nothing else writes meanwhile). Needs the
@@ -132,7 +138,7 @@ if [ -n "${WAL_SOAK:-}" ] && [ "$ENGINE" = sqlite ]; then
     printf "audit growth: %d rows, %.1f MB, %.0f bytes per row\n", y[1]-x[1], (y[2]-x[2])/1e6, (y[2]-x[2])/(y[1]-x[1])}'
   echo "load: $(cat /proc/loadavg)"
 fi
-kill $PID; wait $PID 2>/dev/null || true
+kill $PID $HELLO_PID; wait $PID $HELLO_PID 2>/dev/null || true
 trap - EXIT
 }
 

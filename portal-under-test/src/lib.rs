@@ -409,17 +409,53 @@ pub fn app(state: AppState) -> Router {
         api = api.route(path, handler);
     }
     let tls = state.config.secure_cookies;
-    api.merge(web::routes())
+    let skip = BenchSkip::from_env();
+    let mut router = api
+        .merge(web::routes())
         .merge(bench_routes())
         // After every route: an unsupported method answers the JSON error shape.
         .method_not_allowed_fallback(|method: Method| async move {
             AppError::MethodNotAllowed(method.to_string())
         })
-        .fallback(not_found)
-        .layer(DefaultBodyLimit::max(body_cap))
-        .layer(axum::middleware::map_response(move |r: Response| {
+        .fallback(not_found);
+    if !skip.body_limit {
+        router = router.layer(DefaultBodyLimit::max(body_cap));
+    }
+    if !skip.headers {
+        router = router.layer(axum::middleware::map_response(move |r: Response| {
             security_headers(tls, r)
-        }))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        }));
+    }
+    if !skip.trace {
+        router = router.layer(TraceLayer::new_for_http());
+    }
+    router.with_state(state)
+}
+
+/// Which of [`app`]'s layers a benchmark build leaves out, to measure what each costs every
+/// route (`PORTAL_BENCH_SKIP_LAYERS=trace,body_limit,headers`; benches/http/run.sh). Only
+/// with `--features bench-routes`: a default build always has every layer.
+#[derive(Debug, Default, Clone, Copy)]
+struct BenchSkip {
+    trace: bool,
+    body_limit: bool,
+    headers: bool,
+}
+
+impl BenchSkip {
+    #[cfg(feature = "bench-routes")]
+    fn from_env() -> Self {
+        let list = std::env::var("PORTAL_BENCH_SKIP_LAYERS").unwrap_or_default();
+        let has = |name: &str| list.split(',').any(|l| l.trim() == name);
+        BenchSkip {
+            trace: has("trace"),
+            body_limit: has("body_limit"),
+            headers: has("headers"),
+        }
+    }
+
+    #[cfg(not(feature = "bench-routes"))]
+    fn from_env() -> Self {
+        BenchSkip::default()
+    }
 }
