@@ -250,6 +250,9 @@ fn sqlite_store(sorted: &[IndexEntry]) -> PathBuf {
     drop(portal_under_test::store::SqliteStore::open(&path).unwrap());
     let t = Instant::now();
     let mut c = rusqlite::Connection::open(&path).unwrap();
+    // The store's checkpoint thread may still hold its connection for a moment after the
+    // drop; leaving WAL needs the database to itself, so wait for it rather than fail.
+    c.busy_timeout(std::time::Duration::from_secs(30)).unwrap();
     c.pragma_update(None, "journal_mode", "OFF").unwrap();
     c.pragma_update(None, "synchronous", "OFF").unwrap();
     c.pragma_update(None, "cache_size", -(512 * 1024)).unwrap();
