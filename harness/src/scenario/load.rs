@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::locate::{path_string, Locator, Seg};
 use super::model::{
-    serde_name, Answer, Change, ChangeKind, Expect, KeyIdDigits, PinAction, Profile, ProtectorKind,
-    RecoveryVia, Role, RomSigner, Scenario, TpmError,
+    serde_name, Answer, Change, ChangeKind, Device, Expect, KeyIdDigits, PinAction, Profile,
+    ProtectorKind, RecoveryVia, Role, RomSigner, Scenario, TpmError,
 };
 use eventlog::tcg::TcgLog;
 
@@ -165,10 +165,13 @@ pub fn check_scenario(file: &Path, text: &str) -> Result<Scenario, Vec<ScenarioE
     scenario.file = file.to_path_buf();
     let locator = Locator::new(text);
     let mut errors = Vec::new();
-    if let Some(pin) = &scenario.device.pin {
+    for (i, device) in scenario.all_devices().into_iter().enumerate() {
+        let Some(pin) = &device.pin else {
+            continue;
+        };
         // serde reads any scalar as a string; YAML tools do not: an unquoted 0123 is a
         // number to them (octal 83 in YAML 1.1), 582046 too.
-        let path = [Key("device"), Key("pin")];
+        let path = device_path(&scenario, i, "pin");
         if let Some(at) = locator.plain_scalar(&path) {
             errors.push(located(
                 at.line,
@@ -183,7 +186,7 @@ pub fn check_scenario(file: &Path, text: &str) -> Result<Scenario, Vec<ScenarioE
     let mut broken = validate(&scenario);
     if broken.is_empty() {
         // The log is checked against a change that is known to be valid.
-        broken.extend(load_event_log(&mut scenario).err());
+        broken.extend(load_event_logs(&mut scenario).err());
     }
     for Semantic { path, message } in broken {
         let at = locator.locate(&path);
@@ -396,6 +399,26 @@ fn is_kebab(s: &str) -> bool {
 
 /// One independent group of rules: its first broken rule, if any.
 type Check = fn(&Scenario) -> Result<(), Semantic>;
+/// The same for one device (its position in [`Scenario::all_devices`]).
+type DeviceCheck = fn(&Scenario, usize, &Device) -> Result<(), Semantic>;
+
+/// Where the `i`-th device's `key` is: in `device` for a story of one, `devices[i]` else.
+fn device_path(s: &Scenario, i: usize, key: &'static str) -> Vec<Seg> {
+    let mut path = match (&s.device, i) {
+        (Some(_), 0) => vec![Key("device")],
+        (Some(_), i) => vec![Key("devices"), Index(i - 1)],
+        (None, i) => vec![Key("devices"), Index(i)],
+    };
+    path.push(Key(key));
+    path
+}
+
+/// The device a change acts on (its `device`, or the only one); the first device when the
+/// name is unknown (that is [`validate_devices_form`]'s error).
+fn step_device<'s>(s: &'s Scenario, c: &Change) -> Option<&'s Device> {
+    s.device_named(c.device.as_deref())
+        .or_else(|| s.device_named(None))
+}
 
 /// Every rule the scenario breaks. Each check stops at its first problem; the checks are
 /// independent, so a file with several mistakes gets one error for each.
@@ -404,14 +427,24 @@ fn validate(s: &Scenario) -> Vec<Semantic> {
         validate_name,
         validate_description,
         validate_tags,
-        validate_device_name,
-        validate_protectors,
-        validate_device_counts,
+        validate_devices_form,
         validate_users,
         validate_recovery,
         validate_checks,
     ];
+    const DEVICE_CHECKS: &[DeviceCheck] = &[
+        validate_device_name,
+        validate_protectors,
+        validate_device_counts,
+    ];
     let mut found: Vec<Semantic> = CHECKS.iter().filter_map(|check| check(s).err()).collect();
+    for (i, d) in s.all_devices().into_iter().enumerate() {
+        found.extend(
+            DEVICE_CHECKS
+                .iter()
+                .filter_map(|check| check(s, i, d).err()),
+        );
+    }
     found.extend(validate_story_form(s).err());
     for (i, (change, expect)) in s.steps().into_iter().enumerate() {
         let at = StepAt::new(s, i);
@@ -519,6 +552,90 @@ fn validate_story_form(s: &Scenario) -> Result<(), Semantic> {
     Ok(())
 }
 
+/// `device` or `devices` (not both, not none); with several devices every change, the
+/// recovery and the foreign key request name a known one, and the recovery the one the
+/// last change acted on.
+fn validate_devices_form(s: &Scenario) -> Result<(), Semantic> {
+    match (&s.device, s.devices.is_empty()) {
+        (None, true) => {
+            return fail(
+                vec![Key("device")],
+                "missing `device` (or `devices`, a list of devices each with its `name`)",
+            )
+        }
+        (Some(_), false) => {
+            return fail(
+                vec![Key("devices")],
+                "`device` is the one device of a story: expected `device` or `devices`, not both",
+            )
+        }
+        _ => {}
+    }
+    let several = s.all_devices().len() > 1;
+    let known = |named: &Option<String>, path: Vec<Seg>| -> Result<(), Semantic> {
+        match named {
+            None if several => fail(
+                path,
+                format!(
+                    "the story has several devices: expected `device:` naming one of {}",
+                    device_list(s)
+                ),
+            ),
+            Some(name) if s.device_named(Some(name)).is_none() => fail(
+                path,
+                format!(
+                    "unknown device `{name}`: expected one of {}",
+                    device_list(s)
+                ),
+            ),
+            _ => Ok(()),
+        }
+    };
+    // An absent `device:` is reported at the mapping it belongs in.
+    let at = |mut path: Vec<Seg>, named: &Option<String>| {
+        if named.is_some() {
+            path.push(Key("device"));
+        }
+        path
+    };
+    for (i, (change, _)) in s.steps().into_iter().enumerate() {
+        known(&change.device, at(StepAt::new(s, i).change, &change.device))?;
+    }
+    if let Some(r) = &s.recovery {
+        known(&r.device, at(vec![Key("recovery")], &r.device))?;
+        let last = s.last_step().map(|(c, _)| step_device(s, c));
+        if let Some(Some(last)) = last {
+            if s.recovery_device().is_some_and(|d| !std::ptr::eq(d, last)) {
+                return fail(
+                    vec![Key("recovery"), Key("device")],
+                    format!(
+                        "the recovery follows the last change, which happens to `{}`: expected that device",
+                        last.name
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(foreign) = &s.checks.foreign_key_request {
+        known(
+            &foreign.device,
+            at(
+                vec![Key("checks"), Key("foreign_key_request")],
+                &foreign.device,
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+fn device_list(s: &Scenario) -> String {
+    s.all_devices()
+        .iter()
+        .map(|d| format!("`{}`", d.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn validate_name(s: &Scenario) -> Result<(), Semantic> {
     if !is_kebab(&s.name) || s.name.len() > 100 {
         return fail(
@@ -551,35 +668,45 @@ fn validate_tags(s: &Scenario) -> Result<(), Semantic> {
     Ok(())
 }
 
-fn validate_device_name(s: &Scenario) -> Result<(), Semantic> {
-    let d = &s.device;
+fn validate_device_name(s: &Scenario, i: usize, d: &Device) -> Result<(), Semantic> {
     let name_ok = (1..=64).contains(&d.name.len())
         && d.name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !name_ok {
         return fail(
-            vec![Key("device"), Key("name")],
+            device_path(s, i, "name"),
             "expected 1-64 characters of letters, digits, `-`, `_`, `.`",
+        );
+    }
+    if s.all_devices()[..i]
+        .iter()
+        .any(|other| other.name.eq_ignore_ascii_case(&d.name))
+    {
+        return fail(
+            device_path(s, i, "name"),
+            format!(
+                "computer `{}` listed twice (names are case-insensitive)",
+                d.name
+            ),
         );
     }
     Ok(())
 }
 
-fn validate_protectors(s: &Scenario) -> Result<(), Semantic> {
-    let d = &s.device;
+fn validate_protectors(s: &Scenario, i: usize, d: &Device) -> Result<(), Semantic> {
+    let at = |key| device_path(s, i, key);
+    let at_index = |key, j| {
+        let mut path = device_path(s, i, key);
+        path.push(Index(j));
+        path
+    };
     if d.protectors.is_empty() {
-        return fail(
-            vec![Key("device"), Key("protectors")],
-            "expected at least one protector",
-        );
+        return fail(at("protectors"), "expected at least one protector");
     }
-    for (i, p) in d.protectors.iter().enumerate() {
-        if d.protectors[..i].contains(p) {
-            return fail(
-                vec![Key("device"), Key("protectors"), Index(i)],
-                "protector listed twice",
-            );
+    for (j, p) in d.protectors.iter().enumerate() {
+        if d.protectors[..j].contains(p) {
+            return fail(at_index("protectors", j), "protector listed twice");
         }
     }
     let tpm_at = d.protectors.iter().position(|p| *p == ProtectorKind::Tpm);
@@ -587,38 +714,30 @@ fn validate_protectors(s: &Scenario) -> Result<(), Semantic> {
         .protectors
         .iter()
         .position(|p| *p == ProtectorKind::TpmPin);
-    if let (Some(_), Some(i)) = (tpm_at, pin_at) {
+    if let (Some(_), Some(j)) = (tpm_at, pin_at) {
         return fail(
-            vec![Key("device"), Key("protectors"), Index(i)],
+            at_index("protectors", j),
             "expected one TPM protector: `tpm` or `tpm_pin`, not both",
         );
     }
     if !d.protectors.contains(&ProtectorKind::RecoveryPassword) {
         return fail(
-            vec![Key("device"), Key("protectors")],
+            at("protectors"),
             "expected a `recovery_password` protector: it is what the agent escrows",
         );
     }
     match (pin_at, &d.pin) {
-        (Some(i), None) => {
+        (Some(j), None) => {
             return fail(
-                vec![Key("device"), Key("protectors"), Index(i)],
+                at_index("protectors", j),
                 "protector `tpm_pin` needs a `pin` in `device`",
             )
         }
-        (None, Some(_)) => {
-            return fail(
-                vec![Key("device"), Key("pin")],
-                "a `pin` needs a `tpm_pin` protector",
-            )
-        }
+        (None, Some(_)) => return fail(at("pin"), "a `pin` needs a `tpm_pin` protector"),
         (Some(_), Some(pin)) => {
             let len = pin.chars().count();
             if !(4..=20).contains(&len) || pin.chars().any(char::is_control) {
-                return fail(
-                    vec![Key("device"), Key("pin")],
-                    "expected a PIN of 4-20 characters",
-                );
+                return fail(at("pin"), "expected a PIN of 4-20 characters");
             }
         }
         (None, None) => {}
@@ -626,50 +745,68 @@ fn validate_protectors(s: &Scenario) -> Result<(), Semantic> {
     Ok(())
 }
 
-fn validate_device_counts(s: &Scenario) -> Result<(), Semantic> {
-    let d = &s.device;
+fn validate_device_counts(s: &Scenario, i: usize, d: &Device) -> Result<(), Semantic> {
+    let at = |key| device_path(s, i, key);
     if !(1..=16).contains(&d.recovery_passwords) {
-        return fail(
-            vec![Key("device"), Key("recovery_passwords")],
-            "expected 1-16",
-        );
+        return fail(at("recovery_passwords"), "expected 1-16");
     }
     if let Some(prefix) = &d.key_id_prefix {
         if prefix.len() != 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return fail(
-                vec![Key("device"), Key("key_id_prefix")],
-                "expected exactly 8 hex digits",
-            );
+            return fail(at("key_id_prefix"), "expected exactly 8 hex digits");
         }
-        if d.recovery_passwords < 2 {
+        let shared_with_another = s.all_devices().iter().enumerate().any(|(j, other)| {
+            j != i
+                && other
+                    .key_id_prefix
+                    .as_deref()
+                    .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+        });
+        if d.recovery_passwords < 2 && !shared_with_another {
             return fail(
-                vec![Key("device"), Key("key_id_prefix")],
-                "a shared key-ID prefix needs `recovery_passwords` of 2 or more",
+                at("key_id_prefix"),
+                "a shared key-ID prefix needs `recovery_passwords` of 2 or more (or another device with the same prefix)",
             );
         }
     }
     if !(1..=1000).contains(&d.lockout_threshold) {
-        return fail(
-            vec![Key("device"), Key("lockout_threshold")],
-            "expected 1-1000",
-        );
+        return fail(at("lockout_threshold"), "expected 1-1000");
     }
     if !(1..=86_400).contains(&d.failure_forgotten_secs) {
         return fail(
-            vec![Key("device"), Key("failure_forgotten_secs")],
+            at("failure_forgotten_secs"),
             "expected 1-86400 seconds (0 would switch the TPM's dictionary-attack protection off)",
         );
     }
     Ok(())
 }
 
-/// Reads and parses `device.event_log` (relative to the scenario file) into
-/// `device.real_log`, and checks the scenario's change can be applied to that log.
-fn load_event_log(s: &mut Scenario) -> Result<(), Semantic> {
-    let Some(rel) = s.device.event_log.clone() else {
-        return Ok(());
+/// Reads and parses each device's `event_log` (relative to the scenario file) into its
+/// `real_log`, and checks the changes made to that device can be applied to that log.
+fn load_event_logs(s: &mut Scenario) -> Result<(), Semantic> {
+    let count = s.all_devices().len();
+    for i in 0..count {
+        let log = load_event_log(s, i)?;
+        let device = match (&mut s.device, i) {
+            (Some(d), 0) => Some(d),
+            (Some(_), i) => s.devices.get_mut(i - 1),
+            (None, i) => s.devices.get_mut(i),
+        };
+        if let (Some(device), Some(log)) = (device, log) {
+            device.real_log = Some(log);
+        }
+    }
+    Ok(())
+}
+
+/// The `i`-th device's parsed `event_log`, if it has one.
+fn load_event_log(s: &Scenario, i: usize) -> Result<Option<std::sync::Arc<TcgLog>>, Semantic> {
+    let Some(this) = s.all_devices().get(i).copied() else {
+        return Ok(None);
     };
-    let at = || vec![Key("device"), Key("event_log")];
+    let Some(rel) = this.event_log.clone() else {
+        return Ok(None);
+    };
+    let at = || device_path(s, i, "event_log");
     let path = s.file.parent().unwrap_or(Path::new("")).join(&rel);
     let bytes = std::fs::read(&path).map_err(|e| Semantic {
         path: at(),
@@ -685,7 +822,7 @@ fn load_event_log(s: &mut Scenario) -> Result<(), Semantic> {
             format!("`{}` measures nothing (no extended record)", path.display()),
         );
     }
-    if s.device.profile == Profile::Legacy {
+    if this.profile == Profile::Legacy {
         // Event types from 0x80000000 up are the UEFI ones (EV_EFI_*): no BIOS logs them.
         if let Some(uefi) = log.records.iter().find(|r| r.event_type.0 >= 0x8000_0000) {
             return fail(
@@ -702,7 +839,10 @@ fn load_event_log(s: &mut Scenario) -> Result<(), Semantic> {
     }
     let log = std::sync::Arc::new(log);
     let mut device = device::Device::from_real_log(rel.display().to_string(), log.clone());
-    for (i, (step, _)) in s.steps().into_iter().enumerate() {
+    for (n, (step, _)) in s.steps().into_iter().enumerate() {
+        if !step_device(s, step).is_some_and(|d| std::ptr::eq(d, this)) {
+            continue;
+        }
         let Some(change) = step.device_change() else {
             continue;
         };
@@ -715,12 +855,11 @@ fn load_event_log(s: &mut Scenario) -> Result<(), Semantic> {
                 } else {
                     "kind"
                 };
-                return fail(StepAt::new(s, i).change(key), e.to_string());
+                return fail(StepAt::new(s, n).change(key), e.to_string());
             }
         }
     }
-    s.device.real_log = Some(log);
-    Ok(())
+    Ok(Some(log))
 }
 
 fn validate_users(s: &Scenario) -> Result<(), Semantic> {
@@ -753,12 +892,51 @@ fn validate_users(s: &Scenario) -> Result<(), Semantic> {
                 );
             }
         }
+        let several = s.all_devices().len() > 1;
+        if several && !u.sign_ins.is_empty() {
+            return fail(
+                vec![Key("users"), Index(i), Key("sign_ins")],
+                "the story has several devices: expected `sign_ins_on`, the sign-ins on each device by its name",
+            );
+        }
+        if !u.sign_ins.is_empty() && !u.sign_ins_on.is_empty() {
+            return fail(
+                vec![Key("users"), Index(i), Key("sign_ins_on")],
+                "expected `sign_ins` (the one device) or `sign_ins_on`, not both",
+            );
+        }
+        for (device, kinds) in &u.sign_ins_on {
+            let path = || vec![Key("users"), Index(i), Key("sign_ins_on")];
+            if s.device_named(Some(device)).is_none() {
+                return fail(
+                    path(),
+                    format!(
+                        "unknown device `{device}`: expected one of {}",
+                        device_list(s)
+                    ),
+                );
+            }
+            for (j, kind) in kinds.iter().enumerate() {
+                if kinds[..j].contains(kind) {
+                    return fail(
+                        path(),
+                        format!(
+                            "`{device}`: sign-in kind `{}` listed twice",
+                            serde_name(kind)
+                        ),
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }
 
 fn validate_change(s: &Scenario, c: &Change, at: &StepAt) -> Result<(), Semantic> {
     validate_suspend(c, at)?;
+    let Some(device) = step_device(s, c) else {
+        return Ok(());
+    };
     match (c.kind, c.signer) {
         (ChangeKind::OptionRomAdded, None) => {
             return fail(
@@ -768,7 +946,7 @@ fn validate_change(s: &Scenario, c: &Change, at: &StepAt) -> Result<(), Semantic
             )
         }
         (ChangeKind::OptionRomAdded, Some(RomSigner::UefiCa))
-            if s.device.profile == Profile::Legacy =>
+            if device.profile == Profile::Legacy =>
         {
             return fail(
                 at.change("signer"),
@@ -784,7 +962,7 @@ fn validate_change(s: &Scenario, c: &Change, at: &StepAt) -> Result<(), Semantic
         }
         _ => {}
     }
-    if s.device.profile == Profile::Legacy {
+    if device.profile == Profile::Legacy {
         if let Some(why) = not_on_a_bios_machine(c.kind) {
             return fail(
                 at.change("kind"),
@@ -801,10 +979,10 @@ fn validate_change(s: &Scenario, c: &Change, at: &StepAt) -> Result<(), Semantic
             "`lost_pin` needs `wrong_pins`: how many wrong PINs are typed",
         ),
         (ChangeKind::LostPin, Some(0)) => fail(at.change("wrong_pins"), "expected at least 1"),
-        (ChangeKind::LostPin, Some(_)) if !s.device.protectors.contains(&ProtectorKind::TpmPin) => {
+        (ChangeKind::LostPin, Some(_)) if !device.protectors.contains(&ProtectorKind::TpmPin) => {
             fail(
                 at.change("kind"),
-                "`lost_pin` needs a `tpm_pin` protector in `device.protectors`",
+                "`lost_pin` needs a `tpm_pin` protector in the device's `protectors`",
             )
         }
         (kind, Some(_)) if kind != ChangeKind::LostPin => fail(
@@ -859,6 +1037,9 @@ fn not_on_a_bios_machine(kind: ChangeKind) -> Option<&'static str> {
 }
 
 fn validate_expect(s: &Scenario, c: &Change, e: &Expect, at: &StepAt) -> Result<(), Semantic> {
+    let Some(device) = step_device(s, c) else {
+        return Ok(());
+    };
     match (e.recovery, e.tpm_error) {
         (true, TpmError::None) => {
             return fail(
@@ -874,7 +1055,7 @@ fn validate_expect(s: &Scenario, c: &Change, e: &Expect, at: &StepAt) -> Result<
         }
         _ => {}
     }
-    let profile = s.device.profile;
+    let profile = device.profile;
     for (i, pcr) in e.changed_pcrs.iter().enumerate() {
         let path = || {
             let mut path = at.expect("changed_pcrs");
@@ -927,7 +1108,7 @@ fn validate_expect(s: &Scenario, c: &Change, e: &Expect, at: &StepAt) -> Result<
     }
     // The TPM counts a wrong PIN up to the threshold (the threshold-th still answers
     // auth_failed) and refuses every later attempt as locked out.
-    let threshold = s.device.lockout_threshold;
+    let threshold = device.lockout_threshold;
     if let Some(tries) = e.tpm_failed_tries {
         if tries > threshold {
             return fail(
@@ -998,6 +1179,9 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
             (Some(r), true) => r,
         };
     let rp = |k: &'static str| vec![Key("recovery"), Key(k)];
+    let Some(device) = s.recovery_device() else {
+        return Ok(()); // an unknown `recovery.device`: validate_devices_form's error
+    };
     let Some(requester) = s.user(&r.requester) else {
         return fail(
             rp("as"),
@@ -1044,14 +1228,15 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
             if r.end_user.is_some() {
                 return fail(rp("end_user"), "`end_user` belongs to help desk recoveries");
             }
-            if r.answer == Answer::KeyShown && !requester.signed_in_locally() {
+            let local = s.signed_in_locally(requester, device);
+            if r.answer == Answer::KeyShown && !local {
                 return fail(
                     rp("as"),
-                    format!("`{}` has no local sign-in: self-service cannot show a key (expected `answer: helpdesk_message` or `refused`)", requester.name),
+                    format!("`{}` has no local sign-in on `{}`: self-service cannot show its key (expected `answer: helpdesk_message` or `refused`)", requester.name, device.name),
                 );
             }
             if r.answer == Answer::HelpdeskMessage
-                && (requester.signed_in_locally() || requester.sign_ins.is_empty())
+                && (local || s.sign_ins(requester, device).is_empty())
             {
                 return fail(
                     rp("answer"),
@@ -1114,9 +1299,10 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
                 "a TPM lockout reset needs a locked-out TPM: expected `expect.tpm_error: locked_out`",
             );
         }
-        if !s.device.escrow_tpm_lockout && r.answer == Answer::LockoutAuthShown {
+        if !device.escrow_tpm_lockout && r.answer == Answer::LockoutAuthShown {
+            let i = s.device_index(Some(&device.name)).unwrap_or_default();
             return fail(
-                vec![Key("device"), Key("escrow_tpm_lockout")],
+                device_path(s, i, "escrow_tpm_lockout"),
                 "Manage TPM can only show an escrowed lockout authorization",
             );
         }
@@ -1128,10 +1314,10 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
                 "several keys can only match 8 digits: expected 8",
             );
         }
-        if s.device.key_id_prefix.is_none() {
+        if device.key_id_prefix.is_none() {
             return fail(
                 rp("answer"),
-                "several matches need keys sharing their first 8 digits: set `device.key_id_prefix`",
+                "several matches need keys sharing their first 8 digits: set the device's `key_id_prefix`",
             );
         }
     }
@@ -1204,7 +1390,10 @@ fn validate_checks(s: &Scenario) -> Result<(), Semantic> {
                     ),
                 )
             }
-            Some(u) if !u.sign_ins.is_empty() => {
+            Some(u)
+                if s.device_named(foreign.device.as_deref())
+                    .is_some_and(|d| !s.sign_ins(u, d).is_empty()) =>
+            {
                 return fail(
                     path(),
                     format!(

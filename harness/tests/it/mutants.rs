@@ -108,7 +108,7 @@ const FIELDS: &[Field] = &[
                 return None; // a lockout reset needs a lockout: an input change
             }
             if to == "policy_failed" {
-                let first = profile_pcrs(&doc).first().copied()?;
+                let first = profile_pcrs(&doc, &[K("change")]).first().copied()?;
                 set(
                     &mut doc,
                     &[K("expect"), K("changed_pcrs")],
@@ -139,7 +139,7 @@ const FIELDS: &[Field] = &[
                 return vec![];
             };
             let stated: Vec<u64> = stated.iter().filter_map(Value::as_u64).collect();
-            let others: Vec<u64> = profile_pcrs(doc)
+            let others: Vec<u64> = profile_pcrs(doc, &[K("change")])
                 .into_iter()
                 .filter(|p| !stated.contains(p))
                 .collect();
@@ -329,7 +329,9 @@ const FIELDS: &[Field] = &[
                 return None; // wrong PINs need a lost-PIN story: an input change
             }
             if to == "policy_failed" {
-                let first = profile_pcrs(&doc).first().copied()?;
+                let first = profile_pcrs(&doc, &[K("changes"), I(i), K("change")])
+                    .first()
+                    .copied()?;
                 set(
                     &mut doc,
                     &step_expect(i, "changed_pcrs"),
@@ -362,7 +364,7 @@ const FIELDS: &[Field] = &[
                     continue;
                 };
                 let stated: Vec<u64> = stated.iter().filter_map(Value::as_u64).collect();
-                let others: Vec<u64> = profile_pcrs(doc)
+                let others: Vec<u64> = profile_pcrs(doc, &[K("changes"), I(i), K("change")])
                     .into_iter()
                     .filter(|p| !stated.contains(p))
                     .collect();
@@ -533,7 +535,8 @@ fn boot_step_of(doc: &Value, change: &[Seg]) -> Vec<&'static str> {
         return vec![step::BOOT];
     }
     let wrong = at(doc, &under("wrong_pins")).and_then(Value::as_u64);
-    let threshold = at(doc, &[K("device"), K("lockout_threshold")])
+    let threshold = device_of(doc, change)
+        .and_then(|d| d.get("lockout_threshold"))
         .and_then(Value::as_u64)
         .unwrap_or(32);
     vec![match str_at(doc, &under("then")).as_str() {
@@ -693,13 +696,32 @@ fn enum_mutants(doc: &Value, path: Vec<Seg>, all: &[&str]) -> Vec<Edit> {
         .collect()
 }
 
-fn profile_pcrs(doc: &Value) -> Vec<u64> {
-    match str_at(doc, &[K("device"), K("profile")]).as_str() {
-        "7,11" => vec![7, 11],
-        "0,2,4,11" => vec![0, 2, 4, 11],
-        "legacy" => vec![0, 2, 4, 8, 9, 10, 11],
+/// The PCRs of the profile of the device the change at `change` acts on.
+fn profile_pcrs(doc: &Value, change: &[Seg]) -> Vec<u64> {
+    let profile = device_of(doc, change)
+        .and_then(|d| d.get("profile"))
+        .and_then(Value::as_str);
+    match profile {
+        Some("7,11") => vec![7, 11],
+        Some("0,2,4,11") => vec![0, 2, 4, 11],
+        Some("legacy") => vec![0, 2, 4, 8, 9, 10, 11],
         _ => vec![],
     }
+}
+
+/// The device the change at `change` acts on: `device`, or the entry of `devices` its
+/// `device:` names.
+fn device_of<'d>(doc: &'d Value, change: &[Seg]) -> Option<&'d Value> {
+    if let Some(device) = at(doc, &[K("device")]) {
+        return Some(device);
+    }
+    let mut named = change.to_vec();
+    named.push(K("device"));
+    let name = str_at(doc, &named);
+    at(doc, &[K("devices")])?
+        .as_sequence()?
+        .iter()
+        .find(|d| d.get("name").and_then(Value::as_str) == Some(name.as_str()))
 }
 
 fn pcr_list(pcrs: &[u64]) -> Value {
@@ -709,6 +731,7 @@ fn pcr_list(pcrs: &[u64]) -> Value {
 /// A self-service recovery by the first user who signed in locally (for a story whose
 /// mutant now expects a recovery screen).
 fn self_service_recovery(doc: &Value) -> Option<Value> {
+    at(doc, &[K("device")])?; // with several devices, which one recovers is the story's
     let users = at(doc, &[K("users")])?.as_sequence()?;
     let user = users.iter().find(|u| {
         u.get("sign_ins")

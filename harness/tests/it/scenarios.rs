@@ -42,7 +42,10 @@ fn catalog_covers_every_required_story() {
         scenarios.iter().any(|s| {
             s.steps().iter().any(|(change, expect)| {
                 change.kind == kind
-                    && profile.is_none_or(|p| s.device.profile == p)
+                    && profile.is_none_or(|p| {
+                        s.device_named(change.device.as_deref())
+                            .is_some_and(|d| d.profile == p)
+                    })
                     && expect.recovery == recovery
                     && expect.tpm_error == error
             })
@@ -233,8 +236,9 @@ fn edit(from: &str, to: &str) -> String {
 fn base_scenario_is_valid() {
     let s = parse_scenario(Path::new("inline.yaml"), BASE).unwrap();
     assert_eq!(s.name, "inline");
-    assert_eq!(s.device.profile.pcrs(), &[7, 11]);
-    assert_eq!(s.device.name, "PC-0001");
+    let device = s.device_named(None).unwrap();
+    assert_eq!(device.profile.pcrs(), &[7, 11]);
+    assert_eq!(device.name, "PC-0001");
 }
 
 #[test]
@@ -244,7 +248,7 @@ fn unknown_field_names_its_position_and_the_allowed_fields() {
             "  kind: secure_boot_off\n",
             "  kind: secure_boot_off\n  knd: x\n",
         ),
-        "inline.yaml:11:3: change: unknown field `knd`, expected one of `kind`, `wrong_pins`, `then`, `signer`, `suspend`",
+        "inline.yaml:11:3: change: unknown field `knd`, expected one of `kind`, `wrong_pins`, `then`, `signer`, `suspend`, `device`",
     );
 }
 
@@ -801,4 +805,99 @@ fn suspend_takes_1_to_15_reboots_before_a_change_that_boots() {
     let bad: serde_json::Value =
         serde_yaml::from_str(&suspended.replace("reboots: 1", "reboots: 16")).unwrap();
     assert!(!validator.is_valid(&bad));
+}
+
+/// [`BASE`] with two devices: Alice signed in locally to the first, the change and the
+/// recovery on it.
+const TWO_DEVICES: &str = "\
+name: inline
+description: An inline scenario of two devices for the loader's error tests.
+devices:
+  - name: PC-A
+    profile: \"7,11\"
+    protectors: [tpm, recovery_password]
+  - name: PC-B
+    profile: \"0,2,4,11\"
+    protectors: [tpm, recovery_password]
+users:
+  - name: CONTOSO\\alice
+    sign_ins_on:
+      PC-A: [local]
+change:
+  kind: secure_boot_off
+  device: PC-A
+expect:
+  recovery: true
+  tpm_error: policy_failed
+  changed_pcrs: [7]
+recovery:
+  via: self_service
+  device: PC-A
+  as: CONTOSO\\alice
+  reason: BIOS/TPM changed
+  answer: key_shown
+";
+
+fn edit_two(from: &str, to: &str) -> String {
+    assert!(TWO_DEVICES.contains(from), "{from}");
+    TWO_DEVICES.replacen(from, to, 1)
+}
+
+#[test]
+fn a_story_of_several_devices_names_the_device_of_each_change_and_recovery() {
+    let s = parse_scenario(Path::new("inline.yaml"), TWO_DEVICES).unwrap();
+    assert_eq!(s.all_devices().len(), 2);
+    let b = s.device_named(Some("pc-b")).unwrap();
+    assert_eq!(b.profile.pcrs(), &[0, 2, 4, 11]);
+    let alice = s.user("contoso\\alice").unwrap();
+    assert!(s.signed_in_locally(alice, s.device_named(Some("PC-A")).unwrap()));
+    assert!(s.sign_ins(alice, b).is_empty());
+    assert!(schema_validator().is_valid(&serde_yaml::from_str(TWO_DEVICES).unwrap()));
+
+    check(
+        &edit_two("  device: PC-A\nexpect", "expect"),
+        "inline.yaml:14:1: change: the story has several devices: expected `device:` naming one of `PC-A`, `PC-B`",
+    );
+    check(
+        &edit_two("  device: PC-A\nexpect", "  device: PC-C\nexpect"),
+        "inline.yaml:16:3: change.device: unknown device `PC-C`: expected one of `PC-A`, `PC-B`",
+    );
+    check(
+        &edit_two("  device: PC-A\n  as:", "  device: PC-B\n  as:"),
+        "inline.yaml:23:3: recovery.device: the recovery follows the last change, which happens to `PC-A`: expected that device",
+    );
+    check(
+        &edit_two("    sign_ins_on:\n      PC-A: [local]\n", "    sign_ins: [local]\n"),
+        "inline.yaml:12:5: users[0].sign_ins: the story has several devices: expected `sign_ins_on`, the sign-ins on each device by its name",
+    );
+    check(
+        &edit_two("      PC-A: [local]\n", "      PC-A: [local]\n      PC-Z: [local]\n"),
+        "inline.yaml:12:5: users[0].sign_ins_on: unknown device `PC-Z`: expected one of `PC-A`, `PC-B`",
+    );
+    check(
+        &edit_two("  - name: PC-B\n", "  - name: pc-a\n"),
+        "inline.yaml:7:5: devices[1].name: computer `pc-a` listed twice (names are case-insensitive)",
+    );
+    check(
+        &edit_two("    protectors: [tpm, recovery_password]\nusers", "    protectors: [tpm]\nusers"),
+        "inline.yaml:9:5: devices[1].protectors: expected a `recovery_password` protector: it is what the agent escrows",
+    );
+    // Alice has no local sign-in on PC-B: self-service cannot show its key.
+    check(
+        &edit_two("      PC-A: [local]\n", "      PC-B: [local]\n"),
+        "inline.yaml:24:3: recovery.as: `CONTOSO\\alice` has no local sign-in on `PC-A`: self-service cannot show its key (expected `answer: helpdesk_message` or `refused`)",
+    );
+    let both = TWO_DEVICES.replacen(
+        "users:\n",
+        "device:\n  profile: \"7,11\"\n  protectors: [tpm, recovery_password]\nusers:\n",
+        1,
+    );
+    check(
+        &both,
+        "inline.yaml:3:1: devices: `device` is the one device of a story: expected `device` or `devices`, not both",
+    );
+    assert!(!schema_validator().is_valid(&serde_yaml::from_str(&both).unwrap()));
+    let none = edit("device:\n  profile: \"7,11\"\n  protectors: [tpm, recovery_password]\n", "");
+    assert!(parse_scenario(Path::new("inline.yaml"), &none).is_err());
+    assert!(!schema_validator().is_valid(&serde_yaml::from_str(&none).unwrap()));
 }
