@@ -142,21 +142,25 @@ impl<'a> Play<'a> {
         for (i, device) in devices.iter().enumerate() {
             portal.push(self.enroll_and_escrow(device, i, &passwords).await?);
         }
-        let screen = self.change_and_boot(&mut devices)?;
-        let Some((i, screen)) = screen else {
-            return self.portal_only_checks(&devices, &portal).await;
-        };
-        let Some(recovery) = &self.scenario.recovery else {
-            return Ok(());
-        };
-        let key_id = screen.key_id;
-        let (device, enrolled) = (&mut devices[i], &portal[i]);
-        if let Some(password) = self.recover(recovery, key_id, device, enrolled).await? {
-            self.unlock(device, key_id, &password)?;
-            self.after_recovery(device, enrolled, key_id, &password)
-                .await?;
+        let mut recovered = false;
+        for i in 0..self.scenario.steps().len() {
+            let screen = self.change_and_boot(i, &mut devices)?;
+            let (Some((at, screen)), Some(recovery)) = (screen, self.scenario.recovery_after(i))
+            else {
+                continue;
+            };
+            let key_id = screen.key_id;
+            let (device, enrolled) = (&mut devices[at], &portal[at]);
+            if let Some(password) = self.recover(recovery, key_id, device, enrolled).await? {
+                self.unlock(device, key_id, &password)?;
+                self.after_recovery(device, enrolled, key_id, &password)
+                    .await?;
+            }
+            recovered = true;
         }
-        self.untouched_devices(&mut devices, &portal).await?;
+        if recovered {
+            self.untouched_devices(&mut devices, &portal).await?;
+        }
         self.portal_only_checks(&devices, &portal).await
     }
 
@@ -381,7 +385,7 @@ impl<'a> Play<'a> {
             failure("open the portal", what, e)
         })?;
         let result = self
-            .self_service(&mut user, username, password, key_id, typed_id)
+            .self_service(recovery, &mut user, username, password, key_id, typed_id)
             .await;
         if result.is_err() {
             user.screenshot("failure").await;
@@ -554,7 +558,9 @@ impl<'a> Play<'a> {
     }
 
     /// Phase 5, unlock: the key typed on the device must unlock it, the next boot is
-    /// normal, and the outside tools (if any) open the volume with it.
+    /// normal (unless the TPM, asked, is still locked out: a recovery key does not reset
+    /// its lockout, and the story's next change judges that boot), and the outside tools
+    /// (if any) open the volume with it.
     fn unlock(
         &mut self,
         d: &mut Provisioned,
@@ -573,9 +579,19 @@ impl<'a> Play<'a> {
                     recovered.via.to_string(),
                 )
             })?;
-        self.steps.run("the next boot opens without recovery", || {
-            expect_unlocked(machine.boot(pin))
-        })?;
+        let in_lockout = machine
+            .tpm_in_lockout()
+            .map_err(|e| failure("ask the TPM whether it is locked out", "inLockout", e))?;
+        if in_lockout {
+            self.steps.note(
+                "the TPM is still locked out (a recovery key does not reset it): the next boot \
+                 meets the lockout until the TPM forgets a failure",
+            );
+        } else {
+            self.steps.run("the next boot opens without recovery", || {
+                expect_unlocked(machine.boot(pin))
+            })?;
+        }
         let volume = JudgedVolume {
             image: machine.volume_image(),
             data_sha256: machine.volume_data_sha256(),
@@ -744,12 +760,13 @@ impl<'a> Play<'a> {
     /// names: the last change's device and its screen, when it shows one.
     fn change_and_boot(
         &mut self,
+        i: usize,
         devices: &mut [Provisioned],
     ) -> Result<Option<(usize, RecoveryScreen)>, Failure> {
         let steps = self.scenario.steps();
         let several = steps.len() > 1;
         let mut screen = None;
-        for (i, (change, expect)) in steps.into_iter().enumerate() {
+        if let Some(&(change, expect)) = steps.get(i) {
             let at = self
                 .scenario
                 .device_index(change.device.as_deref())
@@ -974,6 +991,7 @@ impl<'a> Play<'a> {
     /// The user's part of a self-service recovery, in whichever client plays it.
     async fn self_service(
         &mut self,
+        recovery: &scenario::Recovery,
         user: &mut User,
         username: &str,
         password: &str,
@@ -981,9 +999,6 @@ impl<'a> Play<'a> {
         typed_id: &str,
     ) -> Result<Option<String>, Failure> {
         let s = self.scenario;
-        let Some(recovery) = &s.recovery else {
-            return Ok(None);
-        };
         self.steps
             .run_async("user signs in and accepts the notice", async {
                 user.sign_in_and_accept(username, password)

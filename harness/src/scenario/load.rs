@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use super::locate::{path_string, Locator, Seg};
 use super::model::{
     serde_name, Answer, Change, ChangeKind, Device, Expect, KeyIdDigits, PinAction, Profile,
-    ProtectorKind, RecoveryVia, Role, RomSigner, Scenario, TpmError,
+    ProtectorKind, Recovery, RecoveryVia, Role, RomSigner, Scenario, TpmError,
 };
 use eventlog::tcg::TcgLog;
 
@@ -492,8 +492,9 @@ impl StepAt {
 /// The longest `wait_secs`: the harness sleeps that long for real.
 const MAX_WAIT_SECS: u32 = 120;
 
-/// `change` with `expect`, or `changes`; in `changes` only the last step may recover (the
-/// `recovery` section is how the user gets back in from the story's end).
+/// `change` with `expect`, or `changes`; in `changes` a step before the last that ends on
+/// the recovery screen has its own `recovery` (the story goes on after it), the last one
+/// its own or the top-level one.
 fn validate_story_form(s: &Scenario) -> Result<(), Semantic> {
     if s.changes.is_empty() {
         if s.change.is_none() {
@@ -536,11 +537,34 @@ fn validate_story_form(s: &Scenario) -> Result<(), Semantic> {
                 ),
             );
         }
-        if i < last && step.expect.recovery {
+        if i < last && step.expect.recovery && step.recovery.is_none() {
             return fail(
                 vec![Key("changes"), Index(i), Key("expect"), Key("recovery")],
-                "only the last change may end on the recovery screen (the `recovery` section follows it): expected `recovery: false` here",
+                "a change before the last that ends on the recovery screen needs its own `recovery` (how the user gets back in before the story goes on), or `recovery: false` here",
             );
+        }
+        if step.recovery.is_some() && !step.expect.recovery {
+            return fail(
+                vec![Key("changes"), Index(i), Key("recovery")],
+                "`expect.recovery` is false: expected no `recovery` here",
+            );
+        }
+        if i == last && step.recovery.is_some() && s.recovery.is_some() {
+            return fail(
+                vec![Key("recovery")],
+                "the last change has its own `recovery`: expected no top-level one besides it",
+            );
+        }
+        if let Some(r) = step.recovery.as_ref().filter(|_| i < last) {
+            if !matches!(
+                r.answer,
+                Answer::KeyShown | Answer::SeveralMatches | Answer::LockoutAuthShown
+            ) {
+                return fail(
+                    vec![Key("changes"), Index(i), Key("recovery"), Key("answer")],
+                    "the story goes on after this recovery, so it must unlock the device: expected `key_shown`, `several_matches` or `lockout_auth_shown`",
+                );
+            }
         }
         if step.change.kind == ChangeKind::None {
             return fail(
@@ -601,16 +625,20 @@ fn validate_devices_form(s: &Scenario) -> Result<(), Semantic> {
     for (i, (change, _)) in s.steps().into_iter().enumerate() {
         known(&change.device, at(StepAt::new(s, i).change, &change.device))?;
     }
-    if let Some(r) = &s.recovery {
-        known(&r.device, at(vec![Key("recovery")], &r.device))?;
-        let last = s.last_step().map(|(c, _)| step_device(s, c));
-        if let Some(Some(last)) = last {
-            if s.recovery_device().is_some_and(|d| !std::ptr::eq(d, last)) {
+    for (i, r) in s.recoveries() {
+        let path = recovery_path(s, i);
+        known(&r.device, at(path.clone(), &r.device))?;
+        let changed = s.steps().get(i).and_then(|(c, _)| step_device(s, c));
+        let recovered = s.device_named(r.device.as_deref());
+        if let (Some(changed), Some(recovered)) = (changed, recovered) {
+            if !std::ptr::eq(changed, recovered) {
+                let mut path = path;
+                path.push(Key("device"));
                 return fail(
-                    vec![Key("recovery"), Key("device")],
+                    path,
                     format!(
-                        "the recovery follows the last change, which happens to `{}`: expected that device",
-                        last.name
+                        "the recovery follows the change that happens to `{}`: expected that device",
+                        changed.name
                     ),
                 );
             }
@@ -1095,12 +1123,25 @@ fn validate_expect(s: &Scenario, c: &Change, e: &Expect, at: &StepAt) -> Result<
             "`change: none` does not even reboot: expected `recovery: false`",
         );
     }
+    // A TPM locked out by wrong PINs stays so until it forgets a failure: a reboot with
+    // the right PIN after them may still meet the lockout.
+    let reboot_after_wrong_pins = c.kind == ChangeKind::Reboot && {
+        let steps = s.steps();
+        let here = steps.iter().position(|(step, _)| std::ptr::eq(*step, c));
+        here.is_some_and(|i| {
+            steps[..i].iter().any(|(earlier, _)| {
+                earlier.kind == ChangeKind::LostPin
+                    && step_device(s, earlier).is_some_and(|d| std::ptr::eq(d, device))
+            })
+        })
+    };
     if matches!(e.tpm_error, TpmError::AuthFailed | TpmError::LockedOut)
         && c.kind != ChangeKind::LostPin
+        && !(e.tpm_error == TpmError::LockedOut && reboot_after_wrong_pins)
     {
         return fail(
             at.expect("tpm_error"),
-            "`auth_failed` and `locked_out` come from wrong PINs: expected `change.kind: lost_pin`",
+            "`auth_failed` and `locked_out` come from wrong PINs: expected `change.kind: lost_pin` (or, for `locked_out`, a `reboot` after an earlier `lost_pin` on the device)",
         );
     }
     if c.kind == ChangeKind::LostPin {
@@ -1162,24 +1203,48 @@ fn validate_pin_action(c: &Change, e: &Expect, at: &StepAt) -> Result<(), Semant
     Ok(())
 }
 
+/// Where the recovery after the `i`-th change is: `changes[i].recovery`, or the top-level
+/// `recovery` after the last change.
+fn recovery_path(s: &Scenario, i: usize) -> Vec<Seg> {
+    match s.changes.get(i) {
+        Some(step) if step.recovery.is_some() => vec![Key("changes"), Index(i), Key("recovery")],
+        _ => vec![Key("recovery")],
+    }
+}
+
 fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
-    let r =
-        match (&s.recovery, s.recovers()) {
-            (None, true) => return fail(
+    match (&s.recovery, s.recovers()) {
+        (None, true)
+            if s.recovery_after(s.steps().len().saturating_sub(1))
+                .is_none() =>
+        {
+            return fail(
                 last_expect_path(s, "recovery"),
                 "a recovery is expected: add a `recovery` section saying how the user gets back in",
-            ),
-            (Some(_), false) => {
-                return fail(
-                    vec![Key("recovery")],
-                    "`expect.recovery` is false: expected no `recovery` section",
-                )
-            }
-            (None, false) => return Ok(()),
-            (Some(r), true) => r,
-        };
-    let rp = |k: &'static str| vec![Key("recovery"), Key(k)];
-    let Some(device) = s.recovery_device() else {
+            )
+        }
+        (Some(_), false) => {
+            return fail(
+                vec![Key("recovery")],
+                "`expect.recovery` is false: expected no `recovery` section",
+            )
+        }
+        _ => {}
+    }
+    for (i, r) in s.recoveries() {
+        validate_one_recovery(s, i, r)?;
+    }
+    Ok(())
+}
+
+/// The recovery `r` after the `i`-th change.
+fn validate_one_recovery(s: &Scenario, i: usize, r: &Recovery) -> Result<(), Semantic> {
+    let rp = |k: &'static str| {
+        let mut path = recovery_path(s, i);
+        path.push(Key(k));
+        path
+    };
+    let Some(device) = s.device_named(r.device.as_deref()) else {
         return Ok(()); // an unknown `recovery.device`: validate_devices_form's error
     };
     let Some(requester) = s.user(&r.requester) else {
@@ -1293,9 +1358,9 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
                 "Manage TPM asks for the computer, not a key ID: remove `key_id_digits`",
             );
         }
-        if s.last_step().map(|(_, e)| e.tpm_error) != Some(TpmError::LockedOut) {
+        if s.steps().get(i).map(|(_, e)| e.tpm_error) != Some(TpmError::LockedOut) {
             return fail(
-                vec![Key("recovery"), Key("via")],
+                rp("via"),
                 "a TPM lockout reset needs a locked-out TPM: expected `expect.tpm_error: locked_out`",
             );
         }
@@ -1338,7 +1403,7 @@ fn last_expect_path(s: &Scenario, key: &'static str) -> Vec<Seg> {
 fn validate_checks(s: &Scenario) -> Result<(), Semantic> {
     let c = &s.checks;
     if c.after_recovery.is_some() {
-        let shown = s.recovery.as_ref().is_some_and(|r| {
+        let shown = s.recoveries().iter().any(|(_, r)| {
             matches!(
                 r.answer,
                 Answer::KeyShown | Answer::SeveralMatches | Answer::LockoutAuthShown

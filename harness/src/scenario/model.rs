@@ -43,7 +43,8 @@ pub struct Scenario {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<Expect>,
     /// Several changes in order, each with what must follow it (instead of `change` and
-    /// `expect`): only the last may end on the recovery screen.
+    /// `expect`); a change before the last that ends on the recovery screen has its own
+    /// `recovery`, after which the story goes on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<ChangeStep>,
     /// Absent when no recovery follows (`expect.recovery: false`).
@@ -108,6 +109,21 @@ impl Scenario {
     /// The device the story's recovery acts on (`recovery.device`, or the only device).
     pub fn recovery_device(&self) -> Option<&Device> {
         self.device_named(self.recovery.as_ref().and_then(|r| r.device.as_deref()))
+    }
+
+    /// How the user gets back in after the `i`-th change: its own `recovery` in `changes`,
+    /// or for the last change the top-level `recovery`.
+    pub fn recovery_after(&self, i: usize) -> Option<&Recovery> {
+        let own = self.changes.get(i).and_then(|c| c.recovery.as_ref());
+        let last = i + 1 == self.steps().len();
+        own.or(if last { self.recovery.as_ref() } else { None })
+    }
+
+    /// Every recovery of the story with the change it follows, in order.
+    pub fn recoveries(&self) -> Vec<(usize, &Recovery)> {
+        (0..self.steps().len())
+            .filter_map(|i| self.recovery_after(i).map(|r| (i, r)))
+            .collect()
     }
 
     /// `user`'s sign-ins on `device`: `sign_ins_on` names the device, `sign_ins` are on
@@ -386,6 +402,10 @@ pub struct ChangeStep {
     pub wait_secs: Option<u32>,
     pub change: Change,
     pub expect: Expect,
+    /// How the user gets back in when this change ends on the recovery screen (before the
+    /// last change: required then, and it must unlock, since the story goes on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
 }
 
 /// What must follow the change at the next boot.

@@ -897,7 +897,10 @@ fn a_story_of_several_devices_names_the_device_of_each_change_and_recovery() {
         "inline.yaml:3:1: devices: `device` is the one device of a story: expected `device` or `devices`, not both",
     );
     assert!(!schema_validator().is_valid(&serde_yaml::from_str(&both).unwrap()));
-    let none = edit("device:\n  profile: \"7,11\"\n  protectors: [tpm, recovery_password]\n", "");
+    let none = edit(
+        "device:\n  profile: \"7,11\"\n  protectors: [tpm, recovery_password]\n",
+        "",
+    );
     assert!(parse_scenario(Path::new("inline.yaml"), &none).is_err());
     assert!(!schema_validator().is_valid(&serde_yaml::from_str(&none).unwrap()));
 }
