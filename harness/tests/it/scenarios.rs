@@ -754,13 +754,41 @@ fn a_story_of_several_changes_is_checked_step_by_step() {
     let s = parse_scenario(Path::new("inline.yaml"), &steps).unwrap();
     assert_eq!(s.steps().len(), 2);
     assert!(s.recovers());
-    // Only the last step may end on the recovery screen.
+    // A step before the last that ends on the recovery screen needs its own recovery,
+    // one that unlocks (the story goes on).
+    let mid = steps.replace(
+        "expect: { recovery: false, tpm_error: none }",
+        "expect: { recovery: true, tpm_error: integrity }",
+    );
     check(
-        &steps.replace(
-            "expect: { recovery: false, tpm_error: none }",
-            "expect: { recovery: true, tpm_error: integrity }",
-        ),
-        "inline.yaml:11:15: changes[0].expect.recovery: only the last change may end on the recovery screen (the `recovery` section follows it): expected `recovery: false` here",
+        &mid,
+        "inline.yaml:11:15: changes[0].expect.recovery: a change before the last that ends on the recovery screen needs its own `recovery` (how the user gets back in before the story goes on), or `recovery: false` here",
+    );
+    let own = "expect: { recovery: true, tpm_error: integrity }\n    recovery: { via: self_service, as: CONTOSO\\alice, reason: BIOS/TPM changed, answer: key_shown }";
+    let with_own = mid.replace("expect: { recovery: true, tpm_error: integrity }", own);
+    let s = parse_scenario(Path::new("inline.yaml"), &with_own).unwrap();
+    assert_eq!(s.recoveries().len(), 2);
+    assert!(validator_accepts(&with_own));
+    check(
+        &with_own.replace("answer: key_shown }", "answer: refused }"),
+        "inline.yaml:12:81: changes[0].recovery.answer: the story goes on after this recovery, so it must unlock the device: expected `key_shown`, `several_matches` or `lockout_auth_shown`",
+    );
+    check(
+        &with_own.replace("as: CONTOSO\\alice,", "as: CONTOSO\\bob,"),
+        "inline.yaml:12:36: changes[0].recovery.as: unknown user `CONTOSO\\bob`: expected one of `users` (`CONTOSO\\alice`)",
+    );
+    // A locked-out TPM stays so: a reboot after wrong PINs may meet the lockout.
+    let pin_story = BASE
+        .replace("[tpm, recovery_password]", "[tpm_pin, recovery_password]\n  pin: \"246813\"\n  lockout_threshold: 2")
+        .replace(
+            "change:\n  kind: secure_boot_off\nexpect:\n  recovery: true\n  tpm_error: policy_failed\n  changed_pcrs: [7]\n",
+            "changes:\n  - change: { kind: lost_pin, wrong_pins: 3 }\n    expect: { recovery: true, tpm_error: locked_out }\n    recovery: { via: self_service, as: CONTOSO\\alice, reason: Lost PIN/passphrase, answer: key_shown }\n  - change: { kind: reboot }\n    expect: { recovery: true, tpm_error: locked_out }\n",
+        )
+        .replace("reason: BIOS/TPM changed", "reason: Lost PIN/passphrase");
+    parse_scenario(Path::new("inline.yaml"), &pin_story).unwrap();
+    check(
+        &pin_story.replace("kind: lost_pin, wrong_pins: 3", "kind: firmware_update"),
+        "inline.yaml:13:31: changes[0].expect.tpm_error: `auth_failed` and `locked_out` come from wrong PINs: expected `change.kind: lost_pin` (or, for `locked_out`, a `reboot` after an earlier `lost_pin` on the device)",
     );
     // Each step's expectation is checked like a single change's, at its own position.
     check(
@@ -778,6 +806,10 @@ fn a_story_of_several_changes_is_checked_step_by_step() {
     let both: serde_json::Value =
         serde_yaml::from_str(&format!("{steps}change:\n  kind: reboot\n")).unwrap();
     assert!(!validator.is_valid(&both));
+}
+
+fn validator_accepts(yaml: &str) -> bool {
+    schema_validator().is_valid(&serde_yaml::from_str(yaml).unwrap())
 }
 
 /// `suspend: { reboots: N }` on a change: 1-15, and not with a change that does not boot
@@ -864,7 +896,7 @@ fn a_story_of_several_devices_names_the_device_of_each_change_and_recovery() {
     );
     check(
         &edit_two("  device: PC-A\n  as:", "  device: PC-B\n  as:"),
-        "inline.yaml:23:3: recovery.device: the recovery follows the last change, which happens to `PC-A`: expected that device",
+        "inline.yaml:23:3: recovery.device: the recovery follows the change that happens to `PC-A`: expected that device",
     );
     check(
         &edit_two("    sign_ins_on:\n      PC-A: [local]\n", "    sign_ins: [local]\n"),
