@@ -195,15 +195,38 @@ const FIELDS: &[Field] = &[
         },
         step: |doc, edit| {
             let via = str_at(doc, &[K("recovery"), K("via")]);
-            let answer = edit.to.as_str().unwrap_or_default();
-            vec![match (via.as_str(), answer) {
-                ("help_desk_tpm_reset", "refused") => step::TPM_REFUSED,
-                ("help_desk_tpm_reset", _) => step::MANAGE_TPM,
-                ("self_service", "refused") => step::REFUSED_LIKE_ABSENT,
-                ("help_desk", "refused") => step::HELP_DESK_REFUSED,
-                (_, "several_matches") => step::SEVERAL_MATCHES,
-                _ => step::ANSWER,
-            }]
+            vec![answer_step(&via, edit.to.as_str().unwrap_or_default())]
+        },
+    },
+    Field {
+        name: "changes[].recovery.answer",
+        mutants: |doc| {
+            (0..changes_len(doc))
+                .flat_map(|i| {
+                    enum_mutants(
+                        doc,
+                        vec![K("changes"), I(i), K("recovery"), K("answer")],
+                        &[
+                            "refused",
+                            "key_shown",
+                            "several_matches",
+                            "helpdesk_message",
+                            "expired",
+                            "lockout_auth_shown",
+                        ],
+                    )
+                })
+                .collect()
+        },
+        // A recovery before the last change must unlock (the story goes on): a mutant
+        // that does not is the loader's to refuse; one that does needs no other edit.
+        consistent: |doc, _| Some(doc.clone()),
+        step: |doc, edit| {
+            let Some(i) = step_index(edit) else {
+                return vec![];
+            };
+            let via = str_at(doc, &[K("changes"), I(i), K("recovery"), K("via")]);
+            vec![answer_step(&via, edit.to.as_str().unwrap_or_default())]
         },
     },
     Field {
@@ -694,6 +717,18 @@ fn enum_mutants(doc: &Value, path: Vec<Seg>, all: &[&str]) -> Vec<Edit> {
         .filter(|v| **v != stated)
         .map(|v| Edit::new(path.clone(), stated.as_str().into(), (*v).into()))
         .collect()
+}
+
+/// The step that checks a recovery's `answer` for its `via`.
+fn answer_step(via: &str, answer: &str) -> &'static str {
+    match (via, answer) {
+        ("help_desk_tpm_reset", "refused") => step::TPM_REFUSED,
+        ("help_desk_tpm_reset", _) => step::MANAGE_TPM,
+        ("self_service", "refused") => step::REFUSED_LIKE_ABSENT,
+        ("help_desk", "refused") => step::HELP_DESK_REFUSED,
+        (_, "several_matches") => step::SEVERAL_MATCHES,
+        _ => step::ANSWER,
+    }
 }
 
 /// The PCRs of the profile of the device the change at `change` acts on.
@@ -1228,6 +1263,17 @@ fn every_field_mutant_replaces_a_stated_value_with_another() {
         }
         if at(&original.doc, &[K("recovery"), K("answer")]).is_some() {
             assert!(mutated.iter().any(|p| p == "recovery.answer"));
+        }
+        for i in 0..changes_len(&original.doc) {
+            if at(
+                &original.doc,
+                &[K("changes"), I(i), K("recovery"), K("answer")],
+            )
+            .is_some()
+            {
+                let path = format!("changes[{i}].recovery.answer");
+                assert!(mutated.contains(&path), "{}: {path}", original.name);
+            }
         }
     }
 }
