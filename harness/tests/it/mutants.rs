@@ -295,9 +295,7 @@ const FIELDS: &[Field] = &[
         },
         consistent: |doc, edit| {
             let i = step_index(edit)?;
-            if i + 1 != changes_len(doc) {
-                return None; // only the last change may recover: an input change
-            }
+            let recovery = recovery_at(doc, i);
             let mut doc = doc.clone();
             if edit.to == Value::Bool(true) {
                 let kind = str_at(&doc, &[K("changes"), I(i), K("change"), K("kind")]);
@@ -310,12 +308,14 @@ const FIELDS: &[Field] = &[
                 set(&mut doc, &step_expect(i, "tpm_error"), tpm_error.into());
                 remove(&mut doc, &step_expect(i, "changed_pcrs"));
                 let section = self_service_recovery(&doc)?;
-                set(&mut doc, &[K("recovery")], section);
+                set(&mut doc, &recovery, section);
             } else {
                 set(&mut doc, &step_expect(i, "tpm_error"), "none".into());
                 remove(&mut doc, &step_expect(i, "changed_pcrs"));
-                remove(&mut doc, &[K("recovery")]);
-                remove(&mut doc, &[K("checks"), K("after_recovery")]);
+                remove(&mut doc, &recovery);
+                if !recovers_anywhere(&doc) {
+                    remove(&mut doc, &[K("checks"), K("after_recovery")]);
+                }
             }
             Some(doc)
         },
@@ -342,9 +342,7 @@ const FIELDS: &[Field] = &[
         },
         consistent: |doc, edit| {
             let i = step_index(edit)?;
-            if i + 1 != changes_len(doc) {
-                return None; // only the last change may recover: an input change
-            }
+            let recovery = recovery_at(doc, i);
             let mut doc = doc.clone();
             let to = edit.to.as_str().unwrap_or_default();
             let kind = str_at(&doc, &[K("changes"), I(i), K("change"), K("kind")]);
@@ -363,15 +361,17 @@ const FIELDS: &[Field] = &[
             } else {
                 remove(&mut doc, &step_expect(i, "changed_pcrs"));
             }
-            let recovered = at(&doc, &[K("recovery")]).is_some();
+            let recovered = at(&doc, &recovery).is_some();
             if to == "none" {
                 set(&mut doc, &step_expect(i, "recovery"), Value::Bool(false));
-                remove(&mut doc, &[K("recovery")]);
-                remove(&mut doc, &[K("checks"), K("after_recovery")]);
+                remove(&mut doc, &recovery);
+                if !recovers_anywhere(&doc) {
+                    remove(&mut doc, &[K("checks"), K("after_recovery")]);
+                }
             } else if !recovered {
                 set(&mut doc, &step_expect(i, "recovery"), Value::Bool(true));
                 let section = self_service_recovery(&doc)?;
-                set(&mut doc, &[K("recovery")], section);
+                set(&mut doc, &recovery, section);
             }
             Some(doc)
         },
@@ -717,6 +717,23 @@ fn enum_mutants(doc: &Value, path: Vec<Seg>, all: &[&str]) -> Vec<Edit> {
         .filter(|v| **v != stated)
         .map(|v| Edit::new(path.clone(), stated.as_str().into(), (*v).into()))
         .collect()
+}
+
+/// Where the recovery after the `i`-th change of `changes` is (or would be): its own
+/// `changes[i].recovery`, or the top-level `recovery` for the last change without one.
+fn recovery_at(doc: &Value, i: usize) -> Vec<Seg> {
+    let own = vec![K("changes"), I(i), K("recovery")];
+    if i + 1 == changes_len(doc) && at(doc, &own).is_none() {
+        vec![K("recovery")]
+    } else {
+        own
+    }
+}
+
+/// Whether any recovery is left in the story.
+fn recovers_anywhere(doc: &Value) -> bool {
+    at(doc, &[K("recovery")]).is_some()
+        || (0..changes_len(doc)).any(|i| at(doc, &[K("changes"), I(i), K("recovery")]).is_some())
 }
 
 /// The step that checks a recovery's `answer` for its `via`.
