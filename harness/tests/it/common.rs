@@ -130,6 +130,8 @@ pub const GATE_SUBSET: &[&str] = &[
     "lost-pin-over-two-days",
     // `devices`: two devices, Manage TPM by computer name, the untouched device's checks.
     "help-desk-manage-tpm-two-devices",
+    // A recovery mid-story (`changes[i].recovery`) and the locked-out next boot after it.
+    "lost-pin-locked-out-next-boot",
 ];
 
 /// [`GATE_SUBSET`] as the scenario files `harness run` takes.
