@@ -373,7 +373,9 @@ impl<'a> Play<'a> {
             self.target,
             username,
             self.browser.as_ref(),
-            recovery.language.map(|l| l.accept_language()),
+            self.scenario
+                .browser_language(recovery)
+                .map(|l| l.accept_language()),
         )
         .await
         .map_err(|e| {
@@ -405,7 +407,7 @@ impl<'a> Play<'a> {
         typed_id: &str,
     ) -> Result<Option<String>, Failure> {
         let mut operator = self
-            .help_desk_operator(operator_name, operator_password, recovery.language)
+            .help_desk_operator(operator_name, operator_password, recovery)
             .await?;
         let end_user = recovery.end_user.as_deref().map(|u| d.names.user(u));
         let reason = recovery.reason.as_str();
@@ -445,7 +447,7 @@ impl<'a> Play<'a> {
         operator_password: &str,
     ) -> Result<(), Failure> {
         let mut operator = self
-            .help_desk_operator(operator_name, operator_password, recovery.language)
+            .help_desk_operator(operator_name, operator_password, recovery)
             .await?;
         let end_user = recovery.end_user.as_deref().map(|u| d.names.user(u));
         let reason = recovery.reason.as_str();
@@ -721,17 +723,20 @@ impl<'a> Play<'a> {
         })
     }
 
-    /// A help desk operator, signed in, whose browser is set to `language` (the pages must
-    /// come in it: `<html lang>`; the help desk's forms themselves are English-only).
+    /// A help desk operator, signed in, whose browser asks for the operator's language
+    /// (the scenario's [`Scenario::browser_language`]); the pages must come in
+    /// `recovery.language` (`<html lang>`; the help desk's forms themselves are English-only).
     async fn help_desk_operator(
         &mut self,
         username: &str,
         password: &str,
-        language: Option<Language>,
+        recovery: &scenario::Recovery,
     ) -> Result<HelpDeskOperator, Failure> {
+        let browser = self.scenario.browser_language(recovery);
         let mut operator = HelpDeskOperator::new(self.target, username)
             .map_err(|e| failure("open the help desk", "a client", e))?
-            .with_language(language.map(Language::accept_language));
+            .with_language(browser.map(Language::accept_language));
+        let language = recovery.language;
         self.steps
             .run_async("help desk operator signs in", async {
                 operator

@@ -144,6 +144,15 @@ impl Scenario {
         self.sign_ins(user, device).contains(&SignInKind::Local)
     }
 
+    /// The language the browser of whoever asks for `r` sends: the requester's own
+    /// (`users[].language`), else the one the pages must come in (`recovery.language`),
+    /// else the browser's default (English).
+    pub fn browser_language(&self, r: &Recovery) -> Option<Language> {
+        self.user(&r.requester)
+            .and_then(|u| u.language)
+            .or(r.language)
+    }
+
     /// The user of that name (case-insensitive, as the portal compares names).
     pub fn user(&self, name: &str) -> Option<&User> {
         self.users
@@ -307,6 +316,10 @@ pub struct User {
     /// a device not listed has none).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub sign_ins_on: std::collections::BTreeMap<String, Vec<SignInKind>>,
+    /// The language this user's browser asks for (`Accept-Language`): what the story does.
+    /// What the pages must come in is `recovery.language`, an expectation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<Language>,
 }
 
 /// Portal roles a scenario may give (the admin is the harness itself).
@@ -443,9 +456,9 @@ pub struct Recovery {
     pub key_id_digits: Option<KeyIdDigits>,
     /// What the portal must answer.
     pub answer: Answer,
-    /// The language of the browser of whoever asks (its `Accept-Language`): the pages must
-    /// come in it (`<html lang>`; on self-service the Get Key button's wording too).
-    /// Absent: the browser's default, English.
+    /// The language the pages must come in (`<html lang>`; on self-service the Get Key
+    /// button's wording too). The browser asks for the requester's `users[].language`, or
+    /// for this one when the requester declares none.
     #[serde(default)]
     pub language: Option<Language>,
     /// The device recovered, by computer name (optional when there is one device): the one

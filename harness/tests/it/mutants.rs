@@ -466,10 +466,28 @@ const FIELDS: &[Field] = &[
         name: "recovery.language",
         mutants: |doc| enum_mutants(doc, vec![K("recovery"), K("language")], &["en", "ja"]),
         consistent: |doc, _| Some(doc.clone()),
-        // The language is both the browser's (what the story does) and what the pages
-        // must come in: the swapped value is another story, which a correct portal
-        // passes in the other language (checked at `the pages come in <it>`).
-        step: |_, _| vec![],
+        // What the pages must come in. The browser asks for the requester's own
+        // `users[].language` when the story declares one: then the swapped value must fail
+        // at `the pages come in <it>`. Without one, the browser asks for this very language,
+        // so the swapped value is another story, which a correct portal passes.
+        step: |doc, edit| {
+            let requester = str_at(doc, &[K("recovery"), K("as")]);
+            let declared = at(doc, &[K("users")])
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+                .find(|u| {
+                    u.get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| n.eq_ignore_ascii_case(&requester))
+                })
+                .and_then(|u| u.get("language"))
+                .is_some();
+            match edit.to.as_str() {
+                Some(tag) if declared => vec![leak(step::pages_in(tag))],
+                _ => vec![],
+            }
+        },
     },
 ];
 
