@@ -192,9 +192,6 @@ pub enum BootOutcome {
 pub struct Recovered {
     /// The recovery-password protector that opened the volume.
     pub via: KeyProtectorId,
-    /// For TPM+PIN: the outcome of the dictionary-attack reset done after recovery
-    /// (`Err` holds the TPM's refusal, e.g. lockout-auth use still blocked).
-    pub dictionary_attack_reset: Option<Result<(), String>>,
 }
 
 /// What went wrong (not a lockout: lockouts are [`BootOutcome::Recovery`]).
@@ -426,6 +423,11 @@ impl Machine {
         Ok(self.tpm.lockout_counter()?)
     }
 
+    /// Whether the TPM is in dictionary-attack lockout, as the TPM says (`inLockout`).
+    pub fn tpm_in_lockout(&mut self) -> Result<bool, MachineError> {
+        Ok(self.tpm.in_lockout()?)
+    }
+
     /// What the last boot measured (its log and unseal point).
     pub fn last_boot(&self) -> &MeasuredBoot {
         &self.last_boot
@@ -583,8 +585,10 @@ impl Machine {
     /// Types a recovery password on the recovery screen. Blocks are checked as typed (the
     /// error names the first bad block); a well-formed password must then unwrap the VMK
     /// (AES-CCM MAC verified) and decrypt the volume. On success the TPM protector is
-    /// re-sealed to this boot's measurements; for TPM+PIN, `new_pin` sets a new PIN and the
-    /// TPM's dictionary-attack counter is reset with the lockout authorization.
+    /// re-sealed to this boot's measurements; for TPM+PIN, `new_pin` sets a new PIN.
+    /// The TPM's dictionary-attack state is left as the TPM has it: Windows 10 1607+ keeps
+    /// no lockout authorization, so a lockout lasts until the TPM forgets failures by its
+    /// own clock or a help desk resets it with the escrowed value (Manage TPM).
     pub fn enter_recovery_password(
         &mut self,
         typed: &str,
@@ -605,30 +609,17 @@ impl Machine {
         if let (TpmProtection::TpmPin { pin }, Some(new)) = (&mut self.protection, new_pin) {
             *pin = new.to_string();
         }
-        let mut dictionary_attack_reset = None;
         if self.lockout_auth.is_empty() {
             // A cleared or new TPM: Windows takes ownership again after recovery.
             self.lockout_auth =
                 take_ownership(&mut self.tpm, &mut rand::rng(), self.dictionary_attack)?;
-        } else if matches!(self.protection, TpmProtection::TpmPin { .. }) {
-            // The volume is open whatever the TPM says; a refused reset (e.g. the TPM still
-            // blocks lockout-auth use after a guess) is reported, not fatal.
-            self.tpm.assume_lockout_auth(&self.lockout_auth);
-            dictionary_attack_reset = Some(
-                self.tpm
-                    .dictionary_attack_lock_reset()
-                    .map_err(|e| e.to_string()),
-            );
         }
         self.reseal(&vmk)?;
         self.running_vmk = Some(vmk);
         self.on_recovery_screen = false;
         let via =
             via.ok_or_else(|| MachineError::State("unlocked by an unknown protector".into()))?;
-        Ok(Recovered {
-            via,
-            dictionary_attack_reset,
-        })
+        Ok(Recovered { via })
     }
 
     /// A help-desk TPM lockout reset: the escrowed lockout authorization resets the DA

@@ -50,11 +50,18 @@ pub struct LockoutFacts {
 
 /// A user's portal identity in this run: names carry a per-run tag so that scenarios
 /// sharing one portal never see each other's accounts or devices.
+#[derive(Clone)]
 struct Names {
     tag: String,
 }
 
 impl Names {
+    fn new() -> Names {
+        Names {
+            tag: format!("{:06x}", rand::rng().random::<u32>() & 0xff_ffff),
+        }
+    }
+
     fn user(&self, name: &str) -> String {
         format!("{name}.{}", self.tag)
     }
@@ -90,9 +97,11 @@ enum Probe {
     Computer(String),
 }
 
-/// The device after phase 1: provisioned, booted once, named for this run.
+/// A device after phase 1: provisioned, booted once, named for this run.
 struct Provisioned {
     names: Names,
+    /// The scenario's description of it.
+    spec: scenario::Device,
     device_name: String,
     pin: Option<String>,
     machine: Machine,
@@ -100,8 +109,8 @@ struct Provisioned {
     escrow: Vec<EscrowedKey>,
 }
 
-/// The portal's side after phase 2: the enrolled agent and each user's password (by
-/// lower-case scenario name).
+/// The portal's side of one device after phase 2: its enrolled agent and each user's
+/// password (by lower-case scenario name).
 struct Enrolled {
     agent: Agent,
     passwords: HashMap<String, String>,
@@ -123,60 +132,89 @@ impl<'a> Play<'a> {
         }
     }
 
-    /// Runs every phase; the first failure ends the run.
+    /// Runs every phase; the first failure ends the run. Each device of the story is
+    /// played on its own TPM; the changes and the recovery act on the one they name.
     pub async fn run(&mut self) -> Result<(), Failure> {
-        let mut device = self.provision()?;
-        let portal = self.enroll_and_escrow(&device).await?;
-        let screen = self.change_and_boot(&mut device.machine, device.pin.as_deref())?;
-        let Some(screen) = screen else {
-            return self.portal_only_checks(&device, &portal).await;
-        };
-        let Some(recovery) = &self.scenario.recovery else {
-            return Ok(());
-        };
-        let key_id = screen.key_id;
-        if let Some(password) = self.recover(recovery, key_id, &mut device, &portal).await? {
-            self.unlock(&mut device, key_id, &password)?;
-            self.after_recovery(&mut device, &portal, key_id, &password)
-                .await?;
+        let names = Names::new();
+        let mut devices = Vec::new();
+        for (i, spec) in self.scenario.all_devices().into_iter().enumerate() {
+            devices.push(self.provision(spec, i, &names)?);
         }
-        self.portal_only_checks(&device, &portal).await
+        let passwords = self.create_accounts(&names).await?;
+        let mut portal = Vec::new();
+        for (i, device) in devices.iter().enumerate() {
+            portal.push(self.enroll_and_escrow(device, i, &passwords).await?);
+        }
+        let mut recovered = false;
+        for i in 0..self.scenario.steps().len() {
+            let screen = self.change_and_boot(i, &mut devices)?;
+            let (Some((at, screen)), Some(recovery)) = (screen, self.scenario.recovery_after(i))
+            else {
+                continue;
+            };
+            let key_id = screen.key_id;
+            let (device, enrolled) = (&mut devices[at], &portal[at]);
+            if let Some(password) = self.recover(recovery, key_id, device, enrolled).await? {
+                self.unlock(device, key_id, &password)?;
+                self.after_recovery(device, enrolled, key_id, &password)
+                    .await?;
+            }
+            recovered = true;
+        }
+        if recovered {
+            self.untouched_devices(&mut devices, &portal).await?;
+        }
+        self.portal_only_checks(&devices, &portal).await
     }
 
-    /// Phase 1, the device: its own swtpm, BitLocker provisioned, a first healthy boot.
-    fn provision(&mut self) -> Result<Provisioned, Failure> {
-        let s = self.scenario;
-        let names = Names {
-            tag: format!("{:06x}", rand::rng().random::<u32>() & 0xff_ffff),
-        };
-        let setup = bitlocker_setup(s)?;
-        let device = scenario_device(s)?;
-        let pin = s.device.pin.clone();
+    /// A step of the `i`-th device: named plainly in a story of one device, with the
+    /// device's number in a story of several.
+    fn of_device(&self, name: &str, i: usize) -> String {
+        if self.scenario.all_devices().len() > 1 {
+            format!("{name} (device {})", i + 1)
+        } else {
+            name.to_string()
+        }
+    }
+
+    /// Phase 1, a device: its own swtpm, BitLocker provisioned, a first healthy boot.
+    fn provision(
+        &mut self,
+        spec: &scenario::Device,
+        i: usize,
+        names: &Names,
+    ) -> Result<Provisioned, Failure> {
+        let setup = bitlocker_setup(spec)?;
+        let device = scenario_device(spec)?;
+        let pin = spec.pin.clone();
+        let step = self.of_device("provision BitLocker on a fresh TPM", i);
         let real_boots = &mut self.facts.real_boots;
-        let (mut machine, escrow) = self.steps.run("provision BitLocker on a fresh TPM", || {
-            super::real_firmware::provision(s, device, &setup, real_boots)
+        let (mut machine, escrow) = self.steps.run(&step, || {
+            super::real_firmware::provision(spec, device, &setup, real_boots)
                 .map_err(because("a provisioned device"))
         })?;
         self.steps.note(format!(
-            "profile {}, {} recovery password(s), TPM protector {}",
+            "{}: profile {}, {} recovery password(s), TPM protector {}",
+            spec.name,
             setup.profile,
             escrow.len(),
             machine.tpm_protector_id()
         ));
-        self.steps.run("first boot opens without help", || {
-            expect_unlocked(machine.boot(pin.as_deref()))
-        })?;
+        let step = self.of_device("first boot opens without help", i);
+        self.steps
+            .run(&step, || expect_unlocked(machine.boot(pin.as_deref())))?;
         Ok(Provisioned {
-            device_name: names.device(&s.device.name),
-            names,
+            device_name: names.device(&spec.name),
+            names: names.clone(),
+            spec: spec.clone(),
             pin,
             machine,
             escrow,
         })
     }
 
-    /// Phase 2, the portal: accounts, an enrollment token, the agent's escrow and sign-ins.
-    async fn enroll_and_escrow(&mut self, d: &Provisioned) -> Result<Enrolled, Failure> {
+    /// Phase 2a, the portal's accounts: each user's password (by lower-case scenario name).
+    async fn create_accounts(&mut self, names: &Names) -> Result<HashMap<String, String>, Failure> {
         let s = self.scenario;
         let admin =
             Admin::new(self.target).map_err(|e| failure("connect as admin", "a client", e))?;
@@ -184,7 +222,7 @@ impl<'a> Play<'a> {
         for user in &s.users {
             let password = random_password(&mut rand::rng());
             let role: AccountRole = user.role.into();
-            let name = d.names.user(&user.name);
+            let name = names.user(&user.name);
             self.steps
                 .run_async(&format!("admin creates account {}", user.name), async {
                     admin
@@ -195,18 +233,35 @@ impl<'a> Play<'a> {
                 .await?;
             passwords.insert(user.name.to_lowercase(), password);
         }
+        Ok(passwords)
+    }
+
+    /// Phase 2b, the portal and one device: an enrollment token, the agent's escrow and
+    /// the sign-ins on it.
+    async fn enroll_and_escrow(
+        &mut self,
+        d: &Provisioned,
+        i: usize,
+        passwords: &HashMap<String, String>,
+    ) -> Result<Enrolled, Failure> {
+        let s = self.scenario;
+        let admin =
+            Admin::new(self.target).map_err(|e| failure("connect as admin", "a client", e))?;
         let token = self
             .steps
-            .run_async("admin issues an enrollment token", async {
-                admin
-                    .create_enrollment_token()
-                    .await
-                    .map_err(because("a token"))
-            })
+            .run_async(
+                &self.of_device("admin issues an enrollment token", i),
+                async {
+                    admin
+                        .create_enrollment_token()
+                        .await
+                        .map_err(because("a token"))
+                },
+            )
             .await?;
         let agent = self
             .steps
-            .run_async("the device's agent enrolls", async {
+            .run_async(&self.of_device("the device's agent enrolls", i), async {
                 Agent::enroll(self.target, &token, &d.device_name)
                     .await
                     .map_err(because("a device credential"))
@@ -229,10 +284,11 @@ impl<'a> Play<'a> {
                 })
                 .await?;
         }
-        if s.device.escrow_tpm_lockout {
+        if d.spec.escrow_tpm_lockout {
             let auth = d.machine.lockout_auth().to_vec();
+            let step = self.of_device("agent escrows the TPM lockout authorization", i);
             self.steps
-                .run_async("agent escrows the TPM lockout authorization", async {
+                .run_async(&step, async {
                     agent
                         .escrow_tpm_lockout(&auth)
                         .await
@@ -241,15 +297,15 @@ impl<'a> Play<'a> {
                 .await?;
         }
         for user in &s.users {
-            for kind in &user.sign_ins {
+            for kind in s.sign_ins(user, &d.spec) {
                 let name = d.names.user(&user.name);
                 let step = format!(
                     "agent reports a {} sign-in by {}",
-                    serde_name(kind),
+                    serde_name(&kind),
                     user.name
                 )
                 .to_lowercase();
-                let kind: SignIn = (*kind).into();
+                let kind: SignIn = kind.into();
                 self.steps
                     .run_async(&step, async {
                         agent
@@ -260,7 +316,10 @@ impl<'a> Play<'a> {
                     .await?;
             }
         }
-        Ok(Enrolled { agent, passwords })
+        Ok(Enrolled {
+            agent,
+            passwords: passwords.clone(),
+        })
     }
 
     /// Phase 4, the user recovers through the portal, as `recovery.via` says: the recovery
@@ -318,7 +377,9 @@ impl<'a> Play<'a> {
             self.target,
             username,
             self.browser.as_ref(),
-            recovery.language.map(|l| l.accept_language()),
+            self.scenario
+                .browser_language(recovery)
+                .map(|l| l.accept_language()),
         )
         .await
         .map_err(|e| {
@@ -330,7 +391,7 @@ impl<'a> Play<'a> {
             failure("open the portal", what, e)
         })?;
         let result = self
-            .self_service(&mut user, username, password, key_id, typed_id)
+            .self_service(recovery, &mut user, username, password, key_id, typed_id)
             .await;
         if result.is_err() {
             user.screenshot("failure").await;
@@ -350,7 +411,7 @@ impl<'a> Play<'a> {
         typed_id: &str,
     ) -> Result<Option<String>, Failure> {
         let mut operator = self
-            .help_desk_operator(operator_name, operator_password, recovery.language)
+            .help_desk_operator(operator_name, operator_password, recovery)
             .await?;
         let end_user = recovery.end_user.as_deref().map(|u| d.names.user(u));
         let reason = recovery.reason.as_str();
@@ -390,7 +451,7 @@ impl<'a> Play<'a> {
         operator_password: &str,
     ) -> Result<(), Failure> {
         let mut operator = self
-            .help_desk_operator(operator_name, operator_password, recovery.language)
+            .help_desk_operator(operator_name, operator_password, recovery)
             .await?;
         let end_user = recovery.end_user.as_deref().map(|u| d.names.user(u));
         let reason = recovery.reason.as_str();
@@ -503,7 +564,9 @@ impl<'a> Play<'a> {
     }
 
     /// Phase 5, unlock: the key typed on the device must unlock it, the next boot is
-    /// normal, and the outside tools (if any) open the volume with it.
+    /// normal (unless the TPM, asked, is still locked out: a recovery key does not reset
+    /// its lockout, and the story's next change judges that boot), and the outside tools
+    /// (if any) open the volume with it.
     fn unlock(
         &mut self,
         d: &mut Provisioned,
@@ -522,9 +585,19 @@ impl<'a> Play<'a> {
                     recovered.via.to_string(),
                 )
             })?;
-        self.steps.run("the next boot opens without recovery", || {
-            expect_unlocked(machine.boot(pin))
-        })?;
+        let in_lockout = machine
+            .tpm_in_lockout()
+            .map_err(|e| failure("ask the TPM whether it is locked out", "inLockout", e))?;
+        if in_lockout {
+            self.steps.note(
+                "the TPM is still locked out (a recovery key does not reset it): the next boot \
+                 meets the lockout until the TPM forgets a failure",
+            );
+        } else {
+            self.steps.run("the next boot opens without recovery", || {
+                expect_unlocked(machine.boot(pin))
+            })?;
+        }
         let volume = JudgedVolume {
             image: machine.volume_image(),
             data_sha256: machine.volume_data_sha256(),
@@ -549,16 +622,7 @@ impl<'a> Play<'a> {
     ) -> Result<(), Failure> {
         match after_recovery(self.scenario) {
             AfterRecovery::Rotate => {
-                let new = self
-                    .rotation_cycle(
-                        &mut d.machine,
-                        &p.agent,
-                        &d.names,
-                        &p.passwords,
-                        key_id,
-                        password,
-                    )
-                    .await?;
+                let new = self.rotation_cycle(d, p, key_id, password).await?;
                 let volume = JudgedVolume {
                     image: d.machine.volume_image(),
                     data_sha256: d.machine.volume_data_sha256(),
@@ -572,17 +636,7 @@ impl<'a> Play<'a> {
                     (new.key_protector_id, &new_password),
                 )
             }
-            AfterRecovery::Keep => {
-                self.keep_cycle(
-                    &d.machine,
-                    &p.agent,
-                    &d.names,
-                    &p.passwords,
-                    key_id,
-                    password,
-                )
-                .await
-            }
+            AfterRecovery::Keep => self.keep_cycle(d, p, key_id, password).await,
         }
     }
 
@@ -673,17 +727,20 @@ impl<'a> Play<'a> {
         })
     }
 
-    /// A help desk operator, signed in, whose browser is set to `language` (the pages must
-    /// come in it: `<html lang>`; the help desk's forms themselves are English-only).
+    /// A help desk operator, signed in, whose browser asks for the operator's language
+    /// (the scenario's [`Scenario::browser_language`]); the pages must come in
+    /// `recovery.language` (`<html lang>`; the help desk's forms themselves are English-only).
     async fn help_desk_operator(
         &mut self,
         username: &str,
         password: &str,
-        language: Option<Language>,
+        recovery: &scenario::Recovery,
     ) -> Result<HelpDeskOperator, Failure> {
+        let browser = self.scenario.browser_language(recovery);
         let mut operator = HelpDeskOperator::new(self.target, username)
             .map_err(|e| failure("open the help desk", "a client", e))?
-            .with_language(language.map(Language::accept_language));
+            .with_language(browser.map(Language::accept_language));
+        let language = recovery.language;
         self.steps
             .run_async("help desk operator signs in", async {
                 operator
@@ -708,16 +765,34 @@ impl<'a> Play<'a> {
     /// Phase 3, the change and the boot after it, which must (or must not) end on the
     /// recovery screen the scenario expects: the screen, when it does.
     /// A story of several changes plays them in order, each judged against its own
-    /// `expect` (only the last may end on the recovery screen).
+    /// `expect` (only the last may end on the recovery screen), each on the device it
+    /// names: the last change's device and its screen, when it shows one.
     fn change_and_boot(
         &mut self,
-        machine: &mut Machine,
-        pin: Option<&str>,
-    ) -> Result<Option<RecoveryScreen>, Failure> {
+        i: usize,
+        devices: &mut [Provisioned],
+    ) -> Result<Option<(usize, RecoveryScreen)>, Failure> {
         let steps = self.scenario.steps();
         let several = steps.len() > 1;
         let mut screen = None;
-        for (i, (change, expect)) in steps.into_iter().enumerate() {
+        if let Some(&(change, expect)) = steps.get(i) {
+            let at = self
+                .scenario
+                .device_index(change.device.as_deref())
+                .ok_or_else(|| {
+                    plain(
+                        "find the change's device",
+                        "a device of the story",
+                        &format!("{:?}", change.device),
+                    )
+                })?;
+            let Some(d) = devices.get_mut(at) else {
+                return Err(plain(
+                    "find the change's device",
+                    "a provisioned device",
+                    &format!("device {at}"),
+                ));
+            };
             let named = |name: &str| {
                 if several {
                     step::of_change(name, i + 1)
@@ -733,8 +808,11 @@ impl<'a> Play<'a> {
                         Ok(())
                     })?;
             }
-            screen = self.one_change(machine, pin, change, expect, &named)?;
+            screen = self
+                .one_change(d, change, expect, &named)?
+                .map(|screen| (at, screen));
             if let Some(want) = expect.tpm_failed_tries {
+                let machine = &mut d.machine;
                 self.steps.run(&named(step::FAILED_TRIES), || {
                     let counted = machine
                         .tpm_lockout_counter()
@@ -753,8 +831,7 @@ impl<'a> Play<'a> {
     /// One change and the boot after it, judged against `expect`.
     fn one_change(
         &mut self,
-        machine: &mut Machine,
-        pin: Option<&str>,
+        d: &mut Provisioned,
         change: &scenario::Change,
         expect: &scenario::Expect,
         named: &dyn Fn(&str) -> String,
@@ -762,8 +839,10 @@ impl<'a> Play<'a> {
         if change.kind == ChangeKind::None {
             return Ok(None);
         }
+        let threshold = d.spec.lockout_threshold;
+        let (machine, pin) = (&mut d.machine, d.pin.as_deref());
         let after_wrong_pins = if change.kind == ChangeKind::LostPin {
-            self.wrong_pins(machine, change, named)?
+            self.wrong_pins(machine, threshold, change, named)?
         } else {
             self.apply_change(machine, change, named)?;
             None
@@ -819,10 +898,10 @@ impl<'a> Play<'a> {
     fn wrong_pins(
         &mut self,
         machine: &mut Machine,
+        threshold: u32,
         change: &scenario::Change,
         named: &dyn Fn(&str) -> String,
     ) -> Result<Option<BootOutcome>, Failure> {
-        let threshold = self.scenario.device.lockout_threshold;
         // Failures an earlier step left and the TPM has not forgotten yet count too.
         let before = machine
             .tpm_lockout_counter()
@@ -921,6 +1000,7 @@ impl<'a> Play<'a> {
     /// The user's part of a self-service recovery, in whichever client plays it.
     async fn self_service(
         &mut self,
+        recovery: &scenario::Recovery,
         user: &mut User,
         username: &str,
         password: &str,
@@ -928,9 +1008,6 @@ impl<'a> Play<'a> {
         typed_id: &str,
     ) -> Result<Option<String>, Failure> {
         let s = self.scenario;
-        let Some(recovery) = &s.recovery else {
-            return Ok(None);
-        };
         self.steps
             .run_async("user signs in and accepts the notice", async {
                 user.sign_in_and_accept(username, password)
@@ -1246,13 +1323,13 @@ impl<'a> Play<'a> {
 
     async fn rotation_cycle(
         &mut self,
-        machine: &mut Machine,
-        agent: &Agent,
-        names: &Names,
-        passwords: &std::collections::HashMap<String, String>,
+        d: &mut Provisioned,
+        p: &Enrolled,
         old_id: KeyProtectorId,
         old_password: &str,
     ) -> Result<EscrowedKey, Failure> {
+        let (machine, device, names) = (&mut d.machine, &d.spec, &d.names);
+        let (agent, passwords) = (&p.agent, &p.passwords);
         let old = old_id.to_string();
         self.steps
             .run_async("agent check-in is told to rotate the shown key", async {
@@ -1304,6 +1381,7 @@ impl<'a> Play<'a> {
         // The portal no longer offers it: the device's user asks for it by all 32 digits.
         self.local_user_asks_for(
             "the portal no longer offers the old key",
+            device,
             names,
             passwords,
             &old,
@@ -1325,12 +1403,14 @@ impl<'a> Play<'a> {
     async fn local_user_asks_for(
         &mut self,
         step: &str,
+        device: &scenario::Device,
         names: &Names,
         passwords: &std::collections::HashMap<String, String>,
         key_id: &str,
         judge: impl FnOnce(&Outcome) -> StepResult<()>,
     ) -> Result<(), Failure> {
-        let Some(user) = self.scenario.users.iter().find(|u| u.signed_in_locally()) else {
+        let s = self.scenario;
+        let Some(user) = s.users.iter().find(|u| s.signed_in_locally(u, device)) else {
             return Ok(());
         };
         self.probes.push(Probe::KeyId(key_id.to_string()));
@@ -1360,13 +1440,13 @@ impl<'a> Play<'a> {
     /// the next check-in asks again.
     async fn keep_cycle(
         &mut self,
-        machine: &Machine,
-        agent: &Agent,
-        names: &Names,
-        passwords: &std::collections::HashMap<String, String>,
+        d: &Provisioned,
+        p: &Enrolled,
         key_id: KeyProtectorId,
         password: &str,
     ) -> Result<(), Failure> {
+        let (machine, device, names) = (&d.machine, &d.spec, &d.names);
+        let (agent, passwords) = (&p.agent, &p.passwords);
         let id = key_id.to_string();
         let asks_to_rotate = |c: &portal_client::CheckIn| {
             ensure(
@@ -1393,6 +1473,7 @@ impl<'a> Play<'a> {
         )?;
         self.local_user_asks_for(
             "the portal still shows the kept key to its user",
+            device,
             names,
             passwords,
             &id,
@@ -1412,18 +1493,72 @@ impl<'a> Play<'a> {
             .await
     }
 
+    /// In a story of several devices, each device no change acted on is untouched by the
+    /// story's recovery: it still boots without help, and its agent's check-in is asked to
+    /// rotate nothing (no key, no TPM lockout authorization: the portal showed none of its).
+    async fn untouched_devices(
+        &mut self,
+        devices: &mut [Provisioned],
+        portal: &[Enrolled],
+    ) -> Result<(), Failure> {
+        let s = self.scenario;
+        if devices.len() < 2 {
+            return Ok(());
+        }
+        let acted_on: Vec<usize> = s
+            .steps()
+            .iter()
+            .filter_map(|(c, _)| s.device_index(c.device.as_deref()))
+            .collect();
+        for (i, (d, p)) in devices.iter_mut().zip(portal).enumerate() {
+            if acted_on.contains(&i) {
+                continue;
+            }
+            let (machine, pin) = (&mut d.machine, d.pin.as_deref());
+            self.steps.run(
+                &self.of_device("an untouched device still boots without help", i),
+                || expect_unlocked(machine.boot(pin)),
+            )?;
+            let step = self.of_device(
+                "an untouched device's check-in is asked to rotate nothing",
+                i,
+            );
+            self.steps
+                .run_async(&step, async {
+                    let c = p.agent.check_in().await.map_err(because("a check-in"))?;
+                    ensure(
+                        c.rotate_keys.is_empty() && !c.rotate_tpm_lockout,
+                        "rotate_keys: [], rotate_tpm_lockout: false",
+                        format!("{c:?}"),
+                    )
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Phase 7, the checks of the portal alone (`checks.foreign_key_request`,
     /// `checks.audit`), whatever came before.
-    async fn portal_only_checks(&mut self, d: &Provisioned, p: &Enrolled) -> Result<(), Failure> {
+    async fn portal_only_checks(
+        &mut self,
+        devices: &[Provisioned],
+        portal: &[Enrolled],
+    ) -> Result<(), Failure> {
         let s = self.scenario;
         if let Some(foreign) = &s.checks.foreign_key_request {
-            self.foreign_key_request(foreign, d, p).await?;
+            let at = s.device_index(foreign.device.as_deref());
+            if let (Some(d), Some(p)) = (
+                at.and_then(|i| devices.get(i)),
+                at.and_then(|i| portal.get(i)),
+            ) {
+                self.foreign_key_request(foreign, d, p).await?;
+            }
         }
         if s.checks.audit_absent.is_empty() && s.checks.audit.is_empty() {
             return Ok(());
         }
         // One read of the audit log serves both checks.
-        let rows = self.story_audit_rows(&d.names).await;
+        let rows = self.story_audit_rows(devices).await;
         if !s.checks.audit_absent.is_empty() {
             self.audit_absent_check(rows.clone())?;
         }
@@ -1500,10 +1635,13 @@ impl<'a> Play<'a> {
 
     /// The portal's audit rows for this story (its device and its users), in order, each
     /// as (source, outcome) and whether it is one of the harness's own probes.
-    async fn story_audit_rows(&self, names: &Names) -> StoryAuditRows {
+    async fn story_audit_rows(&self, devices: &[Provisioned]) -> StoryAuditRows {
         let s = self.scenario;
         let admin = Admin::new(self.target).map_err(because("an admin client"))?;
-        let device = names.device(&s.device.name);
+        let Some(names) = devices.first().map(|d| &d.names) else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let computers: Vec<&str> = devices.iter().map(|d| d.device_name.as_str()).collect();
         let users: Vec<String> = s.users.iter().map(|u| names.user(&u.name)).collect();
         let rows = admin
             .audit(&AuditQuery::default())
@@ -1514,7 +1652,7 @@ impl<'a> Play<'a> {
             .filter(|r| {
                 r.device
                     .as_deref()
-                    .is_some_and(|d| d.eq_ignore_ascii_case(&device))
+                    .is_some_and(|d| computers.iter().any(|c| c.eq_ignore_ascii_case(d)))
                     || r.requester
                         .as_deref()
                         .is_some_and(|q| users.iter().any(|u| u.eq_ignore_ascii_case(q)))
@@ -1597,17 +1735,17 @@ pub fn idle_settings(scenario: &Scenario) -> Option<SettingsPatch> {
     })
 }
 
-/// How the runner sets BitLocker up for a scenario (profile, TPM or TPM+PIN, recovery
-/// passwords, dictionary-attack threshold).
-pub fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
-    let protection = if s.device.protectors.contains(&ProtectorKind::TpmPin) {
+/// How the runner sets BitLocker up on a scenario's device (profile, TPM or TPM+PIN,
+/// recovery passwords, dictionary-attack threshold).
+pub fn bitlocker_setup(d: &scenario::Device) -> Result<BitLockerSetup, Failure> {
+    let protection = if d.protectors.contains(&ProtectorKind::TpmPin) {
         TpmProtection::TpmPin {
-            pin: s.device.pin.clone().unwrap_or_default(),
+            pin: d.pin.clone().unwrap_or_default(),
         }
     } else {
         TpmProtection::Tpm
     };
-    let key_id_prefix = match &s.device.key_id_prefix {
+    let key_id_prefix = match &d.key_id_prefix {
         Some(hex) => Some(
             u32::from_str_radix(hex, 16)
                 .map_err(|e| plain("read key_id_prefix", "8 hex digits", &format!("{hex}: {e}")))?,
@@ -1615,24 +1753,24 @@ pub fn bitlocker_setup(s: &Scenario) -> Result<BitLockerSetup, Failure> {
         None => None,
     };
     Ok(BitLockerSetup {
-        profile: s.device.profile.device_profile(),
+        profile: d.profile.device_profile(),
         protection,
-        recovery_passwords: usize::from(s.device.recovery_passwords.max(1)),
+        recovery_passwords: usize::from(d.recovery_passwords.max(1)),
         key_id_prefix,
         dictionary_attack: device::machine::DaParameters {
-            max_tries: s.device.lockout_threshold,
-            recovery_time_secs: s.device.failure_forgotten_secs,
+            max_tries: d.lockout_threshold,
+            recovery_time_secs: d.failure_forgotten_secs,
             ..WINDOWS_DA
         },
-        cipher: s.device.volume_cipher.fve_cipher(),
+        cipher: d.volume_cipher.fve_cipher(),
     })
 }
 
-/// The synthetic model for the scenario's profile (a BIOS machine for `legacy`, UEFI with
-/// Secure Boot otherwise), or a device booting the scenario's real log (read by the loader).
-pub fn scenario_device(s: &Scenario) -> Result<Device, Failure> {
-    match (&s.device.event_log, &s.device.real_log) {
-        (None, _) => Ok(match s.device.profile {
+/// The synthetic model for the device's profile (a BIOS machine for `legacy`, UEFI with
+/// Secure Boot otherwise), or a device booting its real log (read by the loader).
+pub fn scenario_device(d: &scenario::Device) -> Result<Device, Failure> {
+    match (&d.event_log, &d.real_log) {
+        (None, _) => Ok(match d.profile {
             scenario::Profile::Legacy => Device::legacy_bios(),
             scenario::Profile::SecureBoot | scenario::Profile::Uefi => Device::default(),
         }),

@@ -10,21 +10,22 @@ use device::real_firmware::{RealBoot, RealFirmware};
 use device::Device;
 use eventlog::diff::LogDiff;
 
-use crate::scenario::{RealFirmwareKind, Scenario};
+use crate::scenario::{self, RealFirmwareKind};
 
 /// One real boot is 15-40 s on 2 busy cores; the bound only catches a hang (QEMU and its
 /// swtpm are killed when it passes).
 pub const BOOT_BOUND: Duration = Duration::from_secs(180);
 
-/// The scenario's machine: on real firmware when `device.firmware` says so (then `device`,
-/// the model, is not used: the first real boot is what BitLocker seals to), else `device`.
+/// The scenario device's machine: on real firmware when `spec.firmware` says so (then
+/// `device`, the model, is not used: the first real boot is what BitLocker seals to), else
+/// `device`.
 pub fn provision(
-    s: &Scenario,
+    spec: &scenario::Device,
     device: Device,
     setup: &BitLockerSetup,
     real_boots: &mut Option<device::real_firmware::SharedBoots>,
 ) -> Result<(Machine, Vec<EscrowedKey>), MachineError> {
-    match s.device.firmware {
+    match spec.firmware {
         None => Machine::provision(device, setup, &mut rand::rng()),
         Some(RealFirmwareKind::Ovmf) => {
             let firmware = RealFirmware::new(BOOT_BOUND)?;

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::locate::{path_string, Locator, Seg};
 use super::model::{
-    serde_name, Answer, Change, ChangeKind, Expect, KeyIdDigits, PinAction, Profile, ProtectorKind,
-    RecoveryVia, Role, RomSigner, Scenario, TpmError,
+    serde_name, Answer, Change, ChangeKind, Device, Expect, KeyIdDigits, PinAction, Profile,
+    ProtectorKind, Recovery, RecoveryVia, Role, RomSigner, Scenario, TpmError,
 };
 use eventlog::tcg::TcgLog;
 
@@ -165,10 +165,13 @@ pub fn check_scenario(file: &Path, text: &str) -> Result<Scenario, Vec<ScenarioE
     scenario.file = file.to_path_buf();
     let locator = Locator::new(text);
     let mut errors = Vec::new();
-    if let Some(pin) = &scenario.device.pin {
+    for (i, device) in scenario.all_devices().into_iter().enumerate() {
+        let Some(pin) = &device.pin else {
+            continue;
+        };
         // serde reads any scalar as a string; YAML tools do not: an unquoted 0123 is a
         // number to them (octal 83 in YAML 1.1), 582046 too.
-        let path = [Key("device"), Key("pin")];
+        let path = device_path(&scenario, i, "pin");
         if let Some(at) = locator.plain_scalar(&path) {
             errors.push(located(
                 at.line,
@@ -183,7 +186,7 @@ pub fn check_scenario(file: &Path, text: &str) -> Result<Scenario, Vec<ScenarioE
     let mut broken = validate(&scenario);
     if broken.is_empty() {
         // The log is checked against a change that is known to be valid.
-        broken.extend(load_event_log(&mut scenario).err());
+        broken.extend(load_event_logs(&mut scenario).err());
     }
     for Semantic { path, message } in broken {
         let at = locator.locate(&path);
@@ -396,6 +399,26 @@ fn is_kebab(s: &str) -> bool {
 
 /// One independent group of rules: its first broken rule, if any.
 type Check = fn(&Scenario) -> Result<(), Semantic>;
+/// The same for one device (its position in [`Scenario::all_devices`]).
+type DeviceCheck = fn(&Scenario, usize, &Device) -> Result<(), Semantic>;
+
+/// Where the `i`-th device's `key` is: in `device` for a story of one, `devices[i]` else.
+fn device_path(s: &Scenario, i: usize, key: &'static str) -> Vec<Seg> {
+    let mut path = match (&s.device, i) {
+        (Some(_), 0) => vec![Key("device")],
+        (Some(_), i) => vec![Key("devices"), Index(i - 1)],
+        (None, i) => vec![Key("devices"), Index(i)],
+    };
+    path.push(Key(key));
+    path
+}
+
+/// The device a change acts on (its `device`, or the only one); the first device when the
+/// name is unknown (that is [`validate_devices_form`]'s error).
+fn step_device<'s>(s: &'s Scenario, c: &Change) -> Option<&'s Device> {
+    s.device_named(c.device.as_deref())
+        .or_else(|| s.device_named(None))
+}
 
 /// Every rule the scenario breaks. Each check stops at its first problem; the checks are
 /// independent, so a file with several mistakes gets one error for each.
@@ -404,15 +427,25 @@ fn validate(s: &Scenario) -> Vec<Semantic> {
         validate_name,
         validate_description,
         validate_tags,
-        validate_device_name,
-        validate_protectors,
-        validate_device_counts,
+        validate_devices_form,
         validate_users,
         validate_recovery,
         validate_checks,
         validate_real_firmware,
     ];
+    const DEVICE_CHECKS: &[DeviceCheck] = &[
+        validate_device_name,
+        validate_protectors,
+        validate_device_counts,
+    ];
     let mut found: Vec<Semantic> = CHECKS.iter().filter_map(|check| check(s).err()).collect();
+    for (i, d) in s.all_devices().into_iter().enumerate() {
+        found.extend(
+            DEVICE_CHECKS
+                .iter()
+                .filter_map(|check| check(s, i, d).err()),
+        );
+    }
     found.extend(validate_story_form(s).err());
     for (i, (change, expect)) in s.steps().into_iter().enumerate() {
         let at = StepAt::new(s, i);
@@ -460,8 +493,9 @@ impl StepAt {
 /// The longest `wait_secs`: the harness sleeps that long for real.
 const MAX_WAIT_SECS: u32 = 120;
 
-/// `change` with `expect`, or `changes`; in `changes` only the last step may recover (the
-/// `recovery` section is how the user gets back in from the story's end).
+/// `change` with `expect`, or `changes`; in `changes` a step before the last that ends on
+/// the recovery screen has its own `recovery` (the story goes on after it), the last one
+/// its own or the top-level one.
 fn validate_story_form(s: &Scenario) -> Result<(), Semantic> {
     if s.changes.is_empty() {
         if s.change.is_none() {
@@ -504,11 +538,34 @@ fn validate_story_form(s: &Scenario) -> Result<(), Semantic> {
                 ),
             );
         }
-        if i < last && step.expect.recovery {
+        if i < last && step.expect.recovery && step.recovery.is_none() {
             return fail(
                 vec![Key("changes"), Index(i), Key("expect"), Key("recovery")],
-                "only the last change may end on the recovery screen (the `recovery` section follows it): expected `recovery: false` here",
+                "a change before the last that ends on the recovery screen needs its own `recovery` (how the user gets back in before the story goes on), or `recovery: false` here",
             );
+        }
+        if step.recovery.is_some() && !step.expect.recovery {
+            return fail(
+                vec![Key("changes"), Index(i), Key("recovery")],
+                "`expect.recovery` is false: expected no `recovery` here",
+            );
+        }
+        if i == last && step.recovery.is_some() && s.recovery.is_some() {
+            return fail(
+                vec![Key("recovery")],
+                "the last change has its own `recovery`: expected no top-level one besides it",
+            );
+        }
+        if let Some(r) = step.recovery.as_ref().filter(|_| i < last) {
+            if !matches!(
+                r.answer,
+                Answer::KeyShown | Answer::SeveralMatches | Answer::LockoutAuthShown
+            ) {
+                return fail(
+                    vec![Key("changes"), Index(i), Key("recovery"), Key("answer")],
+                    "the story goes on after this recovery, so it must unlock the device: expected `key_shown`, `several_matches` or `lockout_auth_shown`",
+                );
+            }
         }
         if step.change.kind == ChangeKind::None {
             return fail(
@@ -518,6 +575,94 @@ fn validate_story_form(s: &Scenario) -> Result<(), Semantic> {
         }
     }
     Ok(())
+}
+
+/// `device` or `devices` (not both, not none); with several devices every change, the
+/// recovery and the foreign key request name a known one, and the recovery the one the
+/// last change acted on.
+fn validate_devices_form(s: &Scenario) -> Result<(), Semantic> {
+    match (&s.device, s.devices.is_empty()) {
+        (None, true) => {
+            return fail(
+                vec![Key("device")],
+                "missing `device` (or `devices`, a list of devices each with its `name`)",
+            )
+        }
+        (Some(_), false) => {
+            return fail(
+                vec![Key("devices")],
+                "`device` is the one device of a story: expected `device` or `devices`, not both",
+            )
+        }
+        _ => {}
+    }
+    let several = s.all_devices().len() > 1;
+    let known = |named: &Option<String>, path: Vec<Seg>| -> Result<(), Semantic> {
+        match named {
+            None if several => fail(
+                path,
+                format!(
+                    "the story has several devices: expected `device:` naming one of {}",
+                    device_list(s)
+                ),
+            ),
+            Some(name) if s.device_named(Some(name)).is_none() => fail(
+                path,
+                format!(
+                    "unknown device `{name}`: expected one of {}",
+                    device_list(s)
+                ),
+            ),
+            _ => Ok(()),
+        }
+    };
+    // An absent `device:` is reported at the mapping it belongs in.
+    let at = |mut path: Vec<Seg>, named: &Option<String>| {
+        if named.is_some() {
+            path.push(Key("device"));
+        }
+        path
+    };
+    for (i, (change, _)) in s.steps().into_iter().enumerate() {
+        known(&change.device, at(StepAt::new(s, i).change, &change.device))?;
+    }
+    for (i, r) in s.recoveries() {
+        let path = recovery_path(s, i);
+        known(&r.device, at(path.clone(), &r.device))?;
+        let changed = s.steps().get(i).and_then(|(c, _)| step_device(s, c));
+        let recovered = s.device_named(r.device.as_deref());
+        if let (Some(changed), Some(recovered)) = (changed, recovered) {
+            if !std::ptr::eq(changed, recovered) {
+                let mut path = path;
+                path.push(Key("device"));
+                return fail(
+                    path,
+                    format!(
+                        "the recovery follows the change that happens to `{}`: expected that device",
+                        changed.name
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(foreign) = &s.checks.foreign_key_request {
+        known(
+            &foreign.device,
+            at(
+                vec![Key("checks"), Key("foreign_key_request")],
+                &foreign.device,
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+fn device_list(s: &Scenario) -> String {
+    s.all_devices()
+        .iter()
+        .map(|d| format!("`{}`", d.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn validate_name(s: &Scenario) -> Result<(), Semantic> {
@@ -552,35 +697,45 @@ fn validate_tags(s: &Scenario) -> Result<(), Semantic> {
     Ok(())
 }
 
-fn validate_device_name(s: &Scenario) -> Result<(), Semantic> {
-    let d = &s.device;
+fn validate_device_name(s: &Scenario, i: usize, d: &Device) -> Result<(), Semantic> {
     let name_ok = (1..=64).contains(&d.name.len())
         && d.name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !name_ok {
         return fail(
-            vec![Key("device"), Key("name")],
+            device_path(s, i, "name"),
             "expected 1-64 characters of letters, digits, `-`, `_`, `.`",
+        );
+    }
+    if s.all_devices()[..i]
+        .iter()
+        .any(|other| other.name.eq_ignore_ascii_case(&d.name))
+    {
+        return fail(
+            device_path(s, i, "name"),
+            format!(
+                "computer `{}` listed twice (names are case-insensitive)",
+                d.name
+            ),
         );
     }
     Ok(())
 }
 
-fn validate_protectors(s: &Scenario) -> Result<(), Semantic> {
-    let d = &s.device;
+fn validate_protectors(s: &Scenario, i: usize, d: &Device) -> Result<(), Semantic> {
+    let at = |key| device_path(s, i, key);
+    let at_index = |key, j| {
+        let mut path = device_path(s, i, key);
+        path.push(Index(j));
+        path
+    };
     if d.protectors.is_empty() {
-        return fail(
-            vec![Key("device"), Key("protectors")],
-            "expected at least one protector",
-        );
+        return fail(at("protectors"), "expected at least one protector");
     }
-    for (i, p) in d.protectors.iter().enumerate() {
-        if d.protectors[..i].contains(p) {
-            return fail(
-                vec![Key("device"), Key("protectors"), Index(i)],
-                "protector listed twice",
-            );
+    for (j, p) in d.protectors.iter().enumerate() {
+        if d.protectors[..j].contains(p) {
+            return fail(at_index("protectors", j), "protector listed twice");
         }
     }
     let tpm_at = d.protectors.iter().position(|p| *p == ProtectorKind::Tpm);
@@ -588,38 +743,30 @@ fn validate_protectors(s: &Scenario) -> Result<(), Semantic> {
         .protectors
         .iter()
         .position(|p| *p == ProtectorKind::TpmPin);
-    if let (Some(_), Some(i)) = (tpm_at, pin_at) {
+    if let (Some(_), Some(j)) = (tpm_at, pin_at) {
         return fail(
-            vec![Key("device"), Key("protectors"), Index(i)],
+            at_index("protectors", j),
             "expected one TPM protector: `tpm` or `tpm_pin`, not both",
         );
     }
     if !d.protectors.contains(&ProtectorKind::RecoveryPassword) {
         return fail(
-            vec![Key("device"), Key("protectors")],
+            at("protectors"),
             "expected a `recovery_password` protector: it is what the agent escrows",
         );
     }
     match (pin_at, &d.pin) {
-        (Some(i), None) => {
+        (Some(j), None) => {
             return fail(
-                vec![Key("device"), Key("protectors"), Index(i)],
+                at_index("protectors", j),
                 "protector `tpm_pin` needs a `pin` in `device`",
             )
         }
-        (None, Some(_)) => {
-            return fail(
-                vec![Key("device"), Key("pin")],
-                "a `pin` needs a `tpm_pin` protector",
-            )
-        }
+        (None, Some(_)) => return fail(at("pin"), "a `pin` needs a `tpm_pin` protector"),
         (Some(_), Some(pin)) => {
             let len = pin.chars().count();
             if !(4..=20).contains(&len) || pin.chars().any(char::is_control) {
-                return fail(
-                    vec![Key("device"), Key("pin")],
-                    "expected a PIN of 4-20 characters",
-                );
+                return fail(at("pin"), "expected a PIN of 4-20 characters");
             }
         }
         (None, None) => {}
@@ -627,50 +774,68 @@ fn validate_protectors(s: &Scenario) -> Result<(), Semantic> {
     Ok(())
 }
 
-fn validate_device_counts(s: &Scenario) -> Result<(), Semantic> {
-    let d = &s.device;
+fn validate_device_counts(s: &Scenario, i: usize, d: &Device) -> Result<(), Semantic> {
+    let at = |key| device_path(s, i, key);
     if !(1..=16).contains(&d.recovery_passwords) {
-        return fail(
-            vec![Key("device"), Key("recovery_passwords")],
-            "expected 1-16",
-        );
+        return fail(at("recovery_passwords"), "expected 1-16");
     }
     if let Some(prefix) = &d.key_id_prefix {
         if prefix.len() != 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return fail(
-                vec![Key("device"), Key("key_id_prefix")],
-                "expected exactly 8 hex digits",
-            );
+            return fail(at("key_id_prefix"), "expected exactly 8 hex digits");
         }
-        if d.recovery_passwords < 2 {
+        let shared_with_another = s.all_devices().iter().enumerate().any(|(j, other)| {
+            j != i
+                && other
+                    .key_id_prefix
+                    .as_deref()
+                    .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+        });
+        if d.recovery_passwords < 2 && !shared_with_another {
             return fail(
-                vec![Key("device"), Key("key_id_prefix")],
-                "a shared key-ID prefix needs `recovery_passwords` of 2 or more",
+                at("key_id_prefix"),
+                "a shared key-ID prefix needs `recovery_passwords` of 2 or more (or another device with the same prefix)",
             );
         }
     }
     if !(1..=1000).contains(&d.lockout_threshold) {
-        return fail(
-            vec![Key("device"), Key("lockout_threshold")],
-            "expected 1-1000",
-        );
+        return fail(at("lockout_threshold"), "expected 1-1000");
     }
     if !(1..=86_400).contains(&d.failure_forgotten_secs) {
         return fail(
-            vec![Key("device"), Key("failure_forgotten_secs")],
+            at("failure_forgotten_secs"),
             "expected 1-86400 seconds (0 would switch the TPM's dictionary-attack protection off)",
         );
     }
     Ok(())
 }
 
-/// Reads and parses `device.event_log` (relative to the scenario file) into
-/// `device.real_log`, and checks the scenario's change can be applied to that log.
-fn load_event_log(s: &mut Scenario) -> Result<(), Semantic> {
-    let Some(rel) = s.device.event_log.clone() else {
-        return Ok(());
+/// Reads and parses each device's `event_log` (relative to the scenario file) into its
+/// `real_log`, and checks the changes made to that device can be applied to that log.
+fn load_event_logs(s: &mut Scenario) -> Result<(), Semantic> {
+    let count = s.all_devices().len();
+    for i in 0..count {
+        let log = load_event_log(s, i)?;
+        let device = match (&mut s.device, i) {
+            (Some(d), 0) => Some(d),
+            (Some(_), i) => s.devices.get_mut(i - 1),
+            (None, i) => s.devices.get_mut(i),
+        };
+        if let (Some(device), Some(log)) = (device, log) {
+            device.real_log = Some(log);
+        }
+    }
+    Ok(())
+}
+
+/// The `i`-th device's parsed `event_log`, if it has one.
+fn load_event_log(s: &Scenario, i: usize) -> Result<Option<std::sync::Arc<TcgLog>>, Semantic> {
+    let Some(this) = s.all_devices().get(i).copied() else {
+        return Ok(None);
     };
-    let at = || vec![Key("device"), Key("event_log")];
+    let Some(rel) = this.event_log.clone() else {
+        return Ok(None);
+    };
+    let at = || device_path(s, i, "event_log");
     let path = s.file.parent().unwrap_or(Path::new("")).join(&rel);
     let bytes = std::fs::read(&path).map_err(|e| Semantic {
         path: at(),
@@ -686,7 +851,7 @@ fn load_event_log(s: &mut Scenario) -> Result<(), Semantic> {
             format!("`{}` measures nothing (no extended record)", path.display()),
         );
     }
-    if s.device.profile == Profile::Legacy {
+    if this.profile == Profile::Legacy {
         // Event types from 0x80000000 up are the UEFI ones (EV_EFI_*): no BIOS logs them.
         if let Some(uefi) = log.records.iter().find(|r| r.event_type.0 >= 0x8000_0000) {
             return fail(
@@ -703,7 +868,10 @@ fn load_event_log(s: &mut Scenario) -> Result<(), Semantic> {
     }
     let log = std::sync::Arc::new(log);
     let mut device = device::Device::from_real_log(rel.display().to_string(), log.clone());
-    for (i, (step, _)) in s.steps().into_iter().enumerate() {
+    for (n, (step, _)) in s.steps().into_iter().enumerate() {
+        if !step_device(s, step).is_some_and(|d| std::ptr::eq(d, this)) {
+            continue;
+        }
         let Some(change) = step.device_change() else {
             continue;
         };
@@ -716,12 +884,11 @@ fn load_event_log(s: &mut Scenario) -> Result<(), Semantic> {
                 } else {
                     "kind"
                 };
-                return fail(StepAt::new(s, i).change(key), e.to_string());
+                return fail(StepAt::new(s, n).change(key), e.to_string());
             }
         }
     }
-    s.device.real_log = Some(log);
-    Ok(())
+    Ok(Some(log))
 }
 
 fn validate_users(s: &Scenario) -> Result<(), Semantic> {
@@ -754,12 +921,51 @@ fn validate_users(s: &Scenario) -> Result<(), Semantic> {
                 );
             }
         }
+        let several = s.all_devices().len() > 1;
+        if several && !u.sign_ins.is_empty() {
+            return fail(
+                vec![Key("users"), Index(i), Key("sign_ins")],
+                "the story has several devices: expected `sign_ins_on`, the sign-ins on each device by its name",
+            );
+        }
+        if !u.sign_ins.is_empty() && !u.sign_ins_on.is_empty() {
+            return fail(
+                vec![Key("users"), Index(i), Key("sign_ins_on")],
+                "expected `sign_ins` (the one device) or `sign_ins_on`, not both",
+            );
+        }
+        for (device, kinds) in &u.sign_ins_on {
+            let path = || vec![Key("users"), Index(i), Key("sign_ins_on")];
+            if s.device_named(Some(device)).is_none() {
+                return fail(
+                    path(),
+                    format!(
+                        "unknown device `{device}`: expected one of {}",
+                        device_list(s)
+                    ),
+                );
+            }
+            for (j, kind) in kinds.iter().enumerate() {
+                if kinds[..j].contains(kind) {
+                    return fail(
+                        path(),
+                        format!(
+                            "`{device}`: sign-in kind `{}` listed twice",
+                            serde_name(kind)
+                        ),
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }
 
 fn validate_change(s: &Scenario, c: &Change, at: &StepAt) -> Result<(), Semantic> {
     validate_suspend(c, at)?;
+    let Some(device) = step_device(s, c) else {
+        return Ok(());
+    };
     match (c.kind, c.signer) {
         (ChangeKind::OptionRomAdded, None) => {
             return fail(
@@ -769,7 +975,7 @@ fn validate_change(s: &Scenario, c: &Change, at: &StepAt) -> Result<(), Semantic
             )
         }
         (ChangeKind::OptionRomAdded, Some(RomSigner::UefiCa))
-            if s.device.profile == Profile::Legacy =>
+            if device.profile == Profile::Legacy =>
         {
             return fail(
                 at.change("signer"),
@@ -785,7 +991,7 @@ fn validate_change(s: &Scenario, c: &Change, at: &StepAt) -> Result<(), Semantic
         }
         _ => {}
     }
-    if s.device.profile == Profile::Legacy {
+    if device.profile == Profile::Legacy {
         if let Some(why) = not_on_a_bios_machine(c.kind) {
             return fail(
                 at.change("kind"),
@@ -802,10 +1008,10 @@ fn validate_change(s: &Scenario, c: &Change, at: &StepAt) -> Result<(), Semantic
             "`lost_pin` needs `wrong_pins`: how many wrong PINs are typed",
         ),
         (ChangeKind::LostPin, Some(0)) => fail(at.change("wrong_pins"), "expected at least 1"),
-        (ChangeKind::LostPin, Some(_)) if !s.device.protectors.contains(&ProtectorKind::TpmPin) => {
+        (ChangeKind::LostPin, Some(_)) if !device.protectors.contains(&ProtectorKind::TpmPin) => {
             fail(
                 at.change("kind"),
-                "`lost_pin` needs a `tpm_pin` protector in `device.protectors`",
+                "`lost_pin` needs a `tpm_pin` protector in the device's `protectors`",
             )
         }
         (kind, Some(_)) if kind != ChangeKind::LostPin => fail(
@@ -846,22 +1052,28 @@ fn validate_suspend(c: &Change, at: &StepAt) -> Result<(), Semantic> {
     )
 }
 
-/// Why a change kind does not exist on a BIOS machine, if it does not.
 /// A real-firmware device (`device.firmware`): what real OVMF can do and what the device
 /// stands for (SCHEMA.md, "Real firmware"). Each refusal names the field and why.
 fn validate_real_firmware(s: &Scenario) -> Result<(), Semantic> {
-    if s.device.firmware.is_none() {
-        return Ok(());
+    if let Some(i) = s.devices.iter().position(|d| d.firmware.is_some()) {
+        return fail(
+            vec![Key("devices"), Index(i), Key("firmware")],
+            "`firmware: ovmf` is for a story of one device (`device:`): its every boot is a \
+             real 15-40 s QEMU boot, one at a time",
+        );
     }
+    let Some(device) = s.device.as_ref().filter(|d| d.firmware.is_some()) else {
+        return Ok(());
+    };
     let firmware = || vec![Key("device"), Key("firmware")];
-    if s.device.profile == Profile::Legacy {
+    if device.profile == Profile::Legacy {
         return fail(
             vec![Key("device"), Key("profile")],
             "`firmware: ovmf` is UEFI firmware: a legacy (BIOS) profile cannot be sealed to its \
              boot; expected \"7,11\" or \"0,2,4,11\"",
         );
     }
-    if s.device.event_log.is_some() {
+    if device.event_log.is_some() {
         return fail(
             firmware(),
             "a real-firmware device boots its own log: drop `event_log` (or `firmware`)",
@@ -890,7 +1102,7 @@ fn validate_real_firmware(s: &Scenario) -> Result<(), Semantic> {
             );
         }
         if let Some(why) = real_pcr4_reason(c.kind) {
-            if s.device.profile.pcrs().contains(&4) {
+            if device.profile.pcrs().contains(&4) {
                 return fail(
                     at.change("kind"),
                     format!(
@@ -922,6 +1134,7 @@ fn real_pcr4_reason(kind: ChangeKind) -> Option<&'static str> {
     }
 }
 
+/// Why a change kind does not exist on a BIOS machine, if it does not.
 fn not_on_a_bios_machine(kind: ChangeKind) -> Option<&'static str> {
     match kind {
         ChangeKind::SecureBootDbUpdate
@@ -935,6 +1148,9 @@ fn not_on_a_bios_machine(kind: ChangeKind) -> Option<&'static str> {
 }
 
 fn validate_expect(s: &Scenario, c: &Change, e: &Expect, at: &StepAt) -> Result<(), Semantic> {
+    let Some(device) = step_device(s, c) else {
+        return Ok(());
+    };
     match (e.recovery, e.tpm_error) {
         (true, TpmError::None) => {
             return fail(
@@ -950,7 +1166,7 @@ fn validate_expect(s: &Scenario, c: &Change, e: &Expect, at: &StepAt) -> Result<
         }
         _ => {}
     }
-    let profile = s.device.profile;
+    let profile = device.profile;
     for (i, pcr) in e.changed_pcrs.iter().enumerate() {
         let path = || {
             let mut path = at.expect("changed_pcrs");
@@ -990,12 +1206,25 @@ fn validate_expect(s: &Scenario, c: &Change, e: &Expect, at: &StepAt) -> Result<
             "`change: none` does not even reboot: expected `recovery: false`",
         );
     }
+    // A TPM locked out by wrong PINs stays so until it forgets a failure: a reboot with
+    // the right PIN after them may still meet the lockout.
+    let reboot_after_wrong_pins = c.kind == ChangeKind::Reboot && {
+        let steps = s.steps();
+        let here = steps.iter().position(|(step, _)| std::ptr::eq(*step, c));
+        here.is_some_and(|i| {
+            steps[..i].iter().any(|(earlier, _)| {
+                earlier.kind == ChangeKind::LostPin
+                    && step_device(s, earlier).is_some_and(|d| std::ptr::eq(d, device))
+            })
+        })
+    };
     if matches!(e.tpm_error, TpmError::AuthFailed | TpmError::LockedOut)
         && c.kind != ChangeKind::LostPin
+        && !(e.tpm_error == TpmError::LockedOut && reboot_after_wrong_pins)
     {
         return fail(
             at.expect("tpm_error"),
-            "`auth_failed` and `locked_out` come from wrong PINs: expected `change.kind: lost_pin`",
+            "`auth_failed` and `locked_out` come from wrong PINs: expected `change.kind: lost_pin` (or, for `locked_out`, a `reboot` after an earlier `lost_pin` on the device)",
         );
     }
     if c.kind == ChangeKind::LostPin {
@@ -1003,7 +1232,7 @@ fn validate_expect(s: &Scenario, c: &Change, e: &Expect, at: &StepAt) -> Result<
     }
     // The TPM counts a wrong PIN up to the threshold (the threshold-th still answers
     // auth_failed) and refuses every later attempt as locked out.
-    let threshold = s.device.lockout_threshold;
+    let threshold = device.lockout_threshold;
     if let Some(tries) = e.tpm_failed_tries {
         if tries > threshold {
             return fail(
@@ -1057,23 +1286,50 @@ fn validate_pin_action(c: &Change, e: &Expect, at: &StepAt) -> Result<(), Semant
     Ok(())
 }
 
+/// Where the recovery after the `i`-th change is: `changes[i].recovery`, or the top-level
+/// `recovery` after the last change.
+fn recovery_path(s: &Scenario, i: usize) -> Vec<Seg> {
+    match s.changes.get(i) {
+        Some(step) if step.recovery.is_some() => vec![Key("changes"), Index(i), Key("recovery")],
+        _ => vec![Key("recovery")],
+    }
+}
+
 fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
-    let r =
-        match (&s.recovery, s.recovers()) {
-            (None, true) => return fail(
+    match (&s.recovery, s.recovers()) {
+        (None, true)
+            if s.recovery_after(s.steps().len().saturating_sub(1))
+                .is_none() =>
+        {
+            return fail(
                 last_expect_path(s, "recovery"),
                 "a recovery is expected: add a `recovery` section saying how the user gets back in",
-            ),
-            (Some(_), false) => {
-                return fail(
-                    vec![Key("recovery")],
-                    "`expect.recovery` is false: expected no `recovery` section",
-                )
-            }
-            (None, false) => return Ok(()),
-            (Some(r), true) => r,
-        };
-    let rp = |k: &'static str| vec![Key("recovery"), Key(k)];
+            )
+        }
+        (Some(_), false) => {
+            return fail(
+                vec![Key("recovery")],
+                "`expect.recovery` is false: expected no `recovery` section",
+            )
+        }
+        _ => {}
+    }
+    for (i, r) in s.recoveries() {
+        validate_one_recovery(s, i, r)?;
+    }
+    Ok(())
+}
+
+/// The recovery `r` after the `i`-th change.
+fn validate_one_recovery(s: &Scenario, i: usize, r: &Recovery) -> Result<(), Semantic> {
+    let rp = |k: &'static str| {
+        let mut path = recovery_path(s, i);
+        path.push(Key(k));
+        path
+    };
+    let Some(device) = s.device_named(r.device.as_deref()) else {
+        return Ok(()); // an unknown `recovery.device`: validate_devices_form's error
+    };
     let Some(requester) = s.user(&r.requester) else {
         return fail(
             rp("as"),
@@ -1120,14 +1376,15 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
             if r.end_user.is_some() {
                 return fail(rp("end_user"), "`end_user` belongs to help desk recoveries");
             }
-            if r.answer == Answer::KeyShown && !requester.signed_in_locally() {
+            let local = s.signed_in_locally(requester, device);
+            if r.answer == Answer::KeyShown && !local {
                 return fail(
                     rp("as"),
-                    format!("`{}` has no local sign-in: self-service cannot show a key (expected `answer: helpdesk_message` or `refused`)", requester.name),
+                    format!("`{}` has no local sign-in on `{}`: self-service cannot show its key (expected `answer: helpdesk_message` or `refused`)", requester.name, device.name),
                 );
             }
             if r.answer == Answer::HelpdeskMessage
-                && (requester.signed_in_locally() || requester.sign_ins.is_empty())
+                && (local || s.sign_ins(requester, device).is_empty())
             {
                 return fail(
                     rp("answer"),
@@ -1184,15 +1441,16 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
                 "Manage TPM asks for the computer, not a key ID: remove `key_id_digits`",
             );
         }
-        if s.last_step().map(|(_, e)| e.tpm_error) != Some(TpmError::LockedOut) {
+        if s.steps().get(i).map(|(_, e)| e.tpm_error) != Some(TpmError::LockedOut) {
             return fail(
-                vec![Key("recovery"), Key("via")],
+                rp("via"),
                 "a TPM lockout reset needs a locked-out TPM: expected `expect.tpm_error: locked_out`",
             );
         }
-        if !s.device.escrow_tpm_lockout && r.answer == Answer::LockoutAuthShown {
+        if !device.escrow_tpm_lockout && r.answer == Answer::LockoutAuthShown {
+            let i = s.device_index(Some(&device.name)).unwrap_or_default();
             return fail(
-                vec![Key("device"), Key("escrow_tpm_lockout")],
+                device_path(s, i, "escrow_tpm_lockout"),
                 "Manage TPM can only show an escrowed lockout authorization",
             );
         }
@@ -1204,10 +1462,10 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
                 "several keys can only match 8 digits: expected 8",
             );
         }
-        if s.device.key_id_prefix.is_none() {
+        if device.key_id_prefix.is_none() {
             return fail(
                 rp("answer"),
-                "several matches need keys sharing their first 8 digits: set `device.key_id_prefix`",
+                "several matches need keys sharing their first 8 digits: set the device's `key_id_prefix`",
             );
         }
     }
@@ -1228,7 +1486,7 @@ fn last_expect_path(s: &Scenario, key: &'static str) -> Vec<Seg> {
 fn validate_checks(s: &Scenario) -> Result<(), Semantic> {
     let c = &s.checks;
     if c.after_recovery.is_some() {
-        let shown = s.recovery.as_ref().is_some_and(|r| {
+        let shown = s.recoveries().iter().any(|(_, r)| {
             matches!(
                 r.answer,
                 Answer::KeyShown | Answer::SeveralMatches | Answer::LockoutAuthShown
@@ -1280,7 +1538,10 @@ fn validate_checks(s: &Scenario) -> Result<(), Semantic> {
                     ),
                 )
             }
-            Some(u) if !u.sign_ins.is_empty() => {
+            Some(u)
+                if s.device_named(foreign.device.as_deref())
+                    .is_some_and(|d| !s.sign_ins(u, d).is_empty()) =>
+            {
                 return fail(
                     path(),
                     format!(

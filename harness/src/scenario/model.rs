@@ -15,8 +15,8 @@ pub use device::machine::TpmError;
 /// vocabulary for the scenario files, `eventlog predict --change` and the device model.
 pub use device::{ChangeKind, RomSigner};
 
-/// One recovery story: a device, its users, one change, what must follow, and how the
-/// user gets back in.
+/// One recovery story: a device (or several), its users, one change (or several), what
+/// must follow, and how the user gets back in.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
@@ -27,7 +27,13 @@ pub struct Scenario {
     /// Free labels for `--filter tag:...`.
     #[serde(default)]
     pub tags: Vec<String>,
-    pub device: Device,
+    /// The one device; a story of several gives `devices` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<Device>,
+    /// Several devices, each with its own TPM, volume and keys (instead of `device`); each
+    /// change and the recovery names the one it acts on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<Device>,
     /// Everyone the story needs: device users and help desk staff.
     pub users: Vec<User>,
     /// The one change (with `expect`); a story of several gives `changes` instead.
@@ -37,7 +43,8 @@ pub struct Scenario {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<Expect>,
     /// Several changes in order, each with what must follow it (instead of `change` and
-    /// `expect`): only the last may end on the recovery screen.
+    /// `expect`); a change before the last that ends on the recovery screen has its own
+    /// `recovery`, after which the story goes on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<ChangeStep>,
     /// Absent when no recovery follows (`expect.recovery: false`).
@@ -73,6 +80,77 @@ impl Scenario {
     /// Whether the story ends on the recovery screen.
     pub fn recovers(&self) -> bool {
         self.last_step().is_some_and(|(_, e)| e.recovery)
+    }
+
+    /// Every device of the story: `device`, or `devices` in order.
+    pub fn all_devices(&self) -> Vec<&Device> {
+        self.device.iter().chain(&self.devices).collect()
+    }
+
+    /// The device a change, recovery or check names (`device: NAME`); with no name, the
+    /// story's only (or first) device. `None` for a name no device has.
+    pub fn device_named(&self, name: Option<&str>) -> Option<&Device> {
+        let mut all = self.all_devices().into_iter();
+        match name {
+            None => all.next(),
+            Some(name) => all.find(|d| d.name.eq_ignore_ascii_case(name)),
+        }
+    }
+
+    /// The position of that device in [`Scenario::all_devices`].
+    pub fn device_index(&self, name: Option<&str>) -> Option<usize> {
+        let all = self.all_devices();
+        match name {
+            None => (!all.is_empty()).then_some(0),
+            Some(name) => all.iter().position(|d| d.name.eq_ignore_ascii_case(name)),
+        }
+    }
+
+    /// The device the story's recovery acts on (`recovery.device`, or the only device).
+    pub fn recovery_device(&self) -> Option<&Device> {
+        self.device_named(self.recovery.as_ref().and_then(|r| r.device.as_deref()))
+    }
+
+    /// How the user gets back in after the `i`-th change: its own `recovery` in `changes`,
+    /// or for the last change the top-level `recovery`.
+    pub fn recovery_after(&self, i: usize) -> Option<&Recovery> {
+        let own = self.changes.get(i).and_then(|c| c.recovery.as_ref());
+        let last = i + 1 == self.steps().len();
+        own.or(if last { self.recovery.as_ref() } else { None })
+    }
+
+    /// Every recovery of the story with the change it follows, in order.
+    pub fn recoveries(&self) -> Vec<(usize, &Recovery)> {
+        (0..self.steps().len())
+            .filter_map(|i| self.recovery_after(i).map(|r| (i, r)))
+            .collect()
+    }
+
+    /// `user`'s sign-ins on `device`: `sign_ins_on` names the device, `sign_ins` are on
+    /// the story's only device.
+    pub fn sign_ins(&self, user: &User, device: &Device) -> Vec<SignInKind> {
+        if user.sign_ins_on.is_empty() {
+            return user.sign_ins.clone();
+        }
+        user.sign_ins_on
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(&device.name))
+            .map(|(_, kinds)| kinds.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether `user` signed in locally on `device` (what self-service needs to show its key).
+    pub fn signed_in_locally(&self, user: &User, device: &Device) -> bool {
+        self.sign_ins(user, device).contains(&SignInKind::Local)
+    }
+
+    /// The language the browser of whoever asks for `r` sends: the requester's own
+    /// (`users[].language`), else the one the pages must come in (`recovery.language`),
+    /// else the browser's default (English).
+    pub fn browser_language(&self, r: &Recovery) -> Option<Language> {
+        self.user(&r.requester)
+            .and_then(|u| u.language)
+            .or(r.language)
     }
 
     /// The user of that name (case-insensitive, as the portal compares names).
@@ -243,15 +321,18 @@ pub struct User {
     pub name: String,
     #[serde(default)]
     pub role: Role,
-    /// This user's sign-ins on the device, reported by the agent before the change.
+    /// This user's sign-ins on the device, reported by the agent before the change (a
+    /// story of one device).
     #[serde(default)]
     pub sign_ins: Vec<SignInKind>,
-}
-
-impl User {
-    pub fn signed_in_locally(&self) -> bool {
-        self.sign_ins.contains(&SignInKind::Local)
-    }
+    /// This user's sign-ins on each device, by computer name (a story of several devices;
+    /// a device not listed has none).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sign_ins_on: std::collections::BTreeMap<String, Vec<SignInKind>>,
+    /// The language this user's browser asks for (`Accept-Language`): what the story does.
+    /// What the pages must come in is `recovery.language`, an expectation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<Language>,
 }
 
 /// Portal roles a scenario may give (the admin is the harness itself).
@@ -296,6 +377,9 @@ pub struct Change {
     /// last of them re-seals and resumes.
     #[serde(default)]
     pub suspend: Option<Suspend>,
+    /// The device it happens to, by computer name (optional when there is one device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// A suspension of BitLocker protection for a number of reboots.
@@ -344,6 +428,10 @@ pub struct ChangeStep {
     pub wait_secs: Option<u32>,
     pub change: Change,
     pub expect: Expect,
+    /// How the user gets back in when this change ends on the recovery screen (before the
+    /// last change: required then, and it must unlock, since the story goes on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
 }
 
 /// What must follow the change at the next boot.
@@ -381,11 +469,15 @@ pub struct Recovery {
     pub key_id_digits: Option<KeyIdDigits>,
     /// What the portal must answer.
     pub answer: Answer,
-    /// The language of the browser of whoever asks (its `Accept-Language`): the pages must
-    /// come in it (`<html lang>`; on self-service the Get Key button's wording too).
-    /// Absent: the browser's default, English.
+    /// The language the pages must come in (`<html lang>`; on self-service the Get Key
+    /// button's wording too). The browser asks for the requester's `users[].language`, or
+    /// for this one when the requester declares none.
     #[serde(default)]
     pub language: Option<Language>,
+    /// The device recovered, by computer name (optional when there is one device): the one
+    /// the last change acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// A language the portal's pages come in.
@@ -616,6 +708,9 @@ pub struct ForeignKeyRequest {
     /// A user with no sign-in on the device asks for its key ID: the answer must be
     /// byte-identical to the one for an absent key ID.
     pub as_user: String,
+    /// Whose key ID is asked for, by computer name (optional when there is one device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

@@ -181,9 +181,10 @@ fn cell_yaml(row: &Row, profile: &str, event_log: Option<&Path>) -> String {
 
 /// Plays the cell's scenario on a fresh swtpm, as the runner builds the device.
 fn play(s: &Scenario) -> Cell {
-    let device = scenario_device(s).unwrap_or_else(|f| panic!("{f:?}"));
-    let setup = bitlocker_setup(s).unwrap_or_else(|f| panic!("{f:?}"));
-    let pin = s.device.pin.clone();
+    let spec = s.device_named(None).expect("a cell has one device");
+    let device = scenario_device(spec).unwrap_or_else(|f| panic!("{f:?}"));
+    let setup = bitlocker_setup(spec).unwrap_or_else(|f| panic!("{f:?}"));
+    let pin = spec.pin.clone();
     let (mut machine, _) = Machine::provision(device, &setup, &mut rand::rng()).unwrap();
     let unlocked = |outcome: BootOutcome| matches!(outcome, BootOutcome::Unlocked { .. });
     assert!(

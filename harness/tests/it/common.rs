@@ -128,6 +128,10 @@ pub const GATE_SUBSET: &[&str] = &[
     "help-desk-ja-lost-pin-caller-refused",
     // `wait_secs` and the TPM forgetting failures by its own clock, over three changes.
     "lost-pin-over-two-days",
+    // `devices`: two devices, Manage TPM by computer name, the untouched device's checks.
+    "help-desk-manage-tpm-two-devices",
+    // A recovery mid-story (`changes[i].recovery`) and the locked-out next boot after it.
+    "lost-pin-locked-out-next-boot",
 ];
 
 /// [`GATE_SUBSET`] as the scenario files `harness run` takes.

@@ -277,5 +277,8 @@ fn eventlog_scenario_loader_names_the_yaml_position_and_the_log_problem() {
     assert!(e.contains("no BootOrder measurement in PCR 1"), "{e}");
     // A good one loads, with the log parsed for the runner.
     let s = load_scenario(&write_scenario(d, "windows.log", "secure_boot_db_update")).unwrap();
-    assert_eq!(s.device.real_log.as_deref(), Some(&log));
+    assert_eq!(
+        s.device_named(None).unwrap().real_log.as_deref(),
+        Some(&log)
+    );
 }

@@ -108,7 +108,7 @@ const FIELDS: &[Field] = &[
                 return None; // a lockout reset needs a lockout: an input change
             }
             if to == "policy_failed" {
-                let first = profile_pcrs(&doc).first().copied()?;
+                let first = profile_pcrs(&doc, &[K("change")]).first().copied()?;
                 set(
                     &mut doc,
                     &[K("expect"), K("changed_pcrs")],
@@ -139,7 +139,7 @@ const FIELDS: &[Field] = &[
                 return vec![];
             };
             let stated: Vec<u64> = stated.iter().filter_map(Value::as_u64).collect();
-            let others: Vec<u64> = profile_pcrs(doc)
+            let others: Vec<u64> = profile_pcrs(doc, &[K("change")])
                 .into_iter()
                 .filter(|p| !stated.contains(p))
                 .collect();
@@ -195,15 +195,38 @@ const FIELDS: &[Field] = &[
         },
         step: |doc, edit| {
             let via = str_at(doc, &[K("recovery"), K("via")]);
-            let answer = edit.to.as_str().unwrap_or_default();
-            vec![match (via.as_str(), answer) {
-                ("help_desk_tpm_reset", "refused") => step::TPM_REFUSED,
-                ("help_desk_tpm_reset", _) => step::MANAGE_TPM,
-                ("self_service", "refused") => step::REFUSED_LIKE_ABSENT,
-                ("help_desk", "refused") => step::HELP_DESK_REFUSED,
-                (_, "several_matches") => step::SEVERAL_MATCHES,
-                _ => step::ANSWER,
-            }]
+            vec![answer_step(&via, edit.to.as_str().unwrap_or_default())]
+        },
+    },
+    Field {
+        name: "changes[].recovery.answer",
+        mutants: |doc| {
+            (0..changes_len(doc))
+                .flat_map(|i| {
+                    enum_mutants(
+                        doc,
+                        vec![K("changes"), I(i), K("recovery"), K("answer")],
+                        &[
+                            "refused",
+                            "key_shown",
+                            "several_matches",
+                            "helpdesk_message",
+                            "expired",
+                            "lockout_auth_shown",
+                        ],
+                    )
+                })
+                .collect()
+        },
+        // A recovery before the last change must unlock (the story goes on): a mutant
+        // that does not is the loader's to refuse; one that does needs no other edit.
+        consistent: |doc, _| Some(doc.clone()),
+        step: |doc, edit| {
+            let Some(i) = step_index(edit) else {
+                return vec![];
+            };
+            let via = str_at(doc, &[K("changes"), I(i), K("recovery"), K("via")]);
+            vec![answer_step(&via, edit.to.as_str().unwrap_or_default())]
         },
     },
     Field {
@@ -272,9 +295,7 @@ const FIELDS: &[Field] = &[
         },
         consistent: |doc, edit| {
             let i = step_index(edit)?;
-            if i + 1 != changes_len(doc) {
-                return None; // only the last change may recover: an input change
-            }
+            let recovery = recovery_at(doc, i);
             let mut doc = doc.clone();
             if edit.to == Value::Bool(true) {
                 let kind = str_at(&doc, &[K("changes"), I(i), K("change"), K("kind")]);
@@ -287,12 +308,14 @@ const FIELDS: &[Field] = &[
                 set(&mut doc, &step_expect(i, "tpm_error"), tpm_error.into());
                 remove(&mut doc, &step_expect(i, "changed_pcrs"));
                 let section = self_service_recovery(&doc)?;
-                set(&mut doc, &[K("recovery")], section);
+                set(&mut doc, &recovery, section);
             } else {
                 set(&mut doc, &step_expect(i, "tpm_error"), "none".into());
                 remove(&mut doc, &step_expect(i, "changed_pcrs"));
-                remove(&mut doc, &[K("recovery")]);
-                remove(&mut doc, &[K("checks"), K("after_recovery")]);
+                remove(&mut doc, &recovery);
+                if !recovers_anywhere(&doc) {
+                    remove(&mut doc, &[K("checks"), K("after_recovery")]);
+                }
             }
             Some(doc)
         },
@@ -319,9 +342,7 @@ const FIELDS: &[Field] = &[
         },
         consistent: |doc, edit| {
             let i = step_index(edit)?;
-            if i + 1 != changes_len(doc) {
-                return None; // only the last change may recover: an input change
-            }
+            let recovery = recovery_at(doc, i);
             let mut doc = doc.clone();
             let to = edit.to.as_str().unwrap_or_default();
             let kind = str_at(&doc, &[K("changes"), I(i), K("change"), K("kind")]);
@@ -329,7 +350,9 @@ const FIELDS: &[Field] = &[
                 return None; // wrong PINs need a lost-PIN story: an input change
             }
             if to == "policy_failed" {
-                let first = profile_pcrs(&doc).first().copied()?;
+                let first = profile_pcrs(&doc, &[K("changes"), I(i), K("change")])
+                    .first()
+                    .copied()?;
                 set(
                     &mut doc,
                     &step_expect(i, "changed_pcrs"),
@@ -338,15 +361,17 @@ const FIELDS: &[Field] = &[
             } else {
                 remove(&mut doc, &step_expect(i, "changed_pcrs"));
             }
-            let recovered = at(&doc, &[K("recovery")]).is_some();
+            let recovered = at(&doc, &recovery).is_some();
             if to == "none" {
                 set(&mut doc, &step_expect(i, "recovery"), Value::Bool(false));
-                remove(&mut doc, &[K("recovery")]);
-                remove(&mut doc, &[K("checks"), K("after_recovery")]);
+                remove(&mut doc, &recovery);
+                if !recovers_anywhere(&doc) {
+                    remove(&mut doc, &[K("checks"), K("after_recovery")]);
+                }
             } else if !recovered {
                 set(&mut doc, &step_expect(i, "recovery"), Value::Bool(true));
                 let section = self_service_recovery(&doc)?;
-                set(&mut doc, &[K("recovery")], section);
+                set(&mut doc, &recovery, section);
             }
             Some(doc)
         },
@@ -362,7 +387,7 @@ const FIELDS: &[Field] = &[
                     continue;
                 };
                 let stated: Vec<u64> = stated.iter().filter_map(Value::as_u64).collect();
-                let others: Vec<u64> = profile_pcrs(doc)
+                let others: Vec<u64> = profile_pcrs(doc, &[K("changes"), I(i), K("change")])
                     .into_iter()
                     .filter(|p| !stated.contains(p))
                     .collect();
@@ -441,10 +466,28 @@ const FIELDS: &[Field] = &[
         name: "recovery.language",
         mutants: |doc| enum_mutants(doc, vec![K("recovery"), K("language")], &["en", "ja"]),
         consistent: |doc, _| Some(doc.clone()),
-        // The language is both the browser's (what the story does) and what the pages
-        // must come in: the swapped value is another story, which a correct portal
-        // passes in the other language (checked at `the pages come in <it>`).
-        step: |_, _| vec![],
+        // What the pages must come in. The browser asks for the requester's own
+        // `users[].language` when the story declares one: then the swapped value must fail
+        // at `the pages come in <it>`. Without one, the browser asks for this very language,
+        // so the swapped value is another story, which a correct portal passes.
+        step: |doc, edit| {
+            let requester = str_at(doc, &[K("recovery"), K("as")]);
+            let declared = at(doc, &[K("users")])
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+                .find(|u| {
+                    u.get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| n.eq_ignore_ascii_case(&requester))
+                })
+                .and_then(|u| u.get("language"))
+                .is_some();
+            match edit.to.as_str() {
+                Some(tag) if declared => vec![leak(step::pages_in(tag))],
+                _ => vec![],
+            }
+        },
     },
 ];
 
@@ -533,7 +576,8 @@ fn boot_step_of(doc: &Value, change: &[Seg]) -> Vec<&'static str> {
         return vec![step::BOOT];
     }
     let wrong = at(doc, &under("wrong_pins")).and_then(Value::as_u64);
-    let threshold = at(doc, &[K("device"), K("lockout_threshold")])
+    let threshold = device_of(doc, change)
+        .and_then(|d| d.get("lockout_threshold"))
         .and_then(Value::as_u64)
         .unwrap_or(32);
     vec![match str_at(doc, &under("then")).as_str() {
@@ -693,13 +737,61 @@ fn enum_mutants(doc: &Value, path: Vec<Seg>, all: &[&str]) -> Vec<Edit> {
         .collect()
 }
 
-fn profile_pcrs(doc: &Value) -> Vec<u64> {
-    match str_at(doc, &[K("device"), K("profile")]).as_str() {
-        "7,11" => vec![7, 11],
-        "0,2,4,11" => vec![0, 2, 4, 11],
-        "legacy" => vec![0, 2, 4, 8, 9, 10, 11],
+/// Where the recovery after the `i`-th change of `changes` is (or would be): its own
+/// `changes[i].recovery`, or the top-level `recovery` for the last change without one.
+fn recovery_at(doc: &Value, i: usize) -> Vec<Seg> {
+    let own = vec![K("changes"), I(i), K("recovery")];
+    if i + 1 == changes_len(doc) && at(doc, &own).is_none() {
+        vec![K("recovery")]
+    } else {
+        own
+    }
+}
+
+/// Whether any recovery is left in the story.
+fn recovers_anywhere(doc: &Value) -> bool {
+    at(doc, &[K("recovery")]).is_some()
+        || (0..changes_len(doc)).any(|i| at(doc, &[K("changes"), I(i), K("recovery")]).is_some())
+}
+
+/// The step that checks a recovery's `answer` for its `via`.
+fn answer_step(via: &str, answer: &str) -> &'static str {
+    match (via, answer) {
+        ("help_desk_tpm_reset", "refused") => step::TPM_REFUSED,
+        ("help_desk_tpm_reset", _) => step::MANAGE_TPM,
+        ("self_service", "refused") => step::REFUSED_LIKE_ABSENT,
+        ("help_desk", "refused") => step::HELP_DESK_REFUSED,
+        (_, "several_matches") => step::SEVERAL_MATCHES,
+        _ => step::ANSWER,
+    }
+}
+
+/// The PCRs of the profile of the device the change at `change` acts on.
+fn profile_pcrs(doc: &Value, change: &[Seg]) -> Vec<u64> {
+    let profile = device_of(doc, change)
+        .and_then(|d| d.get("profile"))
+        .and_then(Value::as_str);
+    match profile {
+        Some("7,11") => vec![7, 11],
+        Some("0,2,4,11") => vec![0, 2, 4, 11],
+        Some("legacy") => vec![0, 2, 4, 8, 9, 10, 11],
         _ => vec![],
     }
+}
+
+/// The device the change at `change` acts on: `device`, or the entry of `devices` its
+/// `device:` names.
+fn device_of<'d>(doc: &'d Value, change: &[Seg]) -> Option<&'d Value> {
+    if let Some(device) = at(doc, &[K("device")]) {
+        return Some(device);
+    }
+    let mut named = change.to_vec();
+    named.push(K("device"));
+    let name = str_at(doc, &named);
+    at(doc, &[K("devices")])?
+        .as_sequence()?
+        .iter()
+        .find(|d| d.get("name").and_then(Value::as_str) == Some(name.as_str()))
 }
 
 fn pcr_list(pcrs: &[u64]) -> Value {
@@ -709,6 +801,7 @@ fn pcr_list(pcrs: &[u64]) -> Value {
 /// A self-service recovery by the first user who signed in locally (for a story whose
 /// mutant now expects a recovery screen).
 fn self_service_recovery(doc: &Value) -> Option<Value> {
+    at(doc, &[K("device")])?; // with several devices, which one recovers is the story's
     let users = at(doc, &[K("users")])?.as_sequence()?;
     let user = users.iter().find(|u| {
         u.get("sign_ins")
@@ -1212,6 +1305,17 @@ fn every_field_mutant_replaces_a_stated_value_with_another() {
         }
         if at(&original.doc, &[K("recovery"), K("answer")]).is_some() {
             assert!(mutated.iter().any(|p| p == "recovery.answer"));
+        }
+        for i in 0..changes_len(&original.doc) {
+            if at(
+                &original.doc,
+                &[K("changes"), I(i), K("recovery"), K("answer")],
+            )
+            .is_some()
+            {
+                let path = format!("changes[{i}].recovery.answer");
+                assert!(mutated.contains(&path), "{}: {path}", original.name);
+            }
         }
     }
 }

@@ -330,10 +330,12 @@ fn the_catalog_plays_the_legacy_stories_and_each_option_rom_signer() {
     let catalog = load_catalog(&[crate::common::workspace_root().join("scenarios")]).unwrap();
     let legacy = |kind: ChangeKind, pcr: u32| {
         catalog.iter().any(|s| {
-            s.device.profile == Profile::Legacy
-                && s.steps()
-                    .iter()
-                    .any(|(change, expect)| change.kind == kind && expect.changed_pcrs == [pcr])
+            s.steps().iter().any(|(change, expect)| {
+                s.device_named(change.device.as_deref())
+                    .is_some_and(|d| d.profile == Profile::Legacy)
+                    && change.kind == kind
+                    && expect.changed_pcrs == [pcr]
+            })
         })
     };
     for (kind, pcr) in [
@@ -349,8 +351,11 @@ fn the_catalog_plays_the_legacy_stories_and_each_option_rom_signer() {
         );
     }
     assert!(
-        catalog.iter().any(|s| s.device.profile == Profile::Legacy
-            && s.device.protectors.contains(&ProtectorKind::TpmPin)),
+        catalog.iter().any(|s| {
+            s.all_devices().iter().any(|d| {
+                d.profile == Profile::Legacy && d.protectors.contains(&ProtectorKind::TpmPin)
+            })
+        }),
         "no legacy TPM+PIN scenario"
     );
     for signer in [RomSigner::UefiCa, RomSigner::Unsigned] {

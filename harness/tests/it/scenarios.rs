@@ -42,7 +42,10 @@ fn catalog_covers_every_required_story() {
         scenarios.iter().any(|s| {
             s.steps().iter().any(|(change, expect)| {
                 change.kind == kind
-                    && profile.is_none_or(|p| s.device.profile == p)
+                    && profile.is_none_or(|p| {
+                        s.device_named(change.device.as_deref())
+                            .is_some_and(|d| d.profile == p)
+                    })
                     && expect.recovery == recovery
                     && expect.tpm_error == error
             })
@@ -233,8 +236,9 @@ fn edit(from: &str, to: &str) -> String {
 fn base_scenario_is_valid() {
     let s = parse_scenario(Path::new("inline.yaml"), BASE).unwrap();
     assert_eq!(s.name, "inline");
-    assert_eq!(s.device.profile.pcrs(), &[7, 11]);
-    assert_eq!(s.device.name, "PC-0001");
+    let device = s.device_named(None).unwrap();
+    assert_eq!(device.profile.pcrs(), &[7, 11]);
+    assert_eq!(device.name, "PC-0001");
 }
 
 #[test]
@@ -244,7 +248,7 @@ fn unknown_field_names_its_position_and_the_allowed_fields() {
             "  kind: secure_boot_off\n",
             "  kind: secure_boot_off\n  knd: x\n",
         ),
-        "inline.yaml:11:3: change: unknown field `knd`, expected one of `kind`, `wrong_pins`, `then`, `signer`, `suspend`",
+        "inline.yaml:11:3: change: unknown field `knd`, expected one of `kind`, `wrong_pins`, `then`, `signer`, `suspend`, `device`",
     );
 }
 
@@ -750,13 +754,41 @@ fn a_story_of_several_changes_is_checked_step_by_step() {
     let s = parse_scenario(Path::new("inline.yaml"), &steps).unwrap();
     assert_eq!(s.steps().len(), 2);
     assert!(s.recovers());
-    // Only the last step may end on the recovery screen.
+    // A step before the last that ends on the recovery screen needs its own recovery,
+    // one that unlocks (the story goes on).
+    let mid = steps.replace(
+        "expect: { recovery: false, tpm_error: none }",
+        "expect: { recovery: true, tpm_error: integrity }",
+    );
     check(
-        &steps.replace(
-            "expect: { recovery: false, tpm_error: none }",
-            "expect: { recovery: true, tpm_error: integrity }",
-        ),
-        "inline.yaml:11:15: changes[0].expect.recovery: only the last change may end on the recovery screen (the `recovery` section follows it): expected `recovery: false` here",
+        &mid,
+        "inline.yaml:11:15: changes[0].expect.recovery: a change before the last that ends on the recovery screen needs its own `recovery` (how the user gets back in before the story goes on), or `recovery: false` here",
+    );
+    let own = "expect: { recovery: true, tpm_error: integrity }\n    recovery: { via: self_service, as: CONTOSO\\alice, reason: BIOS/TPM changed, answer: key_shown }";
+    let with_own = mid.replace("expect: { recovery: true, tpm_error: integrity }", own);
+    let s = parse_scenario(Path::new("inline.yaml"), &with_own).unwrap();
+    assert_eq!(s.recoveries().len(), 2);
+    assert!(validator_accepts(&with_own));
+    check(
+        &with_own.replace("answer: key_shown }", "answer: refused }"),
+        "inline.yaml:12:81: changes[0].recovery.answer: the story goes on after this recovery, so it must unlock the device: expected `key_shown`, `several_matches` or `lockout_auth_shown`",
+    );
+    check(
+        &with_own.replace("as: CONTOSO\\alice,", "as: CONTOSO\\bob,"),
+        "inline.yaml:12:36: changes[0].recovery.as: unknown user `CONTOSO\\bob`: expected one of `users` (`CONTOSO\\alice`)",
+    );
+    // A locked-out TPM stays so: a reboot after wrong PINs may meet the lockout.
+    let pin_story = BASE
+        .replace("[tpm, recovery_password]", "[tpm_pin, recovery_password]\n  pin: \"246813\"\n  lockout_threshold: 2")
+        .replace(
+            "change:\n  kind: secure_boot_off\nexpect:\n  recovery: true\n  tpm_error: policy_failed\n  changed_pcrs: [7]\n",
+            "changes:\n  - change: { kind: lost_pin, wrong_pins: 3 }\n    expect: { recovery: true, tpm_error: locked_out }\n    recovery: { via: self_service, as: CONTOSO\\alice, reason: Lost PIN/passphrase, answer: key_shown }\n  - change: { kind: reboot }\n    expect: { recovery: true, tpm_error: locked_out }\n",
+        )
+        .replace("reason: BIOS/TPM changed", "reason: Lost PIN/passphrase");
+    parse_scenario(Path::new("inline.yaml"), &pin_story).unwrap();
+    check(
+        &pin_story.replace("kind: lost_pin, wrong_pins: 3", "kind: firmware_update"),
+        "inline.yaml:13:31: changes[0].expect.tpm_error: `auth_failed` and `locked_out` come from wrong PINs: expected `change.kind: lost_pin` (or, for `locked_out`, a `reboot` after an earlier `lost_pin` on the device)",
     );
     // Each step's expectation is checked like a single change's, at its own position.
     check(
@@ -774,6 +806,10 @@ fn a_story_of_several_changes_is_checked_step_by_step() {
     let both: serde_json::Value =
         serde_yaml::from_str(&format!("{steps}change:\n  kind: reboot\n")).unwrap();
     assert!(!validator.is_valid(&both));
+}
+
+fn validator_accepts(yaml: &str) -> bool {
+    schema_validator().is_valid(&serde_yaml::from_str(yaml).unwrap())
 }
 
 /// `suspend: { reboots: N }` on a change: 1-15, and not with a change that does not boot
@@ -801,4 +837,102 @@ fn suspend_takes_1_to_15_reboots_before_a_change_that_boots() {
     let bad: serde_json::Value =
         serde_yaml::from_str(&suspended.replace("reboots: 1", "reboots: 16")).unwrap();
     assert!(!validator.is_valid(&bad));
+}
+
+/// [`BASE`] with two devices: Alice signed in locally to the first, the change and the
+/// recovery on it.
+const TWO_DEVICES: &str = "\
+name: inline
+description: An inline scenario of two devices for the loader's error tests.
+devices:
+  - name: PC-A
+    profile: \"7,11\"
+    protectors: [tpm, recovery_password]
+  - name: PC-B
+    profile: \"0,2,4,11\"
+    protectors: [tpm, recovery_password]
+users:
+  - name: CONTOSO\\alice
+    sign_ins_on:
+      PC-A: [local]
+change:
+  kind: secure_boot_off
+  device: PC-A
+expect:
+  recovery: true
+  tpm_error: policy_failed
+  changed_pcrs: [7]
+recovery:
+  via: self_service
+  device: PC-A
+  as: CONTOSO\\alice
+  reason: BIOS/TPM changed
+  answer: key_shown
+";
+
+fn edit_two(from: &str, to: &str) -> String {
+    assert!(TWO_DEVICES.contains(from), "{from}");
+    TWO_DEVICES.replacen(from, to, 1)
+}
+
+#[test]
+fn a_story_of_several_devices_names_the_device_of_each_change_and_recovery() {
+    let s = parse_scenario(Path::new("inline.yaml"), TWO_DEVICES).unwrap();
+    assert_eq!(s.all_devices().len(), 2);
+    let b = s.device_named(Some("pc-b")).unwrap();
+    assert_eq!(b.profile.pcrs(), &[0, 2, 4, 11]);
+    let alice = s.user("contoso\\alice").unwrap();
+    assert!(s.signed_in_locally(alice, s.device_named(Some("PC-A")).unwrap()));
+    assert!(s.sign_ins(alice, b).is_empty());
+    assert!(schema_validator().is_valid(&serde_yaml::from_str(TWO_DEVICES).unwrap()));
+
+    check(
+        &edit_two("  device: PC-A\nexpect", "expect"),
+        "inline.yaml:14:1: change: the story has several devices: expected `device:` naming one of `PC-A`, `PC-B`",
+    );
+    check(
+        &edit_two("  device: PC-A\nexpect", "  device: PC-C\nexpect"),
+        "inline.yaml:16:3: change.device: unknown device `PC-C`: expected one of `PC-A`, `PC-B`",
+    );
+    check(
+        &edit_two("  device: PC-A\n  as:", "  device: PC-B\n  as:"),
+        "inline.yaml:23:3: recovery.device: the recovery follows the change that happens to `PC-A`: expected that device",
+    );
+    check(
+        &edit_two("    sign_ins_on:\n      PC-A: [local]\n", "    sign_ins: [local]\n"),
+        "inline.yaml:12:5: users[0].sign_ins: the story has several devices: expected `sign_ins_on`, the sign-ins on each device by its name",
+    );
+    check(
+        &edit_two("      PC-A: [local]\n", "      PC-A: [local]\n      PC-Z: [local]\n"),
+        "inline.yaml:12:5: users[0].sign_ins_on: unknown device `PC-Z`: expected one of `PC-A`, `PC-B`",
+    );
+    check(
+        &edit_two("  - name: PC-B\n", "  - name: pc-a\n"),
+        "inline.yaml:7:5: devices[1].name: computer `pc-a` listed twice (names are case-insensitive)",
+    );
+    check(
+        &edit_two("    protectors: [tpm, recovery_password]\nusers", "    protectors: [tpm]\nusers"),
+        "inline.yaml:9:5: devices[1].protectors: expected a `recovery_password` protector: it is what the agent escrows",
+    );
+    // Alice has no local sign-in on PC-B: self-service cannot show its key.
+    check(
+        &edit_two("      PC-A: [local]\n", "      PC-B: [local]\n"),
+        "inline.yaml:24:3: recovery.as: `CONTOSO\\alice` has no local sign-in on `PC-A`: self-service cannot show its key (expected `answer: helpdesk_message` or `refused`)",
+    );
+    let both = TWO_DEVICES.replacen(
+        "users:\n",
+        "device:\n  profile: \"7,11\"\n  protectors: [tpm, recovery_password]\nusers:\n",
+        1,
+    );
+    check(
+        &both,
+        "inline.yaml:3:1: devices: `device` is the one device of a story: expected `device` or `devices`, not both",
+    );
+    assert!(!schema_validator().is_valid(&serde_yaml::from_str(&both).unwrap()));
+    let none = edit(
+        "device:\n  profile: \"7,11\"\n  protectors: [tpm, recovery_password]\n",
+        "",
+    );
+    assert!(parse_scenario(Path::new("inline.yaml"), &none).is_err());
+    assert!(!schema_validator().is_valid(&serde_yaml::from_str(&none).unwrap()));
 }

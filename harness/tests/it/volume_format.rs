@@ -757,9 +757,10 @@ mod machine_volume {
         let file = crate::common::workspace_root()
             .join("scenarios/windows7-elephant-volume-firmware-flash.yaml");
         let s = harness::scenario::load_scenario(&file).unwrap();
-        let setup = harness::runner::bitlocker_setup(&s).unwrap();
+        let spec = s.device_named(None).unwrap();
+        let setup = harness::runner::bitlocker_setup(spec).unwrap();
         assert_eq!(setup.cipher, Cipher::AesCbcElephant128);
-        let device = harness::runner::scenario_device(&s).unwrap();
+        let device = harness::runner::scenario_device(spec).unwrap();
         let (machine, escrow) = Machine::provision(device, &setup, &mut rand::rng()).unwrap();
         let image = Image::open(&std::fs::File::open(machine.volume_image()).unwrap()).unwrap();
         assert_eq!(image.cipher().unwrap(), Cipher::AesCbcElephant128);
