@@ -936,3 +936,49 @@ fn a_story_of_several_devices_names_the_device_of_each_change_and_recovery() {
     assert!(parse_scenario(Path::new("inline.yaml"), &none).is_err());
     assert!(!schema_validator().is_valid(&serde_yaml::from_str(&none).unwrap()));
 }
+
+#[test]
+fn a_real_firmware_device_is_refused_what_real_firmware_cannot_answer() {
+    let fw = |yaml: String| yaml.replacen("device:\n", "device:\n  firmware: ovmf\n", 1);
+    // BASE (Secure Boot off under 7,11) is something real OVMF does.
+    assert!(parse_scenario(Path::new("inline.yaml"), &fw(BASE.to_string())).is_ok());
+    check(
+        &fw(edit("  profile: \"7,11\"\n", "  profile: legacy\n")),
+        "inline.yaml:5:3: device.profile: `firmware: ovmf` is UEFI firmware: a legacy (BIOS) profile cannot be sealed to its boot; expected \"7,11\" or \"0,2,4,11\"",
+    );
+    check(
+        &fw(edit(
+            "  kind: secure_boot_off\n",
+            "  kind: firmware_update\n",
+        )),
+        &format!(
+            "inline.yaml:11:3: change.kind: `firmware_update` on real firmware: {}",
+            device::real_firmware::real_change(device::ChangeKind::FirmwareUpdate).unwrap_err()
+        ),
+    );
+    let under_0_2_4_11 = fw(edit("  profile: \"7,11\"\n", "  profile: \"0,2,4,11\"\n")
+        .replace("changed_pcrs: [7]", "changed_pcrs: [0]"));
+    let err = parse_scenario(Path::new("inline.yaml"), &under_0_2_4_11)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("change.kind: `secure_boot_off` on real firmware also moves PCR 4"),
+        "{err}"
+    );
+    // Only a story of one device boots real firmware.
+    let two = BASE
+        .replace(
+            "device:\n  profile: \"7,11\"\n  protectors: [tpm, recovery_password]\n",
+            "devices:\n  - name: A\n    firmware: ovmf\n    profile: \"7,11\"\n    protectors: [tpm, recovery_password]\n  - name: B\n    profile: \"7,11\"\n    protectors: [tpm, recovery_password]\n",
+        )
+        .replace("    sign_ins: [local]\n", "    sign_ins_on: { A: [local] }\n");
+    let err = parse_scenario(Path::new("inline.yaml"), &two)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "inline.yaml:5:5: devices[0].firmware: `firmware: ovmf` is for a story of one device"
+        ),
+        "{err}"
+    );
+}
