@@ -167,7 +167,9 @@ fn unreachable_empty(file: &Path) -> ScenarioError {
 
 fn first_problem(errors: Vec<ScenarioError>) -> ScenarioError {
     let mut errors = errors.into_iter();
-    errors.next().unwrap_or_else(|| unreachable_empty(Path::new("")))
+    errors
+        .next()
+        .unwrap_or_else(|| unreachable_empty(Path::new("")))
 }
 
 /// Parses and checks one scenario file's text, reporting every problem, in file order: a
