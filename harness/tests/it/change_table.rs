@@ -322,8 +322,10 @@ fn change_table_real_log_device_under_0_2_4_11_and_legacy() {
 fn the_catalog_has_a_scenario_for_every_synthetic_cell() {
     use harness::scenario::{load_catalog, serde_name};
     let catalog = load_catalog(&[workspace_root().join("scenarios")]).unwrap();
-    // (kind, signer, profile) -> what the scenario's file states, as a table cell.
-    let stated: Vec<((String, Option<String>, String), Cell, String)> = catalog
+    // A change kind, its signer and a profile, as the table names them.
+    type Key = (String, Option<String>, String);
+    // Each such cell's scenarios: what the file states, as a table cell, and its name.
+    let stated: Vec<(Key, Cell, String)> = catalog
         .iter()
         .filter_map(|s| {
             let [device] = s.all_devices()[..] else {
