@@ -488,8 +488,21 @@ fn filters_select_by_name_tag_glob_and_negation() {
     assert!(lost.len() >= 3 && lost.iter().all(|n| n.contains("lost-pin")));
     // Several filters: the union, in catalog order.
     assert_eq!(
-        names(&["name:tpm-cleared", "disk-moved"]),
+        names(&["name:tpm-cleared !tag:matrix", "disk-moved !tag:matrix"]),
         vec!["disk-moved", "tpm-cleared"]
+    );
+    // A matrix cell is chosen by its parameters too.
+    assert_eq!(
+        names(&["matrix-tpm-cleared"]),
+        vec![
+            "matrix-tpm-cleared[profile=0,2,4,11]",
+            "matrix-tpm-cleared[profile=legacy]"
+        ]
+    );
+    let legacy_cells = names(&["tag:matrix profile=legacy"]);
+    assert!(
+        legacy_cells.len() >= 10 && legacy_cells.iter().all(|n| n.ends_with("[profile=legacy]")),
+        "{legacy_cells:?}"
     );
     assert!(Filter::parse("tag:").is_err());
     assert!(Filter::parse("   ").is_err());
