@@ -256,7 +256,8 @@ fn unwritten_profiles(s: &Scenario, locator: &Locator) -> Vec<Semantic> {
 /// placed at `matrix[i]...`, one elsewhere that only some cells break names them.
 fn expand_matrix(s: &Scenario, locator: &Locator) -> (Vec<Scenario>, Vec<Semantic>) {
     let mut found = matrix_form(s, locator);
-    if !found.is_empty() {
+    // Cells of several devices or several changes mean nothing; else each is checked too.
+    if s.device.is_none() || !s.changes.is_empty() {
         return (Vec::new(), found);
     }
     let mut outside: Vec<(Semantic, Vec<usize>)> = Vec::new();

@@ -1091,9 +1091,13 @@ fn a_matrix_cell_s_errors_are_located_in_the_cell() {
         "{e}"
     );
     assert!(!validator_accepts(&legacy));
-    // A cell that recovers without a `recovery`; the same profile twice; the profile and
-    // the expect where the cells give them.
+    // The profile and the expect where the cells give them; the same profile twice; and
+    // still each cell's own mistakes (`policy_failed` names no PCR).
     let three = MATRIX
+        .replace(
+            "    expect: { recovery: false, tpm_error: none }",
+            "    expect: { recovery: true, tpm_error: policy_failed }",
+        )
         .replace("  - profile: \"0,2,4,11\"", "  - profile: \"7,11\"")
         .replace("  protectors:", "  profile: \"7,11\"\n  protectors:")
         .replace(
@@ -1105,6 +1109,7 @@ fn a_matrix_cell_s_errors_are_located_in_the_cell() {
         [
             "inline.yaml:4:3: device.profile: each `matrix` cell gives the profile: expected none in `device`",
             "inline.yaml:14:5: matrix[1].profile: this profile has a cell already: expected one cell per profile",
+            "inline.yaml:15:31: matrix[1].expect.tpm_error: `policy_failed` needs `changed_pcrs`: the profile PCRs that changed",
             "inline.yaml:16:1: expect: each `matrix` cell gives its own `expect`: expected no top-level one",
         ]
         .join("\n")
