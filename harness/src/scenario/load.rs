@@ -210,6 +210,12 @@ pub fn check_scenario(file: &Path, text: &str) -> Result<Vec<Scenario>, Vec<Scen
     }
     let (scenarios, broken) = if scenario.matrix.is_empty() {
         let mut broken = unwritten_profiles(&scenario, &locator);
+        if locator.has(&[Key("matrix")]) {
+            broken.push(Semantic {
+                path: vec![Key("matrix")],
+                message: "expected at least one cell (a `profile` with its `expect`)".to_string(),
+            });
+        }
         broken.extend(validate(&scenario));
         if broken.is_empty() {
             // The log is checked against a change that is known to be valid.

@@ -1120,6 +1120,12 @@ fn a_matrix_cell_s_errors_are_located_in_the_cell() {
         all_errors(&no_recovery),
         "inline.yaml:12:15: matrix[0].expect.recovery: a recovery is expected: add a `recovery` section saying how the user gets back in"
     );
+    let empty = format!("{BASE}matrix: []\n");
+    assert_eq!(
+        all_errors(&empty),
+        "inline.yaml:20:1: matrix: expected at least one cell (a `profile` with its `expect`)"
+    );
+    assert!(!validator_accepts(&empty));
     // Without a matrix a device still needs its profile.
     let unprofiled = BASE.replace("  profile: \"7,11\"\n", "");
     assert_eq!(
