@@ -146,10 +146,12 @@ pub fn parse_scenario(file: &Path, text: &str) -> Result<Scenario, ScenarioError
         .and_then(|cells| only_one(file, cells))
 }
 
-fn only_one(file: &Path, mut cells: Vec<Scenario>) -> Result<Scenario, ScenarioError> {
-    match cells.len() {
-        1 => cells.pop().ok_or_else(|| unreachable_empty(file)),
-        n => Err(ScenarioError::Unplaced {
+/// The one scenario of a file that is not a `matrix`.
+fn only_one(file: &Path, cells: Vec<Scenario>) -> Result<Scenario, ScenarioError> {
+    let n = cells.len();
+    match cells.into_iter().next() {
+        Some(s) if n == 1 => Ok(s),
+        _ => Err(ScenarioError::Unplaced {
             file: file.to_path_buf(),
             message: format!(
                 "a `matrix` file is {n} scenarios, one per cell: read it as part of a catalog"
@@ -158,18 +160,12 @@ fn only_one(file: &Path, mut cells: Vec<Scenario>) -> Result<Scenario, ScenarioE
     }
 }
 
-fn unreachable_empty(file: &Path) -> ScenarioError {
-    ScenarioError::Unplaced {
-        file: file.to_path_buf(),
-        message: "invalid scenario".to_string(),
-    }
-}
-
 fn first_problem(errors: Vec<ScenarioError>) -> ScenarioError {
     let mut errors = errors.into_iter();
-    errors
-        .next()
-        .unwrap_or_else(|| unreachable_empty(Path::new("")))
+    errors.next().unwrap_or_else(|| ScenarioError::Unplaced {
+        file: PathBuf::new(),
+        message: "invalid scenario".to_string(),
+    })
 }
 
 /// Parses and checks one scenario file's text, reporting every problem, in file order: a
