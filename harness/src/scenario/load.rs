@@ -82,13 +82,18 @@ impl fmt::Display for Listed<'_> {
 }
 
 /// Reads and checks one scenario file; the first problem (in file order) if there are any.
+/// A `matrix` file, which expands to several scenarios, is an error here: the catalog
+/// functions read it.
 pub fn load_scenario(file: &Path) -> Result<Scenario, ScenarioError> {
-    check_scenario_file(file).map_err(first_problem)
+    check_scenario_file(file)
+        .map_err(first_problem)
+        .and_then(|cells| only_one(file, cells))
 }
 
-/// Reads and checks one scenario file, reporting every problem found, in file order.
-/// The file must be named after the scenario (`<name>.yaml`).
-pub fn check_scenario_file(file: &Path) -> Result<Scenario, Vec<ScenarioError>> {
+/// Reads and checks one scenario file, reporting every problem found, in file order: its
+/// scenario, or one per cell of its `matrix`. The file must be named after the scenario
+/// (`<name>.yaml`).
+pub fn check_scenario_file(file: &Path) -> Result<Vec<Scenario>, Vec<ScenarioError>> {
     let text = std::fs::read_to_string(file).map_err(|source| {
         vec![ScenarioError::Read {
             file: file.to_path_buf(),
@@ -97,11 +102,9 @@ pub fn check_scenario_file(file: &Path) -> Result<Scenario, Vec<ScenarioError>> 
     })?;
     let parsed = check_scenario(file, &text);
     let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned());
-    let named = match &parsed {
-        Ok(s) => Some(s.name.clone()),
-        // A name is still worth checking when something else is wrong.
-        Err(_) => serde_yaml::from_str::<NameOnly>(&text).ok().map(|n| n.name),
-    };
+    // The file's own `name:` (a matrix cell's name carries its parameters besides), still
+    // worth checking when something else is wrong.
+    let named = serde_yaml::from_str::<NameOnly>(&text).ok().map(|n| n.name);
     let misnamed = match (named, stem) {
         (Some(name), Some(stem)) if name != stem => {
             let at = Locator::new(&text).locate(&[Key("name")]);
@@ -135,9 +138,26 @@ struct NameOnly {
 }
 
 /// Parses and checks one scenario; `file` is used in errors and kept in the scenario. The
-/// first problem (in file order) if there are any.
+/// first problem (in file order) if there are any. A `matrix` file is an error here (it is
+/// several scenarios: [`check_scenario`] expands it).
 pub fn parse_scenario(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
-    check_scenario(file, text).map_err(first_problem)
+    check_scenario(file, text)
+        .map_err(first_problem)
+        .and_then(|cells| only_one(file, cells))
+}
+
+/// The one scenario of a file that is not a `matrix`.
+fn only_one(file: &Path, cells: Vec<Scenario>) -> Result<Scenario, ScenarioError> {
+    let n = cells.len();
+    match cells.into_iter().next() {
+        Some(s) if n == 1 => Ok(s),
+        _ => Err(ScenarioError::Unplaced {
+            file: file.to_path_buf(),
+            message: format!(
+                "a `matrix` file is {n} scenarios, one per cell: read it as part of a catalog"
+            ),
+        }),
+    }
 }
 
 fn first_problem(errors: Vec<ScenarioError>) -> ScenarioError {
@@ -148,10 +168,11 @@ fn first_problem(errors: Vec<ScenarioError>) -> ScenarioError {
     })
 }
 
-/// Parses and checks one scenario, reporting every problem, in file order: a syntax error
-/// alone (nothing after it can be read reliably); else the first type error of each
-/// top-level section; else every broken rule of the loader's checks.
-pub fn check_scenario(file: &Path, text: &str) -> Result<Scenario, Vec<ScenarioError>> {
+/// Parses and checks one scenario file's text, reporting every problem, in file order: a
+/// syntax error alone (nothing after it can be read reliably); else the first type error
+/// of each top-level section; else every broken rule of the loader's checks. A file with a
+/// `matrix` is one scenario per cell, named `NAME[profile=P]`; any other file is one.
+pub fn check_scenario(file: &Path, text: &str) -> Result<Vec<Scenario>, Vec<ScenarioError>> {
     let located = |line: usize, column: usize, message: String| ScenarioError::Invalid {
         file: file.to_path_buf(),
         line,
@@ -183,11 +204,23 @@ pub fn check_scenario(file: &Path, text: &str) -> Result<Scenario, Vec<ScenarioE
             ));
         }
     }
-    let mut broken = validate(&scenario);
-    if broken.is_empty() {
-        // The log is checked against a change that is known to be valid.
-        broken.extend(load_event_logs(&mut scenario).err());
-    }
+    let (scenarios, broken) = if scenario.matrix.is_empty() {
+        let mut broken = unwritten_profiles(&scenario, &locator);
+        if locator.has(&[Key("matrix")]) {
+            broken.push(Semantic {
+                path: vec![Key("matrix")],
+                message: "expected at least one cell (a `profile` with its `expect`)".to_string(),
+            });
+        }
+        broken.extend(validate(&scenario));
+        if broken.is_empty() {
+            // The log is checked against a change that is known to be valid.
+            broken.extend(load_event_logs(&mut scenario).err());
+        }
+        (vec![scenario], broken)
+    } else {
+        expand_matrix(&scenario, &locator)
+    };
     for Semantic { path, message } in broken {
         let at = locator.locate(&path);
         errors.push(located(
@@ -197,11 +230,147 @@ pub fn check_scenario(file: &Path, text: &str) -> Result<Scenario, Vec<ScenarioE
         ));
     }
     if errors.is_empty() {
-        Ok(scenario)
+        Ok(scenarios)
     } else {
         sort_by_position(&mut errors);
         Err(errors)
     }
+}
+
+/// A device with no `profile` written (serde fills one in, for `matrix` files' sake).
+fn unwritten_profiles(s: &Scenario, locator: &Locator) -> Vec<Semantic> {
+    (0..s.all_devices().len())
+        .filter(|&i| !locator.has(&device_path(s, i, "profile")))
+        .map(|i| {
+            let mut path = device_path(s, i, "profile");
+            path.pop();
+            Semantic {
+                path,
+                message: "missing field `profile`".to_string(),
+            }
+        })
+        .collect()
+}
+
+/// One scenario per `matrix` cell: the file's story on a device of the cell's profile with
+/// the cell's `expect`, and the file's `recovery` only where the cell expects one. Every
+/// rule is checked on each cell; a broken one inside a cell (its `expect`, its profile) is
+/// placed at `matrix[i]...`, one elsewhere that only some cells break names them.
+fn expand_matrix(s: &Scenario, locator: &Locator) -> (Vec<Scenario>, Vec<Semantic>) {
+    let mut found = matrix_form(s, locator);
+    // Cells of several devices or several changes mean nothing; else each is checked too.
+    if s.device.is_none() || !s.changes.is_empty() {
+        return (Vec::new(), found);
+    }
+    let mut outside: Vec<(Semantic, Vec<usize>)> = Vec::new();
+    let mut cells = Vec::new();
+    for (i, cell) in s.matrix.iter().enumerate() {
+        let mut c = s.clone();
+        c.matrix.clear();
+        if let Some(device) = c.device.as_mut() {
+            device.profile = cell.profile;
+        }
+        c.expect = Some(cell.expect.clone());
+        if !cell.expect.recovery {
+            c.recovery = None;
+        }
+        let mut broken = validate(&c);
+        if broken.is_empty() {
+            broken.extend(load_event_logs(&mut c).err());
+        }
+        for b in broken {
+            match in_cell(&b.path, i) {
+                Some(path) => found.push(Semantic {
+                    path,
+                    message: b.message,
+                }),
+                None => match outside
+                    .iter_mut()
+                    .find(|(o, _)| o.path == b.path && o.message == b.message)
+                {
+                    Some((_, broken_in)) => broken_in.push(i),
+                    None => outside.push((b, vec![i])),
+                },
+            }
+        }
+        c.name = format!("{}[profile={}]", s.name, cell.profile.as_str());
+        cells.push(c);
+    }
+    for (mut b, broken_in) in outside {
+        if broken_in.len() < s.matrix.len() {
+            let which: Vec<String> = broken_in
+                .iter()
+                .map(|&i| format!("matrix[{i}] (profile `{}`)", s.matrix[i].profile.as_str()))
+                .collect();
+            b.message = format!("{} (in {})", b.message, which.join(", "));
+        }
+        found.push(b);
+    }
+    (cells, found)
+}
+
+/// Where a cell's own part of an expanded scenario is written: its `expect` and its
+/// device's profile; `None` for the rest of the file.
+fn in_cell(path: &[Seg], i: usize) -> Option<Vec<Seg>> {
+    match path {
+        [Key("expect"), rest @ ..] => {
+            let mut at = vec![Key("matrix"), Index(i), Key("expect")];
+            at.extend_from_slice(rest);
+            Some(at)
+        }
+        [Key("device"), Key("profile")] => Some(vec![Key("matrix"), Index(i), Key("profile")]),
+        _ => None,
+    }
+}
+
+/// What a `matrix` file must be: one device without a profile, one `change`, no top-level
+/// `expect`, a `recovery` only if some cell recovers, and one cell per profile.
+fn matrix_form(s: &Scenario, locator: &Locator) -> Vec<Semantic> {
+    let mut found = Vec::new();
+    let mut rule = |path: Vec<Seg>, message: &str| {
+        found.push(Semantic {
+            path,
+            message: message.to_string(),
+        })
+    };
+    if s.device.is_none() {
+        rule(
+            vec![Key("devices")],
+            "a `matrix` plays one device in each cell's profile: expected `device`, not `devices`",
+        );
+    } else if locator.has(&[Key("device"), Key("profile")]) {
+        rule(
+            vec![Key("device"), Key("profile")],
+            "each `matrix` cell gives the profile: expected none in `device`",
+        );
+    }
+    if !s.changes.is_empty() {
+        rule(
+            vec![Key("changes")],
+            "a `matrix` plays one change in each profile: expected `change`, not `changes`",
+        );
+    }
+    if s.expect.is_some() {
+        rule(
+            vec![Key("expect")],
+            "each `matrix` cell gives its own `expect`: expected no top-level one",
+        );
+    }
+    if s.recovery.is_some() && !s.matrix.iter().any(|c| c.expect.recovery) {
+        rule(
+            vec![Key("recovery")],
+            "no `matrix` cell expects a recovery: expected no `recovery` section",
+        );
+    }
+    for (i, cell) in s.matrix.iter().enumerate() {
+        if s.matrix[..i].iter().any(|c| c.profile == cell.profile) {
+            rule(
+                vec![Key("matrix"), Index(i), Key("profile")],
+                "this profile has a cell already: expected one cell per profile",
+            );
+        }
+    }
+    found
 }
 
 fn sort_by_position(errors: &mut [ScenarioError]) {
@@ -316,17 +485,21 @@ pub fn load_catalog<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Scenario>, Catalo
     let mut names: HashMap<String, PathBuf> = HashMap::new();
     for file in files {
         match check_scenario_file(&file) {
-            Ok(s) => match names.get(&s.name) {
-                Some(first) => errors.push(ScenarioError::DuplicateName {
-                    file,
-                    name: s.name.clone(),
-                    first: first.clone(),
-                }),
-                None => {
-                    names.insert(s.name.clone(), file);
-                    scenarios.push(s);
+            Ok(cells) => {
+                for s in cells {
+                    match names.get(&s.name) {
+                        Some(first) => errors.push(ScenarioError::DuplicateName {
+                            file: file.clone(),
+                            name: s.name.clone(),
+                            first: first.clone(),
+                        }),
+                        None => {
+                            names.insert(s.name.clone(), file.clone());
+                            scenarios.push(s);
+                        }
+                    }
                 }
-            },
+            }
             Err(found) => errors.extend(found),
         }
     }

@@ -76,6 +76,18 @@ impl Locator {
     /// Where the scalar at `path` starts, when it is written plain (unquoted, not a block
     /// scalar); `None` when it is quoted, missing or not a scalar.
     pub fn plain_scalar(&self, path: &[Seg]) -> Option<Pos> {
+        match self.node(path)? {
+            Node::Leaf { at, plain: true } => Some(*at),
+            _ => None,
+        }
+    }
+
+    /// Whether the document writes something at `path` (a key with any value, an item).
+    pub fn has(&self, path: &[Seg]) -> bool {
+        self.node(path).is_some()
+    }
+
+    fn node(&self, path: &[Seg]) -> Option<&Node> {
         let mut node = &self.root.as_ref()?.1;
         for seg in path {
             node = match (seg, node) {
@@ -87,10 +99,7 @@ impl Locator {
                 _ => return None,
             };
         }
-        match node {
-            Node::Leaf { at, plain: true } => Some(*at),
-            _ => None,
-        }
+        Some(node)
     }
 
     /// The lines on which the top-level keys start, in order, when the document is a

@@ -53,6 +53,10 @@ pub struct Scenario {
     /// Portal-only checks that run besides (or after) the recovery.
     #[serde(default)]
     pub checks: Checks,
+    /// One scenario per cell: the file's story on a device of each cell's profile, with
+    /// the cell's own `expect` (the loader expands it; an expanded scenario has none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matrix: Vec<MatrixCell>,
     /// The file this scenario was read from (not part of the YAML).
     #[serde(skip)]
     pub file: PathBuf,
@@ -168,7 +172,9 @@ pub struct Device {
     /// The computer name the agent enrolls with (the help desk's "computer").
     #[serde(default = "default_device_name")]
     pub name: String,
-    /// The PCR validation profile the TPM protector is sealed to.
+    /// The PCR validation profile the TPM protector is sealed to. Required, except in a
+    /// `matrix` file, whose cells give it (the loader checks that it is written).
+    #[serde(default = "Profile::unwritten")]
     pub profile: Profile,
     /// Key protectors on the OS volume.
     pub protectors: Vec<ProtectorKind>,
@@ -253,6 +259,12 @@ pub enum Profile {
 }
 
 impl Profile {
+    /// What serde fills in for a `device.profile` the file leaves out; the loader refuses
+    /// that outside a `matrix` file and sets each cell's profile inside one.
+    fn unwritten() -> Profile {
+        Profile::SecureBoot
+    }
+
     /// The device profile this names.
     pub fn device_profile(self) -> device::Profile {
         match self {
@@ -416,6 +428,15 @@ impl Change {
     pub fn device_change(&self) -> Option<device::Change> {
         self.kind.change(self.signer)
     }
+}
+
+/// One cell of a `matrix`: the story on a device of this profile, and what must follow
+/// there (written in the file, never derived from the model).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixCell {
+    pub profile: Profile,
+    pub expect: Expect,
 }
 
 /// One step of a story of several changes: a change and what must follow it.

@@ -313,3 +313,83 @@ fn change_table_real_log_device_under_0_2_4_11_and_legacy() {
     check_column("Real-log device", "0,2,4,11", Some(real_log()));
     check_column("Real-log device", "legacy", Some(real_log()));
 }
+
+/// Every possible cell of the synthetic-device table is a scenario of the catalog (written
+/// out, or a `matrix` cell): one change on one synthetic device of that profile whose file
+/// states the table's answer. So the whole-catalog run plays each cell through the portal,
+/// and a cell without a scenario fails here.
+#[test]
+fn the_catalog_has_a_scenario_for_every_synthetic_cell() {
+    use harness::scenario::{load_catalog, serde_name};
+    let catalog = load_catalog(&[workspace_root().join("scenarios")]).unwrap();
+    // A change kind, its signer and a profile, as the table names them.
+    type Key = (String, Option<String>, String);
+    // Each such cell's scenarios: what the file states, as a table cell, and its name.
+    let stated: Vec<(Key, Cell, String)> = catalog
+        .iter()
+        .filter_map(|s| {
+            let [device] = s.all_devices()[..] else {
+                return None;
+            };
+            let [(change, expect)] = s.steps()[..] else {
+                return None;
+            };
+            if device.event_log.is_some() || device.firmware.is_some() {
+                return None;
+            }
+            let cell = match (expect.recovery, expect.tpm_error) {
+                (false, TpmError::None) => Cell::None,
+                (true, TpmError::PolicyFailed) => Cell::Pcrs(expect.changed_pcrs.clone()),
+                (true, TpmError::Integrity) => Cell::Integrity,
+                (true, TpmError::AuthFailed) => Cell::AuthFailed,
+                _ => return None,
+            };
+            let key = (
+                serde_name(&change.kind),
+                change.signer.as_ref().map(serde_name),
+                device.profile.as_str().to_string(),
+            );
+            Some((key, cell, s.name.clone()))
+        })
+        .collect();
+    let mut missing = Vec::new();
+    for row in table("Synthetic device") {
+        for (profile, want) in PROFILES.iter().zip(&row.cells) {
+            if *want == Cell::NotPossible {
+                continue;
+            }
+            let key = (row.kind.clone(), row.signer.clone(), profile.to_string());
+            // A lost PIN that ends on the right PIN states `none`: not this cell.
+            let found: Vec<&String> = stated
+                .iter()
+                .filter(|(k, cell, _)| *k == key && cell == want)
+                .map(|(_, _, name)| name)
+                .collect();
+            if found.is_empty() {
+                let others: Vec<String> = stated
+                    .iter()
+                    .filter(|(k, _, _)| *k == key)
+                    .map(|(_, cell, name)| format!("{name} states {cell:?}"))
+                    .collect();
+                missing.push(format!(
+                    "`{}`{} under {profile} ({want:?}): no scenario{}",
+                    row.kind,
+                    row.signer
+                        .as_deref()
+                        .map(|s| format!(" signer {s}"))
+                        .unwrap_or_default(),
+                    if others.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" states it; {}", others.join(", "))
+                    }
+                ));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "synthetic cells of SCHEMA.md's table without a catalog scenario:\n{}",
+        missing.join("\n")
+    );
+}

@@ -13,6 +13,7 @@ mod fleet;
 mod fuzz_replay;
 mod log_hygiene;
 mod machine;
+mod matrix;
 mod mutants;
 mod orphans;
 mod portal_client;

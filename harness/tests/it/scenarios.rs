@@ -25,11 +25,14 @@ fn whole_catalog_loads() {
             "{}: the description is too short for a QA reader",
             s.name
         );
-        // One file, one story, named after it: QA finds the file from a report line.
-        assert_eq!(
-            s.file.file_stem().and_then(|n| n.to_str()),
-            Some(s.name.as_str())
-        );
+        // One file, one story (or one per `matrix` cell, `NAME[profile=P]`), named after
+        // it: QA finds the file from a report line.
+        let stem = s.file.file_stem().and_then(|n| n.to_str()).unwrap();
+        let file_name = s
+            .name
+            .split_once("[profile=")
+            .map_or(s.name.as_str(), |(n, _)| n);
+        assert_eq!(stem, file_name, "{}", s.name);
     }
 }
 
@@ -485,8 +488,21 @@ fn filters_select_by_name_tag_glob_and_negation() {
     assert!(lost.len() >= 3 && lost.iter().all(|n| n.contains("lost-pin")));
     // Several filters: the union, in catalog order.
     assert_eq!(
-        names(&["name:tpm-cleared", "disk-moved"]),
+        names(&["name:tpm-cleared !tag:matrix", "disk-moved !tag:matrix"]),
         vec!["disk-moved", "tpm-cleared"]
+    );
+    // A matrix cell is chosen by its parameters too.
+    assert_eq!(
+        names(&["matrix-tpm-cleared"]),
+        vec![
+            "matrix-tpm-cleared[profile=0,2,4,11]",
+            "matrix-tpm-cleared[profile=legacy]"
+        ]
+    );
+    let legacy_cells = names(&["tag:matrix profile=legacy"]);
+    assert!(
+        legacy_cells.len() >= 10 && legacy_cells.iter().all(|n| n.ends_with("[profile=legacy]")),
+        "{legacy_cells:?}"
     );
     assert!(Filter::parse("tag:").is_err());
     assert!(Filter::parse("   ").is_err());
@@ -593,6 +609,10 @@ fn json_schema_names_exactly_the_variants_and_fields_of_the_rust_types() {
         (
             "/$defs/expect/properties",
             serde_names::<m::Expect>(field.clone()),
+        ),
+        (
+            "/$defs/matrix_cell/properties",
+            serde_names::<m::MatrixCell>(field.clone()),
         ),
         (
             "/$defs/expect/properties/tpm_error/enum",
@@ -981,4 +1001,136 @@ fn a_real_firmware_device_is_refused_what_real_firmware_cannot_answer() {
         ),
         "{err}"
     );
+}
+
+const MATRIX: &str = "\
+name: inline
+description: An inline matrix scenario for the loader's tests, long enough to read.
+device:
+  protectors: [tpm, recovery_password]
+users:
+  - name: CONTOSO\\alice
+    sign_ins: [local]
+change:
+  kind: secure_boot_off
+matrix:
+  - profile: \"7,11\"
+    expect: { recovery: true, tpm_error: policy_failed, changed_pcrs: [7] }
+  - profile: \"0,2,4,11\"
+    expect: { recovery: false, tpm_error: none }
+recovery:
+  via: self_service
+  as: CONTOSO\\alice
+  reason: BIOS/TPM changed
+  answer: key_shown
+";
+
+/// Every error of `yaml` read as `inline.yaml`, one per line.
+fn all_errors(yaml: &str) -> String {
+    let errors = harness::scenario::check_scenario(Path::new("inline.yaml"), yaml)
+        .err()
+        .unwrap_or_else(|| panic!("expected errors, but it loaded:\n{yaml}"));
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_matrix_is_one_scenario_per_cell_with_the_cells_own_expect() {
+    assert!(validator_accepts(MATRIX));
+    let cells = harness::scenario::check_scenario(Path::new("inline.yaml"), MATRIX).unwrap();
+    let names: Vec<&str> = cells.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["inline[profile=7,11]", "inline[profile=0,2,4,11]"]);
+    let (sb, uefi) = (&cells[0], &cells[1]);
+    assert_eq!(sb.device_named(None).unwrap().profile, Profile::SecureBoot);
+    assert_eq!(uefi.device_named(None).unwrap().profile, Profile::Uefi);
+    let expect = |s: &Scenario| s.last_step().unwrap().1.clone();
+    assert_eq!(
+        (
+            expect(sb).recovery,
+            expect(sb).tpm_error,
+            expect(sb).changed_pcrs
+        ),
+        (true, TpmError::PolicyFailed, vec![7])
+    );
+    assert_eq!(
+        (expect(uefi).recovery, expect(uefi).tpm_error),
+        (false, TpmError::None)
+    );
+    // The file's recovery is played by the cell that expects one, not by the other.
+    assert_eq!(sb.recovery.as_ref().unwrap().answer, Answer::KeyShown);
+    assert!(uefi.recovery.is_none());
+    assert!(cells.iter().all(|s| s.matrix.is_empty()));
+    // One scenario per cell is not one scenario.
+    let e = parse_scenario(Path::new("inline.yaml"), MATRIX).unwrap_err();
+    assert!(
+        e.to_string().contains("a `matrix` file is 2 scenarios"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_matrix_cell_s_errors_are_located_in_the_cell() {
+    // The table says 0,2,4,11 does not see PCR 7: a cell claiming it is refused there.
+    let wrong_pcr = MATRIX.replace(
+        "expect: { recovery: false, tpm_error: none }",
+        "expect: { recovery: true, tpm_error: policy_failed, changed_pcrs: [7] }",
+    );
+    assert_eq!(
+        all_errors(&wrong_pcr),
+        "inline.yaml:14:72: matrix[1].expect.changed_pcrs[0]: PCR 7 is not in profile 0,2,4,11 (PCRs [0, 2, 4, 11])"
+    );
+    // A rule only one cell breaks, outside the cells, names that cell.
+    let legacy = MATRIX.replace("\"0,2,4,11\"", "legacy");
+    let e = all_errors(&legacy);
+    assert!(
+        e.starts_with("inline.yaml:9:3: change.kind: ")
+            && e.ends_with(" (in matrix[1] (profile `legacy`))"),
+        "{e}"
+    );
+    assert!(!validator_accepts(&legacy));
+    // The profile and the expect where the cells give them; the same profile twice; and
+    // still each cell's own mistakes (`policy_failed` names no PCR).
+    let three = MATRIX
+        .replace(
+            "    expect: { recovery: false, tpm_error: none }",
+            "    expect: { recovery: true, tpm_error: policy_failed }",
+        )
+        .replace("  - profile: \"0,2,4,11\"", "  - profile: \"7,11\"")
+        .replace("  protectors:", "  profile: \"7,11\"\n  protectors:")
+        .replace(
+            "recovery:\n  via",
+            "expect: { recovery: false, tpm_error: none }\nrecovery:\n  via",
+        );
+    assert_eq!(
+        all_errors(&three),
+        [
+            "inline.yaml:4:3: device.profile: each `matrix` cell gives the profile: expected none in `device`",
+            "inline.yaml:14:5: matrix[1].profile: this profile has a cell already: expected one cell per profile",
+            "inline.yaml:15:31: matrix[1].expect.tpm_error: `policy_failed` needs `changed_pcrs`: the profile PCRs that changed",
+            "inline.yaml:16:1: expect: each `matrix` cell gives its own `expect`: expected no top-level one",
+        ]
+        .join("\n")
+    );
+    assert!(!validator_accepts(&three));
+    let no_recovery = MATRIX.split("recovery:\n  via").next().unwrap().to_string();
+    assert_eq!(
+        all_errors(&no_recovery),
+        "inline.yaml:12:15: matrix[0].expect.recovery: a recovery is expected: add a `recovery` section saying how the user gets back in"
+    );
+    let empty = format!("{BASE}matrix: []\n");
+    assert_eq!(
+        all_errors(&empty),
+        "inline.yaml:20:1: matrix: expected at least one cell (a `profile` with its `expect`)"
+    );
+    assert!(!validator_accepts(&empty));
+    // Without a matrix a device still needs its profile.
+    let unprofiled = BASE.replace("  profile: \"7,11\"\n", "");
+    assert_eq!(
+        all_errors(&unprofiled),
+        "inline.yaml:3:1: device: missing field `profile`"
+    );
+    assert!(!validator_accepts(&unprofiled));
 }
