@@ -31,6 +31,25 @@ pub fn harness() -> Command {
     harness_at(env!("CARGO_BIN_EXE_harness"))
 }
 
+/// Runs `cmd` (a `harness run ... --json <json>`), asserts it exits with `code` (showing its
+/// output if not), and returns its stdout and the JSON report it wrote.
+pub fn run_for_report(
+    cmd: &mut Command,
+    json: &std::path::Path,
+    code: i32,
+) -> (String, serde_json::Value) {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    (stdout, report)
+}
+
 /// A `harness` binary (the release one, say), run from the workspace root with the TSS's own
 /// logging off.
 pub fn harness_at(program: impl AsRef<OsStr>) -> Command {

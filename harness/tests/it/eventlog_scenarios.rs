@@ -2,7 +2,7 @@
 //! real-log scenarios through `harness run` (real portal, real swtpm), and the loader's
 //! errors for bad logs.
 
-use crate::common::{harness, portal_bin, workspace_root};
+use crate::common::{harness, portal_bin, run_for_report, workspace_root};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -120,20 +120,13 @@ fn eventlog_catalog_real_log_scenarios_pass_against_the_embedded_portal() {
     let _ = portal_bin();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("run.json");
-    let out = harness()
-        .args(["run", "scenarios/", "--filter", "tag:real-log", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, report) = run_for_report(
+        harness()
+            .args(["run", "scenarios/", "--filter", "tag:real-log", "--json"])
+            .arg(&json),
+        &json,
+        0,
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let scenarios = report["scenarios"].as_array().unwrap();
     assert!(scenarios.len() >= 2, "{stdout}");
     let by_name = |n: &str| {

@@ -9,7 +9,7 @@ use eventlog::tcg::LogFormat;
 use eventlog::{EventType, HashAlg};
 use harness::scenario::parse_scenario;
 
-use crate::common::{harness, portal_bin};
+use crate::common::{harness, portal_bin, run_for_report};
 
 /// A BIOS machine as the runner builds it for `profile: legacy`.
 fn bios_device() -> Device {
@@ -146,22 +146,15 @@ fn harness_run_boots_a_legacy_scenario_on_a_bios_machine() {
     )
     .unwrap();
     let json = dir.path().join("run.json");
-    let out = harness()
-        .arg("run")
-        .arg(dir.path())
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (_, report) = run_for_report(
+        harness()
+            .arg("run")
+            .arg(dir.path())
+            .arg("--json")
+            .arg(&json),
+        &json,
+        0,
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let explanation = report["scenarios"][0]["lockout"]["explanation"]
         .as_str()
         .unwrap_or_default()

@@ -4,29 +4,22 @@
 //! portal over HTTP. Twelve real boots of 15-40 s: nextest's `real-firmware` group runs this
 //! alone (.config/nextest.toml).
 
-use crate::common::{harness, portal_bin};
+use crate::common::{harness, portal_bin, run_for_report};
 
 #[test]
 fn real_firmware_scenarios_lock_out_recover_and_hold_the_model_to_real_boots() {
     let _ = portal_bin();
     let dir = tempfile::tempdir().unwrap();
-    let out = harness()
-        .args(["run", "--filter", "tag:real-firmware", "-j", "1", "--json"])
-        .arg(dir.path().join("run.json"))
-        .arg("--html")
-        .arg(dir.path().join("html"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let json = dir.path().join("run.json");
+    let (_, report) = run_for_report(
+        harness()
+            .args(["run", "--filter", "tag:real-firmware", "-j", "1", "--json"])
+            .arg(&json)
+            .arg("--html")
+            .arg(dir.path().join("html")),
+        &json,
+        0,
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run.json")).unwrap())
-            .unwrap();
     let played: Vec<(&str, bool)> = report["scenarios"]
         .as_array()
         .unwrap()
