@@ -43,6 +43,16 @@ struct Field {
 }
 
 /// The declared map: every expectation the catalog states, and the step that checks it.
+/// Every answer a recovery may state (`recovery.answer`, `changes[].recovery.answer`).
+const ANSWERS: &[&str] = &[
+    "refused",
+    "key_shown",
+    "several_matches",
+    "helpdesk_message",
+    "expired",
+    "lockout_auth_shown",
+];
+
 const FIELDS: &[Field] = &[
     Field {
         name: "expect.recovery",
@@ -167,20 +177,7 @@ const FIELDS: &[Field] = &[
     },
     Field {
         name: "recovery.answer",
-        mutants: |doc| {
-            enum_mutants(
-                doc,
-                vec![K("recovery"), K("answer")],
-                &[
-                    "refused",
-                    "key_shown",
-                    "several_matches",
-                    "helpdesk_message",
-                    "expired",
-                    "lockout_auth_shown",
-                ],
-            )
-        },
+        mutants: |doc| enum_mutants(doc, vec![K("recovery"), K("answer")], ANSWERS),
         consistent: |doc, edit| {
             let mut doc = doc.clone();
             let shows = matches!(
@@ -206,14 +203,7 @@ const FIELDS: &[Field] = &[
                     enum_mutants(
                         doc,
                         vec![K("changes"), I(i), K("recovery"), K("answer")],
-                        &[
-                            "refused",
-                            "key_shown",
-                            "several_matches",
-                            "helpdesk_message",
-                            "expired",
-                            "lockout_auth_shown",
-                        ],
+                        ANSWERS,
                     )
                 })
                 .collect()
