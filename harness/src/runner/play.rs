@@ -43,8 +43,12 @@ pub struct LockoutFacts {
     pub explanation: Option<String>,
     /// The key ID the recovery screen showed.
     pub recovery_key_id: Option<String>,
-    /// A real-firmware device's boots (`device.firmware`), for the report.
-    #[serde(skip)]
+    /// A real-firmware device's boots (`device.firmware`), for the report: in JSON each
+    /// boot's change, time, PCRs moved against boot 1 and the model's verdict.
+    #[serde(
+        serialize_with = "super::real_firmware::serialize_boots",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub real_boots: Option<device::real_firmware::SharedBoots>,
 }
 

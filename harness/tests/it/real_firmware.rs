@@ -46,4 +46,62 @@ fn real_firmware_scenarios_lock_out_recover_and_hold_the_model_to_real_boots() {
     assert!(html.contains("model [7], real [7]"), "{html}");
     assert!(html.contains("model [2], real [1, 2]"), "{html}");
     assert!(html.contains("UEFI PXEv4"), "{html}");
+    // The JSON report carries the same boots for machines: each boot's change, the PCRs it
+    // moved against boot 1 and the model's verdict.
+    for s in report["scenarios"].as_array().unwrap() {
+        let boots = s["lockout"]["real_boots"].as_array().unwrap();
+        assert!(boots.len() >= 2, "{s:#}");
+        assert_eq!(boots[0]["boot"], 1);
+        assert!(
+            boots[0]["model"].is_null(),
+            "boot 1 is what BitLocker sealed to"
+        );
+        assert!(boots[0]["pcrs_moved_since_boot_1"]
+            .as_array()
+            .unwrap()
+            .is_empty());
+        for b in &boots[1..] {
+            assert_ne!(b["model"]["verdict"], "disagrees", "{b:#}");
+            assert!(b["seconds"].as_f64().unwrap() > 0.0, "{b:#}");
+        }
+    }
+    let boots_of = |name: &str| {
+        report["scenarios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["lockout"]["real_boots"]
+            .clone()
+    };
+    let db = boots_of("real-firmware-db-update-secure-boot");
+    let changed = db
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["change"] == "db-update")
+        .expect("a db-update boot");
+    assert!(
+        changed["pcrs_moved_since_boot_1"]
+            .as_array()
+            .unwrap()
+            .contains(&7.into()),
+        "{changed:#}"
+    );
+    assert_eq!(changed["model"]["verdict"], "agrees", "{changed:#}");
+    let rom = boots_of("real-firmware-option-rom-model-vs-reality");
+    let rom_boot = rom
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["change"] == "option-rom")
+        .expect("an option-rom boot");
+    assert_eq!(
+        rom_boot["model"]["verdict"], "agrees_but_for_documented_differences",
+        "{rom_boot:#}"
+    );
+    let pcr1 = &rom_boot["model"]["disagreements"][0];
+    assert_eq!(pcr1["pcr"], 1, "{rom_boot:#}");
+    assert_eq!(pcr1["moved_only_in"], "real_boot", "{rom_boot:#}");
+    assert!(pcr1["documented"].is_string(), "{rom_boot:#}");
 }
