@@ -37,11 +37,12 @@ trap stop EXIT
 "${run_as_pg[@]}" "$bindir/initdb" -D "$data" -A trust -U postgres --no-sync >"$tmp/initdb.log" 2>&1 || {
   cat "$tmp/initdb.log" >&2; echo "error: initdb failed" >&2; exit 1; }
 # A free loopback port: try random ones until the server starts (a port in use makes it
-# exit at once). fsync off: a test cluster thrown away at the end; its socket in the temp
+# exit at once). Below Linux's ephemeral range (32768-60999), so that no outgoing
+# connection of the tests can have taken it between our pick and the server's bind. fsync off: a test cluster thrown away at the end; its socket in the temp
 # dir only.
 started=""
 for _ in 1 2 3 4 5 6 7 8; do
-  port=$(( 20000 + RANDOM % 40000 ))
+  port=$(( 20000 + RANDOM % 12768 ))
   opts="-h 127.0.0.1 -p $port -k $tmp -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400"
   if "${run_as_pg[@]}" "$bindir/pg_ctl" -D "$data" -l "$tmp/server.log" -w -t 60 -o "$opts" \
       start >/dev/null 2>&1; then
