@@ -38,4 +38,4 @@ perf script -i "$TMP/perf.data" -F time 2>/dev/null | tr -d ': ' | awk -v stages
         printf "   %-22s %7s %7.2f\n", "(after)", "", cpu[k+1] / 499 }'
 echo "   top symbols (self):"
 perf report -i "$TMP/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
-  | grep -v '^#' | grep -v '^$' | head -15 | sed -E -e 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//' -e 's/^/   /'
+  | grep -v '^#' | grep -v '^$' | sed -n 1,15p | sed -E -e 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//' -e 's/^/   /'

@@ -51,11 +51,31 @@ pub struct SqliteStore {
     tokens: RwLock<HashMap<TokenHash, Account>>,
     /// Feeds the group-commit writer thread; it stops when this is dropped.
     journal: Mutex<mpsc::Sender<JournalJob>>,
-    /// Dropping it stops the checkpoint thread.
-    _checkpointer: mpsc::Sender<()>,
+    /// The group-commit writer thread, joined on drop (it holds the writer connection).
+    journal_thread: Option<std::thread::JoinHandle<()>>,
+    /// Dropping it stops the checkpoint thread and waits for it.
+    _checkpointer: checkpoint::Checkpointer,
     /// Held by the checkpoint thread while its connection is open; the import holds it so
     /// no checkpoint connection is open when it leaves WAL mode.
     checkpoint_turn: Arc<Mutex<()>>,
+}
+
+/// Dropping the store closes every connection it opened before it returns: the group-commit
+/// writer finishes what was queued and is joined, then the checkpoint thread (its field).
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Swapping in a dead sender closes the writer's channel.
+        drop(std::mem::replace(
+            &mut *lock(&self.journal),
+            mpsc::channel().0,
+        ));
+        if let Some(t) = self.journal_thread.take() {
+            // The last handle may be dropped by a submission on the writer thread itself.
+            if t.thread().id() != std::thread::current().id() {
+                drop(t.join());
+            }
+        }
+    }
 }
 
 /// A token hash whose equality is constant-time (the map's final comparison of a candidate
@@ -96,22 +116,18 @@ impl SqliteStore {
         let tokens = load_tokens(&conn)?;
         // Commits never checkpoint: the checkpoint thread does (see `checkpointer`).
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let (stop_checkpoints, stop) = mpsc::channel();
-        let p = path.to_path_buf();
         let checkpoint_turn = Arc::new(Mutex::new(()));
-        let turn = checkpoint_turn.clone();
         let import_turn = checkpoint_turn.clone();
-        std::thread::Builder::new()
-            .name("wal-checkpoint".into())
-            .spawn(move || checkpoint::checkpointer(p, stop, turn))
-            .map_err(|e| StoreError::Corrupt(format!("starting the WAL checkpointer: {e}")))?;
+        let checkpointer =
+            checkpoint::Checkpointer::start(path.to_path_buf(), checkpoint_turn.clone())
+                .map_err(|e| StoreError::Corrupt(format!("starting the WAL checkpointer: {e}")))?;
         let writer = Arc::new(Mutex::new(conn));
         let (tx, rx) = mpsc::channel();
         let w = writer.clone();
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         let wal = std::path::PathBuf::from(wal);
-        std::thread::Builder::new()
+        let journal_thread = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer::journal_writer(w, rx, wal, wal_limit, checkpoint_turn))
             .map_err(|e| StoreError::Corrupt(format!("starting the audit writer: {e}")))?;
@@ -123,7 +139,8 @@ impl SqliteStore {
             },
             tokens: RwLock::new(tokens),
             journal: Mutex::new(tx),
-            _checkpointer: stop_checkpoints,
+            journal_thread: Some(journal_thread),
+            _checkpointer: checkpointer,
             checkpoint_turn: import_turn,
         })
     }

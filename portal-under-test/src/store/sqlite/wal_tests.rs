@@ -1,4 +1,5 @@
-//! The write-ahead log stays bounded under sustained audited load (a real SQLite file).
+//! The write-ahead log stays bounded under sustained audited load, and a dropped store leaves
+//! the file to others at once (a real SQLite file).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -108,4 +109,28 @@ fn the_wal_stays_bounded_under_sustained_commits_and_reads() {
         "the WAL reached {largest} bytes (bound {BOUND}); database {db_size} bytes"
     );
     assert!(emptied >= 3, "the WAL was emptied {emptied} times");
+}
+
+/// Right after the store is dropped no connection of its own is left on the file: another
+/// connection leaves WAL mode at once, without waiting (a bench fills the store's file this
+/// way). Each round drops the store at a different moment around the checkpoint thread's
+/// first tick (500 ms after the open), with audit rows just committed by the group-commit
+/// writer and in the WAL for the checkpoint to copy.
+#[test]
+fn a_dropped_store_leaves_the_file_to_another_connection_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("portal.sqlite3");
+    for round in 0..12u64 {
+        let store = SqliteStore::open(&db).unwrap();
+        let rows = (0..200).map(|n| row(n + 200 * round as usize)).collect();
+        commit_journal_blocking(&store, rows).unwrap();
+        std::thread::sleep(Duration::from_millis(480 + 4 * round));
+        drop(store);
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.busy_timeout(Duration::ZERO).unwrap();
+        let mode: String = c
+            .query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("round {round}: leaving WAL right after the drop: {e}"));
+        assert_eq!(mode, "delete", "round {round}");
+    }
 }
