@@ -1134,3 +1134,71 @@ fn a_matrix_cell_s_errors_are_located_in_the_cell() {
     );
     assert!(!validator_accepts(&unprofiled));
 }
+
+/// Every ```` ```yaml ```` block of SCHEMA.md and README.md loads: a whole scenario (it has
+/// `name`) as it stands; an excerpt over the catalog file named in the HTML comment just
+/// before it (`<!-- example excerpt of FILE.yaml -->`), its top-level keys replacing the
+/// file's. So a reader who copies an example gets a story the loader takes.
+#[test]
+fn every_yaml_example_in_the_docs_loads() {
+    const EXCERPT: &str = "<!-- example excerpt of ";
+    let mut checked = 0;
+    for doc in ["scenarios/SCHEMA.md", "README.md"] {
+        let text = std::fs::read_to_string(crate::common::workspace_root().join(doc)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut i = 0;
+        while i < lines.len() {
+            if lines[i].trim_end() != "```yaml" {
+                i += 1;
+                continue;
+            }
+            let start = i + 1;
+            let end = start
+                + lines[start..]
+                    .iter()
+                    .position(|l| l.starts_with("```"))
+                    .unwrap_or_else(|| panic!("{doc}:{start}: unclosed ```yaml block"));
+            let block = lines[start..end].join("\n") + "\n";
+            let at = format!("{doc}:{start}");
+            let mut example: serde_yaml::Mapping = serde_yaml::from_str(&block)
+                .unwrap_or_else(|e| panic!("{at}: the example is not YAML: {e}\n{block}"));
+            let base = lines[..i]
+                .iter()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .and_then(|l| l.trim().strip_prefix(EXCERPT))
+                .and_then(|l| l.strip_suffix(" -->"));
+            let yaml = match (example.contains_key("name"), base) {
+                (true, None) => block,
+                (false, Some(base)) => {
+                    let file = catalog_dir().join(base);
+                    let mut story: serde_yaml::Mapping =
+                        serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+                    for (key, value) in std::mem::take(&mut example) {
+                        story.insert(key, value);
+                    }
+                    serde_yaml::to_string(&story).unwrap()
+                }
+                (true, Some(_)) => panic!("{at}: a whole scenario needs no `{EXCERPT}...`"),
+                (false, None) => {
+                    panic!("{at}: an excerpt (no `name`) needs `{EXCERPT}FILE.yaml -->` before it")
+                }
+            };
+            let name: serde_yaml::Mapping = serde_yaml::from_str(&yaml).unwrap();
+            let name = name["name"].as_str().unwrap().to_owned();
+            if let Err(errors) = harness::scenario::check_scenario(
+                &catalog_dir().join(format!("{name}.yaml")),
+                &yaml,
+            ) {
+                let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                panic!(
+                    "{at}: the example does not load:\n{}\n{yaml}",
+                    errors.join("\n")
+                );
+            }
+            checked += 1;
+            i = end + 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} examples found");
+}
