@@ -1057,7 +1057,18 @@ fn load_event_log(s: &Scenario, i: usize) -> Result<Option<std::sync::Arc<TcgLog
                 } else {
                     "kind"
                 };
-                return fail(StepAt::new(s, n).change(key), e.to_string());
+                // Named as the scenario file spells the change, not as the device crate's
+                // type prints it.
+                let kind = serde_name(&step.kind);
+                let message = match e {
+                    device::ChangeError::RealLog { reason, .. } => {
+                        format!("`{kind}` on a device booting a real log: {reason}")
+                    }
+                    device::ChangeError::Missing { needs, .. } => {
+                        format!("`{kind}` needs {needs}, which this log does not have")
+                    }
+                };
+                return fail(StepAt::new(s, n).change(key), message);
             }
         }
     }
