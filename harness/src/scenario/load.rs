@@ -398,20 +398,26 @@ fn parse_errors(file: &Path, text: &str, first: serde_yaml::Error) -> Vec<Scenar
     };
     // A syntax error (an unclosed `[`, a duplicate key) is named as such, alone: the typed
     // reader may have stumbled on a type first inside the half-read text.
-    if let Err(syntax) = serde_yaml::from_str::<serde_yaml::Value>(text) {
-        return vec![match to_error(&syntax, 0) {
-            ScenarioError::Invalid {
-                file,
-                line,
-                column,
-                message,
-            } => ScenarioError::Invalid {
-                file,
-                line,
-                column,
-                message: format!("YAML syntax error: {}", drop_positions(&message)),
-            },
-            other => other,
+    let document = match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Ok(document) => document,
+        Err(syntax) => return vec![syntax_error(to_error(&syntax, 0))],
+    };
+    // serde would say "missing field `name`" of an empty file, "struct Scenario" of a list.
+    let what = match document {
+        serde_yaml::Value::Mapping(_) => None,
+        serde_yaml::Value::Null => Some("the file is empty"),
+        serde_yaml::Value::Sequence(_) => Some("the document is a list"),
+        _ => Some("the document is a single value"),
+    };
+    if let Some(what) = what {
+        return vec![ScenarioError::Invalid {
+            file: file.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: format!(
+                "{what}: expected a scenario: a mapping with `name`, `description`, `device` \
+                 (or `devices`), `users`, `change` and `expect` (or `changes`); see SCHEMA.md"
+            ),
         }];
     }
     let Some(starts) = Locator::new(text).top_level_key_lines() else {
@@ -437,6 +443,24 @@ fn parse_errors(file: &Path, text: &str, first: serde_yaml::Error) -> Vec<Scenar
         errors.push(to_error(&first, 0));
     }
     errors
+}
+
+/// A YAML syntax error, named as one.
+fn syntax_error(error: ScenarioError) -> ScenarioError {
+    match error {
+        ScenarioError::Invalid {
+            file,
+            line,
+            column,
+            message,
+        } => ScenarioError::Invalid {
+            file,
+            line,
+            column,
+            message: format!("YAML syntax error: {}", drop_positions(&message)),
+        },
+        other => other,
+    }
 }
 
 /// The scenario files named by `paths`: files as given, directories' `*.yaml`/`*.yml`

@@ -744,6 +744,31 @@ fn an_unclosed_flow_sequence_is_named_a_syntax_error() {
     assert!(text.contains("flow sequence"), "{text}");
 }
 
+/// An empty file (or only comments), or a document that is a list or a scalar, is named
+/// for what it is, in the file's words: not serde's "missing field `name`" or "struct
+/// Scenario".
+#[test]
+fn an_empty_file_or_a_document_that_is_no_mapping_says_so() {
+    let expected = "expected a scenario: a mapping with `name`, `description`, `device` (or \
+                    `devices`), `users`, `change` and `expect` (or `changes`); see SCHEMA.md";
+    check(
+        "",
+        &format!("inline.yaml:1:1: the file is empty: {expected}"),
+    );
+    check(
+        "# only a comment\n\n",
+        &format!("inline.yaml:1:1: the file is empty: {expected}"),
+    );
+    check(
+        "- name: inline\n",
+        &format!("inline.yaml:1:1: the document is a list: {expected}"),
+    );
+    check(
+        "just text\n",
+        &format!("inline.yaml:1:1: the document is a single value: {expected}"),
+    );
+}
+
 /// SCHEMA.md: the file is named `<name>.yaml`.
 #[test]
 fn a_file_named_differently_from_its_scenario_is_an_error() {
