@@ -1514,7 +1514,9 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
                 "a recovery is expected: add a `recovery` section saying how the user gets back in",
             )
         }
-        (Some(_), false) => {
+        // Without a change (or its `expect`) there is no `expect.recovery` to speak of:
+        // the missing one is the error.
+        (Some(_), false) if s.last_step().is_some() => {
             return fail(
                 vec![Key("recovery")],
                 "`expect.recovery` is false: expected no `recovery` section",

@@ -769,6 +769,24 @@ fn an_empty_file_or_a_document_that_is_no_mapping_says_so() {
     );
 }
 
+/// A story without its change (or its `expect`) is told so, once: its `recovery` is not
+/// also said to follow an `expect.recovery` that is false.
+#[test]
+fn a_missing_change_or_expect_is_the_only_error_named() {
+    assert_eq!(
+        all_errors(&edit("change:\n  kind: secure_boot_off\n", "change:\n")),
+        "inline.yaml:9:1: change: missing `change` (or `changes`, a list of changes each with \
+         its `expect`)"
+    );
+    let no_expect = edit(
+        "expect:\n  recovery: true\n  tpm_error: policy_failed\n  changed_pcrs: [7]\n",
+        "",
+    );
+    let errors = all_errors(&no_expect);
+    assert!(!errors.contains("is false"), "{errors}");
+    assert_eq!(errors.lines().count(), 1, "{errors}");
+}
+
 /// SCHEMA.md: the file is named `<name>.yaml`.
 #[test]
 fn a_file_named_differently_from_its_scenario_is_an_error() {
