@@ -389,7 +389,7 @@ fn parse_errors(file: &Path, text: &str, first: serde_yaml::Error) -> Vec<Scenar
             file: file.to_path_buf(),
             line: loc.line() + line_offset,
             column: loc.column(),
-            message: strip_location(&e.to_string()).to_string(),
+            message: in_yaml_words(strip_location(&e.to_string())),
         },
         None => ScenarioError::Unplaced {
             file: file.to_path_buf(),
@@ -532,6 +532,28 @@ pub fn load_catalog<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Scenario>, Catalo
     } else {
         Err(CatalogError::Invalid(errors))
     }
+}
+
+/// serde's message with the loader's Rust types (`struct Checks`, `u32`) said as the YAML
+/// shapes a scenario writer knows.
+fn in_yaml_words(message: &str) -> String {
+    let mut words = message.to_string();
+    if let Some(at) = words.find("expected struct ") {
+        let name = at + "expected struct ".len();
+        let end = words[name..]
+            .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .map_or(words.len(), |n| name + n);
+        words.replace_range(at..end, "expected a mapping");
+    }
+    for (rust, yaml) in [
+        ("expected u8", "expected a whole number, 0-255"),
+        ("expected u16", "expected a whole number, 0-65535"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected u64", "expected a whole number, 0 or more"),
+    ] {
+        words = words.replace(rust, yaml);
+    }
+    words
 }
 
 /// serde_yaml appends " at line L column C"; we print the position first instead.

@@ -263,6 +263,36 @@ fn wrong_type_names_its_position_and_the_expected_type() {
     );
 }
 
+/// A type error names a YAML shape (a mapping, a whole number), never the loader's Rust
+/// type (`struct Checks`, `u32`) that a scenario writer has never seen.
+#[test]
+fn type_errors_name_yaml_shapes_not_rust_types() {
+    check(
+        &edit("  answer: key_shown\n", "  answer: key_shown\nchecks: 3\n"),
+        "inline.yaml:20:9: checks: invalid type: integer `3`, expected a mapping",
+    );
+    check(
+        &edit(
+            "  kind: secure_boot_off\n",
+            "  kind: secure_boot_off\n  suspend: 1\n",
+        ),
+        "inline.yaml:11:12: change.suspend: invalid type: integer `1`, expected a mapping",
+    );
+    check(
+        &edit("[7]", "[-1]"),
+        "inline.yaml:14:18: expect.changed_pcrs[0]: invalid type: integer `-1`, expected a \
+         whole number, 0 or more",
+    );
+    check(
+        &edit(
+            "  protectors: [tpm, recovery_password]\n",
+            "  protectors: [tpm, recovery_password]\n  recovery_passwords: 300\n",
+        ),
+        "inline.yaml:6:23: device.recovery_passwords: invalid value: integer `300`, expected a \
+         whole number, 0-255",
+    );
+}
+
 #[test]
 fn bad_enum_value_lists_the_allowed_values() {
     check(
