@@ -400,7 +400,7 @@ fn parse_errors(file: &Path, text: &str, first: serde_yaml::Error) -> Vec<Scenar
     // reader may have stumbled on a type first inside the half-read text.
     let document = match serde_yaml::from_str::<serde_yaml::Value>(text) {
         Ok(document) => document,
-        Err(syntax) => return vec![syntax_error(to_error(&syntax, 0))],
+        Err(syntax) => return vec![syntax_error(to_error(&syntax, 0), text)],
     };
     // serde would say "missing field `name`" of an empty file, "struct Scenario" of a list.
     let what = match document {
@@ -445,20 +445,36 @@ fn parse_errors(file: &Path, text: &str, first: serde_yaml::Error) -> Vec<Scenar
     errors
 }
 
-/// A YAML syntax error, named as one.
-fn syntax_error(error: ScenarioError) -> ScenarioError {
+/// A YAML syntax error, named as one; a tab where it stands is named too (YAML's own
+/// message, "cannot start any token", does not say what the character is).
+fn syntax_error(error: ScenarioError, text: &str) -> ScenarioError {
     match error {
         ScenarioError::Invalid {
             file,
             line,
             column,
             message,
-        } => ScenarioError::Invalid {
-            file,
-            line,
-            column,
-            message: format!("YAML syntax error: {}", drop_positions(&message)),
-        },
+        } => {
+            let at = text
+                .lines()
+                .nth(line.saturating_sub(1))
+                .and_then(|l| l.chars().nth(column.saturating_sub(1)));
+            let tab = if at == Some('\t') {
+                "a tab: YAML indents with spaces ("
+            } else {
+                ""
+            };
+            let close = if tab.is_empty() { "" } else { ")" };
+            ScenarioError::Invalid {
+                file,
+                line,
+                column,
+                message: format!(
+                    "YAML syntax error: {tab}{}{close}",
+                    drop_positions(&message)
+                ),
+            }
+        }
         other => other,
     }
 }

@@ -817,6 +817,17 @@ fn a_missing_change_or_expect_is_the_only_error_named() {
     assert_eq!(errors.lines().count(), 1, "{errors}");
 }
 
+/// A tab where YAML wants indentation is a syntax error that says it is a tab.
+#[test]
+fn a_tab_in_the_indentation_is_named() {
+    let tabbed = edit("  profile: \"7,11\"\n", "\tprofile: \"7,11\"\n");
+    let errors = all_errors(&tabbed);
+    assert!(
+        errors.starts_with("inline.yaml:4:1: YAML syntax error: a tab: YAML indents with spaces"),
+        "{errors}"
+    );
+}
+
 /// SCHEMA.md: the file is named `<name>.yaml`.
 #[test]
 fn a_file_named_differently_from_its_scenario_is_an_error() {
