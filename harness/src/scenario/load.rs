@@ -205,14 +205,17 @@ pub fn check_scenario(file: &Path, text: &str) -> Result<Vec<Scenario>, Vec<Scen
         }
     }
     let (scenarios, broken) = if scenario.matrix.is_empty() {
-        let mut broken = unwritten_profiles(&scenario, &locator);
+        let mut broken = Vec::new();
         if locator.has(&[Key("matrix")]) {
+            // Alone: the missing profiles and `expect` are what the cells would give.
             broken.push(Semantic {
                 path: vec![Key("matrix")],
                 message: "expected at least one cell (a `profile` with its `expect`)".to_string(),
             });
+        } else {
+            broken.extend(unwritten_profiles(&scenario, &locator));
+            broken.extend(validate(&scenario));
         }
-        broken.extend(validate(&scenario));
         if broken.is_empty() {
             // The log is checked against a change that is known to be valid.
             broken.extend(load_event_logs(&mut scenario).err());

@@ -828,6 +828,20 @@ fn a_tab_in_the_indentation_is_named() {
     );
 }
 
+/// `matrix: []` is told that it needs a cell, and nothing else: not also that the device
+/// lacks the profile the cells would give, nor that `expect` is missing.
+#[test]
+fn an_empty_matrix_is_the_only_error_named() {
+    let empty = edit("  profile: \"7,11\"\n", "").replace(
+        "expect:\n  recovery: true\n  tpm_error: policy_failed\n  changed_pcrs: [7]\n",
+        "matrix: []\n",
+    );
+    assert_eq!(
+        all_errors(&empty),
+        "inline.yaml:10:1: matrix: expected at least one cell (a `profile` with its `expect`)"
+    );
+}
+
 /// SCHEMA.md: the file is named `<name>.yaml`.
 #[test]
 fn a_file_named_differently_from_its_scenario_is_an_error() {
