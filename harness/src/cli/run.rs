@@ -132,9 +132,17 @@ pub const REAL_FIRMWARE_TAG: &str = "real-firmware";
 fn played(args: &CatalogArgs) -> Result<Vec<Scenario>, CliError> {
     let mut scenarios = selected(args)?;
     if args.filter.is_empty() {
-        let named: Vec<&PathBuf> = args.paths.iter().filter(|p| p.is_file()).collect();
-        scenarios
-            .retain(|s| !s.tags.iter().any(|t| t == REAL_FIRMWARE_TAG) || named.contains(&&s.file));
+        // By its real path: `scenarios/x.yaml` names the file `./scenarios/` lists.
+        let real = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        let named: Vec<PathBuf> = args
+            .paths
+            .iter()
+            .filter(|p| p.is_file())
+            .map(real)
+            .collect();
+        scenarios.retain(|s| {
+            !s.tags.iter().any(|t| t == REAL_FIRMWARE_TAG) || named.contains(&real(&s.file))
+        });
     }
     Ok(scenarios)
 }

@@ -509,6 +509,9 @@ pub fn catalog_files<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<PathBuf>, Catalo
             files.push(path.to_path_buf());
         }
     }
+    // A file named twice, or besides its directory, is one scenario file.
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())));
     if files.is_empty() {
         let names: Vec<String> = paths
             .iter()

@@ -163,4 +163,9 @@ fn list_shows_what_a_run_would_play() {
         names(&["list", &file]),
         ["real-firmware-db-update-secure-boot"]
     );
+    // The catalog and one real-firmware file besides it: that one is added, once.
+    let dotted = format!("{catalog}/./real-firmware-db-update-secure-boot.yaml");
+    let plus = names(&["list", catalog, &dotted]);
+    assert_eq!(plus.len(), all.len() + 1, "{plus:?}");
+    assert!(plus.contains(&"real-firmware-db-update-secure-boot".to_string()));
 }

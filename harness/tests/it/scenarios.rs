@@ -445,6 +445,21 @@ fn json_schema_rejects_what_the_loader_rejects() {
     }
 }
 
+/// A file named twice, or named besides its directory (`harness run scenarios/
+/// scenarios/real-firmware-....yaml`, to add a scenario a plain run skips), is one
+/// scenario: not a clash of its name with itself.
+#[test]
+fn a_file_named_twice_or_with_its_directory_loads_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("inline.yaml");
+    std::fs::write(&file, BASE).unwrap();
+    let dotted = dir.path().join(".").join("inline.yaml");
+    let loaded = load_catalog(&[dir.path(), file.as_path(), dotted.as_path()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].file, file);
+}
+
 #[test]
 fn a_catalog_with_one_bad_file_fails_and_names_it() {
     let dir = tempfile::tempdir().unwrap();
