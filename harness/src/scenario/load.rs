@@ -29,9 +29,15 @@ pub enum ScenarioError {
     /// A parse error the YAML parser could not place (an empty file, say).
     #[error("{}: {message}", file.display())]
     Unplaced { file: PathBuf, message: String },
-    #[error("{}: scenario name `{name}` is already used by {}", file.display(), first.display())]
+    #[error(
+        "{}:{line}:{column}: name: the scenario name `{name}` is already used by {}",
+        file.display(),
+        first.display()
+    )]
     DuplicateName {
         file: PathBuf,
+        line: usize,
+        column: usize,
         name: String,
         first: PathBuf,
     },
@@ -534,11 +540,18 @@ pub fn load_catalog<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Scenario>, Catalo
             Ok(cells) => {
                 for s in cells {
                     match names.get(&s.name) {
-                        Some(first) => errors.push(ScenarioError::DuplicateName {
-                            file: file.clone(),
-                            name: s.name.clone(),
-                            first: first.clone(),
-                        }),
+                        Some(first) => {
+                            // At the file's `name` (it read a moment ago).
+                            let text = std::fs::read_to_string(&file).unwrap_or_default();
+                            let at = Locator::new(&text).locate(&[Seg::Key("name")]);
+                            errors.push(ScenarioError::DuplicateName {
+                                file: file.clone(),
+                                line: at.line,
+                                column: at.column,
+                                name: s.name.clone(),
+                                first: first.clone(),
+                            });
+                        }
                         None => {
                             names.insert(s.name.clone(), file.clone());
                             scenarios.push(s);

@@ -497,7 +497,7 @@ fn duplicate_names_and_empty_catalogs_are_errors() {
     std::fs::write(dir.path().join("inline.yml"), BASE).unwrap();
     let err = load_catalog(&[dir.path()]).unwrap_err().to_string();
     assert!(
-        err.contains("inline.yml: scenario name `inline` is already used by"),
+        err.contains("inline.yml:1:1: name: the scenario name `inline` is already used by"),
         "{err}"
     );
 
