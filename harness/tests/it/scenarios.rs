@@ -1285,8 +1285,9 @@ fn every_yaml_example_in_the_docs_loads() {
                 (true, None) => block,
                 (false, Some(base)) => {
                     let file = catalog_dir().join(base);
-                    let mut story: serde_yaml::Mapping =
-                        serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+                    let text = std::fs::read_to_string(&file)
+                        .unwrap_or_else(|e| panic!("{at}: the excerpt's file {base}: {e}"));
+                    let mut story: serde_yaml::Mapping = serde_yaml::from_str(&text).unwrap();
                     for (key, value) in std::mem::take(&mut example) {
                         story.insert(key, value);
                     }
