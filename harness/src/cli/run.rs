@@ -104,7 +104,7 @@ fn parse_shard(text: &str) -> Result<(usize, usize), CliError> {
 
 /// `harness list`: one line per selected scenario.
 pub fn list(args: &CatalogArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    for s in selected(args)? {
+    for s in played(args)? {
         writeln!(
             out,
             "{}\t{}\t[{}]",
@@ -126,16 +126,30 @@ pub fn validate(args: &CatalogArgs, out: &mut dyn Write) -> Result<(), CliError>
 /// The tag of scenarios `harness run` plays only when asked for.
 pub const REAL_FIRMWARE_TAG: &str = "real-firmware";
 
+/// The scenarios `harness run` plays (and `harness list` lists): the selected ones, less
+/// the real-firmware ones unless asked for, by a filter (`--filter tag:real-firmware`) or
+/// by their file; each of their boots is a real QEMU boot.
+fn played(args: &CatalogArgs) -> Result<Vec<Scenario>, CliError> {
+    let mut scenarios = selected(args)?;
+    if args.filter.is_empty() {
+        // By its real path: `scenarios/x.yaml` names the file `./scenarios/` lists.
+        let real = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        let named: Vec<PathBuf> = args
+            .paths
+            .iter()
+            .filter(|p| p.is_file())
+            .map(real)
+            .collect();
+        scenarios.retain(|s| {
+            !s.tags.iter().any(|t| t == REAL_FIRMWARE_TAG) || named.contains(&real(&s.file))
+        });
+    }
+    Ok(scenarios)
+}
+
 /// `harness run`.
 pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let mut scenarios = selected(&args.catalog)?;
-    if args.catalog.filter.is_empty() {
-        // Real-firmware scenarios run when asked for: by a filter (`--filter
-        // tag:real-firmware`) or by their file; each of their boots is a real QEMU boot.
-        let named: Vec<&PathBuf> = args.catalog.paths.iter().filter(|p| p.is_file()).collect();
-        scenarios
-            .retain(|s| !s.tags.iter().any(|t| t == REAL_FIRMWARE_TAG) || named.contains(&&s.file));
-    }
+    let scenarios = played(&args.catalog)?;
     if scenarios.is_empty() {
         return Err(CliError::Usage("no scenario matches the filters".into()));
     }

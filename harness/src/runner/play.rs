@@ -487,10 +487,7 @@ impl<'a> Play<'a> {
                 Outcome::LockoutAuth(hex) if expected == Expected::LockoutAuthShown => {
                     Ok(hex.clone())
                 }
-                other => Err((
-                    serde_name(&expected),
-                    format!("{other:?} (status {})", answer.status),
-                )),
+                _ => Err((serde_name(&expected), answer_words(&answer))),
             })?,
         };
         let auth = hex::decode(auth_hex.trim())
@@ -663,9 +660,9 @@ impl<'a> Play<'a> {
                 self.steps
                     .run(step::SEVERAL_MATCHES, || match &answer.outcome {
                         Outcome::SeveralMatches(_) => Ok(()),
-                        other => Err((
+                        _ => Err((
                             "several matches: type all 32 digits".into(),
-                            format!("{other:?} (status {})", answer.status),
+                            answer_words(&answer),
                         )),
                     })?;
                 let full = key_id.to_string();
@@ -1030,7 +1027,10 @@ impl<'a> Play<'a> {
                     ensure(
                         html_lang == lang.tag() && label.as_deref() == Some(want),
                         format!("<html lang=\"{}\"> and the button \"{want}\"", lang.tag()),
-                        format!("<html lang=\"{html_lang}\"> and the button {label:?}"),
+                        format!(
+                            "<html lang=\"{html_lang}\"> and {}",
+                            button_words(label.as_deref())
+                        ),
                     )
                 })
                 .await?;
@@ -1232,7 +1232,7 @@ impl<'a> Play<'a> {
                     ensure(
                         matches!(a.outcome, Outcome::Expired),
                         "the expiry page",
-                        format!("{:?} (status {})", a.outcome, a.status),
+                        answer_words(&a),
                     )
                 },
             )
@@ -1252,9 +1252,9 @@ impl<'a> Play<'a> {
             self.steps
                 .run(step::SEVERAL_MATCHES, || match &answer.outcome {
                     Outcome::SeveralMatches(_) => Ok(()),
-                    other => Err((
+                    _ => Err((
                         "several matches: type all 32 digits".into(),
-                        format!("{other:?}"),
+                        answer_words(&answer),
                     )),
                 })?;
             let full = key_id.to_string();
@@ -1275,7 +1275,7 @@ impl<'a> Play<'a> {
                 self.steps.run(step::REFUSED_LIKE_ABSENT, || {
                     Err((
                         "not found, like an absent key ID".to_string(),
-                        format!("{:?} (status {})", answer.outcome, answer.status),
+                        answer_words(&answer),
                     ))
                 })?;
             }
@@ -1318,10 +1318,7 @@ impl<'a> Play<'a> {
                 (Expected::HelpdeskMessage, Outcome::HelpDeskMessage(_)) => Ok(None),
                 (Expected::Refused, Outcome::NotFound(_)) => Ok(None),
                 (Expected::Expired, Outcome::Expired) => Ok(None),
-                (expected, got) => Err((
-                    serde_name(&expected),
-                    format!("{got:?} (status {})", answer.status),
-                )),
+                (expected, _) => Err((serde_name(&expected), answer_words(answer))),
             })
     }
 
@@ -1693,7 +1690,7 @@ impl<'a> Play<'a> {
                 .collect();
             ensure(
                 present.is_empty(),
-                format!("no row {absent:?}"),
+                format!("no row {}", rows_words(&absent)),
                 present.join(", "),
             )
         })
@@ -1723,10 +1720,51 @@ impl<'a> Play<'a> {
                 .collect();
             ensure(
                 audit_matches(&want, &mine, &probe),
-                format!("{want:?} in this order: every row of the story, probe rows optional"),
+                format!(
+                    "{} in this order: every row of the story, probe rows optional",
+                    rows_words(&want)
+                ),
                 got.join(", "),
             )
         })
+    }
+}
+
+/// What the portal answered, in the scenario's `answer` words, with the status.
+fn answer_words(answer: &Answer) -> String {
+    let what = match &answer.outcome {
+        Outcome::KeyShown(key) => format!("key_shown, the key {key}"),
+        Outcome::LockoutAuth(_) => "lockout_auth_shown".to_string(),
+        Outcome::SeveralMatches(ids) if ids.is_empty() => "several_matches".to_string(),
+        Outcome::SeveralMatches(ids) => format!("several_matches ({} key IDs listed)", ids.len()),
+        Outcome::HelpDeskMessage(_) => "helpdesk_message".to_string(),
+        Outcome::NotFound(text) => format!("refused: {}", text.to_lowercase()),
+        Outcome::Expired => "expired (the expiry page)".to_string(),
+        Outcome::Invalid(text) => format!("a field refused: {text}"),
+        Outcome::RateLimited(text) => format!("rate limited: {text}"),
+        Outcome::SignedOut => "the sign-in page (no session)".to_string(),
+        Outcome::Refused(text) => format!("an error page: {text}"),
+        Outcome::Unrecognised => "a page with none of the documented elements".to_string(),
+    };
+    format!("{what} (status {})", answer.status)
+}
+
+/// Audit rows as `checks.audit` writes them: `self_service shown, help_desk denied`.
+fn rows_words(rows: &[(String, String)]) -> String {
+    if rows.is_empty() {
+        return "none".to_string();
+    }
+    rows.iter()
+        .map(|(source, outcome)| format!("{source} {outcome}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The Get Key button's label as read off the page.
+fn button_words(label: Option<&str>) -> String {
+    match label {
+        Some(label) => format!("the button \"{label}\""),
+        None => "no Get Key button".to_string(),
     }
 }
 
@@ -2011,7 +2049,37 @@ fn plain(step: &str, expected: &str, got: &str) -> Failure {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A failure names what came in the scenario's words (`several_matches`, `self_service
+    /// shown`), not as Rust prints its values (`SeveralMatches([])`, `("self_service", ..)`).
+    #[test]
+    fn failures_say_what_came_in_the_scenario_s_words() {
+        let answer = |outcome| Answer {
+            outcome,
+            status: 200,
+            url: "https://portal.test/SelfService".parse().unwrap(),
+            body: String::new(),
+        };
+        assert_eq!(
+            answer_words(&answer(Outcome::SeveralMatches(vec![]))),
+            "several_matches (status 200)"
+        );
+        assert_eq!(
+            answer_words(&answer(Outcome::KeyShown("111111-2".into()))),
+            "key_shown, the key 111111-2 (status 200)"
+        );
+        assert_eq!(
+            answer_words(&answer(Outcome::NotFound("Not found".into()))),
+            "refused: not found (status 200)"
+        );
+        let rows = [("self_service".to_string(), "shown".to_string())];
+        assert_eq!(rows_words(&rows), "self_service shown");
+        assert_eq!(rows_words(&[]), "none");
+        assert_eq!(button_words(Some("Get Key")), "the button \"Get Key\"");
+        assert_eq!(button_words(None), "no Get Key button");
+    }
 
     fn row(key_id: Option<&str>, device: Option<&str>, outcome: &str) -> AuditRow {
         AuditRow {

@@ -29,9 +29,15 @@ pub enum ScenarioError {
     /// A parse error the YAML parser could not place (an empty file, say).
     #[error("{}: {message}", file.display())]
     Unplaced { file: PathBuf, message: String },
-    #[error("{}: scenario name `{name}` is already used by {}", file.display(), first.display())]
+    #[error(
+        "{}:{line}:{column}: name: the scenario name `{name}` is already used by {}",
+        file.display(),
+        first.display()
+    )]
     DuplicateName {
         file: PathBuf,
+        line: usize,
+        column: usize,
         name: String,
         first: PathBuf,
     },
@@ -205,14 +211,17 @@ pub fn check_scenario(file: &Path, text: &str) -> Result<Vec<Scenario>, Vec<Scen
         }
     }
     let (scenarios, broken) = if scenario.matrix.is_empty() {
-        let mut broken = unwritten_profiles(&scenario, &locator);
+        let mut broken = Vec::new();
         if locator.has(&[Key("matrix")]) {
+            // Alone: the missing profiles and `expect` are what the cells would give.
             broken.push(Semantic {
                 path: vec![Key("matrix")],
                 message: "expected at least one cell (a `profile` with its `expect`)".to_string(),
             });
+        } else {
+            broken.extend(unwritten_profiles(&scenario, &locator));
+            broken.extend(validate(&scenario));
         }
-        broken.extend(validate(&scenario));
         if broken.is_empty() {
             // The log is checked against a change that is known to be valid.
             broken.extend(load_event_logs(&mut scenario).err());
@@ -389,7 +398,7 @@ fn parse_errors(file: &Path, text: &str, first: serde_yaml::Error) -> Vec<Scenar
             file: file.to_path_buf(),
             line: loc.line() + line_offset,
             column: loc.column(),
-            message: strip_location(&e.to_string()).to_string(),
+            message: in_yaml_words(strip_location(&e.to_string())),
         },
         None => ScenarioError::Unplaced {
             file: file.to_path_buf(),
@@ -398,20 +407,26 @@ fn parse_errors(file: &Path, text: &str, first: serde_yaml::Error) -> Vec<Scenar
     };
     // A syntax error (an unclosed `[`, a duplicate key) is named as such, alone: the typed
     // reader may have stumbled on a type first inside the half-read text.
-    if let Err(syntax) = serde_yaml::from_str::<serde_yaml::Value>(text) {
-        return vec![match to_error(&syntax, 0) {
-            ScenarioError::Invalid {
-                file,
-                line,
-                column,
-                message,
-            } => ScenarioError::Invalid {
-                file,
-                line,
-                column,
-                message: format!("YAML syntax error: {}", drop_positions(&message)),
-            },
-            other => other,
+    let document = match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Ok(document) => document,
+        Err(syntax) => return vec![syntax_error(to_error(&syntax, 0), text)],
+    };
+    // serde would say "missing field `name`" of an empty file, "struct Scenario" of a list.
+    let what = match document {
+        serde_yaml::Value::Mapping(_) => None,
+        serde_yaml::Value::Null => Some("the file is empty"),
+        serde_yaml::Value::Sequence(_) => Some("the document is a list"),
+        _ => Some("the document is a single value"),
+    };
+    if let Some(what) = what {
+        return vec![ScenarioError::Invalid {
+            file: file.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: format!(
+                "{what}: expected a scenario: a mapping with `name`, `description`, `device` \
+                 (or `devices`), `users`, `change` and `expect` (or `changes`); see SCHEMA.md"
+            ),
         }];
     }
     let Some(starts) = Locator::new(text).top_level_key_lines() else {
@@ -437,6 +452,40 @@ fn parse_errors(file: &Path, text: &str, first: serde_yaml::Error) -> Vec<Scenar
         errors.push(to_error(&first, 0));
     }
     errors
+}
+
+/// A YAML syntax error, named as one; a tab where it stands is named too (YAML's own
+/// message, "cannot start any token", does not say what the character is).
+fn syntax_error(error: ScenarioError, text: &str) -> ScenarioError {
+    match error {
+        ScenarioError::Invalid {
+            file,
+            line,
+            column,
+            message,
+        } => {
+            let at = text
+                .lines()
+                .nth(line.saturating_sub(1))
+                .and_then(|l| l.chars().nth(column.saturating_sub(1)));
+            let tab = if at == Some('\t') {
+                "a tab: YAML indents with spaces ("
+            } else {
+                ""
+            };
+            let close = if tab.is_empty() { "" } else { ")" };
+            ScenarioError::Invalid {
+                file,
+                line,
+                column,
+                message: format!(
+                    "YAML syntax error: {tab}{}{close}",
+                    drop_positions(&message)
+                ),
+            }
+        }
+        other => other,
+    }
 }
 
 /// The scenario files named by `paths`: files as given, directories' `*.yaml`/`*.yml`
@@ -466,6 +515,9 @@ pub fn catalog_files<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<PathBuf>, Catalo
             files.push(path.to_path_buf());
         }
     }
+    // A file named twice, or besides its directory, is one scenario file.
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())));
     if files.is_empty() {
         let names: Vec<String> = paths
             .iter()
@@ -488,11 +540,18 @@ pub fn load_catalog<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Scenario>, Catalo
             Ok(cells) => {
                 for s in cells {
                     match names.get(&s.name) {
-                        Some(first) => errors.push(ScenarioError::DuplicateName {
-                            file: file.clone(),
-                            name: s.name.clone(),
-                            first: first.clone(),
-                        }),
+                        Some(first) => {
+                            // At the file's `name` (it read a moment ago).
+                            let text = std::fs::read_to_string(&file).unwrap_or_default();
+                            let at = Locator::new(&text).locate(&[Seg::Key("name")]);
+                            errors.push(ScenarioError::DuplicateName {
+                                file: file.clone(),
+                                line: at.line,
+                                column: at.column,
+                                name: s.name.clone(),
+                                first: first.clone(),
+                            });
+                        }
                         None => {
                             names.insert(s.name.clone(), file.clone());
                             scenarios.push(s);
@@ -508,6 +567,28 @@ pub fn load_catalog<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Scenario>, Catalo
     } else {
         Err(CatalogError::Invalid(errors))
     }
+}
+
+/// serde's message with the loader's Rust types (`struct Checks`, `u32`) said as the YAML
+/// shapes a scenario writer knows.
+fn in_yaml_words(message: &str) -> String {
+    let mut words = message.to_string();
+    if let Some(at) = words.find("expected struct ") {
+        let name = at + "expected struct ".len();
+        let end = words[name..]
+            .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .map_or(words.len(), |n| name + n);
+        words.replace_range(at..end, "expected a mapping");
+    }
+    for (rust, yaml) in [
+        ("expected u8", "expected a whole number, 0-255"),
+        ("expected u16", "expected a whole number, 0-65535"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected u64", "expected a whole number, 0 or more"),
+    ] {
+        words = words.replace(rust, yaml);
+    }
+    words
 }
 
 /// serde_yaml appends " at line L column C"; we print the position first instead.
@@ -1057,7 +1138,18 @@ fn load_event_log(s: &Scenario, i: usize) -> Result<Option<std::sync::Arc<TcgLog
                 } else {
                     "kind"
                 };
-                return fail(StepAt::new(s, n).change(key), e.to_string());
+                // Named as the scenario file spells the change, not as the device crate's
+                // type prints it.
+                let kind = serde_name(&step.kind);
+                let message = match e {
+                    device::ChangeError::RealLog { reason, .. } => {
+                        format!("`{kind}` on a device booting a real log: {reason}")
+                    }
+                    device::ChangeError::Missing { needs, .. } => {
+                        format!("`{kind}` needs {needs}, which this log does not have")
+                    }
+                };
+                return fail(StepAt::new(s, n).change(key), message);
             }
         }
     }
@@ -1479,7 +1571,9 @@ fn validate_recovery(s: &Scenario) -> Result<(), Semantic> {
                 "a recovery is expected: add a `recovery` section saying how the user gets back in",
             )
         }
-        (Some(_), false) => {
+        // Without a change (or its `expect`) there is no `expect.recovery` to speak of:
+        // the missing one is the error.
+        (Some(_), false) if s.last_step().is_some() => {
             return fail(
                 vec![Key("recovery")],
                 "`expect.recovery` is false: expected no `recovery` section",

@@ -134,3 +134,38 @@ fn unwrap_with_wrong_mac_exits_1_and_bad_hex_exits_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--mac") && stderr(&o).contains("16 bytes"));
 }
+
+/// `harness list` lists what a run would play (README): without a filter, not the
+/// real-firmware scenarios, which `harness run` plays only when a filter or their file
+/// names them.
+#[test]
+fn list_shows_what_a_run_would_play() {
+    let catalog = crate::common::workspace_root().join("scenarios");
+    let catalog = catalog.to_str().unwrap();
+    let names = |args: &[&str]| -> Vec<String> {
+        let o = harness(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        stdout(&o)
+            .lines()
+            .map(|l| l.split('\t').next().unwrap().to_string())
+            .collect()
+    };
+    let all = names(&["list", catalog]);
+    assert!(all.len() >= 20, "{all:?}");
+    assert!(
+        !all.iter().any(|n| n.starts_with("real-firmware-")),
+        "{all:?}"
+    );
+    let asked = names(&["list", catalog, "--filter", "tag:real-firmware"]);
+    assert_eq!(asked.len(), 3, "{asked:?}");
+    let file = format!("{catalog}/real-firmware-db-update-secure-boot.yaml");
+    assert_eq!(
+        names(&["list", &file]),
+        ["real-firmware-db-update-secure-boot"]
+    );
+    // The catalog and one real-firmware file besides it: that one is added, once.
+    let dotted = format!("{catalog}/./real-firmware-db-update-secure-boot.yaml");
+    let plus = names(&["list", catalog, &dotted]);
+    assert_eq!(plus.len(), all.len() + 1, "{plus:?}");
+    assert!(plus.contains(&"real-firmware-db-update-secure-boot".to_string()));
+}

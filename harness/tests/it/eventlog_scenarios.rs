@@ -254,7 +254,7 @@ fn eventlog_scenario_loader_names_the_yaml_position_and_the_log_problem() {
     let e = load_error(d, "windows.log", "bcd_debug_on");
     assert!(
         e.starts_with(
-            "DIR/s.yaml:11:3: change.kind: BcdDebugOn on a device booting a real log: \
+            "DIR/s.yaml:11:3: change.kind: `bcd_debug_on` on a device booting a real log: \
              in a real Windows log boot debugging is a SIPA event in PCR 12-14"
         ),
         "{e}"
@@ -264,7 +264,9 @@ fn eventlog_scenario_loader_names_the_yaml_position_and_the_log_problem() {
     std::fs::copy(data(sha1_log), d.join("sha1.bin")).unwrap();
     let e = load_error(d, "sha1.bin", "bcd_boot_order");
     assert!(
-        e.starts_with("DIR/s.yaml:11:3: change.kind: BcdBootOrder on a device booting a real log"),
+        e.starts_with(
+            "DIR/s.yaml:11:3: change.kind: `bcd_boot_order` on a device booting a real log"
+        ),
         "{e}"
     );
     assert!(e.contains("no BootOrder measurement in PCR 1"), "{e}");

@@ -173,7 +173,10 @@ fn an_expected_refusal_that_does_not_come_fails_at_the_refusal_step() {
         "{failure}"
     );
     assert!(
-        failure["got"].as_str().unwrap().starts_with("Expired"),
+        failure["got"]
+            .as_str()
+            .unwrap()
+            .starts_with("expired (the expiry page)"),
         "{failure}"
     );
 }

@@ -263,6 +263,36 @@ fn wrong_type_names_its_position_and_the_expected_type() {
     );
 }
 
+/// A type error names a YAML shape (a mapping, a whole number), never the loader's Rust
+/// type (`struct Checks`, `u32`) that a scenario writer has never seen.
+#[test]
+fn type_errors_name_yaml_shapes_not_rust_types() {
+    check(
+        &edit("  answer: key_shown\n", "  answer: key_shown\nchecks: 3\n"),
+        "inline.yaml:20:9: checks: invalid type: integer `3`, expected a mapping",
+    );
+    check(
+        &edit(
+            "  kind: secure_boot_off\n",
+            "  kind: secure_boot_off\n  suspend: 1\n",
+        ),
+        "inline.yaml:11:12: change.suspend: invalid type: integer `1`, expected a mapping",
+    );
+    check(
+        &edit("[7]", "[-1]"),
+        "inline.yaml:14:18: expect.changed_pcrs[0]: invalid type: integer `-1`, expected a \
+         whole number, 0 or more",
+    );
+    check(
+        &edit(
+            "  protectors: [tpm, recovery_password]\n",
+            "  protectors: [tpm, recovery_password]\n  recovery_passwords: 300\n",
+        ),
+        "inline.yaml:6:23: device.recovery_passwords: invalid value: integer `300`, expected a \
+         whole number, 0-255",
+    );
+}
+
 #[test]
 fn bad_enum_value_lists_the_allowed_values() {
     check(
@@ -415,6 +445,21 @@ fn json_schema_rejects_what_the_loader_rejects() {
     }
 }
 
+/// A file named twice, or named besides its directory (`harness run scenarios/
+/// scenarios/real-firmware-....yaml`, to add a scenario a plain run skips), is one
+/// scenario: not a clash of its name with itself.
+#[test]
+fn a_file_named_twice_or_with_its_directory_loads_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("inline.yaml");
+    std::fs::write(&file, BASE).unwrap();
+    let dotted = dir.path().join(".").join("inline.yaml");
+    let loaded = load_catalog(&[dir.path(), file.as_path(), dotted.as_path()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].file, file);
+}
+
 #[test]
 fn a_catalog_with_one_bad_file_fails_and_names_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -452,7 +497,7 @@ fn duplicate_names_and_empty_catalogs_are_errors() {
     std::fs::write(dir.path().join("inline.yml"), BASE).unwrap();
     let err = load_catalog(&[dir.path()]).unwrap_err().to_string();
     assert!(
-        err.contains("inline.yml: scenario name `inline` is already used by"),
+        err.contains("inline.yml:1:1: name: the scenario name `inline` is already used by"),
         "{err}"
     );
 
@@ -742,6 +787,74 @@ fn an_unclosed_flow_sequence_is_named_a_syntax_error() {
         "{text}"
     );
     assert!(text.contains("flow sequence"), "{text}");
+}
+
+/// An empty file (or only comments), or a document that is a list or a scalar, is named
+/// for what it is, in the file's words: not serde's "missing field `name`" or "struct
+/// Scenario".
+#[test]
+fn an_empty_file_or_a_document_that_is_no_mapping_says_so() {
+    let expected = "expected a scenario: a mapping with `name`, `description`, `device` (or \
+                    `devices`), `users`, `change` and `expect` (or `changes`); see SCHEMA.md";
+    check(
+        "",
+        &format!("inline.yaml:1:1: the file is empty: {expected}"),
+    );
+    check(
+        "# only a comment\n\n",
+        &format!("inline.yaml:1:1: the file is empty: {expected}"),
+    );
+    check(
+        "- name: inline\n",
+        &format!("inline.yaml:1:1: the document is a list: {expected}"),
+    );
+    check(
+        "just text\n",
+        &format!("inline.yaml:1:1: the document is a single value: {expected}"),
+    );
+}
+
+/// A story without its change (or its `expect`) is told so, once: its `recovery` is not
+/// also said to follow an `expect.recovery` that is false.
+#[test]
+fn a_missing_change_or_expect_is_the_only_error_named() {
+    assert_eq!(
+        all_errors(&edit("change:\n  kind: secure_boot_off\n", "change:\n")),
+        "inline.yaml:9:1: change: missing `change` (or `changes`, a list of changes each with \
+         its `expect`)"
+    );
+    let no_expect = edit(
+        "expect:\n  recovery: true\n  tpm_error: policy_failed\n  changed_pcrs: [7]\n",
+        "",
+    );
+    let errors = all_errors(&no_expect);
+    assert!(!errors.contains("is false"), "{errors}");
+    assert_eq!(errors.lines().count(), 1, "{errors}");
+}
+
+/// A tab where YAML wants indentation is a syntax error that says it is a tab.
+#[test]
+fn a_tab_in_the_indentation_is_named() {
+    let tabbed = edit("  profile: \"7,11\"\n", "\tprofile: \"7,11\"\n");
+    let errors = all_errors(&tabbed);
+    assert!(
+        errors.starts_with("inline.yaml:4:1: YAML syntax error: a tab: YAML indents with spaces"),
+        "{errors}"
+    );
+}
+
+/// `matrix: []` is told that it needs a cell, and nothing else: not also that the device
+/// lacks the profile the cells would give, nor that `expect` is missing.
+#[test]
+fn an_empty_matrix_is_the_only_error_named() {
+    let empty = edit("  profile: \"7,11\"\n", "").replace(
+        "expect:\n  recovery: true\n  tpm_error: policy_failed\n  changed_pcrs: [7]\n",
+        "matrix: []\n",
+    );
+    assert_eq!(
+        all_errors(&empty),
+        "inline.yaml:10:1: matrix: expected at least one cell (a `profile` with its `expect`)"
+    );
 }
 
 /// SCHEMA.md: the file is named `<name>.yaml`.
@@ -1133,4 +1246,73 @@ fn a_matrix_cell_s_errors_are_located_in_the_cell() {
         "inline.yaml:3:1: device: missing field `profile`"
     );
     assert!(!validator_accepts(&unprofiled));
+}
+
+/// Every ```` ```yaml ```` block of SCHEMA.md and README.md loads: a whole scenario (it has
+/// `name`) as it stands; an excerpt over the catalog file named in the HTML comment just
+/// before it (`<!-- example excerpt of FILE.yaml -->`), its top-level keys replacing the
+/// file's. So a reader who copies an example gets a story the loader takes.
+#[test]
+fn every_yaml_example_in_the_docs_loads() {
+    const EXCERPT: &str = "<!-- example excerpt of ";
+    let mut checked = 0;
+    for doc in ["scenarios/SCHEMA.md", "README.md"] {
+        let text = std::fs::read_to_string(crate::common::workspace_root().join(doc)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut i = 0;
+        while i < lines.len() {
+            if lines[i].trim_end() != "```yaml" {
+                i += 1;
+                continue;
+            }
+            let start = i + 1;
+            let end = start
+                + lines[start..]
+                    .iter()
+                    .position(|l| l.starts_with("```"))
+                    .unwrap_or_else(|| panic!("{doc}:{start}: unclosed ```yaml block"));
+            let block = lines[start..end].join("\n") + "\n";
+            let at = format!("{doc}:{start}");
+            let mut example: serde_yaml::Mapping = serde_yaml::from_str(&block)
+                .unwrap_or_else(|e| panic!("{at}: the example is not YAML: {e}\n{block}"));
+            let base = lines[..i]
+                .iter()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .and_then(|l| l.trim().strip_prefix(EXCERPT))
+                .and_then(|l| l.strip_suffix(" -->"));
+            let yaml = match (example.contains_key("name"), base) {
+                (true, None) => block,
+                (false, Some(base)) => {
+                    let file = catalog_dir().join(base);
+                    let text = std::fs::read_to_string(&file)
+                        .unwrap_or_else(|e| panic!("{at}: the excerpt's file {base}: {e}"));
+                    let mut story: serde_yaml::Mapping = serde_yaml::from_str(&text).unwrap();
+                    for (key, value) in std::mem::take(&mut example) {
+                        story.insert(key, value);
+                    }
+                    serde_yaml::to_string(&story).unwrap()
+                }
+                (true, Some(_)) => panic!("{at}: a whole scenario needs no `{EXCERPT}...`"),
+                (false, None) => {
+                    panic!("{at}: an excerpt (no `name`) needs `{EXCERPT}FILE.yaml -->` before it")
+                }
+            };
+            let name: serde_yaml::Mapping = serde_yaml::from_str(&yaml).unwrap();
+            let name = name["name"].as_str().unwrap().to_owned();
+            if let Err(errors) = harness::scenario::check_scenario(
+                &catalog_dir().join(format!("{name}.yaml")),
+                &yaml,
+            ) {
+                let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                panic!(
+                    "{at}: the example does not load:\n{}\n{yaml}",
+                    errors.join("\n")
+                );
+            }
+            checked += 1;
+            i = end + 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} examples found");
 }
