@@ -187,6 +187,25 @@ pub enum BootOutcome {
     Recovery(Box<RecoveryScreen>),
 }
 
+/// How a boot ended, as a report says it: "a normal boot", "a refused PIN (counter 3)",
+/// "the recovery screen: policy_failed (...)".
+impl std::fmt::Display for BootOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BootOutcome::Unlocked { .. } => f.write_str("a normal boot"),
+            BootOutcome::WrongPin { lockout_counter } => {
+                write!(f, "a refused PIN (counter {lockout_counter})")
+            }
+            BootOutcome::Recovery(screen) => write!(
+                f,
+                "the recovery screen: {} ({})",
+                screen.cause.name(),
+                screen.explanation
+            ),
+        }
+    }
+}
+
 /// A successful recovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovered {

@@ -938,7 +938,7 @@ impl<'a> Play<'a> {
                                 BootOutcome::Recovery(screen) => {
                                     format!("the recovery screen with {}", screen.cause.name())
                                 }
-                                other => format!("{other:?}"),
+                                other => other.to_string(),
                             },
                         )),
                         Err(e) => Err(("a refused PIN".into(), e.to_string())),
@@ -1931,18 +1931,13 @@ fn judge_boot(
             Ok(Some(*screen))
         }
         (BootOutcome::Unlocked { .. }, false) => Ok(None),
-        (BootOutcome::WrongPin { lockout_counter }, _) => Err((
+        (outcome @ BootOutcome::WrongPin { .. }, _) => Err((
             format!("recovery: {}", expect.recovery),
-            format!("a refused PIN (counter {lockout_counter})"),
+            outcome.to_string(),
         )),
-        (BootOutcome::Recovery(screen), false) => Err((
-            "a normal boot".into(),
-            format!(
-                "the recovery screen: {} ({})",
-                screen.cause.name(),
-                screen.explanation
-            ),
-        )),
+        (outcome @ BootOutcome::Recovery(_), false) => {
+            Err(("a normal boot".into(), outcome.to_string()))
+        }
         (BootOutcome::Unlocked { .. }, true) => Err((
             format!("the recovery screen with {}", serde_name(&expect.tpm_error)),
             "a normal boot".into(),
@@ -1953,15 +1948,7 @@ fn judge_boot(
 fn expect_unlocked(outcome: Result<BootOutcome, device::machine::MachineError>) -> StepResult<()> {
     match outcome {
         Ok(BootOutcome::Unlocked { .. }) => Ok(()),
-        Ok(BootOutcome::Recovery(screen)) => Err((
-            "a normal boot".into(),
-            format!(
-                "the recovery screen: {} ({})",
-                screen.cause.name(),
-                screen.explanation
-            ),
-        )),
-        Ok(other) => Err(("a normal boot".into(), format!("{other:?}"))),
+        Ok(other) => Err(("a normal boot".into(), other.to_string())),
         Err(e) => Err(("a normal boot".into(), e.to_string())),
     }
 }

@@ -44,7 +44,10 @@ pub fn summary(report: &RunReport) -> String {
                 .lockout
                 .tpm_error
                 .as_ref()
-                .map(|e| format!("{e} PCR {:?}", s.lockout.changed_pcrs))
+                .map(|e| match s.lockout.changed_pcrs.as_slice() {
+                    [] => e.clone(),
+                    pcrs => format!("{e} PCR {pcrs:?}"),
+                })
                 .unwrap_or_else(|| "no recovery".to_string()),
         };
         let _ = writeln!(
