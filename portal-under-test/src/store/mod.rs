@@ -170,9 +170,8 @@ pub trait Store: Send + Sync + 'static {
     /// then reports to the `CommitDone` it returned (with the commit's error if it failed).
     /// With `limited_requester` (an account the failed-lookup limit applies to), that
     /// account's decisions are serialised: a decision's [`Store::count_failures`] sees every
-    /// earlier decision's failures, so a limit checked inside `work` holds exactly. `work`
-    /// may run on the calling thread before this returns (SQLite: the caller leads the group
-    /// commit) or elsewhere after (PostgreSQL): it must not wait for the caller.
+    /// earlier decision's failures, so a limit checked inside `work` holds exactly. Returns
+    /// at once; `work` runs elsewhere.
     fn disclose_with_audit(&self, limited_requester: Option<&str>, work: AuditedWork);
     /// Blocks until the row is committed.
     fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError> {

@@ -25,7 +25,7 @@ mod wal_tests;
 mod writer;
 
 use read_pool::{lock, ReadPool};
-use writer::{pending_failures, GroupCommit, DECIDING};
+use writer::{pending_failures, JournalJob, ON_JOURNAL_WRITER};
 
 fn blob_to_u128(b: &[u8]) -> Result<u128, StoreError> {
     let arr: [u8; 16] = b
@@ -42,15 +42,15 @@ type KeyRow = (i64, Vec<u8>, i64, String, Vec<u8>, Vec<u8>, bool, bool);
 
 /// SQLite in WAL mode: one writer connection (behind a mutex) for every write, a pool of
 /// read-only connections for reads (WAL readers never wait for the writer), API tokens held
-/// in memory, and a group commit for audit rows and disclosure marks (`writer`).
+/// in memory, and a group-commit writer thread for audit rows and disclosure marks.
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     readers: ReadPool,
     /// API token hash -> account, loaded at open and updated by `add_api_token` after its
     /// commit, so a bearer token costs a hash and a map lookup instead of a query.
     tokens: RwLock<HashMap<TokenHash, Account>>,
-    /// The group commit of audit rows and disclosure marks (see `writer`).
-    journal: GroupCommit,
+    /// Feeds the group-commit writer thread; it stops when this is dropped.
+    journal: Mutex<mpsc::Sender<JournalJob>>,
     /// Dropping it stops the checkpoint thread.
     _checkpointer: mpsc::Sender<()>,
     /// Held by the checkpoint thread while its connection is open; the import holds it so
@@ -82,7 +82,7 @@ impl SqliteStore {
         Self::open_with_wal_limit(path, writer::WAL_TRUNCATE_ABOVE)
     }
 
-    /// [`SqliteStore::open`] with the size above which the group commit truncates the
+    /// [`SqliteStore::open`] with the size above which the group-commit writer truncates the
     /// WAL (64 MiB by default; tests use a small one to see it happen).
     pub fn open_with_wal_limit(path: &Path, wal_limit: u64) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path)?;
@@ -106,9 +106,14 @@ impl SqliteStore {
             .spawn(move || checkpoint::checkpointer(p, stop, turn))
             .map_err(|e| StoreError::Corrupt(format!("starting the WAL checkpointer: {e}")))?;
         let writer = Arc::new(Mutex::new(conn));
+        let (tx, rx) = mpsc::channel();
+        let w = writer.clone();
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
-        let journal = GroupCommit::start(writer.clone(), wal.into(), wal_limit, checkpoint_turn)
+        let wal = std::path::PathBuf::from(wal);
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer::journal_writer(w, rx, wal, wal_limit, checkpoint_turn))
             .map_err(|e| StoreError::Corrupt(format!("starting the audit writer: {e}")))?;
         Ok(SqliteStore {
             writer,
@@ -117,26 +122,30 @@ impl SqliteStore {
                 idle: Mutex::new(Vec::new()),
             },
             tokens: RwLock::new(tokens),
-            journal,
+            journal: Mutex::new(tx),
             _checkpointer: stop_checkpoints,
             checkpoint_turn: import_turn,
         })
+    }
+
+    /// Queues work for the group-commit writer. A stopped writer drops it unrun: its caller
+    /// sees "the writer stopped".
+    fn submit(&self, work: JournalJob) {
+        drop(lock(&self.journal).send(work));
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         lock(&self.writer)
     }
 
-    /// Runs a read on a pooled read-only connection, or, in the group commit's decisions, on
-    /// the writer connection if it is free (see `writer::DECIDING`).
+    /// Runs a read on a pooled read-only connection, or on the group-commit writer thread on
+    /// the writer connection (not used by that thread while its submissions run).
     fn read<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        if DECIDING.with(|d| d.get()) {
-            if let Ok(c) = self.writer.try_lock() {
-                return f(&c);
-            }
+        if ON_JOURNAL_WRITER.with(|w| w.get()) {
+            return f(&self.conn());
         }
         self.readers.with(f)
     }
@@ -752,17 +761,17 @@ impl Store for SqliteStore {
         let (tx, rx) = mpsc::sync_channel(1);
         // A caller that went away no longer needs the answer: a failed send is fine.
         let done: CommitDone = Box::new(move |res| drop(tx.send(res)));
-        self.journal.submit(Box::new(move || (entries, done)));
+        self.submit(Box::new(move || (entries, done)));
         match rx.recv() {
             Ok(r) => r.map_err(journal_failed),
             Err(_) => Err(journal_failed("the writer stopped".into())),
         }
     }
 
-    /// Decisions run one at a time, by the group commit's leader (often the caller's own
-    /// thread, before this returns); its batch commits them together.
+    /// Every decision runs on the one group-commit writer thread, so decisions are serial;
+    /// its batch commits them together.
     fn disclose_with_audit(&self, _limited_requester: Option<&str>, work: AuditedWork) {
-        self.journal.submit(work);
+        self.submit(work);
     }
 
     fn query_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
@@ -801,8 +810,8 @@ impl Store for SqliteStore {
         })
     }
 
-    /// On the group commit's leader (inside a disclose-with-audit), the failures of the
-    /// decisions earlier in the same, not yet committed batch count too.
+    /// On the writer thread (inside a disclose-with-audit), the failures of the decisions
+    /// earlier in the same, not yet committed batch count too.
     fn count_failures(&self, requester: &str, since_us: i64) -> Result<u64, StoreError> {
         let lc = requester.to_lowercase();
         let committed = self.read(|c| {
