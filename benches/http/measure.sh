@@ -51,13 +51,14 @@ medians() {
 
 # start_server READY_FILE LOG_FILE COMMAND...
 #   Starts COMMAND in the background (stdout to READY_FILE, stderr to LOG_FILE), waits up to
-#   60 s for its `PORTAL-READY {"url":...}` line and sets SERVER_URL and SERVER_PID.
+#   300 s for its `PORTAL-READY {"url":...}` line and sets SERVER_URL and SERVER_PID (a 10M-key
+#   store's start-up reads its keys for ~46 s on a quiet machine, over 60 s under load).
 start_server() {
   local ready=$1 log=$2
   shift 2
   "$@" > "$ready" 2> "$log" &
   SERVER_PID=$!
-  for _ in $(seq 1 600); do grep -q PORTAL-READY "$ready" 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 1 3000); do grep -q PORTAL-READY "$ready" 2>/dev/null && break; sleep 0.1; done
   SERVER_URL=$(sed -n 's/.*"url":"\([^"]*\)".*/\1/p' "$ready")
   [ -n "$SERVER_URL" ] || { echo "$1 did not start: $(tail -5 "$log")" >&2; exit 1; }
 }

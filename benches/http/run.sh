@@ -13,6 +13,9 @@
 #                                       # the SQLite WAL's size and the audit table's growth
 #   ENGINES="sqlite postgres" BENCH_PG_URL=postgres://postgres@127.0.0.1:PORT/postgres \
 #     N=100000 benches/http/run.sh      # the same measurements on both store engines, one run
+#   BASE_BIN=path/to/older/portal N=1000000 ROUNDS=5 DURATION=5s benches/http/run.sh
+#                                       # also measures BASE_BIN's lookup in the same rounds,
+#                                       # serving the same store (started after the set-up)
 # On PostgreSQL each run imports into a fresh database `portal_bench_<N>_<pid>` made on the
 # server at BENCH_PG_URL (bulk import by binary COPY; benches/http/import.sh measures it).
 set -euo pipefail
@@ -82,6 +85,14 @@ curl -s "${H[@]}" -X POST "$URL/api/admin/accounts" \
 TOKEN=$(curl -s "${H[@]}" -X POST "$URL/api/admin/accounts/bench-helpdesk/api-tokens" | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
 curl -s "${H[@]}" -X PUT "$URL/api/admin/settings" -d '{"lookup_rate_limit_exempt":["bench-helpdesk"]}' > /dev/null
 export TOKEN QUERIES="$Q"
+BASE_URL=
+if [ -n "${BASE_BIN:-}" ]; then
+  # Started after the account, token and settings exist: it loads them at start.
+  start_server "$WORK/base.ready" "$WORK/base.log" env RUST_LOG=warn "$BASE_BIN" serve \
+    --data-dir "$DATA" "${DB_ARGS[@]}" --listen 127.0.0.1:0 --insecure-http
+  BASE_PID=$SERVER_PID BASE_URL=$SERVER_URL
+  trap 'kill $PID $HELLO_PID $BASE_PID 2>/dev/null || true' EXIT
+fi
 # Sanity: a present key answers 200 with its recovery password, an absent one the uniform
 # 404; stop here rather than measure error answers.
 HIT=$(head -1 "$WORK/queries-$N.txt.hit1")
@@ -103,6 +114,7 @@ for C in 64 2; do
     measure "$RESULTS" axum-hello "$HELLO_URL" /bench/trivial "$C" "$DURATION"
     measure "$RESULTS" trivial "$URL" /bench/trivial "$C" "$DURATION"
     measure "$RESULTS" helpdesk-lookup "$URL" /api/helpdesk/lookup "$C" "$DURATION"
+    [ -z "$BASE_URL" ] || measure "$RESULTS" lookup-base-bin "$BASE_URL" /api/helpdesk/lookup "$C" "$DURATION"
   done
 done
 echo "load: $(cat /proc/loadavg)"
@@ -138,7 +150,7 @@ if [ -n "${WAL_SOAK:-}" ] && [ "$ENGINE" = sqlite ]; then
     printf "audit growth: %d rows, %.1f MB, %.0f bytes per row\n", y[1]-x[1], (y[2]-x[2])/1e6, (y[2]-x[2])/(y[1]-x[1])}'
   echo "load: $(cat /proc/loadavg)"
 fi
-kill $PID $HELLO_PID; wait $PID $HELLO_PID 2>/dev/null || true
+kill $PID $HELLO_PID ${BASE_PID:-}; wait $PID $HELLO_PID ${BASE_PID:-} 2>/dev/null || true
 trap - EXIT
 }
 
