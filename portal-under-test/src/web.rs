@@ -321,6 +321,18 @@ fn csrf_ok(s: &Session, f: &FormData) -> bool {
     !t.is_empty() && bool::from(t.as_bytes().ct_eq(s.csrf.as_bytes()))
 }
 
+/// Runs a session call (a store read and write: the writer connection on SQLite, round trips
+/// on PostgreSQL) on the blocking pool, like every other store call, never on an async
+/// worker.
+async fn sessions<T: Send + 'static>(
+    st: &AppState,
+    f: impl FnOnce(&crate::session::Sessions) -> T + Send + 'static,
+) -> Result<T, Response> {
+    st.run(move |i| Ok(f(&i.sessions)))
+        .await
+        .map_err(|e: AppError| e.into_response())
+}
+
 /// Resolves the signed-in session for a page, or the response to send instead.
 /// `key_reason` is set for key requests, so an expired session is audited.
 async fn gate(
@@ -334,7 +346,8 @@ async fn gate(
         return Err(redirect(&login));
     };
     let enforce = !fp::active(fp::NO_EXPIRY);
-    match st.sessions.touch(&id, max_idle(st), enforce) {
+    let idle = max_idle(st);
+    match sessions(st, move |s| s.touch(&id, idle, enforce)).await? {
         SessionLookup::Missing => Err(redirect(&login)),
         SessionLookup::Expired(s) => {
             if let (Some(reason), Some(u)) = (key_reason, s.user.as_ref()) {
@@ -363,7 +376,11 @@ async fn gate(
 // ---------- sign-in, keepalive, expiry, sign-out (all sites) ----------
 
 async fn login_get(st: AppState, site: Site) -> Response {
-    let s = st.sessions.create(None, max_idle(&st));
+    let idle = max_idle(&st);
+    let s = match sessions(&st, move |s| s.create(None, idle)).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     let r = html(
         StatusCode::OK,
         &LoginT {
@@ -423,8 +440,11 @@ async fn login_post(
     let Some(id) = session_id(&jar) else {
         return message(&st, site, StatusCode::FORBIDDEN, &tr("err-csrf-login"));
     };
-    let s = match st.sessions.touch(&id, max_idle(&st), false) {
-        SessionLookup::Live(s) => s,
+    let idle = max_idle(&st);
+    let touched = id.clone();
+    let s = match sessions(&st, move |s| s.touch(&touched, idle, false)).await {
+        Ok(SessionLookup::Live(s)) => s,
+        Err(r) => return r,
         _ => return message(&st, site, StatusCode::FORBIDDEN, &tr("err-csrf-login")),
     };
     if !csrf_ok(&s, &f) {
@@ -483,23 +503,33 @@ async fn login_post(
         return fail(StatusCode::FORBIDDEN, tr("err-role"), username);
     }
     // A fresh session id at sign-in (no fixation).
-    st.sessions.remove(&id);
-    let new = st.sessions.create(
-        Some(SessionUser {
-            username: acct.username,
-            role: acct.role,
-        }),
-        max_idle(&st),
-    );
+    let user = SessionUser {
+        username: acct.username,
+        role: acct.role,
+    };
+    let idle = max_idle(&st);
+    let new = match sessions(&st, move |s| {
+        s.remove(&id);
+        s.create(Some(user), idle)
+    })
+    .await
+    {
+        Ok(new) => new,
+        Err(r) => return r,
+    };
     with_session_cookie(&st, new.id, redirect(site.home()))
 }
 
 async fn keepalive(st: AppState, jar: CookieJar, site: Site, f: FormData) -> Response {
     // Called by the page's script: "no session" is 401 (expired), never a redirect.
     let enforce = !fp::active(fp::NO_EXPIRY);
-    let live = session_id(&jar).map(|id| st.sessions.touch(&id, max_idle(&st), enforce));
-    let s = match live {
-        Some(SessionLookup::Live(s)) if s.user.is_some() => s,
+    let Some(id) = session_id(&jar) else {
+        return expired_page(&st, site, StatusCode::UNAUTHORIZED);
+    };
+    let idle = max_idle(&st);
+    let s = match sessions(&st, move |s| s.touch(&id, idle, enforce)).await {
+        Ok(SessionLookup::Live(s)) if s.user.is_some() => s,
+        Err(r) => return r,
         _ => return expired_page(&st, site, StatusCode::UNAUTHORIZED),
     };
     if !csrf_ok(&s, &f) {
@@ -510,7 +540,9 @@ async fn keepalive(st: AppState, jar: CookieJar, site: Site, f: FormData) -> Res
 
 async fn expired_get(st: AppState, jar: CookieJar, site: Site) -> Response {
     if let Some(id) = session_id(&jar) {
-        st.sessions.remove(&id);
+        if let Err(r) = sessions(&st, move |s| s.remove(&id)).await {
+            return r;
+        }
     }
     expired_page(&st, site, StatusCode::OK)
 }
@@ -523,7 +555,10 @@ async fn logout(st: AppState, jar: CookieJar, site: Site, f: FormData) -> Respon
     if !csrf_ok(&s, &f) {
         return message(&st, site, StatusCode::FORBIDDEN, &tr("err-csrf"));
     }
-    st.sessions.remove(&s.id);
+    let id = s.id;
+    if let Err(r) = sessions(&st, move |s| s.remove(&id)).await {
+        return r;
+    }
     redirect(&format!("/{}/login", site.path()))
 }
 
@@ -569,7 +604,10 @@ async fn notice_post(State(st): State<AppState>, jar: CookieJar, f: FormData) ->
             &tr("err-csrf"),
         );
     }
-    st.sessions.update(&s.id, |s| s.notice_accepted = true);
+    let id = s.id;
+    if let Err(r) = sessions(&st, move |s| s.update(&id, |s| s.notice_accepted = true)).await {
+        return r;
+    }
     redirect("/SelfService")
 }
 
