@@ -1023,6 +1023,128 @@ fn build_scaling(n: usize, notes: &mut Vec<String>) {
     eprintln!("{}", notes.last().unwrap());
 }
 
+/// `LOOKUP_RATIOS=1`: issue 28's ratios against the memory floor, nothing else. At each size,
+/// `LOOKUP_ROUNDS` (default 5) alternating rounds of: the floor's dependent chase, the
+/// index's 8- and 32-digit dependent lookups, the floor's independent loads ("parallel
+/// chases"), single independent index lookups and the batch API at several prefetch
+/// distances. Each figure and each ratio is the median over the rounds (a ratio is taken
+/// within its round, then the median). Also the cache lines a lookup reads, from the layout.
+fn ratios(n: usize, notes: &mut Vec<String>) {
+    eprintln!("lookup bench: ratios, {n} keys");
+    let rounds: usize = std::env::var("LOOKUP_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let mut sorted = entries(n);
+    let index = PrefixIndex::from_entries(sorted.clone());
+    sorted.sort_unstable_by_key(|e| e.key_id);
+    let timed = timed_count();
+    let qs = queries(&sorted, timed);
+    drop(sorted);
+    let floor = Floor::new(n * std::mem::size_of::<IndexEntry>());
+    let mut rng = rand_chacha_like(SEED + 5);
+    let idx: Vec<usize> = (0..timed)
+        .map(|_| rng.random_range(0..floor.lines) * 8)
+        .collect();
+    // Lines a lookup reads (the floor reads one), over the first 200,000 queries.
+    let probe = &qs.prefixes[..timed.min(200_000)];
+    let mut lines = [0usize; 5];
+    for &p in probe {
+        lines[index.lines_read(p).min(4)] += 1;
+    }
+    let mean_lines =
+        probe.iter().map(|&p| index.lines_read(p)).sum::<usize>() as f64 / probe.len() as f64;
+    const DISTANCES: [usize; 6] = [0, 4, 8, 12, 16, 24];
+    // Per round: floor p50, p99; 8-digit p50, p99; 32-digit p50, p99; floor independent/s,
+    // single independent/s, then batch/s per distance.
+    let mut figures: Vec<Vec<f64>> = Vec::new();
+    let w = QUERIES.min(timed / 3);
+    for round in 0..rounds {
+        let mut f = Vec::new();
+        let chase = &floor.chase;
+        let mut cur = (round * 8) as u64;
+        let h = dependent(timed, timed, |_, _| {
+            cur = chase[cur as usize];
+            cur
+        });
+        f.extend([h.value_at_quantile(0.5), h.value_at_quantile(0.99)].map(|v| v as f64));
+        let h = dependent(timed, timed, |q, _| index_prefix(&index, qs.prefixes[q]));
+        f.extend([h.value_at_quantile(0.5), h.value_at_quantile(0.99)].map(|v| v as f64));
+        let h = dependent(timed, timed, |q, _| {
+            index
+                .lookup_full(qs.fulls[q])
+                .map_or(0, |e| e.key_row as u64 | 1)
+        });
+        f.extend([h.value_at_quantile(0.5), h.value_at_quantile(0.99)].map(|v| v as f64));
+        f.push(independent(timed, |q| chase[idx[q]]));
+        f.push(independent(timed, |q| index_prefix(&index, qs.prefixes[q])));
+        for d in DISTANCES {
+            f.push(
+                independent(timed / w, |pass| {
+                    let mut acc = 0u64;
+                    index.lookup_prefix_batch_at(
+                        &qs.prefixes[pass * w..(pass + 1) * w],
+                        d,
+                        |_, e| acc = acc.wrapping_add(e.key_row as u64),
+                    );
+                    acc
+                }) * w as f64,
+            );
+        }
+        figures.push(f);
+    }
+    let median = |col: &dyn Fn(&[f64]) -> f64| {
+        let mut v: Vec<f64> = figures.iter().map(|f| col(f)).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?").to_string();
+    notes.push(format!(
+        "{n}: ratios, median of {rounds} alternating rounds (load {load} at the end): floor p50 {:.0} ns p99 {:.0} ns; 8 digits p50 {:.0} ns ({:.2}x) p99 {:.0} ns ({:.2}x); 32 digits p50 {:.0} ns ({:.2}x) p99 {:.0} ns ({:.2}x)",
+        median(&|f| f[0]),
+        median(&|f| f[1]),
+        median(&|f| f[2]),
+        median(&|f| f[2] / f[0]),
+        median(&|f| f[3]),
+        median(&|f| f[3] / f[1]),
+        median(&|f| f[4]),
+        median(&|f| f[4] / f[0]),
+        median(&|f| f[5]),
+        median(&|f| f[5] / f[1]),
+    ));
+    eprintln!("{}", notes.last().unwrap());
+    let batch: Vec<String> = DISTANCES
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            format!(
+                "distance {d}: {:.1} M/s ({:.0}%)",
+                median(&|f| f[8 + i]) / 1e6,
+                median(&|f| f[8 + i] / f[6]) * 100.0
+            )
+        })
+        .collect();
+    notes.push(format!(
+        "{n}: throughput on one core, median of {rounds} rounds: floor's parallel chases {:.1} M/s; single independent lookups {:.1} M/s ({:.0}%); batch API {}",
+        median(&|f| f[6]) / 1e6,
+        median(&|f| f[7]) / 1e6,
+        median(&|f| f[7] / f[6]) * 100.0,
+        batch.join(", ")
+    ));
+    eprintln!("{}", notes.last().unwrap());
+    notes.push(format!(
+        "{n}: cache lines read per 8-digit lookup (from the layout, {} queries): mean {mean_lines:.2}; 1 line {:.1}%, 2 lines {:.1}%, 3 lines {:.1}%, 4+ {:.1}% (the floor: 1)",
+        probe.len(),
+        lines[1] as f64 * 100.0 / probe.len() as f64,
+        lines[2] as f64 * 100.0 / probe.len() as f64,
+        lines[3] as f64 * 100.0 / probe.len() as f64,
+        lines[4] as f64 * 100.0 / probe.len() as f64,
+    ));
+    eprintln!("{}", notes.last().unwrap());
+}
+
 /// The index build's sort before issue 28: one stable counting sort by the top
 /// `log2(n / per_bucket)` bits (a scatter to a random place in the whole array per key),
 /// then per-bucket sorts. Kept here only to measure the build against it.
@@ -1058,9 +1180,12 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     notes.push(format!("load average at start: {}", load.trim()));
     let build_only = std::env::var("LOOKUP_BUILD_ONLY").is_ok_and(|v| v == "1");
+    let ratios_only = std::env::var("LOOKUP_RATIOS").is_ok_and(|v| v == "1");
     for n in sizes() {
         if build_only {
             build_scaling(n, &mut notes);
+        } else if ratios_only {
+            ratios(n, &mut notes);
         } else {
             run_size(&mut c, n, &mut rows, &mut notes);
         }
