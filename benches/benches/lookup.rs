@@ -757,7 +757,9 @@ fn criterion_rows(
 /// supersessions at `LOOKUP_WRITE_RATE` operations/s (default 1000: 3 escrows to 1
 /// supersession). The delta is first filled to a third of the run's writes short of its
 /// merge threshold, so a merge into a new base happens during the run; the reader runs until
-/// the writer has done 3 s of writes (0.2 s in the smoke test).
+/// the writer has done 3 s of writes (0.2 s in the smoke test) and seen a merge end (at most
+/// 15 s). Lookups over 100 µs are kept with the time this thread waited for a CPU meanwhile,
+/// and the merge's start and end times, to tell the scheduler's pauses from the index's.
 fn under_writes(
     index: &PrefixIndex,
     sorted: &[IndexEntry],
@@ -790,15 +792,22 @@ fn under_writes(
     index.insert_many((0..prefill).map(|_| fresh()));
     let prefill_time = t.elapsed();
     let done = AtomicBool::new(false);
+    let steal0 = steal_ms();
+    let t0 = Instant::now();
     let (h, writer) = std::thread::scope(|s| {
         let writer = s.spawn(|| {
             let mut rng = rand_chacha_like(SEED + 8);
             let start = Instant::now();
             let (mut ops, mut merges, mut slowest) = (0u64, 0u32, Duration::ZERO);
             // The merge runs in the background and its base lands between writes: count
-            // base changes seen by the writer across the run.
+            // base changes seen by the writer across the run, and note when each merge
+            // started and ended (seconds since the start).
             let mut base = index.stats().base_keys;
-            while start.elapsed() < run {
+            let mut merging = index.stats().merging;
+            let mut phases: Vec<(&str, f64)> = Vec::new();
+            // Past `run`, keep writing until a merge has ended (at most 5 runs' time): on a
+            // loaded machine the 10M merge can take longer than the run.
+            while start.elapsed() < run || (merges == 0 && start.elapsed() < run * 5) {
                 let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
                 if ops >= due {
                     std::thread::sleep(Duration::from_micros(200));
@@ -811,27 +820,50 @@ fn under_writes(
                     index.insert(fresh());
                 }
                 slowest = slowest.max(t.elapsed());
-                let now = index.stats().base_keys;
-                if now != base {
+                let stats = index.stats();
+                if stats.base_keys != base {
                     merges += 1;
-                    base = now;
+                    base = stats.base_keys;
+                }
+                if stats.merging != merging {
+                    merging = stats.merging;
+                    let at = t0.elapsed().as_secs_f64();
+                    phases.push((if merging { "merge start" } else { "merge end" }, at));
                 }
                 ops += 1;
             }
             done.store(true, Ordering::Relaxed);
-            (ops, merges, slowest, start.elapsed())
+            (ops, merges, slowest, start.elapsed(), phases)
         });
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
         let mut q = 0usize;
+        // Lookups over 100 µs: when (s since the start), how long, and how long this thread
+        // waited for a CPU (run queue, /proc/thread-self/schedstat) since the last mark,
+        // taken every 1024 lookups and after each slow one: a lookup that waited about as
+        // long as it took was preempted, not slow in the index.
+        let mut slow: Vec<(f64, u64, u64)> = Vec::new();
+        let mut mark = run_queue_wait_ns();
+        let mut i = 0u64;
         while !done.load(Ordering::Relaxed) {
+            if i % 1024 == 0 {
+                mark = run_queue_wait_ns();
+            }
+            i += 1;
             let t = Instant::now();
             let carry = index_prefix(index, qs.prefixes[q]);
-            hist.record((t.elapsed().as_nanos() as u64).max(1)).unwrap();
+            let ns = (t.elapsed().as_nanos() as u64).max(1);
+            hist.record(ns).unwrap();
+            if ns > 100_000 {
+                let waited = run_queue_wait_ns().saturating_sub(mark);
+                slow.push(((t - t0).as_secs_f64(), ns, waited));
+                mark = run_queue_wait_ns();
+            }
             q = (q + 1 + (carry as usize & 1)) % qs.prefixes.len();
         }
-        (hist, writer.join().unwrap())
+        (hist, (writer.join().unwrap(), slow))
     });
-    let (ops, merges, slowest, took) = writer;
+    let ((ops, merges, slowest, took, phases), slow) = writer;
+    let stolen = steal_ms().saturating_sub(steal0);
     let r = row(
         n,
         &format!("portal index under writes ({rate}/s escrow+supersede, {merges} merge)"),
@@ -848,6 +880,73 @@ fn under_writes(
         h.max() as f64 / 1e3,
         h.len()
     ));
+    let preempted = slow.iter().filter(|s| s.2 * 2 >= s.1).count();
+    let own = slow
+        .iter()
+        .filter(|s| s.2 * 2 < s.1)
+        .max_by_key(|s| s.1)
+        .map_or("none".to_string(), |(at, ns, waited)| {
+            format!(
+                "{:.1} µs at {at:.3} s (waited {:.1} µs)",
+                *ns as f64 / 1e3,
+                *waited as f64 / 1e3
+            )
+        });
+    let mut worst = slow.clone();
+    worst.sort_by_key(|s| std::cmp::Reverse(s.1));
+    let worst: Vec<String> = worst
+        .iter()
+        .take(5)
+        .map(|(at, ns, waited)| {
+            format!(
+                "{:.1} µs at {at:.3} s (waited for a CPU {:.1} µs)",
+                *ns as f64 / 1e3,
+                *waited as f64 / 1e3
+            )
+        })
+        .collect();
+    let phases: Vec<String> = phases
+        .iter()
+        .map(|(p, at)| format!("{p} {at:.3} s"))
+        .collect();
+    notes.push(format!(
+        "{n}: under writes: reader p99 {} ns, p99.9 {} ns, max {:.1} µs; {} lookups over 100 µs, {preempted} of them waited for a CPU at least half their time (slowest of the others: {own}); slowest: {}; {}; the hypervisor ran other guests on this VM's CPUs for {stolen} ms of the {:.1} s (steal time, invisible to the guest's scheduler)",
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max() as f64 / 1e3,
+        slow.len(),
+        worst.join(", "),
+        phases.join(", "),
+        t0.elapsed().as_secs_f64(),
+    ));
+    eprintln!("{}", notes.last().unwrap());
+}
+
+/// Milliseconds of steal time (the hypervisor running something else on this VM's CPUs),
+/// summed over CPUs: the `steal` column of `/proc/stat`, in USER_HZ (100 a second) ticks.
+fn steal_ms() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let cpu = s
+                .lines()
+                .next()?
+                .split_whitespace()
+                .nth(8)?
+                .parse::<u64>()
+                .ok()?;
+            Some(cpu * 10)
+        })
+        .unwrap_or(0)
+}
+
+/// Nanoseconds this thread has waited on a run queue (the second field of
+/// `/proc/thread-self/schedstat`; 0 where the kernel has none).
+fn run_queue_wait_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|w| w.parse().ok()))
+        .unwrap_or(0)
 }
 
 /// `1000000` -> `1m`, `100000000` -> `100m`, `20000` -> `20k`.
@@ -1181,11 +1280,19 @@ fn main() {
     notes.push(format!("load average at start: {}", load.trim()));
     let build_only = std::env::var("LOOKUP_BUILD_ONLY").is_ok_and(|v| v == "1");
     let ratios_only = std::env::var("LOOKUP_RATIOS").is_ok_and(|v| v == "1");
+    // `LOOKUP_WRITES_ONLY=1`: only the "under writes" row (p99.9, max, the slow lookups).
+    let writes_only = std::env::var("LOOKUP_WRITES_ONLY").is_ok_and(|v| v == "1");
     for n in sizes() {
         if build_only {
             build_scaling(n, &mut notes);
         } else if ratios_only {
             ratios(n, &mut notes);
+        } else if writes_only {
+            let mut sorted = entries(n);
+            let index = PrefixIndex::from_entries(sorted.clone());
+            sorted.sort_unstable_by_key(|e| e.key_id);
+            let qs = queries(&sorted, timed_count());
+            under_writes(&index, &sorted, &qs, &mut rows, &mut notes);
         } else {
             run_size(&mut c, n, &mut rows, &mut notes);
         }

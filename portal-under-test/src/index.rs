@@ -512,10 +512,11 @@ impl Shared {
     /// Under the writer lock: replaces the base with `base` (built from `snap`'s base and
     /// `frozen`) if `frozen` is still the snapshot's frozen layer, keeping the delta and the
     /// supersessions landed since (all of them keys of the new base or of the delta).
-    fn install(&self, frozen: &Arc<Frozen>, base: Base) -> bool {
+    /// Returns the old base, to be freed off the readers' path ([`retire`]).
+    fn install(&self, frozen: &Arc<Frozen>, base: Base) -> Option<Arc<Base>> {
         let snap = self.current.load_full();
         if !snap.frozen.as_ref().is_some_and(|f| Arc::ptr_eq(f, frozen)) {
-            return false;
+            return None;
         }
         self.current.store(Arc::new(Snapshot {
             base: Arc::new(base),
@@ -523,7 +524,25 @@ impl Shared {
             delta: snap.delta.clone(),
             dead: snap.dead.clone(),
         }));
-        true
+        Some(snap.base.clone())
+    }
+}
+
+/// Frees a replaced base on the calling thread (the merge thread), not on whichever reader
+/// happens to drop the last reference: unmapping a 10M-key base (380 MB) takes milliseconds,
+/// which a lookup must not pay. Waits for readers still holding it (a lookup holds its
+/// snapshot for well under a microsecond), at most a second, then lets the last holder free it.
+fn retire(base: Arc<Base>) {
+    let mut base = base;
+    for _ in 0..1000 {
+        match Arc::try_unwrap(base) {
+            Ok(b) => {
+                drop(b);
+                return;
+            }
+            Err(still_shared) => base = still_shared,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
@@ -586,6 +605,8 @@ pub struct IndexStats {
     pub bucket_bits: u32,
     /// Heap bytes held by the current snapshot (entries, delta, dead set, frozen layer).
     pub heap_bytes: usize,
+    /// A background merge is running (a frozen layer is being folded into a new base).
+    pub merging: bool,
 }
 
 impl PrefixIndex {
@@ -695,8 +716,14 @@ impl PrefixIndex {
                 gate.wait();
                 let new = merge(&base, &job.delta, &job.dead);
                 drop(base);
-                let _w = shared.write_lock();
-                shared.install(&job, new);
+                let old = {
+                    let _w = shared.write_lock();
+                    shared.install(&job, new)
+                };
+                drop(job);
+                if let Some(old) = old {
+                    retire(old);
+                }
             });
         match spawned {
             // A previous merge thread has published (the frozen layer was empty) or been
@@ -937,6 +964,7 @@ impl PrefixIndex {
             heap_bytes: snap.base.bytes()
                 + (snap.delta.capacity() + fdelta_cap) * std::mem::size_of::<IndexEntry>()
                 + (snap.dead.capacity() + fdead_cap) * std::mem::size_of::<u128>(),
+            merging: snap.frozen.is_some(),
         }
     }
 
