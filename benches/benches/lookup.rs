@@ -1066,7 +1066,7 @@ fn svg(rows: &[Row]) -> String {
 }
 
 /// `LOOKUP_BUILD_ONLY=1`: how the index build scales with the key count (issue 28), nothing
-/// else. At each size, 5 alternating rounds of: the portal's build (from keys in memory, as
+/// else. At each size, `LOOKUP_ROUNDS` (default 5) alternating rounds of: the portal's build (from keys in memory, as
 /// `run_size` times it), its sort alone (`index::sorted_unique`), the one-scatter sort the
 /// build used before (`one_scatter_sort`), and a floor no build beats: one sequential copy
 /// of the input.
@@ -1077,7 +1077,8 @@ fn build_scaling(n: usize, notes: &mut Vec<String>) {
     let (mut build, mut new_sort, mut old_sort, mut copy) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let per_key = |d: std::time::Duration| d.as_secs_f64() * 1e9 / n as f64;
-    for _ in 0..5 {
+    let rounds = rounds();
+    for _ in 0..rounds {
         let input = keys.clone();
         let t = Instant::now();
         let index =
@@ -1111,7 +1112,7 @@ fn build_scaling(n: usize, notes: &mut Vec<String>) {
     };
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     notes.push(format!(
-        "{n}: build scaling (median of 5, ns/key): index build {:.1} ({:.2} s), of which its sort alone {:.1}; one-scatter sort (the build's sort before) {:.1}; sequential copy (floor) {:.1}; load {}",
+        "{n}: build scaling (median of {rounds}, ns/key): index build {:.1} ({:.2} s), of which its sort alone {:.1}; one-scatter sort (the build's sort before) {:.1}; sequential copy (floor) {:.1}; load {}",
         median(&mut build),
         median(&mut build) * n as f64 / 1e9,
         median(&mut new_sort),
@@ -1122,6 +1123,15 @@ fn build_scaling(n: usize, notes: &mut Vec<String>) {
     eprintln!("{}", notes.last().unwrap());
 }
 
+/// Alternating rounds of the build-only and ratios modes: `LOOKUP_ROUNDS`, default 5.
+fn rounds() -> usize {
+    std::env::var("LOOKUP_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1)
+}
+
 /// `LOOKUP_RATIOS=1`: issue 28's ratios against the memory floor, nothing else. At each size,
 /// `LOOKUP_ROUNDS` (default 5) alternating rounds of: the floor's dependent chase, the
 /// index's 8- and 32-digit dependent lookups, the floor's independent loads ("parallel
@@ -1130,11 +1140,7 @@ fn build_scaling(n: usize, notes: &mut Vec<String>) {
 /// within its round, then the median). Also the cache lines a lookup reads, from the layout.
 fn ratios(n: usize, notes: &mut Vec<String>) {
     eprintln!("lookup bench: ratios, {n} keys");
-    let rounds: usize = std::env::var("LOOKUP_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5)
-        .max(1);
+    let rounds = rounds();
     let mut sorted = entries(n);
     let index = PrefixIndex::from_entries(sorted.clone());
     sorted.sort_unstable_by_key(|e| e.key_id);

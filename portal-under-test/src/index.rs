@@ -179,13 +179,20 @@ pub fn huge_page_vec<T>(n: usize) -> Vec<T> {
     v
 }
 
+/// Slots a base of `keys` random keys needs, with a margin: the capacity to give the buffer
+/// a base is laid out in, so it is not reallocated (copied) on the way.
+fn slot_capacity(keys: usize) -> usize {
+    (keys as u128 * 100).div_ceil(LOAD_PERCENT) as usize + 2 * SCAN_LIMIT
+}
+
 /// [`Base::build`]'s sort: the entries sorted by key ID, the first of each key ID kept.
 /// Public only so the lookup benchmark can time it apart from the layout.
 pub fn sorted_unique(input: Vec<IndexEntry>, per_bucket: usize) -> Vec<IndexEntry> {
     let per_bucket = per_bucket.max(1);
     let n = input.len();
     let top_bits = bucket_bits(n, per_bucket).min(TOP_BUCKET_BITS);
-    let mut sorted = huge_page_vec(n);
+    // Room for the layout's gap slots too (pages not touched until the layout writes them).
+    let mut sorted = huge_page_vec(slot_capacity(n));
     sorted.resize(n, IndexEntry::ZERO);
     let runs = scatter(&input, &mut sorted, 0, top_bits);
     drop(input);
@@ -261,8 +268,13 @@ impl Base {
         (((key_id >> 64) * u128::from(self.homes)) >> 64) as usize
     }
 
-    /// `entries` must be sorted by key ID with no duplicate key IDs.
-    fn from_sorted_unique(entries: Vec<IndexEntry>) -> Self {
+    /// `entries` must be sorted by key ID with no duplicate key IDs. Lays them out in their
+    /// own buffer (grown to the slot count), not in a fresh array: first touch of fresh
+    /// memory (the kernel zeroing each page) was most of a large build's time. A forward
+    /// pass finds each key's slot, a backward pass moves each key to it and fills the gap
+    /// after it; a key's slot is at or after its index, so the backward pass never
+    /// overwrites a key it has yet to move.
+    fn from_sorted_unique(mut entries: Vec<IndexEntry>) -> Self {
         let keys = entries.len();
         let homes = (keys as u128 * 100).div_ceil(LOAD_PERCENT) as u64;
         let mut base = Base {
@@ -271,24 +283,30 @@ impl Base {
             homes,
             max_displacement: 0,
         };
-        // First pass: the final length, so the slots are allocated once and exactly.
+        let mut slot_of = Vec::with_capacity(keys);
         let mut len = 0usize;
         for e in &entries {
-            len = len.max(base.home(e.key_id)) + 1;
-        }
-        let mut slots = huge_page_vec(len);
-        let mut max_displacement = 0;
-        for e in &entries {
             let home = base.home(e.key_id);
-            let fill = slots.last().copied().unwrap_or(*e);
-            if slots.len() < home {
-                slots.resize(home, fill);
-            }
-            max_displacement = max_displacement.max(slots.len() - home);
-            slots.push(*e);
+            let slot = len.max(home);
+            base.max_displacement = base.max_displacement.max(slot - home);
+            slot_of.push(slot);
+            len = slot + 1;
         }
-        base.slots = slots;
-        base.max_displacement = max_displacement;
+        entries.resize(len, IndexEntry::ZERO);
+        let mut end = len;
+        for (i, &slot) in slot_of.iter().enumerate().rev() {
+            let e = entries[i];
+            entries[slot..end].fill(e);
+            end = slot;
+        }
+        // Slots before the first key repeat it.
+        if let Some(&first) = entries.get(end) {
+            entries[..end].fill(first);
+        }
+        // No `shrink_to_fit`: for 32-byte-aligned entries the system allocator cannot
+        // `realloc` in place, it copies into fresh memory (what this layout avoids). The
+        // buffers given here have `slot_capacity` room: a few slots to spare.
+        base.slots = entries;
         base
     }
 
@@ -1006,7 +1024,9 @@ impl PrefixIndex {
 /// A new base: `base` minus `dead`, plus `delta` (both sorted, key IDs disjoint from the
 /// current base keys).
 fn merge(base: &Base, delta: &[IndexEntry], dead: &[u128]) -> Base {
-    let mut out = Vec::with_capacity(base.keys + delta.len() - dead.len().min(base.keys));
+    let mut out = huge_page_vec(slot_capacity(
+        base.keys + delta.len() - dead.len().min(base.keys),
+    ));
     // `dead` is sorted and the base is walked in order: one cursor, not a binary search per
     // base key (that was O(n log d): 28 s of a merge at 100M keys).
     let mut dead = dead.iter().peekable();
