@@ -18,10 +18,11 @@
 //! Crowded or sparse key ranges (never random IDs at this load) fall back to a binary search
 //! after `SCAN_LIMIT` (64) slots, so adversarial IDs cost `O(log n)`, not a long scan. Memory:
 //! 32 / 0.84 = 38.1 bytes a key. Build is two counting sorts (by the top 10 bits into 1024
-//! runs, then each run, cache-sized, by the next bits), tiny per-bucket sorts, then one pass
-//! laying the keys out: O(n), no full comparison sort, no scatter across the whole array.
-//! The slot array and the sort's buffer ask for transparent huge pages ([`huge_page_vec`]):
-//! fewer page faults while building, fewer TLB misses per lookup.
+//! runs, then each run, cache-sized, by the next bits), tiny per-bucket sorts, then the keys
+//! are laid out in the sort's own buffer (a backward pass; fresh memory, which the kernel
+//! zeroes page by page, was most of a large build): O(n), no full comparison sort, no
+//! scatter across the whole array. That buffer (the slot array) asks for transparent huge
+//! pages ([`huge_page_vec`]): fewer page faults while building, fewer TLB misses per lookup.
 //!
 //! # Concurrency
 //! Readers load an immutable [`Snapshot`] through `arc-swap` (no lock, no shared counter
