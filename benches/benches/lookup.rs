@@ -576,7 +576,7 @@ fn run_size(c: &mut Criterion, n: usize, rows: &mut Vec<Row>, notes: &mut Vec<St
         rows.push(r);
         let mut r = row(
             n,
-            "portal index, batch (prefetching groups)",
+            "portal index, batch (prefetching 16 queries ahead)",
             "8 digits",
             &h,
         );
@@ -894,7 +894,7 @@ fn under_writes(
         });
     let mut worst = slow.clone();
     worst.sort_by_key(|s| std::cmp::Reverse(s.1));
-    let worst: Vec<String> = worst
+    let mut worst: Vec<String> = worst
         .iter()
         .take(5)
         .map(|(at, ns, waited)| {
@@ -905,6 +905,9 @@ fn under_writes(
             )
         })
         .collect();
+    if worst.is_empty() {
+        worst.push("none".into());
+    }
     let phases: Vec<String> = phases
         .iter()
         .map(|(p, at)| format!("{p} {at:.3} s"))
