@@ -576,7 +576,7 @@ fn run_size(c: &mut Criterion, n: usize, rows: &mut Vec<Row>, notes: &mut Vec<St
         rows.push(r);
         let mut r = row(
             n,
-            "portal index, batch (prefetching groups)",
+            "portal index, batch (prefetching 16 queries ahead)",
             "8 digits",
             &h,
         );
@@ -757,7 +757,9 @@ fn criterion_rows(
 /// supersessions at `LOOKUP_WRITE_RATE` operations/s (default 1000: 3 escrows to 1
 /// supersession). The delta is first filled to a third of the run's writes short of its
 /// merge threshold, so a merge into a new base happens during the run; the reader runs until
-/// the writer has done 3 s of writes (0.2 s in the smoke test).
+/// the writer has done 3 s of writes (0.2 s in the smoke test) and seen a merge end (at most
+/// 15 s). Lookups over 100 µs are kept with the time this thread waited for a CPU meanwhile,
+/// and the merge's start and end times, to tell the scheduler's pauses from the index's.
 fn under_writes(
     index: &PrefixIndex,
     sorted: &[IndexEntry],
@@ -790,15 +792,22 @@ fn under_writes(
     index.insert_many((0..prefill).map(|_| fresh()));
     let prefill_time = t.elapsed();
     let done = AtomicBool::new(false);
+    let steal0 = steal_ms();
+    let t0 = Instant::now();
     let (h, writer) = std::thread::scope(|s| {
         let writer = s.spawn(|| {
             let mut rng = rand_chacha_like(SEED + 8);
             let start = Instant::now();
             let (mut ops, mut merges, mut slowest) = (0u64, 0u32, Duration::ZERO);
             // The merge runs in the background and its base lands between writes: count
-            // base changes seen by the writer across the run.
+            // base changes seen by the writer across the run, and note when each merge
+            // started and ended (seconds since the start).
             let mut base = index.stats().base_keys;
-            while start.elapsed() < run {
+            let mut merging = index.stats().merging;
+            let mut phases: Vec<(&str, f64)> = Vec::new();
+            // Past `run`, keep writing until a merge has ended (at most 5 runs' time): on a
+            // loaded machine the 10M merge can take longer than the run.
+            while start.elapsed() < run || (merges == 0 && start.elapsed() < run * 5) {
                 let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
                 if ops >= due {
                     std::thread::sleep(Duration::from_micros(200));
@@ -811,27 +820,50 @@ fn under_writes(
                     index.insert(fresh());
                 }
                 slowest = slowest.max(t.elapsed());
-                let now = index.stats().base_keys;
-                if now != base {
+                let stats = index.stats();
+                if stats.base_keys != base {
                     merges += 1;
-                    base = now;
+                    base = stats.base_keys;
+                }
+                if stats.merging != merging {
+                    merging = stats.merging;
+                    let at = t0.elapsed().as_secs_f64();
+                    phases.push((if merging { "merge start" } else { "merge end" }, at));
                 }
                 ops += 1;
             }
             done.store(true, Ordering::Relaxed);
-            (ops, merges, slowest, start.elapsed())
+            (ops, merges, slowest, start.elapsed(), phases)
         });
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
         let mut q = 0usize;
+        // Lookups over 100 µs: when (s since the start), how long, and how long this thread
+        // waited for a CPU (run queue, /proc/thread-self/schedstat) since the last mark,
+        // taken every 1024 lookups and after each slow one: a lookup that waited about as
+        // long as it took was preempted, not slow in the index.
+        let mut slow: Vec<(f64, u64, u64)> = Vec::new();
+        let mut mark = run_queue_wait_ns();
+        let mut i = 0u64;
         while !done.load(Ordering::Relaxed) {
+            if i % 1024 == 0 {
+                mark = run_queue_wait_ns();
+            }
+            i += 1;
             let t = Instant::now();
             let carry = index_prefix(index, qs.prefixes[q]);
-            hist.record((t.elapsed().as_nanos() as u64).max(1)).unwrap();
+            let ns = (t.elapsed().as_nanos() as u64).max(1);
+            hist.record(ns).unwrap();
+            if ns > 100_000 {
+                let waited = run_queue_wait_ns().saturating_sub(mark);
+                slow.push(((t - t0).as_secs_f64(), ns, waited));
+                mark = run_queue_wait_ns();
+            }
             q = (q + 1 + (carry as usize & 1)) % qs.prefixes.len();
         }
-        (hist, writer.join().unwrap())
+        (hist, (writer.join().unwrap(), slow))
     });
-    let (ops, merges, slowest, took) = writer;
+    let ((ops, merges, slowest, took, phases), slow) = writer;
+    let stolen = steal_ms().saturating_sub(steal0);
     let r = row(
         n,
         &format!("portal index under writes ({rate}/s escrow+supersede, {merges} merge)"),
@@ -848,6 +880,76 @@ fn under_writes(
         h.max() as f64 / 1e3,
         h.len()
     ));
+    let preempted = slow.iter().filter(|s| s.2 * 2 >= s.1).count();
+    let own = slow
+        .iter()
+        .filter(|s| s.2 * 2 < s.1)
+        .max_by_key(|s| s.1)
+        .map_or("none".to_string(), |(at, ns, waited)| {
+            format!(
+                "{:.1} µs at {at:.3} s (waited {:.1} µs)",
+                *ns as f64 / 1e3,
+                *waited as f64 / 1e3
+            )
+        });
+    let mut worst = slow.clone();
+    worst.sort_by_key(|s| std::cmp::Reverse(s.1));
+    let mut worst: Vec<String> = worst
+        .iter()
+        .take(5)
+        .map(|(at, ns, waited)| {
+            format!(
+                "{:.1} µs at {at:.3} s (waited for a CPU {:.1} µs)",
+                *ns as f64 / 1e3,
+                *waited as f64 / 1e3
+            )
+        })
+        .collect();
+    if worst.is_empty() {
+        worst.push("none".into());
+    }
+    let phases: Vec<String> = phases
+        .iter()
+        .map(|(p, at)| format!("{p} {at:.3} s"))
+        .collect();
+    notes.push(format!(
+        "{n}: under writes: reader p99 {} ns, p99.9 {} ns, max {:.1} µs; {} lookups over 100 µs, {preempted} of them waited for a CPU at least half their time (slowest of the others: {own}); slowest: {}; {}; the hypervisor ran other guests on this VM's CPUs for {stolen} ms of the {:.1} s (steal time, invisible to the guest's scheduler)",
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max() as f64 / 1e3,
+        slow.len(),
+        worst.join(", "),
+        phases.join(", "),
+        t0.elapsed().as_secs_f64(),
+    ));
+    eprintln!("{}", notes.last().unwrap());
+}
+
+/// Milliseconds of steal time (the hypervisor running something else on this VM's CPUs),
+/// summed over CPUs: the `steal` column of `/proc/stat`, in USER_HZ (100 a second) ticks.
+fn steal_ms() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let cpu = s
+                .lines()
+                .next()?
+                .split_whitespace()
+                .nth(8)?
+                .parse::<u64>()
+                .ok()?;
+            Some(cpu * 10)
+        })
+        .unwrap_or(0)
+}
+
+/// Nanoseconds this thread has waited on a run queue (the second field of
+/// `/proc/thread-self/schedstat`; 0 where the kernel has none).
+fn run_queue_wait_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|w| w.parse().ok()))
+        .unwrap_or(0)
 }
 
 /// `1000000` -> `1m`, `100000000` -> `100m`, `20000` -> `20k`.
@@ -967,7 +1069,7 @@ fn svg(rows: &[Row]) -> String {
 }
 
 /// `LOOKUP_BUILD_ONLY=1`: how the index build scales with the key count (issue 28), nothing
-/// else. At each size, 5 alternating rounds of: the portal's build (from keys in memory, as
+/// else. At each size, `LOOKUP_ROUNDS` (default 5) alternating rounds of: the portal's build (from keys in memory, as
 /// `run_size` times it), its sort alone (`index::sorted_unique`), the one-scatter sort the
 /// build used before (`one_scatter_sort`), and a floor no build beats: one sequential copy
 /// of the input.
@@ -978,7 +1080,8 @@ fn build_scaling(n: usize, notes: &mut Vec<String>) {
     let (mut build, mut new_sort, mut old_sort, mut copy) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let per_key = |d: std::time::Duration| d.as_secs_f64() * 1e9 / n as f64;
-    for _ in 0..5 {
+    let rounds = rounds();
+    for _ in 0..rounds {
         let input = keys.clone();
         let t = Instant::now();
         let index =
@@ -1012,13 +1115,140 @@ fn build_scaling(n: usize, notes: &mut Vec<String>) {
     };
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     notes.push(format!(
-        "{n}: build scaling (median of 5, ns/key): index build {:.1} ({:.2} s), of which its sort alone {:.1}; one-scatter sort (the build's sort before) {:.1}; sequential copy (floor) {:.1}; load {}",
+        "{n}: build scaling (median of {rounds}, ns/key): index build {:.1} ({:.2} s), of which its sort alone {:.1}; one-scatter sort (the build's sort before) {:.1}; sequential copy (floor) {:.1}; load {}",
         median(&mut build),
         median(&mut build) * n as f64 / 1e9,
         median(&mut new_sort),
         median(&mut old_sort),
         median(&mut copy),
         load.split_whitespace().next().unwrap_or("?"),
+    ));
+    eprintln!("{}", notes.last().unwrap());
+}
+
+/// Alternating rounds of the build-only and ratios modes: `LOOKUP_ROUNDS`, default 5.
+fn rounds() -> usize {
+    std::env::var("LOOKUP_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1)
+}
+
+/// `LOOKUP_RATIOS=1`: issue 28's ratios against the memory floor, nothing else. At each size,
+/// `LOOKUP_ROUNDS` (default 5) alternating rounds of: the floor's dependent chase, the
+/// index's 8- and 32-digit dependent lookups, the floor's independent loads ("parallel
+/// chases"), single independent index lookups and the batch API at several prefetch
+/// distances. Each figure and each ratio is the median over the rounds (a ratio is taken
+/// within its round, then the median). Also the cache lines a lookup reads, from the layout.
+fn ratios(n: usize, notes: &mut Vec<String>) {
+    eprintln!("lookup bench: ratios, {n} keys");
+    let rounds = rounds();
+    let mut sorted = entries(n);
+    let index = PrefixIndex::from_entries(sorted.clone());
+    sorted.sort_unstable_by_key(|e| e.key_id);
+    let timed = timed_count();
+    let qs = queries(&sorted, timed);
+    drop(sorted);
+    let floor = Floor::new(n * std::mem::size_of::<IndexEntry>());
+    let mut rng = rand_chacha_like(SEED + 5);
+    let idx: Vec<usize> = (0..timed)
+        .map(|_| rng.random_range(0..floor.lines) * 8)
+        .collect();
+    // Lines a lookup reads (the floor reads one), over the first 200,000 queries.
+    let probe = &qs.prefixes[..timed.min(200_000)];
+    let mut lines = [0usize; 5];
+    for &p in probe {
+        lines[index.lines_read(p).min(4)] += 1;
+    }
+    let mean_lines =
+        probe.iter().map(|&p| index.lines_read(p)).sum::<usize>() as f64 / probe.len() as f64;
+    const DISTANCES: [usize; 6] = [0, 4, 8, 12, 16, 24];
+    // Per round: floor p50, p99; 8-digit p50, p99; 32-digit p50, p99; floor independent/s,
+    // single independent/s, then batch/s per distance.
+    let mut figures: Vec<Vec<f64>> = Vec::new();
+    let w = QUERIES.min(timed / 3);
+    for round in 0..rounds {
+        let mut f = Vec::new();
+        let chase = &floor.chase;
+        let mut cur = (round * 8) as u64;
+        let h = dependent(timed, timed, |_, _| {
+            cur = chase[cur as usize];
+            cur
+        });
+        f.extend([h.value_at_quantile(0.5), h.value_at_quantile(0.99)].map(|v| v as f64));
+        let h = dependent(timed, timed, |q, _| index_prefix(&index, qs.prefixes[q]));
+        f.extend([h.value_at_quantile(0.5), h.value_at_quantile(0.99)].map(|v| v as f64));
+        let h = dependent(timed, timed, |q, _| {
+            index
+                .lookup_full(qs.fulls[q])
+                .map_or(0, |e| e.key_row as u64 | 1)
+        });
+        f.extend([h.value_at_quantile(0.5), h.value_at_quantile(0.99)].map(|v| v as f64));
+        f.push(independent(timed, |q| chase[idx[q]]));
+        f.push(independent(timed, |q| index_prefix(&index, qs.prefixes[q])));
+        for d in DISTANCES {
+            f.push(
+                independent(timed / w, |pass| {
+                    let mut acc = 0u64;
+                    index.lookup_prefix_batch_at(
+                        &qs.prefixes[pass * w..(pass + 1) * w],
+                        d,
+                        |_, e| acc = acc.wrapping_add(e.key_row as u64),
+                    );
+                    acc
+                }) * w as f64,
+            );
+        }
+        figures.push(f);
+    }
+    let median = |col: &dyn Fn(&[f64]) -> f64| {
+        let mut v: Vec<f64> = figures.iter().map(|f| col(f)).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?").to_string();
+    notes.push(format!(
+        "{n}: ratios, median of {rounds} alternating rounds (load {load} at the end): floor p50 {:.0} ns p99 {:.0} ns; 8 digits p50 {:.0} ns ({:.2}x) p99 {:.0} ns ({:.2}x); 32 digits p50 {:.0} ns ({:.2}x) p99 {:.0} ns ({:.2}x)",
+        median(&|f| f[0]),
+        median(&|f| f[1]),
+        median(&|f| f[2]),
+        median(&|f| f[2] / f[0]),
+        median(&|f| f[3]),
+        median(&|f| f[3] / f[1]),
+        median(&|f| f[4]),
+        median(&|f| f[4] / f[0]),
+        median(&|f| f[5]),
+        median(&|f| f[5] / f[1]),
+    ));
+    eprintln!("{}", notes.last().unwrap());
+    let batch: Vec<String> = DISTANCES
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            format!(
+                "distance {d}: {:.1} M/s ({:.0}%)",
+                median(&|f| f[8 + i]) / 1e6,
+                median(&|f| f[8 + i] / f[6]) * 100.0
+            )
+        })
+        .collect();
+    notes.push(format!(
+        "{n}: throughput on one core, median of {rounds} rounds: floor's parallel chases {:.1} M/s; single independent lookups {:.1} M/s ({:.0}%); batch API {}",
+        median(&|f| f[6]) / 1e6,
+        median(&|f| f[7]) / 1e6,
+        median(&|f| f[7] / f[6]) * 100.0,
+        batch.join(", ")
+    ));
+    eprintln!("{}", notes.last().unwrap());
+    notes.push(format!(
+        "{n}: cache lines read per 8-digit lookup (from the layout, {} queries): mean {mean_lines:.2}; 1 line {:.1}%, 2 lines {:.1}%, 3 lines {:.1}%, 4+ {:.1}% (the floor: 1)",
+        probe.len(),
+        lines[1] as f64 * 100.0 / probe.len() as f64,
+        lines[2] as f64 * 100.0 / probe.len() as f64,
+        lines[3] as f64 * 100.0 / probe.len() as f64,
+        lines[4] as f64 * 100.0 / probe.len() as f64,
     ));
     eprintln!("{}", notes.last().unwrap());
 }
@@ -1058,9 +1288,20 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     notes.push(format!("load average at start: {}", load.trim()));
     let build_only = std::env::var("LOOKUP_BUILD_ONLY").is_ok_and(|v| v == "1");
+    let ratios_only = std::env::var("LOOKUP_RATIOS").is_ok_and(|v| v == "1");
+    // `LOOKUP_WRITES_ONLY=1`: only the "under writes" row (p99.9, max, the slow lookups).
+    let writes_only = std::env::var("LOOKUP_WRITES_ONLY").is_ok_and(|v| v == "1");
     for n in sizes() {
         if build_only {
             build_scaling(n, &mut notes);
+        } else if ratios_only {
+            ratios(n, &mut notes);
+        } else if writes_only {
+            let mut sorted = entries(n);
+            let index = PrefixIndex::from_entries(sorted.clone());
+            sorted.sort_unstable_by_key(|e| e.key_id);
+            let qs = queries(&sorted, timed_count());
+            under_writes(&index, &sorted, &qs, &mut rows, &mut notes);
         } else {
             run_size(&mut c, n, &mut rows, &mut notes);
         }

@@ -18,10 +18,11 @@
 //! Crowded or sparse key ranges (never random IDs at this load) fall back to a binary search
 //! after `SCAN_LIMIT` (64) slots, so adversarial IDs cost `O(log n)`, not a long scan. Memory:
 //! 32 / 0.84 = 38.1 bytes a key. Build is two counting sorts (by the top 10 bits into 1024
-//! runs, then each run, cache-sized, by the next bits), tiny per-bucket sorts, then one pass
-//! laying the keys out: O(n), no full comparison sort, no scatter across the whole array.
-//! The slot array and the sort's buffer ask for transparent huge pages ([`huge_page_vec`]):
-//! fewer page faults while building, fewer TLB misses per lookup.
+//! runs, then each run, cache-sized, by the next bits), tiny per-bucket sorts, then the keys
+//! are laid out in the sort's own buffer (a backward pass; fresh memory, which the kernel
+//! zeroes page by page, was most of a large build): O(n), no full comparison sort, no
+//! scatter across the whole array. That buffer (the slot array) asks for transparent huge
+//! pages ([`huge_page_vec`]): fewer page faults while building, fewer TLB misses per lookup.
 //!
 //! # Concurrency
 //! Readers load an immutable [`Snapshot`] through `arc-swap` (no lock, no shared counter
@@ -45,7 +46,16 @@
 //! outrunning an O(n) build, never at 1000 escrows/s) does a writer wait for the running merge
 //! (outside the writer lock). [`PrefixIndex::compact`] waits for it and merges the rest on the
 //! calling thread. A merge thread that fails (it should not) is logged and its merge redone
-//! by the next writer that waits or compacts.
+//! by the next writer that waits or compacts. The merge thread also frees the base it
+//! replaced ([`retire`]): whichever thread drops the last reference frees it, and unmapping a
+//! 10M-key base takes milliseconds a lookup must not pay.
+//!
+//! # Batch lookups
+//! [`PrefixIndex::lookup_prefix_batch`] (many queries in flight) prefetches the home lines of
+//! the query [`PREFETCH_DISTANCE`] ahead while it scans the current one, so about that many
+//! lookups' memory accesses overlap. A prefetch hint is the one instruction for this (a plain
+//! load would hold the CPU's reorder window until its line came back); `_mm_prefetch` is an
+//! `unsafe` intrinsic, the index's second `unsafe` after `madvise`.
 
 use std::sync::{Arc, Mutex};
 
@@ -170,13 +180,20 @@ pub fn huge_page_vec<T>(n: usize) -> Vec<T> {
     v
 }
 
+/// Slots a base of `keys` random keys needs, with a margin: the capacity to give the buffer
+/// a base is laid out in, so it is not reallocated (copied) on the way.
+fn slot_capacity(keys: usize) -> usize {
+    (keys as u128 * 100).div_ceil(LOAD_PERCENT) as usize + 2 * SCAN_LIMIT
+}
+
 /// [`Base::build`]'s sort: the entries sorted by key ID, the first of each key ID kept.
 /// Public only so the lookup benchmark can time it apart from the layout.
 pub fn sorted_unique(input: Vec<IndexEntry>, per_bucket: usize) -> Vec<IndexEntry> {
     let per_bucket = per_bucket.max(1);
     let n = input.len();
     let top_bits = bucket_bits(n, per_bucket).min(TOP_BUCKET_BITS);
-    let mut sorted = huge_page_vec(n);
+    // Room for the layout's gap slots too (pages not touched until the layout writes them).
+    let mut sorted = huge_page_vec(slot_capacity(n));
     sorted.resize(n, IndexEntry::ZERO);
     let runs = scatter(&input, &mut sorted, 0, top_bits);
     drop(input);
@@ -199,6 +216,25 @@ pub fn sorted_unique(input: Vec<IndexEntry>, per_bucket: usize) -> Vec<IndexEntr
         sorted.dedup_by_key(|e| e.key_id);
     }
     sorted
+}
+
+/// Queries a [`PrefixIndex::lookup_prefix_batch`] prefetches ahead: enough to keep the
+/// CPU's ~10-20 outstanding misses busy while each lookup's scan takes ~10-20 ns.
+pub const PREFETCH_DISTANCE: usize = 16;
+
+/// A prefetch hint for the cache line holding `p` (any address: a prefetch never faults).
+#[inline(always)]
+fn prefetch_line(p: *const i8) {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: `_mm_prefetch` only hints the cache; it reads nothing into a register and
+    // never faults, whatever the address. It is `unsafe` only as an SSE `target_feature`
+    // intrinsic, and SSE is part of every x86_64 CPU.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// Distinct entries of a slot run (gaps repeat the entry before them).
@@ -233,8 +269,13 @@ impl Base {
         (((key_id >> 64) * u128::from(self.homes)) >> 64) as usize
     }
 
-    /// `entries` must be sorted by key ID with no duplicate key IDs.
-    fn from_sorted_unique(entries: Vec<IndexEntry>) -> Self {
+    /// `entries` must be sorted by key ID with no duplicate key IDs. Lays them out in their
+    /// own buffer (grown to the slot count), not in a fresh array: first touch of fresh
+    /// memory (the kernel zeroing each page) was most of a large build's time. A forward
+    /// pass finds each key's slot, a backward pass moves each key to it and fills the gap
+    /// after it; a key's slot is at or after its index, so the backward pass never
+    /// overwrites a key it has yet to move.
+    fn from_sorted_unique(mut entries: Vec<IndexEntry>) -> Self {
         let keys = entries.len();
         let homes = (keys as u128 * 100).div_ceil(LOAD_PERCENT) as u64;
         let mut base = Base {
@@ -243,24 +284,30 @@ impl Base {
             homes,
             max_displacement: 0,
         };
-        // First pass: the final length, so the slots are allocated once and exactly.
+        let mut slot_of = Vec::with_capacity(keys);
         let mut len = 0usize;
         for e in &entries {
-            len = len.max(base.home(e.key_id)) + 1;
-        }
-        let mut slots = huge_page_vec(len);
-        let mut max_displacement = 0;
-        for e in &entries {
             let home = base.home(e.key_id);
-            let fill = slots.last().copied().unwrap_or(*e);
-            if slots.len() < home {
-                slots.resize(home, fill);
-            }
-            max_displacement = max_displacement.max(slots.len() - home);
-            slots.push(*e);
+            let slot = len.max(home);
+            base.max_displacement = base.max_displacement.max(slot - home);
+            slot_of.push(slot);
+            len = slot + 1;
         }
-        base.slots = slots;
-        base.max_displacement = max_displacement;
+        entries.resize(len, IndexEntry::ZERO);
+        let mut end = len;
+        for (i, &slot) in slot_of.iter().enumerate().rev() {
+            let e = entries[i];
+            entries[slot..end].fill(e);
+            end = slot;
+        }
+        // Slots before the first key repeat it.
+        if let Some(&first) = entries.get(end) {
+            entries[..end].fill(first);
+        }
+        // No `shrink_to_fit`: for 32-byte-aligned entries the system allocator cannot
+        // `realloc` in place, it copies into fresh memory (what this layout avoids). The
+        // buffers given here have `slot_capacity` room: a few slots to spare.
+        base.slots = entries;
         base
     }
 
@@ -274,6 +321,19 @@ impl Base {
     /// within one run (100M keys: ~3 MB).
     fn build(input: Vec<IndexEntry>, per_bucket: usize) -> Self {
         Base::from_sorted_unique(sorted_unique(input, per_bucket))
+    }
+
+    /// Asks the CPU to fetch the lines a lookup of `lo` reads first: those of its home slot
+    /// and the 3 slots after it (32 bytes each: 2 or 3 lines; a lookup reads 2.7 lines on
+    /// average at this load, measured by the lookup bench's `LOOKUP_RATIOS`).
+    #[inline]
+    fn prefetch(&self, lo: u128) {
+        if let Some(slot) = self.slots.get(self.home(lo)) {
+            let p = (slot as *const IndexEntry).cast::<i8>();
+            prefetch_line(p);
+            prefetch_line(p.wrapping_add(64));
+            prefetch_line(p.wrapping_add(96));
+        }
     }
 
     /// The slot index of the first key ID `>= lo`, or `slots.len()`.
@@ -307,6 +367,46 @@ impl Base {
             slots: rest.get(..len).unwrap_or(&[]).iter(),
             last: None,
         }
+    }
+
+    /// Calls `f` for the distinct entries with key IDs in `lo..=hi`, in key order; returns
+    /// how many. The same answer as [`Base::range`] in one forward pass from the home slot
+    /// (no second scan for the end, no `Option` per slot): the base-only lookups' path.
+    #[inline]
+    fn for_each_in(&self, lo: u128, hi: u128, mut f: impl FnMut(&IndexEntry)) -> usize {
+        let start = self.home(lo).min(self.slots.len());
+        let rest = self.slots.get(start..).unwrap_or(&[]);
+        // A gap repeats the entry before it: skip a key equal to the last one seen. `lo - 1`
+        // (or, for `lo == 0`, `u128::MAX`, which is above any `hi` here) matches no key.
+        let mut last = lo.wrapping_sub(1);
+        let mut n = 0;
+        for (i, e) in rest.iter().enumerate() {
+            if e.key_id > hi {
+                return n;
+            }
+            if i >= SCAN_LIMIT {
+                // Crowded or sparse key ranges (long runs of displaced keys or of gap
+                // repeats): the rest by binary search, as `range` does.
+                let from = if n == 0 {
+                    lo
+                } else if last == hi {
+                    return n;
+                } else {
+                    last + 1
+                };
+                for e in self.range(from, hi) {
+                    f(e);
+                    n += 1;
+                }
+                return n;
+            }
+            if e.key_id >= lo && e.key_id != last {
+                f(e);
+                n += 1;
+                last = e.key_id;
+            }
+        }
+        n
     }
 
     #[inline]
@@ -440,10 +540,11 @@ impl Shared {
     /// Under the writer lock: replaces the base with `base` (built from `snap`'s base and
     /// `frozen`) if `frozen` is still the snapshot's frozen layer, keeping the delta and the
     /// supersessions landed since (all of them keys of the new base or of the delta).
-    fn install(&self, frozen: &Arc<Frozen>, base: Base) -> bool {
+    /// Returns the old base, to be freed off the readers' path ([`retire`]).
+    fn install(&self, frozen: &Arc<Frozen>, base: Base) -> Option<Arc<Base>> {
         let snap = self.current.load_full();
         if !snap.frozen.as_ref().is_some_and(|f| Arc::ptr_eq(f, frozen)) {
-            return false;
+            return None;
         }
         self.current.store(Arc::new(Snapshot {
             base: Arc::new(base),
@@ -451,7 +552,25 @@ impl Shared {
             delta: snap.delta.clone(),
             dead: snap.dead.clone(),
         }));
-        true
+        Some(snap.base.clone())
+    }
+}
+
+/// Frees a replaced base on the calling thread (the merge thread), not on whichever reader
+/// happens to drop the last reference: unmapping a 10M-key base (380 MB) takes milliseconds,
+/// which a lookup must not pay. Waits for readers still holding it (a lookup holds its
+/// snapshot for well under a microsecond), at most a second, then lets the last holder free it.
+fn retire(base: Arc<Base>) {
+    let mut base = base;
+    for _ in 0..1000 {
+        match Arc::try_unwrap(base) {
+            Ok(b) => {
+                drop(b);
+                return;
+            }
+            Err(still_shared) => base = still_shared,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
@@ -514,6 +633,8 @@ pub struct IndexStats {
     pub bucket_bits: u32,
     /// Heap bytes held by the current snapshot (entries, delta, dead set, frozen layer).
     pub heap_bytes: usize,
+    /// A background merge is running (a frozen layer is being folded into a new base).
+    pub merging: bool,
 }
 
 impl PrefixIndex {
@@ -623,8 +744,14 @@ impl PrefixIndex {
                 gate.wait();
                 let new = merge(&base, &job.delta, &job.dead);
                 drop(base);
-                let _w = shared.write_lock();
-                shared.install(&job, new);
+                let old = {
+                    let _w = shared.write_lock();
+                    shared.install(&job, new)
+                };
+                drop(job);
+                if let Some(old) = old {
+                    retire(old);
+                }
             });
         match spawned {
             // A previous merge thread has published (the frozen layer was empty) or been
@@ -718,15 +845,10 @@ impl PrefixIndex {
         let snap = self.shared.current.load();
         let lo = u128::from(prefix) << 96;
         let hi = lo | ((1u128 << 96) - 1);
-        let base = snap.base.range(lo, hi);
         if snap.base_only() {
-            let mut n = 0;
-            for e in base {
-                f(e);
-                n += 1;
-            }
-            return n;
+            return snap.base.for_each_in(lo, hi, f);
         }
+        let base = snap.base.range(lo, hi);
         let frozen = snap
             .frozen
             .as_ref()
@@ -776,16 +898,28 @@ impl PrefixIndex {
             .and_then(|i| snap.delta.get(i).copied())
     }
 
-    /// Independent prefix lookups as a server sees many queries in flight: the home slot of
-    /// every query of a group is read before any of them is scanned, so their memory
-    /// accesses overlap. Calls
-    /// `f(query_index, entry)` for every match; returns the number of matches.
+    /// Independent prefix lookups as a server sees many queries in flight. While query `q`
+    /// is scanned, the lines holding the home slot of query `q + PREFETCH_DISTANCE` are
+    /// prefetched, so up to that many lookups' memory accesses overlap (a prefetch retires
+    /// at once; a plain load would hold the CPU's reorder window until its line came back).
+    /// Calls `f(query_index, entry)` for every match, in query order; returns the number of
+    /// matches.
     pub fn lookup_prefix_batch(
         &self,
         prefixes: &[u32],
+        f: impl FnMut(usize, &IndexEntry),
+    ) -> usize {
+        self.lookup_prefix_batch_at(prefixes, PREFETCH_DISTANCE, f)
+    }
+
+    /// As [`PrefixIndex::lookup_prefix_batch`] with another prefetch distance (0: none), for
+    /// benchmarks.
+    pub fn lookup_prefix_batch_at(
+        &self,
+        prefixes: &[u32],
+        distance: usize,
         mut f: impl FnMut(usize, &IndexEntry),
     ) -> usize {
-        const GROUP: usize = 16;
         let snap = self.shared.current.load();
         if !snap.base_only() {
             let mut n = 0;
@@ -795,29 +929,38 @@ impl PrefixIndex {
             return n;
         }
         let base = &snap.base;
+        for &p in prefixes.iter().take(distance) {
+            base.prefetch(u128::from(p) << 96);
+        }
         let mut n = 0;
-        for (g, chunk) in prefixes.chunks(GROUP).enumerate() {
-            // Stage 1: touch every query's home slot (independent loads: their misses overlap).
-            let mut touch = 0u128;
-            for &p in chunk {
-                let home = base.home(u128::from(p) << 96);
-                if let Some(e) = base.slots.get(home) {
-                    touch ^= e.key_id;
-                }
+        for (q, &p) in prefixes.iter().enumerate() {
+            if let Some(&ahead) = prefixes.get(q + distance).filter(|_| distance > 0) {
+                base.prefetch(u128::from(ahead) << 96);
             }
-            std::hint::black_box(touch);
-            // Stage 2: scan.
-            for (k, &p) in chunk.iter().enumerate() {
-                let lo = u128::from(p) << 96;
-                let hi = lo | ((1u128 << 96) - 1);
-                let q = g * GROUP + k;
-                for e in base.range(lo, hi) {
-                    f(q, e);
-                    n += 1;
-                }
-            }
+            let lo = u128::from(p) << 96;
+            n += base.for_each_in(lo, lo | ((1u128 << 96) - 1), |e| f(q, e));
         }
         n
+    }
+
+    /// Cache lines of the base a lookup of `prefix` reads: from its home slot's line to the
+    /// line of the first slot past the prefix (the scan's last read), for benchmarks (this
+    /// VM has no hardware cache counters).
+    pub fn lines_read(&self, prefix: u32) -> usize {
+        let snap = self.shared.current.load();
+        let base = &snap.base;
+        let lo = u128::from(prefix) << 96;
+        let last = base.slots.len().saturating_sub(1);
+        let start = base.home(lo).min(last);
+        // The first slot past the prefix: the first key ID >= the next prefix's first.
+        let end = (u128::from(prefix) + 1)
+            .checked_shl(96)
+            .filter(|_| prefix < u32::MAX)
+            .map_or(last, |next| base.first_at_least(next).min(last));
+        let line = |slot: usize| {
+            (base.slots.as_ptr() as usize + slot * std::mem::size_of::<IndexEntry>()) / 64
+        };
+        line(end.max(start)) - line(start) + 1
     }
 
     /// Number of current keys.
@@ -849,6 +992,7 @@ impl PrefixIndex {
             heap_bytes: snap.base.bytes()
                 + (snap.delta.capacity() + fdelta_cap) * std::mem::size_of::<IndexEntry>()
                 + (snap.dead.capacity() + fdead_cap) * std::mem::size_of::<u128>(),
+            merging: snap.frozen.is_some(),
         }
     }
 
@@ -881,7 +1025,9 @@ impl PrefixIndex {
 /// A new base: `base` minus `dead`, plus `delta` (both sorted, key IDs disjoint from the
 /// current base keys).
 fn merge(base: &Base, delta: &[IndexEntry], dead: &[u128]) -> Base {
-    let mut out = Vec::with_capacity(base.keys + delta.len() - dead.len().min(base.keys));
+    let mut out = huge_page_vec(slot_capacity(
+        base.keys + delta.len() - dead.len().min(base.keys),
+    ));
     // `dead` is sorted and the base is walked in order: one cursor, not a binary search per
     // base key (that was O(n log d): 28 s of a merge at 100M keys).
     let mut dead = dead.iter().peekable();
@@ -995,15 +1141,18 @@ mod tests {
             prop_assert_eq!(index.for_each_prefix(p, |_| seen += 1), expected.len());
             prop_assert_eq!(seen, expected.len());
         }
-        // The batch form agrees with single lookups.
-        let mut batch: Vec<(usize, IndexEntry)> = Vec::new();
-        index.lookup_prefix_batch(&prefixes, |q, e| batch.push((q, *e)));
+        // The batch form agrees with single lookups, at any prefetch distance.
         let singles: Vec<(usize, IndexEntry)> = prefixes
             .iter()
             .enumerate()
             .flat_map(|(q, &p)| index.lookup_prefix(p).into_iter().map(move |e| (q, e)))
             .collect();
-        prop_assert_eq!(batch, singles);
+        for distance in [PREFETCH_DISTANCE, 0, 1, 3] {
+            let mut batch: Vec<(usize, IndexEntry)> = Vec::new();
+            let n = index.lookup_prefix_batch_at(&prefixes, distance, |q, e| batch.push((q, *e)));
+            prop_assert_eq!(n, singles.len());
+            prop_assert_eq!(&batch, &singles);
+        }
         for probe in probes.iter().chain(model.keys()) {
             let full = model.get(probe).filter(|(_, sup)| !sup).map(|(e, _)| *e);
             prop_assert_eq!(index.lookup_full(*probe), full);
