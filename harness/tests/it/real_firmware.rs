@@ -65,22 +65,22 @@ fn real_firmware_scenarios_lock_out_recover_and_hold_the_model_to_real_boots() {
             assert!(b["seconds"].as_f64().unwrap() > 0.0, "{b:#}");
         }
     }
-    let boots_of = |name: &str| {
+    // The boot of scenario `name` made with real change `change`.
+    let boot_of = |name: &str, change: &str| {
         report["scenarios"]
             .as_array()
             .unwrap()
             .iter()
             .find(|s| s["name"] == name)
             .unwrap()["lockout"]["real_boots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["change"] == change)
+            .unwrap_or_else(|| panic!("{name}: no {change} boot"))
             .clone()
     };
-    let db = boots_of("real-firmware-db-update-secure-boot");
-    let changed = db
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["change"] == "db-update")
-        .expect("a db-update boot");
+    let changed = boot_of("real-firmware-db-update-secure-boot", "db-update");
     assert!(
         changed["pcrs_moved_since_boot_1"]
             .as_array()
@@ -89,13 +89,7 @@ fn real_firmware_scenarios_lock_out_recover_and_hold_the_model_to_real_boots() {
         "{changed:#}"
     );
     assert_eq!(changed["model"]["verdict"], "agrees", "{changed:#}");
-    let rom = boots_of("real-firmware-option-rom-model-vs-reality");
-    let rom_boot = rom
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["change"] == "option-rom")
-        .expect("an option-rom boot");
+    let rom_boot = boot_of("real-firmware-option-rom-model-vs-reality", "option-rom");
     assert_eq!(
         rom_boot["model"]["verdict"], "agrees_but_for_documented_differences",
         "{rom_boot:#}"
