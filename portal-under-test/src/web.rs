@@ -305,7 +305,13 @@ impl<S: Send + Sync> FromRequest<S> for FormData {
             Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response())
             }
-            Err(rej) => Err((StatusCode::BAD_REQUEST, rej.body_text()).into_response()),
+            // No form body (none at all, or not `application/x-www-form-urlencoded`) carries
+            // no `csrf_token`: the handler answers it as every POST without one, 403 with
+            // the page's `id="error"` (API.md §2), not a bare text 400.
+            Err(rej) => {
+                tracing::debug!(rejection = %rej.body_text(), "form body not read");
+                Ok(FormData(HashMap::new()))
+            }
         }
     }
 }

@@ -69,6 +69,78 @@ async fn forms_without_or_with_a_wrong_csrf_token_are_refused() {
     assert_eq!(login.status, StatusCode::FORBIDDEN);
 }
 
+/// A POST with no form body at all (`curl -X POST`) or a JSON one carries no `csrf_token`:
+/// 403 with the page's `id="error"`, like any POST without one (API.md §2), never a bare
+/// text 400, on every site's forms.
+#[tokio::test]
+async fn posts_without_a_form_body_are_refused_as_missing_csrf() {
+    let (p, c, k) = alice_with_key().await;
+    p.create_account("hd", "advanced_helpdesk").await;
+    p.create_account("root", "admin").await;
+    let mut user = p.browser();
+    user.self_service(ALICE).await;
+    let mut hd = p.browser();
+    hd.login("HelpDesk", "hd").await;
+    let mut admin = p.browser();
+    admin.login("Admin", "root").await;
+    let mut signed_out = p.browser();
+    signed_out.get("/SelfService/login").await;
+    let cases = [
+        (&signed_out, "/SelfService/login"),
+        (&user, "/SelfService/notice"),
+        (&user, "/SelfService/key"),
+        (&user, "/SelfService/keepalive"),
+        (&user, "/SelfService/logout"),
+        (&hd, "/HelpDesk/key"),
+        (&hd, "/HelpDesk/tpm"),
+        (&admin, "/Admin/accounts"),
+        (&admin, "/Admin/settings"),
+    ];
+    for (browser, path) in cases {
+        let bodies = [
+            (None, String::new()),
+            (
+                Some("application/json"),
+                json!({"key_id": k.guid()}).to_string(),
+            ),
+        ];
+        for (content_type, body) in bodies {
+            let mut req = Request::builder()
+                .method(Method::POST)
+                .uri(path)
+                .header(header::COOKIE, browser.cookie.clone().unwrap());
+            if let Some(t) = content_type {
+                req = req.header(header::CONTENT_TYPE, t);
+            }
+            let (status, headers, text) = p.raw(req.body(Body::from(body)).unwrap()).await;
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{path} {content_type:?}: {text}"
+            );
+            assert!(
+                headers[header::CONTENT_TYPE]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("text/html"),
+                "{path}"
+            );
+            assert!(text.contains("id=\"error\""), "{path}: {text}");
+        }
+    }
+    assert_eq!(
+        p.check_in(&c).await["rotate_keys"],
+        json!([]),
+        "nothing disclosed"
+    );
+    let still = user.get("/SelfService").await;
+    assert_eq!(
+        still.status,
+        StatusCode::OK,
+        "the refused logout kept the session"
+    );
+}
+
 #[tokio::test]
 async fn session_id_is_renewed_at_sign_in_and_bad_passwords_fail() {
     let (p, _c, _k) = alice_with_key().await;
