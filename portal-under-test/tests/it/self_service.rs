@@ -251,3 +251,31 @@ async fn key_form_needs_the_notice_first() {
     let (s, _) = p.json(Method::GET, "/healthz", None, None).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+/// `Accept-Language` is negotiated by its weights (API.md §6 "Languages"): a higher `q` wins
+/// whatever the order, and `q=0` refuses a language.
+#[tokio::test]
+async fn accept_language_weights_choose_the_page_language() {
+    let p = Portal::new();
+    for (accept, lang) in [
+        ("ja-JP", "ja"),
+        ("en;q=0.9, ja", "ja"),
+        ("en;q=0.5, ja-JP;q=0.8", "ja"),
+        ("ja;q=0", "en"),
+        ("ja;q=0, en", "en"),
+        ("fr, ja;q=0.1", "ja"),
+    ] {
+        let req = axum::http::Request::builder()
+            .uri("/SelfService/login")
+            .header(axum::http::header::ACCEPT_LANGUAGE, accept)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let (status, headers, body) = p.raw(req).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            headers["content-language"], lang,
+            "Accept-Language: {accept}"
+        );
+        assert!(body.contains(&format!("<html lang=\"{lang}\"")), "{accept}");
+    }
+}
