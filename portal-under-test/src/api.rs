@@ -57,10 +57,15 @@ where
 
 /// Deserializes `bytes`, naming the failing field in the error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+    // Every body is an object; serde would read an array as the fields in order and blame
+    // a field named `[0]`.
+    if bytes.trim_ascii_start().first().is_some_and(|b| *b != b'{') {
+        return Err(AppError::invalid("body", "must be a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let inner = e.inner();
-        let message = inner.to_string();
+        let message = without_type_names(&inner.to_string());
         let path = e.path().to_string();
         let field = if !inner.is_data() {
             "body".to_string()
@@ -81,6 +86,24 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
     de.end()
         .map_err(|e| AppError::invalid("body", e.to_string()))?;
     Ok(value)
+}
+
+/// serde's message with "expected struct KeyBody" (a Rust type name, meaningless to a
+/// caller) said as "expected a JSON object".
+fn without_type_names(message: &str) -> String {
+    const STRUCT: &str = "expected struct ";
+    let Some(at) = message.find(STRUCT) else {
+        return message.to_string();
+    };
+    let rest = &message[at + STRUCT.len()..];
+    let mut tail = rest.trim_start_matches(|c: char| c.is_alphanumeric() || c == '_');
+    if let Some(end) = tail
+        .strip_prefix(" with ")
+        .and_then(|t| t.find(" elements").map(|e| &t[e + " elements".len()..]))
+    {
+        tail = end;
+    }
+    format!("{}expected a JSON object{tail}", &message[..at])
 }
 
 /// The name in serde's "unknown field `name`, expected ..." message.

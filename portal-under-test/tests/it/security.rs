@@ -338,6 +338,44 @@ async fn bodies_are_capped_and_json_errors_name_the_field() {
     assert_eq!(v["error"]["field"], "body");
 }
 
+/// A JSON body that is not an object is a `body` error (not a field named `[0]`), and no
+/// message names a Rust type.
+#[tokio::test]
+async fn a_json_body_must_be_an_object_and_errors_name_no_rust_types() {
+    let (p, c, _k) = alice_with_key().await;
+    for body in [
+        json!([1]),
+        json!(["x", "local"]),
+        json!("x"),
+        json!(5),
+        json!(null),
+    ] {
+        for path in ["/api/agent/sign-ins", "/api/agent/keys/bulk"] {
+            let (s, v) = p
+                .json(Method::POST, path, Some(&c), Some(body.clone()))
+                .await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{path} {body}");
+            assert_eq!(v["error"]["field"], "body", "{path} {body}: {v}");
+            assert_eq!(v["error"]["message"], "body must be a JSON object");
+        }
+    }
+    let (s, v) = p
+        .json(
+            Method::POST,
+            "/api/agent/keys/bulk",
+            Some(&c),
+            Some(json!({"keys": [Key::random().json(), 5]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"]["field"], "keys[1]");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("expected a JSON object") && !message.contains("struct"),
+        "{message}"
+    );
+}
+
 #[tokio::test]
 async fn admin_api_needs_an_admin_token() {
     let (p, _c, _k) = alice_with_key().await;
