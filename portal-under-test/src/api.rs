@@ -114,7 +114,12 @@ fn unknown_field(message: &str) -> Option<String> {
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let t = v.strip_prefix("Bearer ")?.trim();
+    // The scheme name is case-insensitive (RFC 9110 §11.1): `bearer` works as `Bearer`.
+    let (scheme, t) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("Bearer") {
+        return None;
+    }
+    let t = t.trim();
     (!t.is_empty() && t.len() <= 256).then(|| t.to_string())
 }
 

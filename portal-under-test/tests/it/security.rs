@@ -376,6 +376,26 @@ async fn a_json_body_must_be_an_object_and_errors_name_no_rust_types() {
     );
 }
 
+/// The auth scheme is case-insensitive (RFC 9110 §11.1); another scheme is no token.
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let (p, c, _k) = alice_with_key().await;
+    for (scheme, status) in [
+        ("Bearer", StatusCode::OK),
+        ("bearer", StatusCode::OK),
+        ("BEARER", StatusCode::OK),
+        ("Basic", StatusCode::UNAUTHORIZED),
+    ] {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/api/agent/check-in")
+            .header(header::AUTHORIZATION, format!("{scheme} {c}"))
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(p.raw(req).await.0, status, "{scheme}");
+    }
+}
+
 #[tokio::test]
 async fn admin_api_needs_an_admin_token() {
     let (p, _c, _k) = alice_with_key().await;
