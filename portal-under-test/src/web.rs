@@ -629,7 +629,8 @@ async fn self_get(State(st): State<AppState>, jar: CookieJar) -> Response {
 }
 
 async fn self_key(State(st): State<AppState>, jar: CookieJar, f: FormData) -> Response {
-    let reason = f.get("reason").to_string();
+    // Surrounding spaces are ignored, as on the help desk surfaces.
+    let reason = f.get("reason").trim().to_string();
     let s = match gate(&st, &jar, Site::SelfService, Some(&reason)).await {
         Ok(s) => s,
         Err(r) => return r,

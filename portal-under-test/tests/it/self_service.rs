@@ -279,3 +279,25 @@ async fn accept_language_weights_choose_the_page_language() {
         assert!(body.contains(&format!("<html lang=\"{lang}\"")), "{accept}");
     }
 }
+
+/// Surrounding white space around the key ID and the reason is ignored, as on the help desk
+/// surfaces (API.md, conventions).
+#[tokio::test]
+async fn surrounding_spaces_in_key_id_and_reason_are_ignored() {
+    let p = Portal::new();
+    let cred = p.enroll("PC-0001").await;
+    let key = Key::random();
+    p.escrow(&cred, &key).await;
+    p.sign_in(&cred, ALICE, "local").await;
+    p.create_account(ALICE, "user").await;
+    let mut b = p.browser();
+    b.self_service(ALICE).await;
+    let page = b
+        .get_key(&format!(" {} ", key.guid()), " Lost PIN/passphrase ")
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(
+        page.text_of("recovery-password").as_deref(),
+        Some(key.password.as_str())
+    );
+}
