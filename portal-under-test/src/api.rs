@@ -616,8 +616,9 @@ pub async fn audit_rows(st: &AppState, q: AuditQuery) -> Result<Vec<AuditRow>, A
 }
 
 fn csv_field(v: &str) -> String {
-    // Quote every field; a leading formula character is neutralised for spreadsheet users.
-    let v = if v.starts_with(['=', '+', '@']) {
+    // Quote every field; a leading formula character (OWASP's list: `=`, `+`, `-`, `@`, tab,
+    // carriage return) is neutralised for spreadsheet users.
+    let v = if v.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{v}")
     } else {
         v.to_string()

@@ -409,6 +409,41 @@ async fn admin_api_needs_an_admin_token() {
     assert_eq!(v["error"]["code"], "forbidden");
 }
 
+/// What a caller types lands in the audit (the end user of a help desk request, the name
+/// typed at a throttled sign-in); the CSV export neutralises every leading formula
+/// character, `-` too (`-2+3+cmd|...`), for the admin who opens it in a spreadsheet.
+#[tokio::test]
+async fn the_audit_csv_neutralises_formulas_typed_by_callers() {
+    let (p, _c, _k) = alice_with_key().await;
+    p.create_account("adv", "advanced_helpdesk").await;
+    let t = p.api_token("adv").await;
+    let typed = ["-2+3+cmd|' /C calc'!A0", "=1+1", "+1", "@SUM(1)"];
+    for user in typed {
+        let (s, _) = p
+            .json(
+                Method::POST,
+                "/api/helpdesk/lookup",
+                Some(&t),
+                Some(json!({"key_id": "00000000", "user": user, "reason": "Other"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+    let (_, csv) = p
+        .json(
+            Method::GET,
+            "/api/admin/audit?format=csv&outcome=not_found",
+            Some(&p.admin_token),
+            None,
+        )
+        .await;
+    let csv = csv.as_str().unwrap();
+    for user in typed {
+        let quoted = format!(",\"'{}\",", user.replace('"', "\"\""));
+        assert!(csv.contains(&quoted), "{user} not neutralised in:\n{csv}");
+    }
+}
+
 #[tokio::test]
 async fn no_recovery_password_in_audit_or_store_plaintext() {
     let (p, _c, k) = alice_with_key().await;
