@@ -297,14 +297,23 @@ fn expired_page(st: &AppState, site: Site, status: StatusCode) -> Response {
 /// Form body whose rejections are HTML-friendly (413 stays 413).
 pub struct FormData(pub HashMap<String, String>);
 
-impl<S: Send + Sync> FromRequest<S> for FormData {
+impl FromRequest<AppState> for FormData {
     type Rejection = Response;
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let site = match req.uri().path().split('/').nth(1) {
+            Some("HelpDesk") => Site::HelpDesk,
+            Some("Admin") => Site::Admin,
+            _ => Site::SelfService,
+        };
         match Form::<HashMap<String, String>>::from_request(req, state).await {
             Ok(Form(m)) => Ok(FormData(m)),
-            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response())
-            }
+            // The site's page with `id="error"`, like every other refused form (API.md §2).
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(message(
+                state,
+                site,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &tr("err-too-large"),
+            )),
             // No form body (none at all, or not `application/x-www-form-urlencoded`) carries
             // no `csrf_token`: the handler answers it as every POST without one, 403 with
             // the page's `id="error"` (API.md §2), not a bare text 400.

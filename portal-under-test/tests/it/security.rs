@@ -279,7 +279,14 @@ async fn bodies_are_capped_and_json_errors_name_the_field() {
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(Body::from(format!("username={big}")))
         .unwrap();
-    assert_eq!(p.raw(req).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+    let (s, headers, page) = p.raw(req).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    // A form's refusal is the site's page with `id="error"` (API.md §2), not bare text.
+    assert!(headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page.contains("id=\"error\""), "{page}");
 
     let cases = [
         (
