@@ -219,3 +219,30 @@ async fn openapi_served_equals_committed_file() {
         assert!(v["paths"].get(path).is_some(), "openapi documents {path}");
     }
 }
+
+/// Every site's home answers with or without a trailing slash, as `/SelfService/` always did:
+/// a sign-in redirect signed out, the page signed in.
+#[tokio::test]
+async fn every_site_home_answers_with_a_trailing_slash() {
+    let p = Portal::new();
+    p.create_account("root", "admin").await;
+    for (site, home_id) in [
+        ("SelfService", "accept-notice"),
+        ("HelpDesk", "get-key"),
+        ("Admin", "create-account"),
+    ] {
+        let mut b = p.browser();
+        let out = b.get(&format!("/{site}/")).await;
+        assert_eq!(out.status, StatusCode::SEE_OTHER, "/{site}/");
+        assert_eq!(out.location, Some(format!("/{site}/login")));
+        b.login(site, "root").await;
+        let home = b.get(&format!("/{site}/")).await;
+        let home = match home.location {
+            // Self-service first shows the notice.
+            Some(to) => b.get(&to).await,
+            None => home,
+        };
+        assert_eq!(home.status, StatusCode::OK, "/{site}/");
+        assert!(home.has(home_id), "/{site}/: {}", home.body);
+    }
+}
