@@ -661,14 +661,23 @@ pub fn audit_response(rows: Vec<AuditRow>, format: Option<&str>) -> Result<Respo
     }
 }
 
+/// The audit filters as extracted from a query string, before [`audit_query`] reads them.
+pub type AuditQueryInput = Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>;
+
+/// The audit filters; a malformed query (e.g. a filter given twice) is a `query` error in
+/// the documented shape, on the API and the admin site alike.
+pub fn audit_query(q: AuditQueryInput) -> Result<AuditQuery, AppError> {
+    q.map(|Query(q)| q)
+        .map_err(|rej| AppError::invalid("query", rej.body_text()))
+}
+
 pub async fn get_audit(
     axum::extract::State(st): axum::extract::State<AppState>,
     headers: HeaderMap,
-    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+    q: AuditQueryInput,
 ) -> Result<Response, AppError> {
     admin(&st, &headers).await?;
-    // A malformed query (e.g. a filter given twice) keeps the JSON error shape.
-    let Query(q) = q.map_err(|rej| AppError::invalid("query", rej.body_text()))?;
+    let q = audit_query(q)?;
     let format = q.format.clone();
     if let Some(f) = format.as_deref() {
         if !["json", "csv", ""].contains(&f) {

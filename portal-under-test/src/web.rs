@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use askama::Template;
-use axum::extract::{Form, FromRequest, Query, RawQuery, Request, State};
+use axum::extract::{Form, FromRequest, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +13,7 @@ use axum::Router;
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use subtle::ConstantTimeEq;
 
-use crate::api::{self, validate_device_name, AuditQuery};
+use crate::api::{self, validate_device_name};
 use crate::config::{Settings, SettingsPatch};
 use crate::error::AppError;
 use crate::fp;
@@ -1044,7 +1044,7 @@ async fn admin_settings(State(st): State<AppState>, jar: CookieJar, f: FormData)
 async fn admin_audit(
     State(st): State<AppState>,
     jar: CookieJar,
-    Query(q): Query<AuditQuery>,
+    q: api::AuditQueryInput,
     RawQuery(raw): RawQuery,
 ) -> Response {
     let s = match gate(&st, &jar, Site::Admin, None).await {
@@ -1057,7 +1057,11 @@ async fn admin_audit(
         rows: Vec::new(),
         query: raw.unwrap_or_default(),
     };
-    match api::audit_rows(&st, q).await {
+    let rows = match api::audit_query(q) {
+        Ok(q) => api::audit_rows(&st, q).await,
+        Err(e) => Err(e),
+    };
+    match rows {
         Ok(rows) => {
             t.rows = rows;
             html(StatusCode::OK, &t)
@@ -1072,13 +1076,17 @@ async fn admin_audit(
 async fn admin_audit_export(
     st: AppState,
     jar: CookieJar,
-    q: AuditQuery,
+    q: api::AuditQueryInput,
     format: &'static str,
 ) -> Response {
     if let Err(r) = gate(&st, &jar, Site::Admin, None).await {
         return r;
     }
-    match api::audit_rows(&st, q).await {
+    let rows = match api::audit_query(q) {
+        Ok(q) => api::audit_rows(&st, q).await,
+        Err(e) => Err(e),
+    };
+    match rows {
         Ok(rows) => {
             api::audit_response(rows, Some(format)).unwrap_or_else(IntoResponse::into_response)
         }
@@ -1161,7 +1169,7 @@ pub fn routes() -> Router<AppState> {
     .route(
         "/Admin/audit.csv",
         get(
-            |State(st): State<AppState>, j: CookieJar, Query(q): Query<AuditQuery>| {
+            |State(st): State<AppState>, j: CookieJar, q: api::AuditQueryInput| {
                 admin_audit_export(st, j, q, "csv")
             },
         ),
@@ -1169,7 +1177,7 @@ pub fn routes() -> Router<AppState> {
     .route(
         "/Admin/audit.json",
         get(
-            |State(st): State<AppState>, j: CookieJar, Query(q): Query<AuditQuery>| {
+            |State(st): State<AppState>, j: CookieJar, q: api::AuditQueryInput| {
                 admin_audit_export(st, j, q, "json")
             },
         ),
