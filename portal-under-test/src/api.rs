@@ -57,10 +57,15 @@ where
 
 /// Deserializes `bytes`, naming the failing field in the error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+    // Every body is an object; serde would read an array as the fields in order and blame
+    // a field named `[0]`.
+    if bytes.trim_ascii_start().first().is_some_and(|b| *b != b'{') {
+        return Err(AppError::invalid("body", "must be a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let inner = e.inner();
-        let message = inner.to_string();
+        let message = without_type_names(&inner.to_string());
         let path = e.path().to_string();
         let field = if !inner.is_data() {
             "body".to_string()
@@ -83,6 +88,24 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
     Ok(value)
 }
 
+/// serde's message with "expected struct KeyBody" (a Rust type name, meaningless to a
+/// caller) said as "expected a JSON object".
+fn without_type_names(message: &str) -> String {
+    const STRUCT: &str = "expected struct ";
+    let Some(at) = message.find(STRUCT) else {
+        return message.to_string();
+    };
+    let rest = &message[at + STRUCT.len()..];
+    let mut tail = rest.trim_start_matches(|c: char| c.is_alphanumeric() || c == '_');
+    if let Some(end) = tail
+        .strip_prefix(" with ")
+        .and_then(|t| t.find(" elements").map(|e| &t[e + " elements".len()..]))
+    {
+        tail = end;
+    }
+    format!("{}expected a JSON object{tail}", &message[..at])
+}
+
 /// The name in serde's "unknown field `name`, expected ..." message.
 fn unknown_field(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
@@ -91,7 +114,12 @@ fn unknown_field(message: &str) -> Option<String> {
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let t = v.strip_prefix("Bearer ")?.trim();
+    // The scheme name is case-insensitive (RFC 9110 §11.1): `bearer` works as `Bearer`.
+    let (scheme, t) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("Bearer") {
+        return None;
+    }
+    let t = t.trim();
     (!t.is_empty() && t.len() <= 256).then(|| t.to_string())
 }
 
@@ -588,8 +616,9 @@ pub async fn audit_rows(st: &AppState, q: AuditQuery) -> Result<Vec<AuditRow>, A
 }
 
 fn csv_field(v: &str) -> String {
-    // Quote every field; a leading formula character is neutralised for spreadsheet users.
-    let v = if v.starts_with(['=', '+', '@']) {
+    // Quote every field; a leading formula character (OWASP's list: `=`, `+`, `-`, `@`, tab,
+    // carriage return) is neutralised for spreadsheet users.
+    let v = if v.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{v}")
     } else {
         v.to_string()
@@ -632,14 +661,23 @@ pub fn audit_response(rows: Vec<AuditRow>, format: Option<&str>) -> Result<Respo
     }
 }
 
+/// The audit filters as extracted from a query string, before [`audit_query`] reads them.
+pub type AuditQueryInput = Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>;
+
+/// The audit filters; a malformed query (e.g. a filter given twice) is a `query` error in
+/// the documented shape, on the API and the admin site alike.
+pub fn audit_query(q: AuditQueryInput) -> Result<AuditQuery, AppError> {
+    q.map(|Query(q)| q)
+        .map_err(|rej| AppError::invalid("query", rej.body_text()))
+}
+
 pub async fn get_audit(
     axum::extract::State(st): axum::extract::State<AppState>,
     headers: HeaderMap,
-    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+    q: AuditQueryInput,
 ) -> Result<Response, AppError> {
     admin(&st, &headers).await?;
-    // A malformed query (e.g. a filter given twice) keeps the JSON error shape.
-    let Query(q) = q.map_err(|rej| AppError::invalid("query", rej.body_text()))?;
+    let q = audit_query(q)?;
     let format = q.format.clone();
     if let Some(f) = format.as_deref() {
         if !["json", "csv", ""].contains(&f) {

@@ -10,13 +10,14 @@ use crate::crypto::Argon2Config;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("config file {path}: {source}")]
+    // The source is printed by the error chain (`{e:#}`), so not here as well.
+    #[error("config file {path}")]
     Read {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}")]
     Parse {
         path: String,
         #[source]

@@ -15,7 +15,8 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum CryptoError {
-    #[error("key file {path}: {source}")]
+    // The source is printed by the error chain (`{e:#}`), so not here as well.
+    #[error("key file {path}")]
     KeyFile {
         path: String,
         #[source]

@@ -3,8 +3,8 @@
 //! Messages are Fluent files compiled into the binary (`locales/<lang>/portal.ftl`). The
 //! language of a request is chosen, in this order, by `?lang=` (which also sets the
 //! `portal_lang` cookie: the switch on every page), the `portal_lang` cookie, and the
-//! `Accept-Language` header, negotiated with `fluent-langneg` (`ja-JP` → `ja`; anything
-//! unsupported → English).
+//! `Accept-Language` header (by its `q` weights), negotiated with `fluent-langneg` (`ja-JP`
+//! → `ja`; anything unsupported → English).
 //!
 //! [`layer`] resolves it once per request and keeps it in a task-local for the handler, so
 //! page builders and error messages ask [`tr`] without threading a parameter through every
@@ -166,7 +166,7 @@ fn cookie_lang(headers: &HeaderMap) -> Option<Lang> {
 /// Negotiates an `Accept-Language` value against the supported languages (RFC 4647
 /// filtering: `ja-JP` matches `ja`); English when nothing matches.
 pub fn from_accept_language(value: &str) -> Lang {
-    let requested = fluent_langneg::accepted_languages::parse(value);
+    let requested = accepted_by_weight(value);
     let available: Vec<LanguageIdentifier> = Lang::ALL.iter().map(|l| l.id()).collect();
     let default = Lang::En.id();
     let chosen = negotiate_languages(
@@ -179,6 +179,38 @@ pub fn from_accept_language(value: &str) -> Lang {
         .first()
         .and_then(|id| Lang::from_tag(id.language.as_str()))
         .unwrap_or_default()
+}
+
+/// The language ranges of an `Accept-Language` value, most wanted first (RFC 9110 §12.4.2:
+/// by `q`, ties in the order given), without the refused ones (`q=0`) and those that do not
+/// parse. `fluent-langneg`'s own parser keeps the order given and ignores `q`.
+fn accepted_by_weight(value: &str) -> Vec<LanguageIdentifier> {
+    let mut ranges: Vec<(u16, LanguageIdentifier)> = value
+        .split(',')
+        .filter_map(|item| {
+            let mut parts = item.split(';');
+            let tag = parts.next()?.trim().parse().ok()?;
+            let weight = match parts.find_map(|p| {
+                let p = p.trim();
+                p.strip_prefix("q=").or_else(|| p.strip_prefix("Q="))
+            }) {
+                Some(q) => qvalue(q)?,
+                None => 1000,
+            };
+            (weight > 0).then_some((weight, tag))
+        })
+        .collect();
+    ranges.sort_by_key(|(weight, _)| std::cmp::Reverse(*weight));
+    ranges.into_iter().map(|(_, tag)| tag).collect()
+}
+
+/// A `q` value (0 to 1, up to three decimals) in thousandths.
+fn qvalue(q: &str) -> Option<u16> {
+    let q: f32 = q.trim().parse().ok()?;
+    // In range, so the product fits a u16.
+    (0.0..=1.0)
+        .contains(&q)
+        .then(|| (q * 1000.0).round() as u16)
 }
 
 /// The language of a request: `?lang=`, then the cookie, then `Accept-Language`.
@@ -267,6 +299,12 @@ mod tests {
         assert_eq!(from_accept_language("de-DE"), Lang::En);
         assert_eq!(from_accept_language(""), Lang::En);
         assert_eq!(from_accept_language("*;;;=garbage,\u{0}"), Lang::En);
+        // The weights decide, not the order; `q=0` refuses a language.
+        assert_eq!(from_accept_language("en;q=0.9, ja"), Lang::Ja);
+        assert_eq!(from_accept_language("en;q=0.5,ja-JP;Q=0.8"), Lang::Ja);
+        assert_eq!(from_accept_language("ja;q=0"), Lang::En);
+        assert_eq!(from_accept_language("ja;q=0.000, de"), Lang::En);
+        assert_eq!(from_accept_language("ja;q=2, en;q=x"), Lang::En);
     }
 
     #[test]

@@ -46,7 +46,8 @@ pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
 #[derive(Debug, Error)]
 pub enum InitError {
-    #[error("data dir {path}: {source}")]
+    // The source is printed by the error chain (`{e:#}`), so not here as well.
+    #[error("data dir {path}")]
     DataDir {
         path: String,
         #[source]

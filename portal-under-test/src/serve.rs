@@ -22,7 +22,8 @@ use crate::{app, AppState, InitError};
 pub enum ServeError {
     #[error(transparent)]
     Init(#[from] InitError),
-    #[error("{what}: {source}")]
+    // The source is printed by the error chain (`{e:#}`), so not here as well.
+    #[error("{what}")]
     Io {
         what: String,
         #[source]

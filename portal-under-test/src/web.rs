@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use askama::Template;
-use axum::extract::{Form, FromRequest, Query, RawQuery, Request, State};
+use axum::extract::{Form, FromRequest, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +13,7 @@ use axum::Router;
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use subtle::ConstantTimeEq;
 
-use crate::api::{self, validate_device_name, AuditQuery};
+use crate::api::{self, validate_device_name};
 use crate::config::{Settings, SettingsPatch};
 use crate::error::AppError;
 use crate::fp;
@@ -297,15 +297,30 @@ fn expired_page(st: &AppState, site: Site, status: StatusCode) -> Response {
 /// Form body whose rejections are HTML-friendly (413 stays 413).
 pub struct FormData(pub HashMap<String, String>);
 
-impl<S: Send + Sync> FromRequest<S> for FormData {
+impl FromRequest<AppState> for FormData {
     type Rejection = Response;
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let site = match req.uri().path().split('/').nth(1) {
+            Some("HelpDesk") => Site::HelpDesk,
+            Some("Admin") => Site::Admin,
+            _ => Site::SelfService,
+        };
         match Form::<HashMap<String, String>>::from_request(req, state).await {
             Ok(Form(m)) => Ok(FormData(m)),
-            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response())
+            // The site's page with `id="error"`, like every other refused form (API.md §2).
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(message(
+                state,
+                site,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &tr("err-too-large"),
+            )),
+            // No form body (none at all, or not `application/x-www-form-urlencoded`) carries
+            // no `csrf_token`: the handler answers it as every POST without one, 403 with
+            // the page's `id="error"` (API.md §2), not a bare text 400.
+            Err(rej) => {
+                tracing::debug!(rejection = %rej.body_text(), "form body not read");
+                Ok(FormData(HashMap::new()))
             }
-            Err(rej) => Err((StatusCode::BAD_REQUEST, rej.body_text()).into_response()),
         }
     }
 }
@@ -623,7 +638,8 @@ async fn self_get(State(st): State<AppState>, jar: CookieJar) -> Response {
 }
 
 async fn self_key(State(st): State<AppState>, jar: CookieJar, f: FormData) -> Response {
-    let reason = f.get("reason").to_string();
+    // Surrounding spaces are ignored, as on the help desk surfaces.
+    let reason = f.get("reason").trim().to_string();
     let s = match gate(&st, &jar, Site::SelfService, Some(&reason)).await {
         Ok(s) => s,
         Err(r) => return r,
@@ -1028,7 +1044,7 @@ async fn admin_settings(State(st): State<AppState>, jar: CookieJar, f: FormData)
 async fn admin_audit(
     State(st): State<AppState>,
     jar: CookieJar,
-    Query(q): Query<AuditQuery>,
+    q: api::AuditQueryInput,
     RawQuery(raw): RawQuery,
 ) -> Response {
     let s = match gate(&st, &jar, Site::Admin, None).await {
@@ -1041,7 +1057,11 @@ async fn admin_audit(
         rows: Vec::new(),
         query: raw.unwrap_or_default(),
     };
-    match api::audit_rows(&st, q).await {
+    let rows = match api::audit_query(q) {
+        Ok(q) => api::audit_rows(&st, q).await,
+        Err(e) => Err(e),
+    };
+    match rows {
         Ok(rows) => {
             t.rows = rows;
             html(StatusCode::OK, &t)
@@ -1056,13 +1076,17 @@ async fn admin_audit(
 async fn admin_audit_export(
     st: AppState,
     jar: CookieJar,
-    q: AuditQuery,
+    q: api::AuditQueryInput,
     format: &'static str,
 ) -> Response {
     if let Err(r) = gate(&st, &jar, Site::Admin, None).await {
         return r;
     }
-    match api::audit_rows(&st, q).await {
+    let rows = match api::audit_query(q) {
+        Ok(q) => api::audit_rows(&st, q).await,
+        Err(e) => Err(e),
+    };
+    match rows {
         Ok(rows) => {
             api::audit_response(rows, Some(format)).unwrap_or_else(IntoResponse::into_response)
         }
@@ -1133,9 +1157,11 @@ pub fn routes() -> Router<AppState> {
     .route("/SelfService/notice", get(notice_get).post(notice_post))
     .route("/SelfService/key", post(self_key))
     .route("/HelpDesk", get(help_get))
+    .route("/HelpDesk/", get(help_get))
     .route("/HelpDesk/key", post(help_key))
     .route("/HelpDesk/tpm", get(tpm_get).post(tpm_post))
     .route("/Admin", get(admin_get))
+    .route("/Admin/", get(admin_get))
     .route("/Admin/accounts", post(admin_accounts))
     .route("/Admin/enrollment-tokens", post(admin_enroll))
     .route("/Admin/settings", post(admin_settings))
@@ -1143,7 +1169,7 @@ pub fn routes() -> Router<AppState> {
     .route(
         "/Admin/audit.csv",
         get(
-            |State(st): State<AppState>, j: CookieJar, Query(q): Query<AuditQuery>| {
+            |State(st): State<AppState>, j: CookieJar, q: api::AuditQueryInput| {
                 admin_audit_export(st, j, q, "csv")
             },
         ),
@@ -1151,7 +1177,7 @@ pub fn routes() -> Router<AppState> {
     .route(
         "/Admin/audit.json",
         get(
-            |State(st): State<AppState>, j: CookieJar, Query(q): Query<AuditQuery>| {
+            |State(st): State<AppState>, j: CookieJar, q: api::AuditQueryInput| {
                 admin_audit_export(st, j, q, "json")
             },
         ),

@@ -57,6 +57,7 @@ err-password = password is required (at most 1024 characters)
 err-role = Your account may not use this site.
 err-csrf = Missing or wrong CSRF token.
 err-csrf-login = Missing or wrong CSRF token. Reload the sign-in page.
+err-too-large = The form is too large to send.
 
 expired-text = Your session has expired because of inactivity.
 expired-again = Sign in again

@@ -219,3 +219,56 @@ async fn openapi_served_equals_committed_file() {
         assert!(v["paths"].get(path).is_some(), "openapi documents {path}");
     }
 }
+
+/// Every site's home answers with or without a trailing slash, as `/SelfService/` always did:
+/// a sign-in redirect signed out, the page signed in.
+#[tokio::test]
+async fn every_site_home_answers_with_a_trailing_slash() {
+    let p = Portal::new();
+    p.create_account("root", "admin").await;
+    for (site, home_id) in [
+        ("SelfService", "accept-notice"),
+        ("HelpDesk", "get-key"),
+        ("Admin", "create-account"),
+    ] {
+        let mut b = p.browser();
+        let out = b.get(&format!("/{site}/")).await;
+        assert_eq!(out.status, StatusCode::SEE_OTHER, "/{site}/");
+        assert_eq!(out.location, Some(format!("/{site}/login")));
+        b.login(site, "root").await;
+        let home = b.get(&format!("/{site}/")).await;
+        let home = match home.location {
+            // Self-service first shows the notice.
+            Some(to) => b.get(&to).await,
+            None => home,
+        };
+        assert_eq!(home.status, StatusCode::OK, "/{site}/");
+        assert!(home.has(home_id), "/{site}/: {}", home.body);
+    }
+}
+
+/// The admin site's audit exports and page read a malformed query (a filter given twice)
+/// as the API does, after the sign-in check: signed out, the sign-in redirect; signed in, a
+/// `query` error (JSON for the exports, the page's `id="error"` for the table).
+#[tokio::test]
+async fn admin_audit_pages_refuse_a_malformed_query_like_the_api() {
+    let p = Portal::new();
+    p.create_account("root", "admin").await;
+    let twice = "since=2000-01-01T00:00:00Z&since=2001-01-01T00:00:00Z";
+    let mut b = p.browser();
+    for path in ["audit.json", "audit.csv", "audit"] {
+        let out = b.get(&format!("/Admin/{path}?{twice}")).await;
+        assert_eq!(out.status, StatusCode::SEE_OTHER, "{path} signed out");
+        assert_eq!(out.location.as_deref(), Some("/Admin/login"));
+    }
+    b.login("Admin", "root").await;
+    for path in ["audit.json", "audit.csv"] {
+        let out = b.get(&format!("/Admin/{path}?{twice}")).await;
+        assert_eq!(out.status, StatusCode::BAD_REQUEST, "{path}");
+        let v: serde_json::Value = serde_json::from_str(&out.body).unwrap();
+        assert_eq!(v["error"]["field"], "query", "{path}");
+    }
+    let page = b.get(&format!("/Admin/audit?{twice}")).await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(page.has("error"), "{}", page.body);
+}

@@ -69,6 +69,78 @@ async fn forms_without_or_with_a_wrong_csrf_token_are_refused() {
     assert_eq!(login.status, StatusCode::FORBIDDEN);
 }
 
+/// A POST with no form body at all (`curl -X POST`) or a JSON one carries no `csrf_token`:
+/// 403 with the page's `id="error"`, like any POST without one (API.md §2), never a bare
+/// text 400, on every site's forms.
+#[tokio::test]
+async fn posts_without_a_form_body_are_refused_as_missing_csrf() {
+    let (p, c, k) = alice_with_key().await;
+    p.create_account("hd", "advanced_helpdesk").await;
+    p.create_account("root", "admin").await;
+    let mut user = p.browser();
+    user.self_service(ALICE).await;
+    let mut hd = p.browser();
+    hd.login("HelpDesk", "hd").await;
+    let mut admin = p.browser();
+    admin.login("Admin", "root").await;
+    let mut signed_out = p.browser();
+    signed_out.get("/SelfService/login").await;
+    let cases = [
+        (&signed_out, "/SelfService/login"),
+        (&user, "/SelfService/notice"),
+        (&user, "/SelfService/key"),
+        (&user, "/SelfService/keepalive"),
+        (&user, "/SelfService/logout"),
+        (&hd, "/HelpDesk/key"),
+        (&hd, "/HelpDesk/tpm"),
+        (&admin, "/Admin/accounts"),
+        (&admin, "/Admin/settings"),
+    ];
+    for (browser, path) in cases {
+        let bodies = [
+            (None, String::new()),
+            (
+                Some("application/json"),
+                json!({"key_id": k.guid()}).to_string(),
+            ),
+        ];
+        for (content_type, body) in bodies {
+            let mut req = Request::builder()
+                .method(Method::POST)
+                .uri(path)
+                .header(header::COOKIE, browser.cookie.clone().unwrap());
+            if let Some(t) = content_type {
+                req = req.header(header::CONTENT_TYPE, t);
+            }
+            let (status, headers, text) = p.raw(req.body(Body::from(body)).unwrap()).await;
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{path} {content_type:?}: {text}"
+            );
+            assert!(
+                headers[header::CONTENT_TYPE]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("text/html"),
+                "{path}"
+            );
+            assert!(text.contains("id=\"error\""), "{path}: {text}");
+        }
+    }
+    assert_eq!(
+        p.check_in(&c).await["rotate_keys"],
+        json!([]),
+        "nothing disclosed"
+    );
+    let still = user.get("/SelfService").await;
+    assert_eq!(
+        still.status,
+        StatusCode::OK,
+        "the refused logout kept the session"
+    );
+}
+
 #[tokio::test]
 async fn session_id_is_renewed_at_sign_in_and_bad_passwords_fail() {
     let (p, _c, _k) = alice_with_key().await;
@@ -207,7 +279,14 @@ async fn bodies_are_capped_and_json_errors_name_the_field() {
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(Body::from(format!("username={big}")))
         .unwrap();
-    assert_eq!(p.raw(req).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+    let (s, headers, page) = p.raw(req).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    // A form's refusal is the site's page with `id="error"` (API.md §2), not bare text.
+    assert!(headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page.contains("id=\"error\""), "{page}");
 
     let cases = [
         (
@@ -266,6 +345,64 @@ async fn bodies_are_capped_and_json_errors_name_the_field() {
     assert_eq!(v["error"]["field"], "body");
 }
 
+/// A JSON body that is not an object is a `body` error (not a field named `[0]`), and no
+/// message names a Rust type.
+#[tokio::test]
+async fn a_json_body_must_be_an_object_and_errors_name_no_rust_types() {
+    let (p, c, _k) = alice_with_key().await;
+    for body in [
+        json!([1]),
+        json!(["x", "local"]),
+        json!("x"),
+        json!(5),
+        json!(null),
+    ] {
+        for path in ["/api/agent/sign-ins", "/api/agent/keys/bulk"] {
+            let (s, v) = p
+                .json(Method::POST, path, Some(&c), Some(body.clone()))
+                .await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{path} {body}");
+            assert_eq!(v["error"]["field"], "body", "{path} {body}: {v}");
+            assert_eq!(v["error"]["message"], "body must be a JSON object");
+        }
+    }
+    let (s, v) = p
+        .json(
+            Method::POST,
+            "/api/agent/keys/bulk",
+            Some(&c),
+            Some(json!({"keys": [Key::random().json(), 5]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"]["field"], "keys[1]");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("expected a JSON object") && !message.contains("struct"),
+        "{message}"
+    );
+}
+
+/// The auth scheme is case-insensitive (RFC 9110 §11.1); another scheme is no token.
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let (p, c, _k) = alice_with_key().await;
+    for (scheme, status) in [
+        ("Bearer", StatusCode::OK),
+        ("bearer", StatusCode::OK),
+        ("BEARER", StatusCode::OK),
+        ("Basic", StatusCode::UNAUTHORIZED),
+    ] {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/api/agent/check-in")
+            .header(header::AUTHORIZATION, format!("{scheme} {c}"))
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(p.raw(req).await.0, status, "{scheme}");
+    }
+}
+
 #[tokio::test]
 async fn admin_api_needs_an_admin_token() {
     let (p, _c, _k) = alice_with_key().await;
@@ -277,6 +414,41 @@ async fn admin_api_needs_an_admin_token() {
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert_eq!(v["error"]["code"], "forbidden");
+}
+
+/// What a caller types lands in the audit (the end user of a help desk request, the name
+/// typed at a throttled sign-in); the CSV export neutralises every leading formula
+/// character, `-` too (`-2+3+cmd|...`), for the admin who opens it in a spreadsheet.
+#[tokio::test]
+async fn the_audit_csv_neutralises_formulas_typed_by_callers() {
+    let (p, _c, _k) = alice_with_key().await;
+    p.create_account("adv", "advanced_helpdesk").await;
+    let t = p.api_token("adv").await;
+    let typed = ["-2+3+cmd|' /C calc'!A0", "=1+1", "+1", "@SUM(1)"];
+    for user in typed {
+        let (s, _) = p
+            .json(
+                Method::POST,
+                "/api/helpdesk/lookup",
+                Some(&t),
+                Some(json!({"key_id": "00000000", "user": user, "reason": "Other"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+    let (_, csv) = p
+        .json(
+            Method::GET,
+            "/api/admin/audit?format=csv&outcome=not_found",
+            Some(&p.admin_token),
+            None,
+        )
+        .await;
+    let csv = csv.as_str().unwrap();
+    for user in typed {
+        let quoted = format!(",\"'{}\",", user.replace('"', "\"\""));
+        assert!(csv.contains(&quoted), "{user} not neutralised in:\n{csv}");
+    }
 }
 
 #[tokio::test]

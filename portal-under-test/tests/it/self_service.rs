@@ -251,3 +251,53 @@ async fn key_form_needs_the_notice_first() {
     let (s, _) = p.json(Method::GET, "/healthz", None, None).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+/// `Accept-Language` is negotiated by its weights (API.md §6 "Languages"): a higher `q` wins
+/// whatever the order, and `q=0` refuses a language.
+#[tokio::test]
+async fn accept_language_weights_choose_the_page_language() {
+    let p = Portal::new();
+    for (accept, lang) in [
+        ("ja-JP", "ja"),
+        ("en;q=0.9, ja", "ja"),
+        ("en;q=0.5, ja-JP;q=0.8", "ja"),
+        ("ja;q=0", "en"),
+        ("ja;q=0, en", "en"),
+        ("fr, ja;q=0.1", "ja"),
+    ] {
+        let req = axum::http::Request::builder()
+            .uri("/SelfService/login")
+            .header(axum::http::header::ACCEPT_LANGUAGE, accept)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let (status, headers, body) = p.raw(req).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            headers["content-language"], lang,
+            "Accept-Language: {accept}"
+        );
+        assert!(body.contains(&format!("<html lang=\"{lang}\"")), "{accept}");
+    }
+}
+
+/// Surrounding white space around the key ID and the reason is ignored, as on the help desk
+/// surfaces (API.md, conventions).
+#[tokio::test]
+async fn surrounding_spaces_in_key_id_and_reason_are_ignored() {
+    let p = Portal::new();
+    let cred = p.enroll("PC-0001").await;
+    let key = Key::random();
+    p.escrow(&cred, &key).await;
+    p.sign_in(&cred, ALICE, "local").await;
+    p.create_account(ALICE, "user").await;
+    let mut b = p.browser();
+    b.self_service(ALICE).await;
+    let page = b
+        .get_key(&format!(" {} ", key.guid()), " Lost PIN/passphrase ")
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(
+        page.text_of("recovery-password").as_deref(),
+        Some(key.password.as_str())
+    );
+}

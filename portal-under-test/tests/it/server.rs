@@ -213,3 +213,84 @@ async fn insecure_http_ready_line_has_null_ca() {
         .unwrap();
     assert!(status.success());
 }
+
+/// A bad `--config` file: exit status 1 and one line on stderr naming the file, the field
+/// and the position, each once (the parser's message used to be printed twice).
+#[test]
+fn a_bad_config_file_is_named_once_with_its_field_and_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portal.json");
+    std::fs::write(&config, r#"{"settings": {"idle_timeout": 5}}"#).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--insecure-http", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "no PORTAL-READY line");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in {stderr}"));
+    assert!(line.contains("portal.json"), "{line}");
+    assert!(line.contains("line 1 column"), "{line}");
+    assert_eq!(
+        line.matches("unknown field `idle_timeout`").count(),
+        1,
+        "{line}"
+    );
+}
+
+/// A data directory that cannot be made (its parent is a file) or a TLS file that does not
+/// exist: exit status 1, the path and the system's reason each once on stderr.
+#[test]
+fn start_errors_name_the_path_and_the_reason_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let missing = dir.path().join("missing.pem");
+    let cases: [(Vec<std::ffi::OsString>, &str, &str); 2] = [
+        (
+            vec![
+                "--insecure-http".into(),
+                "--data-dir".into(),
+                file.join("data").into(),
+            ],
+            "a-file/data",
+            "Not a directory",
+        ),
+        (
+            vec![
+                "--data-dir".into(),
+                dir.path().join("data").into(),
+                "--tls-cert".into(),
+                missing.clone().into(),
+                "--tls-key".into(),
+                missing.into(),
+            ],
+            "missing.pem",
+            "No such file or directory",
+        ),
+    ];
+    for (args, path, reason) in cases {
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_else(|| panic!("no error line in {stderr}"));
+        assert!(line.contains(path), "{line}");
+        assert_eq!(line.matches(reason).count(), 1, "{line}");
+    }
+}
