@@ -8,17 +8,23 @@ use crate::common::{Key, Portal};
 const ALICE: &str = "CONTOSO\\alice";
 const BOB: &str = "CONTOSO\\bob";
 
-#[tokio::test]
-async fn full_flow_shows_the_escrowed_key() {
-    let p = Portal::new();
+/// Alice's device (PC-0001) with one escrowed key, her sign-in on it, her account, and a
+/// browser she has signed in to self-service with.
+async fn alice_signed_in_with_a_key(p: &Portal) -> (String, Key, crate::common::Browser) {
     let cred = p.enroll("PC-0001").await;
     let key = Key::random();
     p.escrow(&cred, &key).await;
     p.sign_in(&cred, ALICE, "local").await;
     p.create_account(ALICE, "user").await;
-
     let mut b = p.browser();
     b.self_service(ALICE).await;
+    (cred, key, b)
+}
+
+#[tokio::test]
+async fn full_flow_shows_the_escrowed_key() {
+    let p = Portal::new();
+    let (cred, key, mut b) = alice_signed_in_with_a_key(&p).await;
     let page = b.get("/SelfService").await;
     for r in [
         "BIOS/TPM changed",
@@ -53,13 +59,7 @@ async fn full_flow_shows_the_escrowed_key() {
 #[tokio::test]
 async fn all_32_digits_in_any_form_work() {
     let p = Portal::new();
-    let cred = p.enroll("PC-0001").await;
-    let key = Key::random();
-    p.escrow(&cred, &key).await;
-    p.sign_in(&cred, ALICE, "local").await;
-    p.create_account(ALICE, "user").await;
-    let mut b = p.browser();
-    b.self_service(ALICE).await;
+    let (_, key, mut b) = alice_signed_in_with_a_key(&p).await;
     let bare = format!("{:032x}", key.id);
     let page = b.get_key(&bare, "Lost PIN/passphrase").await;
     assert_eq!(
@@ -285,13 +285,7 @@ async fn accept_language_weights_choose_the_page_language() {
 #[tokio::test]
 async fn surrounding_spaces_in_key_id_and_reason_are_ignored() {
     let p = Portal::new();
-    let cred = p.enroll("PC-0001").await;
-    let key = Key::random();
-    p.escrow(&cred, &key).await;
-    p.sign_in(&cred, ALICE, "local").await;
-    p.create_account(ALICE, "user").await;
-    let mut b = p.browser();
-    b.self_service(ALICE).await;
+    let (_, key, mut b) = alice_signed_in_with_a_key(&p).await;
     let page = b
         .get_key(&format!(" {} ", key.guid()), " Lost PIN/passphrase ")
         .await;
