@@ -60,7 +60,10 @@ pub fn import_lines(data: &[u8]) {
             assert_eq!(rows.len(), non_blank, "one row per non-blank line");
             assert_eq!(numbers.len(), rows.len());
         }
-        Err(portal_under_test::import::ImportError::Line { line, .. }) => {
+        Err(
+            portal_under_test::import::ImportError::Line { line, .. }
+            | portal_under_test::import::ImportError::Unreadable { line, .. },
+        ) => {
             assert!(
                 (1..=lines).contains(&line),
                 "error names line {line} of {lines}"

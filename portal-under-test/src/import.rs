@@ -21,6 +21,9 @@ pub enum ImportError {
         field: String,
         message: String,
     },
+    /// The line is not a JSON object with the import's fields (no one field to name).
+    #[error("line {line}: {message}")]
+    Unreadable { line: usize, message: String },
     #[error("store: {0}")]
     Store(#[source] StoreError),
     #[error("encryption: {0}")]
@@ -64,9 +67,44 @@ fn bad(line: usize, field: &str, message: impl ToString) -> ImportError {
     }
 }
 
+/// Why `text` is not a [`Record`]: the field whose value has the wrong type, found by
+/// parsing the line again with its path tracked (on this error path only, so the fast parse
+/// pays nothing), or else what is wrong with the line as a whole.
+fn unreadable(text: &str, line: usize) -> ImportError {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let Err(e) = serde_path_to_error::deserialize::<_, Record>(&mut de) else {
+        // The fast parse failed, so this one does too; say so rather than panic.
+        return ImportError::Unreadable {
+            line,
+            message: "could not be read".into(),
+        };
+    };
+    let inner = e.inner();
+    let full = inner.to_string();
+    // serde_json ends its message with "at line 1 column C": the line is this file line.
+    let what = full
+        .rsplit_once(" at line ")
+        .map_or(full.as_str(), |(m, _)| m);
+    let at = format!("(column {})", inner.column());
+    let path = e.path().to_string();
+    let message = if !inner.is_data() {
+        format!("not JSON: {what} {at}")
+    } else if !text.trim_start().starts_with('{') {
+        // serde would take a JSON array for the record's fields in order: not ours.
+        "not a JSON object: each line is one object with the fields device, user, volume_id, \
+         key_protector_id, recovery_password and protector_type"
+            .to_string()
+    } else if path != "." {
+        return bad(line, &path, format!("{what} {at}"));
+    } else {
+        format!("{what} {at}")
+    };
+    ImportError::Unreadable { line, message }
+}
+
 /// Parses and seals one line (1-based `line` for messages).
 fn parse_line(sealer: &Sealer, text: &str, line: usize) -> Result<ImportRow, ImportError> {
-    let r: Record = serde_json::from_str(text).map_err(|e| bad(line, "json", e))?;
+    let r: Record = serde_json::from_str(text).map_err(|_| unreadable(text, line))?;
     let device = validate_device_name(req(&r.device, line, "device")?, "device")
         .map_err(|e| bad(line, "device", e.public_message()))?;
     let user = match r.user.as_deref().filter(|u| !u.trim().is_empty()) {
@@ -161,16 +199,15 @@ pub fn parse_jsonl(text: &str, sealer: &Sealer) -> Result<Parsed, ImportError> {
         std::thread::scope(|s| {
             let handles: Vec<_> = pieces
                 .iter()
-                .map(|(t, l)| s.spawn(move || parse_chunk(sealer, t, *l)))
+                .map(|(t, l)| (*l, s.spawn(move || parse_chunk(sealer, t, *l))))
                 .collect();
             handles
                 .into_iter()
-                .map(|h| {
+                .map(|(l, h)| {
                     h.join().unwrap_or_else(|_| {
-                        Err(ImportError::Line {
-                            line: 0,
-                            field: "json".into(),
-                            message: "parser thread failed".into(),
+                        Err(ImportError::Unreadable {
+                            line: l,
+                            message: "the parser thread of the lines from here failed".into(),
                         })
                     })
                 })
@@ -244,6 +281,26 @@ mod tests {
         format!(
             r#"{{"device":"{dev}","user":"CONTOSO\\alice","volume_id":"{{11111111-2222-3333-4444-555555555555}}","key_protector_id":"{kid}","recovery_password":"{pw}","protector_type":"recovery_password"}}"#
         )
+    }
+
+    /// A line that is not JSON, not an object, or has a field of the wrong type is named
+    /// by its line, and by its field where there is one, in words (no Rust type names).
+    #[test]
+    fn unreadable_lines_are_named_by_line_and_field() {
+        let sealer = Sealer::from_key(&[1; 32]);
+        let good = line("PC-1", "{AAAAAAAA-0000-0000-0000-000000000001}", PW);
+        let cases = [
+            ("{\"device\": 5}", "line 2: field device: invalid type: integer `5`, expected a string (column 12)"),
+            ("[1, 2]", "line 2: not a JSON object: each line is one object with the fields device, user, volume_id, key_protector_id, recovery_password and protector_type"),
+            ("\"PC-1\"", "line 2: not a JSON object: each line is one object with the fields device, user, volume_id, key_protector_id, recovery_password and protector_type"),
+            ("{\"device\": \"PC-1\",", "line 2: not JSON: EOF while parsing a value (column 18)"),
+            ("device=PC-1", "line 2: not JSON: expected value (column 1)"),
+        ];
+        for (bad_line, want) in cases {
+            let text = format!("{good}\n{bad_line}\n");
+            let err = parse_jsonl(&text, &sealer).map(|_| ()).unwrap_err();
+            assert_eq!(err.to_string(), want, "{bad_line}");
+        }
     }
 
     #[test]
