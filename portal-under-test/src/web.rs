@@ -484,16 +484,21 @@ async fn login_post(
         return fail(StatusCode::BAD_REQUEST, tr("err-password"), username);
     }
     let now = st.config.clock.now();
-    if st.sign_in_throttle.check(&username, peer, now).is_err() {
+    if let Err(wait) = st.sign_in_throttle.check(&username, peer, now) {
         let row = throttled_row(site, &username, peer);
         if let Err(e) = st.run(move |i| Ok(i.store.append_audit(&row)?)).await {
             return e.into_response();
         }
-        return fail(
+        // Whole seconds, rounded up: a client that waits this long is not refused again.
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut r = fail(
             StatusCode::TOO_MANY_REQUESTS,
-            tr("err-sign-in-throttled"),
+            tr1("err-sign-in-throttled", "seconds", &secs.to_string()),
             username,
         );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        return r;
     }
     let u2 = username.clone();
     let res = st

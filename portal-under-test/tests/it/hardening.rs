@@ -237,6 +237,18 @@ async fn sign_in_from(
     user: &str,
     password: &str,
 ) -> (StatusCode, String) {
+    let (s, _, body) = sign_in_with_headers(p, site, peer, user, password).await;
+    (s, body)
+}
+
+/// [`sign_in_from`], with the answer's headers.
+async fn sign_in_with_headers(
+    p: &Portal,
+    site: &str,
+    peer: SocketAddr,
+    user: &str,
+    password: &str,
+) -> (StatusCode, axum::http::HeaderMap, String) {
     let mut b = p.browser();
     let page = b.get(&format!("/{site}/login")).await;
     assert_eq!(page.status, StatusCode::OK);
@@ -254,8 +266,46 @@ async fn sign_in_from(
         .body(Body::from(body))
         .unwrap();
     req.extensions_mut().insert(ConnectInfo(peer));
-    let (s, _, body) = p.raw(req).await;
-    (s, body)
+    p.raw(req).await
+}
+
+/// A throttled sign-in says how long to wait, on the page and in `Retry-After`, and after
+/// that long the right password gets in (API.md §6, "Sign-in throttling").
+#[tokio::test]
+async fn a_throttled_sign_in_says_how_long_to_wait() {
+    let p = Portal::with_manual_clock();
+    p.create_account(ALICE, "user").await;
+    let peer: SocketAddr = "10.2.0.1:5000".parse().unwrap();
+    // Eight counted wrong passwords (5 free, then 1 s, 2 s, 4 s, ... after the last one);
+    // a refused attempt is waited out, so that the next wrong one counts.
+    let mut counted = 0;
+    while counted < 8 {
+        let (s, body) = sign_in_from(&p, "SelfService", peer, ALICE, "wrong password").await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            p.advance(Duration::from_secs(300));
+            continue;
+        }
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+        counted += 1;
+    }
+    let (s, headers, body) = sign_in_with_headers(&p, "SelfService", peer, ALICE, PASSWORD).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(
+        wait, 8,
+        "Retry-After after 8 failures (5 free, then doubling from 1 s)"
+    );
+    assert!(
+        body.contains(&format!("Wait {wait} seconds")),
+        "the page says the same wait: {body}"
+    );
+    // One second early is still too early; at the wait it is not.
+    p.advance(Duration::from_secs(wait - 1));
+    let (s, _) = sign_in_from(&p, "SelfService", peer, ALICE, PASSWORD).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    p.advance(Duration::from_secs(1));
+    let (s, body) = sign_in_from(&p, "SelfService", peer, ALICE, PASSWORD).await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "{body}");
 }
 
 #[tokio::test]
