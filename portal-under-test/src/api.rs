@@ -581,6 +581,14 @@ fn nonempty(v: Option<String>) -> Option<String> {
     v.filter(|s| !s.is_empty())
 }
 
+/// [`audit_rows`] of a query as extracted (a malformed one is the `query` error).
+pub async fn audit_rows_of_query(
+    st: &AppState,
+    q: AuditQueryInput,
+) -> Result<Vec<AuditRow>, AppError> {
+    audit_rows(st, audit_query(q)?).await
+}
+
 /// Validates audit filters and returns the matching rows (format checked by the caller).
 pub async fn audit_rows(st: &AppState, q: AuditQuery) -> Result<Vec<AuditRow>, AppError> {
     let since_us = match nonempty(q.since) {

@@ -44,6 +44,14 @@ impl Site {
             Site::Admin => "Admin",
         }
     }
+    /// The site a request path is under (`/HelpDesk/key` → help desk); self-service else.
+    fn of_path(path: &str) -> Site {
+        let first = path.split('/').nth(1);
+        [Site::HelpDesk, Site::Admin]
+            .into_iter()
+            .find(|site| first == Some(site.path()))
+            .unwrap_or(Site::SelfService)
+    }
     /// The site's name in the request's language.
     fn title(self) -> String {
         tr(match self {
@@ -300,11 +308,7 @@ pub struct FormData(pub HashMap<String, String>);
 impl FromRequest<AppState> for FormData {
     type Rejection = Response;
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let site = match req.uri().path().split('/').nth(1) {
-            Some("HelpDesk") => Site::HelpDesk,
-            Some("Admin") => Site::Admin,
-            _ => Site::SelfService,
-        };
+        let site = Site::of_path(req.uri().path());
         match Form::<HashMap<String, String>>::from_request(req, state).await {
             Ok(Form(m)) => Ok(FormData(m)),
             // The site's page with `id="error"`, like every other refused form (API.md §2).
@@ -1062,11 +1066,7 @@ async fn admin_audit(
         rows: Vec::new(),
         query: raw.unwrap_or_default(),
     };
-    let rows = match api::audit_query(q) {
-        Ok(q) => api::audit_rows(&st, q).await,
-        Err(e) => Err(e),
-    };
-    match rows {
+    match api::audit_rows_of_query(&st, q).await {
         Ok(rows) => {
             t.rows = rows;
             html(StatusCode::OK, &t)
@@ -1087,11 +1087,7 @@ async fn admin_audit_export(
     if let Err(r) = gate(&st, &jar, Site::Admin, None).await {
         return r;
     }
-    let rows = match api::audit_query(q) {
-        Ok(q) => api::audit_rows(&st, q).await,
-        Err(e) => Err(e),
-    };
-    match rows {
+    match api::audit_rows_of_query(&st, q).await {
         Ok(rows) => {
             api::audit_response(rows, Some(format)).unwrap_or_else(IntoResponse::into_response)
         }
